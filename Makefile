@@ -1,0 +1,41 @@
+# INFER FORGE ops: the two commands a user needs are `make demo` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+.PHONY: help bootstrap test lint syntax docs pytest molecule demo demo-down bench clean
+
+help: ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+bootstrap: ## Install packages, .venv, start Docker, build the Molecule image (idempotent)
+	@scripts/bootstrap.sh
+
+test: ## Run every stage: bootstrap, lint, syntax, docs, pytest, molecule
+	@scripts/test.sh
+
+lint: ## yamllint, ansible-lint (production profile), ruff
+	@scripts/test.sh bootstrap lint
+
+syntax: ## ansible-playbook --syntax-check of every playbook
+	@scripts/test.sh syntax
+
+docs: ## ansible-doc renders every module in library/
+	@scripts/test.sh docs
+
+pytest: ## Python tests against real PostgreSQL and Redis
+	@scripts/bootstrap.sh packages venv && scripts/test.sh pytest
+
+molecule: ## Molecule scenarios in local containers (MOLECULE_SCENARIOS="a b" to pick)
+	@scripts/bootstrap.sh && scripts/test.sh molecule
+
+demo: ## The local demo (see README)
+	@scripts/bootstrap.sh && scripts/demo.sh
+
+demo-down: ## Remove what the demo created
+	@scripts/demo.sh down
+
+bench: ## Backup/restore benchmark against a ~2 GB generated database (slow)
+	@scripts/bootstrap.sh packages venv && .venv/bin/python bench/bench.py
+
+clean: ## Remove the .venv
+	rm -rf .venv

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The whole test suite, stage by stage, stopping at the first failure.
+# Prints how long each stage took, so slow stages are visible.
+# Usage: scripts/test.sh [stage ...]   stages: bootstrap lint syntax docs pytest molecule
+set -uo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+export PATH="$repo/.venv/bin:$PATH"
+export ANSIBLE_CONFIG="$repo/ansible.cfg"
+export PY_COLORS=0 NO_COLOR=1 ANSIBLE_NOCOLOR=1 ANSIBLE_FORCE_COLOR=0
+
+stage_bootstrap() { bash scripts/bootstrap.sh; }
+
+stage_lint() {
+    yamllint --strict . &&
+    ansible-lint --offline -q &&
+    ruff check . &&
+    bash -n scripts/*.sh molecule/image/build.sh .ci/run
+}
+
+stage_syntax() {
+    local rc=0
+    for playbook in playbooks/*.yml; do
+        ansible-playbook --syntax-check "$playbook" >/dev/null || { echo "syntax error in $playbook"; rc=1; }
+    done
+    return $rc
+}
+
+stage_docs() {
+    local rc=0 module
+    for path in library/*.py; do
+        module=$(basename "$path" .py)
+        out=$(ansible-doc -M library "$module" 2>&1) || { echo "$out"; rc=1; continue; }
+        grep -q "EXAMPLES" <<<"$out" || { echo "ansible-doc $module: no EXAMPLES section"; rc=1; }
+        grep -q "RETURN VALUES" <<<"$out" || { echo "ansible-doc $module: no RETURN section"; rc=1; }
+        # ansible-doc prints warnings for docs it cannot fully parse.
+        grep -qi "\[WARNING\]" <<<"$out" && { echo "ansible-doc $module warned:"; grep -i warning <<<"$out"; rc=1; }
+    done
+    return $rc
+}
+
+stage_pytest() { python -m pytest -q -p no:cacheprovider tests; }
+
+stage_molecule() {
+    local rc=0 scenario
+    for scenario in ${MOLECULE_SCENARIOS:-$(ls molecule | while read -r d; do [ -f "molecule/$d/molecule.yml" ] && echo "$d"; done)}; do
+        echo "--- molecule scenario: $scenario"
+        local started=$SECONDS
+        molecule test -s "$scenario" || { echo "molecule scenario $scenario failed"; rc=1; break; }
+        echo "--- molecule scenario $scenario passed in $((SECONDS - started)) s"
+    done
+    return $rc
+}
+
+stages=("$@")
+[ ${#stages[@]} -gt 0 ] || stages=(bootstrap lint syntax docs pytest molecule)
+summary=()
+status=0
+for stage in "${stages[@]}"; do
+    echo "=== stage: $stage"
+    started=$SECONDS
+    if "stage_$stage"; then
+        summary+=("$(printf '%-10s PASS %5d s' "$stage" $((SECONDS - started)))")
+    else
+        summary+=("$(printf '%-10s FAIL %5d s' "$stage" $((SECONDS - started)))")
+        status=1
+        break
+    fi
+done
+echo
+echo "=== summary (stage, result, wall time)"
+printf '%s\n' "${summary[@]}"
+passed=$(printf '%s\n' "${summary[@]}" | grep -c ' PASS ')
+echo "stages: $passed passed, $status failed"
+if [ $status -ne 0 ]; then
+    echo "stopped at the first failing stage; scroll up to its output"
+fi
+exit $status
