@@ -1,0 +1,510 @@
+"""The backup engine: one consistent, verified, atomic backup of one database.
+
+Flow of one run:
+  lock -> clean stale partials -> connect, export a snapshot -> check client
+  version and free space -> pg_dump --snapshot (its stdout streamed through
+  compression, encryption, SHA-256 and HMAC into a hidden partial file) while
+  the exporting transaction counts every table's rows -> check pg_dump's exit
+  status, stderr and completion marker -> fsync -> manifest and checksum file
+  -> rename the partial to its final name -> retention -> metrics.
+Any failure removes the partial file, deletes nothing, writes failure
+metrics, reports to Sentry when configured, and raises ForgeError.
+"""
+
+import datetime
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+
+from . import catalog, compress, metrics, opensslenc, sentry
+from .errors import ForgeError
+from .fsutil import (
+    PRIVATE_FILE_MODE,
+    DirectoryLock,
+    ensure_private_dir,
+    explain_os_error,
+    free_bytes,
+    fsync_dir,
+    human_size,
+    write_atomic,
+)
+from .pgconn import PassFile, client_major_version, count_rows, user_tables
+
+PLAIN_DUMP_MARKER = b"-- PostgreSQL database dump complete"
+CUSTOM_DUMP_MAGIC = b"PGDMP"
+FORMATS = ("plain", "custom")
+COMPRESSIONS = ("gzip", "zstd")
+METRIC_PREFIX = "infer_forge_backup_"
+
+
+class BackupOptions:
+    """Everything one backup run needs besides the connection."""
+
+    def __init__(self, backup_dir="/backups", retention_days=30, min_keep=7, keep_daily=0, keep_weekly=0,
+                 keep_monthly=0, dump_format="plain", compression="gzip", compression_level=None, jobs=None,
+                 passphrase_file=None, encrypt=None, dump_command=None, dump_options=None, lock_wait=0,
+                 textfile_dir=None, sentry_dsn=None, environment=None, space_check=True,
+                 space_margin_bytes=16 << 20):
+        self.backup_dir = backup_dir
+        self.retention_days = retention_days
+        self.min_keep = min_keep
+        self.keep_daily = keep_daily
+        self.keep_weekly = keep_weekly
+        self.keep_monthly = keep_monthly
+        self.dump_format = dump_format
+        self.compression = compression
+        self.compression_level = compression_level
+        self.jobs = jobs
+        self.passphrase_file = passphrase_file
+        self.encrypt = bool(passphrase_file) if encrypt is None else bool(encrypt)
+        self.dump_command = list(dump_command or ["pg_dump"])
+        self.dump_options = list(["--no-owner", "--no-privileges"] if dump_options is None else dump_options)
+        self.lock_wait = lock_wait
+        self.textfile_dir = textfile_dir
+        self.sentry_dsn = sentry_dsn
+        self.environment = environment
+        self.space_check = space_check
+        self.space_margin_bytes = space_margin_bytes
+        self.validate()
+
+    def validate(self):
+        for name in ("retention_days", "min_keep", "keep_daily", "keep_weekly", "keep_monthly", "lock_wait"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ForgeError(f"{name} must be a whole number >= 0, got {value!r}")
+        if self.retention_days < 1:
+            raise ForgeError(f"retention_days must be at least 1, got {self.retention_days}")
+        if self.dump_format not in FORMATS:
+            raise ForgeError(f"format must be one of {', '.join(FORMATS)}, got {self.dump_format!r}")
+        if self.dump_format == "plain" and self.compression not in COMPRESSIONS:
+            raise ForgeError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}")
+        if self.jobs is not None and (not isinstance(self.jobs, int) or self.jobs < 1):
+            raise ForgeError(f"jobs must be a whole number >= 1, got {self.jobs!r}")
+        if not self.backup_dir or not os.path.isabs(self.backup_dir):
+            raise ForgeError(f"backup_dir must be an absolute path, got {self.backup_dir!r}")
+        if self.encrypt and not self.passphrase_file:
+            raise ForgeError("encryption is on but no passphrase file is configured")
+
+    @property
+    def effective_compression(self):
+        return self.compression if self.dump_format == "plain" else "none"
+
+
+class BackupResult(dict):
+    """What a run did, as the Ansible module returns it."""
+
+
+class BackupRunner:
+    def __init__(self, options, settings, log=None, clock=time.time):
+        self.options = options
+        self.settings = settings
+        self.log = log or (lambda line: None)
+        self.clock = clock
+        self.stem = catalog.file_stem(settings.database or "")
+        self.hostname = socket.gethostname()
+        if not settings.database:
+            raise ForgeError("no database given (POSTGRES_DB)")
+
+    # -- public ---------------------------------------------------------
+    def run(self, check_mode=False):
+        started = self.clock()
+        result = BackupResult(changed=False, database=self.settings.database, backup_dir=self.options.backup_dir)
+        try:
+            note = None if check_mode else ensure_private_dir(self.options.backup_dir)
+            if check_mode and not os.path.isdir(self.options.backup_dir):
+                ensure_private_dir(self.options.backup_dir, create=False)
+            if note:
+                result["directory_note"] = note
+            lock_path = os.path.join(self.options.backup_dir, f".{self.stem}.lock")
+            if check_mode:
+                return self._plan(result, started)
+            with DirectoryLock(lock_path, self.options.lock_wait, what=f"backup of {self.settings.database}"):
+                result["removed_partials"] = self._remove_stale_partials()
+                self._backup(result, started)
+                self._apply_retention(result)
+            result["duration"] = round(self.clock() - started, 3)
+            self._write_metrics(success=True, result=result, started=started)
+            return result
+        except ForgeError as exc:
+            self._after_failure(exc, started)
+            raise
+
+    # -- steps ------------------------------------------------------------
+    def _plan(self, result, started):
+        """Check mode: connect, check version and space, say what would happen."""
+        with self.settings.connect() as conn:
+            server_major = conn.info.server_version // 10000
+            db_size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+        self._check_client_version(server_major)
+        backups = catalog.scan(self.options.backup_dir, self.settings.database)
+        self._check_space(backups, db_size)
+        name = self._final_name(datetime.datetime.fromtimestamp(self.clock()))
+        result["path"] = os.path.join(self.options.backup_dir, name)
+        plan = self._retention_plan(backups)
+        result["would_remove"] = [backup.name for backup in plan.remove]
+        result["changed"] = True
+        result["duration"] = round(self.clock() - started, 3)
+        return result
+
+    def _final_name(self, when):
+        ext = catalog.extension_for(self.options.dump_format, self.options.effective_compression,
+                                    self.options.encrypt)
+        return f"{self.stem}_{when.strftime(catalog.TIMESTAMP_FORMAT)}{ext}"
+
+    def _remove_stale_partials(self):
+        removed = []
+        for name in os.listdir(self.options.backup_dir):
+            if catalog.is_partial_name(name, self.stem):
+                path = os.path.join(self.options.backup_dir, name)
+                if os.path.isfile(path) and not os.path.islink(path):
+                    os.unlink(path)
+                    removed.append(name)
+        return removed
+
+    def _check_client_version(self, server_major):
+        client_major = client_major_version(self.options.dump_command)
+        if client_major < server_major:
+            raise ForgeError(
+                f"pg_dump {client_major} cannot dump a PostgreSQL {server_major} server; set the dump "
+                f"command to a pg_dump {server_major} (for example 'docker exec -i <db container> pg_dump')")
+        return client_major
+
+    def _check_space(self, backups, db_size):
+        if not self.options.space_check:
+            return
+        previous = next((b for b in backups if b.good), None)
+        if previous is not None:
+            needed, basis = int(previous.size * 1.25), "the last backup"
+        else:
+            needed, basis = int(db_size * 0.5), "the database size"
+        needed += self.options.space_margin_bytes
+        available = free_bytes(self.options.backup_dir)
+        if available < needed:
+            raise ForgeError(f"not enough free space in {self.options.backup_dir}: {human_size(available)} free, "
+                             f"about {human_size(needed)} needed (estimated from {basis})")
+
+    def _retention_plan(self, backups):
+        return catalog.plan_retention(
+            backups, datetime.datetime.fromtimestamp(self.clock()), self.options.retention_days,
+            self.options.min_keep, self.options.keep_daily, self.options.keep_weekly, self.options.keep_monthly)
+
+    def _backup(self, result, started):
+        options = self.options
+        passphrase = opensslenc.read_passphrase(options.passphrase_file) if options.encrypt else None
+        snapshot_conn = self.settings.connect(autocommit=False)
+        try:
+            import psycopg
+
+            snapshot_conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            snapshot_conn.read_only = True
+            cursor = snapshot_conn.cursor()
+            cursor.execute("SELECT pg_export_snapshot(), current_setting('server_version'), "
+                           "pg_database_size(current_database())")
+            snapshot, server_version, db_size = cursor.fetchone()
+            server_major = snapshot_conn.info.server_version // 10000
+            client_major = self._check_client_version(server_major)
+            existing = catalog.scan(options.backup_dir, self.settings.database)
+            self._check_space(existing, db_size)
+            tables = user_tables(cursor)
+
+            when = datetime.datetime.fromtimestamp(self.clock())
+            name = self._final_name(when)
+            while os.path.exists(os.path.join(options.backup_dir, name)):
+                time.sleep(0.2)
+                when = datetime.datetime.fromtimestamp(self.clock())
+                name = self._final_name(when)
+            final_path = os.path.join(options.backup_dir, name)
+            partial_path = os.path.join(options.backup_dir, f".{name}.partial-{os.getpid()}")
+            self.log(f"Starting backup: {final_path}")
+
+            counter = _RowCounter(cursor, tables)
+            counter.start()
+            try:
+                stream = self._dump(snapshot, partial_path, passphrase)
+            except BaseException:
+                # A count may be waiting on a lock; the dump failed, so stop it.
+                snapshot_conn.cancel()
+                raise
+            finally:
+                counter.join()
+            if counter.error is not None:
+                raise ForgeError(f"counting rows in the dump snapshot failed: {counter.error}")
+            snapshot_conn.rollback()
+        except BaseException:
+            _unlink_quietly(locals().get("partial_path"))
+            raise
+        finally:
+            snapshot_conn.close()
+
+        ended = self.clock()
+        manifest = {
+            "manifest_version": catalog.MANIFEST_VERSION,
+            "file": name,
+            "database": self.settings.database,
+            "host": self.hostname,
+            "server": {"host": self.settings.host, "port": self.settings.port, "version": server_version},
+            "pg_dump_major_version": client_major,
+            "started_at": _iso(started),
+            "ended_at": _iso(ended),
+            "duration_seconds": round(ended - started, 3),
+            "size": stream["size"],
+            "sha256": stream["sha256"],
+            "format": options.dump_format,
+            "compression": {"algorithm": options.effective_compression, "level": stream["compression_level"]},
+            "encryption": stream["encryption"],
+            "snapshot_row_counts": counter.counts,
+            "tables": len(counter.counts),
+            "rows": sum(counter.counts.values()),
+            "dump_options": options.dump_options,
+            "tool": "infer-forge-ops",
+        }
+        try:
+            write_atomic(final_path + catalog.MANIFEST_SUFFIX, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+            write_atomic(final_path + catalog.CHECKSUM_SUFFIX, f"{stream['sha256']}  {name}\n")
+            _match_directory_owner(options.backup_dir, [partial_path, final_path + catalog.MANIFEST_SUFFIX,
+                                                        final_path + catalog.CHECKSUM_SUFFIX])
+            os.rename(partial_path, final_path)
+            fsync_dir(options.backup_dir)
+        except OSError as exc:
+            for leftover in (partial_path, final_path + catalog.MANIFEST_SUFFIX, final_path + catalog.CHECKSUM_SUFFIX):
+                _unlink_quietly(leftover)
+            raise explain_os_error(exc, "finishing", final_path) from None
+        self.log(f"Backup complete: {human_size(stream['size'])}")
+        result.update(
+            changed=True, path=final_path, file=name, size=stream["size"], sha256=stream["sha256"],
+            manifest=final_path + catalog.MANIFEST_SUFFIX, encrypted=options.encrypt, format=options.dump_format,
+            compression=options.effective_compression, row_counts=counter.counts,
+            tables=len(counter.counts), rows=manifest["rows"], server_version=server_version,
+        )
+
+    def _dump(self, snapshot, partial_path, passphrase):
+        """Run pg_dump and stream its output into ``partial_path``; return what was written."""
+        options = self.options
+        fmt = ["--format=plain"] if options.dump_format == "plain" else [
+            "--format=custom", f"--compress={6 if options.compression_level is None else options.compression_level}"]
+        command = options.dump_command + fmt + options.dump_options + [f"--snapshot={snapshot}"]
+        docker = os.path.basename(options.dump_command[0]) in ("docker", "podman")
+        compressor = compress.make_compressor(options.effective_compression, options.compression_level, options.jobs)
+        encryptor = opensslenc.Encryptor(passphrase) if passphrase else None
+        digest = hashlib.sha256()
+        mac = opensslenc.new_mac(encryptor.mac_key) if encryptor else None
+        size = 0
+        tail = b""
+        head = b""
+
+        with PassFile(None if docker else self.settings.password) as passfile:
+            env = self.settings.libpq_env(passfile)
+            if docker and self.settings.password:
+                # `docker exec -e PGPASSWORD` copies the value from our environment,
+                # so it never appears in argv.
+                env["PGPASSWORD"] = self.settings.password
+            fd = os.open(partial_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PRIVATE_FILE_MODE)
+            out = os.fdopen(fd, "wb", buffering=0)
+            try:
+                proc = subprocess.Popen(_with_docker_env(command, docker), stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+            except FileNotFoundError:
+                out.close()
+                raise ForgeError(f"dump command {options.dump_command[0]!r} not found") from None
+            stderr_lines = []
+            stderr_reader = threading.Thread(target=_drain, args=(proc.stderr, stderr_lines), daemon=True)
+            stderr_reader.start()
+
+            def emit(data):
+                nonlocal size
+                if encryptor is not None:
+                    data = encryptor.update(data)
+                if not data:
+                    return
+                digest.update(data)
+                if mac is not None:
+                    mac.update(data)
+                out.write(data)
+                size += len(data)
+
+            try:
+                while True:
+                    chunk = proc.stdout.read(compress.CHUNK_SIZE)
+                    if not chunk:
+                        break
+                    if len(head) < 16:
+                        head += chunk[:16]
+                    tail = (tail + chunk)[-256:]
+                    emit(compressor.feed(chunk))
+                proc.wait()
+                stderr_reader.join()
+                _check_dump_exit(proc.returncode, stderr_lines, options.dump_format, head, tail)
+                emit(compressor.finish())
+                if encryptor is not None:
+                    last = encryptor.finalize()
+                    digest.update(last)
+                    if mac is not None:
+                        mac.update(last)
+                    out.write(last)
+                    size += len(last)
+                os.fsync(out.fileno())
+            except OSError as exc:
+                _stop(proc)
+                compressor.abort()
+                raise explain_os_error(exc, "writing", partial_path) from None
+            except BaseException:
+                _stop(proc)
+                compressor.abort()
+                raise
+            finally:
+                out.close()
+        return {
+            "size": size,
+            "sha256": digest.hexdigest(),
+            "compression_level": getattr(compressor, "level", None),
+            "encryption": dict(encryptor.parameters(), hmac_sha256=mac.hexdigest()) if encryptor else None,
+        }
+
+    def _apply_retention(self, result):
+        options = self.options
+        self.log(f"Removing backups older than {options.retention_days} days...")
+        backups = catalog.scan(options.backup_dir, self.settings.database)
+        plan = self._retention_plan(backups)
+        removed = []
+        for backup in plan.remove:
+            for path in (backup.path, backup.manifest_path, backup.checksum_path):
+                _unlink_quietly(path)
+            removed.append(backup.name)
+            self.log(f"Removed: {backup.name}")
+        remaining = [backup for backup in catalog.scan(options.backup_dir, self.settings.database)]
+        self.log("Done. Remaining backups:")
+        for backup in remaining:
+            self.log(f"  {backup.name} ({human_size(backup.size)})")
+        result["removed"] = removed
+        result["retained"] = [backup.name for backup in remaining if backup.good]
+
+    # -- reporting ------------------------------------------------------------
+    def _after_failure(self, exc, started):
+        try:
+            self._write_metrics(success=False, result=None, started=started)
+        except (ForgeError, OSError) as metrics_exc:
+            exc.details["metrics_error"] = str(metrics_exc)
+        if exc.details.get("locked"):
+            return
+        report = sentry.report_failure(
+            self.options.sentry_dsn, f"backup of {self.settings.database} failed: {exc.message}",
+            tags={"component": "backup", "database": self.settings.database, "host": self.hostname},
+            environment=self.options.environment)
+        if report:
+            exc.details["sentry"] = report
+
+    def _write_metrics(self, success, result, started):
+        if not self.options.textfile_dir:
+            return
+        now = self.clock()
+        labels = {"database": self.settings.database}
+        good = []
+        if os.path.isdir(self.options.backup_dir) and not os.path.islink(self.options.backup_dir):
+            good = [b for b in catalog.scan(self.options.backup_dir, self.settings.database) if b.good]
+        managed = [b for b in good if b.manifest is not None]
+        last = managed[0] if managed else None
+        previous = managed[1] if len(managed) > 1 else None
+        samples = [
+            ("last_run_timestamp_seconds", "gauge", "When the last backup run ended.", now),
+            ("last_run_success", "gauge", "1 if the last backup run succeeded, else 0.", 1 if success else 0),
+            ("last_run_duration_seconds", "gauge", "Wall time of the last backup run.", round(now - started, 3)),
+            ("retained_backups", "gauge", "Good backups kept in the backup directory.", len(good)),
+        ]
+        if last is not None:
+            samples.append(("last_success_timestamp_seconds", "gauge", "When the newest good backup finished.",
+                            _parse_iso(last.manifest["ended_at"])))
+            samples.append(("size_bytes", "gauge", "Size of the newest good backup.", last.size))
+            samples.append(("duration_seconds", "gauge", "How long the newest good backup took.",
+                            last.manifest["duration_seconds"]))
+            samples.append(("rows", "gauge", "Rows in the newest good backup (snapshot count).", last.manifest["rows"]))
+        if previous is not None:
+            samples.append(("previous_size_bytes", "gauge", "Size of the good backup before the newest.",
+                            previous.size))
+        metrics.write_textfile(
+            self.options.textfile_dir, f"infer_forge_backup_{self.stem}.prom",
+            [(METRIC_PREFIX + name, kind, text, labels, value) for name, kind, text, value in samples])
+
+
+class _RowCounter(threading.Thread):
+    """Counts rows in the exporting transaction while pg_dump runs: same snapshot, no extra wall time."""
+
+    def __init__(self, cursor, tables):
+        super().__init__(name="row-counter", daemon=True)
+        self.cursor = cursor
+        self.tables = tables
+        self.counts = {}
+        self.error = None
+
+    def run(self):
+        try:
+            self.counts = count_rows(self.cursor, self.tables)
+        except Exception as exc:  # noqa: BLE001 - reported by the caller as one line
+            self.error = " ".join(str(exc).split())
+
+
+def _check_dump_exit(returncode, stderr_lines, dump_format, head, tail):
+    last = stderr_lines[-1] if stderr_lines else ""
+    if returncode < 0:
+        raise ForgeError(f"pg_dump was killed by signal {-returncode}" + (f": {last}" if last else ""))
+    if returncode != 0:
+        raise ForgeError(f"pg_dump failed (exit {returncode}): {last or 'no error output'}")
+    if dump_format == "plain" and PLAIN_DUMP_MARKER not in tail:
+        raise ForgeError("pg_dump output ended without PostgreSQL's 'dump complete' marker; the dump is truncated")
+    if dump_format == "custom" and not head.startswith(CUSTOM_DUMP_MAGIC):
+        raise ForgeError("pg_dump output is not a custom-format archive")
+
+
+def _drain(stream, lines):
+    for raw in stream:
+        text = raw.decode("utf-8", "replace").strip()
+        if text:
+            lines.append(text)
+            del lines[:-20]
+
+
+def _with_docker_env(command, docker):
+    """For `docker exec`, forward the libpq variables by name (values stay in the environment)."""
+    if not docker:
+        return command
+    names = ["PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD", "PGCONNECT_TIMEOUT", "PGAPPNAME"]
+    exec_at = command.index("exec") + 1 if "exec" in command else 1
+    forwarded = [arg for name in names for arg in ("-e", name)]
+    return command[:exec_at] + forwarded + command[exec_at:]
+
+
+def _match_directory_owner(directory, paths):
+    """When root takes a backup (an ad-hoc playbook run), hand the files to the
+    directory's owner, so the scheduled job running as that user can read,
+    verify and rotate them."""
+    if os.geteuid() != 0:
+        return
+    owner = os.stat(directory)
+    for path in paths:
+        os.chown(path, owner.st_uid, owner.st_gid)
+
+
+def _stop(proc):
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def _unlink_quietly(path):
+    if not path:
+        return
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _iso(timestamp):
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat(timespec="seconds")
+
+
+def _parse_iso(text):
+    return datetime.datetime.fromisoformat(text).timestamp()

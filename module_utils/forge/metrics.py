@@ -1,0 +1,44 @@
+"""Prometheus textfile-collector output, written atomically.
+
+node_exporter reads ``*.prom`` in its textfile directory; the temporary file
+of :func:`fsutil.write_atomic` starts with a dot and ends in ``.tmp``, so a
+half-written file is never scraped.
+"""
+
+import os
+
+from .errors import ForgeError
+from .fsutil import write_atomic
+
+DEFAULT_TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
+
+
+def _escape(value):
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def render(samples):
+    """``samples``: list of (name, type, help, labels dict, value)."""
+    lines = []
+    described = set()
+    for name, kind, help_text, labels, value in samples:
+        if name not in described:
+            described.add(name)
+            lines.append(f"# HELP {name} {help_text}")
+            lines.append(f"# TYPE {name} {kind}")
+        label_text = ",".join(f'{key}="{_escape(val)}"' for key, val in sorted(labels.items()))
+        number = float(value)
+        lines.append(f"{name}{{{label_text}}} {int(number) if number.is_integer() else repr(number)}")
+    return "\n".join(lines) + "\n"
+
+
+def write_textfile(directory, filename, samples):
+    """Write the samples to ``directory/filename``; returns the path, or None if off."""
+    if not directory:
+        return None
+    if not os.path.isdir(directory):
+        raise ForgeError(f"metrics directory {directory} does not exist")
+    path = os.path.join(directory, filename)
+    # node_exporter runs as its own user and must read the file; it holds no secret.
+    write_atomic(path, render(samples), mode=0o644)
+    return path

@@ -1,0 +1,139 @@
+"""Streaming AES-256-CBC in the exact format of ``openssl enc -aes-256-cbc -salt -pbkdf2``.
+
+File layout: ``Salted__`` + 8-byte salt + AES-256-CBC ciphertext (PKCS#7
+padding). Key and IV are the first 48 bytes of PBKDF2-HMAC-SHA256(passphrase,
+salt, 10000 iterations), which is what OpenSSL 1.1.1 and 3.x use for
+``-pbkdf2`` without ``-iter``/``-md``. So ``openssl enc -d -aes-256-cbc -pbkdf2``
+decrypts our files and we decrypt files made by that command.
+
+That format has no integrity check. We derive 32 more bytes from the same
+PBKDF2 stream (PBKDF2 output is prefix-stable, so the key and IV are unchanged)
+and use them as an HMAC-SHA256 key over the whole file. The tag lives in the
+manifest: a wrong passphrase yields a wrong tag before anything is decrypted.
+"""
+
+import hashlib
+import hmac
+import os
+
+from cryptography.hazmat.backends import default_backend
+from cryptography.hazmat.primitives import padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from .errors import ForgeError
+
+MAGIC = b"Salted__"
+SALT_LEN = 8
+HEADER_LEN = len(MAGIC) + SALT_LEN
+PBKDF2_ITERATIONS = 10000
+PBKDF2_DIGEST = "sha256"
+CIPHER_NAME = "aes-256-cbc"
+
+
+def read_passphrase(path):
+    """Read a passphrase the way ``openssl -pass file:PATH`` does: its first line."""
+    if not path:
+        raise ForgeError("encryption is on but no passphrase file is configured")
+    try:
+        with open(path, "rb") as handle:
+            first = handle.readline()
+    except FileNotFoundError:
+        raise ForgeError(f"passphrase file {path} does not exist") from None
+    except PermissionError:
+        raise ForgeError(f"passphrase file {path} is not readable by this user") from None
+    passphrase = first.rstrip(b"\r\n")
+    if not passphrase:
+        raise ForgeError(f"passphrase file {path} is empty")
+    return passphrase
+
+
+def derive(passphrase, salt, iterations=PBKDF2_ITERATIONS):
+    """Return (key, iv, mac_key) from one PBKDF2 run."""
+    material = hashlib.pbkdf2_hmac(PBKDF2_DIGEST, passphrase, salt, iterations, 80)
+    return material[:32], material[32:48], material[48:80]
+
+
+def _cipher(key, iv):
+    return Cipher(algorithms.AES(key), modes.CBC(iv), backend=default_backend())
+
+
+class Encryptor:
+    """Turns plaintext chunks into the openssl-enc byte stream, header first."""
+
+    def __init__(self, passphrase, salt=None):
+        self.salt = salt or os.urandom(SALT_LEN)
+        key, iv, self.mac_key = derive(passphrase, self.salt)
+        self._encryptor = _cipher(key, iv).encryptor()
+        self._padder = padding.PKCS7(128).padder()
+        self._header_sent = False
+
+    def update(self, data):
+        out = self._encryptor.update(self._padder.update(data))
+        if not self._header_sent:
+            self._header_sent = True
+            return MAGIC + self.salt + out
+        return out
+
+    def finalize(self):
+        out = self._encryptor.update(self._padder.finalize()) + self._encryptor.finalize()
+        if not self._header_sent:
+            self._header_sent = True
+            return MAGIC + self.salt + out
+        return out
+
+    def parameters(self):
+        """What the manifest records about the encryption (never the key)."""
+        return {
+            "cipher": CIPHER_NAME,
+            "kdf": "pbkdf2",
+            "kdf_digest": PBKDF2_DIGEST,
+            "kdf_iterations": PBKDF2_ITERATIONS,
+            "salt_hex": self.salt.hex(),
+            "format": "openssl-enc",
+            "mac": "hmac-sha256",
+        }
+
+
+class Decryptor:
+    """Reverse of :class:`Encryptor`; feed it the file bytes from the start."""
+
+    def __init__(self, passphrase):
+        self._passphrase = passphrase
+        self._header = b""
+        self._decryptor = None
+        self._unpadder = padding.PKCS7(128).unpadder()
+        self.mac_key = None
+
+    def update(self, data):
+        if self._decryptor is None:
+            self._header += data
+            if len(self._header) < HEADER_LEN:
+                return b""
+            if not self._header.startswith(MAGIC):
+                raise ForgeError("file is not in openssl enc format (no 'Salted__' header)")
+            salt = self._header[len(MAGIC):HEADER_LEN]
+            key, iv, self.mac_key = derive(self._passphrase, salt)
+            self._decryptor = _cipher(key, iv).decryptor()
+            data, self._header = self._header[HEADER_LEN:], b""
+        return self._unpadder.update(self._decryptor.update(data))
+
+    def finalize(self):
+        if self._decryptor is None:
+            raise ForgeError("encrypted file is shorter than its header")
+        try:
+            return self._unpadder.update(self._decryptor.finalize()) + self._unpadder.finalize()
+        except ValueError:
+            raise ForgeError("decryption failed: wrong passphrase or damaged file") from None
+
+
+def file_mac_key(passphrase, path):
+    """Derive the HMAC key for an existing encrypted file from its salt."""
+    with open(path, "rb") as handle:
+        header = handle.read(HEADER_LEN)
+    if len(header) < HEADER_LEN or not header.startswith(MAGIC):
+        raise ForgeError(f"{os.path.basename(path)} is not in openssl enc format")
+    return derive(passphrase, header[len(MAGIC):])[2]
+
+
+def new_mac(mac_key):
+    return hmac.new(mac_key, digestmod=hashlib.sha256)

@@ -1,0 +1,170 @@
+"""PostgreSQL connection settings shared by backup, restore and health checks."""
+
+import os
+import shutil
+import subprocess
+import tempfile
+
+from .errors import ForgeError
+
+CONNECT_TIMEOUT = 10
+
+
+class PgSettings:
+    """Where and as whom to connect. The password never leaves this object
+    except through a 0600 passfile or the environment of a child process."""
+
+    def __init__(self, host="localhost", port=5432, user=None, password=None, database=None,
+                 connect_timeout=CONNECT_TIMEOUT, sslmode=None):
+        self.host = host or "localhost"
+        self.port = int(port or 5432)
+        self.user = user
+        self.password = password
+        self.database = database
+        self.connect_timeout = connect_timeout
+        self.sslmode = sslmode
+
+    def target(self):
+        return f"{self.host}:{self.port}"
+
+    def with_database(self, database):
+        return PgSettings(self.host, self.port, self.user, self.password, database,
+                          self.connect_timeout, self.sslmode)
+
+    def connect(self, autocommit=True, database=None):
+        """Open a psycopg connection or raise a one-line ForgeError."""
+        import psycopg
+
+        kwargs = {
+            "host": self.host,
+            "port": self.port,
+            "dbname": database or self.database,
+            "connect_timeout": self.connect_timeout,
+            "application_name": "infer-forge-ops",
+        }
+        if self.user:
+            kwargs["user"] = self.user
+        if self.password:
+            kwargs["password"] = self.password
+        if self.sslmode:
+            kwargs["sslmode"] = self.sslmode
+        try:
+            return psycopg.connect(autocommit=autocommit, **kwargs)
+        except psycopg.OperationalError as exc:
+            raise ForgeError(describe_connect_error(exc, self, database or self.database)) from None
+
+    def libpq_env(self, passfile=None):
+        """Environment for libpq tools (pg_dump, psql, pg_restore).
+
+        PGDATABASE is taken literally, so database names with spaces, quotes
+        or '=' never get parsed as a connection string.
+        """
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env.update({
+            "PGHOST": self.host,
+            "PGPORT": str(self.port),
+            "PGCONNECT_TIMEOUT": str(self.connect_timeout),
+            "PGAPPNAME": "infer-forge-ops",
+        })
+        if self.user:
+            env["PGUSER"] = self.user
+        if self.database:
+            env["PGDATABASE"] = self.database
+        if self.sslmode:
+            env["PGSSLMODE"] = self.sslmode
+        if passfile:
+            env["PGPASSFILE"] = passfile
+        return env
+
+
+def describe_connect_error(exc, settings, database):
+    """Boil libpq's multi-line message down to one line that names the cause."""
+    text = " ".join(str(exc).split())
+    lowered = text.lower()
+    where = f"{settings.target()}"
+    if "password authentication failed" in lowered:
+        return f"database: password authentication failed for user {settings.user!r} at {where}"
+    if "no password supplied" in lowered:
+        return f"database: the server at {where} asks for a password and none was given"
+    if "does not exist" in lowered and "database" in lowered:
+        return f"database: database {database!r} does not exist at {where}"
+    if "timeout" in lowered:
+        return f"database: timeout after {float(settings.connect_timeout):.1f} s connecting to {where}"
+    if "connection refused" in lowered:
+        return f"database: connection refused at {where} (is PostgreSQL running?)"
+    if "could not translate host name" in lowered:
+        return f"database: unknown host {settings.host!r}"
+    if settings.password:
+        text = text.replace(settings.password, "********")
+    return f"database: cannot connect to {where}: {text}"
+
+
+class PassFile:
+    """A private temporary PGPASSFILE, removed on exit.
+
+    Keeps the password out of argv (visible in ``ps``) and out of logs.
+    """
+
+    def __init__(self, password):
+        self.password = password
+        self.directory = None
+        self.path = None
+
+    def __enter__(self):
+        if not self.password:
+            return None
+        self.directory = tempfile.mkdtemp(prefix="infer-forge-pg.")
+        self.path = os.path.join(self.directory, "pgpass")
+        escaped = self.password.replace("\\", "\\\\").replace(":", "\\:")
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"*:*:*:*:{escaped}\n")
+        return self.path
+
+    def __exit__(self, *exc):
+        if self.directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
+        return False
+
+
+def client_major_version(command):
+    """Major version of a libpq client tool, e.g. 15 for ``pg_dump (PostgreSQL) 15.18``."""
+    try:
+        out = subprocess.run(list(command) + ["--version"], capture_output=True, text=True,
+                             timeout=30, check=False)
+    except FileNotFoundError:
+        raise ForgeError(f"{command[0]} not found; install the PostgreSQL client "
+                         "(Debian: postgresql-client)") from None
+    words = out.stdout.split()
+    for word in reversed(words):
+        head = word.split(".")[0]
+        if head.isdigit():
+            return int(head)
+    raise ForgeError(f"cannot tell the version of {' '.join(command)}: {out.stdout.strip() or out.stderr.strip()}")
+
+
+def user_tables(cursor):
+    """(schema, table) of every ordinary table outside the system schemas."""
+    cursor.execute(
+        """
+        SELECT n.nspname, c.relname
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relkind = 'r'
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+           AND n.nspname NOT LIKE 'pg_toast%'
+           AND n.nspname NOT LIKE 'pg_temp%'
+         ORDER BY 1, 2
+        """
+    )
+    return [(row[0], row[1]) for row in cursor.fetchall()]
+
+
+def count_rows(cursor, tables):
+    """Exact row counts, keyed ``schema.table``, in the cursor's snapshot."""
+    from psycopg import sql
+
+    counts = {}
+    for schema, table in tables:
+        cursor.execute(sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table)))
+        counts[f"{schema}.{table}"] = cursor.fetchone()[0]
+    return counts
