@@ -1,0 +1,95 @@
+"""Shared fixtures: real servers, the engine on sys.path, and a real Ansible module runner."""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "module_utils"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from servers import PostgresServer, RedisServer  # noqa: E402
+
+# The engine runs on hosts with Debian's python3 and its packaged libraries;
+# the module and script tests use exactly that interpreter.
+HOST_PYTHON = os.environ.get("FORGE_HOST_PYTHON", "/usr/bin/python3")
+
+
+@pytest.fixture(scope="session")
+def pg():
+    server = PostgresServer().init().start().setup_app()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    server = RedisServer().start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def fresh_db(pg, request):
+    """An empty database owned by the app role, dropped after the test."""
+    name = "t_" + request.node.name.lower().replace("[", "_").replace("]", "").replace("-", "_")[:50]
+    pg.create_database(name)
+    yield name
+    pg.drop_database(name)
+
+
+class ModuleRunner:
+    """Runs a module from library/ through ansible-playbook, as a playbook would."""
+
+    def __init__(self, workdir):
+        self.workdir = workdir
+
+    def __call__(self, module, args, check=False, diff=False, extra_env=None):
+        playbook = os.path.join(self.workdir, "play.yml")
+        with open(playbook, "w") as handle:
+            json.dump([{
+                "hosts": "localhost", "gather_facts": False,
+                "tasks": [{"name": "run", module: args}],
+            }], handle)
+        inventory = os.path.join(self.workdir, "inventory.ini")
+        with open(inventory, "w") as handle:
+            handle.write(f"localhost ansible_connection=local ansible_python_interpreter={HOST_PYTHON}\n")
+        env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="json", ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
+                   ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+                   ANSIBLE_LIBRARY=os.path.join(REPO, "library"),
+                   ANSIBLE_MODULE_UTILS=os.path.join(REPO, "module_utils"))
+        env.update(extra_env or {})
+        command = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", inventory, playbook]
+        if check:
+            command.append("--check")
+        if diff:
+            command.append("--diff")
+        proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+        try:
+            report = json.loads(proc.stdout)
+        except ValueError:
+            raise AssertionError(f"ansible-playbook printed no JSON:\n{proc.stdout}\n{proc.stderr}") from None
+        result = report["plays"][0]["tasks"][0]["hosts"]["localhost"]
+        result["_raw"] = proc.stdout
+        return result
+
+
+@pytest.fixture
+def run_module(tmp_path):
+    return ModuleRunner(str(tmp_path))
+
+
+@pytest.fixture
+def backup_dir(tmp_path):
+    path = tmp_path / "backups"
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def session_tmp():
+    with tempfile.TemporaryDirectory(prefix="forge-tests.") as path:
+        yield path

@@ -1,0 +1,146 @@
+"""Small helpers shared by the test modules."""
+
+import glob
+import json
+import os
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BACKUP_SCRIPT = os.path.join(REPO, "scripts", "backup_db.sh")
+
+
+def run_backup_script(pg, database, backup_dir, extra=None, user=None, timeout=300, wait=True):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "BACKUP_", "PG"))}
+    env.update(pg.app_env(database))
+    # An empty BACKUP_CONFIG means "no config file": the test sees only its own settings.
+    env.update({"BACKUP_DIR": backup_dir, "RETENTION_DAYS": "30", "BACKUP_CONFIG": ""})
+    env.update(extra or {})
+    command = [BACKUP_SCRIPT]
+    if user:
+        command = ["runuser", "-u", user, "--"] + command
+    if not wait:
+        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def backups_in(directory, pattern="*"):
+    return sorted(p for p in glob.glob(os.path.join(directory, pattern))
+                  if not p.endswith((".manifest.json", ".sha256", ".prom")))
+
+
+def manifest_of(path):
+    with open(path + ".manifest.json") as handle:
+        return json.load(handle)
+
+
+def psql_pipe(pg, database, shell_pipeline, cwd=None):
+    """Run ``<shell_pipeline> | psql`` exactly like the runbook, as the app role."""
+    env = dict(os.environ, PGPASSWORD=pg.app_password)
+    command = (f"set -o pipefail; {shell_pipeline} | psql -q -v ON_ERROR_STOP=1 -h {pg.host} -p {pg.port} "
+               f"-U {pg.app_user} -d {database} >/dev/null")
+    return subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, cwd=cwd)
+
+
+def children_of(pid):
+    """PIDs whose parent is ``pid`` (walks one level of /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def process_named(name, ancestor, timeout=20, argument="--snapshot"):
+    """Wait for a descendant of ``ancestor`` whose command is ``name`` and whose
+    arguments include ``argument`` (the real dump, not a ``--version`` probe)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stack = [ancestor]
+        while stack:
+            pid = stack.pop()
+            for child in children_of(pid):
+                try:
+                    with open(f"/proc/{child}/comm") as handle:
+                        comm = handle.read().strip()
+                    with open(f"/proc/{child}/cmdline", "rb") as handle:
+                        args = handle.read().decode("utf-8", "replace").split("\0")
+                    if comm == name and any(arg.startswith(argument) for arg in args):
+                        return child
+                except OSError:
+                    continue
+                stack.append(child)
+        time.sleep(0.05)
+    raise AssertionError(f"no {name} process appeared under pid {ancestor}")
+
+
+def all_cmdlines():
+    lines = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    lines.append(handle.read().replace(b"\0", b" ").decode("utf-8", "replace"))
+            except OSError:
+                continue
+    return lines
+
+
+class TableLock:
+    """Hold ACCESS EXCLUSIVE on a table so pg_dump blocks at its start: a
+    deterministic way to have a running pg_dump to kill or to inspect."""
+
+    def __init__(self, pg, database, table):
+        self.conn = pg.connect(database, autocommit=False)
+        self.conn.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+
+    def release(self):
+        if not self.conn.closed:
+            self.conn.rollback()
+            self.conn.close()
+
+
+class SentryStub:
+    """A loopback HTTP server that speaks Sentry's envelope endpoint and keeps what it got.
+    It stands in for sentry.io, which this machine cannot reach."""
+
+    def __init__(self, status=200):
+        self.received = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server API
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                outer.received.append({"path": self.path, "auth": self.headers.get("X-Sentry-Auth", ""),
+                                       "lines": body.split(b"\n")})
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(b'{"id": "stub"}')
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def dsn(self, project=42):
+        return f"http://publickey@127.0.0.1:{self.port}/{project}"
+
+    def events(self):
+        return [json.loads(item["lines"][2]) for item in self.received]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,458 @@
+"""scripts/backup_db.sh against a real PostgreSQL: the runbook's interface and our guarantees."""
+
+import gzip
+import hashlib
+import hmac
+import json
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+
+import pytest
+
+from forge import opensslenc
+from forge.fsutil import DirectoryLock
+
+from helpers import (
+    SentryStub,
+    TableLock,
+    all_cmdlines,
+    backups_in,
+    manifest_of,
+    process_named,
+    psql_pipe,
+    run_backup_script,
+)
+from servers import PostgresServer, load_sample_data, table_counts
+
+
+@pytest.fixture
+def sample_db(pg, fresh_db):
+    load_sample_data(pg, fresh_db)
+    return fresh_db
+
+
+@pytest.fixture
+def passphrase_file(tmp_path):
+    path = tmp_path / "backup.pass"
+    path.write_text("correct horse battery staple\n")
+    path.chmod(0o600)
+    return str(path)
+
+
+def _restore_target(pg, name):
+    pg.create_database(name)
+    return name
+
+
+def test_output_lines_and_exit_code_match_the_runbook(pg, sample_db, backup_dir):
+    result = run_backup_script(pg, sample_db, backup_dir)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert re.fullmatch(rf"Starting backup: {re.escape(backup_dir)}/{sample_db}_\d{{8}}_\d{{6}}\.sql\.gz", lines[0])
+    assert re.fullmatch(r"Backup complete: \d+(\.\d)?[KMG]?", lines[1])
+    assert lines[2] == "Removing backups older than 30 days..."
+    assert lines[3] == "Done. Remaining backups:"
+    assert re.fullmatch(rf"  {sample_db}_\d{{8}}_\d{{6}}\.sql\.gz \(\d+(\.\d)?[KMG]?\)", lines[4])
+
+
+def test_plain_backup_restores_with_the_runbooks_gunzip_psql(pg, sample_db, backup_dir):
+    assert run_backup_script(pg, sample_db, backup_dir).returncode == 0
+    [path] = backups_in(backup_dir)
+    target = _restore_target(pg, sample_db + "_restore")
+    restored = psql_pipe(pg, target, f"gunzip < {path}")
+    assert restored.returncode == 0, restored.stderr
+    assert table_counts(pg, target) == manifest_of(path)["snapshot_row_counts"] == table_counts(pg, sample_db)
+    pg.drop_database(target)
+
+
+def test_encrypted_backup_restores_with_the_runbooks_openssl_command(pg, sample_db, backup_dir, passphrase_file):
+    result = run_backup_script(pg, sample_db, backup_dir, {"BACKUP_PASSPHRASE_FILE": passphrase_file})
+    assert result.returncode == 0, result.stderr
+    [path] = backups_in(backup_dir)
+    assert path.endswith(".sql.gz.enc")
+    with open(path, "rb") as handle:
+        assert handle.read(8) == b"Salted__"
+    target = _restore_target(pg, sample_db + "_restore")
+    restored = psql_pipe(pg, target,
+                         f"openssl enc -aes-256-cbc -d -pbkdf2 -pass file:{passphrase_file} -in {path} | gunzip")
+    assert restored.returncode == 0, restored.stderr
+    assert table_counts(pg, target) == manifest_of(path)["snapshot_row_counts"]
+    pg.drop_database(target)
+
+
+def test_manifest_hmac_detects_a_wrong_passphrase_and_tampering(pg, sample_db, backup_dir, passphrase_file):
+    assert run_backup_script(pg, sample_db, backup_dir, {"BACKUP_PASSPHRASE_FILE": passphrase_file}).returncode == 0
+    [path] = backups_in(backup_dir)
+    manifest = manifest_of(path)
+    assert "passphrase" not in json.dumps(manifest).lower() or manifest["encryption"]["kdf"] == "pbkdf2"
+
+    def tag(passphrase, data):
+        return hmac.new(opensslenc.file_mac_key(passphrase, path), data, hashlib.sha256).hexdigest()
+
+    data = open(path, "rb").read()
+    assert tag(b"correct horse battery staple", data) == manifest["encryption"]["hmac_sha256"]
+    assert tag(b"wrong passphrase", data) != manifest["encryption"]["hmac_sha256"]
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x01
+    assert tag(b"correct horse battery staple", bytes(flipped)) != manifest["encryption"]["hmac_sha256"]
+    assert hashlib.sha256(bytes(flipped)).hexdigest() != manifest["sha256"]
+
+
+def test_our_decryptor_reads_files_made_by_the_runbooks_openssl_pipeline(pg, sample_db, passphrase_file, tmp_path):
+    made = tmp_path / "backup_encrypted.sql.gz.enc"
+    env = dict(os.environ, PGPASSWORD=pg.app_password)
+    subprocess.run(["bash", "-c", f"set -o pipefail; pg_dump -h {pg.host} -p {pg.port} -U {pg.app_user} "
+                    f"-d {sample_db} --no-owner --no-privileges | gzip | openssl enc -aes-256-cbc -salt -pbkdf2 "
+                    f"-pass file:{passphrase_file} -out {made}"], env=env, check=True)
+    decryptor = opensslenc.Decryptor(opensslenc.read_passphrase(passphrase_file))
+    plain = b""
+    with open(made, "rb") as handle:
+        for chunk in iter(lambda: handle.read(7777), b""):
+            plain += decryptor.update(chunk)
+    plain += decryptor.finalize()
+    assert b"-- PostgreSQL database dump complete" in gzip.decompress(plain)
+
+
+def test_sha256_file_passes_sha256sum_check(pg, sample_db, backup_dir):
+    assert run_backup_script(pg, sample_db, backup_dir).returncode == 0
+    [path] = backups_in(backup_dir)
+    check = subprocess.run(["sha256sum", "-c", os.path.basename(path) + ".sha256"], cwd=backup_dir,
+                           capture_output=True, text=True)
+    assert check.returncode == 0 and check.stdout.strip().endswith(": OK")
+
+
+def test_files_are_0600_in_a_0700_directory_whatever_the_umask(pg, sample_db, tmp_path):
+    directory = str(tmp_path / "loose")
+    os.mkdir(directory)
+    os.chmod(directory, 0o777)
+    old = os.umask(0)
+    try:
+        assert run_backup_script(pg, sample_db, directory).returncode == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
+    names = [n for n in os.listdir(directory) if not n.startswith(".")]
+    assert len(names) == 3  # backup, manifest, checksum
+    for name in names:
+        assert stat.S_IMODE(os.stat(os.path.join(directory, name)).st_mode) == 0o600, name
+
+
+def test_row_counts_come_from_the_dump_snapshot_while_writes_continue(pg, sample_db, backup_dir):
+    stop = threading.Event()
+
+    def writer():
+        with pg.connect(sample_db, superuser=False) as conn:
+            while not stop.is_set():
+                conn.execute("INSERT INTO orders (customer_id, amount) VALUES (1, 1)")
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        time.sleep(0.2)
+        assert run_backup_script(pg, sample_db, backup_dir).returncode == 0
+    finally:
+        stop.set()
+        thread.join()
+    [path] = backups_in(backup_dir)
+    manifest = manifest_of(path)
+    target = _restore_target(pg, sample_db + "_restore")
+    assert psql_pipe(pg, target, f"gunzip < {path}").returncode == 0
+    restored = table_counts(pg, target)
+    assert restored == manifest["snapshot_row_counts"]
+    # The writer kept going after the snapshot: the live table has moved on.
+    assert table_counts(pg, sample_db)["public.orders"] > manifest["snapshot_row_counts"]["public.orders"]
+    pg.drop_database(target)
+
+
+@pytest.mark.parametrize("fmt, compression, suffix", [
+    ("custom", "gzip", ".dump"),
+    ("plain", "zstd", ".sql.zst"),
+])
+def test_other_formats_round_trip(pg, sample_db, backup_dir, fmt, compression, suffix):
+    result = run_backup_script(pg, sample_db, backup_dir, {"BACKUP_FORMAT": fmt, "BACKUP_COMPRESSION": compression})
+    assert result.returncode == 0, result.stderr
+    [path] = backups_in(backup_dir)
+    assert path.endswith(suffix)
+    target = _restore_target(pg, sample_db + "_restore")
+    if fmt == "custom":
+        env = dict(os.environ, PGPASSWORD=pg.app_password)
+        subprocess.run(["pg_restore", "-h", pg.host, "-p", str(pg.port), "-U", pg.app_user, "-d", target,
+                        "--no-owner", "--exit-on-error", "--jobs=2", path], env=env, check=True)
+    else:
+        assert psql_pipe(pg, target, f"zstd -dc {path}").returncode == 0
+    assert table_counts(pg, target) == manifest_of(path)["snapshot_row_counts"]
+    pg.drop_database(target)
+
+
+def test_database_name_with_quotes_and_spaces(pg, backup_dir):
+    name = "Infer's \"forge\" db"
+    pg.create_database(name)
+    try:
+        with pg.connect(name, superuser=False) as conn:
+            conn.execute("CREATE TABLE t (x int)")
+            conn.execute("INSERT INTO t SELECT generate_series(1, 10)")
+        result = run_backup_script(pg, name, backup_dir)
+        assert result.returncode == 0, result.stderr
+        [path] = backups_in(backup_dir)
+        assert os.path.basename(path).startswith("Infer_s__forge__db_")
+        manifest = manifest_of(path)
+        assert manifest["database"] == name
+        assert manifest["snapshot_row_counts"] == {"public.t": 10}
+    finally:
+        pg.drop_database(name)
+
+
+# -- failures: clear one-line error, exit != 0, nothing lost ------------------------------------------
+
+def _assert_failed_cleanly(result, backup_dir, message_regex, keep=()):
+    assert result.returncode != 0
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("ERROR: ")]
+    assert len(error_lines) == 1, result.stderr
+    assert re.search(message_regex, error_lines[0]), error_lines[0]
+    if os.path.isdir(backup_dir):
+        left = sorted(n for n in os.listdir(backup_dir) if not n.endswith(".lock"))
+        assert left == sorted(keep), left
+
+
+def test_unreachable_server(pg, backup_dir, tmp_path):
+    from servers import free_port
+
+    result = run_backup_script(pg, "infer_forge", backup_dir, {"POSTGRES_PORT": str(free_port())})
+    _assert_failed_cleanly(result, backup_dir, r"connection refused at 127\.0\.0\.1:\d+")
+
+
+def test_wrong_password_is_reported_without_revealing_it(pg, sample_db, backup_dir):
+    result = run_backup_script(pg, sample_db, backup_dir, {"POSTGRES_PASSWORD": "not-the-password-xyz"})
+    _assert_failed_cleanly(result, backup_dir, r"password authentication failed for user 'infer'")
+    assert "not-the-password-xyz" not in result.stderr + result.stdout
+
+
+def test_missing_database(pg, backup_dir):
+    result = run_backup_script(pg, "no_such_db", backup_dir)
+    _assert_failed_cleanly(result, backup_dir, r"database 'no_such_db' does not exist")
+
+
+def test_pg_dump_killed_mid_dump_leaves_no_backup(pg, sample_db, backup_dir):
+    lock = TableLock(pg, sample_db, "orders")
+    try:
+        proc = run_backup_script(pg, sample_db, backup_dir, wait=False)
+        dump_pid = process_named("pg_dump", proc.pid)
+        os.kill(dump_pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        lock.release()
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    _assert_failed_cleanly(result, backup_dir, r"pg_dump was killed by signal 9")
+    assert "Backup complete" not in stdout
+
+
+def test_truncated_dump_without_completion_marker_fails(pg, sample_db, backup_dir, tmp_path):
+    # A dump command whose output is cut short but which exits 0, as `pg_dump | head` would.
+    wrapper = tmp_path / "truncating_pg_dump"
+    wrapper.write_text('#!/bin/sh\n[ "$1" = --version ] && exec pg_dump --version\npg_dump "$@" | head -c 20000\n')
+    wrapper.chmod(0o755)
+    result = run_backup_script(pg, sample_db, backup_dir, {"BACKUP_DUMP_COMMAND": str(wrapper)})
+    _assert_failed_cleanly(result, backup_dir, r"without PostgreSQL's 'dump complete' marker")
+
+
+def test_server_stopped_mid_dump(backup_dir):
+    server = PostgresServer().init().start().setup_app()
+    try:
+        server.create_database("victim")
+        load_sample_data(server, "victim")
+        lock = TableLock(server, "victim", "orders")
+        proc = run_backup_script(server, "victim", backup_dir, wait=False)
+        process_named("pg_dump", proc.pid)
+        time.sleep(0.3)
+        server.stop("immediate")
+        stdout, stderr = proc.communicate(timeout=60)
+        lock.conn.close()
+        result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+        _assert_failed_cleanly(result, backup_dir, r"pg_dump failed \(exit 1\)|counting rows|connection")
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mount_point)], check=True)
+    yield str(mount_point)
+    subprocess.run(["umount", str(mount_point)], check=True)
+
+
+@pytest.fixture
+def bulky_db(pg, fresh_db):
+    """About 6 MB of poorly compressible text: more than the 1 MB tmpfs can hold."""
+    with pg.connect(fresh_db, superuser=False) as conn:
+        conn.execute("CREATE TABLE blobs (id int, payload text)")
+        conn.execute("INSERT INTO blobs SELECT g, string_agg(md5(random()::text), '') "
+                     "FROM generate_series(1, 3000) g, generate_series(1, 60) h GROUP BY g")
+    return fresh_db
+
+
+def test_disk_full_during_the_dump(pg, bulky_db, tiny_fs):
+    result = run_backup_script(pg, bulky_db, tiny_fs, {"BACKUP_SPACE_CHECK": "0"})
+    _assert_failed_cleanly(result, tiny_fs, r"disk full while writing")
+
+
+def test_free_space_is_checked_before_dumping(pg, bulky_db, tiny_fs):
+    result = run_backup_script(pg, bulky_db, tiny_fs)
+    _assert_failed_cleanly(result, tiny_fs, r"not enough free space in .*free, about .* needed")
+
+
+def test_unwritable_directory(pg, sample_db):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run the script as another user")
+    # pytest's tmp_path is private to root; this tree must be traversable by 'nobody'.
+    shared = tempfile.mkdtemp(prefix="forge-unwritable.", dir="/var/tmp")
+    try:
+        os.chmod(shared, 0o755)
+        directory = os.path.join(shared, "backups")
+        os.mkdir(directory, 0o700)
+        result = run_backup_script(pg, sample_db, directory, user="nobody")
+        _assert_failed_cleanly(result, directory, r"backup directory .* is not writable by this user")
+    finally:
+        shutil.rmtree(shared)
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, r"passphrase file .* does not exist"),
+    ("", r"passphrase file .* is empty"),
+])
+def test_missing_or_empty_passphrase_file(pg, sample_db, backup_dir, tmp_path, content, message):
+    path = tmp_path / "pass"
+    if content is not None:
+        path.write_text(content)
+    result = run_backup_script(pg, sample_db, backup_dir, {"BACKUP_PASSPHRASE_FILE": str(path)})
+    _assert_failed_cleanly(result, backup_dir, message)
+
+
+@pytest.mark.parametrize("variable, value, message", [
+    ("RETENTION_DAYS", "thirty", r"RETENTION_DAYS must be a whole number, got 'thirty'"),
+    ("RETENTION_DAYS", "0", r"retention_days must be at least 1"),
+    ("BACKUP_MIN_KEEP", "-1", r"min_keep must be a whole number >= 0"),
+    ("BACKUP_FORMAT", "tar", r"format must be one of plain, custom"),
+])
+def test_invalid_settings(pg, sample_db, backup_dir, variable, value, message):
+    result = run_backup_script(pg, sample_db, backup_dir, {variable: value})
+    _assert_failed_cleanly(result, backup_dir, message)
+
+
+def test_backup_dir_that_is_a_symlink_is_refused(pg, sample_db, tmp_path):
+    real = tmp_path / "elsewhere"
+    real.mkdir()
+    link = tmp_path / "backups"
+    link.symlink_to(real)
+    result = run_backup_script(pg, sample_db, str(link))
+    _assert_failed_cleanly(result, str(real), r"is a symlink to .*elsewhere; point it at the real directory")
+
+
+def test_client_older_than_server_is_refused(pg, sample_db, backup_dir, tmp_path):
+    # Debian 12 ships only PostgreSQL 15, so a genuinely older client cannot run here;
+    # this stand-in reports version 14 and otherwise is never called.
+    old = tmp_path / "pg_dump14"
+    old.write_text('#!/bin/sh\necho "pg_dump (PostgreSQL) 14.11"\n')
+    old.chmod(0o755)
+    result = run_backup_script(pg, sample_db, backup_dir, {"BACKUP_DUMP_COMMAND": str(old)})
+    _assert_failed_cleanly(result, backup_dir, r"pg_dump 14 cannot dump a PostgreSQL 15 server")
+
+
+# -- lock, partials, secrets, metrics, Sentry ---------------------------------------------------------
+
+def test_a_second_backup_of_the_same_database_is_refused_while_one_runs(pg, sample_db, backup_dir):
+    os.makedirs(backup_dir, mode=0o700)
+    with DirectoryLock(os.path.join(backup_dir, f".{sample_db}.lock")):
+        result = run_backup_script(pg, sample_db, backup_dir)
+    assert result.returncode == 75
+    assert "another backup of" in result.stderr and "is already running" in result.stderr
+    assert backups_in(backup_dir) == []
+
+
+def test_lock_wait_lets_the_second_backup_run_after_the_first(pg, sample_db, backup_dir):
+    os.makedirs(backup_dir, mode=0o700)
+    lock = DirectoryLock(os.path.join(backup_dir, f".{sample_db}.lock")).__enter__()
+    threading.Timer(1.0, lock.__exit__).start()
+    result = run_backup_script(pg, sample_db, backup_dir, {"BACKUP_LOCK_WAIT": "30"})
+    assert result.returncode == 0, result.stderr
+    assert len(backups_in(backup_dir)) == 1
+
+
+def test_stale_partial_files_from_a_crashed_run_are_removed(pg, sample_db, backup_dir):
+    os.makedirs(backup_dir, mode=0o700)
+    stale = os.path.join(backup_dir, f".{sample_db}_20200101_020000.sql.gz.partial-99999")
+    with open(stale, "wb") as handle:
+        handle.write(b"\x1f\x8b half a dump")
+    assert run_backup_script(pg, sample_db, backup_dir).returncode == 0
+    assert not os.path.exists(stale)
+
+
+def test_secrets_never_appear_in_the_process_list(pg, sample_db, backup_dir, passphrase_file):
+    lock = TableLock(pg, sample_db, "orders")
+    try:
+        proc = run_backup_script(pg, sample_db, backup_dir, {"BACKUP_PASSPHRASE_FILE": passphrase_file},
+                                 wait=False)
+        dump_pid = process_named("pg_dump", proc.pid)
+        cmdlines = all_cmdlines()
+        with open(f"/proc/{dump_pid}/environ", "rb") as handle:
+            dump_env = handle.read().split(b"\0")
+    finally:
+        lock.release()
+    proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert not any(pg.app_password in line for line in cmdlines)
+    assert not any("correct horse" in line for line in cmdlines)
+    assert not any(item.startswith(b"PGPASSWORD=") for item in dump_env)
+    assert any(item.startswith(b"PGPASSFILE=") for item in dump_env)
+
+
+def test_metrics_after_success_and_after_failure(pg, sample_db, backup_dir, tmp_path):
+    textfile_dir = tmp_path / "textfile"
+    textfile_dir.mkdir()
+    extra = {"BACKUP_TEXTFILE_DIR": str(textfile_dir)}
+    assert run_backup_script(pg, sample_db, backup_dir, extra).returncode == 0
+    prom = textfile_dir / f"infer_forge_backup_{sample_db}.prom"
+    text = prom.read_text()
+    assert f'infer_forge_backup_last_run_success{{database="{sample_db}"}} 1' in text
+    size = os.path.getsize(backups_in(backup_dir)[0])
+    assert f'infer_forge_backup_size_bytes{{database="{sample_db}"}} {size}' in text
+    assert f'infer_forge_backup_retained_backups{{database="{sample_db}"}} 1' in text
+    if shutil.which("promtool"):
+        lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+        assert lint.returncode == 0, lint.stdout + lint.stderr
+    success_ts = re.search(r"last_success_timestamp_seconds\{[^}]*\} (\d+)", text).group(1)
+
+    extra["POSTGRES_PASSWORD"] = "wrong"
+    assert run_backup_script(pg, sample_db, backup_dir, extra).returncode != 0
+    text = prom.read_text()
+    assert f'infer_forge_backup_last_run_success{{database="{sample_db}"}} 0' in text
+    # The last success is still the earlier backup: an alert on its age keeps working.
+    assert re.search(r"last_success_timestamp_seconds\{[^}]*\} (\d+)", text).group(1) == success_ts
+
+
+def test_a_failed_backup_is_reported_to_sentry(pg, backup_dir):
+    stub = SentryStub()
+    try:
+        result = run_backup_script(pg, "no_such_db", backup_dir,
+                                   {"SENTRY_DSN": stub.dsn(), "ENVIRONMENT": "production"})
+    finally:
+        stub.close()
+    assert result.returncode == 1
+    [event] = stub.events()
+    assert stub.received[0]["path"] == "/api/42/envelope/"
+    assert "sentry_key=publickey" in stub.received[0]["auth"]
+    assert event["tags"]["component"] == "backup"
+    assert event["tags"]["database"] == "no_such_db"
+    assert event["tags"]["host"]
+    assert event["environment"] == "production"
+    assert "does not exist" in event["message"]["formatted"]
