@@ -1,0 +1,94 @@
+"""The backup role on a real host: files, modes, cron, and a backup taken by the
+exact command line cron would run, as the backup user."""
+
+import json
+import re
+
+import pytest
+
+CRON_FILE = "/etc/cron.d/infer-forge-backup"
+TEXTFILE = "/var/lib/prometheus/node-exporter/infer_forge_backup_infer_forge.prom"
+
+
+def cron_command(host):
+    lines = [line for line in host.file(CRON_FILE).content_string.splitlines()
+             if line and not line.startswith("#") and "backup_db.sh" in line]
+    assert len(lines) == 1, lines
+    fields = lines[0].split(None, 6)
+    assert fields[:5] == ["0", "2", "*", "*", "*"], "daily at 02:00, as in the runbook"
+    assert fields[5] == "infer"
+    return fields[6]
+
+
+def test_backup_directory_is_private_to_the_backup_user(host):
+    directory = host.file("/backups")
+    assert directory.is_directory
+    assert directory.user == "infer" and directory.group == "infer"
+    assert directory.mode == 0o700
+
+
+def test_existing_files_were_tightened_to_0600(host):
+    assert host.file("/backups/infer_forge_20200101_020000.sql.gz.note").mode == 0o600
+
+
+def test_config_and_passphrase_are_readable_only_by_the_backup_user(host):
+    for path in ("/etc/infer-forge/backup-infer_forge.env", "/etc/infer-forge/backup.pass"):
+        secret = host.file(path)
+        assert secret.user == "infer" and secret.mode == 0o600, path
+    assert "POSTGRES_DB=infer_forge" in host.file("/etc/infer-forge/backup-infer_forge.env").content_string
+
+
+def test_cron_entry_matches_the_runbook(host):
+    command = cron_command(host)
+    assert command.endswith(">> /var/log/infer-backup.log 2>&1")
+    assert "/opt/infer-forge/scripts/backup_db.sh" in command
+    assert host.service("cron").is_running
+
+
+def test_logrotate_config_is_valid(host):
+    assert host.run("logrotate -d /etc/logrotate.d/infer-forge-backup").rc == 0
+
+
+@pytest.fixture(scope="module")
+def scheduled_run(host):
+    """Run the cron entry's command exactly, as the backup user, like cron would."""
+    command = cron_command(host)
+    result = host.run("su -s /bin/sh infer -c %s", command)
+    assert result.rc == 0, result.stderr
+    newest = host.check_output("ls -1t /backups/*.sql.gz.enc | head -1")
+    return newest
+
+
+def test_scheduled_run_writes_an_encrypted_backup_with_manifest(host, scheduled_run):
+    assert re.search(r"/backups/infer_forge_\d{8}_\d{6}\.sql\.gz\.enc$", scheduled_run)
+    for path in (scheduled_run, scheduled_run + ".manifest.json", scheduled_run + ".sha256"):
+        item = host.file(path)
+        assert item.user == "infer" and item.group == "infer" and item.mode == 0o600, path
+    manifest = json.loads(host.file(scheduled_run + ".manifest.json").content_string)
+    assert manifest["snapshot_row_counts"] == {"public.customers": 50, "public.orders": 1000}
+    assert manifest["encryption"]["cipher"] == "aes-256-cbc"
+    assert host.run("cd /backups && sha256sum -c %s", scheduled_run.split("/")[-1] + ".sha256").rc == 0
+
+
+def test_runbook_openssl_restore_works_on_the_scheduled_backup(host, scheduled_run):
+    count = host.check_output(
+        "su postgres -c 'createdb -O infer drill_check' && "
+        "openssl enc -aes-256-cbc -d -pbkdf2 -pass file:/etc/infer-forge/backup.pass -in %s | gunzip "
+        "| PGPASSWORD=molecule-db-pw psql -q -h 127.0.0.1 -U infer -d drill_check >/dev/null && "
+        "PGPASSWORD=molecule-db-pw psql -tA -h 127.0.0.1 -U infer -d drill_check -c 'SELECT COUNT(*) FROM orders'",
+        scheduled_run)
+    host.run("su postgres -c 'dropdb drill_check'")
+    assert count.strip() == "1000"
+
+
+def test_scheduled_run_logs_the_runbook_lines(host, scheduled_run):
+    log = host.file("/var/log/infer-backup.log").content_string
+    assert f"Starting backup: {scheduled_run}" in log
+    assert re.search(r"^Backup complete: \d", log, re.M)
+    assert "Done. Remaining backups:" in log
+
+
+def test_scheduled_run_writes_metrics(host, scheduled_run):
+    metrics = host.file(TEXTFILE).content_string
+    assert 'infer_forge_backup_last_run_success{database="infer_forge"} 1' in metrics
+    assert re.search(r'infer_forge_backup_last_success_timestamp_seconds\{database="infer_forge"\} \d+', metrics)
