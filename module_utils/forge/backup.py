@@ -29,6 +29,7 @@ from .fsutil import (
     explain_os_error,
     free_bytes,
     fsync_dir,
+    give_to_directory_owner,
     human_size,
     write_atomic,
 )
@@ -265,7 +266,7 @@ class BackupRunner:
         try:
             write_atomic(final_path + catalog.MANIFEST_SUFFIX, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
             write_atomic(final_path + catalog.CHECKSUM_SUFFIX, f"{stream['sha256']}  {name}\n")
-            _match_directory_owner(options.backup_dir, [partial_path, final_path + catalog.MANIFEST_SUFFIX,
+            give_to_directory_owner(options.backup_dir, [partial_path, final_path + catalog.MANIFEST_SUFFIX,
                                                         final_path + catalog.CHECKSUM_SUFFIX])
             os.rename(partial_path, final_path)
             fsync_dir(options.backup_dir)
@@ -474,17 +475,6 @@ def _with_docker_env(command, docker):
     exec_at = command.index("exec") + 1 if "exec" in command else 1
     forwarded = [arg for name in names for arg in ("-e", name)]
     return command[:exec_at] + forwarded + command[exec_at:]
-
-
-def _match_directory_owner(directory, paths):
-    """When root takes a backup (an ad-hoc playbook run), hand the files to the
-    directory's owner, so the scheduled job running as that user can read,
-    verify and rotate them."""
-    if os.geteuid() != 0:
-        return
-    owner = os.stat(directory)
-    for path in paths:
-        os.chown(path, owner.st_uid, owner.st_gid)
 
 
 def _stop(proc):
