@@ -456,3 +456,23 @@ def test_a_failed_backup_is_reported_to_sentry(pg, backup_dir):
     assert event["tags"]["host"]
     assert event["environment"] == "production"
     assert "does not exist" in event["message"]["formatted"]
+
+
+def test_a_root_run_leaves_files_the_backup_user_can_use(pg, sample_db):
+    """An ad-hoc playbook run as root, then the scheduled run as the directory's owner."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run as two users")
+    shared = tempfile.mkdtemp(prefix="forge-owner.", dir="/var/tmp")
+    try:
+        os.chmod(shared, 0o755)
+        directory = os.path.join(shared, "backups")
+        os.mkdir(directory, 0o700)
+        os.chown(directory, 65534, 65534)  # nobody:nogroup
+        assert run_backup_script(pg, sample_db, directory).returncode == 0
+        for name in os.listdir(directory):
+            assert os.stat(os.path.join(directory, name)).st_uid == 65534, name
+        second = run_backup_script(pg, sample_db, directory, user="nobody")
+        assert second.returncode == 0, second.stderr
+        assert len(backups_in(directory)) == 2
+    finally:
+        shutil.rmtree(shared)

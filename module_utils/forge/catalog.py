@@ -36,15 +36,24 @@ def extension_for(dump_format, compression, encrypted):
     raise ValueError(f"no file name for format {dump_format} with compression {compression}")
 
 
+_SUFFIX_RE = re.compile(r"(?P<ext>\.sql\.gz|\.sql\.zst|\.dump)(?P<enc>\.enc)?$")
+
+
 class BackupFile:
-    """One backup on disk and what we know about it."""
+    """One backup on disk and what we know about it.
+
+    ``match`` is a match of our naming scheme; files named otherwise (the
+    runbook's ``backup_encrypted.sql.gz.enc``) are described by their suffix
+    alone and have no timestamp or database stem.
+    """
 
     def __init__(self, directory, name, match):
         self.directory = directory
         self.name = name
         self.path = os.path.join(directory, name)
-        self.stem = match.group("stem")
-        self.timestamp = datetime.datetime.strptime(match.group("ts"), TIMESTAMP_FORMAT)
+        named = "stem" in match.re.groupindex
+        self.stem = match.group("stem") if named else None
+        self.timestamp = datetime.datetime.strptime(match.group("ts"), TIMESTAMP_FORMAT) if named else None
         self.extension = match.group("ext")
         self.encrypted = bool(match.group("enc"))
         self.dump_format, self.compression = EXTENSIONS[self.extension]
@@ -93,7 +102,7 @@ class BackupFile:
             "name": self.name,
             "path": self.path,
             "size": self.size,
-            "timestamp": self.timestamp.strftime(TIMESTAMP_FORMAT),
+            "timestamp": self.timestamp.strftime(TIMESTAMP_FORMAT) if self.timestamp else None,
             "encrypted": self.encrypted,
             "format": self.dump_format,
             "compression": self.compression,
@@ -134,6 +143,16 @@ def scan(directory, database=None):
         found.append(BackupFile(directory, name, match))
     found.sort(key=lambda backup: (backup.timestamp, backup.name), reverse=True)
     return found
+
+
+def open_backup(path):
+    """Describe one backup file given by path, whatever its name, or return None
+    when its suffix is not one we can restore."""
+    directory, name = os.path.split(os.path.abspath(path))
+    match = _NAME_RE.match(name) or _SUFFIX_RE.search(name)
+    if match is None:
+        return None
+    return BackupFile(directory, name, match)
 
 
 def is_partial_name(name, stem):

@@ -1,4 +1,5 @@
-"""On-host commands: ``python3 -m forge.cli backup`` is what scripts/backup_db.sh runs.
+"""On-host commands: ``python3 -m forge.cli backup`` is what scripts/backup_db.sh runs;
+``verify``, ``restore`` and ``drill`` are scripts/restore_db.sh.
 
 Configuration comes from the runbook's environment variables. A config file
 (``BACKUP_CONFIG``, default ``/etc/infer-forge/backup.env``, empty for none) in KEY=VALUE form
@@ -74,16 +75,8 @@ def backup_from_config(config):
     import shlex
 
     from .backup import BackupOptions, BackupRunner
-    from .pgconn import PgSettings
 
-    settings = PgSettings(
-        host=config.get("POSTGRES_HOST", "localhost"),
-        port=_int(config, "POSTGRES_PORT", 5432),
-        user=config.get("POSTGRES_USER"),
-        password=config.get("POSTGRES_PASSWORD"),
-        database=config.get("POSTGRES_DB"),
-        sslmode=config.get("POSTGRES_SSLMODE"),
-    )
+    settings = pg_settings_from_config(config)
     passphrase_file = config.get("BACKUP_PASSPHRASE_FILE")
     dump_command = shlex.split(config["BACKUP_DUMP_COMMAND"]) if config.get("BACKUP_DUMP_COMMAND") else None
     options = BackupOptions(
@@ -109,6 +102,90 @@ def backup_from_config(config):
     return BackupRunner(options, settings, log=lambda line: print(line, flush=True))
 
 
+def pg_settings_from_config(config):
+    from .pgconn import PgSettings
+
+    return PgSettings(
+        host=config.get("POSTGRES_HOST", "localhost"),
+        port=_int(config, "POSTGRES_PORT", 5432),
+        user=config.get("POSTGRES_USER"),
+        password=config.get("POSTGRES_PASSWORD"),
+        database=config.get("POSTGRES_DB"),
+        sslmode=config.get("POSTGRES_SSLMODE"),
+    )
+
+
+def _drill_checks(config):
+    """DRILL_SQL_CHECKS: a JSON list of {"name", "sql", optional "expect"/"min"} in the config file."""
+    import json
+
+    raw = config.get("DRILL_SQL_CHECKS")
+    if not raw:
+        return []
+    try:
+        checks = json.loads(raw)
+    except ValueError:
+        raise ForgeError("DRILL_SQL_CHECKS must be a JSON list of {\"name\": ..., \"sql\": ...}") from None
+    if not isinstance(checks, list):
+        raise ForgeError("DRILL_SQL_CHECKS must be a JSON list")
+    return checks
+
+
+def restore_command(args, config):
+    """verify / restore / drill, for scripts/restore_db.sh."""
+    import argparse
+    import json
+
+    from .drill import Drill, DrillOptions
+    from .restore import RestoreOptions, Restorer, select_backup, verify_file
+
+    parser = argparse.ArgumentParser(prog="restore_db.sh", description="Verify, restore or drill INFER FORGE backups.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    for name, text in (("verify", "check a backup without touching any database"),
+                       ("restore", "restore a backup into a database"),
+                       ("drill", "restore into a scratch database, check row counts, drop it")):
+        command = sub.add_parser(name, help=text)
+        command.add_argument("backup", nargs="?", default="latest",
+                             help="backup file in BACKUP_DIR, or 'latest' (newest good backup of POSTGRES_DB)")
+        if name == "restore":
+            command.add_argument("target", help="database to restore into")
+            command.add_argument("--force", action="store_true", help="drop and recreate a target that has tables")
+            command.add_argument("--jobs", type=int, default=None, help="pg_restore jobs (custom format)")
+        if name == "drill":
+            command.add_argument("--scratch", default=None, help="scratch database (default <db>_restore_drill)")
+            command.add_argument("--keep", action="store_true", help="keep the scratch database for inspection")
+            command.add_argument("--jobs", type=int, default=None, help="pg_restore jobs (custom format)")
+            command.add_argument("--check", action="append", default=[], metavar="SQL",
+                                 help="extra SQL check returning one value, e.g. 'SELECT COUNT(*) FROM orders'")
+    parsed = parser.parse_args(args)
+    settings = pg_settings_from_config(config)
+    backup_file = None if parsed.backup == "latest" else parsed.backup
+    options = RestoreOptions(backup_dir=config.get("BACKUP_DIR", "/backups"),
+                             passphrase_file=config.get("BACKUP_PASSPHRASE_FILE"),
+                             jobs=getattr(parsed, "jobs", None), force=getattr(parsed, "force", False))
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    if parsed.action == "drill":
+        drill = DrillOptions(
+            database=settings.database, scratch_database=parsed.scratch or config.get("DRILL_SCRATCH_DB"),
+            backup_file=backup_file, keep=parsed.keep,
+            sql_checks=_drill_checks(config) + [{"name": sql, "sql": sql} for sql in parsed.check],
+            textfile_dir=config.get("BACKUP_TEXTFILE_DIR"), report_dir=config.get("DRILL_REPORT_DIR"),
+            sentry_dsn=config.get("SENTRY_DSN"), environment=config.get("ENVIRONMENT"))
+        result = Drill(drill, options, settings, log=log).run()
+        print(f"{'PASS' if result['passed'] else 'FAIL'}: {result.get('backup', '-')}: "
+              f"{result.get('tables_checked', 0)} tables, {result.get('rows_checked', 0)} rows checked in "
+              f"{result['duration']:.1f} s; {result['reason']}")
+        return 0 if result["passed"] else EXIT_FAILURE
+    backup = select_backup(options.backup_dir, settings.database, backup_file)
+    restorer = Restorer(options, settings, log=log)
+    if parsed.action == "verify":
+        report = verify_file(backup, restorer.passphrase(backup), settings.database)
+    else:
+        report = restorer.restore(backup, parsed.target, database=settings.database)
+    print(json.dumps(dict(report, backup=backup.path), indent=2, sort_keys=True))
+    return 0
+
+
 def _terminate(signum, frame):
     # Turn SIGTERM into an exception so the partial file is cleaned up on the way out.
     raise KeyboardInterrupt(f"signal {signum}")
@@ -116,19 +193,22 @@ def _terminate(signum, frame):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in ("backup",):
-        print("usage: python3 -m forge.cli backup   (configured by environment variables, see README)",
-              file=sys.stderr)
+    if not argv or argv[0] not in ("backup", "verify", "restore", "drill"):
+        print("usage: python3 -m forge.cli {backup|verify|restore|drill} ...  (settings from the environment, "
+              "see README)", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        runner = backup_from_config(load_config(os.environ))
+        config = load_config(os.environ)
+        if argv[0] != "backup":
+            return restore_command(argv, config)
+        runner = backup_from_config(config)
         runner.run()
     except ForgeError as exc:
         print(f"ERROR: {exc.message}", file=sys.stderr, flush=True)
         return EXIT_LOCKED if exc.details.get("locked") else EXIT_FAILURE
     except KeyboardInterrupt as exc:
-        print(f"ERROR: backup interrupted ({exc or 'SIGINT'}); no backup was written", file=sys.stderr, flush=True)
+        print(f"ERROR: {argv[0]} interrupted ({exc or 'SIGINT'}); nothing was kept", file=sys.stderr, flush=True)
         return EXIT_FAILURE
     return 0
 

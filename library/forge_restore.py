@@ -1,0 +1,334 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: INFER FORGE ops team
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: forge_restore
+short_description: Verify a backup, restore it, or run a restore drill with exact row-count checks
+description:
+  - Picks a backup (a given file inside O(backup_dir), or the newest good backup of O(database) by its
+    manifest) and verifies it before touching any database, with the SHA-256 from its manifest and,
+    for encrypted files, the HMAC, which tells a wrong passphrase from a damaged file.
+  - Backups made by the runbook's own commands (C(.sql.gz), or C(openssl enc) C(.sql.gz.enc), without a
+    manifest) are accepted; the result lists the checks that could not be made.
+  - O(mode=restore) streams the backup (decrypt, decompress) into C(psql) in one transaction with
+    C(ON_ERROR_STOP), or into C(pg_restore) (C(--jobs) for unencrypted custom-format dumps), without a
+    plaintext copy on disk. It refuses a target that has tables unless O(force=true), which drops and
+    recreates it.
+  - O(mode=drill) restores into a scratch database, compares every table's row count with the counts
+    recorded in the dump's snapshot, runs optional C(amcheck) and SQL checks, records metrics and a JSON
+    report, and drops the scratch database, also when a check failed.
+  - O(mode=verify) only verifies the file.
+version_added: "0.1.0"
+author:
+  - INFER FORGE ops team
+options:
+  mode:
+    description: What to do.
+    type: str
+    choices: [restore, drill, verify]
+    default: drill
+  database:
+    description:
+      - The source database the backup was taken of. Picks the newest good backup when O(backup_file) is
+        not given, and a backup of another database is refused.
+    type: str
+  backup_file:
+    description: The backup to use, a name in or a path inside O(backup_dir). Paths outside it are refused.
+    type: path
+  backup_dir:
+    description: Directory that holds the backups.
+    type: path
+    default: /backups
+  target_database:
+    description: For O(mode=restore), the database to restore into.
+    type: str
+  scratch_database:
+    description: For O(mode=drill), the scratch database. Defaults to C(<database>_restore_drill). Never the source.
+    type: str
+  force:
+    description: For O(mode=restore), drop and recreate a target that already has tables.
+    type: bool
+    default: false
+  create:
+    description: For O(mode=restore), create the target when it does not exist (template0, UTF8).
+    type: bool
+    default: true
+  owner:
+    description: Owner of a database this module creates.
+    type: str
+  jobs:
+    description: Parallel jobs for C(pg_restore) of an unencrypted custom-format dump.
+    type: int
+  keep:
+    description: For O(mode=drill), keep the scratch database for inspection.
+    type: bool
+    default: false
+  sql_checks:
+    description:
+      - For O(mode=drill), queries run in the scratch database. Each returns one value; the check fails on
+        an error, or when the value differs from C(expect) or is below C(min).
+    type: list
+    elements: dict
+    default: []
+  amcheck:
+    description: For O(mode=drill), check every B-tree index with C(amcheck) (needs a superuser login).
+    type: bool
+    default: false
+  passphrase_file:
+    description: File whose first line is the passphrase of encrypted backups.
+    type: path
+  passphrase:
+    description: The passphrase itself, for example from Ansible Vault.
+    type: str
+  login_host:
+    description: PostgreSQL host.
+    type: str
+    default: localhost
+  port:
+    description: PostgreSQL port.
+    type: int
+    default: 5432
+  login_user:
+    description: Role to connect as. It needs C(CREATEDB) to create targets and scratch databases.
+    type: str
+  login_password:
+    description: Password of O(login_user). Passed to C(psql)/C(pg_restore) in a private passfile.
+    type: str
+  textfile_dir:
+    description: For O(mode=drill), node_exporter textfile directory for C(infer_forge_restore_drill_*) metrics.
+    type: path
+  report_dir:
+    description: For O(mode=drill), directory for the JSON report C(restore_drill_<db>.json).
+    type: path
+  sentry_dsn:
+    description: For O(mode=drill), report a failed drill to this Sentry DSN.
+    type: str
+  environment:
+    description: Environment name sent with Sentry events.
+    type: str
+  fail_on_error:
+    description: For O(mode=drill), fail the task when the drill fails. With V(false) the outcome is returned as data.
+    type: bool
+    default: true
+attributes:
+  check_mode:
+    support: full
+    details: Verifies the backup and reports whether the target would be created or recreated; changes nothing.
+  diff_mode:
+    support: none
+requirements:
+  - python3-psycopg and python3-cryptography on the host that runs the module
+  - the PostgreSQL client (C(psql), C(pg_restore))
+seealso:
+  - module: forge_backup
+"""
+
+EXAMPLES = r"""
+- name: Prove that last night's backup restores (scratch database, exact row counts, then dropped)
+  forge_restore:
+    mode: drill
+    database: infer_forge
+    login_user: infer
+    login_password: "{{ vault_postgres_password }}"
+    passphrase_file: /etc/infer-forge/backup.pass
+    sql_checks:
+      - name: orders
+        sql: SELECT COUNT(*) FROM orders
+        min: 1
+    textfile_dir: /var/lib/prometheus/node-exporter
+    report_dir: /var/lib/infer-forge/reports
+
+- name: Restore a chosen backup into a new database
+  forge_restore:
+    mode: restore
+    backup_file: infer_forge_20260207_143215.sql.gz
+    target_database: infer_forge_restore
+    login_user: infer
+    login_password: "{{ vault_postgres_password }}"
+
+- name: Only check that a backup is intact and the passphrase is right
+  forge_restore:
+    mode: verify
+    database: infer_forge
+    passphrase: "{{ vault_backup_passphrase }}"
+"""
+
+RETURN = r"""
+backup:
+  description: Path of the backup used.
+  returned: always
+  type: str
+checks:
+  description: Each check and its outcome (passed, failed or skipped).
+  returned: always
+  type: dict
+  sample: {"sha256": "passed", "hmac": "passed", "row_counts": "passed"}
+skipped_checks:
+  description: Checks that could not be made, with the reason (for example a runbook-made file has no manifest).
+  returned: when any was skipped
+  type: list
+  elements: str
+passed:
+  description: For O(mode=drill), whether every check passed.
+  returned: drill
+  type: bool
+reason:
+  description: For O(mode=drill), why it failed, or C(all checks passed).
+  returned: drill
+  type: str
+tables_checked:
+  description: Tables whose row counts were compared.
+  returned: drill
+  type: int
+rows_checked:
+  description: Rows counted in the scratch database.
+  returned: drill
+  type: int
+row_count_mismatches:
+  description: Tables whose restored count differs from the snapshot count.
+  returned: drill
+  type: dict
+backup_age_seconds:
+  description: Age of the backup when the drill ran.
+  returned: drill
+  type: float
+duration:
+  description: Wall time in seconds.
+  returned: always
+  type: float
+target_state:
+  description: For O(mode=restore), whether the target was V(created), V(recreated) or already V(empty).
+  returned: restore
+  type: str
+"""
+
+import os
+import shutil
+import tempfile
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+
+try:
+    from ansible.module_utils.forge.drill import Drill, DrillOptions
+    from ansible.module_utils.forge.errors import ForgeError
+    from ansible.module_utils.forge.pgconn import PgSettings
+    from ansible.module_utils.forge.restore import RestoreOptions, Restorer, select_backup, verify_file
+    ENGINE_IMPORT_ERROR = None
+except ImportError as exc:  # pragma: no cover - reported to the user below
+    ENGINE_IMPORT_ERROR = exc
+
+
+ARGUMENT_SPEC = dict(
+    mode=dict(type="str", choices=["restore", "drill", "verify"], default="drill"),
+    database=dict(type="str"),
+    backup_file=dict(type="path"),
+    backup_dir=dict(type="path", default="/backups"),
+    target_database=dict(type="str"),
+    scratch_database=dict(type="str"),
+    force=dict(type="bool", default=False),
+    create=dict(type="bool", default=True),
+    owner=dict(type="str"),
+    jobs=dict(type="int"),
+    keep=dict(type="bool", default=False),
+    sql_checks=dict(type="list", elements="dict", default=[]),
+    amcheck=dict(type="bool", default=False),
+    passphrase_file=dict(type="path", no_log=False),
+    passphrase=dict(type="str", no_log=True),
+    login_host=dict(type="str", default="localhost"),
+    port=dict(type="int", default=5432),
+    login_user=dict(type="str"),
+    login_password=dict(type="str", no_log=True),
+    textfile_dir=dict(type="path"),
+    report_dir=dict(type="path"),
+    sentry_dsn=dict(type="str", no_log=True),
+    environment=dict(type="str"),
+    fail_on_error=dict(type="bool", default=True),
+)
+
+
+class RestoreModule:
+    def __init__(self, module):
+        self.module = module
+        self.params = module.params
+        self._secret_dir = None
+
+    def passphrase_file(self):
+        if self.params["passphrase"]:
+            self._secret_dir = tempfile.mkdtemp(prefix="forge-restore.")
+            path = os.path.join(self._secret_dir, "passphrase")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(self.params["passphrase"] + "\n")
+            return path
+        return self.params["passphrase_file"]
+
+    def run(self):
+        p = self.params
+        started = time.monotonic()
+        try:
+            settings = PgSettings(host=p["login_host"], port=p["port"], user=p["login_user"],
+                                  password=p["login_password"], database=p["database"])
+            options = RestoreOptions(backup_dir=p["backup_dir"], passphrase_file=self.passphrase_file(),
+                                     jobs=p["jobs"], force=p["force"], create=p["create"], owner=p["owner"])
+            if p["mode"] == "verify":
+                backup = select_backup(p["backup_dir"], p["database"], p["backup_file"])
+                passphrase = Restorer(options, settings).passphrase(backup)
+                result = dict(verify_file(backup, passphrase, p["database"]), backup=backup.path, changed=False)
+            elif p["mode"] == "restore":
+                if not p["target_database"]:
+                    return dict(failed=True, msg="mode=restore needs target_database")
+                backup = select_backup(p["backup_dir"], p["database"], p["backup_file"])
+                result = dict(Restorer(options, settings).restore(
+                    backup, p["target_database"], database=p["database"], check_mode=self.module.check_mode),
+                    backup=backup.path)
+            else:
+                return self.drill(settings, options)
+            result["duration"] = round(time.monotonic() - started, 3)
+            return result
+        except ForgeError as exc:
+            return dict(failed=True, msg=exc.message, changed=False)
+        finally:
+            if self._secret_dir:
+                shutil.rmtree(self._secret_dir, ignore_errors=True)
+
+    def drill(self, settings, options):
+        p = self.params
+        drill_options = DrillOptions(
+            database=p["database"], scratch_database=p["scratch_database"], backup_file=p["backup_file"],
+            keep=p["keep"], sql_checks=p["sql_checks"], amcheck=p["amcheck"], textfile_dir=p["textfile_dir"],
+            report_dir=p["report_dir"], sentry_dsn=p["sentry_dsn"], environment=p["environment"])
+        if self.module.check_mode:
+            backup = select_backup(p["backup_dir"], p["database"], p["backup_file"])
+            passphrase = Restorer(options, settings).passphrase(backup)
+            return dict(verify_file(backup, passphrase, p["database"]), backup=backup.path, changed=False,
+                        passed=None, reason="check mode: backup verified, drill not run")
+        result = Drill(drill_options, options, settings).run()
+        if not result["passed"] and p["fail_on_error"]:
+            result["failed"] = True
+            result["msg"] = f"restore drill of {p['database']} failed: {result['reason']}"
+        return result
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=ARGUMENT_SPEC,
+        supports_check_mode=True,
+        required_if=[("mode", "drill", ("database",)), ("mode", "restore", ("target_database",))],
+        required_one_of=[("database", "backup_file")],
+    )
+    if ENGINE_IMPORT_ERROR is not None:
+        module.fail_json(msg=f"forge engine not importable: {ENGINE_IMPORT_ERROR}")
+    result = RestoreModule(module).run()
+    if result.pop("failed", False):
+        module.fail_json(**result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

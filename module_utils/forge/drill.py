@@ -1,0 +1,258 @@
+"""The restore drill: prove that a backup restores, exactly.
+
+1. Restore the chosen backup into a scratch database.
+2. Compare every table's row count with the counts the manifest recorded in
+   the dump's snapshot (no table missing, none extra, no count off); optional
+   amcheck of every B-tree index; optional SQL checks.
+3. Record the outcome: Prometheus textfile metrics, a JSON report, Sentry on failure.
+4. Drop the scratch database, also after a failure, unless asked to keep it.
+"""
+
+import datetime
+import json
+import os
+import socket
+import time
+
+from . import metrics, sentry
+from .errors import ForgeError
+from .fsutil import write_atomic
+from .pgconn import count_rows, user_tables
+from .restore import Restorer, select_backup
+
+DRILL_COMMENT = "infer-forge restore drill scratch database"
+METRIC_PREFIX = "infer_forge_restore_drill_"
+
+
+class DrillOptions:
+    def __init__(self, database, scratch_database=None, backup_file=None, keep=False, sql_checks=None,
+                 amcheck=False, textfile_dir=None, report_dir=None, sentry_dsn=None, environment=None):
+        if not database:
+            raise ForgeError("the drill needs the source database name")
+        self.database = database
+        self.scratch_database = scratch_database or f"{database}_restore_drill"
+        self.backup_file = backup_file
+        self.keep = keep
+        self.sql_checks = list(sql_checks or [])
+        for check in self.sql_checks:
+            if not isinstance(check, dict) or not check.get("sql"):
+                raise ForgeError(f"each SQL check needs a 'sql' key, got {check!r}")
+        self.amcheck = amcheck
+        self.textfile_dir = textfile_dir
+        self.report_dir = report_dir
+        self.sentry_dsn = sentry_dsn
+        self.environment = environment
+        if self.scratch_database == self.database:
+            raise ForgeError(f"the scratch database {self.scratch_database!r} is the live database; "
+                             "refusing to restore over it")
+
+
+class Drill:
+    def __init__(self, options, restore_options, settings, log=None, clock=time.time):
+        self.options = options
+        self.restore_options = restore_options
+        self.restore_options.comment = DRILL_COMMENT
+        self.restore_options.force = False
+        self.restore_options.create = True
+        self.settings = settings
+        self.log = log or (lambda line: None)
+        self.clock = clock
+
+    def run(self):
+        started = self.clock()
+        result = {"database": self.options.database, "scratch_database": self.options.scratch_database,
+                  "passed": False, "changed": True, "host": socket.gethostname()}
+        restorer = Restorer(self.restore_options, self.settings, self.log)
+        try:
+            backup = select_backup(self.restore_options.backup_dir, self.options.database, self.options.backup_file)
+            result["backup"] = backup.path
+            result["backup_age_seconds"] = round(started - _backup_time(backup), 1)
+            self._clear_previous_scratch()
+            report = restorer.restore(backup, self.options.scratch_database, database=self.options.database)
+            result["checks"] = report.get("checks", {})
+            result["skipped_checks"] = report.get("skipped_checks", [])
+            result["restore_seconds"] = report.get("duration")
+            self._verify(backup, result)
+            for skipped in getattr(backup, "skipped_newer", []):
+                result["problems"].insert(0, f"newer backup skipped as not good: {skipped}")
+            result["passed"] = not result["problems"]
+            result["reason"] = "; ".join(result["problems"][:5]) if result["problems"] else "all checks passed"
+        except ForgeError as exc:
+            result["reason"] = exc.message
+            result.setdefault("problems", []).append(exc.message)
+        finally:
+            if not self.options.keep:
+                self._drop_scratch()
+                result["scratch_dropped"] = True
+            else:
+                result["scratch_dropped"] = False
+        result["duration"] = round(self.clock() - started, 3)
+        result["finished_at"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        self._record(result)
+        return result
+
+    # -- steps ----------------------------------------------------------------
+    def _clear_previous_scratch(self):
+        """A scratch database left by a kept drill is ours to drop; any other database of that name is not."""
+        with self.settings.connect(database="postgres") as conn:
+            row = conn.execute(
+                "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+                (self.options.scratch_database,)).fetchone()
+        if row is None:
+            return
+        if row[0] != DRILL_COMMENT:
+            raise ForgeError(f"database {self.options.scratch_database!r} exists and was not made by a drill; "
+                             "drop it yourself or choose another scratch_database")
+        self._drop_scratch()
+
+    def _drop_scratch(self):
+        from psycopg import sql
+
+        try:
+            with self.settings.connect(database="postgres") as conn:
+                row = conn.execute(
+                    "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+                    (self.options.scratch_database,)).fetchone()
+                if row is not None and row[0] == DRILL_COMMENT:
+                    conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(
+                        sql.Identifier(self.options.scratch_database)))
+        except ForgeError as exc:
+            self.log(f"could not drop the scratch database: {exc.message}")
+
+    def _verify(self, backup, result):
+        problems = []
+        with self.settings.connect(database=self.options.scratch_database) as conn:
+            cursor = conn.cursor()
+            actual = count_rows(cursor, user_tables(cursor))
+            result["tables_checked"] = len(actual)
+            result["rows_checked"] = sum(actual.values())
+            expected = (backup.manifest or {}).get("snapshot_row_counts")
+            if expected is None:
+                result.setdefault("skipped_checks", []).append(
+                    "row_counts: no manifest, so no snapshot counts to compare with")
+                result["checks"]["row_counts"] = "skipped"
+            else:
+                missing = sorted(set(expected) - set(actual))
+                extra = sorted(set(actual) - set(expected))
+                wrong = {t: {"expected": expected[t], "restored": actual[t]}
+                         for t in sorted(set(expected) & set(actual)) if expected[t] != actual[t]}
+                problems += [f"table {t} missing after restore" for t in missing]
+                problems += [f"table {t} not in the backup's manifest" for t in extra]
+                problems += [f"{t}: {v['restored']} rows restored, {v['expected']} in the snapshot"
+                             for t, v in wrong.items()]
+                result["row_count_mismatches"] = wrong
+                result["checks"]["row_counts"] = "failed" if (missing or extra or wrong) else "passed"
+            if self.options.amcheck:
+                problems += self._amcheck(conn, result)
+            result["sql_checks"] = []
+            for check in self.options.sql_checks:
+                outcome = self._sql_check(conn, check)
+                result["sql_checks"].append(outcome)
+                if not outcome["passed"]:
+                    problems.append(f"SQL check {outcome['name']}: {outcome['detail']}")
+        result["problems"] = problems
+
+    def _amcheck(self, conn, result):
+        try:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
+            indexes = conn.execute(
+                "SELECT c.oid::regclass::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                "JOIN pg_am a ON a.oid = c.relam JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE a.amname = 'btree' AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+                "AND n.nspname NOT LIKE 'pg_toast%'").fetchall()
+            for (index,) in indexes:
+                conn.execute("SELECT bt_index_check(%s::regclass, true)", (index,))
+        except Exception as exc:  # noqa: BLE001 - reported as one line
+            result["checks"]["amcheck"] = "failed"
+            return [f"amcheck: {' '.join(str(exc).split())}"]
+        result["checks"]["amcheck"] = "passed"
+        result["indexes_checked"] = len(indexes)
+        return []
+
+    def _sql_check(self, conn, check):
+        name = check.get("name") or check["sql"]
+        outcome = {"name": name, "sql": check["sql"], "passed": False}
+        try:
+            row = conn.execute(check["sql"]).fetchone()
+        except Exception as exc:  # noqa: BLE001 - reported as one line
+            outcome["detail"] = " ".join(str(exc).split())
+            return outcome
+        value = row[0] if row else None
+        outcome["value"] = value
+        if "expect" in check and value != check["expect"]:
+            outcome["detail"] = f"returned {value!r}, expected {check['expect']!r}"
+        elif "min" in check and (value is None or value < check["min"]):
+            outcome["detail"] = f"returned {value!r}, expected at least {check['min']!r}"
+        else:
+            outcome["passed"] = True
+            outcome["detail"] = f"returned {value!r}"
+        return outcome
+
+    # -- reporting --------------------------------------------------------------
+    def _record(self, result):
+        if self.options.report_dir:
+            try:
+                os.makedirs(self.options.report_dir, mode=0o750, exist_ok=True)
+                path = os.path.join(self.options.report_dir, f"restore_drill_{_stem(self.options.database)}.json")
+                write_atomic(path, json.dumps(result, indent=2, sort_keys=True, default=str) + "\n", mode=0o640)
+                result["report"] = path
+            except OSError as exc:
+                result["report_error"] = str(exc)
+        if self.options.textfile_dir:
+            self._write_metrics(result)
+        if not result["passed"]:
+            report = sentry.report_failure(
+                self.options.sentry_dsn, f"restore drill of {self.options.database} failed: {result['reason']}",
+                tags={"component": "restore-drill", "database": self.options.database, "host": result["host"]},
+                environment=self.options.environment)
+            if report:
+                result["sentry"] = report
+
+    def _write_metrics(self, result):
+        path = os.path.join(self.options.textfile_dir, f"infer_forge_restore_drill_{_stem(self.options.database)}.prom")
+        previous_success = _read_previous(path, METRIC_PREFIX + "last_success_timestamp_seconds")
+        now = self.clock()
+        labels = {"database": self.options.database}
+        samples = [
+            ("last_run_timestamp_seconds", "When the last restore drill ended.", now),
+            ("last_run_success", "1 if the last restore drill passed, else 0.", 1 if result["passed"] else 0),
+            ("duration_seconds", "Wall time of the last restore drill.", result["duration"]),
+            ("tables_checked", "Tables whose row counts the last drill compared.", result.get("tables_checked", 0)),
+            ("rows_checked", "Rows the last drill counted.", result.get("rows_checked", 0)),
+        ]
+        if "backup_age_seconds" in result:
+            samples.append(("backup_age_seconds", "Age of the backup at the last drill.", result["backup_age_seconds"]))
+        success = now if result["passed"] else previous_success
+        if success is not None:
+            samples.append(("last_success_timestamp_seconds", "When a restore drill last passed.", success))
+        try:
+            metrics.write_textfile(self.options.textfile_dir, os.path.basename(path),
+                                   [(METRIC_PREFIX + n, "gauge", h, labels, v) for n, h, v in samples])
+        except (ForgeError, OSError) as exc:
+            result["metrics_error"] = str(exc)
+
+
+def _read_previous(path, name):
+    """Carry the last success over from the previous metrics file."""
+    try:
+        with open(path) as handle:
+            for line in handle:
+                if line.startswith(name + "{"):
+                    return float(line.rsplit(" ", 1)[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _backup_time(backup):
+    if backup.manifest and backup.manifest.get("ended_at"):
+        return datetime.datetime.fromisoformat(backup.manifest["ended_at"]).timestamp()
+    if backup.timestamp is not None:
+        return backup.timestamp.timestamp()
+    return os.path.getmtime(backup.path)
+
+
+def _stem(database):
+    from .catalog import file_stem
+
+    return file_stem(database)
