@@ -92,3 +92,29 @@ def test_scheduled_run_writes_metrics(host, scheduled_run):
     metrics = host.file(TEXTFILE).content_string
     assert 'infer_forge_backup_last_run_success{database="infer_forge"} 1' in metrics
     assert re.search(r'infer_forge_backup_last_success_timestamp_seconds\{database="infer_forge"\} \d+', metrics)
+
+
+DRILL_TEXTFILE = "/var/lib/prometheus/node-exporter/infer_forge_restore_drill_infer_forge.prom"
+
+
+def test_restore_drill_passed_and_recorded_its_metrics(host):
+    metrics = host.file(DRILL_TEXTFILE).content_string
+    assert 'infer_forge_restore_drill_last_run_success{database="infer_forge"} 1' in metrics
+    assert 'infer_forge_restore_drill_tables_checked{database="infer_forge"} 2' in metrics
+    assert 'infer_forge_restore_drill_rows_checked{database="infer_forge"} 1050' in metrics
+    report = json.loads(host.file("/var/lib/infer-forge/reports/restore_drill_infer_forge.json").content_string)
+    assert report["passed"] is True
+    assert report["checks"] == {"hmac": "passed", "row_counts": "passed", "sha256": "passed"}
+    assert report["sql_checks"][0]["value"] == 1000
+
+
+def test_the_drills_scratch_database_is_gone(host):
+    databases = host.check_output("su postgres -c \"psql -tAc 'SELECT datname FROM pg_database'\"").split()
+    assert "infer_forge" in databases
+    assert "infer_forge_restore_drill" not in databases
+
+
+def test_cron_also_schedules_a_weekly_drill(host):
+    lines = [line for line in host.file(CRON_FILE).content_string.splitlines() if "restore_db.sh drill" in line]
+    assert len(lines) == 1
+    assert lines[0].split()[:6] == ["30", "4", "*", "*", "0", "infer"]
