@@ -1,0 +1,196 @@
+"""Backup (and restore) benchmark: the runbook's pipelines and ours, side by side, in one run.
+
+Generates a database like the one the issues measure (pgbench scale 50 plus a
+2-million-row table with text, numeric and jsonb: about 2 GB) on a throwaway
+PostgreSQL, then times each variant on the same data and prints ratios.
+Timings on a shared machine are noisy; only the ratios within one run matter.
+
+    make bench                      # full size (a few minutes to generate)
+    BENCH_SCALE=5 BENCH_ROWS=200000 make bench   # quick look
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tests"))
+
+from servers import PostgresServer  # noqa: E402
+
+HOST_PYTHON = "/usr/bin/python3"
+PASSPHRASE = "bench passphrase"
+
+
+def run(command, env=None, shell=False):
+    started = time.perf_counter()
+    proc = subprocess.run(command, env=env, shell=shell, capture_output=True, text=True,
+                          executable="/bin/bash" if shell else None)
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"command failed ({proc.returncode}): {command}\n{proc.stderr[-2000:]}")
+    return elapsed, proc
+
+
+def generate(server, database, scale, rows):
+    # Everything is owned by the application role, as in production.
+    env = dict(os.environ, PGPASSWORD=server.app_password)
+    server.create_database(database)
+    t0 = time.perf_counter()
+    run(["pgbench", "-i", "-q", "-s", str(scale), "-h", server.host, "-p", str(server.port), "-U", server.app_user,
+         database], env=env)
+    with server.connect(database, superuser=False) as conn:
+        conn.execute("""
+            CREATE TABLE documents (
+                id bigint PRIMARY KEY, customer text, title text, body text,
+                amount numeric(14, 2), attrs jsonb)""")
+        conn.execute("""
+            INSERT INTO documents
+            SELECT g, 'customer-' || (g %% 5000), 'Order ' || g || ' steel parts',
+                   repeat(md5(g::text), 12) || ' ' || md5((g * 7)::text),
+                   (g %% 100000) / 7.0,
+                   jsonb_build_object('line', g, 'material', 'S' || (g %% 400), 'qty', g %% 97,
+                                      'tags', jsonb_build_array('a' || (g %% 13), 'b' || (g %% 17)))
+              FROM generate_series(1, %s) g""", (rows,))
+        size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+    conn = None
+    return size, time.perf_counter() - t0
+
+
+def engine(server, database, backup_dir, command, extra):
+    """Run one engine command (backup, drill) through bench/measure.py; return (seconds, peak RSS in KiB)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "POSTGRES_", "BACKUP_", "DRILL_"))}
+    env.update(server.app_env(database))
+    env.update({"BACKUP_DIR": backup_dir, "BACKUP_CONFIG": "", "RETENTION_DAYS": "30"})
+    env.update(extra)
+    elapsed, proc = run([HOST_PYTHON, os.path.join(REPO, "bench", "measure.py"), *command], env=env)
+    return elapsed, int(re.search(r"peak_rss_kb=(\d+)", proc.stderr).group(1))
+
+
+def newest_backup(directory):
+    return max((os.path.join(directory, n) for n in os.listdir(directory)
+                if not n.endswith((".json", ".sha256", ".lock"))), key=os.path.getmtime)
+
+
+def measure(server, database, workdir, label):
+    env = dict(os.environ, PGPASSWORD=server.app_password)
+    conn = f"-h {server.host} -p {server.port} -U {server.app_user}"
+    passfile = os.path.join(workdir, "pass")
+    with open(passfile, "w") as handle:
+        handle.write(PASSPHRASE + "\n")
+    results = {}
+
+    # -- backups -----------------------------------------------------------
+    results["pg_dump_devnull"], _ = run(f"pg_dump {conn} -d {database} --no-owner --no-privileges > /dev/null",
+                                        env=env, shell=True)
+    runbook_file = os.path.join(workdir, "runbook.sql.gz.enc")
+    results["runbook_backup"], _ = run(
+        f"set -o pipefail; pg_dump {conn} -d {database} --no-owner --no-privileges | gzip | "
+        f"openssl enc -aes-256-cbc -salt -pbkdf2 -pass file:{passfile} -out {runbook_file}", env=env, shell=True)
+    results["runbook_backup_bytes"] = os.path.getsize(runbook_file)
+    variants = {
+        "engine_gzip_encrypted": {"BACKUP_PASSPHRASE_FILE": passfile},
+        "engine_gzip6_encrypted": {"BACKUP_PASSPHRASE_FILE": passfile, "BACKUP_COMPRESSION_LEVEL": "6"},
+        "engine_zstd": {"BACKUP_COMPRESSION": "zstd"},
+        "engine_custom": {"BACKUP_FORMAT": "custom"},
+    }
+    dirs = {}
+    for name, extra in variants.items():
+        dirs[name] = os.path.join(workdir, name)
+        results[name], peak = engine(server, database, dirs[name], ["backup"], extra)
+        results[name + "_peak_rss_mb"] = round(peak / 1024, 1)
+        results[name + "_bytes"] = os.path.getsize(newest_backup(dirs[name]))
+
+    # -- restores: the runbook's by hand, then our drills (restore + verify + drop) ----------
+    target = f"{database}_runbook_restore"
+    server.create_database(target)
+    # The runbook restores an unencrypted `pg_dump | gzip` file; make one (untimed), then
+    # time exactly `gunzip < f | psql`.
+    run(f"set -o pipefail; pg_dump {conn} -d {database} | gzip > {workdir}/runbook.sql.gz", env=env, shell=True)
+    results["runbook_restore"], _ = run(
+        f"set -o pipefail; gunzip < {workdir}/runbook.sql.gz | psql -q {conn} -d {target} > /dev/null",
+        env=env, shell=True)
+    server.drop_database(target)
+    server.create_database(target)
+    results["pg_restore_j2"], _ = run(
+        f"pg_restore {conn} -d {target} --no-owner --no-privileges --jobs=2 {newest_backup(dirs['engine_custom'])}",
+        env=env, shell=True)
+    server.drop_database(target)
+    for name, source, extra in (
+        ("drill_plain_encrypted", "engine_gzip_encrypted", {"BACKUP_PASSPHRASE_FILE": passfile}),
+        ("drill_custom_parallel", "engine_custom", {}),
+    ):
+        results[name], peak = engine(server, database, dirs[source], ["drill"], extra)
+        results[name + "_peak_rss_mb"] = round(peak / 1024, 1)
+    for directory in dirs.values():
+        shutil.rmtree(directory)
+    os.unlink(runbook_file)
+    os.unlink(f"{workdir}/runbook.sql.gz")
+
+    print(f"\n[{label}]")
+    for key, value in results.items():
+        print(f"  {key:38s} {value:>14.2f}" if isinstance(value, float) else f"  {key:38s} {value:>14}")
+    return results
+
+
+def main():
+    scale = int(os.environ.get("BENCH_SCALE", "50"))
+    rows = int(os.environ.get("BENCH_ROWS", "2000000"))
+    small_scale, small_rows = max(1, scale // 10), max(1000, rows // 10)
+    workdir = tempfile.mkdtemp(prefix="forge-bench.", dir=os.environ.get("BENCH_DIR", "/var/tmp"))
+    os.chmod(workdir, 0o755)
+    server = PostgresServer(base_dir=os.path.join(workdir, "pg"))
+    os.makedirs(server.base_dir)
+    report = {"machine": {"cpus": os.cpu_count()}, "sizes": {}}
+    try:
+        server.init()
+        with open(os.path.join(server.data_dir, "postgresql.conf"), "a") as conf:
+            conf.write("shared_buffers = 512MB\nmaintenance_work_mem = 512MB\nmax_wal_size = 4GB\n")
+        server.start().setup_app()
+        for label, (s, r) in (("small", (small_scale, small_rows)), ("full", (scale, rows))):
+            database = f"bench_{label}"
+            size, gen_time = generate(server, database, s, r)
+            print(f"generated {database}: {size / 2**30:.2f} GiB in {gen_time:.0f} s (scale {s}, {r} rows)")
+            report["sizes"][label] = {"database_bytes": size, **measure(server, database, workdir, label)}
+            if label == "small":
+                server.drop_database(database)
+        full = report["sizes"]["full"]
+        small = report["sizes"]["small"]
+        ratios = {
+            "encrypted gzip backup vs runbook pipeline (target <= 0.6)":
+                full["engine_gzip_encrypted"] / full["runbook_backup"],
+            "encrypted gzip backup at the runbook's level 6 vs runbook pipeline":
+                full["engine_gzip6_encrypted"] / full["runbook_backup"],
+            "zstd backup vs pg_dump > /dev/null (target <= 1.2)": full["engine_zstd"] / full["pg_dump_devnull"],
+            "drill of an encrypted plain backup vs runbook gunzip | psql (target <= 1.1)":
+                full["drill_plain_encrypted"] / full["runbook_restore"],
+            "drill of a custom backup, parallel restore, vs runbook gunzip | psql (target <= 0.7)":
+                full["drill_custom_parallel"] / full["runbook_restore"],
+            "bare pg_restore -j 2 vs runbook gunzip | psql (reference)":
+                full["pg_restore_j2"] / full["runbook_restore"],
+        }
+        print("\n=== ratios (same run, same data)")
+        for name, value in ratios.items():
+            print(f"  {value:5.2f}x  {name}")
+        print("\n=== engine peak memory (target < 64 MB, independent of size)")
+        for variant in ("engine_gzip_encrypted", "engine_zstd", "drill_plain_encrypted", "drill_custom_parallel"):
+            print(f"  {variant:28s} small {small[variant + '_peak_rss_mb']:6.1f} MB   "
+                  f"full {full[variant + '_peak_rss_mb']:6.1f} MB")
+        report["ratios"] = ratios
+        os.makedirs(os.path.join(REPO, "bench", "results"), exist_ok=True)
+        out = os.path.join(REPO, "bench", "results", time.strftime("bench_%Y%m%d_%H%M%S.json"))
+        with open(out, "w") as handle:
+            json.dump(report, handle, indent=2)
+        print(f"\nfull results: {out}")
+    finally:
+        server.destroy()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
