@@ -4,9 +4,10 @@ import datetime
 import json
 import os
 
+from test_retention import make_backup
+
 from helpers import backups_in
 from servers import load_sample_data
-from test_retention import make_backup
 
 
 def module_args(pg, database, backup_dir, **extra):
