@@ -183,7 +183,9 @@ def check_redis(settings, timeout=DEFAULT_TIMEOUT, limits=None):
         return _fail(entry, f"redis: timeout after {timeout:.1f} s connecting to {settings.target()}", started)
     except redis.exceptions.ConnectionError as exc:
         text = str(exc)
-        if "refused" in text.lower():
+        # redis-py reports the error of the last address it tried: for "localhost" that is
+        # often ::1 in a host without IPv6 (errno 99) after 127.0.0.1 refused.
+        if "refused" in text.lower() or "Error 99 " in text or "cannot assign requested address" in text.lower():
             return _fail(entry, f"redis: connection refused at {settings.target()}", started)
         if "timeout" in text.lower() or "timed out" in text.lower():
             return _fail(entry, f"redis: timeout after {timeout:.1f} s connecting to {settings.target()}", started)

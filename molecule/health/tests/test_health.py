@@ -1,0 +1,46 @@
+"""playbooks/health.yml for real: healthy, then unhealthy with Redis stopped."""
+
+import os
+import subprocess
+
+import pytest
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+
+
+def health_playbook():
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_FORCE_COLOR="0")
+    command = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
+               os.path.join(REPO, "playbooks", "health.yml")]
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+
+
+def test_python_libraries_are_installed(host):
+    for package in ("python3-psycopg", "python3-redis"):
+        assert host.package(package).is_installed
+
+
+def test_healthy_host_prints_the_table_and_exits_zero(host):
+    result = health_playbook()
+    assert result.returncode == 0, result.stdout[-3000:]
+    table = result.stdout
+    for service in ("database", "redis", "app"):
+        assert f"health-db  {service.ljust(8)}  healthy" in table, table[-2000:]
+    assert "15." in table  # server version in the detail column
+
+
+@pytest.fixture
+def redis_stopped(host):
+    host.run("systemctl stop redis-server")
+    yield
+    host.run("systemctl start redis-server")
+
+
+def test_with_redis_stopped_the_playbook_fails_naming_the_cause(host, redis_stopped):
+    result = health_playbook()
+    assert result.returncode != 0
+    assert "health-db  redis     unhealthy" in result.stdout
+    assert "redis: connection refused at localhost:6379" in result.stdout
+    assert "app: http://localhost:8000/health answered HTTP 503 (redis unhealthy)" in result.stdout
+    assert "health-db  database  healthy" in result.stdout
