@@ -31,6 +31,7 @@ from .fsutil import (
     fsync_dir,
     give_to_directory_owner,
     human_size,
+    pin_malloc_mmap_threshold,
     write_atomic,
 )
 from .pgconn import PassFile, client_major_version, count_rows, user_tables
@@ -284,6 +285,7 @@ class BackupRunner:
 
     def _dump(self, snapshot, partial_path, passphrase):
         """Run pg_dump and stream its output into ``partial_path``; return what was written."""
+        pin_malloc_mmap_threshold()
         options = self.options
         fmt = ["--format=plain"] if options.dump_format == "plain" else [
             "--format=custom", f"--compress={6 if options.compression_level is None else options.compression_level}"]

@@ -16,6 +16,7 @@ import time
 
 from . import catalog, compress, opensslenc
 from .errors import ForgeError
+from .fsutil import pin_malloc_mmap_threshold
 from .pgconn import PassFile, user_tables
 
 READ_SIZE = 1 << 20
@@ -247,6 +248,7 @@ class Restorer:
             raise ForgeError(f"pg_restore failed: {_first_error(proc.stderr)}")
 
     def _stream(self, backup, target, passphrase):
+        pin_malloc_mmap_threshold()
         if backup.dump_format == "plain":
             command = self.options.psql_command + ["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
                                                    "-o", "/dev/null", "-f", "-"]
