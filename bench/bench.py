@@ -96,6 +96,7 @@ def measure(server, database, workdir, label):
     variants = {
         "engine_gzip_encrypted": {"BACKUP_PASSPHRASE_FILE": passfile},
         "engine_gzip6_encrypted": {"BACKUP_PASSPHRASE_FILE": passfile, "BACKUP_COMPRESSION_LEVEL": "6"},
+        "engine_gzip1_encrypted": {"BACKUP_PASSPHRASE_FILE": passfile, "BACKUP_COMPRESSION_LEVEL": "1"},
         "engine_zstd": {"BACKUP_COMPRESSION": "zstd"},
         "engine_custom": {"BACKUP_FORMAT": "custom"},
     }
@@ -166,6 +167,8 @@ def main():
                 full["engine_gzip_encrypted"] / full["runbook_backup"],
             "encrypted gzip backup at the runbook's level 6 vs runbook pipeline":
                 full["engine_gzip6_encrypted"] / full["runbook_backup"],
+            "encrypted gzip backup at level 1 vs runbook pipeline":
+                full["engine_gzip1_encrypted"] / full["runbook_backup"],
             "zstd backup vs pg_dump > /dev/null (target <= 1.2)": full["engine_zstd"] / full["pg_dump_devnull"],
             "drill of an encrypted plain backup vs runbook gunzip | psql (target <= 1.1)":
                 full["drill_plain_encrypted"] / full["runbook_restore"],
