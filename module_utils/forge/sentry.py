@@ -1,8 +1,10 @@
-"""Minimal Sentry reporting with the standard library only.
+"""Sentry reporting: DSN parsing, envelopes, synchronous delivery.
 
-The on-host backup runs with Debian's python3 and must not depend on
-sentry-sdk being installed, so failures are sent as a Sentry envelope over
-HTTP(S). The DSN's key is a client key, yet it is still kept out of logs.
+The on-host backup must not depend on sentry-sdk being installed, so its
+failure reports are built here and sent over HTTP(S) with the standard
+library. The checklist's test event goes through sentry-sdk when it is there
+(:func:`send_with_sentry_sdk`), delivered by the same code so the server's
+answer is known. The DSN's key is a client key, yet it is kept out of logs.
 """
 
 import datetime
@@ -58,28 +60,85 @@ def build_event(message, level="error", tags=None, contexts=None, environment=No
     return event
 
 
-def send_event(dsn_text, event, timeout=5.0):
-    """POST one event; returns (http_status, event_id). Raises ForgeError on failure."""
-    dsn = Dsn(dsn_text)
-    payload = json.dumps(event).encode("utf-8")
-    envelope = b"\n".join([
-        json.dumps({"event_id": event["event_id"], "sent_at": event["timestamp"]}).encode(),
-        json.dumps({"type": "event", "length": len(payload), "content_type": "application/json"}).encode(),
-        payload,
-    ]) + b"\n"
+def post_envelope(dsn, body, timeout=5.0):
+    """POST a serialized envelope to the DSN's project; returns the HTTP status."""
     # The DSN regex admits only http and https, so no file: or custom scheme reaches urlopen.
-    request = urllib.request.Request(dsn.envelope_url, data=envelope, method="POST", headers={  # noqa: S310
+    request = urllib.request.Request(dsn.envelope_url, data=body, method="POST", headers={  # noqa: S310
         "Content-Type": "application/x-sentry-envelope",
         "X-Sentry-Auth": f"Sentry sentry_version=7, sentry_key={dsn.key}, sentry_client=infer-forge-ops/0.1",
     })
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-            return response.status, event["event_id"]
+            return response.status
     except urllib.error.HTTPError as exc:
-        raise ForgeError(f"Sentry at {dsn.host} refused the event: HTTP {exc.code}", status=exc.code) from None
+        hint = " (rate limited)" if exc.code == 429 else ""
+        raise ForgeError(f"Sentry at {dsn.host} refused the event: HTTP {exc.code}{hint}", status=exc.code) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise ForgeError(f"Sentry at {dsn.host} is unreachable: {reason}") from None
+
+
+def envelope_for(event):
+    payload = json.dumps(event).encode("utf-8")
+    return b"\n".join([
+        json.dumps({"event_id": event["event_id"], "sent_at": event["timestamp"]}).encode(),
+        json.dumps({"type": "event", "length": len(payload), "content_type": "application/json"}).encode(),
+        payload,
+    ]) + b"\n"
+
+
+def send_event(dsn_text, event, timeout=5.0):
+    """POST one event built by :func:`build_event`; returns (http_status, event_id)."""
+    dsn = Dsn(dsn_text)
+    return post_envelope(dsn, envelope_for(event), timeout), event["event_id"]
+
+
+def send_with_sentry_sdk(dsn_text, message, tags, contexts, environment=None, release=None, timeout=5.0):
+    """Build and serialize the event with sentry-sdk (1.x as in Debian 12, or 2.x), then
+    deliver it ourselves, synchronously, so the caller learns the server's answer
+    (sentry-sdk's own transport sends in the background and never says).
+    Returns (http_status, event_id, sdk_version)."""
+    import sentry_sdk
+    from sentry_sdk.envelope import Envelope
+    from sentry_sdk.transport import Transport
+
+    dsn = Dsn(dsn_text)
+    captured = []
+
+    class CapturingTransport(Transport):
+        def capture_envelope(self, envelope):
+            captured.append(envelope)
+
+        def capture_event(self, event):  # sentry-sdk 1.x hands plain events here
+            envelope = Envelope(headers={"event_id": event["event_id"]})
+            envelope.add_event(event)
+            captured.append(envelope)
+
+        def flush(self, timeout=None, callback=None):
+            pass
+
+        def kill(self):
+            pass
+
+    sentry_sdk.init(dsn=dsn_text, transport=CapturingTransport, environment=environment, release=release,
+                    default_integrations=False, traces_sample_rate=0)
+    try:
+        for key, value in tags.items():
+            sentry_sdk.set_tag(key, value)
+        for key, value in contexts.items():
+            sentry_sdk.set_context(key, value)
+        event_id = sentry_sdk.capture_message(message, level="error")
+        sentry_sdk.flush(timeout=timeout)
+    finally:
+        # sentry-sdk 2.x has get_client(); 1.x only the (since deprecated) Hub.
+        client = sentry_sdk.get_client() if hasattr(sentry_sdk, "get_client") else sentry_sdk.Hub.current.client
+        if client is not None:
+            client.close(timeout=0)
+    events = [e for e in captured if any(item.type == "event" for item in e.items)]
+    if not events:
+        raise ForgeError("sentry-sdk produced no event (is the DSN disabled?)")
+    status = post_envelope(dsn, events[0].serialize(), timeout)
+    return status, event_id, sentry_sdk.VERSION
 
 
 def report_failure(dsn_text, message, tags, environment=None):

@@ -1,0 +1,179 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: INFER FORGE ops team
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: forge_sentry_event
+short_description: Send a real test event to Sentry and report whether it was accepted
+description:
+  - The runbook's checklist asks to test Sentry error capturing in production. This module sends one
+    event through sentry-sdk with the runbook's tags and context (C(component), C(environment), host)
+    and waits for Sentry's answer, so the task fails when the DSN is wrong, the project is rate
+    limited or the server cannot be reached.
+  - sentry-sdk builds the event (Debian 12's 1.9 and current 2.x both work); the module delivers it
+    itself, synchronously, to learn the HTTP status. Without sentry-sdk the event is built by the engine.
+version_added: "0.1.0"
+author:
+  - INFER FORGE ops team
+options:
+  dsn:
+    description: The project's DSN, C(https://KEY@HOST/PROJECT_ID). Never shown in output.
+    type: str
+    required: true
+  message:
+    description: The event's message.
+    type: str
+    default: INFER FORGE test event (production checklist, Sentry error capturing)
+  component:
+    description: Value of the C(component) tag, as the runbook tags events.
+    type: str
+    default: ops-checklist
+  environment:
+    description: The event's environment (the runbook's C(ENVIRONMENT)).
+    type: str
+    default: production
+  release:
+    description: Release to attach to the event.
+    type: str
+  tags:
+    description: More tags.
+    type: dict
+    default: {}
+  timeout:
+    description: Seconds to wait for Sentry.
+    type: float
+    default: 5.0
+  use_sdk:
+    description: Build the event with sentry-sdk when it is installed.
+    type: bool
+    default: true
+attributes:
+  check_mode:
+    support: full
+    details: Validates the DSN and reports where the event would go; sends nothing.
+  diff_mode:
+    support: none
+requirements:
+  - python3-sentry-sdk (optional; the engine builds the event without it)
+"""
+
+EXAMPLES = r"""
+- name: Test Sentry error capturing in production (checklist item 10)
+  forge_sentry_event:
+    dsn: "{{ vault_sentry_dsn }}"
+    environment: production
+  register: sentry_test
+
+- name: Show the event id to look up in Sentry
+  ansible.builtin.debug:
+    msg: "Sentry accepted event {{ sentry_test.event_id }} (HTTP {{ sentry_test.status }})"
+"""
+
+RETURN = r"""
+accepted:
+  description: Whether Sentry answered with a 2xx status.
+  returned: always
+  type: bool
+status:
+  description: HTTP status of Sentry's answer.
+  returned: when sent
+  type: int
+  sample: 200
+event_id:
+  description: The event's id, to look it up in Sentry.
+  returned: when sent
+  type: str
+endpoint:
+  description: Where the event went, without the key.
+  returned: always
+  type: str
+  sample: https://***@o123456.ingest.sentry.io/789
+sdk:
+  description: The sentry-sdk version that built the event, or C(none).
+  returned: when sent
+  type: str
+"""
+
+import socket
+
+from ansible.module_utils.basic import AnsibleModule
+
+try:
+    from ansible.module_utils.forge import sentry
+    from ansible.module_utils.forge.errors import ForgeError
+    ENGINE_IMPORT_ERROR = None
+except ImportError as exc:  # pragma: no cover - reported to the user below
+    ENGINE_IMPORT_ERROR = exc
+
+
+ARGUMENT_SPEC = dict(
+    dsn=dict(type="str", required=True, no_log=True),
+    message=dict(type="str", default="INFER FORGE test event (production checklist, Sentry error capturing)"),
+    component=dict(type="str", default="ops-checklist"),
+    environment=dict(type="str", default="production"),
+    release=dict(type="str"),
+    tags=dict(type="dict", default={}),
+    timeout=dict(type="float", default=5.0),
+    use_sdk=dict(type="bool", default=True),
+)
+
+
+class SentryEventModule:
+    def __init__(self, module):
+        self.module = module
+        self.params = module.params
+
+    def run(self):
+        p = self.params
+        try:
+            dsn = sentry.Dsn(p["dsn"])
+        except ForgeError as exc:
+            return dict(failed=True, msg=exc.message, accepted=False, changed=False)
+        host = socket.gethostname()
+        tags = dict(p["tags"], component=p["component"], environment=p["environment"], host=host)
+        contexts = {"infer_forge": {"purpose": "checklist test event", "host": host}}
+        result = dict(endpoint=dsn.redacted(), accepted=False, changed=False)
+        if self.module.check_mode:
+            return result
+        try:
+            if p["use_sdk"] and _sdk_available():
+                status, event_id, sdk = sentry.send_with_sentry_sdk(
+                    p["dsn"], p["message"], tags, contexts, p["environment"], p["release"], p["timeout"])
+            else:
+                event = sentry.build_event(p["message"], tags=tags, contexts=contexts,
+                                           environment=p["environment"], release=p["release"])
+                status, event_id = sentry.send_event(p["dsn"], event, p["timeout"])
+                sdk = "none"
+        except ForgeError as exc:
+            result.update(failed=True, msg=exc.message, changed=True)
+            if "status" in exc.details:
+                result["status"] = exc.details["status"]
+            return result
+        result.update(accepted=200 <= status < 300, status=status, event_id=event_id, sdk=sdk, changed=True)
+        return result
+
+
+def _sdk_available():
+    try:
+        import sentry_sdk  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    if ENGINE_IMPORT_ERROR is not None:
+        module.fail_json(msg=f"forge engine not importable: {ENGINE_IMPORT_ERROR}")
+    result = SentryEventModule(module).run()
+    if result.pop("failed", False):
+        module.fail_json(**result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
