@@ -14,6 +14,7 @@ APT_PACKAGES=(
     cron logrotate openssl gzip zstd rsync
     prometheus prometheus-alertmanager
     python3 python3-venv python3-psycopg python3-cryptography python3-zstandard python3-redis
+    python3-sentry-sdk
 )
 
 say() { printf '[bootstrap] %s\n' "$*"; }
@@ -44,9 +45,13 @@ need_venv() {
         say ".venv: up to date"
         return
     fi
-    say "creating .venv from requirements.txt"
+    say "creating .venv from requirements.txt (log: .venv/pip-install.log)"
     python3 -m venv .venv
-    .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+    if ! .venv/bin/pip install --disable-pip-version-check -r requirements.txt >.venv/pip-install.log 2>&1; then
+        grep -v '^WARNING: Location' .venv/pip-install.log | tail -20 >&2
+        echo "pip install failed; full log in .venv/pip-install.log" >&2
+        exit 1
+    fi
     echo "$want" >"$stamp"
 }
 
