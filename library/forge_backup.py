@@ -236,8 +236,6 @@ encrypted:
 """
 
 import os
-import shutil
-import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -245,6 +243,7 @@ try:
     from ansible.module_utils.forge import catalog
     from ansible.module_utils.forge.backup import BackupOptions, BackupRunner
     from ansible.module_utils.forge.errors import ForgeError
+    from ansible.module_utils.forge.opensslenc import PassphraseSource
     from ansible.module_utils.forge.pgconn import PgSettings
     ENGINE_IMPORT_ERROR = None
 except ImportError as exc:  # pragma: no cover - reported to the user below
@@ -286,17 +285,6 @@ class BackupModule:
     def __init__(self, module):
         self.module = module
         self.params = module.params
-        self._secret_dir = None
-
-    def passphrase_file(self):
-        if self.params["passphrase"]:
-            self._secret_dir = tempfile.mkdtemp(prefix="forge-backup.")
-            path = os.path.join(self._secret_dir, "passphrase")
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(self.params["passphrase"] + "\n")
-            return path
-        return self.params["passphrase_file"]
 
     def listing(self):
         directory = self.params["backup_dir"]
@@ -308,12 +296,17 @@ class BackupModule:
         p = self.params
         if p["encrypt"] and not (p["passphrase"] or p["passphrase_file"]):
             return dict(failed=True, msg="encrypt is true but neither passphrase_file nor passphrase is set")
+        with PassphraseSource(p["passphrase"], p["passphrase_file"]) as passphrase_file:
+            return self.backup(passphrase_file if p["encrypt"] else None)
+
+    def backup(self, passphrase_file):
+        p = self.params
         try:
             options = BackupOptions(
                 backup_dir=p["backup_dir"], retention_days=p["retention_days"], min_keep=p["min_keep"],
                 keep_daily=p["keep_daily"], keep_weekly=p["keep_weekly"], keep_monthly=p["keep_monthly"],
                 dump_format=p["format"], compression=p["compression"], compression_level=p["compression_level"],
-                jobs=p["jobs"], passphrase_file=self.passphrase_file() if p["encrypt"] else None,
+                jobs=p["jobs"], passphrase_file=passphrase_file,
                 encrypt=p["encrypt"], dump_command=p["dump_command"], dump_options=p["dump_options"],
                 lock_wait=p["lock_wait"], textfile_dir=p["textfile_dir"], sentry_dsn=p["sentry_dsn"],
                 environment=p["environment"], space_check=p["space_check"])
@@ -332,9 +325,6 @@ class BackupModule:
             return result
         except ForgeError as exc:
             return dict(failed=True, msg=exc.message, changed=False, **_safe_details(exc.details))
-        finally:
-            if self._secret_dir:
-                shutil.rmtree(self._secret_dir, ignore_errors=True)
 
 
 def _safe_details(details):

@@ -207,9 +207,6 @@ target_state:
   type: str
 """
 
-import os
-import shutil
-import tempfile
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -217,6 +214,7 @@ from ansible.module_utils.basic import AnsibleModule
 try:
     from ansible.module_utils.forge.drill import Drill, DrillOptions
     from ansible.module_utils.forge.errors import ForgeError
+    from ansible.module_utils.forge.opensslenc import PassphraseSource
     from ansible.module_utils.forge.pgconn import PgSettings
     from ansible.module_utils.forge.restore import RestoreOptions, Restorer, select_backup, verify_file
     ENGINE_IMPORT_ERROR = None
@@ -256,25 +254,18 @@ class RestoreModule:
     def __init__(self, module):
         self.module = module
         self.params = module.params
-        self._secret_dir = None
-
-    def passphrase_file(self):
-        if self.params["passphrase"]:
-            self._secret_dir = tempfile.mkdtemp(prefix="forge-restore.")
-            path = os.path.join(self._secret_dir, "passphrase")
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(self.params["passphrase"] + "\n")
-            return path
-        return self.params["passphrase_file"]
 
     def run(self):
+        with PassphraseSource(self.params["passphrase"], self.params["passphrase_file"]) as passphrase_file:
+            return self.dispatch(passphrase_file)
+
+    def dispatch(self, passphrase_file):
         p = self.params
         started = time.monotonic()
         try:
             settings = PgSettings(host=p["login_host"], port=p["port"], user=p["login_user"],
                                   password=p["login_password"], database=p["database"])
-            options = RestoreOptions(backup_dir=p["backup_dir"], passphrase_file=self.passphrase_file(),
+            options = RestoreOptions(backup_dir=p["backup_dir"], passphrase_file=passphrase_file,
                                      jobs=p["jobs"], force=p["force"], create=p["create"], owner=p["owner"])
             if p["mode"] == "verify":
                 backup = select_backup(p["backup_dir"], p["database"], p["backup_file"])
@@ -293,9 +284,6 @@ class RestoreModule:
             return result
         except ForgeError as exc:
             return dict(failed=True, msg=exc.message, changed=False)
-        finally:
-            if self._secret_dir:
-                shutil.rmtree(self._secret_dir, ignore_errors=True)
 
     def drill(self, settings, options):
         p = self.params

@@ -132,7 +132,8 @@ def test_wrong_passwords_never_show(pg, redis_server, app, run_module):
                                                     redis_password="Rd-Wr0ng-pw"))
     assert result["failed"] is True
     services = by_service(result)
-    assert services["database"]["error"] == "database: password authentication failed for user 'infer'"
+    assert services["database"]["error"] == (f"database: password authentication failed for user 'infer' "
+                                             f"at {pg.host}:{pg.port}")
     assert services["redis"]["error"] == "redis: AUTH failed"
     assert "database: password authentication failed" in result["msg"] and "redis: AUTH failed" in result["msg"]
     for secret in ("Db-Wr0ng-pw", "Rd-Wr0ng-pw", pg.app_password, redis_server.password):

@@ -16,6 +16,7 @@ import urllib.request
 
 from . import __version__
 from .errors import ForgeError
+from .pgconn import describe_connect_error
 
 DEFAULT_TIMEOUT = 3.0
 THRESHOLD_KEYS = {
@@ -72,7 +73,7 @@ def check_database(settings, timeout=DEFAULT_TIMEOUT, limits=None):
     try:
         conn = psycopg.connect(autocommit=True, **kwargs)
     except psycopg.OperationalError as exc:
-        return _fail(entry, _pg_error(exc, settings, timeout), started)
+        return _fail(entry, describe_connect_error(exc, settings, kwargs["dbname"], timeout), started)
     try:
         entry["connect_ms"] = _ms(time.perf_counter() - started)
         query_started = time.perf_counter()
@@ -99,27 +100,6 @@ def check_database(settings, timeout=DEFAULT_TIMEOUT, limits=None):
     _degrade(entry, limits, "replay_lag_seconds", entry["replay_lag_seconds"],
              "replica replay lag {value:.1f} s over {limit} s")
     return entry
-
-
-def _pg_error(exc, settings, timeout):
-    text = " ".join(str(exc).split())
-    lowered = text.lower()
-    where = settings.target()
-    if "timeout" in lowered:
-        return f"database: timeout after {timeout:.1f} s connecting to {where}"
-    if "password authentication failed" in lowered:
-        return f"database: password authentication failed for user {settings.user!r}"
-    if "no password supplied" in lowered:
-        return "database: the server asks for a password and none was given"
-    if "server does not support ssl" in lowered:
-        return f"database: TLS required but {where} does not offer it"
-    if "connection refused" in lowered:
-        return f"database: connection refused at {where}"
-    if "does not exist" in lowered:
-        return f"database: {text.split('FATAL:')[-1].strip()}"
-    if settings.password:
-        text = text.replace(settings.password, "********")
-    return f"database: {text}"
 
 
 # -- Redis ------------------------------------------------------------------------

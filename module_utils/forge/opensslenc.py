@@ -47,6 +47,36 @@ def read_passphrase(path):
     return passphrase
 
 
+class PassphraseSource:
+    """The path of a passphrase file, given either as a file or as the passphrase
+    itself (an Ansible Vault value), which then lives in a private temporary file
+    for the duration of the ``with`` block and never on a command line."""
+
+    def __init__(self, passphrase=None, passphrase_file=None):
+        self.passphrase = passphrase
+        self.passphrase_file = passphrase_file
+        self._directory = None
+
+    def __enter__(self):
+        if not self.passphrase:
+            return self.passphrase_file
+        import tempfile
+
+        self._directory = tempfile.mkdtemp(prefix="infer-forge-pass.")
+        path = os.path.join(self._directory, "passphrase")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(self.passphrase + "\n")
+        return path
+
+    def __exit__(self, *exc):
+        if self._directory:
+            import shutil
+
+            shutil.rmtree(self._directory, ignore_errors=True)
+        return False
+
+
 def derive(passphrase, salt, iterations=PBKDF2_ITERATIONS):
     """Return (key, iv, mac_key) from one PBKDF2 run."""
     material = hashlib.pbkdf2_hmac(PBKDF2_DIGEST, passphrase, salt, iterations, 80)

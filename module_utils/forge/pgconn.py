@@ -77,11 +77,14 @@ class PgSettings:
         return env
 
 
-def describe_connect_error(exc, settings, database):
+def describe_connect_error(exc, settings, database, timeout=None):
     """Boil libpq's multi-line message down to one line that names the cause."""
     text = " ".join(str(exc).split())
     lowered = text.lower()
     where = f"{settings.target()}"
+    timeout = settings.connect_timeout if timeout is None else timeout
+    if "server does not support ssl" in lowered:
+        return f"database: TLS required but {where} does not offer it"
     if "password authentication failed" in lowered:
         return f"database: password authentication failed for user {settings.user!r} at {where}"
     if "no password supplied" in lowered:
@@ -89,7 +92,7 @@ def describe_connect_error(exc, settings, database):
     if "does not exist" in lowered and "database" in lowered:
         return f"database: database {database!r} does not exist at {where}"
     if "timeout" in lowered:
-        return f"database: timeout after {float(settings.connect_timeout):.1f} s connecting to {where}"
+        return f"database: timeout after {float(timeout):.1f} s connecting to {where}"
     if "connection refused" in lowered:
         return f"database: connection refused at {where} (is PostgreSQL running?)"
     if "could not translate host name" in lowered:
