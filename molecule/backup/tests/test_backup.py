@@ -118,3 +118,19 @@ def test_cron_also_schedules_a_weekly_drill(host):
     lines = [line for line in host.file(CRON_FILE).content_string.splitlines() if "restore_db.sh drill" in line]
     assert len(lines) == 1
     assert lines[0].split()[:6] == ["30", "4", "*", "*", "0", "infer"]
+
+
+def test_compose_sidecar_variant_matches_the_runbook(host):
+    import yaml
+
+    compose = yaml.safe_load(host.file("/opt/infer-forge/docker-compose.backup.yml").content_string)
+    backup = compose["services"]["backup"]
+    env = backup["environment"]
+    assert env["POSTGRES_HOST"] == "db" and env["POSTGRES_USER"] == "infer" and env["POSTGRES_DB"] == "infer_forge"
+    assert env["POSTGRES_PASSWORD"] == "${POSTGRES_PASSWORD}"  # from the app's .env, never written here
+    assert env["BACKUP_DIR"] == "/backups" and env["RETENTION_DAYS"] == "30"
+    assert env["BACKUP_PASSPHRASE_FILE"] == "/run/secrets/backup_passphrase"
+    assert "while true; do sleep 86400; /opt/infer-forge/scripts/backup_db.sh; done" in backup["entrypoint"][-1]
+    assert "/backups:/backups" in backup["volumes"]
+    assert backup["depends_on"] == ["db"]
+    assert compose["secrets"]["backup_passphrase"]["file"] == "/etc/infer-forge/backup.pass"
