@@ -52,7 +52,9 @@ install -D -m 0644 "$here/files/redis-container.conf" \
 
 # Services the tests start themselves must not start at boot: each scenario
 # decides what runs. Masking getty and friends keeps systemd quiet in a container.
-chroot "$rootfs" systemctl disable postgresql redis-server ssh >/dev/null 2>&1 || true
+chroot "$rootfs" systemctl disable postgresql redis-server ssh prometheus prometheus-alertmanager \
+    prometheus-node-exporter prometheus-postgres-exporter prometheus-redis-exporter \
+    prometheus-blackbox-exporter >/dev/null 2>&1 || true
 for unit in getty@tty1.service console-getty.service systemd-logind.service \
             systemd-udevd.service systemd-remount-fs.service sys-kernel-debug.mount; do
     chroot "$rootfs" systemctl mask "$unit" >/dev/null 2>&1 || true
