@@ -1,0 +1,123 @@
+"""The live monitoring stack, asked through Prometheus's and Alertmanager's HTTP APIs."""
+
+import json
+import time
+
+import pytest
+
+PROMETHEUS = "http://127.0.0.1:9090"
+JOBS = {"prometheus", "node", "postgres", "redis", "blackbox", "infer-forge-health"}
+
+
+def api(host, path, **params):
+    query = " ".join(f"--data-urlencode {json.dumps(f'{k}={v}')}" for k, v in params.items())
+    out = host.check_output(f"curl -sf -G {query} {PROMETHEUS}{path}")
+    body = json.loads(out)
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+def query(host, expr):
+    return api(host, "/api/v1/query", query=expr)["result"]
+
+
+@pytest.fixture(scope="module")
+def targets(host):
+    """Wait (bounded) until every target has been scraped successfully."""
+    deadline = time.monotonic() + 90
+    while True:
+        active = api(host, "/api/v1/targets")["activeTargets"]
+        if {t["labels"]["job"] for t in active} >= JOBS and all(t["health"] == "up" for t in active):
+            return active
+        if time.monotonic() > deadline:
+            down = [(t["labels"]["job"], t["scrapeUrl"], t["lastError"]) for t in active if t["health"] != "up"]
+            raise AssertionError(f"targets not up after 90 s: {down}")
+        time.sleep(3)
+
+
+def test_config_files_pass_promtool_and_amtool(host):
+    assert host.run("promtool check config /etc/prometheus/prometheus.yml").rc == 0
+    assert host.run("promtool check rules /etc/prometheus/infer_forge_alerts.yml").rc == 0
+    assert host.run("amtool check-config /etc/prometheus/alertmanager.yml").rc == 0
+
+
+def test_secrets_are_in_private_files(host):
+    password = host.file("/etc/prometheus/postgres_exporter.pass")
+    assert password.mode == 0o600 and password.user == "prometheus"
+    assert host.file("/etc/default/prometheus-redis-exporter").mode == 0o600
+    assert host.file("/etc/prometheus/alertmanager.yml").mode == 0o640
+    assert "molecule-monitor-pw" not in host.file("/etc/default/prometheus-postgres-exporter").content_string
+
+
+def test_every_target_is_up(targets):
+    assert {t["labels"]["job"] for t in targets} == JOBS
+    assert all(t["health"] == "up" for t in targets)
+
+
+def test_the_health_probe_succeeds(host, targets):
+    [probe] = query(host, 'probe_success{job="infer-forge-health"}')
+    assert probe["value"][1] == "1"
+    assert probe["metric"]["instance"] == "http://localhost:8000/health"
+
+
+def test_the_exporter_sees_the_database_with_pg_monitor_only(host, targets):
+    assert query(host, "pg_up")[0]["value"][1] == "1"
+    superuser = host.check_output(
+        "su postgres -c \"psql -tAc \\\"SELECT rolsuper FROM pg_roles WHERE rolname = 'infer_monitor'\\\"\"")
+    assert superuser == "f"
+
+
+def test_backup_and_drill_metrics_come_through_the_textfile_collector(host, targets):
+    deadline = time.monotonic() + 30
+    while not query(host, "infer_forge_restore_drill_last_run_success") and time.monotonic() < deadline:
+        time.sleep(2)
+    [backup] = query(host, "infer_forge_backup_last_success_timestamp_seconds")
+    assert backup["metric"]["database"] == "infer_forge" and backup["metric"]["job"] == "node"
+    assert abs(float(backup["value"][1]) - time.time()) < 3600
+    assert query(host, "infer_forge_backup_last_run_success")[0]["value"][1] == "1"
+    assert query(host, "infer_forge_restore_drill_last_run_success")[0]["value"][1] == "1"
+
+
+def test_the_alert_rules_are_loaded_and_quiet(host, targets):
+    groups = api(host, "/api/v1/rules")["groups"]
+    rules = {rule["name"]: rule for group in groups for rule in group["rules"]}
+    assert len(rules) == 11
+    firing = [name for name, rule in rules.items() if rule["state"] == "firing"]
+    assert firing == []
+
+
+def test_every_dashboard_expression_parses_and_returns_data(host, targets):
+    dashboard = json.loads(host.file("/var/lib/grafana/dashboards/infer-forge/infer-forge-overview.json")
+                           .content_string)
+    expressions = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert len(expressions) == 14
+    empty = [expr for expr in expressions if not query(host, expr)]
+    assert empty == [], f"no data for: {empty}"
+
+
+def test_grafana_provisioning_points_at_the_dashboards_and_prometheus(host):
+    import yaml
+
+    providers = yaml.safe_load(host.file("/etc/grafana/provisioning/dashboards/infer-forge.yml").content_string)
+    assert providers["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards/infer-forge"
+    sources = yaml.safe_load(host.file("/etc/grafana/provisioning/datasources/infer-forge.yml").content_string)
+    assert sources["datasources"][0]["url"] == "http://localhost:9090"
+
+
+def test_alertmanager_routes_critical_alerts_to_pagerduty(host):
+    status = json.loads(host.check_output("curl -sf http://127.0.0.1:9093/api/v2/status"))
+    config = status["config"]["original"]
+    assert "routing_key: <secret>" in config
+    assert "http://127.0.0.1:9999/alerts" in config
+    def receiver(labels):
+        routed = host.run("amtool config routes test --config.file=/etc/prometheus/alertmanager.yml %s", labels)
+        assert routed.rc == 0, routed.stderr
+        return routed.stdout.strip()
+
+    assert receiver("severity=critical") == "pager"
+    assert receiver("severity=warning") == "team"
+    # continue: the team is told about critical alerts too, not only the pager.
+    import yaml
+
+    route = yaml.safe_load(host.file("/etc/prometheus/alertmanager.yml").content_string)["route"]
+    assert route["receiver"] == "team" and route["routes"][0]["continue"] is True
