@@ -20,8 +20,14 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))
+sys.path.insert(0, os.path.join(REPO, "module_utils"))
 
-from servers import PostgresServer  # noqa: E402
+from stub_app import StubApp  # noqa: E402
+
+from forge import health  # noqa: E402
+from forge.pgconn import PgSettings  # noqa: E402
+
+from servers import PostgresServer, RedisServer  # noqa: E402
 
 HOST_PYTHON = "/usr/bin/python3"
 PASSPHRASE = "bench passphrase"
@@ -139,6 +145,39 @@ def measure(server, database, workdir, label):
     return results
 
 
+def measure_health(server, rounds=20):
+    """Cost of a full forge_health check (database + Redis + app on loopback), in process."""
+    redis_server = RedisServer().start()
+    app = StubApp()
+    try:
+        db = PgSettings(server.host, server.port, server.app_user, server.app_password, "postgres")
+        rs = health.RedisSettings(redis_server.host, redis_server.port, redis_server.password)
+        checks = [("database", db.target(), lambda: health.check_database(db)),
+                  ("redis", rs.target(), lambda: health.check_redis(rs)),
+                  ("app", app.url(), lambda: health.check_app(app.url()))]
+        totals, latencies = [], {"database": [], "redis": [], "app": []}
+        for _ in range(rounds):
+            started = time.perf_counter()
+            report = health.run_checks(checks)
+            totals.append((time.perf_counter() - started) * 1000)
+            assert report["status"] == "healthy", report
+            for entry in report["services"]:
+                latencies[entry["service"]].append(entry["latency_ms"])
+    finally:
+        app.close()
+        redis_server.destroy()
+    totals.sort()
+    result = {"health_check_median_ms": round(totals[len(totals) // 2], 1), "health_check_max_ms": round(totals[-1], 1)}
+    for service, values in latencies.items():
+        values.sort()
+        result[f"health_{service}_latency_median_ms"] = values[len(values) // 2]
+    print("\n=== health check, database + Redis + app on loopback (target < 50 ms), "
+          f"{rounds} rounds")
+    for key, value in result.items():
+        print(f"  {key:38s} {value:>10}")
+    return result
+
+
 def main():
     scale = int(os.environ.get("BENCH_SCALE", "50"))
     rows = int(os.environ.get("BENCH_ROWS", "2000000"))
@@ -153,6 +192,7 @@ def main():
         with open(os.path.join(server.data_dir, "postgresql.conf"), "a") as conf:
             conf.write("shared_buffers = 512MB\nmaintenance_work_mem = 512MB\nmax_wal_size = 4GB\n")
         server.start().setup_app()
+        report["health"] = measure_health(server)
         for label, (s, r) in (("small", (small_scale, small_rows)), ("full", (scale, rows))):
             database = f"bench_{label}"
             size, gen_time = generate(server, database, s, r)
