@@ -21,8 +21,8 @@ from .pgconn import PassFile, user_tables
 
 READ_SIZE = 1 << 20
 # Compressed input per step while streaming: pg_dump output compresses about
-# 9:1, so this keeps each decompressed step near 2 MiB.
-STREAM_READ_SIZE = 1 << 18
+# 9:1, so this keeps each decompressed step near 600 KiB.
+STREAM_READ_SIZE = 1 << 16
 PLAIN_DUMP_MARKER = b"-- PostgreSQL database dump complete"
 DEFAULT_SESSION_SETTINGS = {"maintenance_work_mem": "256MB", "synchronous_commit": "off"}
 
@@ -198,6 +198,8 @@ class Restorer:
 
     # -- the restore ----------------------------------------------------------
     def restore(self, backup, target, database=None, check_mode=False):
+        # Before the first large buffer (verification reads 1 MiB blocks), not after.
+        pin_malloc_mmap_threshold()
         started = time.monotonic()
         passphrase = self.passphrase(backup)
         report = verify_file(backup, passphrase, database) if self.options.verify else VerifyReport()
@@ -248,7 +250,6 @@ class Restorer:
             raise ForgeError(f"pg_restore failed: {_first_error(proc.stderr)}")
 
     def _stream(self, backup, target, passphrase):
-        pin_malloc_mmap_threshold()
         if backup.dump_format == "plain":
             command = self.options.psql_command + ["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
                                                    "-o", "/dev/null", "-f", "-"]
