@@ -89,6 +89,18 @@ def backup_dir(tmp_path):
     return str(path)
 
 
+@pytest.fixture
+def shared_tmp():
+    """A directory other users can traverse (pytest's tmp_path is private to root),
+    for tests that run the script as another user or give files to postgres."""
+    import shutil
+
+    path = tempfile.mkdtemp(prefix="forge-shared.", dir="/var/tmp")
+    os.chmod(path, 0o755)  # noqa: S103 - other users must reach what lies inside
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def session_tmp():
     with tempfile.TemporaryDirectory(prefix="forge-tests.") as path:

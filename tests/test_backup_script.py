@@ -10,7 +10,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import tempfile
 import threading
 import time
 
@@ -311,19 +310,13 @@ def test_free_space_is_checked_before_dumping(pg, bulky_db, tiny_fs):
     _assert_failed_cleanly(result, tiny_fs, r"not enough free space in .*free, about .* needed")
 
 
-def test_unwritable_directory(pg, sample_db):
+def test_unwritable_directory(pg, sample_db, shared_tmp):
     if os.geteuid() != 0:
         pytest.skip("needs root to run the script as another user")
-    # pytest's tmp_path is private to root; this tree must be traversable by 'nobody'.
-    shared = tempfile.mkdtemp(prefix="forge-unwritable.", dir="/var/tmp")
-    try:
-        os.chmod(shared, 0o755)
-        directory = os.path.join(shared, "backups")
-        os.mkdir(directory, 0o700)
-        result = run_backup_script(pg, sample_db, directory, user="nobody")
-        _assert_failed_cleanly(result, directory, r"backup directory .* is not writable by this user")
-    finally:
-        shutil.rmtree(shared)
+    directory = os.path.join(shared_tmp, "backups")
+    os.mkdir(directory, 0o700)
+    result = run_backup_script(pg, sample_db, directory, user="nobody")
+    _assert_failed_cleanly(result, directory, r"backup directory .* is not writable by this user")
 
 
 @pytest.mark.parametrize("content, message", [
@@ -458,21 +451,16 @@ def test_a_failed_backup_is_reported_to_sentry(pg, backup_dir):
     assert "does not exist" in event["message"]["formatted"]
 
 
-def test_a_root_run_leaves_files_the_backup_user_can_use(pg, sample_db):
+def test_a_root_run_leaves_files_the_backup_user_can_use(pg, sample_db, shared_tmp):
     """An ad-hoc playbook run as root, then the scheduled run as the directory's owner."""
     if os.geteuid() != 0:
         pytest.skip("needs root to run as two users")
-    shared = tempfile.mkdtemp(prefix="forge-owner.", dir="/var/tmp")
-    try:
-        os.chmod(shared, 0o755)
-        directory = os.path.join(shared, "backups")
-        os.mkdir(directory, 0o700)
-        os.chown(directory, 65534, 65534)  # nobody:nogroup
-        assert run_backup_script(pg, sample_db, directory).returncode == 0
-        for name in os.listdir(directory):
-            assert os.stat(os.path.join(directory, name)).st_uid == 65534, name
-        second = run_backup_script(pg, sample_db, directory, user="nobody")
-        assert second.returncode == 0, second.stderr
-        assert len(backups_in(directory)) == 2
-    finally:
-        shutil.rmtree(shared)
+    directory = os.path.join(shared_tmp, "backups")
+    os.mkdir(directory, 0o700)
+    os.chown(directory, 65534, 65534)  # nobody:nogroup
+    assert run_backup_script(pg, sample_db, directory).returncode == 0
+    for name in os.listdir(directory):
+        assert os.stat(os.path.join(directory, name)).st_uid == 65534, name
+    second = run_backup_script(pg, sample_db, directory, user="nobody")
+    assert second.returncode == 0, second.stderr
+    assert len(backups_in(directory)) == 2

@@ -4,9 +4,7 @@ import gzip
 import json
 import os
 import pwd
-import shutil
 import subprocess
-import tempfile
 
 import pytest
 
@@ -366,7 +364,7 @@ def test_postgres_stopped_mid_restore(backup_dir, run_module, tmp_path):
         server.destroy()
 
 
-def test_disk_full_during_restore(pg, fresh_db, backup_dir, run_module, tmp_path):
+def test_disk_full_during_restore(pg, fresh_db, backup_dir, run_module, shared_tmp):
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
     sample_db = fresh_db
@@ -374,10 +372,7 @@ def test_disk_full_during_restore(pg, fresh_db, backup_dir, run_module, tmp_path
         conn.execute("CREATE TABLE blobs AS SELECT g AS id, string_agg(md5(random()::text), '') AS payload "
                      "FROM generate_series(1, 6000) g, generate_series(1, 60) h GROUP BY g")
     take_backup(pg, sample_db, backup_dir)
-    # The tablespace must be reachable by the postgres user; pytest's tmp_path is private to root.
-    base = tempfile.mkdtemp(prefix="forge-tiny.", dir="/var/tmp")
-    os.chmod(base, 0o755)
-    space = os.path.join(base, "tablespace")
+    space = os.path.join(shared_tmp, "tablespace")  # the postgres user must reach it
     os.mkdir(space)
     # Room for an empty database's catalogs (about 8 MB) but not for the restored table.
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", space], check=True)
@@ -394,7 +389,6 @@ def test_disk_full_during_restore(pg, fresh_db, backup_dir, run_module, tmp_path
         pg.drop_database("t_full")
         pg.execute("DROP TABLESPACE IF EXISTS tiny")
         subprocess.run(["umount", space], check=True)
-        shutil.rmtree(base)
 
 
 def test_restore_db_sh_runs_the_same_drill_and_restore_on_the_host(pg, sample_db, backup_dir, passphrase_file):

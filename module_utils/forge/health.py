@@ -16,7 +16,6 @@ import urllib.request
 
 from . import __version__
 from .errors import ForgeError
-from .pgconn import describe_connect_error
 
 DEFAULT_TIMEOUT = 3.0
 THRESHOLD_KEYS = {
@@ -60,20 +59,13 @@ def check_database(settings, timeout=DEFAULT_TIMEOUT, limits=None):
 
     entry = {"service": "database", "target": settings.target()}
     started = time.perf_counter()
-    kwargs = {"host": settings.host, "port": settings.port, "dbname": settings.database or "postgres",
-              # libpq counts whole seconds (at least 2); the thread deadline enforces the exact bound.
-              "connect_timeout": max(2, int(timeout + 0.999)), "application_name": "infer-forge-health",
-              "options": f"-c statement_timeout={int(timeout * 1000)}"}
-    if settings.user:
-        kwargs["user"] = settings.user
-    if settings.password:
-        kwargs["password"] = settings.password
-    if settings.sslmode:
-        kwargs["sslmode"] = settings.sslmode
     try:
-        conn = psycopg.connect(autocommit=True, **kwargs)
-    except psycopg.OperationalError as exc:
-        return _fail(entry, describe_connect_error(exc, settings, kwargs["dbname"], timeout), started)
+        # run_checks' deadline holds the exact bound; libpq's own timeout is whole seconds.
+        conn = settings.connect(database=settings.database or "postgres", timeout=timeout,
+                                options=f"-c statement_timeout={int(timeout * 1000)}",
+                                application_name="infer-forge-health")
+    except ForgeError as exc:
+        return _fail(entry, exc.message, started)
     try:
         entry["connect_ms"] = _ms(time.perf_counter() - started)
         query_started = time.perf_counter()

@@ -31,17 +31,27 @@ class PgSettings:
         return PgSettings(self.host, self.port, self.user, self.password, database,
                           self.connect_timeout, self.sslmode)
 
-    def connect(self, autocommit=True, database=None):
-        """Open a psycopg connection or raise a one-line ForgeError."""
+    def connect(self, autocommit=True, database=None, timeout=None, options=None,
+                application_name="infer-forge-ops"):
+        """Open a psycopg connection or raise a one-line ForgeError.
+
+        ``timeout`` (seconds, may be fractional) overrides connect_timeout; libpq
+        counts whole seconds and at least 2, so callers that need an exact bound
+        enforce it themselves and pass theirs for the error message.
+        """
+        import math
+
         import psycopg
 
         kwargs = {
             "host": self.host,
             "port": self.port,
             "dbname": database or self.database,
-            "connect_timeout": self.connect_timeout,
-            "application_name": "infer-forge-ops",
+            "connect_timeout": self.connect_timeout if timeout is None else max(2, math.ceil(timeout)),
+            "application_name": application_name,
         }
+        if options:
+            kwargs["options"] = options
         if self.user:
             kwargs["user"] = self.user
         if self.password:
@@ -51,7 +61,7 @@ class PgSettings:
         try:
             return psycopg.connect(autocommit=autocommit, **kwargs)
         except psycopg.OperationalError as exc:
-            raise ForgeError(describe_connect_error(exc, self, database or self.database)) from None
+            raise ForgeError(describe_connect_error(exc, self, database or self.database, timeout)) from None
 
     def libpq_env(self, passfile=None):
         """Environment for libpq tools (pg_dump, psql, pg_restore).
