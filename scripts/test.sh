@@ -16,7 +16,9 @@ stage_lint() {
     yamllint --strict . &&
     ansible-lint --offline -q &&
     ruff check . &&
-    bash -n scripts/*.sh molecule/image/build.sh .ci/run
+    for script in scripts/*.sh scripts/forge molecule/image/build.sh .ci/run; do
+        bash -n "$script" || { echo "shell syntax error in $script"; return 1; }
+    done
 }
 
 stage_syntax() {
