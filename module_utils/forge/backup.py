@@ -378,7 +378,8 @@ class BackupRunner:
                 _unlink_quietly(path)
             removed.append(backup.name)
             self.log(f"Removed: {backup.name}")
-        remaining = [backup for backup in catalog.scan(options.backup_dir, self.settings.database)]
+        # What is left is what was scanned minus what was removed; no second read of every manifest.
+        remaining = [backup for backup in backups if backup not in plan.remove]
         self.log("Done. Remaining backups:")
         for backup in remaining:
             self.log(f"  {backup.name} ({human_size(backup.size)})")
