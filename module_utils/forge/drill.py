@@ -92,28 +92,28 @@ class Drill:
         return result
 
     # -- steps ----------------------------------------------------------------
+    def _scratch_comment(self, conn):
+        """The scratch database's comment; None when it does not exist."""
+        row = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+                           (self.options.scratch_database,)).fetchone()
+        return None if row is None else (row[0] or "")
+
     def _clear_previous_scratch(self):
         """A scratch database left by a kept drill is ours to drop; any other database of that name is not."""
         with self.settings.connect(database="postgres") as conn:
-            row = conn.execute(
-                "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
-                (self.options.scratch_database,)).fetchone()
-        if row is None:
-            return
-        if row[0] != DRILL_COMMENT:
+            comment = self._scratch_comment(conn)
+        if comment is not None and comment != DRILL_COMMENT:
             raise ForgeError(f"database {self.options.scratch_database!r} exists and was not made by a drill; "
                              "drop it yourself or choose another scratch_database")
-        self._drop_scratch()
+        if comment is not None:
+            self._drop_scratch()
 
     def _drop_scratch(self):
         from psycopg import sql
 
         try:
             with self.settings.connect(database="postgres") as conn:
-                row = conn.execute(
-                    "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
-                    (self.options.scratch_database,)).fetchone()
-                if row is not None and row[0] == DRILL_COMMENT:
+                if self._scratch_comment(conn) == DRILL_COMMENT:
                     conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(
                         sql.Identifier(self.options.scratch_database)))
         except ForgeError as exc:
