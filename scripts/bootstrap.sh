@@ -11,7 +11,7 @@ cd "$repo"
 APT_PACKAGES=(
     docker.io debootstrap
     postgresql postgresql-contrib redis-server
-    cron logrotate openssl gzip zstd rsync
+    cron logrotate openssl gzip zstd rsync openssh-client openssh-server
     prometheus prometheus-alertmanager
     python3 python3-venv python3-psycopg python3-cryptography python3-zstandard python3-redis
     python3-sentry-sdk
@@ -34,6 +34,13 @@ need_packages() {
     fi
     say "installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    # Install without starting the packages' services (PostgreSQL, Redis, sshd,
+    # Prometheus): tests start their own throwaway servers on loopback.
+    local guard=/usr/sbin/policy-rc.d
+    if [ ! -e "$guard" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$guard" && chmod 0755 "$guard"
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }

@@ -214,3 +214,52 @@ class RedisServer:
     def destroy(self):
         self.stop()
         shutil.rmtree(self.base_dir, ignore_errors=True)
+
+
+class SshServer:
+    """A throwaway sshd on 127.0.0.1 (the NAS side of off-site copies), with its
+    own host key, one client key and a known_hosts file for that key."""
+
+    def __init__(self):
+        self.base_dir = tempfile.mkdtemp(prefix="forge-sshd.")
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self.user = "root"
+        self.client_key = os.path.join(self.base_dir, "client_ed25519")
+        self.known_hosts = os.path.join(self.base_dir, "known_hosts")
+        self.proc = None
+
+    def start(self):
+        host_key = os.path.join(self.base_dir, "host_ed25519")
+        for key in (host_key, self.client_key):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True)
+        authorized = os.path.join(self.base_dir, "authorized_keys")
+        shutil.copy(self.client_key + ".pub", authorized)
+        os.chmod(authorized, 0o600)
+        with open(host_key + ".pub") as handle:
+            host_public = " ".join(handle.read().split()[:2])
+        with open(self.known_hosts, "w") as handle:
+            handle.write(f"[{self.host}]:{self.port} {host_public}\n")
+        config = os.path.join(self.base_dir, "sshd_config")
+        with open(config, "w") as handle:
+            handle.write(f"ListenAddress {self.host}\nPort {self.port}\nHostKey {host_key}\n"
+                         f"PidFile {self.base_dir}/sshd.pid\nAuthorizedKeysFile {authorized}\n"
+                         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
+                         "PermitRootLogin prohibit-password\nStrictModes no\n")
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+        self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", config],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("sshd did not start")
+
+    def destroy(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=10)
+        shutil.rmtree(self.base_dir, ignore_errors=True)

@@ -1,5 +1,5 @@
 """On-host commands: ``python3 -m forge.cli backup`` is what scripts/backup_db.sh runs;
-``verify``, ``restore`` and ``drill`` are scripts/restore_db.sh.
+``verify``, ``restore`` and ``drill`` are scripts/restore_db.sh; ``offsite`` is scripts/offsite_copy.sh.
 
 Configuration comes from the runbook's environment variables. A config file
 (``BACKUP_CONFIG``, default ``/etc/infer-forge/backup.env``, empty for none) in KEY=VALUE form
@@ -186,6 +186,39 @@ def restore_command(args, config):
     return 0
 
 
+def offsite_from_config(config):
+    """OFFSITE_* settings (in the same BACKUP_CONFIG file) for ``forge offsite``."""
+    from .offsite import OffsiteCopy, OffsiteOptions
+
+    options = OffsiteOptions(
+        backup_dir=config.get("BACKUP_DIR", "/backups"),
+        target=config.get("OFFSITE_TARGET"),
+        database=config.get("POSTGRES_DB"),
+        retention_days=_int(config, "OFFSITE_RETENTION_DAYS", 90),
+        min_keep=_int(config, "OFFSITE_MIN_KEEP", 7),
+        ssh_port=_int(config, "OFFSITE_SSH_PORT", 22),
+        ssh_identity=config.get("OFFSITE_SSH_KEY"),
+        known_hosts=config.get("OFFSITE_KNOWN_HOSTS"),
+        require_mount=_flag(config, "OFFSITE_REQUIRE_MOUNT", True),
+        skip_unencrypted=_flag(config, "OFFSITE_SKIP_UNENCRYPTED", False),
+        textfile_dir=config.get("BACKUP_TEXTFILE_DIR"),
+        state_dir=config.get("DRILL_REPORT_DIR"),
+        sentry_dsn=config.get("SENTRY_DSN"),
+        environment=config.get("ENVIRONMENT"),
+    )
+    return OffsiteCopy(options, log=lambda line: print(line, flush=True))
+
+
+def offsite_command(args, config):
+    """``forge offsite [--check]``: copy encrypted backups to OFFSITE_TARGET and verify them there."""
+    check_mode = "--check" in args
+    result = offsite_from_config(config).run(check_mode=check_mode)
+    verdict = "PLAN" if check_mode and result["passed"] else ("OK" if result["passed"] else "FAILED")
+    print(f"Off-site copy {verdict}: {result['database']} -> {result.get('target') or '-'}: {result['reason']}",
+          flush=True)
+    return 0 if result["passed"] else EXIT_FAILURE
+
+
 def _terminate(signum, frame):
     # Turn SIGTERM into an exception so the partial file is cleaned up on the way out.
     raise KeyboardInterrupt(f"signal {signum}")
@@ -193,13 +226,15 @@ def _terminate(signum, frame):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in ("backup", "verify", "restore", "drill"):
-        print("usage: python3 -m forge.cli {backup|verify|restore|drill} ...  (settings from the environment, "
+    if not argv or argv[0] not in ("backup", "verify", "restore", "drill", "offsite"):
+        print("usage: python3 -m forge.cli {backup|verify|restore|drill|offsite} ...  (settings from the environment, "
               "see README)", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _terminate)
     try:
         config = load_config(os.environ)
+        if argv[0] == "offsite":
+            return offsite_command(argv[1:], config)
         if argv[0] != "backup":
             return restore_command(argv, config)
         runner = backup_from_config(config)

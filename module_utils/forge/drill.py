@@ -210,7 +210,7 @@ class Drill:
 
     def _write_metrics(self, result):
         path = os.path.join(self.options.textfile_dir, f"infer_forge_restore_drill_{_stem(self.options.database)}.prom")
-        previous_success = _read_previous(path, METRIC_PREFIX + "last_success_timestamp_seconds")
+        previous_success = metrics.read_sample(path, METRIC_PREFIX + "last_success_timestamp_seconds")
         now = self.clock()
         labels = {"database": self.options.database}
         samples = [
@@ -231,17 +231,6 @@ class Drill:
         except (ForgeError, OSError) as exc:
             result["metrics_error"] = str(exc)
 
-
-def _read_previous(path, name):
-    """Carry the last success over from the previous metrics file."""
-    try:
-        with open(path) as handle:
-            for line in handle:
-                if line.startswith(name + "{"):
-                    return float(line.rsplit(" ", 1)[1])
-    except (OSError, ValueError):
-        return None
-    return None
 
 
 def _backup_time(backup):

@@ -42,3 +42,16 @@ def write_textfile(directory, filename, samples):
     # node_exporter runs as its own user and must read the file; it holds no secret.
     write_atomic(path, render(samples), mode=0o644)
     return path
+
+
+def read_sample(path, name):
+    """The value of metric ``name`` in an earlier textfile, or None (to carry a
+    last-success timestamp over a failed run)."""
+    try:
+        with open(path) as handle:
+            for line in handle:
+                if line.startswith(name + "{"):
+                    return float(line.rsplit(" ", 1)[1])
+    except (OSError, ValueError):
+        return None
+    return None

@@ -1,0 +1,376 @@
+"""Off-site copies of encrypted backups: to the company NAS over SSH (rsync), or
+to a mounted encrypted USB disk.
+
+The runbook: copies go to the NAS or to USB disks in the safe, and unencrypted
+backups never leave the host. So only files that are encrypted (openssl's
+``Salted__`` header, not merely an ``.enc`` name) are copied, each with its
+manifest and ``.sha256``. The far side is checked with ``sha256sum --check``
+against the manifest's checksum before the copy counts; the manifest is sent
+last, so a backup on the target without its manifest was never verified.
+The target has a retention of its own, applied only to our file names.
+"""
+
+import datetime
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import time
+
+from . import metrics, sentry
+from .catalog import _NAME_RE, CHECKSUM_SUFFIX, MANIFEST_SUFFIX, TIMESTAMP_FORMAT, file_stem, scan
+from .errors import ForgeError
+from .fsutil import ensure_private_dir, fsync_dir, write_atomic
+
+METRIC_PREFIX = "infer_forge_offsite_"
+OPENSSL_MAGIC = b"Salted__"
+CHUNK = 1024 * 1024
+
+
+def is_encrypted_file(path):
+    """True when the file starts with openssl enc's salt header (what our backups and
+    the runbook's ``openssl enc -salt`` write)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(OPENSSL_MAGIC)) == OPENSSL_MAGIC
+    except OSError:
+        return False
+
+
+def sha256_of(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class OffsiteOptions:
+    def __init__(self, backup_dir, target, database, retention_days=90, min_keep=7, ssh_port=22,
+                 ssh_identity=None, known_hosts=None, ssh_timeout=20, require_mount=True,
+                 skip_unencrypted=False, textfile_dir=None, state_dir=None, sentry_dsn=None, environment=None):
+        if not target:
+            raise ForgeError("no off-site target: set OFFSITE_TARGET (user@nas:/path or a mounted USB path)")
+        if not database:
+            raise ForgeError("no database: set POSTGRES_DB")
+        if retention_days < 1 or min_keep < 1:
+            raise ForgeError("off-site retention must keep at least one day and one backup")
+        self.backup_dir = backup_dir
+        self.target = target
+        self.database = database
+        self.retention_days = retention_days
+        self.min_keep = min_keep
+        self.ssh_port = ssh_port
+        self.ssh_identity = ssh_identity
+        self.known_hosts = known_hosts
+        self.ssh_timeout = ssh_timeout
+        self.require_mount = require_mount
+        self.skip_unencrypted = skip_unencrypted
+        self.textfile_dir = textfile_dir
+        self.state_dir = state_dir
+        self.sentry_dsn = sentry_dsn
+        self.environment = environment
+
+
+def open_target(options):
+    """``user@host:/path`` is the NAS over SSH; an absolute path is a mounted disk."""
+    target = options.target
+    if target.startswith("/"):
+        return PathTarget(target, options.require_mount)
+    userhost, sep, path = target.partition(":")
+    if not sep or not path.startswith("/") or not userhost or userhost.startswith("-"):
+        raise ForgeError(f"off-site target {target!r} must be user@host:/absolute/path or an absolute path")
+    return SshTarget(userhost, path, options)
+
+
+class PathTarget:
+    """A mounted disk (the runbook's encrypted USB disks)."""
+
+    kind = "usb"
+
+    def __init__(self, path, require_mount):
+        self.path = os.path.normpath(path)
+        self.require_mount = require_mount
+
+    def describe(self):
+        return self.path
+
+    def prepare(self, create):
+        if self.require_mount:
+            mount = self.path
+            while not os.path.ismount(mount):
+                mount = os.path.dirname(mount)
+            if mount == "/":
+                raise ForgeError(f"{self.path} is not on a mounted disk (it would land on the root file "
+                                 "system): mount the USB disk first, or set OFFSITE_REQUIRE_MOUNT=0")
+        if not os.path.isdir(self.path) and not create:
+            return False
+        ensure_private_dir(self.path, create=create)
+        return True
+
+    def list(self):
+        return set(os.listdir(self.path)) if os.path.isdir(self.path) else set()
+
+    def put(self, paths):
+        for source in paths:
+            destination = os.path.join(self.path, os.path.basename(source))
+            temporary = os.path.join(self.path, f".{os.path.basename(source)}.partial-{os.getpid()}")
+            try:
+                fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with open(source, "rb") as reader, os.fdopen(fd, "wb") as writer:
+                    shutil.copyfileobj(reader, writer, CHUNK)
+                    writer.flush()
+                    os.fsync(writer.fileno())
+                os.replace(temporary, destination)
+            except OSError as exc:
+                _remove_quietly(temporary)
+                raise ForgeError(f"copying {os.path.basename(source)} to {self.path} failed: {exc.strerror or exc}") from None
+        fsync_dir(self.path)
+
+    def verify(self, checksums):
+        """``checksums``: name -> sha256. Returns the names that do not match."""
+        bad = []
+        for name, expected in checksums.items():
+            try:
+                if sha256_of(os.path.join(self.path, name)) != expected:
+                    bad.append(name)
+            except OSError:
+                bad.append(name)
+        return bad
+
+    def remove(self, names):
+        for name in names:
+            _remove_quietly(os.path.join(self.path, name))
+        fsync_dir(self.path)
+
+
+class SshTarget:
+    """The NAS, reached with ssh (BatchMode, strict host keys) and rsync."""
+
+    kind = "ssh"
+
+    def __init__(self, userhost, path, options):
+        self.userhost = userhost
+        self.path = os.path.normpath(path)
+        self.options = options
+
+    def describe(self):
+        return f"{self.userhost}:{self.path}"
+
+    def _ssh_argv(self):
+        argv = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.options.ssh_timeout}",
+                "-o", "StrictHostKeyChecking=yes", "-p", str(self.options.ssh_port)]
+        if self.options.ssh_identity:
+            argv += ["-i", self.options.ssh_identity, "-o", "IdentitiesOnly=yes"]
+        if self.options.known_hosts:
+            argv += ["-o", f"UserKnownHostsFile={self.options.known_hosts}"]
+        return argv
+
+    def _run(self, remote_command, what, stdin=None):
+        argv = self._ssh_argv() + [self.userhost, remote_command]
+        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True,
+                              timeout=self.options.ssh_timeout + 600)
+        if proc.returncode == 255:
+            raise ForgeError(f"ssh to {self.userhost} failed while {what}: {_last_line(proc.stderr)}")
+        return proc
+
+    def prepare(self, create):
+        quoted = shlex.quote(self.path)
+        command = f"mkdir -p -m 700 -- {quoted} && chmod 700 -- {quoted}" if create else f"test -d {quoted}"
+        proc = self._run(command, "preparing the target directory")
+        if proc.returncode != 0:
+            if not create:
+                return False
+            raise ForgeError(f"cannot create {self.describe()}: {_last_line(proc.stderr)}")
+        return True
+
+    def list(self):
+        proc = self._run(f"find {shlex.quote(self.path)} -maxdepth 1 -type f -printf '%f\\n'", "listing the target")
+        if proc.returncode != 0:
+            raise ForgeError(f"cannot list {self.describe()}: {_last_line(proc.stderr)}")
+        return set(proc.stdout.splitlines())
+
+    def put(self, paths):
+        # rsync writes to a temporary name and renames, so a cut connection leaves no half file
+        # under a backup's name; --chmod keeps customer data 0600 on the NAS as well.
+        argv = ["rsync", "--times", "--perms", "--chmod=D0700,F0600", "--protect-args",
+                f"--timeout={self.options.ssh_timeout + 60}", "-e", shlex.join(self._ssh_argv()),
+                *paths, f"{self.userhost}:{self.path}/"]
+        proc = subprocess.run(argv, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ForgeError(f"rsync to {self.describe()} failed (exit {proc.returncode}): {_last_line(proc.stderr)}")
+
+    def verify(self, checksums):
+        lines = "".join(f"{digest}  {name}\n" for name, digest in sorted(checksums.items()))
+        proc = self._run(f"cd -- {shlex.quote(self.path)} && sha256sum --check --strict -",
+                         "verifying the copy", stdin=lines)
+        good = {line[:-len(": OK")] for line in proc.stdout.splitlines() if line.endswith(": OK")}
+        return [name for name in checksums if name not in good]
+
+    def remove(self, names):
+        if not names:
+            return
+        quoted = " ".join(shlex.quote(name) for name in sorted(names))
+        proc = self._run(f"cd -- {shlex.quote(self.path)} && rm -f -- {quoted}", "applying retention")
+        if proc.returncode != 0:
+            raise ForgeError(f"cannot remove old copies on {self.describe()}: {_last_line(proc.stderr)}")
+
+
+class OffsiteCopy:
+    def __init__(self, options, log=None, clock=time.time):
+        self.options = options
+        self.log = log or (lambda line: None)
+        self.clock = clock
+
+    def plan(self, target, remote_names):
+        """What to copy and what to delete on the target."""
+        now = datetime.datetime.fromtimestamp(self.clock())
+        cutoff = now - datetime.timedelta(days=self.options.retention_days)
+        local = [b for b in scan(self.options.backup_dir, self.options.database) if b.manifest is not None]
+        # The window the target keeps: younger than its retention, or among the min_keep newest.
+        wanted = [b for i, b in enumerate(local) if i < self.options.min_keep or b.timestamp >= cutoff]
+        unencrypted = [b.name for b in wanted if not (b.encrypted and is_encrypted_file(b.path))]
+        if unencrypted and not self.options.skip_unencrypted:
+            raise ForgeError(
+                f"refusing to copy unencrypted backup {unencrypted[0]} off-site"
+                f"{f' (and {len(unencrypted) - 1} more)' if len(unencrypted) > 1 else ''}: unencrypted backups "
+                "never leave the host; turn on backup encryption (BACKUP_PASSPHRASE_FILE / backup_encrypt), "
+                "or set OFFSITE_SKIP_UNENCRYPTED=1 to copy only the encrypted ones")
+        wanted = [b for b in wanted if b.name not in unencrypted]
+        to_copy = [b for b in wanted if b.name + MANIFEST_SUFFIX not in remote_names]
+        remote = _remote_backups(remote_names, file_stem(self.options.database))
+        keep = {name for name, _ in remote[:self.options.min_keep]} | {b.name for b in wanted}
+        expired = [name for name, ts in remote if name not in keep and ts < cutoff]
+        return {"copy": to_copy, "expire": expired, "skipped_unencrypted": unencrypted, "remote": remote}
+
+    def run(self, check_mode=False):
+        started = self.clock()
+        result = {"target": None, "database": self.options.database, "copied": [], "expired": [],
+                  "bytes_copied": 0, "verified": False, "check_mode": check_mode, "host": socket.gethostname()}
+        try:
+            target = open_target(self.options)
+            result["target"] = target.describe()
+            result["kind"] = target.kind
+            exists = target.prepare(create=not check_mode)
+            plan = self.plan(target, target.list() if exists else set())
+            result["copied"] = [b.name for b in plan["copy"]]
+            result["expired"] = plan["expire"]
+            result["skipped_unencrypted"] = plan["skipped_unencrypted"]
+            result["bytes_copied"] = sum(b.size for b in plan["copy"])
+            if not check_mode:
+                self._copy(target, plan["copy"])
+                target.remove([n + s for n in plan["expire"] for s in ("", CHECKSUM_SUFFIX, MANIFEST_SUFFIX)])
+                result["verified"] = True
+            kept = len(plan["remote"]) - len(plan["expire"]) + len(plan["copy"])
+            result["remote_backups"] = kept
+            result["passed"] = True
+            result["reason"] = (f"{len(plan['copy'])} copied and verified, {len(plan['expire'])} expired, "
+                                f"{kept} on {target.describe()}")
+        except ForgeError as exc:
+            result["passed"] = False
+            result["reason"] = exc.message
+        except (OSError, subprocess.SubprocessError) as exc:
+            result["passed"] = False
+            result["reason"] = f"off-site copy failed: {exc}"
+        result["duration"] = self.clock() - started
+        if not check_mode:
+            self._record(result)
+        return result
+
+    def _copy(self, target, backups):
+        for backup in backups:
+            digest = backup.manifest["sha256"]
+            self.log(f"Copying {backup.name} ({backup.size} bytes) to {target.describe()}")
+            target.put([backup.path, backup.checksum_path] if os.path.exists(backup.checksum_path) else [backup.path])
+            bad = target.verify({backup.name: digest})
+            if bad:
+                target.remove([backup.name, backup.name + CHECKSUM_SUFFIX])
+                raise ForgeError(f"the copy of {backup.name} on {target.describe()} does not match its "
+                                 "manifest's sha256; it was removed there, nothing else changed")
+            # The manifest last: on the target, a manifest means "copied and verified".
+            target.put([backup.manifest_path])
+            self.log(f"Verified {backup.name} on {target.describe()} (sha256 {digest[:16]}...)")
+
+    def _record(self, result):
+        stem = file_stem(self.options.database)
+        now = self.clock()
+        if result["passed"]:
+            result["finished_at"] = datetime.datetime.fromtimestamp(now, datetime.timezone.utc).isoformat()
+        if self.options.state_dir:
+            path = os.path.join(self.options.state_dir, f"offsite_{stem}.json")
+            try:
+                previous = _load_json(path)
+                if result["passed"]:
+                    state = dict(result, last_success=now)
+                else:
+                    state = dict(result, last_success=previous.get("last_success"))
+                os.makedirs(self.options.state_dir, mode=0o750, exist_ok=True)
+                write_atomic(path, json.dumps(state, indent=2, sort_keys=True) + "\n", mode=0o640)
+                result["state_file"] = path
+            except OSError as exc:
+                result["state_error"] = str(exc)
+        if self.options.textfile_dir:
+            path = os.path.join(self.options.textfile_dir, f"infer_forge_offsite_{stem}.prom")
+            previous = metrics.read_sample(path, METRIC_PREFIX + "last_success_timestamp_seconds")
+            labels = {"database": self.options.database, "target": result["target"] or self.options.target}
+            samples = [
+                ("last_run_timestamp_seconds", "When the last off-site copy ended.", now),
+                ("last_run_success", "1 if the last off-site copy succeeded and verified, else 0.",
+                 1 if result["passed"] else 0),
+                ("files_copied", "Backups copied by the last off-site run.", len(result["copied"]) if result["passed"] else 0),
+                ("bytes_copied", "Bytes copied by the last off-site run.", result["bytes_copied"] if result["passed"] else 0),
+            ]
+            if "remote_backups" in result:
+                samples.append(("remote_backups", "Verified backups on the off-site target.", result["remote_backups"]))
+            success = now if result["passed"] else previous
+            if success is not None:
+                samples.append(("last_success_timestamp_seconds", "When an off-site copy last succeeded and verified.",
+                                success))
+            try:
+                metrics.write_textfile(self.options.textfile_dir, os.path.basename(path),
+                                       [(METRIC_PREFIX + n, "gauge", h, labels, v) for n, h, v in samples])
+            except (ForgeError, OSError) as exc:
+                result["metrics_error"] = str(exc)
+        if not result["passed"]:
+            report = sentry.report_failure(
+                self.options.sentry_dsn, f"off-site copy of {self.options.database} failed: {result['reason']}",
+                tags={"component": "offsite-copy", "database": self.options.database, "host": result["host"]},
+                environment=self.options.environment)
+            if report:
+                result["sentry"] = report
+
+
+def _remote_backups(names, stem):
+    """Verified backups on the target (file and manifest present), newest first."""
+    found = []
+    for name in names:
+        match = _NAME_RE.match(name)
+        if match and match.group("stem") == stem and name + MANIFEST_SUFFIX in names:
+            found.append((name, datetime.datetime.strptime(match.group("ts"), TIMESTAMP_FORMAT)))
+    found.sort(key=lambda pair: pair[1], reverse=True)
+    return found
+
+
+def _load_json(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+
+def _remove_quietly(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _last_line(text):
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return lines[-1] if lines else "no error output"
