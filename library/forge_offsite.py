@@ -151,8 +151,8 @@ reason:
 from ansible.module_utils.basic import AnsibleModule
 
 try:
-    from ansible.module_utils.forge.offsite import OffsiteCopy, OffsiteOptions
     from ansible.module_utils.forge.errors import ForgeError
+    from ansible.module_utils.forge.offsite import OffsiteCopy, OffsiteOptions
     ENGINE_IMPORT_ERROR = None
 except ImportError as exc:  # pragma: no cover - reported to the user below
     ENGINE_IMPORT_ERROR = exc

@@ -9,6 +9,7 @@ import stat
 import subprocess
 
 import pytest
+
 from helpers import REPO, backups_in, manifest_of, run_backup_script
 from servers import SshServer, load_sample_data
 

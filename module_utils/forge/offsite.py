@@ -127,7 +127,8 @@ class PathTarget:
                 os.replace(temporary, destination)
             except OSError as exc:
                 _remove_quietly(temporary)
-                raise ForgeError(f"copying {os.path.basename(source)} to {self.path} failed: {exc.strerror or exc}") from None
+                raise ForgeError(f"copying {os.path.basename(source)} to {self.path} failed: "
+                                 f"{exc.strerror or exc}") from None
         fsync_dir(self.path)
 
     def verify(self, checksums):
@@ -298,7 +299,7 @@ class OffsiteCopy:
         stem = file_stem(self.options.database)
         now = self.clock()
         if result["passed"]:
-            result["finished_at"] = datetime.datetime.fromtimestamp(now, datetime.timezone.utc).isoformat()
+            result["finished_at"] = datetime.datetime.fromtimestamp(now, datetime.UTC).isoformat()
         if self.options.state_dir:
             path = os.path.join(self.options.state_dir, f"offsite_{stem}.json")
             try:
@@ -320,8 +321,10 @@ class OffsiteCopy:
                 ("last_run_timestamp_seconds", "When the last off-site copy ended.", now),
                 ("last_run_success", "1 if the last off-site copy succeeded and verified, else 0.",
                  1 if result["passed"] else 0),
-                ("files_copied", "Backups copied by the last off-site run.", len(result["copied"]) if result["passed"] else 0),
-                ("bytes_copied", "Bytes copied by the last off-site run.", result["bytes_copied"] if result["passed"] else 0),
+                ("files_copied", "Backups copied by the last off-site run.",
+                 len(result["copied"]) if result["passed"] else 0),
+                ("bytes_copied", "Bytes copied by the last off-site run.",
+                 result["bytes_copied"] if result["passed"] else 0),
             ]
             if "remote_backups" in result:
                 samples.append(("remote_backups", "Verified backups on the off-site target.", result["remote_backups"]))
