@@ -51,6 +51,17 @@ options:
     description: Build the event with sentry-sdk when it is installed.
     type: bool
     default: true
+  record_file:
+    description:
+      - Where to record an accepted event (time, event id, endpoint without the key), as evidence
+        for the production checklist's item 10. Written atomically, holds no secret.
+    type: path
+  min_interval_days:
+    description:
+      - With O(record_file), send only when the recorded acceptance is older than this (or was for
+        another DSN), so re-running a deploy does not send an event each time. 0 always sends.
+    type: float
+    default: 0
 attributes:
   check_mode:
     support: full
@@ -96,15 +107,28 @@ sdk:
   description: The sentry-sdk version that built the event, or C(none).
   returned: when sent
   type: str
+sent:
+  description: Whether an event was sent by this run (false when a recent one is on record).
+  returned: always
+  type: bool
+recorded_at:
+  description: When the event on record was accepted (epoch seconds).
+  returned: when a record exists or was written
+  type: float
 """
 
+import hashlib
+import json
+import os
 import socket
+import time
 
 from ansible.module_utils.basic import AnsibleModule
 
 try:
     from ansible.module_utils.forge import sentry
     from ansible.module_utils.forge.errors import ForgeError
+    from ansible.module_utils.forge.fsutil import write_atomic
     ENGINE_IMPORT_ERROR = None
 except ImportError as exc:  # pragma: no cover - reported to the user below
     ENGINE_IMPORT_ERROR = exc
@@ -119,6 +143,8 @@ ARGUMENT_SPEC = dict(
     tags=dict(type="dict", default={}),
     timeout=dict(type="float", default=5.0),
     use_sdk=dict(type="bool", default=True),
+    record_file=dict(type="path"),
+    min_interval_days=dict(type="float", default=0),
 )
 
 
@@ -136,8 +162,14 @@ class SentryEventModule:
         host = socket.gethostname()
         tags = dict(p["tags"], component=p["component"], environment=p["environment"], host=host)
         contexts = {"infer_forge": {"purpose": "checklist test event", "host": host}}
-        result = dict(endpoint=dsn.redacted(), accepted=False, changed=False)
+        result = dict(endpoint=dsn.redacted(), accepted=False, changed=False, sent=False)
+        fingerprint = hashlib.sha256(p["dsn"].encode()).hexdigest()[:16]
+        record = self.recent_record(fingerprint)
+        if record is not None:
+            result.update(accepted=True, event_id=record.get("event_id"), recorded_at=record["accepted_at"])
+            return result
         if self.module.check_mode:
+            result["changed"] = True
             return result
         try:
             if p["use_sdk"] and _sdk_available():
@@ -153,8 +185,32 @@ class SentryEventModule:
             if "status" in exc.details:
                 result["status"] = exc.details["status"]
             return result
-        result.update(accepted=200 <= status < 300, status=status, event_id=event_id, sdk=sdk, changed=True)
+        result.update(accepted=200 <= status < 300, status=status, event_id=event_id, sdk=sdk, changed=True, sent=True)
+        if result["accepted"] and p["record_file"]:
+            now = time.time()
+            record = {"accepted_at": now, "event_id": event_id, "status": status, "endpoint": result["endpoint"],
+                      "environment": p["environment"], "dsn_fingerprint": fingerprint, "host": host}
+            try:
+                write_atomic(p["record_file"], json.dumps(record, indent=2, sort_keys=True) + "\n", mode=0o644)
+            except OSError as exc:
+                return dict(result, failed=True, msg=f"event accepted but {p['record_file']} not written: {exc}")
+            result["recorded_at"] = now
         return result
+
+    def recent_record(self, fingerprint):
+        """The recorded acceptance, when it is for this DSN and younger than min_interval_days."""
+        p = self.params
+        if not p["record_file"] or p["min_interval_days"] <= 0 or not os.path.exists(p["record_file"]):
+            return None
+        try:
+            with open(p["record_file"], encoding="utf-8") as handle:
+                record = json.load(handle)
+            age = time.time() - float(record["accepted_at"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if record.get("dsn_fingerprint") != fingerprint or not 0 <= age < p["min_interval_days"] * 86400:
+            return None
+        return record
 
 
 def _sdk_available():

@@ -4,6 +4,7 @@ sentry.io is out of reach here; the stub records what it receives, so the
 tests assert on the event Sentry would have stored.
 """
 
+import json
 import os
 
 import pytest
@@ -87,5 +88,37 @@ def test_invalid_dsn(run_module, dsn):
 
 def test_check_mode_sends_nothing(stub, run_module):
     result = run_module("forge_sentry_event", {"dsn": stub.dsn()}, check=True)
-    assert result["changed"] is False and result["endpoint"] == f"http://***@127.0.0.1:{stub.port}/42"
+    assert result["changed"] is True and result["sent"] is False and result["endpoint"] == f"http://***@127.0.0.1:{stub.port}/42"
     assert stub.received == []
+
+
+def test_an_accepted_event_is_recorded_and_not_resent_within_the_interval(stub, run_module, tmp_path):
+    record = tmp_path / "sentry-test-event.json"
+    args = {"dsn": stub.dsn(), "record_file": str(record), "min_interval_days": 7}
+    first = run_module("forge_sentry_event", args)
+    assert first["changed"] is True and first["sent"] is True
+    saved = json.loads(record.read_text())
+    assert saved["event_id"] == first["event_id"] and saved["status"] == 200
+    assert "publickey" not in record.read_text()  # the record is evidence, not a secret
+    second = run_module("forge_sentry_event", args)
+    assert second["changed"] is False and second["sent"] is False and second["event_id"] == first["event_id"]
+    assert len(stub.events()) == 1
+    # Another DSN (another project) is tested again, as is a record older than the interval.
+    third = run_module("forge_sentry_event", dict(args, dsn=stub.dsn(43)))
+    assert third["sent"] is True
+    saved = json.loads(record.read_text())
+    saved["accepted_at"] -= 8 * 86400
+    record.write_text(json.dumps(saved))
+    assert run_module("forge_sentry_event", dict(args, dsn=stub.dsn(43)))["sent"] is True
+    assert len(stub.events()) == 3
+
+
+def test_a_rejected_event_leaves_no_record(run_module, tmp_path):
+    server = SentryStub(status=500)
+    try:
+        record = tmp_path / "sentry-test-event.json"
+        result = run_module("forge_sentry_event", {"dsn": server.dsn(), "record_file": str(record),
+                                                   "min_interval_days": 7})
+        assert result["failed"] is True and not record.exists()
+    finally:
+        server.close()

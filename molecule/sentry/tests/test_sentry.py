@@ -41,3 +41,12 @@ def test_sentry_received_the_test_event_with_the_runbooks_tags(host):
     assert event["tags"]["environment"] == "production"
     assert event["tags"]["host"] == "sentry-app"
     assert event["release"] == "infer-forge@0.1.0"
+
+
+def test_the_accepted_event_is_recorded_and_the_idempotence_run_did_not_resend(host):
+    raw = host.file("/var/tmp/sentry-envelopes").content_string
+    envelopes = [chunk for chunk in raw.split("\n---\n") if chunk.strip()]
+    assert len(envelopes) == 1, "converge sends one event; the idempotence run must not send another"
+    record = json.loads(host.file("/var/lib/infer-forge/sentry-test-event.json").content_string)
+    assert record["status"] == 200 and record["environment"] == "production"
+    assert "***@" in record["endpoint"]
