@@ -71,6 +71,15 @@ class BackupFile:
         return self.path + CHECKSUM_SUFFIX
 
     @property
+    def finished_at(self):
+        """When the backup was finished (epoch): the manifest's end, else the name's time, else mtime."""
+        if self.manifest and self.manifest.get("ended_at"):
+            return datetime.datetime.fromisoformat(self.manifest["ended_at"]).timestamp()
+        if self.timestamp is not None:
+            return self.timestamp.timestamp()
+        return os.path.getmtime(self.path)
+
+    @property
     def runbook_format(self):
         """Made by the runbook's own commands: gzip SQL, maybe openssl-encrypted."""
         return self.extension == ".sql.gz"

@@ -66,7 +66,7 @@ class Drill:
         try:
             backup = select_backup(self.restore_options.backup_dir, self.options.database, self.options.backup_file)
             result["backup"] = backup.path
-            result["backup_age_seconds"] = round(started - _backup_time(backup), 1)
+            result["backup_age_seconds"] = round(started - backup.finished_at, 1)
             self._clear_previous_scratch()
             report = restorer.restore(backup, self.options.scratch_database, database=self.options.database)
             result["checks"] = report.get("checks", {})
@@ -232,13 +232,6 @@ class Drill:
             result["metrics_error"] = str(exc)
 
 
-
-def _backup_time(backup):
-    if backup.manifest and backup.manifest.get("ended_at"):
-        return datetime.datetime.fromisoformat(backup.manifest["ended_at"]).timestamp()
-    if backup.timestamp is not None:
-        return backup.timestamp.timestamp()
-    return os.path.getmtime(backup.path)
 
 
 def _stem(database):

@@ -11,3 +11,9 @@ class ForgeError(Exception):
     @property
     def message(self):
         return self.args[0]
+
+
+def last_line(text, default="no error output"):
+    """The last non-empty line of a tool's stderr: usually the one that says why."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return lines[-1] if lines else default

@@ -1,6 +1,7 @@
 """Atomic, private file writes and the helpers around them."""
 
 import errno
+import json
 import math
 import os
 import tempfile
@@ -177,3 +178,14 @@ def _read_holder(fd):
     except OSError:
         return ""
     return f"pid {pid}, " if pid.isdigit() else ""
+
+
+def read_json_object(path):
+    """A JSON object from ``path``, or {} when it is missing, unreadable or not an object
+    (state and report files that a previous run may not have written)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

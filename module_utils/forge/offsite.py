@@ -22,8 +22,8 @@ import time
 
 from . import metrics, sentry
 from .catalog import _NAME_RE, CHECKSUM_SUFFIX, MANIFEST_SUFFIX, TIMESTAMP_FORMAT, file_stem, scan
-from .errors import ForgeError
-from .fsutil import ensure_private_dir, fsync_dir, write_atomic
+from .errors import ForgeError, last_line
+from .fsutil import ensure_private_dir, fsync_dir, read_json_object, write_atomic
 
 METRIC_PREFIX = "infer_forge_offsite_"
 OPENSSL_MAGIC = b"Salted__"
@@ -175,7 +175,7 @@ class SshTarget:
         proc = subprocess.run(argv, input=stdin, capture_output=True, text=True,
                               timeout=self.options.ssh_timeout + 600)
         if proc.returncode == 255:
-            raise ForgeError(f"ssh to {self.userhost} failed while {what}: {_last_line(proc.stderr)}")
+            raise ForgeError(f"ssh to {self.userhost} failed while {what}: {last_line(proc.stderr)}")
         return proc
 
     def prepare(self, create):
@@ -185,13 +185,13 @@ class SshTarget:
         if proc.returncode != 0:
             if not create:
                 return False
-            raise ForgeError(f"cannot create {self.describe()}: {_last_line(proc.stderr)}")
+            raise ForgeError(f"cannot create {self.describe()}: {last_line(proc.stderr)}")
         return True
 
     def list(self):
         proc = self._run(f"find {shlex.quote(self.path)} -maxdepth 1 -type f -printf '%f\\n'", "listing the target")
         if proc.returncode != 0:
-            raise ForgeError(f"cannot list {self.describe()}: {_last_line(proc.stderr)}")
+            raise ForgeError(f"cannot list {self.describe()}: {last_line(proc.stderr)}")
         return set(proc.stdout.splitlines())
 
     def put(self, paths):
@@ -202,7 +202,7 @@ class SshTarget:
                 *paths, f"{self.userhost}:{self.path}/"]
         proc = subprocess.run(argv, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise ForgeError(f"rsync to {self.describe()} failed (exit {proc.returncode}): {_last_line(proc.stderr)}")
+            raise ForgeError(f"rsync to {self.describe()} failed (exit {proc.returncode}): {last_line(proc.stderr)}")
 
     def verify(self, checksums):
         lines = "".join(f"{digest}  {name}\n" for name, digest in sorted(checksums.items()))
@@ -217,7 +217,7 @@ class SshTarget:
         quoted = " ".join(shlex.quote(name) for name in sorted(names))
         proc = self._run(f"cd -- {shlex.quote(self.path)} && rm -f -- {quoted}", "applying retention")
         if proc.returncode != 0:
-            raise ForgeError(f"cannot remove old copies on {self.describe()}: {_last_line(proc.stderr)}")
+            raise ForgeError(f"cannot remove old copies on {self.describe()}: {last_line(proc.stderr)}")
 
 
 class OffsiteCopy:
@@ -303,7 +303,7 @@ class OffsiteCopy:
         if self.options.state_dir:
             path = os.path.join(self.options.state_dir, f"offsite_{stem}.json")
             try:
-                previous = _load_json(path)
+                previous = read_json_object(path)
                 if result["passed"]:
                     state = dict(result, last_success=now)
                 else:
@@ -357,14 +357,6 @@ def _remote_backups(names, stem):
     return found
 
 
-def _load_json(path):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
 
 
 def _remove_quietly(path):
@@ -373,7 +365,3 @@ def _remove_quietly(path):
     except FileNotFoundError:
         pass
 
-
-def _last_line(text):
-    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    return lines[-1] if lines else "no error output"

@@ -1,0 +1,407 @@
+"""The runbook's production checklist ("Checklist před nasazením do produkce"),
+item by item, as read-only checks on the host that owns each item.
+
+Every check returns PASS, FAIL or WARN with the evidence it looked at and what
+fixes it. Nothing here writes to disk or to a service.
+"""
+
+import datetime
+import glob
+import json
+import os
+import pwd
+import re
+import stat
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+from . import metrics
+from .catalog import file_stem, scan
+from .cli import read_env_file
+from .errors import ForgeError, last_line
+from .fsutil import read_json_object
+from .sentry import Dsn
+
+PASS, FAIL, WARN = "PASS", "FAIL", "WARN"
+
+# (Czech label as in the runbook, English label, what fixes it)
+ITEMS = {
+    1: ("Nastavit SENTRY_DSN v .env", "SENTRY_DSN set in .env and valid",
+        "set vault_sentry_dsn (sentry_dsn), then: ansible-playbook playbooks/deploy.yml --tags sentry"),
+    2: ("Nastavit ENVIRONMENT=production", "ENVIRONMENT=production",
+        "set sentry_environment: production, then: ansible-playbook playbooks/deploy.yml --tags sentry"),
+    3: ("Nakonfigurovat denní database backupy", "Daily backups configured, last one < {backup_max_age_hours} h",
+        "ansible-playbook playbooks/deploy.yml --tags backup; a backup now: ansible-playbook playbooks/backup.yml"),
+    4: ("Ověřit restore procesu na test databázi", "Restore drill passed within {drill_max_age_days} days",
+        "ansible-playbook playbooks/restore_drill.yml (the weekly cron entry does it: backup_drill_enabled)"),
+    5: ("Nastavit oprávnění na /backups adresář (chmod 700)", "Backup directory 0700, owner, files 0600",
+        "ansible-playbook playbooks/deploy.yml --tags backup (backup_dir, backup_user)"),
+    6: ("Připravit off-site backup storage (NAS, USB trezor)", "Off-site copy configured, recent, verified",
+        "set backup_offsite_enabled/backup_offsite_target, deploy --tags offsite, then: "
+        "ansible-playbook playbooks/offsite.yml"),
+    7: ("Nastavit Prometheus scraping pro /health endpoint", "Prometheus scrapes the app's /health",
+        "ansible-playbook playbooks/deploy.yml --tags monitoring (app hosts in the `app` group)"),
+    8: ("Vytvořit Grafana dashboardy", "Grafana dashboards provisioned",
+        "ansible-playbook playbooks/deploy.yml --tags monitoring (grafana_dashboards role)"),
+    9: ("Nastavit alerting pro zdravotní kontroly", "Alert rules loaded, Alertmanager routes valid",
+        "ansible-playbook playbooks/deploy.yml --tags monitoring (prometheus and alertmanager roles)"),
+    10: ("Otestovat Sentry error capturing v production prostředí", "Sentry test event accepted recently",
+         "sentry_send_test_event: true, then: ansible-playbook playbooks/deploy.yml --tags sentry"),
+    11: ("Zkontrolovat logrotate nastavení pro application logy", "logrotate configured for app logs and valid",
+         "ansible-playbook playbooks/deploy.yml --tags logrotate (logrotate_app_logs)"),
+}
+
+DEFAULTS = {
+    "environment": "production",
+    "env_file": "/opt/infer-forge/.env",
+    "databases": ["infer_forge"],
+    "backup_dir": "/backups",
+    "backup_user": "infer",
+    "config_dir": "/etc/infer-forge",
+    "cron_file": "/etc/cron.d/infer-forge-backup",
+    "compose_file": "/opt/infer-forge/docker-compose.backup.yml",
+    "report_dir": "/var/lib/infer-forge/reports",
+    "textfile_dir": "/var/lib/prometheus/node-exporter",
+    "backup_max_age_hours": 26,
+    "drill_max_age_days": 7,
+    "offsite_max_age_hours": 26,
+    "prometheus_url": "http://localhost:9090",
+    "health_job": "infer-forge-health",
+    "dashboards_dir": "/var/lib/grafana/dashboards/infer-forge",
+    "provisioning_dir": "/etc/grafana/provisioning",
+    "alertmanager_config": "/etc/prometheus/alertmanager.yml",
+    "alertmanager_url": "http://localhost:9093",
+    "sentry_record": "/var/lib/infer-forge/sentry-test-event.json",
+    "sentry_max_age_days": 30,
+    "logrotate_files": ["/etc/logrotate.d/infer-forge-app"],
+    "timeout": 5.0,
+}
+
+
+class Checklist:
+    """``settings`` overrides DEFAULTS; ``clock`` is injectable for tests of ages."""
+
+    def __init__(self, settings=None, clock=time.time):
+        self.s = dict(DEFAULTS, **{k: v for k, v in (settings or {}).items() if v is not None})
+        self.clock = clock
+
+    def run(self, number):
+        if number not in ITEMS:
+            raise ForgeError(f"checklist item must be 1-{len(ITEMS)}, got {number}")
+        czech, english, fix = ITEMS[number]
+        try:
+            status, evidence = getattr(self, f"item_{number}")()
+        except ForgeError as exc:
+            status, evidence = FAIL, [exc.message]
+        except OSError as exc:
+            status, evidence = FAIL, [f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")]
+        return {"item": number, "label": czech, "label_en": english.format(**self.s), "status": status,
+                "evidence": evidence, "fix": "" if status == PASS else fix}
+
+    # -- app host ---------------------------------------------------------------
+    def _env(self):
+        path = self.s["env_file"]
+        if not os.path.exists(path):
+            raise ForgeError(f"{path} does not exist")
+        return read_env_file(path)
+
+    def item_1(self):
+        value = self._env().get("SENTRY_DSN", "")
+        if not value:
+            return FAIL, [f"SENTRY_DSN is empty or missing in {self.s['env_file']} (errors reach no one)"]
+        return PASS, [f"SENTRY_DSN={Dsn(value).redacted()} in {self.s['env_file']}"]
+
+    def item_2(self):
+        value = self._env().get("ENVIRONMENT", "")
+        evidence = [f"ENVIRONMENT={value or '(unset)'} in {self.s['env_file']}"]
+        if value == "production":
+            return PASS, evidence
+        if self.s["environment"] != "production":
+            return WARN, evidence + [f"expected here: this inventory is {self.s['environment']!r}; "
+                                     "production hosts need ENVIRONMENT=production"]
+        return FAIL, evidence + ["production hosts need ENVIRONMENT=production"]
+
+    def item_10(self):
+        path = self.s["sentry_record"]
+        if not os.path.exists(path):
+            return FAIL, [f"no accepted test event on record ({path} missing)"]
+        with open(path, encoding="utf-8") as handle:
+            record = json.load(handle)
+        age = self.clock() - float(record["accepted_at"])
+        evidence = [f"event {record.get('event_id', '?')} accepted (HTTP {record.get('status')}) "
+                    f"{_age(age)} ago by {record.get('endpoint', '?')}, environment {record.get('environment')}"]
+        if age > self.s["sentry_max_age_days"] * 86400:
+            return FAIL, evidence + [f"older than {self.s['sentry_max_age_days']} days"]
+        return PASS, evidence
+
+    def item_11(self):
+        evidence, status = [], PASS
+        files = [path for pattern in self.s["logrotate_files"] for path in sorted(glob.glob(pattern))]
+        if not files:
+            return FAIL, [f"no logrotate config at {', '.join(self.s['logrotate_files'])}"]
+        for path in files:
+            proc = subprocess.run(["logrotate", "--debug", path], capture_output=True, text=True,
+                                  timeout=self.s["timeout"] * 6)
+            if proc.returncode != 0:
+                status = FAIL
+                evidence.append(f"{path}: logrotate --debug failed: {last_line(proc.stderr)}")
+                continue
+            logs = _logrotate_paths(path)
+            evidence.append(f"{path}: valid (logrotate --debug), rotates {' '.join(logs) or 'nothing'}")
+        return status, evidence
+
+    # -- backup host ------------------------------------------------------------
+    def item_3(self):
+        evidence, status = [], PASS
+        scheduled = self._scheduled_backups()
+        for database in self.s["databases"]:
+            how = scheduled.get(database)
+            if how is None:
+                status = FAIL
+                evidence.append(f"{database}: no cron entry in {self.s['cron_file']} and no sidecar "
+                                f"{self.s['compose_file']}")
+                continue
+            good = [b for b in scan(self.s["backup_dir"], database) if b.good]
+            if not good:
+                status = FAIL
+                evidence.append(f"{database}: scheduled ({how}) but no good backup in {self.s['backup_dir']}")
+                continue
+            newest = good[0]
+            age = self.clock() - newest.finished_at
+            line = f"{database}: scheduled ({how}); newest {newest.name}, {_age(age)} old"
+            if age > self.s["backup_max_age_hours"] * 3600:
+                status = FAIL
+                line += f" (older than {self.s['backup_max_age_hours']} h)"
+            evidence.append(line)
+        return status, evidence
+
+    def _scheduled_backups(self):
+        found = {}
+        if os.path.exists(self.s["cron_file"]):
+            with open(self.s["cron_file"], encoding="utf-8") as handle:
+                for line in handle:
+                    fields = line.split()
+                    if line.lstrip().startswith("#") or "backup_db.sh" not in line or len(fields) < 7:
+                        continue
+                    match = re.search(r"BACKUP_CONFIG=\S*backup-(\S+)\.env", line)
+                    schedule = " ".join(fields[:5])
+                    for database in self.s["databases"]:
+                        if match is None or match.group(1) == file_stem(database):
+                            found.setdefault(database, f"cron {schedule}")
+        if os.path.exists(self.s["compose_file"]):
+            for database in self.s["databases"]:
+                found.setdefault(database, f"Compose sidecar {self.s['compose_file']}")
+        return found
+
+    def item_4(self):
+        evidence, status = [], PASS
+        limit = self.s["drill_max_age_days"] * 86400
+        for database in self.s["databases"]:
+            stem = file_stem(database)
+            report = read_json_object(os.path.join(self.s["report_dir"], f"restore_drill_{stem}.json"))
+            last_success = None
+            if report.get("passed") and report.get("finished_at"):
+                last_success = datetime.datetime.fromisoformat(report["finished_at"]).timestamp()
+            prom = os.path.join(self.s["textfile_dir"], f"infer_forge_restore_drill_{stem}.prom")
+            from_metrics = metrics.read_sample(prom, "infer_forge_restore_drill_last_success_timestamp_seconds")
+            if last_success is None and from_metrics is not None:
+                last_success = from_metrics
+            if last_success is None:
+                status = FAIL
+                detail = f"; last drill failed: {report['reason']}" if report.get("reason") else ""
+                evidence.append(f"{database}: no passed restore drill on record{detail}")
+                continue
+            age = self.clock() - last_success
+            line = f"{database}: last passed drill {_iso(last_success)}, {_age(age)} ago"
+            if report.get("passed"):
+                line += f" ({report.get('tables_checked', 0)} tables, {report.get('rows_checked', 0)} rows " \
+                        f"matched {os.path.basename(report.get('backup', '?'))})"
+            elif report:
+                line += f"; the latest drill FAILED: {report.get('reason', '?')}"
+            if age > limit:
+                status = FAIL
+                line += f" - older than {self.s['drill_max_age_days']} days"
+            evidence.append(line)
+        return status, evidence
+
+    def item_5(self):
+        path = self.s["backup_dir"]
+        info = os.lstat(path)
+        if stat.S_ISLNK(info.st_mode):
+            return FAIL, [f"{path} is a symlink"]
+        owner = _user_name(info.st_uid)
+        mode = stat.S_IMODE(info.st_mode)
+        evidence = [f"{path}: mode {mode:04o}, owner {owner}"]
+        status = PASS
+        if mode != 0o700:
+            status = FAIL
+            evidence[0] += " (must be 0700)"
+        if owner != self.s["backup_user"]:
+            status = FAIL
+            evidence[0] += f" (must be owned by {self.s['backup_user']})"
+        loose = []
+        count = 0
+        for name in sorted(os.listdir(path)):
+            file_info = os.lstat(os.path.join(path, name))
+            if not stat.S_ISREG(file_info.st_mode):
+                continue
+            count += 1
+            if stat.S_IMODE(file_info.st_mode) & 0o077:
+                loose.append(f"{name} ({stat.S_IMODE(file_info.st_mode):04o})")
+        if loose:
+            status = FAIL
+            evidence.append(f"{len(loose)} of {count} files readable by others: {', '.join(loose[:5])}")
+        else:
+            evidence.append(f"all {count} files 0600 or stricter")
+        return status, evidence
+
+    def item_6(self):
+        evidence, status = [], PASS
+        for database in self.s["databases"]:
+            stem = file_stem(database)
+            config_path = os.path.join(self.s["config_dir"], f"backup-{stem}.env")
+            config = read_env_file(config_path) if os.path.exists(config_path) else {}
+            target = config.get("OFFSITE_TARGET")
+            if not target:
+                status = FAIL
+                evidence.append(f"{database}: no OFFSITE_TARGET in {config_path}")
+                continue
+            state = read_json_object(os.path.join(self.s["report_dir"], f"offsite_{stem}.json"))
+            if not state.get("last_success"):
+                status = FAIL
+                evidence.append(f"{database}: target {target}, but no successful off-site copy on record"
+                                + (f"; last run: {state['reason']}" if state.get("reason") else ""))
+                continue
+            age = self.clock() - float(state["last_success"])
+            line = f"{database}: {target}, last verified copy {_age(age)} ago"
+            if state.get("remote_backups") is not None and state.get("passed"):
+                line += f", {state['remote_backups']} backups there"
+            if not state.get("passed"):
+                status = FAIL
+                line += f"; the latest run FAILED: {state.get('reason', '?')}"
+            if age > self.s["offsite_max_age_hours"] * 3600:
+                status = FAIL
+                line += f" - older than {self.s['offsite_max_age_hours']} h"
+            evidence.append(line)
+        return status, evidence
+
+    # -- monitoring host --------------------------------------------------------
+    def _get(self, base, path, params=None):
+        url = base.rstrip("/") + path + ("?" + urllib.parse.urlencode(params) if params else "")
+        try:
+            with urllib.request.urlopen(url, timeout=self.s["timeout"]) as response:  # noqa: S310 - configured URL
+                return json.load(response)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise ForgeError(f"cannot ask {base}{path}: {getattr(exc, 'reason', exc)}") from None
+
+    def item_7(self):
+        data = self._get(self.s["prometheus_url"], "/api/v1/targets", {"state": "active"})
+        targets = [t for t in data["data"]["activeTargets"]
+                   if t["labels"].get("job") == self.s["health_job"] or "/health" in t.get("scrapeUrl", "")]
+        if not targets:
+            return FAIL, [f"Prometheus at {self.s['prometheus_url']} has no target probing /health "
+                          f"(job {self.s['health_job']})"]
+        probes = self._get(self.s["prometheus_url"], "/api/v1/query",
+                           {"query": f'probe_success{{job="{self.s["health_job"]}"}}'})["data"]["result"]
+        success = {p["metric"].get("instance"): p["value"][1] for p in probes}
+        evidence, status = [], PASS
+        for target in targets:
+            instance = target["labels"].get("instance", target.get("scrapeUrl"))
+            probe = success.get(instance)
+            line = f"{instance} ({target['labels'].get('host', '?')}): scrape {target['health']}, probe_success {probe}"
+            if target["health"] != "up" or probe != "1":
+                status = FAIL
+                line += f" {target.get('lastError') or ''}".rstrip()
+            evidence.append(line)
+        return status, evidence
+
+    def item_8(self):
+        dashboards = sorted(glob.glob(os.path.join(self.s["dashboards_dir"], "*.json")))
+        provider = os.path.join(self.s["provisioning_dir"], "dashboards")
+        providers = [p for p in sorted(glob.glob(os.path.join(provider, "*.y*ml")))
+                     if self.s["dashboards_dir"] in open(p, encoding="utf-8").read()]
+        evidence, status = [], PASS
+        if not providers:
+            status = FAIL
+            evidence.append(f"no provisioning file in {provider} points at {self.s['dashboards_dir']}")
+        else:
+            evidence.append(f"provisioned by {', '.join(providers)}")
+        if not dashboards:
+            return FAIL, evidence + [f"no dashboard JSON in {self.s['dashboards_dir']}"]
+        for path in dashboards:
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    board = json.load(handle)
+            except ValueError as exc:
+                status = FAIL
+                evidence.append(f"{path}: not valid JSON ({exc})")
+                continue
+            panels = [p for p in board.get("panels", []) if p.get("type") != "row"]
+            evidence.append(f"{os.path.basename(path)}: {board.get('title', '?')!r}, {len(panels)} panels")
+        return status, evidence
+
+    def item_9(self):
+        groups = self._get(self.s["prometheus_url"], "/api/v1/rules", {"type": "alert"})["data"]["groups"]
+        rules = [r for g in groups for r in g["rules"]]
+        broken = [r["name"] for r in rules if r.get("health", "ok") != "ok"]
+        firing = sorted({r["name"] for r in rules if r.get("state") == "firing"})
+        evidence, status = [], PASS
+        line = f"Prometheus: {len(rules)} alerting rules loaded in {len(groups)} group(s)"
+        line += f", firing now: {', '.join(firing)}" if firing else ", none firing"
+        evidence.append(line)
+        if not rules or broken:
+            status = FAIL
+            evidence.append(f"rules with errors: {', '.join(broken)}" if broken else "no alerting rules loaded")
+        proc = subprocess.run(["amtool", "check-config", self.s["alertmanager_config"]], capture_output=True,
+                              text=True, timeout=self.s["timeout"] * 6)
+        if proc.returncode != 0:
+            status = FAIL
+            evidence.append(f"{self.s['alertmanager_config']}: amtool check-config failed: "
+                            f"{last_line(proc.stderr or proc.stdout)}")
+        else:
+            receivers = re.findall(r"^ - (\S+)$", proc.stdout, re.M)
+            evidence.append(f"{self.s['alertmanager_config']}: valid, receivers {', '.join(receivers) or '?'}")
+        status_doc = self._get(self.s["alertmanager_url"], "/api/v2/status")
+        cluster = status_doc.get("cluster", {}).get("status", "?")
+        evidence.append(f"Alertmanager at {self.s['alertmanager_url']}: up, cluster {cluster}")
+        alertmanagers = self._get(self.s["prometheus_url"], "/api/v1/alertmanagers")["data"]["activeAlertmanagers"]
+        if not alertmanagers:
+            status = FAIL
+            evidence.append("Prometheus sends alerts to no Alertmanager")
+        return status, evidence
+
+
+def _logrotate_paths(path):
+    found = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            line = line.split("#", 1)[0].strip()
+            if line.endswith("{"):
+                found.extend(line[:-1].split())
+    return found
+
+
+
+
+def _user_name(uid):
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _age(seconds):
+    seconds = max(0, seconds)
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def _iso(timestamp):
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+

@@ -1,0 +1,200 @@
+"""The production checklist's host-side items against real files, a real backup,
+a real restore drill and real logrotate. Items 7-9 ask a live Prometheus and
+Alertmanager; the end-to-end Molecule scenario covers them."""
+
+import datetime
+import json
+import os
+import subprocess
+
+import pytest
+
+from forge.checklist import Checklist
+
+from helpers import REPO, backups_in, manifest_of, run_backup_script
+from servers import load_sample_data
+
+DSN = "https://0123456789abcdef@o1.ingest.sentry.io/4242"
+
+
+def check(number, clock=None, **settings):
+    checklist = Checklist(settings) if clock is None else Checklist(settings, clock=clock)
+    return checklist.run(number)
+
+
+@pytest.fixture
+def env_file(tmp_path):
+    def write(text):
+        path = tmp_path / ".env"
+        path.write_text(text)
+        return str(path)
+    return write
+
+
+def test_item_1_sentry_dsn_passes_without_showing_the_key(env_file):
+    path = env_file(f"DATABASE_URL=x\nSENTRY_DSN={DSN}\n")
+    result = check(1, env_file=path)
+    assert result["status"] == "PASS" and result["fix"] == ""
+    assert result["evidence"] == [f"SENTRY_DSN=https://***@o1.ingest.sentry.io/4242 in {path}"]
+    assert "0123456789abcdef" not in json.dumps(result)
+    assert result["label"] == "Nastavit SENTRY_DSN v .env"
+
+
+@pytest.mark.parametrize("line, evidence", [
+    ("SENTRY_DSN=\n", "SENTRY_DSN is empty or missing"),
+    ("SENTRY_DSN=not-a-dsn\n", "SENTRY_DSN is not a valid DSN (expected https://KEY@HOST/PROJECT_ID)"),
+])
+def test_item_1_fails_for_an_empty_or_invalid_dsn_and_says_how_to_fix(env_file, line, evidence):
+    result = check(1, env_file=env_file(line))
+    assert result["status"] == "FAIL" and result["evidence"][0].startswith(evidence)
+    assert "--tags sentry" in result["fix"]
+
+
+def test_item_1_fails_when_the_env_file_is_missing(tmp_path):
+    result = check(1, env_file=str(tmp_path / "nope.env"))
+    assert result["status"] == "FAIL" and result["evidence"] == [f"{tmp_path / 'nope.env'} does not exist"]
+
+
+@pytest.mark.parametrize("value, environment, status", [
+    ("production", "production", "PASS"),
+    ("development", "production", "FAIL"),
+    ("lab", "lab", "WARN"),
+])
+def test_item_2_environment(env_file, value, environment, status):
+    result = check(2, env_file=env_file(f"ENVIRONMENT={value}\n"), environment=environment)
+    assert result["status"] == status
+    assert result["evidence"][0].startswith(f"ENVIRONMENT={value} in ")
+
+
+@pytest.fixture
+def backup(pg, fresh_db, backup_dir):
+    load_sample_data(pg, fresh_db, customers=10, orders=100)
+    assert run_backup_script(pg, fresh_db, backup_dir).returncode == 0
+    [path] = backups_in(backup_dir)
+    return fresh_db, path
+
+
+def cron_line(database):
+    return (f"0 2 * * * infer BACKUP_CONFIG=/etc/infer-forge/backup-{database}.env "
+            "/opt/infer-forge/scripts/backup_db.sh >> /var/log/infer-backup.log 2>&1\n")
+
+
+def test_item_3_scheduled_and_fresh_passes_then_fails_when_stale(backup, backup_dir, tmp_path):
+    database, path = backup
+    cron = tmp_path / "cron"
+    cron.write_text("# other\n" + cron_line(database))
+    settings = dict(databases=[database], backup_dir=backup_dir, cron_file=str(cron),
+                    compose_file=str(tmp_path / "none.yml"))
+    result = check(3, **settings)
+    assert result["status"] == "PASS", result
+    expected = f"{database}: scheduled (cron 0 2 * * *); newest {os.path.basename(path)}, "
+    assert result["evidence"][0].startswith(expected)
+    later = datetime.datetime.now().timestamp() + 27 * 3600
+    stale = check(3, clock=lambda: later, **settings)
+    assert stale["status"] == "FAIL" and stale["evidence"][0].endswith("old (older than 26 h)")
+
+
+def test_item_3_fails_without_a_schedule(backup, backup_dir, tmp_path):
+    database, _ = backup
+    result = check(3, databases=[database], backup_dir=backup_dir, cron_file=str(tmp_path / "missing"),
+                   compose_file=str(tmp_path / "none.yml"))
+    assert result["status"] == "FAIL"
+    assert result["evidence"] == [f"{database}: no cron entry in {tmp_path / 'missing'} and no sidecar "
+                                  f"{tmp_path / 'none.yml'}"]
+
+
+def test_item_4_reads_a_real_drill_and_fails_once_it_is_stale(pg, backup, backup_dir, tmp_path):
+    database, path = backup
+    reports, metrics_dir = tmp_path / "reports", tmp_path / "metrics"
+    metrics_dir.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "BACKUP_", "DRILL_"))}
+    env.update(pg.app_env(database), BACKUP_DIR=backup_dir, BACKUP_CONFIG="", DRILL_REPORT_DIR=str(reports),
+               BACKUP_TEXTFILE_DIR=str(metrics_dir))
+    drill = subprocess.run([os.path.join(REPO, "scripts", "restore_db.sh"), "drill"], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert drill.returncode == 0, drill.stdout + drill.stderr
+    settings = dict(databases=[database], report_dir=str(reports), textfile_dir=str(metrics_dir))
+    result = check(4, **settings)
+    assert result["status"] == "PASS", result
+    manifest = manifest_of(path)
+    assert f"({manifest['tables']} tables, {manifest['rows']} rows matched {os.path.basename(path)})" \
+        in result["evidence"][0]
+
+    eight_days_later = datetime.datetime.now().timestamp() + 8 * 86400
+    stale = check(4, clock=lambda: eight_days_later, **settings)
+    assert stale["status"] == "FAIL" and "8.0 days ago (" in stale["evidence"][0]
+    assert stale["evidence"][0].endswith(") - older than 7 days")
+    assert "restore_drill.yml" in stale["fix"]
+
+
+def test_item_4_without_any_passed_drill_says_why_the_last_one_failed(tmp_path):
+    (tmp_path / "restore_drill_shop.json").write_text(json.dumps({"passed": False, "reason": "row counts differ"}))
+    result = check(4, databases=["shop"], report_dir=str(tmp_path), textfile_dir=str(tmp_path))
+    assert result["status"] == "FAIL"
+    assert result["evidence"] == ["shop: no passed restore drill on record; last drill failed: row counts differ"]
+
+
+def test_item_5_permissions(backup, backup_dir):
+    _, path = backup
+    assert check(5, backup_dir=backup_dir, backup_user="root")["status"] == "PASS"
+    wrong_owner = check(5, backup_dir=backup_dir, backup_user="infer")
+    assert wrong_owner["status"] == "FAIL" and "(must be owned by infer)" in wrong_owner["evidence"][0]
+    os.chmod(path, 0o644)
+    os.chmod(backup_dir, 0o755)
+    loose = check(5, backup_dir=backup_dir, backup_user="root")
+    assert loose["status"] == "FAIL"
+    assert loose["evidence"][0] == f"{backup_dir}: mode 0755, owner root (must be 0700)"
+    assert f"{os.path.basename(path)} (0644)" in loose["evidence"][1]
+
+
+def test_item_6_offsite(tmp_path):
+    config_dir, reports = tmp_path / "etc", tmp_path / "reports"
+    config_dir.mkdir()
+    reports.mkdir()
+    settings = dict(databases=["shop"], config_dir=str(config_dir), report_dir=str(reports))
+    assert check(6, **settings)["evidence"] == [f"shop: no OFFSITE_TARGET in {config_dir / 'backup-shop.env'}"]
+    (config_dir / "backup-shop.env").write_text("POSTGRES_DB=shop\nOFFSITE_TARGET=infer-offsite@nas:/srv/b\n")
+    now = datetime.datetime.now().timestamp()
+    (reports / "offsite_shop.json").write_text(json.dumps({"passed": True, "last_success": now - 1800,
+                                                            "remote_backups": 4, "verified": True}))
+    result = check(6, **settings)
+    assert result["status"] == "PASS"
+    assert result["evidence"] == ["shop: infer-offsite@nas:/srv/b, last verified copy 30 min ago, 4 backups there"]
+    (reports / "offsite_shop.json").write_text(json.dumps({"passed": False, "last_success": now - 30 * 3600,
+                                                            "reason": "ssh to infer-offsite@nas failed"}))
+    failed = check(6, **settings)
+    assert failed["status"] == "FAIL"
+    assert "the latest run FAILED: ssh to infer-offsite@nas failed - older than 26 h" in failed["evidence"][0]
+
+
+def test_item_10_sentry_record(tmp_path):
+    record = tmp_path / "sentry.json"
+    assert check(10, sentry_record=str(record))["status"] == "FAIL"
+    record.write_text(json.dumps({"accepted_at": datetime.datetime.now().timestamp() - 7200, "event_id": "abc",
+                                  "status": 200, "endpoint": "https://***@o1.ingest.sentry.io/4242",
+                                  "environment": "production"}))
+    result = check(10, sentry_record=str(record))
+    assert result["status"] == "PASS"
+    assert result["evidence"] == ["event abc accepted (HTTP 200) 2.0 h ago by https://***@o1.ingest.sentry.io/4242, "
+                                  "environment production"]
+    later = datetime.datetime.now().timestamp() + 31 * 86400
+    assert check(10, clock=lambda: later, sentry_record=str(record))["status"] == "FAIL"
+
+
+def test_item_11_logrotate_is_validated_with_logrotate_itself(tmp_path):
+    good = tmp_path / "infer-forge-app"
+    good.write_text("/var/log/infer-forge/*.log {\n    daily\n    rotate 14\n    missingok\n    copytruncate\n}\n")
+    os.chmod(good, 0o644)
+    result = check(11, logrotate_files=[str(good)])
+    assert result["status"] == "PASS"
+    assert result["evidence"] == [f"{good}: valid (logrotate --debug), rotates /var/log/infer-forge/*.log"]
+    good.write_text("/var/log/infer-forge/*.log {\n    rotate-every-full-moon\n}\n")
+    bad = check(11, logrotate_files=[str(good)])
+    assert bad["status"] == "FAIL" and "logrotate --debug failed" in bad["evidence"][0]
+    assert check(11, logrotate_files=[str(tmp_path / "missing")])["status"] == "FAIL"
+
+
+def test_the_module_is_read_only_and_works_in_check_mode(run_module, backup, backup_dir):
+    result = run_module("forge_checklist", {"item": 5, "backup_dir": backup_dir, "backup_user": "root"}, check=True)
+    assert result["changed"] is False and result["status"] == "PASS" and result["item"] == 5
+    assert run_module("forge_checklist", {"item": 12})["msg"] == "checklist item must be 1-11, got 12"
