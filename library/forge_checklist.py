@@ -23,9 +23,12 @@ author:
   - INFER FORGE ops team
 options:
   item:
-    description: Checklist item, 1 to 11, in the runbook's order.
+    description: Checklist item, 1 to 11, in the runbook's order. Required unless O(describe) is set.
     type: int
-    required: true
+  describe:
+    description: Check nothing; return every item's labels, fix and owning inventory group as RV(items).
+    type: bool
+    default: false
   environment:
     description: The inventory's environment; item 2 only warns outside production.
     type: str
@@ -170,12 +173,17 @@ fix:
   description: The playbook or variable that fixes a FAIL or WARN; empty on PASS.
   returned: always
   type: str
+items:
+  description: With O(describe), every item (C(item), C(label), C(label_en), C(fix), C(group)).
+  returned: describe
+  type: list
+  elements: dict
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
 try:
-    from ansible.module_utils.forge.checklist import DEFAULTS, Checklist
+    from ansible.module_utils.forge.checklist import DEFAULTS, Checklist, describe
     from ansible.module_utils.forge.errors import ForgeError
     ENGINE_IMPORT_ERROR = None
 except ImportError as exc:  # pragma: no cover - reported to the user below
@@ -193,7 +201,7 @@ OPTION_TYPES = dict(
 
 
 def argument_spec():
-    spec = dict(item=dict(type="int", required=True))
+    spec = dict(item=dict(type="int"), describe=dict(type="bool", default=False))
     for key, kind in OPTION_TYPES.items():
         spec[key] = dict(type=kind, default=DEFAULTS[key])
         if kind == "list":
@@ -205,8 +213,11 @@ def main():
     if ENGINE_IMPORT_ERROR is not None:
         AnsibleModule(argument_spec={}, bypass_checks=True).fail_json(
             msg=f"forge engine not importable: {ENGINE_IMPORT_ERROR}")
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    settings = {key: value for key, value in module.params.items() if key != "item"}
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
+                           required_if=[("describe", False, ("item",))])
+    settings = {key: value for key, value in module.params.items() if key not in ("item", "describe")}
+    if module.params["describe"]:
+        module.exit_json(changed=False, items=describe(settings))
     try:
         result = Checklist(settings).run(module.params["item"])
     except ForgeError as exc:

@@ -1,70 +1,99 @@
 #!/usr/bin/env bash
-# `make demo`: what this repository does, on this machine, in a minute.
-# A throwaway PostgreSQL on loopback with the runbook's data (customers, orders),
-# an encrypted backup through playbooks/backup.yml, and proof that it restores
-# with the runbook's own manual commands. `make demo-down` removes it all.
+# `make demo`: the whole story on this machine, in local containers.
+# Four containers from the locally built image on their own Docker network:
+#   lab-db (PostgreSQL 15 + Redis), lab-app (stand-in app serving the runbook's
+#   /health), lab-monitoring (Prometheus, Alertmanager, dashboards, stand-in
+#   Sentry) and lab-nas (the off-site target over SSH).
+# Then deploy, health, a backup, the restore drill, an off-site copy and the
+# production checklist, each summed up in a few lines. Re-running reuses the
+# containers; `make demo-down` removes them.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 export PATH="$repo/.venv/bin:$PATH" ANSIBLE_CONFIG="$repo/ansible.cfg"
-state="$repo/.cache/demo"
+export ANSIBLE_NOCOLOR=1 PY_COLORS=0
+image=infer-forge-debian12:latest
+network=infer-forge-lab
+hosts=(lab-db lab-app lab-monitoring lab-nas)
+logs="$repo/.cache/lab"
 
 if [ "${1:-}" = down ]; then
-    python scripts/demo_db.py stop "$state" 2>/dev/null || true
-    rm -rf "$state"
-    echo "demo removed (.cache/demo)"
+    for host in "${hosts[@]}"; do
+        docker rm -f "$host" >/dev/null 2>&1 && echo "removed container $host" || true
+    done
+    docker network rm "$network" >/dev/null 2>&1 && echo "removed network $network" || true
+    rm -rf "$logs"
     exit 0
 fi
 
-step() { printf '\n== %s\n' "$*"; }
+mkdir -p "$logs"
+step_number=0
+step() { step_number=$((step_number + 1)); printf '\n== %d/8 %s\n' "$step_number" "$*"; }
 
-step "1/4 Database: a throwaway PostgreSQL 15 on 127.0.0.1 with sample customers and orders"
-eval "$(python scripts/demo_db.py start "$state")"
-password=$(cd tests && python -c 'import servers; print(servers.APP_PASSWORD)')
-install -d -m 0700 "$state/secrets" "$state/metrics"
-printf 'demo backup passphrase\n' >"$state/secrets/backup.pass"
-chmod 0600 "$state/secrets/backup.pass"
-python - "$state" "$PGPORT" "$password" <<'PY'
-import json, os, sys
-state, port, password = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-path = os.path.join(state, "secrets", "vars.json")
-fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-with os.fdopen(fd, "w") as handle:
-    json.dump({"backup_postgres_host": "127.0.0.1", "backup_postgres_port": port,
-               "backup_postgres_user": "infer", "backup_postgres_password": password,
-               "backup_dir": os.path.join(state, "backups"), "backup_databases": ["infer_forge"],
-               "backup_encrypt": True, "backup_passphrase": "demo backup passphrase",
-               "backup_textfile_dir": os.path.join(state, "metrics"), "backup_environment": "lab"}, handle)
-PY
-echo "   PostgreSQL on 127.0.0.1:$PGPORT, database infer_forge, role infer (password only in $state/secrets)"
+# Run a playbook with the json callback; the full output stays in .cache/lab/<name>.json.
+play() {
+    local name=$1 playbook=$2; shift 2
+    local tasks=()
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do tasks+=("$1"); shift; done
+    [ "${1:-}" = -- ] && shift
+    local rc=0
+    ANSIBLE_STDOUT_CALLBACK=json ansible-playbook "$playbook" "$@" >"$logs/$name.json" 2>"$logs/$name.err" || rc=$?
+    python3 scripts/demo_summary.py "$logs/$name.json" "${tasks[@]}" || true
+    echo "   full output: .cache/lab/$name.json"
+    return $rc
+}
 
-step "2/4 Backup: ansible-playbook playbooks/backup.yml (encrypted, manifest, checksum, metrics)"
-ansible-playbook playbooks/backup.yml -e "@$state/secrets/vars.json" | grep -vE '^\s*$' | sed 's/^/   /'
-newest=$(ls -1t "$state"/backups/*.sql.gz.enc | head -1)
-python - "$newest" <<'PY'
-import json, sys
-m = json.load(open(sys.argv[1] + ".manifest.json"))
-print(f"   file      {m['file']} ({m['size']} bytes, sha256 {m['sha256'][:16]}...)")
-print(f"   snapshot  {m['tables']} tables, {m['rows']} rows: " +
-      ", ".join(f"{t}={n}" for t, n in sorted(m['snapshot_row_counts'].items())))
-print(f"   crypto    {m['encryption']['cipher']} pbkdf2/{m['encryption']['kdf_iterations']} + HMAC in manifest")
-PY
+step "Lab: four containers on Docker network $network"
+docker network inspect "$network" >/dev/null 2>&1 || docker network create "$network" >/dev/null
+for host in "${hosts[@]}"; do
+    if docker container inspect "$host" >/dev/null 2>&1; then
+        docker start "$host" >/dev/null
+        state=reused
+    else
+        docker run -d --name "$host" --hostname "$host" --network "$network" --label infer-forge-lab=1 \
+            --cap-add SYS_ADMIN --cgroupns host -v /sys/fs/cgroup:/sys/fs/cgroup:rw \
+            --tmpfs /run --tmpfs /run/lock --tmpfs /tmp "$image" /lib/systemd/systemd >/dev/null
+        state=created
+    fi
+    # systemd is up when it answers; "degraded" is fine for the lab.
+    for _ in $(seq 1 60); do
+        docker exec "$host" systemctl is-system-running 2>/dev/null | grep -qE 'running|degraded' && break
+        sleep 1
+    done
+    printf '   %-15s %-8s %s\n' "$host" "$state" \
+        "$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$host")"
+done
 
-step "3/4 Restore: the runbook's manual commands on our file (createdb, openssl | gunzip | psql)"
-export PGHOST=127.0.0.1 PGPORT PGUSER=infer PGPASSWORD="$password"
-dropdb --if-exists infer_forge_restore 2>/dev/null
-createdb infer_forge_restore
-openssl enc -aes-256-cbc -d -pbkdf2 -pass "file:$state/secrets/backup.pass" -in "$newest" \
-    | gunzip | psql -q -v ON_ERROR_STOP=1 -d infer_forge_restore >/dev/null
-restored=$(psql -tA -d infer_forge_restore -c "SELECT COUNT(*) FROM orders;")
-expected=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['snapshot_row_counts']['public.orders'])" "$newest.manifest.json")
-echo "   SELECT COUNT(*) FROM orders -> $restored (manifest says $expected)"
-[ "$restored" = "$expected" ] || { echo "   MISMATCH"; exit 1; }
-(cd "$(dirname "$newest")" && sha256sum -c "$(basename "$newest").sha256" | sed 's/^/   sha256sum -c: /')
-dropdb infer_forge_restore
+step "Stand-ins: PostgreSQL with customers and orders, Redis, the app's /health, Sentry (playbooks/lab_services.yml)"
+play lab_services playbooks/lab_services.yml
 
-step "4/4 Metrics for Prometheus (node_exporter textfile collector)"
-grep -hE '^infer_forge_backup_(last_run_success|size_bytes|retained_backups)' "$state"/metrics/*.prom | sed 's/^/   /'
+step "Deploy: ansible-playbook playbooks/deploy.yml (every role on its group)"
+play deploy playbooks/deploy.yml
 
-printf '\nDone. Backups are in %s; run `make demo` again to add one, `make demo-down` to remove everything.\n' "$state/backups"
+step "Health: ansible-playbook playbooks/health.yml"
+play health playbooks/health.yml "Show the health of every host"
+
+step "Backup: ansible-playbook playbooks/backup.yml (encrypted, manifest, checksum, metrics)"
+play backup playbooks/backup.yml "Show what each backup wrote"
+
+step "Restore drill: ansible-playbook playbooks/restore_drill.yml (scratch database, exact row counts)"
+play drill playbooks/restore_drill.yml "Summarize the drill"
+
+step "Off-site: ansible-playbook playbooks/offsite.yml (rsync over SSH to lab-nas, verified there)"
+play offsite playbooks/offsite.yml "Summarize the off-site copies"
+docker exec lab-nas sh -c 'ls -l /srv/infer-forge-offsite/backups | tail -n +2 | tail -3' | sed 's/^/   lab-nas: /'
+
+step "Checklist: ansible-playbook playbooks/checklist.yml (the runbook's 11 items)"
+play checklist playbooks/checklist.yml "Show the checklist" "Fail when an item failed in production"
+
+monitoring_ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' lab-monitoring)
+cat <<EOT
+
+Where to look next:
+   reports/checklist-lab.md, .json, .junit.xml   the checklist report
+   http://$monitoring_ip:9090/targets              Prometheus (alerts: /alerts), Alertmanager on :9093
+   docker exec -it lab-db bash                      then: ls -l /backups; cat /etc/cron.d/infer-forge-backup
+   .cache/lab/*.json                                every playbook's full output
+Run \`make demo\` again to reuse the lab (a new backup, drill and copy); \`make demo-down\` removes it.
+EOT

@@ -18,13 +18,21 @@ stage_lint() {
     ruff check . &&
     for script in scripts/*.sh scripts/forge molecule/image/build.sh .ci/run; do
         bash -n "$script" || { echo "shell syntax error in $script"; return 1; }
+    done &&
+    for vault in inventories/*/group_vars/*/vault.yml; do
+        [ -e "$vault" ] || continue
+        head -c 14 "$vault" | grep -q '^$ANSIBLE_VAULT' || { echo "$vault is not encrypted: ansible-vault encrypt $vault"; return 1; }
     done
 }
 
 stage_syntax() {
-    local rc=0
-    for playbook in playbooks/*.yml; do
-        ansible-playbook --syntax-check "$playbook" >/dev/null || { echo "syntax error in $playbook"; rc=1; }
+    local rc=0 inventory
+    for inventory in inventories/*/; do
+        ansible-inventory -i "$inventory" --list >/dev/null || { echo "inventory $inventory does not parse"; rc=1; }
+        for playbook in playbooks/*.yml; do
+            ansible-playbook -i "$inventory" --syntax-check "$playbook" >/dev/null ||
+                { echo "syntax error in $playbook with $inventory"; rc=1; }
+        done
     done
     return $rc
 }

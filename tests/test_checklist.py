@@ -159,7 +159,8 @@ def test_item_6_offsite(tmp_path):
                                                             "remote_backups": 4, "verified": True}))
     result = check(6, **settings)
     assert result["status"] == "PASS"
-    assert result["evidence"] == ["shop: infer-offsite@nas:/srv/b, last verified copy 30 min ago, 4 backups there"]
+    assert result["evidence"] == ["shop: infer-offsite@nas:/srv/b, last verified copy 30 min ago, "
+                                  "4 verified backup(s) there"]
     (reports / "offsite_shop.json").write_text(json.dumps({"passed": False, "last_success": now - 30 * 3600,
                                                             "reason": "ssh to infer-offsite@nas failed"}))
     failed = check(6, **settings)

@@ -140,7 +140,7 @@ def test_retention_on_the_target_removes_only_old_copies_beyond_min_keep(encrypt
             os.unlink(os.path.join(backup_dir, name + suffix))
     result = offsite(database, backup_dir, str(usb), tmp_path, OFFSITE_MIN_KEEP=2, OFFSITE_RETENTION_DAYS=30)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "1 expired, 2 on" in result.stdout
+    assert "1 expired, 2 verified backup(s) there" in result.stdout
     remaining = sorted(p.name for p in usb.iterdir())
     assert remaining == sorted([names[0], names[0] + ".manifest.json", names[0] + ".sha256",
                                 names[1], names[1] + ".manifest.json", names[1] + ".sha256", "notes.txt"])

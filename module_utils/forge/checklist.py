@@ -28,14 +28,17 @@ from .sentry import Dsn
 PASS, FAIL, WARN = "PASS", "FAIL", "WARN"
 
 # (Czech label as in the runbook, English label, what fixes it)
+# and which inventory group's hosts own the item.
+GROUPS = {1: "app", 2: "app", 3: "backup", 4: "backup", 5: "backup", 6: "backup",
+          7: "monitoring", 8: "monitoring", 9: "monitoring", 10: "app", 11: "app"}
 ITEMS = {
     1: ("Nastavit SENTRY_DSN v .env", "SENTRY_DSN set in .env and valid",
         "set vault_sentry_dsn (sentry_dsn), then: ansible-playbook playbooks/deploy.yml --tags sentry"),
-    2: ("Nastavit ENVIRONMENT=production", "ENVIRONMENT=production",
+    2: ("Nastavit ENVIRONMENT=production", "The app runs with ENVIRONMENT=production",
         "set sentry_environment: production, then: ansible-playbook playbooks/deploy.yml --tags sentry"),
-    3: ("Nakonfigurovat denní database backupy", "Daily backups configured, last one < {backup_max_age_hours} h",
+    3: ("Nakonfigurovat denní database backupy", "Daily backups configured, last one < {backup_max_age_hours:g} h",
         "ansible-playbook playbooks/deploy.yml --tags backup; a backup now: ansible-playbook playbooks/backup.yml"),
-    4: ("Ověřit restore procesu na test databázi", "Restore drill passed within {drill_max_age_days} days",
+    4: ("Ověřit restore procesu na test databázi", "Restore drill passed within {drill_max_age_days:g} days",
         "ansible-playbook playbooks/restore_drill.yml (the weekly cron entry does it: backup_drill_enabled)"),
     5: ("Nastavit oprávnění na /backups adresář (chmod 700)", "Backup directory 0700, owner, files 0600",
         "ansible-playbook playbooks/deploy.yml --tags backup (backup_dir, backup_user)"),
@@ -79,6 +82,13 @@ DEFAULTS = {
     "logrotate_files": ["/etc/logrotate.d/infer-forge-app"],
     "timeout": 5.0,
 }
+
+
+def describe(settings=None):
+    """Every item's labels, fix and owning group, for a report that must name items no host checked."""
+    values = dict(DEFAULTS, **(settings or {}))
+    return [{"item": number, "label": czech, "label_en": english.format(**values), "fix": fix,
+             "group": GROUPS[number]} for number, (czech, english, fix) in ITEMS.items()]
 
 
 class Checklist:
@@ -134,7 +144,7 @@ class Checklist:
         evidence = [f"event {record.get('event_id', '?')} accepted (HTTP {record.get('status')}) "
                     f"{_age(age)} ago by {record.get('endpoint', '?')}, environment {record.get('environment')}"]
         if age > self.s["sentry_max_age_days"] * 86400:
-            return FAIL, evidence + [f"older than {self.s['sentry_max_age_days']} days"]
+            return FAIL, evidence + [f"older than {self.s['sentry_max_age_days']:g} days"]
         return PASS, evidence
 
     def item_11(self):
@@ -223,7 +233,7 @@ class Checklist:
                 line += f"; the latest drill FAILED: {report.get('reason', '?')}"
             if age > limit:
                 status = FAIL
-                line += f" - older than {self.s['drill_max_age_days']} days"
+                line += f" - older than {self.s['drill_max_age_days']:g} days"
             evidence.append(line)
         return status, evidence
 
@@ -278,13 +288,13 @@ class Checklist:
             age = self.clock() - float(state["last_success"])
             line = f"{database}: {target}, last verified copy {_age(age)} ago"
             if state.get("remote_backups") is not None and state.get("passed"):
-                line += f", {state['remote_backups']} backups there"
+                line += f", {state['remote_backups']} verified backup(s) there"
             if not state.get("passed"):
                 status = FAIL
                 line += f"; the latest run FAILED: {state.get('reason', '?')}"
             if age > self.s["offsite_max_age_hours"] * 3600:
                 status = FAIL
-                line += f" - older than {self.s['offsite_max_age_hours']} h"
+                line += f" - older than {self.s['offsite_max_age_hours']:g} h"
             evidence.append(line)
         return status, evidence
 
@@ -362,8 +372,8 @@ class Checklist:
             evidence.append(f"{self.s['alertmanager_config']}: amtool check-config failed: "
                             f"{last_line(proc.stderr or proc.stdout)}")
         else:
-            receivers = re.findall(r"^ - (\S+)$", proc.stdout, re.M)
-            evidence.append(f"{self.s['alertmanager_config']}: valid, receivers {', '.join(receivers) or '?'}")
+            found = ", ".join(re.findall(r"^ - (\d+ (?:receivers|inhibit rules))$", proc.stdout, re.M))
+            evidence.append(f"{self.s['alertmanager_config']}: valid (amtool check-config), {found or 'no receivers'}")
         status_doc = self._get(self.s["alertmanager_url"], "/api/v2/status")
         cluster = status_doc.get("cluster", {}).get("status", "?")
         evidence.append(f"Alertmanager at {self.s['alertmanager_url']}: up, cluster {cluster}")

@@ -269,7 +269,7 @@ class OffsiteCopy:
             result["remote_backups"] = kept
             result["passed"] = True
             result["reason"] = (f"{len(plan['copy'])} copied and verified, {len(plan['expire'])} expired, "
-                                f"{kept} on {target.describe()}")
+                                f"{kept} verified backup(s) there")
         except ForgeError as exc:
             result["passed"] = False
             result["reason"] = exc.message

@@ -1,0 +1,159 @@
+"""The operator's story across the four lab hosts, in order: health, the cron
+entry's backup, the restore drill, the off-site copy, the checklist, and a
+stale drill that the checklist must catch. Each test builds on the previous one.
+"""
+
+import datetime
+import json
+import os
+import re
+import shlex
+import subprocess
+import xml.etree.ElementTree as ET
+
+import pytest
+import testinfra
+
+REPO = os.environ.get("MOLECULE_PROJECT_DIRECTORY") or os.path.abspath(
+    os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+# The story is told once, from the controller; hosts are reached by name below.
+testinfra_hosts = ["docker://e2e-db"]
+
+DB, APP, MONITORING, NAS = "e2e-db", "e2e-app", "e2e-monitoring", "e2e-nas"
+OFFSITE_DIR = "/srv/infer-forge-offsite/backups"
+
+
+def on(name):
+    return testinfra.get_host(f"docker://{name}")
+
+
+def playbook(name, *args):
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_FORCE_COLOR="0")
+    command = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
+               os.path.join(REPO, "playbooks", name), *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("checklist")
+
+
+def test_deploy_left_every_service_running():
+    expected = {DB: ["cron", "postgresql@15-main", "redis-server", "prometheus-node-exporter",
+                     "prometheus-postgres-exporter", "prometheus-redis-exporter"],
+                APP: ["standin-app", "prometheus-node-exporter", "prometheus-blackbox-exporter"],
+                MONITORING: ["prometheus", "prometheus-alertmanager"],
+                NAS: ["ssh"]}
+    for name, units in expected.items():
+        for unit in units:
+            assert on(name).service(unit).is_running, f"{unit} is not running on {name}"
+
+
+def test_health_playbook_reports_every_service_healthy():
+    result = playbook("health.yml")
+    assert result.returncode == 0, result.stdout[-3000:]
+    for host, service in ((DB, "database"), (DB, "redis"), (APP, "app")):
+        assert re.search(rf"{host}\s+{service}\s+healthy", result.stdout), result.stdout[-2000:]
+
+
+def newest_backup(db):
+    return db.check_output("ls -1t /backups/infer_forge_*.sql.gz.enc | head -1")
+
+
+def test_the_cron_entry_takes_an_encrypted_backup_as_the_backup_user():
+    db = on(DB)
+    cron = db.file("/etc/cron.d/infer-forge-backup").content_string
+    [line] = [entry for entry in cron.splitlines() if "backup_db.sh" in entry and not entry.startswith("#")]
+    fields = line.split()
+    assert fields[:5] == ["0", "2", "*", "*", "*"] and fields[5] == "infer"
+    command = " ".join(fields[6:]).split(" >>")[0]
+    before = db.run("ls /backups").stdout.split()
+    result = db.run(f"runuser -u infer -- sh -c {shlex.quote(command)}")
+    assert result.rc == 0, result.stdout + result.stderr
+    path = newest_backup(db)
+    assert os.path.basename(path) not in before
+    assert db.check_output(f"head -c 8 {path}") == "Salted__"
+    manifest = json.loads(db.file(path + ".manifest.json").content_string)
+    assert manifest["snapshot_row_counts"] == {"public.customers": 200, "public.orders": 5000}
+    assert db.file(path).user == "infer" and db.file(path).mode == 0o600
+
+
+def test_the_restore_drill_restores_that_backup_with_exact_counts():
+    db = on(DB)
+    path = newest_backup(db)
+    result = playbook("restore_drill.yml")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert f"PASS infer_forge: {os.path.basename(path)}" in result.stdout
+    report = json.loads(db.file("/var/lib/infer-forge/reports/restore_drill_infer_forge.json").content_string)
+    assert report["passed"] is True and report["backup"] == path
+    assert report["checks"]["row_counts"] == "passed"
+    assert report["tables_checked"] == 2 and report["rows_checked"] == 5200
+
+
+def test_the_offsite_copy_is_on_the_nas_encrypted_and_verified():
+    db, nas = on(DB), on(NAS)
+    result = playbook("offsite.yml")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "OK infer_forge -> infer-offsite@e2e-nas:/srv/infer-forge-offsite/backups" in result.stdout
+    name = os.path.basename(newest_backup(db))
+    copy = nas.file(f"{OFFSITE_DIR}/{name}")
+    assert copy.exists and copy.user == "infer-offsite" and copy.mode == 0o600
+    assert nas.file(OFFSITE_DIR).mode == 0o700
+    assert nas.check_output(f"head -c 8 {OFFSITE_DIR}/{name}") == "Salted__"
+    manifest = json.loads(nas.file(f"{OFFSITE_DIR}/{name}.manifest.json").content_string)
+    assert nas.check_output(f"sha256sum {OFFSITE_DIR}/{name}").split()[0] == manifest["sha256"]
+    # Nothing but encrypted backups and their checksums and manifests left the host.
+    names = nas.check_output(f"ls {OFFSITE_DIR}").split()
+    assert names and all(n.endswith((".enc", ".enc.sha256", ".enc.manifest.json")) for n in names), names
+    metrics = db.file("/var/lib/prometheus/node-exporter/infer_forge_offsite_infer_forge.prom").content_string
+    assert 'infer_forge_offsite_last_run_success{database="infer_forge"' in metrics
+    assert re.search(r"infer_forge_offsite_last_success_timestamp_seconds\{[^}]+\} \d+", metrics)
+
+
+def load_report(report_dir):
+    with open(report_dir / "checklist-lab.json") as handle:
+        return json.load(handle)
+
+
+def test_the_checklist_passes_every_item_the_lab_can_satisfy(report_dir):
+    result = playbook("checklist.yml", "-e", f"checklist_report_dir={report_dir}")
+    assert result.returncode == 0, result.stdout[-4000:]
+    report = load_report(report_dir)
+    status = {row["item"]: row["status"] for row in report["rows"]}
+    # Item 2 wants ENVIRONMENT=production; the lab is honestly ENVIRONMENT=lab.
+    assert status == {**{n: "PASS" for n in range(1, 12)}, 2: "WARN"}, json.dumps(report["rows"], indent=1)
+    hosts = {row["item"]: row["host"] for row in report["rows"]}
+    assert hosts[1] == APP and hosts[4] == DB and hosts[7] == MONITORING
+    assert "Checklist před nasazením do produkce - lab" in result.stdout
+    suite = ET.parse(report_dir / "checklist-lab.junit.xml").getroot()  # noqa: S314 - our own report
+    assert suite.get("tests") == "11" and suite.get("failures") == "0"
+    markdown = (report_dir / "checklist-lab.md").read_text()
+    assert markdown.count("\n| ") == 12  # the header and 11 items
+
+
+def test_a_stale_drill_fails_item_4_with_its_evidence(report_dir):
+    db = on(DB)
+    stale = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=8)
+    # Backdate the last drill in both places the checklist reads: the report and the metric.
+    backdate = (
+        "import json, re, sys; stale = sys.argv[1]; epoch = sys.argv[2]\n"
+        "path = '/var/lib/infer-forge/reports/restore_drill_infer_forge.json'\n"
+        "report = json.load(open(path)); report['finished_at'] = stale; json.dump(report, open(path, 'w'))\n"
+        "path = '/var/lib/prometheus/node-exporter/infer_forge_restore_drill_infer_forge.prom'\n"
+        "text = re.sub(r'^(infer_forge_restore_drill_last_success_timestamp_seconds\\{[^}]*\\}) .*$',\n"
+        "              lambda m: m.group(1) + ' ' + epoch, open(path).read(), flags=re.M)\n"
+        "open(path, 'w').write(text)\n")
+    db.run_expect([0], f"python3 -c {shlex.quote(backdate)} {stale.isoformat()} {int(stale.timestamp())}")
+    # One item on one host, and a verdict as strict as production's.
+    result = playbook("checklist.yml", "--tags", "checklist_4", "-l", DB,
+                      "-e", f"checklist_report_dir={report_dir}", "-e", '{"checklist_fail_environments": ["lab"]}')
+    assert result.returncode != 0
+    assert "1 checklist item(s) FAIL in lab: 4" in result.stdout
+    rows = {row["item"]: row for row in load_report(report_dir)["rows"]}
+    assert rows[4]["status"] == "FAIL" and rows[4]["host"] == DB
+    assert f"last passed drill {stale.strftime('%Y-%m-%d %H:%M')} UTC, 8.0 days ago" in rows[4]["evidence"][0]
+    assert rows[4]["evidence"][0].endswith("older than 7 days")
+    assert "playbooks/restore_drill.yml" in rows[4]["fix"]
+    assert {row["status"] for number, row in rows.items() if number != 4} == {"SKIP"}
