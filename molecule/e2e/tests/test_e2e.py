@@ -51,6 +51,14 @@ def test_deploy_left_every_service_running():
             assert on(name).service(unit).is_running, f"{unit} is not running on {name}"
 
 
+def test_deploy_in_check_mode_after_a_deploy_finds_nothing_to_change():
+    result = playbook("deploy.yml", "--check", "--diff")
+    assert result.returncode == 0, result.stdout[-3000:]
+    recap = [line for line in result.stdout.splitlines() if re.match(r"^e2e-\S+\s+: ok=", line)]
+    assert len(recap) == 4, result.stdout[-2000:]
+    assert all(" changed=0 " in line and " failed=0 " in line for line in recap), "\n".join(recap)
+
+
 def test_health_playbook_reports_every_service_healthy():
     result = playbook("health.yml")
     assert result.returncode == 0, result.stdout[-3000:]
