@@ -84,6 +84,15 @@ def run_module(tmp_path):
 
 
 @pytest.fixture
+def passphrase_file(tmp_path):
+    """The backup passphrase in a 0600 file, as the backup role stores it."""
+    path = tmp_path / "backup.pass"
+    path.write_text("correct horse battery staple\n")
+    path.chmod(0o600)
+    return str(path)
+
+
+@pytest.fixture
 def backup_dir(tmp_path):
     path = tmp_path / "backups"
     return str(path)

@@ -27,6 +27,18 @@ def free_port():
         return sock.getsockname()[1]
 
 
+def wait_for_port(host, port, what, seconds=10):
+    """Return once something accepts connections on host:port; a server that never does fails the test."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not start on {host}:{port}")
+
+
 def _as_postgres(command, **kwargs):
     """initdb and postgres refuse to run as root: drop to the postgres user."""
     if os.geteuid() == 0:
@@ -197,14 +209,8 @@ class RedisServer:
         if self.password:
             args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
+        wait_for_port(self.host, self.port, "redis-server")
+        return self
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
@@ -249,14 +255,8 @@ class SshServer:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
         self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", config],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("sshd did not start")
+        wait_for_port(self.host, self.port, "sshd")
+        return self
 
     def destroy(self):
         if self.proc and self.proc.poll() is None:

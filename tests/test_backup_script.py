@@ -37,14 +37,6 @@ def sample_db(pg, fresh_db):
     return fresh_db
 
 
-@pytest.fixture
-def passphrase_file(tmp_path):
-    path = tmp_path / "backup.pass"
-    path.write_text("correct horse battery staple\n")
-    path.chmod(0o600)
-    return str(path)
-
-
 def _restore_target(pg, name):
     pg.create_database(name)
     return name

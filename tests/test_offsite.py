@@ -24,14 +24,6 @@ def sshd():
 
 
 @pytest.fixture
-def passphrase_file(tmp_path):
-    path = tmp_path / "backup.pass"
-    path.write_text("off-site passphrase\n")
-    path.chmod(0o600)
-    return str(path)
-
-
-@pytest.fixture
 def encrypted_backups(pg, fresh_db, backup_dir, passphrase_file):
     """One real encrypted backup plus two older copies of it under older names."""
     load_sample_data(pg, fresh_db, customers=20, orders=300)

@@ -13,13 +13,6 @@ from servers import PostgresServer, load_sample_data, table_counts
 
 
 @pytest.fixture
-def passphrase_file(tmp_path):
-    path = tmp_path / "backup.pass"
-    path.write_text("drill passphrase\n")
-    return str(path)
-
-
-@pytest.fixture
 def sample_db(pg, fresh_db):
     load_sample_data(pg, fresh_db)
     return fresh_db
