@@ -184,3 +184,16 @@ def test_module_fails_with_one_line_for_a_bad_target(run_module, encrypted_backu
     result = run_module("forge_offsite", {"database": database, "backup_dir": backup_dir, "target": "nas:relative"})
     assert result["failed"] is True
     assert result["msg"].endswith("must be user@host:/absolute/path or an absolute path")
+
+
+def test_a_failed_run_keeps_the_time_of_the_last_verified_copy(encrypted_backups, backup_dir, tmp_path):
+    database, _ = encrypted_backups
+    assert offsite(database, backup_dir, str(tmp_path / "usb"), tmp_path).returncode == 0
+    last_success = metric(tmp_path, database, "last_success_timestamp_seconds")
+    assert last_success is not None
+    failed = offsite(database, backup_dir, "nas:relative/path", tmp_path)
+    assert failed.returncode == 1 and "must be user@host:/absolute/path" in failed.stdout
+    assert metric(tmp_path, database, "last_run_success") == 0
+    assert metric(tmp_path, database, "last_success_timestamp_seconds") == last_success
+    state = json.loads((tmp_path / "state" / f"offsite_{database}.json").read_text())
+    assert state["passed"] is False and state["last_success"] == pytest.approx(last_success)

@@ -209,10 +209,7 @@ class Drill:
                 result["sentry"] = report
 
     def _write_metrics(self, result):
-        path = os.path.join(self.options.textfile_dir, f"infer_forge_restore_drill_{_stem(self.options.database)}.prom")
-        previous_success = metrics.read_sample(path, METRIC_PREFIX + "last_success_timestamp_seconds")
         now = self.clock()
-        labels = {"database": self.options.database}
         samples = [
             ("last_run_timestamp_seconds", "When the last restore drill ended.", now),
             ("last_run_success", "1 if the last restore drill passed, else 0.", 1 if result["passed"] else 0),
@@ -222,16 +219,12 @@ class Drill:
         ]
         if "backup_age_seconds" in result:
             samples.append(("backup_age_seconds", "Age of the backup at the last drill.", result["backup_age_seconds"]))
-        success = now if result["passed"] else previous_success
-        if success is not None:
-            samples.append(("last_success_timestamp_seconds", "When a restore drill last passed.", success))
-        try:
-            metrics.write_textfile(self.options.textfile_dir, os.path.basename(path),
-                                   [(METRIC_PREFIX + n, "gauge", h, labels, v) for n, h, v in samples])
-        except (ForgeError, OSError) as exc:
-            result["metrics_error"] = str(exc)
-
-
+        filename = f"infer_forge_restore_drill_{_stem(self.options.database)}.prom"
+        labels = {"database": self.options.database}
+        error = metrics.write_run(self.options.textfile_dir, filename, METRIC_PREFIX, labels, samples, result["passed"],
+                                  now, "When a restore drill last passed.")
+        if error:
+            result["metrics_error"] = error
 
 
 def _stem(database):

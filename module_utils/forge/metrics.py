@@ -55,3 +55,22 @@ def read_sample(path, name):
     except (OSError, ValueError):
         return None
     return None
+
+
+def write_run(directory, filename, prefix, labels, samples, passed, now, success_help):
+    """Write the metrics of one run (a drill, an off-site copy) and keep its last success.
+
+    ``samples`` are (name, help, value) without ``prefix``. The run's
+    ``last_success_timestamp_seconds`` is ``now`` when it passed, else the value
+    the previous file held, so a failure never erases when things last worked.
+    Returns an error message, or None.
+    """
+    path = os.path.join(directory, filename)
+    success = now if passed else read_sample(path, prefix + "last_success_timestamp_seconds")
+    if success is not None:
+        samples = list(samples) + [("last_success_timestamp_seconds", success_help, success)]
+    try:
+        write_textfile(directory, filename, [(prefix + n, "gauge", h, labels, v) for n, h, v in samples])
+    except (ForgeError, OSError) as exc:
+        return str(exc)
+    return None

@@ -314,29 +314,22 @@ class OffsiteCopy:
             except OSError as exc:
                 result["state_error"] = str(exc)
         if self.options.textfile_dir:
-            path = os.path.join(self.options.textfile_dir, f"infer_forge_offsite_{stem}.prom")
-            previous = metrics.read_sample(path, METRIC_PREFIX + "last_success_timestamp_seconds")
-            labels = {"database": self.options.database, "target": result["target"] or self.options.target}
+            passed = result["passed"]
             samples = [
                 ("last_run_timestamp_seconds", "When the last off-site copy ended.", now),
                 ("last_run_success", "1 if the last off-site copy succeeded and verified, else 0.",
-                 1 if result["passed"] else 0),
-                ("files_copied", "Backups copied by the last off-site run.",
-                 len(result["copied"]) if result["passed"] else 0),
-                ("bytes_copied", "Bytes copied by the last off-site run.",
-                 result["bytes_copied"] if result["passed"] else 0),
+                 1 if passed else 0),
+                ("files_copied", "Backups copied by the last off-site run.", len(result["copied"]) if passed else 0),
+                ("bytes_copied", "Bytes copied by the last off-site run.", result["bytes_copied"] if passed else 0),
             ]
             if "remote_backups" in result:
                 samples.append(("remote_backups", "Verified backups on the off-site target.", result["remote_backups"]))
-            success = now if result["passed"] else previous
-            if success is not None:
-                samples.append(("last_success_timestamp_seconds", "When an off-site copy last succeeded and verified.",
-                                success))
-            try:
-                metrics.write_textfile(self.options.textfile_dir, os.path.basename(path),
-                                       [(METRIC_PREFIX + n, "gauge", h, labels, v) for n, h, v in samples])
-            except (ForgeError, OSError) as exc:
-                result["metrics_error"] = str(exc)
+            labels = {"database": self.options.database, "target": result["target"] or self.options.target}
+            filename = f"infer_forge_offsite_{stem}.prom"
+            error = metrics.write_run(self.options.textfile_dir, filename, METRIC_PREFIX, labels, samples, passed, now,
+                                      "When an off-site copy last succeeded and verified.")
+            if error:
+                result["metrics_error"] = error
         if not result["passed"]:
             report = sentry.report_failure(
                 self.options.sentry_dsn, f"off-site copy of {self.options.database} failed: {result['reason']}",
