@@ -28,10 +28,10 @@ pytest: ## Python tests against real PostgreSQL and Redis
 molecule: ## Molecule scenarios in local containers (MOLECULE_SCENARIOS="a b" to pick)
 	@scripts/bootstrap.sh && scripts/test.sh molecule
 
-demo: ## The local demo (see README)
+demo: ## The lab in four local containers: deploy, health, backup, drill, off-site copy, checklist
 	@scripts/bootstrap.sh && scripts/demo.sh
 
-demo-down: ## Remove what the demo created
+demo-down: ## Remove the lab containers, their network and .cache/lab
 	@scripts/demo.sh down
 
 bench: ## Backup/restore benchmark against a ~2 GB generated database (slow)
