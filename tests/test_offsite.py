@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from helpers import REPO, backups_in, manifest_of, run_backup_script
+from helpers import REPO, SentryStub, backups_in, manifest_of, run_backup_script
 from servers import SshServer, load_sample_data
 
 OFFSITE_SCRIPT = os.path.join(REPO, "scripts", "offsite_copy.sh")
@@ -197,3 +197,18 @@ def test_a_failed_run_keeps_the_time_of_the_last_verified_copy(encrypted_backups
     assert metric(tmp_path, database, "last_success_timestamp_seconds") == last_success
     state = json.loads((tmp_path / "state" / f"offsite_{database}.json").read_text())
     assert state["passed"] is False and state["last_success"] == pytest.approx(last_success)
+
+
+def test_a_failed_offsite_copy_is_reported_to_sentry(encrypted_backups, backup_dir, tmp_path):
+    database, _ = encrypted_backups
+    stub = SentryStub()
+    try:
+        result = offsite(database, backup_dir, "/var/tmp/forge-not-a-mount/x", tmp_path, OFFSITE_REQUIRE_MOUNT=1,
+                         SENTRY_DSN=stub.dsn(), ENVIRONMENT="production")
+    finally:
+        stub.close()
+    assert result.returncode == 1
+    [event] = stub.events()
+    assert event["tags"] == {"component": "offsite-copy", "database": database, "host": os.uname().nodename}
+    assert event["environment"] == "production"
+    assert "is not on a mounted disk" in event["message"]["formatted"]

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from helpers import backups_in, manifest_of, run_backup_script
+from helpers import SentryStub, backups_in, manifest_of, run_backup_script
 from servers import PostgresServer, load_sample_data, table_counts
 
 
@@ -114,8 +114,16 @@ def test_drill_fails_when_a_backup_restores_but_rows_are_missing(pg, sample_db, 
         json.dump(manifest, handle)
     textfile = tmp_path / "textfile"
     textfile.mkdir()
-    result = run_module("forge_restore", restore_args(pg, backup_dir, mode="drill", database=sample_db,
-                                                      textfile_dir=str(textfile), report_dir=str(tmp_path / "r")))
+    stub = SentryStub()
+    try:
+        result = run_module("forge_restore", restore_args(pg, backup_dir, mode="drill", database=sample_db,
+                                                          textfile_dir=str(textfile), report_dir=str(tmp_path / "r"),
+                                                          sentry_dsn=stub.dsn(), environment="production"))
+    finally:
+        stub.close()
+    [event] = stub.events()
+    assert event["tags"]["component"] == "restore-drill" and event["tags"]["database"] == sample_db
+    assert "public.orders: 4990 rows restored" in event["message"]["formatted"]
     assert result["failed"] is True
     assert result["passed"] is False
     assert "public.orders: 4990 rows restored, 5000 in the snapshot" in result["msg"]

@@ -395,9 +395,8 @@ class BackupRunner:
         if exc.details.get("locked"):
             return
         report = sentry.report_failure(
-            self.options.sentry_dsn, f"backup of {self.settings.database} failed: {exc.message}",
-            tags={"component": "backup", "database": self.settings.database, "host": self.hostname},
-            environment=self.options.environment)
+            self.options.sentry_dsn, f"backup of {self.settings.database} failed: {exc.message}", "backup",
+            self.settings.database, self.hostname, self.options.environment)
         if report:
             exc.details["sentry"] = report
 

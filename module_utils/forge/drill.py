@@ -203,8 +203,7 @@ class Drill:
         if not result["passed"]:
             report = sentry.report_failure(
                 self.options.sentry_dsn, f"restore drill of {self.options.database} failed: {result['reason']}",
-                tags={"component": "restore-drill", "database": self.options.database, "host": result["host"]},
-                environment=self.options.environment)
+                "restore-drill", self.options.database, result["host"], self.options.environment)
             if report:
                 result["sentry"] = report
 

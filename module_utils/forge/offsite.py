@@ -333,8 +333,7 @@ class OffsiteCopy:
         if not result["passed"]:
             report = sentry.report_failure(
                 self.options.sentry_dsn, f"off-site copy of {self.options.database} failed: {result['reason']}",
-                tags={"component": "offsite-copy", "database": self.options.database, "host": result["host"]},
-                environment=self.options.environment)
+                "offsite-copy", self.options.database, result["host"], self.options.environment)
             if report:
                 result["sentry"] = report
 

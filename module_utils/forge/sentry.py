@@ -141,10 +141,14 @@ def send_with_sentry_sdk(dsn_text, message, tags, contexts, environment=None, re
     return status, event_id, sentry_sdk.VERSION
 
 
-def report_failure(dsn_text, message, tags, environment=None):
-    """Best effort: a failed report must never hide the failure it reports."""
+def report_failure(dsn_text, message, component, database, host, environment=None):
+    """Report a failed backup, drill or off-site copy, tagged as the runbook tags events.
+
+    Best effort: a failed report must never hide the failure it reports.
+    """
     if not dsn_text:
         return None
+    tags = {"component": component, "database": database, "host": host}
     try:
         status, event_id = send_event(dsn_text, build_event(message, tags=tags, environment=environment))
         return {"status": status, "event_id": event_id}
