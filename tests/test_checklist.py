@@ -199,3 +199,21 @@ def test_the_module_is_read_only_and_works_in_check_mode(run_module, backup, bac
     result = run_module("forge_checklist", {"item": 5, "backup_dir": backup_dir, "backup_user": "root"}, check=True)
     assert result["changed"] is False and result["status"] == "PASS" and result["item"] == 5
     assert run_module("forge_checklist", {"item": 12})["msg"] == "checklist item must be 1-11, got 12"
+
+
+def test_item_8_dashboards_must_be_provisioned_and_valid(tmp_path):
+    dashboards, provisioning = tmp_path / "dashboards", tmp_path / "provisioning"
+    (provisioning / "dashboards").mkdir(parents=True)
+    dashboards.mkdir()
+    settings = dict(dashboards_dir=str(dashboards), provisioning_dir=str(provisioning))
+    missing = check(8, **settings)
+    assert missing["status"] == "FAIL" and missing["evidence"][-1] == f"no dashboard JSON in {dashboards}"
+    (provisioning / "dashboards" / "infer-forge.yml").write_text(f"providers:\n  - options:\n      path: {dashboards}\n")
+    (dashboards / "overview.json").write_text(json.dumps(
+        {"title": "INFER FORGE overview", "panels": [{"type": "row"}, {"type": "timeseries"}, {"type": "stat"}]}))
+    result = check(8, **settings)
+    assert result["status"] == "PASS"
+    assert result["evidence"] == [f"provisioned by {provisioning / 'dashboards' / 'infer-forge.yml'}",
+                                  "overview.json: 'INFER FORGE overview', 2 panels"]
+    (dashboards / "broken.json").write_text("{not json")
+    assert check(8, **settings)["status"] == "FAIL"

@@ -332,7 +332,7 @@ class Checklist:
         dashboards = sorted(glob.glob(os.path.join(self.s["dashboards_dir"], "*.json")))
         provider = os.path.join(self.s["provisioning_dir"], "dashboards")
         providers = [p for p in sorted(glob.glob(os.path.join(provider, "*.y*ml")))
-                     if self.s["dashboards_dir"] in open(p, encoding="utf-8").read()]
+                     if self.s["dashboards_dir"] in _read_text(p)]
         evidence, status = [], PASS
         if not providers:
             status = FAIL
@@ -382,6 +382,11 @@ class Checklist:
             status = FAIL
             evidence.append("Prometheus sends alerts to no Alertmanager")
         return status, evidence
+
+
+def _read_text(path):
+    with open(path, encoding="utf-8") as handle:
+        return handle.read()
 
 
 def _logrotate_paths(path):
