@@ -208,7 +208,8 @@ def test_item_8_dashboards_must_be_provisioned_and_valid(tmp_path):
     settings = dict(dashboards_dir=str(dashboards), provisioning_dir=str(provisioning))
     missing = check(8, **settings)
     assert missing["status"] == "FAIL" and missing["evidence"][-1] == f"no dashboard JSON in {dashboards}"
-    (provisioning / "dashboards" / "infer-forge.yml").write_text(f"providers:\n  - options:\n      path: {dashboards}\n")
+    provider = provisioning / "dashboards" / "infer-forge.yml"
+    provider.write_text(f"providers:\n  - options:\n      path: {dashboards}\n")
     (dashboards / "overview.json").write_text(json.dumps(
         {"title": "INFER FORGE overview", "panels": [{"type": "row"}, {"type": "timeseries"}, {"type": "stat"}]}))
     result = check(8, **settings)
