@@ -154,6 +154,15 @@ def scan(directory, database=None):
     return found
 
 
+def parse_name(name):
+    """(stem, timestamp) of a name in our scheme, or None: for listings of files that are
+    not on this host, such as an off-site target's."""
+    match = _NAME_RE.match(name)
+    if match is None:
+        return None
+    return match.group("stem"), datetime.datetime.strptime(match.group("ts"), TIMESTAMP_FORMAT)
+
+
 def open_backup(path):
     """Describe one backup file given by path, whatever its name, or return None
     when its suffix is not one we can restore."""

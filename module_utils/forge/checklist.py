@@ -18,7 +18,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from . import metrics
+from . import metrics, records
 from .catalog import file_stem, scan
 from .cli import read_env_file
 from .errors import ForgeError, last_line
@@ -184,7 +184,7 @@ class Checklist:
             line = f"{database}: scheduled ({how}); newest {newest.name}, {_age(age)} old"
             if age > self.s["backup_max_age_hours"] * 3600:
                 status = FAIL
-                line += f" (older than {self.s['backup_max_age_hours']} h)"
+                line += f" (older than {self.s['backup_max_age_hours']:g} h)"
             evidence.append(line)
         return status, evidence
 
@@ -210,13 +210,12 @@ class Checklist:
         evidence, status = [], PASS
         limit = self.s["drill_max_age_days"] * 86400
         for database in self.s["databases"]:
-            stem = file_stem(database)
-            report = read_json_object(os.path.join(self.s["report_dir"], f"restore_drill_{stem}.json"))
+            report = read_json_object(records.drill_report_path(self.s["report_dir"], database))
             last_success = None
             if report.get("passed") and report.get("finished_at"):
                 last_success = datetime.datetime.fromisoformat(report["finished_at"]).timestamp()
-            prom = os.path.join(self.s["textfile_dir"], f"infer_forge_restore_drill_{stem}.prom")
-            from_metrics = metrics.read_sample(prom, "infer_forge_restore_drill_last_success_timestamp_seconds")
+            prom = os.path.join(self.s["textfile_dir"], records.drill_metrics_filename(database))
+            from_metrics = metrics.read_sample(prom, records.DRILL_METRIC_PREFIX + "last_success_timestamp_seconds")
             if last_success is None and from_metrics is not None:
                 last_success = from_metrics
             if last_success is None:
@@ -279,7 +278,7 @@ class Checklist:
                 status = FAIL
                 evidence.append(f"{database}: no OFFSITE_TARGET in {config_path}")
                 continue
-            state = read_json_object(os.path.join(self.s["report_dir"], f"offsite_{stem}.json"))
+            state = read_json_object(records.offsite_state_path(self.s["report_dir"], database))
             if not state.get("last_success"):
                 status = FAIL
                 evidence.append(f"{database}: target {target}, but no successful off-site copy on record"

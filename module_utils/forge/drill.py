@@ -18,10 +18,11 @@ from . import metrics, sentry
 from .errors import ForgeError
 from .fsutil import write_atomic
 from .pgconn import count_rows, user_tables
+from .records import DRILL_METRIC_PREFIX as METRIC_PREFIX
+from .records import drill_metrics_filename, drill_report_path
 from .restore import Restorer, select_backup
 
 DRILL_COMMENT = "infer-forge restore drill scratch database"
-METRIC_PREFIX = "infer_forge_restore_drill_"
 
 
 class DrillOptions:
@@ -193,7 +194,7 @@ class Drill:
         if self.options.report_dir:
             try:
                 os.makedirs(self.options.report_dir, mode=0o750, exist_ok=True)
-                path = os.path.join(self.options.report_dir, f"restore_drill_{_stem(self.options.database)}.json")
+                path = drill_report_path(self.options.report_dir, self.options.database)
                 write_atomic(path, json.dumps(result, indent=2, sort_keys=True, default=str) + "\n", mode=0o640)
                 result["report"] = path
             except OSError as exc:
@@ -218,15 +219,10 @@ class Drill:
         ]
         if "backup_age_seconds" in result:
             samples.append(("backup_age_seconds", "Age of the backup at the last drill.", result["backup_age_seconds"]))
-        filename = f"infer_forge_restore_drill_{_stem(self.options.database)}.prom"
         labels = {"database": self.options.database}
+        filename = drill_metrics_filename(self.options.database)
         error = metrics.write_run(self.options.textfile_dir, filename, METRIC_PREFIX, labels, samples, result["passed"],
                                   now, "When a restore drill last passed.")
         if error:
             result["metrics_error"] = error
 
-
-def _stem(database):
-    from .catalog import file_stem
-
-    return file_stem(database)

@@ -21,11 +21,12 @@ import subprocess
 import time
 
 from . import metrics, sentry
-from .catalog import _NAME_RE, CHECKSUM_SUFFIX, MANIFEST_SUFFIX, TIMESTAMP_FORMAT, file_stem, scan
+from .catalog import CHECKSUM_SUFFIX, MANIFEST_SUFFIX, file_stem, parse_name, scan
 from .errors import ForgeError, last_line
 from .fsutil import ensure_private_dir, fsync_dir, read_json_object, write_atomic
+from .records import OFFSITE_METRIC_PREFIX as METRIC_PREFIX
+from .records import offsite_metrics_filename, offsite_state_path
 
-METRIC_PREFIX = "infer_forge_offsite_"
 OPENSSL_MAGIC = b"Salted__"
 CHUNK = 1024 * 1024
 
@@ -296,12 +297,11 @@ class OffsiteCopy:
             self.log(f"Verified {backup.name} on {target.describe()} (sha256 {digest[:16]}...)")
 
     def _record(self, result):
-        stem = file_stem(self.options.database)
         now = self.clock()
         if result["passed"]:
             result["finished_at"] = datetime.datetime.fromtimestamp(now, datetime.UTC).isoformat()
         if self.options.state_dir:
-            path = os.path.join(self.options.state_dir, f"offsite_{stem}.json")
+            path = offsite_state_path(self.options.state_dir, self.options.database)
             try:
                 previous = read_json_object(path)
                 if result["passed"]:
@@ -325,7 +325,7 @@ class OffsiteCopy:
             if "remote_backups" in result:
                 samples.append(("remote_backups", "Verified backups on the off-site target.", result["remote_backups"]))
             labels = {"database": self.options.database, "target": result["target"] or self.options.target}
-            filename = f"infer_forge_offsite_{stem}.prom"
+            filename = offsite_metrics_filename(self.options.database)
             error = metrics.write_run(self.options.textfile_dir, filename, METRIC_PREFIX, labels, samples, passed, now,
                                       "When an off-site copy last succeeded and verified.")
             if error:
@@ -342,13 +342,11 @@ def _remote_backups(names, stem):
     """Verified backups on the target (file and manifest present), newest first."""
     found = []
     for name in names:
-        match = _NAME_RE.match(name)
-        if match and match.group("stem") == stem and name + MANIFEST_SUFFIX in names:
-            found.append((name, datetime.datetime.strptime(match.group("ts"), TIMESTAMP_FORMAT)))
+        parsed = parse_name(name)
+        if parsed and parsed[0] == stem and name + MANIFEST_SUFFIX in names:
+            found.append((name, parsed[1]))
     found.sort(key=lambda pair: pair[1], reverse=True)
     return found
-
-
 
 
 def _remove_quietly(path):
