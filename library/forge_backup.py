@@ -96,10 +96,15 @@ options:
     type: bool
     default: false
   passphrase_file:
-    description: File whose first line is the encryption passphrase (as C(openssl -pass file:)).
+    description:
+      - File whose first line is the passphrase, read exactly as C(openssl enc -pass file:) reads it.
+      - The passphrase encrypts the backup (with O(encrypt=true)) and always signs its manifest; restores and
+        drills trust only signed manifests. Without a passphrase the manifest is unsigned and the backup can
+        be restored only by naming it, as UNVERIFIED.
+      - A file that group or others can read is refused.
     type: path
   passphrase:
-    description: The encryption passphrase itself, for example from Ansible Vault. Written to a private
+    description: The passphrase itself, for example from Ansible Vault. Written to a private
       temporary file for the run and removed afterwards.
     type: str
   dump_command:
@@ -290,14 +295,15 @@ class BackupModule:
         directory = self.params["backup_dir"]
         if not os.path.isdir(directory) or os.path.islink(directory):
             return []
-        return [b.name for b in catalog.scan(directory, self.params["database"])]
+        # The diff lists files by name; whether each is trusted does not matter here.
+        return [b.name for b in catalog.scan(directory, self.params["database"], catalog.TrustPolicy())]
 
     def run(self):
         p = self.params
         if p["encrypt"] and not (p["passphrase"] or p["passphrase_file"]):
             return dict(failed=True, msg="encrypt is true but neither passphrase_file nor passphrase is set")
         with PassphraseSource(p["passphrase"], p["passphrase_file"]) as passphrase_file:
-            return self.backup(passphrase_file if p["encrypt"] else None)
+            return self.backup(passphrase_file)
 
     def backup(self, passphrase_file):
         p = self.params

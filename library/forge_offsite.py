@@ -80,6 +80,14 @@ options:
     description: Fail the task when the copy fails (else return C(passed=false)).
     type: bool
     default: true
+  passphrase_file:
+    description:
+      - The backup passphrase file. Only backups whose manifest is signed with its key are copied; one of
+        O(passphrase_file) and O(passphrase) is required.
+    type: path
+  passphrase:
+    description: The backup passphrase itself, for example from Ansible Vault.
+    type: str
 attributes:
   check_mode:
     support: full
@@ -153,6 +161,7 @@ from ansible.module_utils.basic import AnsibleModule
 try:
     from ansible.module_utils.forge.errors import ForgeError
     from ansible.module_utils.forge.offsite import OffsiteCopy, OffsiteOptions
+    from ansible.module_utils.forge.opensslenc import PassphraseSource
     ENGINE_IMPORT_ERROR = None
 except ImportError as exc:  # pragma: no cover - reported to the user below
     ENGINE_IMPORT_ERROR = exc
@@ -174,6 +183,8 @@ ARGUMENT_SPEC = dict(
     sentry_dsn=dict(type="str", no_log=True),
     environment=dict(type="str"),
     fail_on_error=dict(type="bool", default=True),
+    passphrase_file=dict(type="path", no_log=False),
+    passphrase=dict(type="str", no_log=True),
 )
 
 
@@ -182,16 +193,17 @@ def main():
     if ENGINE_IMPORT_ERROR is not None:
         module.fail_json(msg=f"forge engine not importable: {ENGINE_IMPORT_ERROR}")
     p = module.params
-    try:
-        options = OffsiteOptions(
-            backup_dir=p["backup_dir"], target=p["target"], database=p["database"],
-            retention_days=p["retention_days"], min_keep=p["min_keep"], ssh_port=p["ssh_port"],
-            ssh_identity=p["ssh_identity"], known_hosts=p["known_hosts"], require_mount=p["require_mount"],
-            skip_unencrypted=p["skip_unencrypted"], textfile_dir=p["textfile_dir"], state_dir=p["state_dir"],
-            sentry_dsn=p["sentry_dsn"], environment=p["environment"])
-    except ForgeError as exc:
-        module.fail_json(msg=exc.message)
-    result = OffsiteCopy(options).run(check_mode=module.check_mode)
+    with PassphraseSource(p["passphrase"], p["passphrase_file"]) as passphrase_file:
+        try:
+            options = OffsiteOptions(
+                backup_dir=p["backup_dir"], target=p["target"], database=p["database"],
+                retention_days=p["retention_days"], min_keep=p["min_keep"], ssh_port=p["ssh_port"],
+                ssh_identity=p["ssh_identity"], known_hosts=p["known_hosts"], require_mount=p["require_mount"],
+                skip_unencrypted=p["skip_unencrypted"], textfile_dir=p["textfile_dir"], state_dir=p["state_dir"],
+                sentry_dsn=p["sentry_dsn"], environment=p["environment"], passphrase_file=passphrase_file)
+        except ForgeError as exc:
+            module.fail_json(msg=exc.message)
+        result = OffsiteCopy(options).run(check_mode=module.check_mode)
     result["changed"] = bool(result["passed"] and (result["copied"] or result["expired"]))
     if not result["passed"] and p["fail_on_error"]:
         module.fail_json(msg=f"off-site copy of {p['database']} failed: {result['reason']}", **result)

@@ -22,6 +22,9 @@ description:
   - O(mode=drill) restores into a scratch database, compares every table's row count with the counts
     recorded in the dump's snapshot, runs optional C(amcheck) and SQL checks, records metrics and a JSON
     report, and drops the scratch database, also when a check failed.
+  - A backup is chosen automatically only when its manifest is signed with the passphrase's key, names the
+    database, matches the file and is not dated in the future. A named file without a signed manifest (made by
+    the runbook's own commands) is restored or drilled as UNVERIFIED, never as a PASS.
   - O(mode=verify) only verifies the file.
 version_added: "0.1.0"
 author:
@@ -51,9 +54,24 @@ options:
     description: For O(mode=drill), the scratch database. Defaults to C(<database>_restore_drill). Never the source.
     type: str
   force:
-    description: For O(mode=restore), drop and recreate a target that already has tables.
+    description:
+      - For O(mode=restore), replace a target that already has tables. The backup is restored into a side
+        database and checked (stream complete, row counts equal to the manifest's); only then are the target
+        and the side database swapped by two renames in one transaction. Sessions connected to the target are
+        listed (also in check mode) and ended just before the swap. On any failure the target is untouched.
     type: bool
     default: false
+  keep_previous:
+    description:
+      - With O(force=true), keep the replaced database as C(<target>_before_restore_<YYYYMMDD_HHMMSS>) (returned
+        as RV(previous_database)). With V(false) it is dropped after the swap.
+    type: bool
+    default: true
+  require_encryption:
+    description:
+      - Never choose an unencrypted backup automatically (as the newest, for a drill or a restore).
+      - Defaults to V(true) when a passphrase is given, like the backup side.
+    type: bool
   create:
     description: For O(mode=restore), create the target when it does not exist (template0, UTF8).
     type: bool
@@ -80,7 +98,10 @@ options:
     type: bool
     default: false
   passphrase_file:
-    description: File whose first line is the passphrase of encrypted backups.
+    description:
+      - File whose first line is the backup passphrase (read as C(openssl enc -pass file:) reads it). It decrypts
+        encrypted backups and checks every manifest's signature; without it no backup counts as good and only
+        a named file can be restored, as UNVERIFIED.
     type: path
   passphrase:
     description: The passphrase itself, for example from Ansible Vault.
@@ -202,9 +223,31 @@ duration:
   returned: always
   type: float
 target_state:
-  description: For O(mode=restore), whether the target was V(created), V(recreated) or already V(empty).
+  description:
+    - For O(mode=restore), V(created), V(replaced) (force, by swap) or V(empty) (an existing empty database
+      restored into). In check mode it says what would happen, for example V(would restore beside it and swap it in).
   returned: restore
   type: str
+verdict:
+  description:
+    - V(VERIFIED) when the file's signed manifest and checksum were checked, V(UNVERIFIED) for a named file
+      without a signed manifest. For O(mode=drill) V(PASS), V(FAIL) or V(UNVERIFIED); only V(PASS) is a pass.
+  returned: always
+  type: str
+previous_database:
+  description: For a forced restore, the name the replaced database is kept under (null when it was dropped).
+  returned: when a target was replaced
+  type: str
+sessions_ended:
+  description: Sessions on the target that were ended just before the swap.
+  returned: when a target was replaced
+  type: list
+  elements: str
+sessions:
+  description: In check mode, the sessions on the target that a forced restore would end.
+  returned: check mode, restore
+  type: list
+  elements: str
 """
 
 import time
@@ -216,7 +259,7 @@ try:
     from ansible.module_utils.forge.errors import ForgeError
     from ansible.module_utils.forge.opensslenc import PassphraseSource
     from ansible.module_utils.forge.pgconn import PgSettings
-    from ansible.module_utils.forge.restore import RestoreOptions, Restorer, select_backup, verify_file
+    from ansible.module_utils.forge.restore import RestoreOptions, Restorer, verify_file
     ENGINE_IMPORT_ERROR = None
 except ImportError as exc:  # pragma: no cover - reported to the user below
     ENGINE_IMPORT_ERROR = exc
@@ -234,6 +277,8 @@ ARGUMENT_SPEC = dict(
     owner=dict(type="str"),
     jobs=dict(type="int"),
     keep=dict(type="bool", default=False),
+    keep_previous=dict(type="bool", default=True),
+    require_encryption=dict(type="bool"),
     sql_checks=dict(type="list", elements="dict", default=[]),
     amcheck=dict(type="bool", default=False),
     passphrase_file=dict(type="path", no_log=False),
@@ -266,16 +311,18 @@ class RestoreModule:
             settings = PgSettings(host=p["login_host"], port=p["port"], user=p["login_user"],
                                   password=p["login_password"], database=p["database"])
             options = RestoreOptions(backup_dir=p["backup_dir"], passphrase_file=passphrase_file,
-                                     jobs=p["jobs"], force=p["force"], create=p["create"], owner=p["owner"])
+                                     jobs=p["jobs"], force=p["force"], create=p["create"], owner=p["owner"],
+                                     keep_previous=p["keep_previous"], require_encryption=p["require_encryption"])
+            restorer = Restorer(options, settings)
             if p["mode"] == "verify":
-                backup = select_backup(p["backup_dir"], p["database"], p["backup_file"])
-                passphrase = Restorer(options, settings).passphrase(backup)
-                result = dict(verify_file(backup, passphrase, p["database"]), backup=backup.path, changed=False)
+                backup = restorer.select(p["database"], p["backup_file"])
+                result = dict(verify_file(backup, restorer.passphrase(backup), p["database"]), backup=backup.path,
+                              changed=False)
             elif p["mode"] == "restore":
                 if not p["target_database"]:
                     return dict(failed=True, msg="mode=restore needs target_database")
-                backup = select_backup(p["backup_dir"], p["database"], p["backup_file"])
-                result = dict(Restorer(options, settings).restore(
+                backup = restorer.select(p["database"], p["backup_file"])
+                result = dict(restorer.restore(
                     backup, p["target_database"], database=p["database"], check_mode=self.module.check_mode),
                     backup=backup.path)
             else:
@@ -292,10 +339,12 @@ class RestoreModule:
             keep=p["keep"], sql_checks=p["sql_checks"], amcheck=p["amcheck"], textfile_dir=p["textfile_dir"],
             report_dir=p["report_dir"], sentry_dsn=p["sentry_dsn"], environment=p["environment"])
         if self.module.check_mode:
-            backup = select_backup(p["backup_dir"], p["database"], p["backup_file"])
-            passphrase = Restorer(options, settings).passphrase(backup)
-            return dict(verify_file(backup, passphrase, p["database"]), backup=backup.path, changed=False,
-                        passed=None, reason="check mode: backup verified, drill not run")
+            restorer = Restorer(options, settings)
+            backup = restorer.select(p["database"], p["backup_file"])
+            report = verify_file(backup, restorer.passphrase(backup), p["database"])
+            return dict(report, backup=backup.path, changed=False, passed=None,
+                        reason=f"check mode: would drill {backup.name} (file {report['verdict'].lower()}); "
+                               "nothing restored")
         result = Drill(drill_options, options, settings).run()
         if not result["passed"] and p["fail_on_error"]:
             result["failed"] = True

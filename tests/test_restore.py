@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from helpers import SentryStub, backups_in, manifest_of, run_backup_script
+from helpers import SentryStub, backups_in, manifest_of, resign_manifest, run_backup_script, signing_passphrase_file
 from servers import PostgresServer, load_sample_data, table_counts
 
 
@@ -25,9 +25,11 @@ def take_backup(pg, database, backup_dir, **extra):
 
 
 def restore_args(pg, backup_dir, **extra):
+    """The module's arguments as a restore on the backup host passes them: the passphrase
+    (which checks every manifest's signature) and unencrypted backups allowed unless said."""
     args = {"login_host": pg.host, "port": pg.port, "login_user": pg.app_user, "login_password": pg.app_password,
-            "backup_dir": backup_dir}
-    args.update(extra)
+            "backup_dir": backup_dir, "passphrase_file": signing_passphrase_file(), "require_encryption": False}
+    args.update({key: value for key, value in extra.items() if value is not None})
     return args
 
 
@@ -63,7 +65,7 @@ def test_drill_round_trip_for_every_format(pg, sample_db, backup_dir, passphrase
     assert result["passed"] is True, result["reason"]
     assert result["backup"] == path
     assert result["checks"]["sha256"] == "passed" and result["checks"]["row_counts"] == "passed"
-    assert result["checks"].get("hmac") == ("passed" if encrypted else None)
+    assert result["checks"]["signature"] == "passed" and result["verdict"] == "PASS"
     assert result["tables_checked"] == 3 and result["rows_checked"] == 5700
     assert result["scratch_dropped"] is True
     assert not pg.database_exists(f"{sample_db}_restore_drill")
@@ -79,10 +81,11 @@ def test_runbook_made_files_restore_and_say_which_checks_were_skipped(pg, sample
     for path in (plain, encrypted):
         result = run_module("forge_restore", restore_args(
             pg, backup_dir, mode="restore", backup_file=path, target_database="runbook_target", force=True,
-            passphrase_file=passphrase_file))
+            keep_previous=False, passphrase_file=passphrase_file))
         assert result.get("failed") is not True, result.get("msg")
         assert table_counts(pg, "runbook_target") == table_counts(pg, sample_db)
-        assert any(item.startswith("sha256: no manifest") for item in result["skipped_checks"])
+        assert result["verdict"] == "UNVERIFIED"
+        assert "signature: no manifest" in result["skipped_checks"]
     pg.drop_database("runbook_target")
 
 
@@ -110,8 +113,7 @@ def test_drill_fails_when_a_backup_restores_but_rows_are_missing(pg, sample_db, 
     import hashlib
 
     manifest.update(size=len(doctored), sha256=hashlib.sha256(doctored).hexdigest())
-    with open(path + ".manifest.json", "w") as handle:
-        json.dump(manifest, handle)
+    resign_manifest(path, manifest)
     textfile = tmp_path / "textfile"
     textfile.mkdir()
     stub = SentryStub()
@@ -243,7 +245,7 @@ def test_wrong_passphrase_is_told_apart_from_damage(pg, sample_db, backup_dir, p
     take_backup(pg, sample_db, backup_dir, backup_passphrase_file=passphrase_file)
     result = _restore(run_module, pg, backup_dir, mode="drill", database=sample_db, passphrase="not it")
     assert result["failed"] is True
-    assert "wrong passphrase (the file is intact but its HMAC does not match the passphrase)" in result["msg"]
+    assert "wrong passphrase: the manifest was signed with key " in result["msg"]
     assert "not it" not in result["_raw"]
 
 
@@ -254,7 +256,8 @@ def test_wrong_passphrase_on_a_runbook_file(pg, sample_db, backup_dir, passphras
     result = _restore(run_module, pg, backup_dir, mode="restore", backup_file=path, target_database="t_wrongpw",
                       passphrase="not it")
     assert result["failed"] is True
-    assert "wrong passphrase or damaged file" in result["msg"]
+    assert result["msg"] == f"{os.path.basename(path)}: wrong passphrase: the decrypted start is not gzip data; " \
+                            "t_wrongpw was not created"
     assert not pg.database_exists("t_wrongpw")
 
 
@@ -280,16 +283,19 @@ def test_force_recreates_a_target_that_has_data(pg, sample_db, backup_dir, run_m
         conn.execute("CREATE TABLE leftovers (x int)")
     result = _restore(run_module, pg, backup_dir, mode="restore", database=sample_db, target_database="t_forced",
                       force=True)
-    assert result["target_state"] == "recreated"
+    assert result["target_state"] == "replaced"
     assert table_counts(pg, "t_forced") == table_counts(pg, sample_db)
+    assert result["previous_database"].startswith("t_forced_before_restore_")
+    assert table_counts(pg, result["previous_database"]) == {"public.leftovers": 0}
     pg.drop_database("t_forced")
+    pg.drop_database(result["previous_database"])
 
 
 def test_check_mode_verifies_and_changes_nothing(pg, sample_db, backup_dir, run_module):
     take_backup(pg, sample_db, backup_dir)
     result = run_module("forge_restore", restore_args(pg, backup_dir, mode="restore", database=sample_db,
                                                       target_database="t_check"), check=True)
-    assert result["target_state"] == "created" and result["checks"]["sha256"] == "passed"
+    assert result["target_state"] == "would create it" and result["checks"]["sha256"] == "passed"
     assert not pg.database_exists("t_check")
 
 
@@ -349,7 +355,8 @@ def test_postgres_stopped_mid_restore(backup_dir, run_module, tmp_path):
         def stop_soon():
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
-                if server.database_exists("src_restore_drill"):
+                # The drill restores into a side database first: src_restore_drill_restoring_<hex>.
+                if server.execute("SELECT 1 FROM pg_database WHERE datname LIKE 'src\\_restore\\_drill%%'"):
                     time.sleep(0.3)
                     server.stop("immediate")
                     return
@@ -411,7 +418,8 @@ def test_restore_db_sh_runs_the_same_drill_and_restore_on_the_host(pg, sample_db
     again = run("restore", "latest", "t_script")
     assert again.returncode == 1
     assert again.stderr.strip() == ("ERROR: target database 't_script' already has 3 tables; restoring would "
-                                    "overwrite data (force: true, or --force, drops and recreates it)")
+                                    "overwrite data (force: true, or --force, restores beside it and swaps it in "
+                                    "only when complete)")
     pg.drop_database("t_script")
 
 

@@ -20,7 +20,7 @@ import subprocess
 import threading
 import time
 
-from . import catalog, compress, metrics, opensslenc, sentry
+from . import catalog, compress, metrics, opensslenc, sentry, signing
 from .errors import ForgeError
 from .fsutil import (
     PRIVATE_FILE_MODE,
@@ -76,10 +76,9 @@ class BackupOptions:
     def validate(self):
         for name in ("retention_days", "min_keep", "keep_daily", "keep_weekly", "keep_monthly", "lock_wait"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ForgeError(f"{name} must be a whole number >= 0, got {value!r}")
-        if self.retention_days < 1:
-            raise ForgeError(f"retention_days must be at least 1, got {self.retention_days}")
+            least = 1 if name == "retention_days" else 0
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ForgeError(f"{name} must be a whole number >= {least}, got {value!r}")
         if self.dump_format not in FORMATS:
             raise ForgeError(f"format must be one of {', '.join(FORMATS)}, got {self.dump_format!r}")
         if self.dump_format == "plain" and self.compression not in COMPRESSIONS:
@@ -108,14 +107,25 @@ class BackupRunner:
         self.clock = clock
         self.stem = catalog.file_stem(settings.database or "")
         self.hostname = socket.gethostname()
+        self.passphrase = None
         if not settings.database:
             raise ForgeError("no database given (POSTGRES_DB)")
+
+    def _policy(self):
+        """The trust rule for this run's reads of the directory (retention, space estimate, metrics)."""
+        return catalog.TrustPolicy(self.passphrase, require_encryption=self.options.encrypt, now=self.clock())
+
+    def _scan(self):
+        return catalog.scan(self.options.backup_dir, self.settings.database, self._policy())
 
     # -- public ---------------------------------------------------------
     def run(self, check_mode=False):
         started = self.clock()
         result = BackupResult(changed=False, database=self.settings.database, backup_dir=self.options.backup_dir)
         try:
+            # The passphrase encrypts (when encryption is on) and signs the manifest.
+            if self.options.passphrase_file:
+                self.passphrase = signing.read_passphrase(self.options.passphrase_file)
             note = None if check_mode else ensure_private_dir(self.options.backup_dir)
             if check_mode and not os.path.isdir(self.options.backup_dir):
                 ensure_private_dir(self.options.backup_dir, create=False)
@@ -142,7 +152,7 @@ class BackupRunner:
             server_major = conn.info.server_version // 10000
             db_size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
         self._check_client_version(server_major)
-        backups = catalog.scan(self.options.backup_dir, self.settings.database)
+        backups = self._scan()
         self._check_space(backups, db_size)
         name = self._final_name(datetime.datetime.fromtimestamp(self.clock()))
         result["path"] = os.path.join(self.options.backup_dir, name)
@@ -196,7 +206,7 @@ class BackupRunner:
 
     def _backup(self, result, started):
         options = self.options
-        passphrase = opensslenc.read_passphrase(options.passphrase_file) if options.encrypt else None
+        passphrase = self.passphrase if options.encrypt else None
         snapshot_conn = self.settings.connect(autocommit=False)
         try:
             import psycopg
@@ -209,7 +219,7 @@ class BackupRunner:
             snapshot, server_version, db_size = cursor.fetchone()
             server_major = snapshot_conn.info.server_version // 10000
             client_major = self._check_client_version(server_major)
-            existing = catalog.scan(options.backup_dir, self.settings.database)
+            existing = self._scan()
             self._check_space(existing, db_size)
             tables = user_tables(cursor)
 
@@ -264,6 +274,11 @@ class BackupRunner:
             "dump_options": options.dump_options,
             "tool": "infer-forge-ops",
         }
+        if self.passphrase:
+            manifest = signing.sign(manifest, signing.signing_key(self.passphrase))
+        else:
+            self.log("WARNING: manifest not signed (no BACKUP_PASSPHRASE_FILE): restore and drill take this "
+                     "backup only when it is named, as UNVERIFIED")
         try:
             write_atomic(final_path + catalog.MANIFEST_SUFFIX, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
             write_atomic(final_path + catalog.CHECKSUM_SUFFIX, f"{stream['sha256']}  {name}\n")
@@ -294,7 +309,6 @@ class BackupRunner:
         compressor = compress.make_compressor(options.effective_compression, options.compression_level, options.jobs)
         encryptor = opensslenc.Encryptor(passphrase) if passphrase else None
         digest = hashlib.sha256()
-        mac = opensslenc.new_mac(encryptor.mac_key) if encryptor else None
         size = 0
         tail = b""
         head = b""
@@ -324,8 +338,6 @@ class BackupRunner:
                 if not data:
                     return
                 digest.update(data)
-                if mac is not None:
-                    mac.update(data)
                 out.write(data)
                 size += len(data)
 
@@ -345,8 +357,6 @@ class BackupRunner:
                 if encryptor is not None:
                     last = encryptor.finalize()
                     digest.update(last)
-                    if mac is not None:
-                        mac.update(last)
                     out.write(last)
                     size += len(last)
                 os.fsync(out.fileno())
@@ -364,13 +374,13 @@ class BackupRunner:
             "size": size,
             "sha256": digest.hexdigest(),
             "compression_level": getattr(compressor, "level", None),
-            "encryption": dict(encryptor.parameters(), hmac_sha256=mac.hexdigest()) if encryptor else None,
+            "encryption": encryptor.parameters() if encryptor else None,
         }
 
     def _apply_retention(self, result):
         options = self.options
         self.log(f"Removing backups older than {options.retention_days} days...")
-        backups = catalog.scan(options.backup_dir, self.settings.database)
+        backups = self._scan()
         plan = self._retention_plan(backups)
         removed = []
         for backup in plan.remove:
@@ -407,7 +417,7 @@ class BackupRunner:
         labels = {"database": self.settings.database}
         good = []
         if os.path.isdir(self.options.backup_dir) and not os.path.islink(self.options.backup_dir):
-            good = [b for b in catalog.scan(self.options.backup_dir, self.settings.database) if b.good]
+            good = [b for b in self._scan() if b.good]
         managed = [b for b in good if b.manifest is not None]
         last = managed[0] if managed else None
         previous = managed[1] if len(managed) > 1 else None

@@ -3,17 +3,35 @@
 Naming follows the runbook: ``<db>_<YYYYMMDD_HHMMSS>.sql.gz`` (``.sql.gz.enc``
 when encrypted); ours adds ``.sql.zst`` and ``.dump`` (pg_dump custom format).
 Beside each of our backups: ``<file>.manifest.json`` and ``<file>.sha256``.
+
+One trust rule for every reader (selection, drill, retention, off-site): a
+backup is *good* only when its manifest is signed with the key of the
+configured passphrase (see signing.py), names the exact database, matches the
+file's size, is not dated in the future, and, where encryption is required,
+describes an encrypted file. A file without such a manifest is never chosen,
+counted or deleted automatically; an operator may still name it, and it is
+then restored as UNVERIFIED. Manifests written before signing existed
+(version 1) count when their HMAC over the whole encrypted file verifies.
 """
 
 import datetime
+import hashlib
+import hmac
 import json
 import os
 import re
 import stat
+import time
+
+from . import signing
 
 MANIFEST_SUFFIX = ".manifest.json"
 CHECKSUM_SUFFIX = ".sha256"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+LEGACY_MANIFEST_VERSION = 1
+# Clocks of the backup host and the restoring host may differ a little; a
+# backup dated further ahead than this was not made by a sane clock.
+FUTURE_TOLERANCE_SECONDS = 300
 
 EXTENSIONS = {
     ".sql.gz": ("plain", "gzip"),
@@ -24,9 +42,22 @@ _NAME_RE = re.compile(r"^(?P<stem>.+)_(?P<ts>\d{8}_\d{6})(?P<ext>\.sql\.gz|\.sql
 TIMESTAMP_FORMAT = "%Y%m%d_%H%M%S"
 
 
-def file_stem(database):
-    """The database name as it may appear in a file name."""
+def sanitized(database):
     return re.sub(r"[^A-Za-z0-9_.-]", "_", database)
+
+
+def file_stem(database):
+    """The database name as it appears in file, lock and metrics names.
+
+    A name that needs no replacement is used as it is (the runbook's
+    ``infer_forge_20260207_143215.sql.gz``). Any other gets a short hash of the
+    exact name, so ``we"ird db`` and ``we_ird_db`` never share a file name, a
+    lock or a retention list.
+    """
+    clean = sanitized(database)
+    if clean == database:
+        return clean
+    return f"{clean}-{hashlib.sha256(database.encode('utf-8')).hexdigest()[:8]}"
 
 
 def extension_for(dump_format, compression, encrypted):
@@ -39,15 +70,50 @@ def extension_for(dump_format, compression, encrypted):
 _SUFFIX_RE = re.compile(r"(?P<ext>\.sql\.gz|\.sql\.zst|\.dump)(?P<enc>\.enc)?$")
 
 
+class TrustPolicy:
+    """What this reader accepts as a good backup.
+
+    ``passphrase`` (bytes) checks manifest signatures and the HMAC of version 1
+    manifests; without it no manifest can be authenticated, so nothing is good.
+    ``require_encryption``: unencrypted files are never good.
+    ``check_signatures=False`` is for read-only reports on hosts without the
+    passphrase (the checklist): a signed manifest counts without its signature
+    being checked, and nothing is ever deleted or restored on that basis.
+    """
+
+    def __init__(self, passphrase=None, require_encryption=False, now=None, check_signatures=True):
+        self.passphrase = passphrase
+        self.require_encryption = require_encryption
+        self.now = now
+        self.check_signatures = check_signatures
+
+    @classmethod
+    def unchecked(cls):
+        return cls(check_signatures=False)
+
+    @property
+    def key(self):
+        return signing.signing_key(self.passphrase) if self.passphrase else None
+
+    def current_time(self):
+        return time.time() if self.now is None else self.now
+
+
+NO_MANIFEST = "no manifest"
+
+
 class BackupFile:
     """One backup on disk and what we know about it.
 
     ``match`` is a match of our naming scheme; files named otherwise (the
     runbook's ``backup_encrypted.sql.gz.enc``) are described by their suffix
     alone and have no timestamp or database stem.
+
+    ``manifest`` is set only once the manifest is authenticated; ``raw_manifest``
+    is what the file says; ``problem`` says why the backup is not good.
     """
 
-    def __init__(self, directory, name, match):
+    def __init__(self, directory, name, match, policy=None):
         self.directory = directory
         self.name = name
         self.path = os.path.join(directory, name)
@@ -58,9 +124,13 @@ class BackupFile:
         self.encrypted = bool(match.group("enc"))
         self.dump_format, self.compression = EXTENSIONS[self.extension]
         self.size = os.lstat(self.path).st_size
+        self.policy = policy or TrustPolicy()
         self.manifest = None
-        self.manifest_error = None
-        self._load_manifest()
+        self.raw_manifest = None
+        self.problem = None
+        self.content_verified = False
+        self._legacy_pending = False
+        self._evaluate()
 
     @property
     def manifest_path(self):
@@ -73,8 +143,9 @@ class BackupFile:
     @property
     def finished_at(self):
         """When the backup was finished (epoch): the manifest's end, else the name's time, else mtime."""
-        if self.manifest and self.manifest.get("ended_at"):
-            return datetime.datetime.fromisoformat(self.manifest["ended_at"]).timestamp()
+        ended = _ended_at(self.manifest or self.raw_manifest)
+        if ended is not None:
+            return ended
         if self.timestamp is not None:
             return self.timestamp.timestamp()
         return os.path.getmtime(self.path)
@@ -85,26 +156,124 @@ class BackupFile:
         return self.extension == ".sql.gz"
 
     @property
-    def good(self):
-        """Counts for retention and restore: a valid manifest, or a runbook-format file."""
-        if self.manifest is not None:
-            return True
-        return self.runbook_format and self.manifest_error is None
+    def manifest_error(self):
+        """Why the manifest is not trusted; None when it is or when there is none."""
+        return None if self.problem in (None, NO_MANIFEST) else self.problem
 
-    def _load_manifest(self):
+    @property
+    def may_restore_unverified(self):
+        """Named by an operator, may this file be restored as UNVERIFIED?
+
+        Yes when nothing can be proven about it up front (no manifest, or one
+        written before signing without an HMAC); never when its manifest
+        contradicts it (changed, wrong key, other size or database).
+        """
+        return self.problem == NO_MANIFEST or self._unsigned_legacy
+
+    @property
+    def good(self):
+        """Counts for selection, retention and off-site: see the module docstring."""
+        if self.problem is None and self._legacy_pending:
+            self._authenticate_legacy()
+        return self.problem is None and self.manifest is not None
+
+    def _evaluate(self):
+        policy = self.policy
+        self._unsigned_legacy = False
         try:
             with open(self.manifest_path, encoding="utf-8") as handle:
-                manifest = json.load(handle)
+                raw = json.load(handle)
         except FileNotFoundError:
+            self.problem = NO_MANIFEST
             return
         except (OSError, ValueError) as exc:
-            self.manifest_error = f"unreadable manifest: {exc}"
+            self.problem = f"unreadable manifest: {exc}"
             return
-        problem = manifest_problem(manifest, self)
+        problem = manifest_problem(raw, self)
         if problem:
-            self.manifest_error = problem
+            self.problem = problem
+            return
+        self.raw_manifest = raw
+        if raw["manifest_version"] == LEGACY_MANIFEST_VERSION:
+            problem = self._legacy_problem(raw, policy)
         else:
-            self.manifest = manifest
+            problem = self._signature_problem(raw, policy)
+        if problem:
+            self.problem = problem
+            return
+        if policy.require_encryption and not self.encrypted:
+            self.problem = "not encrypted, and encryption is required here"
+            return
+        now = policy.current_time()
+        dated = max(filter(None, [_ended_at(raw), self.timestamp.timestamp() if self.timestamp else None]),
+                    default=None)
+        if dated is not None and dated > now + FUTURE_TOLERANCE_SECONDS:
+            when = datetime.datetime.fromtimestamp(dated).strftime("%Y-%m-%d %H:%M:%S")
+            self.problem = f"dated in the future ({when}); never taken as the latest"
+            return
+        if not self._legacy_pending:
+            self.manifest = raw
+
+    def _signature_problem(self, raw, policy):
+        if not policy.check_signatures:
+            return None if isinstance(raw.get("signature"), dict) else "manifest is not signed; it cannot be trusted"
+        if not policy.passphrase:
+            return "manifest signature not checked: no passphrase given"
+        outcome = signing.check(raw, policy.key)
+        if outcome == signing.SIGNATURE_MISSING:
+            return "manifest is not signed; it cannot be trusted (a signature removed is a manifest changed)"
+        if outcome == signing.SIGNATURE_WRONG_KEY:
+            return (f"wrong passphrase: the manifest was signed with key {raw['signature'].get('key_id')!s:.16}, "
+                    f"this passphrase is key {signing.key_id(policy.key)}")
+        if outcome == signing.SIGNATURE_MISMATCH:
+            return "manifest was changed after the backup: its signature does not match"
+        return None
+
+    def _legacy_problem(self, raw, policy):
+        expected = (raw.get("encryption") or {}).get("hmac_sha256") if self.encrypted else None
+        if not isinstance(expected, str):
+            self._unsigned_legacy = True
+            return "manifest predates signing and has no HMAC; name the file to restore it UNVERIFIED"
+        if not policy.check_signatures:
+            return None
+        if not policy.passphrase:
+            return "manifest HMAC not checked: no passphrase given"
+        self._legacy_pending = True
+        return None
+
+    def _authenticate_legacy(self):
+        """A version 1 manifest is authentic when the HMAC over the whole file verifies (one full read)."""
+        self._legacy_pending = False
+        raw = self.raw_manifest
+        if not self.policy.check_signatures:
+            self.manifest = raw
+            return
+        encryption = raw.get("encryption") or {}
+        digest = hashlib.sha256()
+        try:
+            with open(self.path, "rb") as handle:
+                header = handle.read(16)
+                if len(header) < 16 or not header.startswith(b"Salted__"):
+                    self.problem = "file is not in openssl enc format, but its manifest says it is encrypted"
+                    return
+                mac = hmac.new(signing.legacy_file_mac_key(self.policy.passphrase, header[8:16],
+                                                           int(encryption.get("kdf_iterations", 10000))),
+                               digestmod=hashlib.sha256)
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    header, chunk = b"", header + chunk
+                    digest.update(chunk)
+                    mac.update(chunk)
+        except OSError as exc:
+            self.problem = f"cannot read the file: {exc.strerror}"
+            return
+        if not hmac.compare_digest(digest.hexdigest(), raw["sha256"]):
+            self.problem = "checksum mismatch; the file is damaged or was changed after the backup"
+        elif not hmac.compare_digest(mac.hexdigest(), encryption["hmac_sha256"]):
+            self.problem = ("HMAC does not match: wrong passphrase, or the file and its (version 1, unsigned) "
+                            "manifest were changed together")
+        else:
+            self.manifest = raw
+            self.content_verified = True
 
     def as_dict(self):
         return {
@@ -120,28 +289,42 @@ class BackupFile:
 
 
 def manifest_problem(manifest, backup):
-    if not isinstance(manifest, dict) or manifest.get("manifest_version") != MANIFEST_VERSION:
+    """What is structurally wrong with a manifest (before any signature check)."""
+    if not isinstance(manifest, dict) or manifest.get("manifest_version") not in (MANIFEST_VERSION,
+                                                                                 LEGACY_MANIFEST_VERSION):
         return "manifest has an unknown version"
     if manifest.get("file") != backup.name:
         return f"manifest describes {manifest.get('file')!r}, not {backup.name!r}"
     if manifest.get("size") != backup.size:
-        return f"file is {backup.size} bytes but its manifest says {manifest.get('size')}"
+        return (f"file is {backup.size} bytes but its manifest says {manifest.get('size')}: the file is damaged, "
+                "truncated or was replaced")
     if not isinstance(manifest.get("sha256"), str) or len(manifest["sha256"]) != 64:
         return "manifest has no sha256"
+    if not isinstance(manifest.get("database"), str):
+        return "manifest names no database"
     return None
 
 
-def scan(directory, database=None):
-    """Backups in ``directory`` (of ``database`` if given), newest first.
+def _ended_at(manifest):
+    try:
+        return datetime.datetime.fromisoformat(manifest["ended_at"]).timestamp()
+    except (TypeError, KeyError, ValueError):
+        return None
 
+
+def scan(directory, database, policy):
+    """Backups of ``database`` in ``directory``, newest first, judged by ``policy``.
+
+    Files are matched by name, then by the exact database their manifest
+    records: a file whose manifest names another database is not listed.
     Only regular files count: a symlink is never a backup, so retention can
     never be tricked into deleting something outside the directory.
     """
-    stem = file_stem(database) if database is not None else None
+    stems = {file_stem(database), sanitized(database)}
     found = []
     for name in os.listdir(directory):
         match = _NAME_RE.match(name)
-        if not match or (stem is not None and match.group("stem") != stem):
+        if not match or match.group("stem") not in stems:
             continue
         try:
             mode = os.lstat(os.path.join(directory, name)).st_mode
@@ -149,7 +332,13 @@ def scan(directory, database=None):
             continue
         if not stat.S_ISREG(mode):
             continue
-        found.append(BackupFile(directory, name, match))
+        backup = BackupFile(directory, name, match, policy)
+        recorded = (backup.raw_manifest or {}).get("database")
+        if recorded is not None and recorded != database:
+            continue
+        if recorded is None and match.group("stem") != file_stem(database):
+            continue
+        found.append(backup)
     found.sort(key=lambda backup: (backup.timestamp, backup.name), reverse=True)
     return found
 
@@ -163,14 +352,14 @@ def parse_name(name):
     return match.group("stem"), datetime.datetime.strptime(match.group("ts"), TIMESTAMP_FORMAT)
 
 
-def open_backup(path):
+def open_backup(path, policy):
     """Describe one backup file given by path, whatever its name, or return None
     when its suffix is not one we can restore."""
     directory, name = os.path.split(os.path.abspath(path))
     match = _NAME_RE.match(name) or _SUFFIX_RE.search(name)
     if match is None:
         return None
-    return BackupFile(directory, name, match)
+    return BackupFile(directory, name, match, policy)
 
 
 def is_partial_name(name, stem):

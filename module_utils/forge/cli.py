@@ -17,6 +17,10 @@ from .errors import ForgeError
 DEFAULT_CONFIG = "/etc/infer-forge/backup.env"
 EXIT_FAILURE = 1
 EXIT_LOCKED = 75  # EX_TEMPFAIL: another run holds the lock
+EXIT_UNVERIFIED = 3  # restored or read through, but no signed manifest proves what it holds
+COMMANDS = ("backup", "verify", "restore", "drill", "offsite")
+USAGE = ("usage: forge {backup|verify|restore|drill|offsite} [--help]  (settings from the environment and "
+         "BACKUP_CONFIG, see README)")
 
 
 def read_env_file(path):
@@ -99,7 +103,7 @@ def backup_from_config(config):
         environment=config.get("ENVIRONMENT"),
         space_check=_flag(config, "BACKUP_SPACE_CHECK", True),
     )
-    return BackupRunner(options, settings, log=lambda line: print(line, flush=True))
+    return BackupRunner(options, settings, log=log_line)
 
 
 def pg_settings_from_config(config):
@@ -137,7 +141,7 @@ def restore_command(args, config):
     import json
 
     from .drill import Drill, DrillOptions
-    from .restore import RestoreOptions, Restorer, select_backup, verify_file
+    from .restore import RestoreOptions, Restorer, verify_file
 
     parser = argparse.ArgumentParser(prog="restore_db.sh", description="Verify, restore or drill INFER FORGE backups.")
     sub = parser.add_subparsers(dest="action", required=True)
@@ -149,7 +153,11 @@ def restore_command(args, config):
                              help="backup file in BACKUP_DIR, or 'latest' (newest good backup of POSTGRES_DB)")
         if name == "restore":
             command.add_argument("target", help="database to restore into")
-            command.add_argument("--force", action="store_true", help="drop and recreate a target that has tables")
+            command.add_argument("--force", action="store_true",
+                                 help="replace a target that has tables: restore beside it, swap it in when complete")
+            command.add_argument("--drop-previous", action="store_true",
+                                 help="with --force, drop the replaced database instead of keeping it as "
+                                      "<target>_before_restore_<time>")
             command.add_argument("--jobs", type=int, default=None, help="pg_restore jobs (custom format)")
         if name == "drill":
             command.add_argument("--scratch", default=None, help="scratch database (default <db>_restore_drill)")
@@ -160,10 +168,12 @@ def restore_command(args, config):
     parsed = parser.parse_args(args)
     settings = pg_settings_from_config(config)
     backup_file = None if parsed.backup == "latest" else parsed.backup
-    options = RestoreOptions(backup_dir=config.get("BACKUP_DIR", "/backups"),
-                             passphrase_file=config.get("BACKUP_PASSPHRASE_FILE"),
-                             jobs=getattr(parsed, "jobs", None), force=getattr(parsed, "force", False))
-    log = lambda line: print(line, flush=True)  # noqa: E731
+    passphrase_file = config.get("BACKUP_PASSPHRASE_FILE")
+    options = RestoreOptions(backup_dir=config.get("BACKUP_DIR", "/backups"), passphrase_file=passphrase_file,
+                             jobs=getattr(parsed, "jobs", None), force=getattr(parsed, "force", False),
+                             keep_previous=not getattr(parsed, "drop_previous", False),
+                             require_encryption=_flag(config, "BACKUP_ENCRYPT", bool(passphrase_file)))
+    log = log_line
     if parsed.action == "drill":
         drill = DrillOptions(
             database=settings.database, scratch_database=parsed.scratch or config.get("DRILL_SCRATCH_DB"),
@@ -172,18 +182,19 @@ def restore_command(args, config):
             textfile_dir=config.get("BACKUP_TEXTFILE_DIR"), report_dir=config.get("DRILL_REPORT_DIR"),
             sentry_dsn=config.get("SENTRY_DSN"), environment=config.get("ENVIRONMENT"))
         result = Drill(drill, options, settings, log=log).run()
-        print(f"{'PASS' if result['passed'] else 'FAIL'}: {result.get('backup', '-')}: "
-              f"{result.get('tables_checked', 0)} tables, {result.get('rows_checked', 0)} rows checked in "
-              f"{result['duration']:.1f} s; {result['reason']}")
-        return 0 if result["passed"] else EXIT_FAILURE
-    backup = select_backup(options.backup_dir, settings.database, backup_file)
+        counted = "counted" if result["verdict"] == "UNVERIFIED" else "checked"
+        log_line(f"{result['verdict']}: {result.get('backup', '-')}: "
+                 f"{result.get('tables_checked', 0)} tables, {result.get('rows_checked', 0)} rows {counted} in "
+                 f"{result['duration']:.1f} s; {result['reason']}")
+        return {"PASS": 0, "UNVERIFIED": EXIT_UNVERIFIED}.get(result["verdict"], EXIT_FAILURE)
     restorer = Restorer(options, settings, log=log)
+    backup = restorer.select(settings.database, backup_file)
     if parsed.action == "verify":
         report = verify_file(backup, restorer.passphrase(backup), settings.database)
     else:
         report = restorer.restore(backup, parsed.target, database=settings.database)
-    print(json.dumps(dict(report, backup=backup.path), indent=2, sort_keys=True))
-    return 0
+    log_line(json.dumps(dict(report, backup=backup.path), indent=2, sort_keys=True))
+    return 0 if report.verified else EXIT_UNVERIFIED
 
 
 def offsite_from_config(config):
@@ -205,8 +216,9 @@ def offsite_from_config(config):
         state_dir=config.get("DRILL_REPORT_DIR"),
         sentry_dsn=config.get("SENTRY_DSN"),
         environment=config.get("ENVIRONMENT"),
+        passphrase_file=config.get("BACKUP_PASSPHRASE_FILE"),
     )
-    return OffsiteCopy(options, log=lambda line: print(line, flush=True))
+    return OffsiteCopy(options, log=log_line)
 
 
 def offsite_command(args, config):
@@ -214,8 +226,7 @@ def offsite_command(args, config):
     check_mode = "--check" in args
     result = offsite_from_config(config).run(check_mode=check_mode)
     verdict = "PLAN" if check_mode and result["passed"] else ("OK" if result["passed"] else "FAILED")
-    print(f"Off-site copy {verdict}: {result['database']} -> {result.get('target') or '-'}: {result['reason']}",
-          flush=True)
+    log_line(f"Off-site copy {verdict}: {result['database']} -> {result.get('target') or '-'}: {result['reason']}")
     return 0 if result["passed"] else EXIT_FAILURE
 
 
@@ -224,12 +235,49 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+BACKUP_HELP = """usage: backup_db.sh [--help]
+
+Take one verified backup of POSTGRES_DB into BACKUP_DIR, then apply retention.
+Settings come from the environment and from BACKUP_CONFIG (default
+/etc/infer-forge/backup.env); the environment wins. The main ones:
+  POSTGRES_HOST POSTGRES_PORT POSTGRES_USER POSTGRES_PASSWORD POSTGRES_DB
+  BACKUP_DIR (/backups)  RETENTION_DAYS (30)  BACKUP_MIN_KEEP (7)
+  BACKUP_PASSPHRASE_FILE  encrypts (AES-256, openssl enc format) and signs the manifest
+  BACKUP_ENCRYPT (on when a passphrase file is set)  BACKUP_FORMAT (plain|custom)
+  BACKUP_COMPRESSION (gzip|zstd)  BACKUP_TEXTFILE_DIR  SENTRY_DSN
+Exit status: 0 done, 1 failed (nothing deleted), 75 another backup holds the lock."""
+
+
+def _quiet_on_closed_stdout():
+    """`backup_db.sh | head` closes stdout early: a complete backup must still
+    exit 0, so further output goes nowhere instead of raising BrokenPipeError."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        pass
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def log_line(line):
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        _quiet_on_closed_stdout()
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in ("backup", "verify", "restore", "drill", "offsite"):
-        print("usage: python3 -m forge.cli {backup|verify|restore|drill|offsite} ...  (settings from the environment, "
-              "see README)", file=sys.stderr)
+    if argv and argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    if not argv or argv[0] not in COMMANDS:
+        print(USAGE, file=sys.stderr)
         return 2
+    if argv[0] == "backup" and any(arg in ("-h", "--help") for arg in argv[1:]):
+        print(BACKUP_HELP)
+        return 0
     signal.signal(signal.SIGTERM, _terminate)
     try:
         config = load_config(os.environ)

@@ -20,7 +20,7 @@ from .fsutil import write_atomic
 from .pgconn import count_rows, user_tables
 from .records import DRILL_METRIC_PREFIX as METRIC_PREFIX
 from .records import drill_metrics_filename, drill_report_path
-from .restore import Restorer, select_backup
+from .restore import Restorer, describe_count_mismatches
 
 DRILL_COMMENT = "infer-forge restore drill scratch database"
 
@@ -55,6 +55,8 @@ class Drill:
         self.restore_options.comment = DRILL_COMMENT
         self.restore_options.force = False
         self.restore_options.create = True
+        # The drill compares counts itself and reports every mismatch as a FAIL.
+        self.restore_options.check_counts = False
         self.settings = settings
         self.log = log or (lambda line: None)
         self.clock = clock
@@ -62,10 +64,10 @@ class Drill:
     def run(self):
         started = self.clock()
         result = {"database": self.options.database, "scratch_database": self.options.scratch_database,
-                  "passed": False, "changed": True, "host": socket.gethostname()}
+                  "passed": False, "verdict": "FAIL", "changed": True, "host": socket.gethostname()}
         restorer = Restorer(self.restore_options, self.settings, self.log)
         try:
-            backup = select_backup(self.restore_options.backup_dir, self.options.database, self.options.backup_file)
+            backup = restorer.select(self.options.database, self.options.backup_file)
             result["backup"] = backup.path
             result["backup_age_seconds"] = round(started - backup.finished_at, 1)
             self._clear_previous_scratch()
@@ -76,17 +78,22 @@ class Drill:
             self._verify(backup, result)
             for skipped in getattr(backup, "skipped_newer", []):
                 result["problems"].insert(0, f"newer backup skipped as not good: {skipped}")
-            result["passed"] = not result["problems"]
-            result["reason"] = "; ".join(result["problems"][:5]) if result["problems"] else "all checks passed"
+            if result["problems"]:
+                result["reason"] = "; ".join(result["problems"][:5])
+            elif not report.verified:
+                # Restored and read to its end, but nothing proves what it should hold.
+                result["verdict"] = "UNVERIFIED"
+                result["reason"] = ("restored, but UNVERIFIED: no signed manifest, so the file's checksum and "
+                                    "row counts could not be checked")
+            else:
+                result["passed"] = True
+                result["verdict"] = "PASS"
+                result["reason"] = "all checks passed"
         except ForgeError as exc:
             result["reason"] = exc.message
             result.setdefault("problems", []).append(exc.message)
         finally:
-            if not self.options.keep:
-                self._drop_scratch()
-                result["scratch_dropped"] = True
-            else:
-                result["scratch_dropped"] = False
+            result["scratch_dropped"] = False if self.options.keep else self._drop_scratch()
         result["duration"] = round(self.clock() - started, 3)
         result["finished_at"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         self._record(result)
@@ -110,6 +117,8 @@ class Drill:
             self._drop_scratch()
 
     def _drop_scratch(self):
+        """Drop the scratch database if it is the drill's; True when none is left afterwards."""
+        import psycopg
         from psycopg import sql
 
         try:
@@ -117,8 +126,10 @@ class Drill:
                 if self._scratch_comment(conn) == DRILL_COMMENT:
                     conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(
                         sql.Identifier(self.options.scratch_database)))
-        except ForgeError as exc:
-            self.log(f"could not drop the scratch database: {exc.message}")
+                return self._scratch_comment(conn) is None
+        except (ForgeError, psycopg.Error) as exc:
+            self.log(f"could not drop the scratch database: {' '.join(str(exc).split())}")
+            return False
 
     def _verify(self, backup, result):
         problems = []
@@ -130,19 +141,15 @@ class Drill:
             expected = (backup.manifest or {}).get("snapshot_row_counts")
             if expected is None:
                 result.setdefault("skipped_checks", []).append(
-                    "row_counts: no manifest, so no snapshot counts to compare with")
+                    "row_counts: no signed manifest, so no snapshot counts to compare with")
                 result["checks"]["row_counts"] = "skipped"
             else:
-                missing = sorted(set(expected) - set(actual))
-                extra = sorted(set(actual) - set(expected))
-                wrong = {t: {"expected": expected[t], "restored": actual[t]}
-                         for t in sorted(set(expected) & set(actual)) if expected[t] != actual[t]}
-                problems += [f"table {t} missing after restore" for t in missing]
-                problems += [f"table {t} not in the backup's manifest" for t in extra]
-                problems += [f"{t}: {v['restored']} rows restored, {v['expected']} in the snapshot"
-                             for t, v in wrong.items()]
-                result["row_count_mismatches"] = wrong
-                result["checks"]["row_counts"] = "failed" if (missing or extra or wrong) else "passed"
+                mismatches = describe_count_mismatches(expected, actual)
+                problems += mismatches
+                result["row_count_mismatches"] = {
+                    t: {"expected": expected[t], "restored": actual[t]}
+                    for t in sorted(set(expected) & set(actual)) if expected[t] != actual[t]}
+                result["checks"]["row_counts"] = "failed" if mismatches else "passed"
             if self.options.amcheck:
                 problems += self._amcheck(conn, result)
             result["sql_checks"] = []
@@ -191,10 +198,12 @@ class Drill:
 
     # -- reporting --------------------------------------------------------------
     def _record(self, result):
-        if self.options.report_dir:
+        # The report is written by default, beside the backups when no report directory is set.
+        report_dir = self.options.report_dir or self.restore_options.backup_dir
+        if report_dir:
             try:
-                os.makedirs(self.options.report_dir, mode=0o750, exist_ok=True)
-                path = drill_report_path(self.options.report_dir, self.options.database)
+                os.makedirs(report_dir, mode=0o750, exist_ok=True)
+                path = drill_report_path(report_dir, self.options.database)
                 write_atomic(path, json.dumps(result, indent=2, sort_keys=True, default=str) + "\n", mode=0o640)
                 result["report"] = path
             except OSError as exc:

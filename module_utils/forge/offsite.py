@@ -21,7 +21,8 @@ import subprocess
 import time
 
 from . import metrics, sentry
-from .catalog import CHECKSUM_SUFFIX, MANIFEST_SUFFIX, file_stem, parse_name, scan
+from .catalog import CHECKSUM_SUFFIX, MANIFEST_SUFFIX, TrustPolicy, file_stem, parse_name, scan
+from .signing import read_passphrase
 from .errors import ForgeError, last_line
 from .fsutil import ensure_private_dir, fsync_dir, read_json_object, write_atomic
 from .records import OFFSITE_METRIC_PREFIX as METRIC_PREFIX
@@ -52,11 +53,15 @@ def sha256_of(path):
 class OffsiteOptions:
     def __init__(self, backup_dir, target, database, retention_days=90, min_keep=7, ssh_port=22,
                  ssh_identity=None, known_hosts=None, ssh_timeout=20, require_mount=True,
-                 skip_unencrypted=False, textfile_dir=None, state_dir=None, sentry_dsn=None, environment=None):
+                 skip_unencrypted=False, textfile_dir=None, state_dir=None, sentry_dsn=None, environment=None,
+                 passphrase_file=None):
         if not target:
             raise ForgeError("no off-site target: set OFFSITE_TARGET (user@nas:/path or a mounted USB path)")
         if not database:
             raise ForgeError("no database: set POSTGRES_DB")
+        if not passphrase_file:
+            raise ForgeError("off-site copies need the backup passphrase (BACKUP_PASSPHRASE_FILE) to check that "
+                             "each manifest is signed before it is copied")
         if retention_days < 1 or min_keep < 1:
             raise ForgeError("off-site retention must keep at least one day and one backup")
         self.backup_dir = backup_dir
@@ -74,6 +79,7 @@ class OffsiteOptions:
         self.state_dir = state_dir
         self.sentry_dsn = sentry_dsn
         self.environment = environment
+        self.passphrase_file = passphrase_file
 
 
 def open_target(options):
@@ -231,7 +237,9 @@ class OffsiteCopy:
         """What to copy and what to delete on the target."""
         now = datetime.datetime.fromtimestamp(self.clock())
         cutoff = now - datetime.timedelta(days=self.options.retention_days)
-        local = [b for b in scan(self.options.backup_dir, self.options.database) if b.manifest is not None]
+        # The same trust rule as restore and retention: only backups with a signed manifest leave the host.
+        policy = TrustPolicy(read_passphrase(self.options.passphrase_file), now=self.clock())
+        local = [b for b in scan(self.options.backup_dir, self.options.database, policy) if b.good]
         # The window the target keeps: younger than its retention, or among the min_keep newest.
         wanted = [b for i, b in enumerate(local) if i < self.options.min_keep or b.timestamp >= cutoff]
         unencrypted = [b.name for b in wanted if not (b.encrypted and is_encrypted_file(b.path))]

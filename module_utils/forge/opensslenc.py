@@ -6,14 +6,14 @@ salt, 10000 iterations), which is what OpenSSL 1.1.1 and 3.x use for
 ``-pbkdf2`` without ``-iter``/``-md``. So ``openssl enc -d -aes-256-cbc -pbkdf2``
 decrypts our files and we decrypt files made by that command.
 
-That format has no integrity check. We derive 32 more bytes from the same
-PBKDF2 stream (PBKDF2 output is prefix-stable, so the key and IV are unchanged)
-and use them as an HMAC-SHA256 key over the whole file. The tag lives in the
-manifest: a wrong passphrase yields a wrong tag before anything is decrypted.
+That format has no integrity check. Integrity comes from the signed manifest
+(signing.py), which records the file's SHA-256. Manifests of version 1 carried
+an HMAC-SHA256 over the whole file instead, keyed with 32 more bytes of the same
+PBKDF2 stream (prefix-stable, so key and IV are unchanged); catalog.py still
+checks those.
 """
 
 import hashlib
-import hmac
 import os
 
 from cryptography.hazmat.backends import default_backend
@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from .errors import ForgeError
+from .signing import read_passphrase  # noqa: F401 - re-exported for callers
 
 MAGIC = b"Salted__"
 SALT_LEN = 8
@@ -28,23 +29,6 @@ HEADER_LEN = len(MAGIC) + SALT_LEN
 PBKDF2_ITERATIONS = 10000
 PBKDF2_DIGEST = "sha256"
 CIPHER_NAME = "aes-256-cbc"
-
-
-def read_passphrase(path):
-    """Read a passphrase the way ``openssl -pass file:PATH`` does: its first line."""
-    if not path:
-        raise ForgeError("encryption is on but no passphrase file is configured")
-    try:
-        with open(path, "rb") as handle:
-            first = handle.readline()
-    except FileNotFoundError:
-        raise ForgeError(f"passphrase file {path} does not exist") from None
-    except PermissionError:
-        raise ForgeError(f"passphrase file {path} is not readable by this user") from None
-    passphrase = first.rstrip(b"\r\n")
-    if not passphrase:
-        raise ForgeError(f"passphrase file {path} is empty")
-    return passphrase
 
 
 class PassphraseSource:
@@ -120,7 +104,6 @@ class Encryptor:
             "kdf_iterations": PBKDF2_ITERATIONS,
             "salt_hex": self.salt.hex(),
             "format": "openssl-enc",
-            "mac": "hmac-sha256",
         }
 
 
@@ -154,16 +137,3 @@ class Decryptor:
             return self._unpadder.update(self._decryptor.finalize()) + self._unpadder.finalize()
         except ValueError:
             raise ForgeError("decryption failed: wrong passphrase or damaged file") from None
-
-
-def file_mac_key(passphrase, path):
-    """Derive the HMAC key for an existing encrypted file from its salt."""
-    with open(path, "rb") as handle:
-        header = handle.read(HEADER_LEN)
-    if len(header) < HEADER_LEN or not header.startswith(MAGIC):
-        raise ForgeError(f"{os.path.basename(path)} is not in openssl enc format")
-    return derive(passphrase, header[len(MAGIC):])[2]
-
-
-def new_mac(mac_key):
-    return hmac.new(mac_key, digestmod=hashlib.sha256)

@@ -9,6 +9,8 @@ damaged at its end, psql is killed before it can commit, so nothing is kept.
 """
 
 import hashlib
+import hmac
+import json
 import os
 import subprocess
 import threading
@@ -27,9 +29,10 @@ PLAIN_DUMP_MARKER = b"-- PostgreSQL database dump complete"
 DEFAULT_SESSION_SETTINGS = {"maintenance_work_mem": "256MB", "synchronous_commit": "off"}
 
 
-def select_backup(backup_dir, database=None, path=None):
+def select_backup(backup_dir, database=None, path=None, policy=None):
     """The backup to restore: ``path`` (which must lie inside ``backup_dir``), or
-    the newest good backup of ``database`` by its manifest."""
+    the newest good backup of ``database`` (see catalog's trust rule)."""
+    policy = policy or catalog.TrustPolicy()
     if path:
         if not os.path.isabs(path):
             path = os.path.join(backup_dir, path)
@@ -39,27 +42,35 @@ def select_backup(backup_dir, database=None, path=None):
             raise ForgeError(f"{path} is outside the backup directory {backup_dir}; refusing to restore it")
         if not os.path.isfile(real_path):
             raise ForgeError(f"backup file {path} does not exist")
-        backup = catalog.open_backup(real_path)
+        # A file the operator names is judged on its own: the policy's rules for
+        # automatic choice (encryption required, not in the future) do not apply.
+        backup = catalog.open_backup(real_path, catalog.TrustPolicy(policy.passphrase, now=float("inf"),
+                                                                      check_signatures=policy.check_signatures))
         if backup is None:
             raise ForgeError(f"{os.path.basename(path)} is not a backup we can restore "
                              "(expected .sql.gz, .sql.zst or .dump, optionally .enc)")
+        backup.skipped_newer = []
         return backup
     if not database:
         raise ForgeError("give either a backup file or a database whose newest backup to restore")
     if not os.path.isdir(backup_dir):
         raise ForgeError(f"backup directory {backup_dir} does not exist")
-    backups = catalog.scan(backup_dir, database)
+    backups = catalog.scan(backup_dir, database, policy)
     good = [b for b in backups if b.good]
     if not good:
-        damaged = next((b for b in backups if b.manifest_error), None)
-        detail = f"; newest {damaged.name}: {damaged.manifest_error}" if damaged else ""
-        raise ForgeError(f"no good backup of {database!r} in {backup_dir}{detail}")
-    chosen = max(good, key=lambda b: b.manifest["ended_at"] if b.manifest else b.timestamp.isoformat())
+        detail = f"; newest {backups[0].name}: {backups[0].problem}" if backups else ""
+        hint = " (name a file to restore it as UNVERIFIED)" if backups and backups[0].may_restore_unverified else ""
+        raise ForgeError(f"no good backup of {database!r} in {backup_dir}{detail}{hint}")
+    chosen = max(good, key=lambda b: (b.finished_at, b.name))
     # Newer files that are not good are reported: a drill that silently tested
     # an older backup would hide that last night's one is broken.
-    chosen.skipped_newer = [f"{b.name}: {b.manifest_error or 'no manifest'}" for b in backups
+    chosen.skipped_newer = [f"{b.name}: {b.problem}" for b in backups
                             if not b.good and b.timestamp > chosen.timestamp]
     return chosen
+
+
+VERIFIED = "VERIFIED"
+UNVERIFIED = "UNVERIFIED"
 
 
 class VerifyReport(dict):
@@ -70,61 +81,134 @@ class VerifyReport(dict):
         self.setdefault("checks", {})[name] = "skipped"
         self.setdefault("skipped_checks", []).append(f"{name}: {why}")
 
-
-def expected_database(backup):
-    if backup.manifest:
-        return backup.manifest["database"]
-    return None
+    @property
+    def verified(self):
+        return self.get("verdict") == VERIFIED
 
 
-def verify_file(backup, passphrase=None, database=None):
-    """Check a backup without touching any database. Raises ForgeError on the first problem."""
+def verify_file(backup, passphrase=None, database=None, read_unverified=True):
+    """Check a backup without touching any database. Raises ForgeError on the first problem.
+
+    A backup with an authenticated manifest is read once to compare its SHA-256
+    (verdict VERIFIED). A file without one, named by the operator, is read
+    through (decrypt, decompress, completion marker) when ``read_unverified``
+    (verdict UNVERIFIED: it is intact, but nothing proves what it should hold).
+    """
     report = VerifyReport(file=backup.path, format=backup.dump_format, compression=backup.compression,
-                          encrypted=backup.encrypted, has_manifest=backup.manifest is not None)
-    if backup.manifest_error:
-        raise ForgeError(f"{backup.name}: {backup.manifest_error}")
+                          encrypted=backup.encrypted, has_manifest=backup.raw_manifest is not None)
     if backup.encrypted and not passphrase:
         raise ForgeError(f"{backup.name} is encrypted; a passphrase file is needed to restore it")
+    if not backup.good and not backup.may_restore_unverified:
+        raise ForgeError(f"{backup.name}: {backup.problem}")
     if database:
-        recorded = expected_database(backup)
+        recorded = (backup.manifest or backup.raw_manifest or {}).get("database")
         if recorded is not None and recorded != database:
             raise ForgeError(f"{backup.name} is a backup of database {recorded!r}, not {database!r}")
         if recorded is None and backup.stem is not None and backup.stem != catalog.file_stem(database):
             raise ForgeError(f"{backup.name} is named for database {backup.stem!r}, not {database!r}")
-    if backup.manifest is None:
-        report.skipped("sha256", "no manifest (a runbook-made file)")
-        if backup.encrypted:
-            report.skipped("hmac", "no manifest; a wrong passphrase shows only as a decryption error")
+    if not backup.good:
+        report["verdict"] = UNVERIFIED
+        report.skipped("signature", backup.problem)
+        if read_unverified:
+            read_through(backup, passphrase)
+            report.passed("decrypt" if backup.encrypted else "readable")
+            report.passed("decompress")
+            if backup.dump_format == "plain":
+                report.passed("completion_marker")
+        else:
+            report.skipped("content", "checked while streaming into the database")
         return report
 
-    digest = hashlib.sha256()
-    mac = None
-    expected_mac = (backup.manifest.get("encryption") or {}).get("hmac_sha256")
-    if backup.encrypted and expected_mac:
-        mac = opensslenc.new_mac(opensslenc.file_mac_key(passphrase, backup.path))
-    with open(backup.path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(READ_SIZE), b""):
-            digest.update(chunk)
-            if mac is not None:
-                mac.update(chunk)
-    if digest.hexdigest() != backup.manifest["sha256"]:
-        raise ForgeError(f"{backup.name}: checksum mismatch; the file is damaged or was changed after the backup")
+    report["verdict"] = VERIFIED
+    report.passed("signature" if backup.raw_manifest.get("signature") else "hmac")
+    if not backup.content_verified:
+        digest = hashlib.sha256()
+        with open(backup.path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(READ_SIZE), b""):
+                digest.update(chunk)
+        if not hmac.compare_digest(digest.hexdigest(), backup.manifest["sha256"]):
+            raise ForgeError(f"{backup.name}: checksum mismatch; the file is damaged or was changed after the backup")
     report.passed("sha256")
-    if backup.encrypted:
-        if mac is None:
-            report.skipped("hmac", "manifest has no HMAC")
-        elif mac.hexdigest() != expected_mac:
-            raise ForgeError(f"{backup.name}: wrong passphrase (the file is intact but its HMAC does not match "
-                             "the passphrase)")
-        else:
-            report.passed("hmac")
     return report
+
+
+_MAGIC = {"gzip": b"\x1f\x8b", "zstd": b"\x28\xb5\x2f\xfd", "none": b"PGDMP"}
+
+
+class _StartCheck:
+    """Looks at the first plaintext bytes: after decryption with a wrong
+    passphrase they are noise, not the compressor's magic number."""
+
+    def __init__(self, backup):
+        self.backup = backup
+        self.head = b""
+        self.done = False
+
+    def feed(self, data):
+        if self.done:
+            return
+        self.head += data[:8]
+        magic = _MAGIC[self.backup.compression]
+        if len(self.head) < len(magic):
+            return
+        self.done = True
+        if not self.head.startswith(magic):
+            kind = {"none": "a custom-format dump"}.get(self.backup.compression, f"{self.backup.compression} data")
+            if self.backup.encrypted:
+                raise ForgeError(f"{self.backup.name}: wrong passphrase: the decrypted start is not {kind}")
+            raise ForgeError(f"{self.backup.name}: not {kind}; the file is damaged or is not a backup")
+
+    def finish(self):
+        if not self.done:
+            raise ForgeError(f"{self.backup.name}: the file is too short to be a backup")
+
+
+def plaintext_chunks(backup, passphrase, read_size=None):
+    """The file's dump bytes, decrypted and decompressed, checked on the way:
+    a wrong passphrase, damage and truncation each raise a one-line ForgeError."""
+    decryptor = opensslenc.Decryptor(passphrase) if backup.encrypted else None
+    decompressor = compress.decompressor_for(backup.compression)
+    start = _StartCheck(backup)
+    tail = b""
+    try:
+        with open(backup.path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(read_size or STREAM_READ_SIZE), b""):
+                if decryptor is not None:
+                    chunk = decryptor.update(chunk)
+                start.feed(chunk)
+                data = decompressor.decompress(chunk)
+                if data:
+                    tail = (tail + data[-256:])[-256:]
+                    yield data
+        if decryptor is not None:
+            try:
+                last = decryptor.finalize()
+            except ForgeError:
+                raise ForgeError(f"{backup.name}: damaged file: decryption failed at its end (truncated or "
+                                 "changed)") from None
+            start.feed(last)
+            data = decompressor.decompress(last)
+            if data:
+                tail = (tail + data[-256:])[-256:]
+                yield data
+        start.finish()
+    except ForgeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - decompressor and cipher errors become one line
+        raise ForgeError(_describe_stream_error(backup, exc)) from None
+    _check_stream_end(backup, decompressor, tail)
+
+
+def read_through(backup, passphrase):
+    """Read every byte of a file without a manifest: decrypt, decompress, completion marker."""
+    for _ in plaintext_chunks(backup, passphrase, READ_SIZE):
+        pass
 
 
 class RestoreOptions:
     def __init__(self, backup_dir="/backups", passphrase_file=None, jobs=None, force=False, create=True,
                  owner=None, session_settings=None, psql_command=None, pg_restore_command=None, verify=True,
-                 comment=None):
+                 comment=None, keep_previous=True, require_encryption=None, check_counts=True):
         self.backup_dir = backup_dir
         self.passphrase_file = passphrase_file
         self.jobs = jobs
@@ -136,65 +220,62 @@ class RestoreOptions:
         self.pg_restore_command = list(pg_restore_command or ["pg_restore"])
         self.verify = verify
         self.comment = comment
+        # A forced restore renames the database it replaces instead of dropping it.
+        self.keep_previous = keep_previous
+        # Like the backup side: with a passphrase, encrypted backups are expected.
+        self.require_encryption = bool(passphrase_file) if require_encryption is None else bool(require_encryption)
+        # Compare the restored copy's row counts with the manifest before it goes live.
+        self.check_counts = check_counts
         if jobs is not None and (not isinstance(jobs, int) or jobs < 1):
             raise ForgeError(f"jobs must be a whole number >= 1, got {jobs!r}")
 
 
+IN_PROGRESS_COMMENT = "infer-forge restore in progress into "
+PREVIOUS_COMMENT = "infer-forge: {target} as it was before the restore of {file} at {when}"
+MAX_IDENTIFIER_BYTES = 63
+SWAP_ATTEMPTS = 5
+
+
 class Restorer:
+    """Restores a verified backup without ever putting the target at risk.
+
+    Every restore goes into a side database first. Only when the stream ended
+    complete and the row counts match the manifest does the side database take
+    the target's name: for a new target by one rename, for a target that has
+    tables (force) by two renames in one transaction, the old database keeping
+    a ``_before_restore_<time>`` name (or dropped when keep_previous is off).
+    Any failure before that drops the side database; the target is untouched.
+    An existing empty target is restored into directly, in one transaction.
+    """
+
     def __init__(self, options, settings, log=None):
         self.options = options
         self.settings = settings
         self.log = log or (lambda line: None)
+        self._passphrase = None
 
     @property
     def jobs(self):
         """pg_restore jobs for an unencrypted custom-format dump: one per CPU unless set."""
         return self.options.jobs or compress.default_workers()
 
+    def configured_passphrase(self):
+        if self._passphrase is None and self.options.passphrase_file:
+            self._passphrase = opensslenc.read_passphrase(self.options.passphrase_file)
+        return self._passphrase
+
+    def policy(self):
+        return catalog.TrustPolicy(self.configured_passphrase(), require_encryption=self.options.require_encryption)
+
+    def select(self, database=None, path=None):
+        return select_backup(self.options.backup_dir, database, path, self.policy())
+
     def passphrase(self, backup):
         if not backup.encrypted:
             return None
-        return opensslenc.read_passphrase(self.options.passphrase_file)
-
-    # -- target database ------------------------------------------------------
-    def prepare_target(self, target, check_mode=False):
-        """Make sure ``target`` exists and is empty; returns 'created', 'recreated' or 'empty'."""
-        from psycopg import sql
-
-        with self.settings.connect(database="postgres") as conn:
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (target,)).fetchone()
-            if exists:
-                tables = self._user_table_count(target)
-                if tables == 0:
-                    return "empty"
-                if not self.options.force:
-                    raise ForgeError(f"target database {target!r} already has {tables} tables; restoring would "
-                                     "overwrite data (force: true, or --force, drops and recreates it)")
-                if check_mode:
-                    return "recreated"
-                conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(target)))
-                state = "recreated"
-            else:
-                if not self.options.create:
-                    raise ForgeError(f"target database {target!r} does not exist (set create to make it)")
-                if check_mode:
-                    return "created"
-                state = "created"
-            query = sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8'").format(sql.Identifier(target))
-            if self.options.owner:
-                query = query + sql.SQL(" OWNER {}").format(sql.Identifier(self.options.owner))
-            try:
-                conn.execute(query)
-                if self.options.comment:
-                    conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
-                        sql.Identifier(target), sql.Literal(self.options.comment)))
-            except Exception as exc:  # noqa: BLE001 - psycopg errors become one line
-                raise ForgeError(f"cannot create database {target!r}: {' '.join(str(exc).split())}") from None
-            return state
-
-    def _user_table_count(self, target):
-        with self.settings.connect(database=target) as conn:
-            return len(user_tables(conn.cursor()))
+        if not self.options.passphrase_file:
+            raise ForgeError(f"{backup.name} is encrypted; a passphrase file is needed to restore it")
+        return self.configured_passphrase()
 
     # -- the restore ----------------------------------------------------------
     def restore(self, backup, target, database=None, check_mode=False):
@@ -202,36 +283,192 @@ class Restorer:
         pin_malloc_mmap_threshold()
         started = time.monotonic()
         passphrase = self.passphrase(backup)
-        report = verify_file(backup, passphrase, database) if self.options.verify else VerifyReport()
+        if self.options.verify:
+            # A file without a manifest is proven while it streams into the side database.
+            report = verify_file(backup, passphrase, database, read_unverified=False)
+        else:
+            report = VerifyReport(verdict=UNVERIFIED)
         report["target"] = target
-        if check_mode:
-            report["target_state"] = self.prepare_target(target, check_mode=True)
-            report["changed"] = True
-            return report
-        report["target_state"] = self.prepare_target(target)
-        self.log(f"Restoring {backup.name} into {target}")
-        try:
-            if backup.dump_format == "custom" and not backup.encrypted and self.jobs > 1:
-                self._pg_restore_file(backup, target)
+        with self.settings.connect(database=_maintenance_db(target)) as control:
+            plan, tables = self._plan(control, target)
+            sessions = _sessions(control, target) if plan == "replace" else []
+            if check_mode:
+                report.update(changed=True, target_state=f"would {_PLAN_WORDS[plan]}",
+                              sessions=[_describe_session(item) for item in sessions])
+                if plan == "replace":
+                    report["previous_database"] = (_previous_name(target) if self.options.keep_previous
+                                                   else None)
+                return report
+            self._lock(control, target)
+            if plan == "empty":
+                self.log(f"Restoring {backup.name} into the empty database {target}")
+                try:
+                    self._into(backup, target, passphrase, parallel=False)
+                except ForgeError as exc:
+                    raise ForgeError(f"{exc.message}; {target} is still empty (nothing was committed)") from None
+                report["target_state"] = "empty"
             else:
-                self._stream(backup, target, passphrase)
-        except ForgeError:
-            if report["target_state"] in ("created", "recreated"):
-                self._drop_quietly(target)
-                report["target_state"] = "dropped after failure"
-            raise
+                self._drop_stale_sides(control, target)
+                side = self._create_side(control, target)
+                try:
+                    self.log(f"Restoring {backup.name} into {side} (the side database for {target})")
+                    self._into(backup, side, passphrase, parallel=True)
+                    self._compare_counts(backup, side, report)
+                    if plan == "new":
+                        self._rename_new(control, side, target)
+                        report["target_state"] = "created"
+                    else:
+                        report.update(self._swap(control, side, target, backup))
+                except BaseException as exc:
+                    self._drop(control, side)
+                    if isinstance(exc, ForgeError):
+                        where = (f"{target} is unchanged ({tables} tables, as before)" if plan == "replace"
+                                 else f"{target} was not created")
+                        raise ForgeError(f"{exc.message}; {where}") from None
+                    raise
         report["changed"] = True
         report["duration"] = round(time.monotonic() - started, 3)
         return report
 
-    def _drop_quietly(self, target):
+    # -- steps ------------------------------------------------------------------
+    def _plan(self, control, target):
+        """'new', 'empty' or 'replace', and the target's table count."""
+        exists = control.execute("SELECT 1 FROM pg_database WHERE datname = %s", (target,)).fetchone()
+        if not exists:
+            if not self.options.create:
+                raise ForgeError(f"target database {target!r} does not exist (set create to make it)")
+            return "new", 0
+        with self.settings.connect(database=target) as conn:
+            tables = len(user_tables(conn.cursor()))
+        if tables == 0:
+            return "empty", 0
+        if not self.options.force:
+            raise ForgeError(f"target database {target!r} already has {tables} tables; restoring would "
+                             "overwrite data (force: true, or --force, restores beside it and swaps it in "
+                             "only when complete)")
+        return "replace", tables
+
+    def _lock(self, control, target):
+        """One restore into a target at a time, across hosts (a session-level advisory lock)."""
+        held = control.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
+                               ("infer-forge restore into " + target,)).fetchone()[0]
+        if not held:
+            raise ForgeError(f"another restore into {target!r} is running; nothing was changed")
+
+    def _drop_stale_sides(self, control, target):
+        """Side databases of a restore into ``target`` that died (server crash, kill -9).
+        Safe under the advisory lock: no living restore owns them."""
+        rows = control.execute(
+            "SELECT datname FROM pg_database WHERE shobj_description(oid, 'pg_database') = %s",
+            (_in_progress_comment(target),)).fetchall()
+        for (name,) in rows:
+            self.log(f"Dropping {name}, left by an interrupted restore into {target}")
+            self._drop(control, name)
+
+    def _create_side(self, control, target):
+        from psycopg import sql
+
+        side = _derived_name(target, f"_restoring_{os.urandom(4).hex()}")
+        query = sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8'").format(sql.Identifier(side))
+        if self.options.owner:
+            query = query + sql.SQL(" OWNER {}").format(sql.Identifier(self.options.owner))
+        try:
+            control.execute(query)
+            control.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                sql.Identifier(side), sql.Literal(_in_progress_comment(target))))
+        except Exception as exc:  # noqa: BLE001 - psycopg errors become one line
+            self._drop(control, side)
+            raise ForgeError(f"cannot create database {side!r}: {' '.join(str(exc).split())}") from None
+        return side
+
+    def _compare_counts(self, backup, side, report):
+        expected = (backup.manifest or {}).get("snapshot_row_counts")
+        if not self.options.check_counts or expected is None:
+            return
+        from .pgconn import count_rows
+
+        with self.settings.connect(database=side) as conn:
+            cursor = conn.cursor()
+            actual = count_rows(cursor, user_tables(cursor))
+        problems = describe_count_mismatches(expected, actual)
+        if problems:
+            raise ForgeError("the restored copy does not match the backup's manifest: " + "; ".join(problems[:5]))
+        report.passed("row_counts")
+        report["tables_checked"] = len(actual)
+        report["rows_checked"] = sum(actual.values())
+
+    def _rename_new(self, control, side, target):
         from psycopg import sql
 
         try:
-            with self.settings.connect(database="postgres") as conn:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(target)))
-        except ForgeError:
-            pass
+            with control.transaction():
+                control.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                    sql.Identifier(side), sql.Identifier(target)))
+                control.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                    sql.Identifier(target), sql.Literal(self.options.comment)))
+        except Exception as exc:  # noqa: BLE001 - psycopg errors become one line
+            raise ForgeError(f"cannot rename {side!r} to {target!r}: {' '.join(str(exc).split())}") from None
+
+    def _swap(self, control, side, target, backup):
+        """Ends the target's sessions (saying which) and renames old away and new in, atomically."""
+        import psycopg
+        from psycopg import sql
+
+        when = time.strftime("%Y%m%d_%H%M%S")
+        previous = _previous_name(target, when)
+        ended = []
+        for _attempt in range(SWAP_ATTEMPTS):
+            sessions = _sessions(control, target)
+            for session in sessions:
+                text = _describe_session(session)
+                self.log(f"Ending session on {target}: {text}")
+                try:
+                    control.execute("SELECT pg_terminate_backend(%s, 5000)", (session[0],))
+                except psycopg.Error as exc:
+                    raise ForgeError(f"cannot end session {text} on {target!r}: "
+                                     f"{' '.join(str(exc).split())}") from None
+                ended.append(text)
+            try:
+                with control.transaction():
+                    control.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                        sql.Identifier(target), sql.Identifier(previous)))
+                    control.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                        sql.Identifier(side), sql.Identifier(target)))
+                    control.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                        sql.Identifier(target), sql.Literal(self.options.comment)))
+                    control.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                        sql.Identifier(previous), sql.Literal(PREVIOUS_COMMENT.format(
+                            target=target, file=backup.name, when=when))))
+                break
+            except psycopg.errors.ObjectInUse:
+                continue  # a client reconnected between the terminate and the rename
+            except psycopg.Error as exc:
+                raise ForgeError(f"cannot swap the restored copy in: {' '.join(str(exc).split())}") from None
+        else:
+            raise ForgeError(f"clients kept reconnecting to {target!r}; gave up after {SWAP_ATTEMPTS} attempts")
+        result = {"target_state": "replaced", "sessions_ended": ended}
+        if self.options.keep_previous:
+            self.log(f"Restored {backup.name} into {target}; the previous database is kept as {previous}")
+            result["previous_database"] = previous
+        else:
+            self._drop(control, previous)
+            self.log(f"Restored {backup.name} into {target}; the previous database was dropped")
+            result["previous_database"] = None
+        return result
+
+    def _drop(self, control, name):
+        from psycopg import sql
+
+        try:
+            control.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        except Exception as exc:  # noqa: BLE001 - the caller's error is the one to report
+            self.log(f"could not drop {name}: {' '.join(str(exc).split())}")
+
+    def _into(self, backup, database, passphrase, parallel):
+        if parallel and backup.dump_format == "custom" and not backup.encrypted and self.jobs > 1:
+            self._pg_restore_file(backup, database)
+        else:
+            self._stream(backup, database, passphrase)
 
     def _env(self, target, passfile):
         env = self.settings.with_database(target).libpq_env(passfile)
@@ -256,9 +493,6 @@ class Restorer:
         else:
             command = self.options.pg_restore_command + ["--no-owner", "--no-privileges", "--exit-on-error",
                                                          "--single-transaction", f"--dbname={dbname_conninfo(target)}"]
-        decryptor = opensslenc.Decryptor(passphrase) if backup.encrypted else None
-        decompressor = compress.decompressor_for(backup.compression)
-        tail = b""
         with PassFile(self.settings.password) as passfile:
             env = self._env(target, passfile)
             proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
@@ -267,33 +501,19 @@ class Restorer:
             reader = threading.Thread(target=_collect, args=(proc.stderr, errors), daemon=True)
             reader.start()
             try:
-                with open(backup.path, "rb") as handle:
-                    for chunk in iter(lambda: handle.read(STREAM_READ_SIZE), b""):
-                        if decryptor is not None:
-                            chunk = decryptor.update(chunk)
-                        data = decompressor.decompress(chunk)
-                        if data:
-                            tail = (tail + data[-256:])[-256:]
-                            proc.stdin.write(data)
-                if decryptor is not None:
-                    data = decompressor.decompress(decryptor.finalize())
-                    if data:
-                        tail = (tail + data[-256:])[-256:]
-                        proc.stdin.write(data)
-                _check_stream_end(backup, decompressor, tail)
+                for data in plaintext_chunks(backup, passphrase):
+                    proc.stdin.write(data)
             except BrokenPipeError:
                 proc.wait()
                 reader.join()
                 raise ForgeError(f"restore stopped: {_first_error(''.join(errors)) or 'the client exited early'}") \
                     from None
-            except (ForgeError, Exception) as exc:
+            except BaseException:
                 # Kill before closing stdin: psql must not commit a damaged stream.
                 proc.kill()
                 proc.wait()
                 reader.join()
-                if isinstance(exc, ForgeError):
-                    raise
-                raise ForgeError(_describe_stream_error(backup, exc)) from None
+                raise
             try:
                 proc.stdin.close()
             except BrokenPipeError:
@@ -302,6 +522,51 @@ class Restorer:
             reader.join()
         if proc.returncode != 0:
             raise ForgeError(f"restore stopped: {_first_error(''.join(errors)) or f'exit {proc.returncode}'}")
+
+
+_PLAN_WORDS = {"new": "create it", "empty": "restore into the empty database",
+               "replace": "restore beside it and swap it in"}
+
+
+def describe_count_mismatches(expected, actual):
+    """One line per table that is missing, extra, or has another row count than the snapshot."""
+    missing = sorted(set(expected) - set(actual))
+    extra = sorted(set(actual) - set(expected))
+    wrong = [t for t in sorted(set(expected) & set(actual)) if expected[t] != actual[t]]
+    return ([f"table {t} missing after restore" for t in missing]
+            + [f"table {t} not in the backup's manifest" for t in extra]
+            + [f"{t}: {actual[t]} rows restored, {expected[t]} in the snapshot" for t in wrong])
+
+
+def _maintenance_db(target):
+    # A database cannot be renamed from a session connected to it.
+    return "template1" if target == "postgres" else "postgres"
+
+
+def _sessions(control, target):
+    return control.execute(
+        "SELECT pid, usename, application_name, coalesce(client_addr::text, 'local') FROM pg_stat_activity "
+        "WHERE datname = %s AND pid <> pg_backend_pid() ORDER BY pid", (target,)).fetchall()
+
+
+def _describe_session(session):
+    pid, user, application, client = session
+    return f"pid {pid} user {user} from {client}" + (f" ({application})" if application else "")
+
+
+def _in_progress_comment(target):
+    return IN_PROGRESS_COMMENT + json.dumps(target)
+
+
+def _derived_name(target, suffix):
+    """``target`` + ``suffix``, cut to PostgreSQL's 63-byte identifier limit on a character boundary."""
+    room = MAX_IDENTIFIER_BYTES - len(suffix.encode("utf-8"))
+    head = target.encode("utf-8")[:room].decode("utf-8", "ignore")
+    return head + suffix
+
+
+def _previous_name(target, when=None):
+    return _derived_name(target, f"_before_restore_{when or time.strftime('%Y%m%d_%H%M%S')}")
 
 
 def dbname_conninfo(name):
@@ -322,11 +587,11 @@ def _check_stream_end(backup, decompressor, tail):
 def _describe_stream_error(backup, exc):
     text = " ".join(str(exc).split())
     if backup.encrypted and isinstance(exc, ValueError):
-        return f"{backup.name}: decryption failed: wrong passphrase or damaged file"
-    if "zlib" in type(exc).__module__ or "Error -3" in text or "invalid" in text.lower():
-        if backup.encrypted:
-            return f"{backup.name}: decrypted data is not valid {backup.compression}: wrong passphrase or damaged file"
-        return f"{backup.name}: {backup.compression} data is corrupt ({text})"
+        return f"{backup.name}: damaged file: decryption failed"
+    if "zlib" in type(exc).__module__ or "zstd" in type(exc).__module__ or "Error -3" in text \
+            or "invalid" in text.lower():
+        # The passphrase was already proven by the plaintext's start (see _StartCheck).
+        return f"{backup.name}: damaged file: {backup.compression} data is corrupt ({text})"
     return f"{backup.name}: {text}"
 
 
@@ -338,10 +603,15 @@ def _collect(stream, sink):
 
 
 def _first_error(text):
-    """The first ERROR/FATAL line with its statement context, as one line."""
+    """The first ERROR/FATAL line with the statement's position, as one line.
+
+    DETAIL and CONTEXT lines are left out: they quote row values (``Key
+    (email)=(...)``, ``COPY orders, line 5: "..."``), customer data that must
+    not reach logs or Sentry.
+    """
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     for index, line in enumerate(lines):
         if "ERROR:" in line or "FATAL:" in line or "error:" in line:
-            context = [item for item in lines[index + 1:index + 3] if item.startswith(("LINE", "CONTEXT", "DETAIL"))]
+            context = [item for item in lines[index + 1:index + 3] if item.startswith("LINE")]
             return " ".join([line] + context)[:500]
     return (lines[-1] if lines else "")[:500]

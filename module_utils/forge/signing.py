@@ -1,0 +1,132 @@
+"""Passphrases and manifest signatures (stdlib only).
+
+A manifest says what a backup file holds: its database, size, SHA-256 and the
+exact row counts of the dump's snapshot. Anyone who can write into the backup
+directory can also write a manifest, so a manifest counts only when it is
+signed: HMAC-SHA256 over its canonical JSON (every field but ``signature``),
+with a key derived from the backup passphrase. The data file's SHA-256 and
+size are fields of the manifest, so the signature covers the data too.
+
+Signature format (manifest_version 2)::
+
+    key       = PBKDF2-HMAC-SHA256(passphrase, "infer-forge manifest signing key v2", 100000, 32 bytes)
+    key_id    = HMAC-SHA256(key, "infer-forge key id")[:16 hex]
+    canonical = json.dumps(manifest without "signature", sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    value     = HMAC-SHA256(key, "infer-forge manifest v2\\n" + canonical)
+
+``key_id`` lets a wrong passphrase be told apart from a manifest that was
+changed: the same passphrase always gives the same key id.
+"""
+
+import hashlib
+import hmac
+import json
+import os
+
+from .errors import ForgeError
+
+# openssl's app_get_pass reads a "file:" passphrase with BIO_gets into a
+# 1024-byte buffer: at most 1023 bytes, up to and without the first "\n".
+OPENSSL_PASS_MAX = 1023
+SIGNING_KDF_SALT = b"infer-forge manifest signing key v2"
+SIGNING_KDF_ITERATIONS = 100000
+SIGNATURE_SCHEME = "hmac-sha256"
+_KEY_ID_LABEL = b"infer-forge key id"
+_SIGNED_PREFIX = b"infer-forge manifest v2\n"
+
+SIGNATURE_OK = "ok"
+SIGNATURE_MISSING = "missing"
+SIGNATURE_WRONG_KEY = "wrong key"
+SIGNATURE_MISMATCH = "mismatch"
+
+
+def read_passphrase(path):
+    """The passphrase exactly as ``openssl enc -pass file:PATH`` reads it.
+
+    openssl keeps the first line up to (not including) its ``\\n``, at most
+    1023 bytes, and stops at a NUL byte; a ``\\r`` before the ``\\n`` and
+    trailing spaces are part of the passphrase. A file that group or others
+    can read is refused: it holds the key to every backup.
+    """
+    if not path:
+        raise ForgeError("encryption is on but no passphrase file is configured")
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise ForgeError(f"passphrase file {path} does not exist") from None
+    except PermissionError:
+        raise ForgeError(f"passphrase file {path} is not readable by this user") from None
+    except OSError as exc:
+        raise ForgeError(f"passphrase file {path} cannot be opened: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        mode = os.fstat(handle.fileno()).st_mode & 0o777
+        if mode & 0o077:
+            raise ForgeError(f"passphrase file {path} has mode {mode:04o}; it must be readable by its owner only "
+                             f"(chmod 600 {path})")
+        data = handle.read(OPENSSL_PASS_MAX)
+    passphrase = data.split(b"\n", 1)[0].split(b"\0", 1)[0]
+    if not passphrase:
+        raise ForgeError(f"passphrase file {path} is empty")
+    return passphrase
+
+
+def passphrase_bytes(value):
+    """A passphrase given as a value (Ansible Vault), read as openssl would read it from a file."""
+    if value is None:
+        return None
+    raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    raw = raw[:OPENSSL_PASS_MAX].split(b"\n", 1)[0].split(b"\0", 1)[0]
+    if not raw:
+        raise ForgeError("the passphrase is empty")
+    return raw
+
+
+_KEYS = {}
+
+
+def signing_key(passphrase):
+    """The manifest signing key of a passphrase (derived once per process)."""
+    if passphrase not in _KEYS:
+        _KEYS[passphrase] = hashlib.pbkdf2_hmac("sha256", passphrase, SIGNING_KDF_SALT, SIGNING_KDF_ITERATIONS, 32)
+    return _KEYS[passphrase]
+
+
+def key_id(key):
+    return hmac.new(key, _KEY_ID_LABEL, hashlib.sha256).hexdigest()[:16]
+
+
+def canonical(manifest):
+    body = {name: value for name, value in manifest.items() if name != "signature"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def _mac(key, manifest):
+    return hmac.new(key, _SIGNED_PREFIX + canonical(manifest), hashlib.sha256).hexdigest()
+
+
+def sign(manifest, key):
+    """Return ``manifest`` with its signature."""
+    signed = dict(manifest)
+    signed.pop("signature", None)
+    signed["signature"] = {"scheme": SIGNATURE_SCHEME, "key_id": key_id(key), "value": _mac(key, signed)}
+    return signed
+
+
+def check(manifest, key):
+    """One of SIGNATURE_OK, SIGNATURE_MISSING, SIGNATURE_WRONG_KEY, SIGNATURE_MISMATCH."""
+    signature = manifest.get("signature")
+    if not isinstance(signature, dict) or not isinstance(signature.get("value"), str):
+        return SIGNATURE_MISSING
+    if signature.get("scheme") != SIGNATURE_SCHEME:
+        return SIGNATURE_MISSING
+    if not hmac.compare_digest(str(signature.get("key_id", "")), key_id(key)):
+        return SIGNATURE_WRONG_KEY
+    if not hmac.compare_digest(signature["value"], _mac(key, manifest)):
+        return SIGNATURE_MISMATCH
+    return SIGNATURE_OK
+
+
+def legacy_file_mac_key(passphrase, salt, iterations=10000):
+    """The HMAC key of a manifest_version 1 encrypted file: bytes 48..80 of the
+    PBKDF2 stream whose first 48 bytes are openssl's key and IV."""
+    return hashlib.pbkdf2_hmac("sha256", passphrase, salt, iterations, 80)[48:80]
