@@ -1,5 +1,6 @@
 """Small helpers shared by the test modules."""
 
+import functools
 import glob
 import json
 import os
@@ -31,6 +32,13 @@ def signing_passphrase_file():
     return _signing_file
 
 
+@functools.lru_cache
+def _signing_key(passphrase):
+    import hashlib
+
+    return hashlib.pbkdf2_hmac("sha256", passphrase.encode(), b"infer-forge manifest signing key v2", 100000, 32)
+
+
 def resign_manifest(path, manifest, passphrase=PASSPHRASE):
     """Write ``manifest`` for the backup at ``path``, signed as signing.py's docstring specifies.
 
@@ -41,7 +49,7 @@ def resign_manifest(path, manifest, passphrase=PASSPHRASE):
     import hashlib
     import hmac
 
-    key = hashlib.pbkdf2_hmac("sha256", passphrase.encode(), b"infer-forge manifest signing key v2", 100000, 32)
+    key = _signing_key(passphrase)
     body = {name: value for name, value in manifest.items() if name != "signature"}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
     body["signature"] = {
@@ -187,3 +195,13 @@ class SentryStub:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
+
+
+def runbook_backup(pg, database, path, passphrase_file=None):
+    """A backup made by the runbook's own commands: no manifest."""
+    env = dict(os.environ, PGPASSWORD=pg.app_password)
+    dump = f"pg_dump -h {pg.host} -p {pg.port} -U {pg.app_user} -d {database} --no-owner --no-privileges | gzip"
+    if passphrase_file:
+        dump += f" | openssl enc -aes-256-cbc -salt -pbkdf2 -pass file:{passphrase_file}"
+    subprocess.run(["bash", "-c", f"set -o pipefail; {dump} > {path}"], env=env, check=True)
+    os.chmod(path, 0o600)

@@ -11,7 +11,7 @@ import pytest
 
 from forge.checklist import Checklist
 
-from helpers import REPO, backups_in, manifest_of, run_backup_script
+from helpers import REPO, backups_in, manifest_of, run_backup_script, signing_passphrase_file
 from servers import load_sample_data
 
 DSN = "https://0123456789abcdef@o1.ingest.sentry.io/4242"
@@ -109,7 +109,8 @@ def test_item_4_reads_a_real_drill_and_fails_once_it_is_stale(pg, backup, backup
     metrics_dir.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "BACKUP_", "DRILL_"))}
     env.update(pg.app_env(database), BACKUP_DIR=backup_dir, BACKUP_CONFIG="", DRILL_REPORT_DIR=str(reports),
-               BACKUP_TEXTFILE_DIR=str(metrics_dir))
+               BACKUP_TEXTFILE_DIR=str(metrics_dir), BACKUP_PASSPHRASE_FILE=signing_passphrase_file(),
+               BACKUP_ENCRYPT="0")
     drill = subprocess.run([os.path.join(REPO, "scripts", "restore_db.sh"), "drill"], env=env,
                            capture_output=True, text=True, timeout=300)
     assert drill.returncode == 0, drill.stdout + drill.stderr

@@ -10,7 +10,15 @@ import subprocess
 
 import pytest
 
-from helpers import REPO, SentryStub, backups_in, manifest_of, run_backup_script
+from helpers import (
+    REPO,
+    SentryStub,
+    backups_in,
+    manifest_of,
+    resign_manifest,
+    run_backup_script,
+    signing_passphrase_file,
+)
 from servers import SshServer, load_sample_data
 
 OFFSITE_SCRIPT = os.path.join(REPO, "scripts", "offsite_copy.sh")
@@ -43,8 +51,7 @@ def clone_backup(path, name):
     shutil.copy(path, os.path.join(directory, name))
     manifest = manifest_of(path)
     manifest["file"] = name
-    with open(os.path.join(directory, name + ".manifest.json"), "w") as handle:
-        json.dump(manifest, handle)
+    resign_manifest(os.path.join(directory, name), manifest)
     with open(os.path.join(directory, name + ".sha256"), "w") as handle:
         handle.write(f"{manifest['sha256']}  {name}\n")
     return name
@@ -54,7 +61,7 @@ def offsite(database, backup_dir, target, tmp_path, *args, **extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "BACKUP_", "OFFSITE_"))}
     env.update({"BACKUP_CONFIG": "", "POSTGRES_DB": database, "BACKUP_DIR": backup_dir, "OFFSITE_TARGET": target,
                 "OFFSITE_REQUIRE_MOUNT": "0", "BACKUP_TEXTFILE_DIR": str(tmp_path),
-                "DRILL_REPORT_DIR": str(tmp_path / "state")})
+                "DRILL_REPORT_DIR": str(tmp_path / "state"), "BACKUP_PASSPHRASE_FILE": signing_passphrase_file()})
     env.update({k: str(v) for k, v in extra.items()})
     return subprocess.run([OFFSITE_SCRIPT, *args], env=env, capture_output=True, text=True, timeout=120)
 
@@ -168,7 +175,8 @@ def test_a_usb_path_must_be_a_mounted_disk(encrypted_backups, backup_dir, tmp_pa
 def test_module_check_mode_plans_without_copying(run_module, encrypted_backups, backup_dir, tmp_path):
     database, names = encrypted_backups
     usb = tmp_path / "usb"
-    args = {"database": database, "backup_dir": backup_dir, "target": str(usb), "require_mount": False}
+    args = {"database": database, "backup_dir": backup_dir, "target": str(usb), "require_mount": False,
+            "passphrase_file": signing_passphrase_file()}
     planned = run_module("forge_offsite", args, check=True)
     assert planned["changed"] is True
     assert sorted(planned["copied"]) == sorted(names)

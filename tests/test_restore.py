@@ -8,7 +8,15 @@ import subprocess
 
 import pytest
 
-from helpers import SentryStub, backups_in, manifest_of, resign_manifest, run_backup_script, signing_passphrase_file
+from helpers import (
+    SentryStub,
+    backups_in,
+    manifest_of,
+    resign_manifest,
+    run_backup_script,
+    runbook_backup,
+    signing_passphrase_file,
+)
 from servers import PostgresServer, load_sample_data, table_counts
 
 
@@ -31,16 +39,6 @@ def restore_args(pg, backup_dir, **extra):
             "backup_dir": backup_dir, "passphrase_file": signing_passphrase_file(), "require_encryption": False}
     args.update({key: value for key, value in extra.items() if value is not None})
     return args
-
-
-def runbook_backup(pg, database, path, passphrase_file=None):
-    """A backup made by the runbook's own commands: no manifest."""
-    env = dict(os.environ, PGPASSWORD=pg.app_password)
-    dump = f"pg_dump -h {pg.host} -p {pg.port} -U {pg.app_user} -d {database} --no-owner --no-privileges | gzip"
-    if passphrase_file:
-        dump += f" | openssl enc -aes-256-cbc -salt -pbkdf2 -pass file:{passphrase_file}"
-    subprocess.run(["bash", "-c", f"set -o pipefail; {dump} > {path}"], env=env, check=True)
-    os.chmod(path, 0o600)
 
 
 @pytest.mark.parametrize("fmt, compression, encrypted, jobs", [

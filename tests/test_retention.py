@@ -2,14 +2,17 @@
 
 import datetime
 import hashlib
-import json
 import os
 
 import pytest
 
 from forge import catalog
 
+from helpers import PASSPHRASE, resign_manifest
+
 NOW = datetime.datetime(2026, 2, 7, 14, 32, 15)
+# A day after NOW, so the GFS test's evening backups of NOW's day are not "in the future".
+POLICY = catalog.TrustPolicy(PASSPHRASE.encode(), now=NOW.timestamp() + 86400)
 
 
 def make_backup(directory, when, db="infer_forge", ext=".sql.gz", manifest=True, payload=b"data"):
@@ -18,9 +21,8 @@ def make_backup(directory, when, db="infer_forge", ext=".sql.gz", manifest=True,
     with open(path, "wb") as handle:
         handle.write(payload)
     if manifest:
-        with open(path + ".manifest.json", "w") as handle:
-            json.dump({"manifest_version": 1, "file": name, "size": len(payload),
-                       "sha256": hashlib.sha256(payload).hexdigest()}, handle)
+        resign_manifest(path, {"manifest_version": 2, "file": name, "size": len(payload), "database": db,
+                               "sha256": hashlib.sha256(payload).hexdigest()})
     return name
 
 
@@ -31,7 +33,7 @@ def daily(directory, days, **kwargs):
 def plan(directory, **kwargs):
     settings = dict(retention_days=30, min_keep=7)
     settings.update(kwargs)
-    return catalog.plan_retention(catalog.scan(directory, "infer_forge"), NOW, **settings)
+    return catalog.plan_retention(catalog.scan(directory, "infer_forge", POLICY), NOW, **settings)
 
 
 def test_the_runbooks_rule_deletes_only_backups_older_than_retention_days(tmp_path):
@@ -75,8 +77,9 @@ def test_files_without_a_valid_manifest_are_never_deleted(tmp_path):
     other_db = make_backup(directory, old, db="other_db")
     result = plan(directory, min_keep=0)
     removed = [b.name for b in result.remove]
-    assert removed == [runbook_made]  # a runbook-format .sql.gz counts as good
-    assert ours_without_manifest not in removed and damaged not in removed and other_db not in removed
+    assert removed == []  # not even the runbook-made file: nothing proves what it holds
+    assert runbook_made not in removed and ours_without_manifest not in removed
+    assert damaged not in removed and other_db not in removed
 
 
 def test_symlinks_are_never_backups(tmp_path):
@@ -85,7 +88,7 @@ def test_symlinks_are_never_backups(tmp_path):
     target = tmp_path / "precious.txt"
     target.write_text("not a backup")
     (directory / "infer_forge_20200101_020000.sql.gz").symlink_to(target)
-    assert catalog.scan(str(directory), "infer_forge") == []
+    assert catalog.scan(str(directory), "infer_forge", POLICY) == []
 
 
 @pytest.mark.parametrize("kwargs", [{"min_keep": 3}, {"min_keep": 0, "keep_daily": 5}])

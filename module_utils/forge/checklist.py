@@ -19,7 +19,7 @@ import urllib.parse
 import urllib.request
 
 from . import metrics, records
-from .catalog import file_stem, scan
+from .catalog import TrustPolicy, file_stem, scan
 from .cli import read_env_file
 from .errors import ForgeError, last_line
 from .fsutil import read_json_object

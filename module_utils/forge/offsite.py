@@ -59,9 +59,6 @@ class OffsiteOptions:
             raise ForgeError("no off-site target: set OFFSITE_TARGET (user@nas:/path or a mounted USB path)")
         if not database:
             raise ForgeError("no database: set POSTGRES_DB")
-        if not passphrase_file:
-            raise ForgeError("off-site copies need the backup passphrase (BACKUP_PASSPHRASE_FILE) to check that "
-                             "each manifest is signed before it is copied")
         if retention_days < 1 or min_keep < 1:
             raise ForgeError("off-site retention must keep at least one day and one backup")
         self.backup_dir = backup_dir
@@ -238,6 +235,9 @@ class OffsiteCopy:
         now = datetime.datetime.fromtimestamp(self.clock())
         cutoff = now - datetime.timedelta(days=self.options.retention_days)
         # The same trust rule as restore and retention: only backups with a signed manifest leave the host.
+        if not self.options.passphrase_file:
+            raise ForgeError("off-site copies need the backup passphrase (BACKUP_PASSPHRASE_FILE) to check that "
+                             "each manifest is signed before it is copied")
         policy = TrustPolicy(read_passphrase(self.options.passphrase_file), now=self.clock())
         local = [b for b in scan(self.options.backup_dir, self.options.database, policy) if b.good]
         # The window the target keeps: younger than its retention, or among the min_keep newest.

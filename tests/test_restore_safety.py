@@ -1,0 +1,586 @@
+"""Fault injection: a restore never costs data, and nothing unauthenticated is trusted.
+
+Real PostgreSQL, real openssl, real files. Every failing case asserts the exact
+one-line message and that the database the restore was aimed at still holds
+every row it had, with no side database or renamed copy left behind.
+"""
+
+import datetime
+import gzip
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+
+import pytest
+
+from forge import catalog
+from forge.errors import ForgeError
+from forge.pgconn import PgSettings
+from forge.restore import RestoreOptions, Restorer
+
+from helpers import (
+    PASSPHRASE,
+    REPO,
+    backups_in,
+    manifest_of,
+    resign_manifest,
+    run_backup_script,
+    runbook_backup,
+    signing_passphrase_file,
+)
+from servers import PostgresServer, load_sample_data, table_counts
+
+SCRIPTS = os.path.join(REPO, "scripts")
+
+
+@pytest.fixture
+def live(pg, fresh_db):
+    """The database a careless restore would destroy: 3 tables, 5700 rows."""
+    load_sample_data(pg, fresh_db)
+    return fresh_db
+
+
+def take_backup(pg, database, backup_dir, **extra):
+    """Run backup_db.sh; return the path of the backup it wrote."""
+    before = set(backups_in(backup_dir)) if os.path.isdir(backup_dir) else set()
+    result = run_backup_script(pg, database, backup_dir, {k.upper(): str(v) for k, v in extra.items()})
+    assert result.returncode == 0, result.stderr
+    [made] = set(backups_in(backup_dir)) - before
+    return made
+
+
+def restorer(server, backup_dir, log=None, **options):
+    options.setdefault("passphrase_file", signing_passphrase_file())
+    options.setdefault("require_encryption", False)
+    settings = PgSettings(host=server.host, port=server.port, user=server.app_user, password=server.app_password)
+    return Restorer(RestoreOptions(backup_dir=backup_dir, **options), settings, log=log)
+
+
+def restore(server, backup_dir, target, path=None, database=None, log=None, **options):
+    engine = restorer(server, backup_dir, log=log, **options)
+    return engine.restore(engine.select(database, path), target, database=database)
+
+
+def failed_restore(server, backup_dir, target, path=None, database=None, **options):
+    with pytest.raises(ForgeError) as caught:
+        restore(server, backup_dir, target, path=path, database=database, **options)
+    return caught.value.message
+
+
+def databases_like(server, prefix):
+    rows = server.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)", params=(prefix,))
+    return sorted(row[0] for row in rows)
+
+
+def assert_untouched(server, database, before):
+    assert table_counts(server, database) == before
+    assert databases_like(server, database) == [database], "a side or renamed database was left behind"
+
+
+def write_gzip(backup_dir, name, sql):
+    os.makedirs(backup_dir, mode=0o700, exist_ok=True)
+    path = os.path.join(backup_dir, name)
+    with open(path, "wb") as handle:
+        handle.write(gzip.compress(sql.encode()))
+    return path
+
+
+def unchanged(target):
+    return f"; {target} is unchanged (3 tables, as before)"
+
+
+# -- a forced restore that fails leaves the target exactly as it was -------------------------------------
+
+def test_forced_restore_failing_at_the_start_wrong_passphrase_on_a_runbook_file(pg, live, backup_dir,
+                                                                             passphrase_file, tmp_path):
+    os.makedirs(backup_dir, mode=0o700)
+    path = os.path.join(backup_dir, "backup_encrypted.sql.gz.enc")
+    runbook_backup(pg, live, path, passphrase_file)
+    wrong = tmp_path / "wrong.pass"
+    wrong.write_text("not the passphrase\n")
+    wrong.chmod(0o600)
+    before = table_counts(pg, live)
+    message = failed_restore(pg, backup_dir, live, path=path, force=True, passphrase_file=str(wrong))
+    assert message == ("backup_encrypted.sql.gz.enc: wrong passphrase: the decrypted start is not gzip data"
+                       + unchanged(live))
+    assert_untouched(pg, live, before)
+
+
+def test_forced_restore_failing_in_the_middle_sql_error(pg, live, backup_dir):
+    sql = ("CREATE TABLE a (x int);\nINSERT INTO a VALUES (1);\nINSERT INTO missing_table VALUES (2);\n"
+           "CREATE TABLE b (y int);\n-- PostgreSQL database dump complete\n\n")
+    path = write_gzip(backup_dir, f"{live}_20260207_143215.sql.gz", sql)
+    before = table_counts(pg, live)
+    message = failed_restore(pg, backup_dir, live, path=path, force=True)
+    expected = ('restore stopped: psql:<stdin>:3: ERROR: relation "missing_table" does not exist '
+                "LINE 1: INSERT INTO missing_table VALUES (2);")
+    assert message == expected + unchanged(live)
+    assert_untouched(pg, live, before)
+
+
+def test_forced_restore_failing_in_the_middle_damaged_gzip(pg, live, backup_dir):
+    os.makedirs(backup_dir, mode=0o700)
+    path = os.path.join(backup_dir, f"{live}_20260207_143215.sql.gz")
+    runbook_backup(pg, live, path)
+    with open(path, "r+b") as handle:
+        handle.seek(os.path.getsize(path) // 2)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    before = table_counts(pg, live)
+    message = failed_restore(pg, backup_dir, live, path=path, force=True)
+    # zlib names the damage (an invalid code, a bad distance, or a CRC); the rest is ours.
+    assert message.startswith(f"{os.path.basename(path)}: damaged file: gzip data is corrupt (") \
+        or message.startswith("restore stopped: psql:<stdin>:"), message
+    assert message.endswith(unchanged(live))
+    assert_untouched(pg, live, before)
+
+
+def test_forced_restore_failing_at_the_very_end_no_completion_marker(pg, live, backup_dir):
+    os.makedirs(backup_dir, mode=0o700)
+    path = os.path.join(backup_dir, f"{live}_20260207_143215.sql.gz")
+    runbook_backup(pg, live, path)
+    text = gzip.decompress(open(path, "rb").read()).replace(b"-- PostgreSQL database dump complete", b"--")
+    with open(path, "wb") as handle:
+        handle.write(gzip.compress(text))
+    before = table_counts(pg, live)
+    message = failed_restore(pg, backup_dir, live, path=path, force=True)
+    assert message == (f"{os.path.basename(path)}: the dump has no 'dump complete' marker; it is truncated"
+                       + unchanged(live))
+    assert_untouched(pg, live, before)
+
+
+def test_forced_restore_whose_rows_do_not_match_the_manifest_is_never_swapped_in(pg, live, backup_dir):
+    path = take_backup(pg, live, backup_dir)
+    text = gzip.decompress(open(path, "rb").read()).decode()
+    lines = text.split("\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith("COPY public.orders "))
+    del lines[start + 1:start + 11]
+    doctored = gzip.compress("\n".join(lines).encode())
+    with open(path, "wb") as handle:
+        handle.write(doctored)
+    manifest = manifest_of(path)
+    manifest.update(size=len(doctored), sha256=hashlib.sha256(doctored).hexdigest())
+    resign_manifest(path, manifest)
+    before = table_counts(pg, live)
+    message = failed_restore(pg, backup_dir, live, database=live, force=True)
+    assert message == ("the restored copy does not match the backup's manifest: public.orders: 4990 rows restored, "
+                       "5000 in the snapshot" + unchanged(live))
+    assert_untouched(pg, live, before)
+
+
+def test_server_stopped_mid_restore_leaves_the_target_and_the_next_run_clears_the_side_database(backup_dir):
+    server = PostgresServer().init().start().setup_app()
+    try:
+        server.create_database("shop")
+        load_sample_data(server, "shop", orders=200000)
+        take_backup(server, "shop", backup_dir)
+        before = table_counts(server, "shop")
+
+        def stop_when_the_side_database_exists():
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if databases_like(server, "shop_restoring_"):
+                    time.sleep(0.3)
+                    server.stop("immediate")
+                    return
+                time.sleep(0.02)
+
+        stopper = threading.Thread(target=stop_when_the_side_database_exists)
+        stopper.start()
+        with pytest.raises(ForgeError) as caught:
+            restore(server, backup_dir, "shop", database="shop", force=True)
+        stopper.join()
+        assert caught.value.message.endswith(unchanged("shop")), caught.value.message
+        server.start()
+        assert table_counts(server, "shop") == before
+        [side] = databases_like(server, "shop_restoring_")  # the crash left it; the next run clears it
+        log = []
+        report = restore(server, backup_dir, "shop", database="shop", force=True, keep_previous=False, log=log.append)
+        assert f"Dropping {side}, left by an interrupted restore into shop" in log
+        assert report["target_state"] == "replaced" and table_counts(server, "shop") == before
+        assert databases_like(server, "shop") == ["shop"]
+    finally:
+        server.destroy()
+
+
+def test_connected_sessions_are_named_in_check_mode_and_before_they_are_ended(pg, live, backup_dir):
+    take_backup(pg, live, backup_dir)
+    with pg.connect(live, superuser=False) as conn:
+        conn.execute("INSERT INTO orders (customer_id, amount) VALUES (1, 1)")
+        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        engine = restorer(pg, backup_dir, force=True)
+        plan = engine.restore(engine.select(live), live, database=live, check_mode=True)
+        assert plan["target_state"] == "would restore beside it and swap it in"
+        assert any(item.startswith(f"pid {pid} user {pg.app_user} ") for item in plan["sessions"])
+        assert table_counts(pg, live)["public.orders"] == 5001  # check mode changed nothing
+        log = []
+        report = restore(pg, backup_dir, live, database=live, force=True, log=log.append)
+        assert any(line.startswith(f"Ending session on {live}: pid {pid} ") for line in log)
+        assert report["sessions_ended"] and report["target_state"] == "replaced"
+    assert table_counts(pg, live)["public.orders"] == 5000
+    previous = report["previous_database"]
+    assert table_counts(pg, previous)["public.orders"] == 5001  # the replaced data is kept, by name
+    pg.drop_database(previous)
+
+
+def test_a_failed_restore_into_a_new_database_leaves_nothing(pg, live, backup_dir):
+    sql = "CREATE TABLE a (x int);\nSELECT 1/0;\n-- PostgreSQL database dump complete\n"
+    path = write_gzip(backup_dir, f"{live}_20260207_143215.sql.gz", sql)
+    message = failed_restore(pg, backup_dir, "t_never_made", path=path)
+    assert message == "restore stopped: psql:<stdin>:2: ERROR: division by zero; t_never_made was not created"
+    assert databases_like(pg, "t_never_made") == []
+
+
+# -- one trust rule: what is picked, drilled, kept and deleted ------------------------------------------
+
+def test_a_planted_manifest_less_file_is_never_picked_nor_run(pg, live, backup_dir, tmp_path):
+    good = take_backup(pg, live, backup_dir)
+    canary = tmp_path / "planted-ran"
+    write_gzip(backup_dir, f"{live}_20991231_235959.sql.gz",
+               f"\\! touch {canary}\nCREATE TABLE planted (x int);\n-- PostgreSQL database dump complete\n")
+    report = restore(pg, backup_dir, "t_from_latest", database=live)
+    assert report["file"] == good and report["verdict"] == "VERIFIED"
+    assert not canary.exists()
+    assert "public.planted" not in table_counts(pg, "t_from_latest")
+    pg.drop_database("t_from_latest")
+
+
+def test_only_planted_files_means_no_good_backup(pg, live, backup_dir):
+    write_gzip(backup_dir, f"{live}_20260207_143215.sql.gz", "SELECT 1;\n-- PostgreSQL database dump complete\n")
+    engine = restorer(pg, backup_dir)
+    with pytest.raises(ForgeError) as caught:
+        engine.select(live)
+    assert caught.value.message == (f"no good backup of {live!r} in {backup_dir}; newest {live}_20260207_143215"
+                                    ".sql.gz: no manifest (name a file to restore it as UNVERIFIED)")
+
+
+def test_a_future_dated_backup_is_never_latest(pg, live, backup_dir):
+    older = take_backup(pg, live, backup_dir)
+    future_name = f"{live}_20991231_235959.sql.gz"
+    future = os.path.join(backup_dir, future_name)
+    shutil.copyfile(older, future)
+    manifest = dict(manifest_of(older), file=future_name, ended_at="2099-12-31T23:59:59+00:00")
+    resign_manifest(future, manifest)
+    backup = restorer(pg, backup_dir).select(live)
+    assert backup.path == older
+    assert backup.skipped_newer == [f"{future_name}: dated in the future (2099-12-31 23:59:59); "
+                                    "never taken as the latest"]
+
+
+def test_with_encryption_required_an_unencrypted_backup_is_not_picked(pg, live, backup_dir):
+    take_backup(pg, live, backup_dir)
+    with pytest.raises(ForgeError) as caught:
+        restorer(pg, backup_dir, require_encryption=True).select(live)
+    assert caught.value.message.startswith(f"no good backup of {live!r} in {backup_dir}; newest {live}_")
+    assert caught.value.message.endswith(".sql.gz: not encrypted, and encryption is required here")
+
+
+def _age(path, days):
+    """Rename a backup (and its manifest) as if it had been made ``days`` ago, re-signed."""
+    manifest = manifest_of(path)
+    when = datetime.datetime.now() - datetime.timedelta(days=days)
+    name = os.path.basename(path).rsplit("_", 2)[0] + when.strftime("_%Y%m%d_%H%M%S") + ".sql.gz"
+    new = os.path.join(os.path.dirname(path), name)
+    os.rename(path, new)
+    os.unlink(path + ".manifest.json")
+    os.unlink(path + ".sha256")
+    manifest.update(file=name, ended_at=when.astimezone(datetime.UTC).isoformat(timespec="seconds"))
+    resign_manifest(new, manifest)
+    return name
+
+
+def test_junk_in_the_directory_never_counts_towards_min_keep(pg, live, backup_dir):
+    real = [_age(take_backup(pg, live, backup_dir), 100 + day) for day in range(3)]
+    # Planted today: an empty dump, junk that is not gzip, an unsigned copy, a forged manifest.
+    write_gzip(backup_dir, f"{live}_20260101_000001.sql.gz", "")
+    with open(os.path.join(backup_dir, f"{live}_20260101_000002.sql.gz"), "wb") as handle:
+        handle.write(b"this is not a backup")
+    forged = os.path.join(backup_dir, f"{live}_20260101_000003.sql.gz")
+    with open(forged, "wb") as handle:
+        handle.write(b"\x1f\x8b junk")
+    with open(forged + ".manifest.json", "w") as handle:
+        json.dump({"manifest_version": 2, "file": os.path.basename(forged), "size": 10, "database": live,
+                   "sha256": hashlib.sha256(b"\x1f\x8b junk").hexdigest(),
+                   "signature": {"scheme": "hmac-sha256", "key_id": "0" * 16, "value": "0" * 64}}, handle)
+    junk = sorted(n for n in os.listdir(backup_dir) if n.startswith(f"{live}_20260101_"))
+    assert len(junk) == 4  # three planted files and the forged manifest
+    result = run_backup_script(pg, live, backup_dir, {"BACKUP_MIN_KEEP": "3"})
+    assert result.returncode == 0, result.stderr
+    left = sorted(os.listdir(backup_dir))
+    # Three real old backups plus tonight's: min_keep 3 keeps tonight's and the two newest old ones.
+    assert real[0] in left and real[1] in left and real[2] not in left
+    assert all(name in left for name in junk), "retention touched a file it does not trust"
+    assert f"Removed: {real[2]}" in result.stdout
+
+
+# -- verify reads every byte of a file without a manifest ----------------------------------------------------
+
+@pytest.mark.parametrize("damage, message", [
+    ("empty", "{name}: the file is too short to be a backup"),
+    ("not_gzip", "{name}: not gzip data; the file is damaged or is not a backup"),
+    ("truncated", "{name}: gzip data is truncated; the file is incomplete"),
+], ids=["zero-bytes", "not-gzip", "truncated"])
+def test_verify_of_a_runbook_file_reads_it_through(pg, live, backup_dir, damage, message):
+    os.makedirs(backup_dir, mode=0o700)
+    name = f"{live}_20260207_143215.sql.gz"
+    path = os.path.join(backup_dir, name)
+    runbook_backup(pg, live, path)
+    if damage == "empty":
+        open(path, "wb").close()
+    elif damage == "not_gzip":
+        with open(path, "wb") as handle:
+            handle.write(b"CREATE TABLE x (y int);\n" * 100)
+    else:
+        with open(path, "r+b") as handle:
+            handle.truncate(os.path.getsize(path) * 2 // 3)
+    result = forge("verify", name, pg=pg, database=live, backup_dir=backup_dir)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "ERROR: " + message.format(name=name)
+
+
+def test_verify_of_a_good_runbook_file_says_unverified_and_what_ran(pg, live, backup_dir, passphrase_file):
+    os.makedirs(backup_dir, mode=0o700)
+    name = f"{live}_20260207_143215.sql.gz.enc"
+    runbook_backup(pg, live, os.path.join(backup_dir, name), passphrase_file)
+    result = forge("verify", name, pg=pg, database=live, backup_dir=backup_dir, passphrase_file=passphrase_file)
+    assert result.returncode == 3, result.stderr
+    report = json.loads(result.stdout)
+    assert report["verdict"] == "UNVERIFIED"
+    assert report["checks"] == {"signature": "skipped", "decrypt": "passed", "decompress": "passed",
+                                "completion_marker": "passed"}
+
+
+def test_verify_latest_never_picks_a_zero_byte_file(pg, live, backup_dir):
+    good = take_backup(pg, live, backup_dir)
+    open(os.path.join(backup_dir, f"{live}_20991231_000000.sql.gz"), "wb").close()
+    result = forge("verify", "latest", pg=pg, database=live, backup_dir=backup_dir)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["backup"] == good
+
+
+def test_a_drill_of_a_runbook_file_says_unverified_never_pass(pg, live, backup_dir):
+    os.makedirs(backup_dir, mode=0o700)
+    name = f"{live}_20260207_143215.sql.gz"
+    runbook_backup(pg, live, os.path.join(backup_dir, name))
+    result = forge("drill", name, pg=pg, database=live, backup_dir=backup_dir)
+    assert result.returncode == 3, result.stderr
+    last = result.stdout.splitlines()[-1]
+    assert last.startswith(f"UNVERIFIED: {os.path.join(backup_dir, name)}: 3 tables, 5700 rows counted in ")
+    assert last.endswith("s; restored, but UNVERIFIED: no signed manifest, so the file's checksum and row counts "
+                         "could not be checked")
+    assert "PASS" not in result.stdout
+
+
+# -- each manifest field edited, the signature removed, data swapped ----------------------------------------
+
+@pytest.mark.parametrize("field, value", [
+    ("database", "other_db"), ("sha256", "0" * 64), ("snapshot_row_counts", {"public.orders": 1}),
+    ("rows", 1), ("tables", 9), ("format", "custom"), ("ended_at", "2020-01-01T00:00:00+00:00"),
+    ("compression", {"algorithm": "zstd", "level": 3}), ("dump_options", ["--data-only"]),
+], ids=lambda value: value if isinstance(value, str) and len(value) < 20 else None)
+def test_every_manifest_field_is_covered_by_the_signature(pg, live, backup_dir, field, value):
+    path = take_backup(pg, live, backup_dir)
+    manifest = manifest_of(path)
+    manifest[field] = value
+    with open(path + ".manifest.json", "w") as handle:
+        json.dump(manifest, handle)
+    backup = catalog.open_backup(path, catalog.TrustPolicy(PASSPHRASE.encode()))
+    assert not backup.good
+    assert backup.problem == "manifest was changed after the backup: its signature does not match"
+
+
+def test_a_removed_signature_is_refused_not_downgraded(pg, live, backup_dir):
+    path = take_backup(pg, live, backup_dir)
+    manifest = manifest_of(path)
+    del manifest["signature"]
+    with open(path + ".manifest.json", "w") as handle:
+        json.dump(manifest, handle)
+    message = failed_restore(pg, backup_dir, "t_unsigned", path=path, database=live)
+    assert message == (f"{os.path.basename(path)}: manifest is not signed; it cannot be trusted (a signature "
+                       "removed is a manifest changed)")
+    # Rewritten as a version 1 manifest without an HMAC, it is no better than a runbook file.
+    manifest["manifest_version"] = 1
+    with open(path + ".manifest.json", "w") as handle:
+        json.dump(manifest, handle)
+    backup = catalog.open_backup(path, catalog.TrustPolicy(PASSPHRASE.encode()))
+    assert not backup.good and backup.may_restore_unverified
+
+
+def test_swapped_data_with_a_recomputed_checksum_is_a_changed_manifest_not_a_wrong_passphrase(
+        pg, live, backup_dir, passphrase_file):
+    first = take_backup(pg, live, backup_dir, backup_passphrase_file=passphrase_file)
+    with pg.connect(live, superuser=False) as conn:
+        conn.execute("DELETE FROM orders WHERE id > 100")
+    second = take_backup(pg, live, backup_dir, backup_passphrase_file=passphrase_file)
+    data = open(second, "rb").read()
+    shutil.copyfile(second, first)
+    manifest = manifest_of(first)
+    manifest.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    with open(first + ".manifest.json", "w") as handle:
+        json.dump(manifest, handle)
+    backup = catalog.open_backup(first, catalog.TrustPolicy(PASSPHRASE.encode()))
+    assert backup.problem == "manifest was changed after the backup: its signature does not match"
+
+
+def test_a_flipped_byte_with_the_manifest_intact_is_damage(pg, live, backup_dir):
+    path = take_backup(pg, live, backup_dir)
+    with open(path, "r+b") as handle:
+        handle.seek(100)
+        byte = handle.read(1)
+        handle.seek(100)
+        handle.write(bytes([byte[0] ^ 1]))
+    message = failed_restore(pg, backup_dir, "t_flipped", database=live)
+    assert message == (f"{os.path.basename(path)}: checksum mismatch; the file is damaged or was changed after "
+                       "the backup")
+    assert databases_like(pg, "t_flipped") == []
+
+
+def test_a_wrong_passphrase_is_named_with_both_key_ids(pg, live, backup_dir, tmp_path):
+    path = take_backup(pg, live, backup_dir)
+    other = tmp_path / "other.pass"
+    other.write_text("another passphrase\n")
+    other.chmod(0o600)
+    backup = catalog.open_backup(path, catalog.TrustPolicy(b"another passphrase"))
+    key = hashlib.pbkdf2_hmac("sha256", b"another passphrase", b"infer-forge manifest signing key v2", 100000, 32)
+    theirs = manifest_of(path)["signature"]["key_id"]
+    ours = hmac.new(key, b"infer-forge key id", hashlib.sha256).hexdigest()[:16]
+    assert backup.problem == (f"wrong passphrase: the manifest was signed with key {theirs}, this passphrase is "
+                              f"key {ours}")
+
+
+def test_a_version_1_manifest_counts_when_its_hmac_verifies(pg, live, backup_dir, passphrase_file):
+    path = take_backup(pg, live, backup_dir, backup_passphrase_file=passphrase_file)
+    manifest = manifest_of(path)
+    data = open(path, "rb").read()
+    salt = data[8:16]
+    mac_key = hashlib.pbkdf2_hmac("sha256", PASSPHRASE.encode(), salt, 10000, 80)[48:80]
+    legacy = {k: v for k, v in manifest.items() if k != "signature"}
+    legacy["manifest_version"] = 1
+    legacy["encryption"] = dict(manifest["encryption"], hmac_sha256=hmac.new(mac_key, data, hashlib.sha256).hexdigest())
+    with open(path + ".manifest.json", "w") as handle:
+        json.dump(legacy, handle)
+    report = restore(pg, backup_dir, "t_legacy", database=live, require_encryption=True)
+    assert report["verdict"] == "VERIFIED" and report["checks"]["hmac"] == "passed"
+    assert table_counts(pg, "t_legacy") == table_counts(pg, live)
+    pg.drop_database("t_legacy")
+    legacy["encryption"]["hmac_sha256"] = "0" * 64
+    with open(path + ".manifest.json", "w") as handle:
+        json.dump(legacy, handle)
+    backup = catalog.open_backup(path, catalog.TrustPolicy(PASSPHRASE.encode()))
+    assert not backup.good
+    assert backup.problem == ("HMAC does not match: wrong passphrase, or the file and its (version 1, unsigned) "
+                              "manifest were changed together")
+
+
+# -- passphrase files, exactly as openssl reads them ---------------------------------------------------------
+
+@pytest.mark.parametrize("content", [
+    b"secret\r\n", b"secret", b"secret  \n", b"first line\nsecond line\n", b"x" * 1500 + b"\n",
+], ids=["crlf", "no-newline", "trailing-spaces", "several-lines", "longer-than-openssl-reads"])
+def test_passphrase_files_mean_the_same_to_us_and_to_openssl(pg, live, backup_dir, tmp_path, content):
+    pass_file = tmp_path / "backup.pass"
+    pass_file.write_bytes(content)
+    pass_file.chmod(0o600)
+    # Ours -> openssl.
+    path = take_backup(pg, live, backup_dir, backup_passphrase_file=str(pass_file))
+    decrypted = subprocess.run(["openssl", "enc", "-d", "-aes-256-cbc", "-pbkdf2", "-pass", f"file:{pass_file}",
+                                "-in", path], capture_output=True)
+    assert decrypted.returncode == 0, decrypted.stderr
+    assert b"-- PostgreSQL database dump complete" in gzip.decompress(decrypted.stdout)
+    # openssl -> ours.
+    made = os.path.join(backup_dir, "backup_encrypted.sql.gz.enc")
+    subprocess.run(["openssl", "enc", "-aes-256-cbc", "-salt", "-pbkdf2", "-pass", f"file:{pass_file}",
+                    "-in", "/dev/stdin", "-out", made], input=gzip.compress(b"SELECT 1;\n-- PostgreSQL database "
+                                                                             b"dump complete\n"), check=True)
+    engine = restorer(pg, backup_dir, passphrase_file=str(pass_file))
+    report = engine.restore(engine.select(path=made), "t_from_openssl")
+    assert report["verdict"] == "UNVERIFIED"
+    pg.drop_database("t_from_openssl")
+
+
+def test_a_passphrase_file_others_can_read_is_refused(pg, live, backup_dir, tmp_path):
+    pass_file = tmp_path / "backup.pass"
+    pass_file.write_text("secret\n")
+    pass_file.chmod(0o640)
+    result = run_backup_script(pg, live, backup_dir, {"BACKUP_PASSPHRASE_FILE": str(pass_file)})
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"ERROR: passphrase file {pass_file} has mode 0640; it must be readable by its "
+                                     f"owner only (chmod 600 {pass_file})")
+    assert not os.path.exists(backup_dir) or backups_in(backup_dir) == []
+
+
+# -- two databases whose names sanitise alike never share anything -----------------------------------------
+
+def test_databases_that_sanitise_alike_keep_their_own_backups(pg, backup_dir):
+    names = ['we"ird db', "we_ird_db"]
+    try:
+        for name in names:
+            pg.create_database(name)
+            load_sample_data(pg, name, orders=10 if name == "we_ird_db" else 20)
+            take_backup(pg, name, backup_dir)
+        stems = {catalog.file_stem(name) for name in names}
+        assert len(stems) == 2
+        for name in names:
+            backup = restorer(pg, backup_dir).select(name)
+            assert backup.manifest["database"] == name
+            assert backup.name.startswith(catalog.file_stem(name) + "_2")
+            assert [b.name for b in catalog.scan(backup_dir, name, catalog.TrustPolicy(PASSPHRASE.encode()))] \
+                == [backup.name]
+        locks = sorted(n for n in os.listdir(backup_dir) if n.endswith(".lock"))
+        assert len(locks) == 2
+    finally:
+        for name in names:
+            pg.drop_database(name)
+
+
+# -- the small ones -------------------------------------------------------------------------------------------
+
+def forge(*args, pg, database, backup_dir, passphrase_file=None, extra=None):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "POSTGRES_", "BACKUP_"))}
+    env.update(pg.app_env(database), BACKUP_DIR=backup_dir, BACKUP_CONFIG="",
+               BACKUP_PASSPHRASE_FILE=passphrase_file or signing_passphrase_file())
+    if not passphrase_file:
+        env["BACKUP_ENCRYPT"] = "0"
+    env.update(extra or {})
+    return subprocess.run([os.path.join(SCRIPTS, "forge"), *args], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_backup_help_prints_help():
+    result = subprocess.run([os.path.join(SCRIPTS, "backup_db.sh"), "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert result.stdout.startswith("usage: backup_db.sh [--help]")
+    assert "RETENTION_DAYS (30)" in result.stdout
+
+
+def test_a_closed_stdout_does_not_fail_a_complete_backup(pg, live, backup_dir):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "POSTGRES_", "BACKUP_"))}
+    env.update(pg.app_env(live), BACKUP_DIR=backup_dir, BACKUP_CONFIG="",
+               BACKUP_PASSPHRASE_FILE=signing_passphrase_file(), BACKUP_ENCRYPT="0")
+    result = subprocess.run(["bash", "-c", f"set -o pipefail; {SCRIPTS}/backup_db.sh | head -1"], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Starting backup: ")
+    assert "Traceback" not in result.stderr and result.stderr == ""
+    assert len(backups_in(backup_dir)) == 1
+
+
+@pytest.mark.parametrize("days", ["0", "-3"], ids=["zero", "negative"])
+def test_retention_errors_agree_for_zero_and_negative(pg, live, backup_dir, days):
+    result = run_backup_script(pg, live, backup_dir, {"RETENTION_DAYS": days})
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"ERROR: retention_days must be a whole number >= 1, got {int(days)}"
+
+
+def test_a_drill_writes_its_json_report_by_default(pg, live, backup_dir):
+    take_backup(pg, live, backup_dir)
+    result = forge("drill", pg=pg, database=live, backup_dir=backup_dir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(open(os.path.join(backup_dir, f"restore_drill_{live}.json")).read())
+    assert report["passed"] is True and report["verdict"] == "PASS" and report["rows_checked"] == 5700
