@@ -99,12 +99,14 @@ def measure(server, database, workdir, label):
         f"set -o pipefail; pg_dump {conn} -d {database} --no-owner --no-privileges | gzip | "
         f"openssl enc -aes-256-cbc -salt -pbkdf2 -pass file:{passfile} -out {runbook_file}", env=env, shell=True)
     results["runbook_backup_bytes"] = os.path.getsize(runbook_file)
+    # The passphrase signs every manifest; BACKUP_ENCRYPT=0 keeps the unencrypted variants unencrypted.
+    signed = {"BACKUP_PASSPHRASE_FILE": passfile, "BACKUP_ENCRYPT": "0"}
     variants = {
         "engine_gzip_encrypted": {"BACKUP_PASSPHRASE_FILE": passfile},
         "engine_gzip6_encrypted": {"BACKUP_PASSPHRASE_FILE": passfile, "BACKUP_COMPRESSION_LEVEL": "6"},
         "engine_gzip1_encrypted": {"BACKUP_PASSPHRASE_FILE": passfile, "BACKUP_COMPRESSION_LEVEL": "1"},
-        "engine_zstd": {"BACKUP_COMPRESSION": "zstd"},
-        "engine_custom": {"BACKUP_FORMAT": "custom"},
+        "engine_zstd": {**signed, "BACKUP_COMPRESSION": "zstd"},
+        "engine_custom": {**signed, "BACKUP_FORMAT": "custom"},
     }
     dirs = {}
     for name, extra in variants.items():
@@ -130,10 +132,20 @@ def measure(server, database, workdir, label):
     server.drop_database(target)
     for name, source, extra in (
         ("drill_plain_encrypted", "engine_gzip_encrypted", {"BACKUP_PASSPHRASE_FILE": passfile}),
-        ("drill_custom_parallel", "engine_custom", {}),
+        ("drill_custom_parallel", "engine_custom", signed),
     ):
         results[name], peak = engine(server, database, dirs[source], ["drill"], extra)
         results[name + "_peak_rss_mb"] = round(peak / 1024, 1)
+    # A restore into a new database, then a forced restore over it (side database, row counts, swap),
+    # paired: the swap must cost little more than the plain restore.
+    encrypted = {"BACKUP_PASSPHRASE_FILE": passfile}
+    results["restore_new"], _ = engine(server, database, dirs["engine_gzip_encrypted"],
+                                       ["restore", "latest", target], encrypted)
+    results["restore_forced_swap"], peak = engine(server, database, dirs["engine_gzip_encrypted"],
+                                                  ["restore", "latest", target, "--force", "--drop-previous"],
+                                                  encrypted)
+    results["restore_forced_swap_peak_rss_mb"] = round(peak / 1024, 1)
+    server.drop_database(target)
     for directory in dirs.values():
         shutil.rmtree(directory)
     os.unlink(runbook_file)
@@ -216,12 +228,17 @@ def main():
                 full["drill_custom_parallel"] / full["runbook_restore"],
             "bare pg_restore -j 2 vs runbook gunzip | psql (reference)":
                 full["pg_restore_j2"] / full["runbook_restore"],
+            "forced restore by swap vs restore into a new database (target <= 1.05)":
+                full["restore_forced_swap"] / full["restore_new"],
+            "forced restore by swap vs runbook gunzip | psql (reference)":
+                full["restore_forced_swap"] / full["runbook_restore"],
         }
         print("\n=== ratios (same run, same data)")
         for name, value in ratios.items():
             print(f"  {value:5.2f}x  {name}")
         print("\n=== engine peak memory (target < 64 MB, independent of size)")
-        for variant in ("engine_gzip_encrypted", "engine_zstd", "drill_plain_encrypted", "drill_custom_parallel"):
+        for variant in ("engine_gzip_encrypted", "engine_zstd", "drill_plain_encrypted", "drill_custom_parallel",
+                    "restore_forced_swap"):
             print(f"  {variant:28s} small {small[variant + '_peak_rss_mb']:6.1f} MB   "
                   f"full {full[variant + '_peak_rss_mb']:6.1f} MB")
         report["ratios"] = ratios

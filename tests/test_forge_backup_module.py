@@ -6,13 +6,14 @@ import os
 
 from test_retention import make_backup
 
-from helpers import backups_in
+from helpers import backups_in, signing_passphrase_file
 from servers import load_sample_data
 
 
 def module_args(pg, database, backup_dir, **extra):
     args = {"database": database, "login_host": pg.host, "port": pg.port, "login_user": pg.app_user,
-            "login_password": pg.app_password, "backup_dir": backup_dir}
+            "login_password": pg.app_password, "backup_dir": backup_dir,
+            "passphrase_file": signing_passphrase_file()}
     args.update(extra)
     return args
 
@@ -72,7 +73,9 @@ def test_secrets_never_appear_in_module_output(pg, fresh_db, backup_dir, run_mod
 
 
 def test_encrypt_without_a_passphrase_is_a_clear_error(pg, fresh_db, backup_dir, run_module):
-    result = run_module("forge_backup", module_args(pg, fresh_db, backup_dir, encrypt=True))
+    args = module_args(pg, fresh_db, backup_dir, encrypt=True)
+    del args["passphrase_file"]
+    result = run_module("forge_backup", args)
     assert result["failed"] is True
     assert result["msg"] == "encrypt is true but neither passphrase_file nor passphrase is set"
 

@@ -103,10 +103,12 @@ def test_copies_to_the_nas_over_ssh_verifies_and_keeps_files_private(sshd, encry
 
 def test_a_copy_that_does_not_match_its_manifest_is_removed_and_fails(sshd, encrypted_backups, backup_dir, tmp_path):
     database, names = encrypted_backups
-    manifest_path = os.path.join(backup_dir, names[0] + ".manifest.json")
-    manifest = json.load(open(manifest_path))
-    manifest["sha256"] = "0" * 64  # the file on disk no longer matches what the manifest promises
-    json.dump(manifest, open(manifest_path, "w"))
+    # The file is damaged after its (signed) manifest was written: same size, one byte flipped.
+    with open(os.path.join(backup_dir, names[0]), "r+b") as handle:
+        handle.seek(100)
+        byte = handle.read(1)
+        handle.seek(100)
+        handle.write(bytes([byte[0] ^ 1]))
     nas = tmp_path / "nas"
     result = offsite(database, backup_dir, f"root@127.0.0.1:{nas}", tmp_path, **ssh_extra(sshd))
     assert result.returncode == 1

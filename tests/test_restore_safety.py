@@ -251,6 +251,24 @@ def test_a_planted_manifest_less_file_is_never_picked_nor_run(pg, live, backup_d
     pg.drop_database("t_from_latest")
 
 
+def test_a_named_unverified_file_may_run_sql_but_never_psql_commands(pg, live, backup_dir, tmp_path):
+    canary = tmp_path / "planted-ran"
+    for name, text in (
+        ("bang", f"CREATE TABLE planted (x int);\n\\! touch {canary}\n"),
+        ("mid-line", f"SELECT 1; \\! touch {canary}\n"),
+        # A key of its own does not help: the file cannot know the restore's key.
+        ("own-key", f"\\restrict abc\nSELECT 1;\n\\unrestrict abc\n\\! touch {canary}\n"),
+    ):
+        path = write_gzip(backup_dir, f"{live}_2026020{len(name) % 9}_14321{len(name) % 9}.sql.gz",
+                          text + "-- PostgreSQL database dump complete\n")
+        message = failed_restore(pg, backup_dir, "t_planted", path=path)
+        assert message.startswith("restore stopped: psql:<stdin>:"), (name, message)
+        assert message.endswith("; t_planted was not created")
+        assert "backslash commands are restricted" in message or "wrong key" in message, (name, message)
+        assert not canary.exists(), name
+        assert databases_like(pg, "t_planted") == []
+
+
 def test_only_planted_files_means_no_good_backup(pg, live, backup_dir):
     write_gzip(backup_dir, f"{live}_20260207_143215.sql.gz", "SELECT 1;\n-- PostgreSQL database dump complete\n")
     engine = restorer(pg, backup_dir)

@@ -22,11 +22,11 @@ import time
 
 from . import metrics, sentry
 from .catalog import CHECKSUM_SUFFIX, MANIFEST_SUFFIX, TrustPolicy, file_stem, parse_name, scan
-from .signing import read_passphrase
 from .errors import ForgeError, last_line
 from .fsutil import ensure_private_dir, fsync_dir, read_json_object, write_atomic
 from .records import OFFSITE_METRIC_PREFIX as METRIC_PREFIX
 from .records import offsite_metrics_filename, offsite_state_path
+from .signing import read_passphrase
 
 OPENSSL_MAGIC = b"Salted__"
 CHUNK = 1024 * 1024

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -199,6 +200,39 @@ def plaintext_chunks(backup, passphrase, read_size=None):
     _check_stream_end(backup, decompressor, tail)
 
 
+def restricted(chunks):
+    """A plain dump that nothing proves (UNVERIFIED) may run SQL, never psql commands such as ``\\!``.
+
+    The stream is put in psql's restricted mode (``\\restrict``, psql 15.14 and later) with a key
+    the file cannot know, so any backslash command in it fails the restore. pg_dump's own
+    ``\\restrict KEY``/``\\unrestrict KEY`` lines are taken out: psql does not nest them.
+    """
+    yield b"\\restrict " + os.urandom(16).hex().encode() + b"\n"
+    chunks = iter(chunks)
+    buffer = b""
+    for data in chunks:
+        buffer += data
+        if len(buffer) >= 65536:
+            break
+    own = re.search(rb"(?m)^\\restrict ([A-Za-z0-9]+)\r?\n", buffer)
+    lines = [b"\\restrict " + own.group(1) + b"\n", b"\\unrestrict " + own.group(1) + b"\n"] if own else []
+    hold = max((len(line) for line in lines), default=0)
+
+    def clean(data):
+        # An empty line in their place keeps psql's line numbers (see _restricted_error).
+        for line in lines:
+            data = data.replace(line, b"\n")
+        return data
+
+    for data in chunks:
+        buffer = clean(buffer + data)
+        # Keep the last bytes back: one of the lines may continue in the next chunk.
+        if len(buffer) > hold:
+            yield buffer[:len(buffer) - hold]
+            buffer = buffer[len(buffer) - hold:]
+    yield clean(buffer)
+
+
 def read_through(backup, passphrase):
     """Read every byte of a file without a manifest: decrypt, decompress, completion marker."""
     for _ in plaintext_chunks(backup, passphrase, READ_SIZE):
@@ -303,7 +337,7 @@ class Restorer:
             if plan == "empty":
                 self.log(f"Restoring {backup.name} into the empty database {target}")
                 try:
-                    self._into(backup, target, passphrase, parallel=False)
+                    self._into(backup, target, passphrase, parallel=False, verified=report.verified)
                 except ForgeError as exc:
                     raise ForgeError(f"{exc.message}; {target} is still empty (nothing was committed)") from None
                 report["target_state"] = "empty"
@@ -312,7 +346,7 @@ class Restorer:
                 side = self._create_side(control, target)
                 try:
                     self.log(f"Restoring {backup.name} into {side} (the side database for {target})")
-                    self._into(backup, side, passphrase, parallel=True)
+                    self._into(backup, side, passphrase, parallel=True, verified=report.verified)
                     self._compare_counts(backup, side, report)
                     if plan == "new":
                         self._rename_new(control, side, target)
@@ -464,11 +498,11 @@ class Restorer:
         except Exception as exc:  # noqa: BLE001 - the caller's error is the one to report
             self.log(f"could not drop {name}: {' '.join(str(exc).split())}")
 
-    def _into(self, backup, database, passphrase, parallel):
+    def _into(self, backup, database, passphrase, parallel, verified=True):
         if parallel and backup.dump_format == "custom" and not backup.encrypted and self.jobs > 1:
             self._pg_restore_file(backup, database)
         else:
-            self._stream(backup, database, passphrase)
+            self._stream(backup, database, passphrase, sql_only=not verified)
 
     def _env(self, target, passfile):
         env = self.settings.with_database(target).libpq_env(passfile)
@@ -486,7 +520,7 @@ class Restorer:
         if proc.returncode != 0:
             raise ForgeError(f"pg_restore failed: {_first_error(proc.stderr)}")
 
-    def _stream(self, backup, target, passphrase):
+    def _stream(self, backup, target, passphrase, sql_only=False):
         if backup.dump_format == "plain":
             command = self.options.psql_command + ["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
                                                    "-o", "/dev/null", "-f", "-"]
@@ -500,14 +534,22 @@ class Restorer:
             errors = []
             reader = threading.Thread(target=_collect, args=(proc.stderr, errors), daemon=True)
             reader.start()
+            chunks = plaintext_chunks(backup, passphrase)
+            restrict = sql_only and backup.dump_format == "plain"
+            if restrict:
+                chunks = restricted(chunks)
+
+            def psql_error(default):
+                text = "".join(errors)
+                return _first_error(_restricted_error(text) if restrict else text) or default
+
             try:
-                for data in plaintext_chunks(backup, passphrase):
+                for data in chunks:
                     proc.stdin.write(data)
             except BrokenPipeError:
                 proc.wait()
                 reader.join()
-                raise ForgeError(f"restore stopped: {_first_error(''.join(errors)) or 'the client exited early'}") \
-                    from None
+                raise ForgeError(f"restore stopped: {psql_error('the client exited early')}") from None
             except BaseException:
                 # Kill before closing stdin: psql must not commit a damaged stream.
                 proc.kill()
@@ -521,7 +563,15 @@ class Restorer:
             proc.wait()
             reader.join()
         if proc.returncode != 0:
-            raise ForgeError(f"restore stopped: {_first_error(''.join(errors)) or f'exit {proc.returncode}'}")
+            raise ForgeError(f"restore stopped: {psql_error(f'exit {proc.returncode}')}")
+
+
+def _restricted_error(text):
+    """psql's messages for a stream that starts with our ``\\restrict`` line: line numbers of the file."""
+    if "invalid command \\restrict" in text:
+        return ("error: this psql has no \\restrict (psql 15.14, 16.10, 17.6 or later is needed to restore a file "
+                "without a signed manifest safely)")
+    return re.sub(r"psql:<stdin>:(\d+):", lambda match: f"psql:<stdin>:{int(match.group(1)) - 1}:", text)
 
 
 _PLAN_WORDS = {"new": "create it", "empty": "restore into the empty database",

@@ -104,7 +104,8 @@ def test_restore_drill_passed_and_recorded_its_metrics(host):
     assert 'infer_forge_restore_drill_rows_checked{database="infer_forge"} 1050' in metrics
     report = json.loads(host.file("/var/lib/infer-forge/reports/restore_drill_infer_forge.json").content_string)
     assert report["passed"] is True
-    assert report["checks"] == {"hmac": "passed", "row_counts": "passed", "sha256": "passed"}
+    assert report["checks"] == {"signature": "passed", "row_counts": "passed", "sha256": "passed"}
+    assert report["verdict"] == "PASS"
     assert report["sql_checks"][0]["value"] == 1000
 
 
