@@ -84,11 +84,17 @@ def test_item_3_scheduled_and_fresh_passes_then_fails_when_stale(backup, backup_
     cron = tmp_path / "cron"
     cron.write_text("# other\n" + cron_line(database))
     settings = dict(databases=[database], backup_dir=backup_dir, cron_file=str(cron),
-                    compose_file=str(tmp_path / "none.yml"))
+                    compose_file=str(tmp_path / "none.yml"),
+                    config_dir=os.path.dirname(signing_passphrase_file()))  # where backup.pass lives
     result = check(3, **settings)
     assert result["status"] == "PASS", result
     expected = f"{database}: scheduled (cron 0 2 * * *); newest {os.path.basename(path)}, "
     assert result["evidence"][0].startswith(expected)
+    # Without the passphrase the signatures cannot be checked: never better than a WARN.
+    blind = check(3, **dict(settings, config_dir=str(tmp_path)))
+    assert blind["status"] == "WARN"
+    assert blind["evidence"][-1] == (f"manifest signatures not checked: passphrase file {tmp_path}/backup.pass "
+                                     "does not exist")
     later = datetime.datetime.now().timestamp() + 27 * 3600
     stale = check(3, clock=lambda: later, **settings)
     assert stale["status"] == "FAIL" and stale["evidence"][0].endswith("old (older than 26 h)")
@@ -97,7 +103,7 @@ def test_item_3_scheduled_and_fresh_passes_then_fails_when_stale(backup, backup_
 def test_item_3_fails_without_a_schedule(backup, backup_dir, tmp_path):
     database, _ = backup
     result = check(3, databases=[database], backup_dir=backup_dir, cron_file=str(tmp_path / "missing"),
-                   compose_file=str(tmp_path / "none.yml"))
+                   compose_file=str(tmp_path / "none.yml"), config_dir=os.path.dirname(signing_passphrase_file()))
     assert result["status"] == "FAIL"
     assert result["evidence"] == [f"{database}: no cron entry in {tmp_path / 'missing'} and no sidecar "
                                   f"{tmp_path / 'none.yml'}"]

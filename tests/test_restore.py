@@ -386,6 +386,8 @@ def test_disk_full_during_restore(pg, fresh_db, backup_dir, run_module, shared_t
         postgres = pwd.getpwnam("postgres")
         os.chown(space, postgres.pw_uid, postgres.pw_gid)
         pg.execute(f"CREATE TABLESPACE tiny LOCATION '{space}'")
+        # The restore builds its side database where the target lives, as the app role.
+        pg.execute("GRANT CREATE ON TABLESPACE tiny TO infer")
         pg.execute("CREATE DATABASE t_full OWNER infer TABLESPACE tiny")
         result = _restore(run_module, pg, backup_dir, mode="restore", database=sample_db, target_database="t_full")
         assert result["failed"] is True

@@ -455,7 +455,7 @@ def test_a_flipped_byte_with_the_manifest_intact_is_damage(pg, live, backup_dir)
         handle.write(bytes([byte[0] ^ 1]))
     message = failed_restore(pg, backup_dir, "t_flipped", database=live)
     assert message == (f"{os.path.basename(path)}: checksum mismatch; the file is damaged or was changed after "
-                       "the backup")
+                       "the backup; t_flipped was not created")
     assert databases_like(pg, "t_flipped") == []
 
 
@@ -472,28 +472,109 @@ def test_a_wrong_passphrase_is_named_with_both_key_ids(pg, live, backup_dir, tmp
                               f"key {ours}")
 
 
-def test_a_version_1_manifest_counts_when_its_hmac_verifies(pg, live, backup_dir, passphrase_file):
-    path = take_backup(pg, live, backup_dir, backup_passphrase_file=passphrase_file)
+def _as_version_1(path, passphrase=PASSPHRASE, **changes):
+    """Rewrite a backup's manifest as the old format: no signature, an HMAC over the whole file."""
     manifest = manifest_of(path)
     data = open(path, "rb").read()
-    salt = data[8:16]
-    mac_key = hashlib.pbkdf2_hmac("sha256", PASSPHRASE.encode(), salt, 10000, 80)[48:80]
+    mac_key = hashlib.pbkdf2_hmac("sha256", passphrase.encode(), data[8:16], 10000, 80)[48:80]
     legacy = {k: v for k, v in manifest.items() if k != "signature"}
-    legacy["manifest_version"] = 1
+    legacy.update(manifest_version=1, **changes)
     legacy["encryption"] = dict(manifest["encryption"], hmac_sha256=hmac.new(mac_key, data, hashlib.sha256).hexdigest())
     with open(path + ".manifest.json", "w") as handle:
         json.dump(legacy, handle)
-    report = restore(pg, backup_dir, "t_legacy", database=live, require_encryption=True)
-    assert report["verdict"] == "VERIFIED" and report["checks"]["hmac"] == "passed"
+    return legacy
+
+
+def test_a_version_1_manifest_is_restored_by_name_only_and_its_hmac_is_checked(pg, live, backup_dir,
+                                                                               passphrase_file):
+    path = take_backup(pg, live, backup_dir, backup_passphrase_file=passphrase_file)
+    legacy = _as_version_1(path)
+    # Its HMAC proves the bytes, not the manifest: a replayed old file under a new name and date
+    # must never become "latest".
+    with pytest.raises(ForgeError) as caught:
+        restorer(pg, backup_dir).select(live)
+    assert caught.value.message.endswith("manifest predates signing (version 1): it proves at most the file, not "
+                                         "what the manifest says (name a file to restore it as UNVERIFIED)")
+    report = restore(pg, backup_dir, "t_legacy", path=path, database=live)
+    assert report["verdict"] == "UNVERIFIED" and report["checks"]["hmac"] == "passed"
     assert table_counts(pg, "t_legacy") == table_counts(pg, live)
     pg.drop_database("t_legacy")
     legacy["encryption"]["hmac_sha256"] = "0" * 64
     with open(path + ".manifest.json", "w") as handle:
         json.dump(legacy, handle)
-    backup = catalog.open_backup(path, catalog.TrustPolicy(PASSPHRASE.encode()))
-    assert not backup.good
-    assert backup.problem == ("HMAC does not match: wrong passphrase, or the file and its (version 1, unsigned) "
-                              "manifest were changed together")
+    message = failed_restore(pg, backup_dir, "t_legacy", path=path, database=live)
+    assert message == (f"{os.path.basename(path)}: HMAC does not match: wrong passphrase, or the file and its "
+                       "(version 1, unsigned) manifest were changed together")
+    assert databases_like(pg, "t_legacy") == []
+
+
+def test_an_old_backup_made_before_the_crlf_rule_still_restores(pg, live, backup_dir, tmp_path):
+    """The old reader dropped a trailing CR from the passphrase file; openssl keeps it."""
+    stripped = tmp_path / "stripped.pass"
+    stripped.write_text("secret\n")
+    stripped.chmod(0o600)
+    path = take_backup(pg, live, backup_dir, backup_passphrase_file=str(stripped))
+    _as_version_1(path, passphrase="secret")
+    crlf = tmp_path / "crlf.pass"
+    crlf.write_bytes(b"secret\r\n")
+    crlf.chmod(0o600)
+    report = restore(pg, backup_dir, "t_crlf", path=path, database=live, passphrase_file=str(crlf))
+    assert report["checks"]["hmac"] == "passed"
+    assert table_counts(pg, "t_crlf") == table_counts(pg, live)
+    pg.drop_database("t_crlf")
+
+
+def test_a_planted_manifest_never_crashes_or_hangs_a_scan(pg, live, backup_dir):
+    good = take_backup(pg, live, backup_dir)
+    planted = {
+        "nested": "[" * 100000,
+        "non-ascii-signature": json.dumps({**manifest_of(good), "signature": {
+            "scheme": "hmac-sha256", "key_id": "é" * 16, "value": "é" * 64}}),
+        "not-an-object": "[1, 2]",
+    }
+    for index, (_, text) in enumerate(planted.items()):
+        name = f"{live}_2026010{index + 1}_000000.sql.gz"
+        shutil.copyfile(good, os.path.join(backup_dir, name))
+        with open(os.path.join(backup_dir, name + ".manifest.json"), "w") as handle:
+            handle.write(text.replace(os.path.basename(good), name))
+    fifo = os.path.join(backup_dir, f"{live}_20260109_000000.sql.gz")
+    shutil.copyfile(good, fifo)
+    os.mkfifo(fifo + ".manifest.json")
+    os.symlink("/dev/zero", os.path.join(backup_dir, f"{live}_20260108_000000.sql.gz.manifest.json"))
+    shutil.copyfile(good, os.path.join(backup_dir, f"{live}_20260108_000000.sql.gz"))
+    backups = catalog.scan(backup_dir, live, catalog.TrustPolicy(PASSPHRASE.encode()))
+    assert [b.path for b in backups if b.good] == [good]
+    problems = {b.name[len(live) + 1:]: b.problem for b in backups if not b.good}
+    assert problems["20260109_000000.sql.gz"] == "manifest is not a regular file"
+    assert problems["20260108_000000.sql.gz"].startswith("unreadable manifest: ")
+    assert problems["20260101_000000.sql.gz"].startswith("unreadable manifest: ")
+    assert problems["20260102_000000.sql.gz"] == "manifest was changed after the backup: its signature does not match"
+    assert problems["20260103_000000.sql.gz"] == "manifest is not a JSON object"
+
+
+@pytest.mark.parametrize("target, message", [
+    ("template1", "refusing to restore into template1: every new database is copied from it"),
+    ("x" * 64, f"target database name {'x' * 64!r} is longer than PostgreSQL's 63 bytes"),
+], ids=["template1", "64-bytes"])
+def test_targets_postgres_would_misread_are_refused(pg, live, backup_dir, target, message):
+    take_backup(pg, live, backup_dir)
+    assert failed_restore(pg, backup_dir, target, database=live) == message
+
+
+def test_a_commit_inside_the_dump_never_reaches_an_empty_target(pg, backup_dir):
+    """psql's --single-transaction does not hold against a COMMIT in the script itself."""
+    pg.create_database("t_empty_target")
+    try:
+        sql = ("CREATE TABLE early (x int);\nCOMMIT;\nBEGIN;\nCREATE TABLE late (y int);\n"
+               "SELECT 1/0;\n-- PostgreSQL database dump complete\n")
+        path = write_gzip(backup_dir, "t_empty_target_20260207_143215.sql.gz", sql)
+        message = failed_restore(pg, backup_dir, "t_empty_target", path=path)
+        assert message == ("restore stopped: psql:<stdin>:5: ERROR: division by zero; t_empty_target is unchanged "
+                           "(still empty)")
+        assert table_counts(pg, "t_empty_target") == {}
+        assert databases_like(pg, "t_empty_target") == ["t_empty_target"]
+    finally:
+        pg.drop_database("t_empty_target")
 
 
 # -- passphrase files, exactly as openssl reads them ---------------------------------------------------------

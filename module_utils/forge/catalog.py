@@ -24,6 +24,7 @@ import stat
 import time
 
 from . import signing
+from .errors import ForgeError
 
 MANIFEST_SUFFIX = ".manifest.json"
 CHECKSUM_SUFFIX = ".sha256"
@@ -129,7 +130,6 @@ class BackupFile:
         self.raw_manifest = None
         self.problem = None
         self.content_verified = False
-        self._legacy_pending = False
         self._evaluate()
 
     @property
@@ -165,29 +165,27 @@ class BackupFile:
         """Named by an operator, may this file be restored as UNVERIFIED?
 
         Yes when nothing can be proven about it up front (no manifest, or one
-        written before signing without an HMAC); never when its manifest
-        contradicts it (changed, wrong key, other size or database).
+        written before signing); never when its signed manifest contradicts it
+        (changed, wrong key, other size or database).
         """
-        return self.problem == NO_MANIFEST or self._unsigned_legacy
+        return self.problem == NO_MANIFEST or self.legacy
 
     @property
     def good(self):
         """Counts for selection, retention and off-site: see the module docstring."""
-        if self.problem is None and self._legacy_pending:
-            self._authenticate_legacy()
         return self.problem is None and self.manifest is not None
 
     def _evaluate(self):
         policy = self.policy
-        self._unsigned_legacy = False
-        try:
-            with open(self.manifest_path, encoding="utf-8") as handle:
-                raw = json.load(handle)
-        except FileNotFoundError:
+        self.legacy = False
+        # Version 1 only: the HMAC over the whole encrypted file, checked when the file is named.
+        self.legacy_hmac = None
+        raw = _load_manifest(self.manifest_path)
+        if raw is None:
             self.problem = NO_MANIFEST
             return
-        except (OSError, ValueError) as exc:
-            self.problem = f"unreadable manifest: {exc}"
+        if isinstance(raw, str):
+            self.problem = raw
             return
         problem = manifest_problem(raw, self)
         if problem:
@@ -195,9 +193,16 @@ class BackupFile:
             return
         self.raw_manifest = raw
         if raw["manifest_version"] == LEGACY_MANIFEST_VERSION:
-            problem = self._legacy_problem(raw, policy)
-        else:
-            problem = self._signature_problem(raw, policy)
+            # Its HMAC covers the file's bytes but not the manifest: name, database, date and row
+            # counts could be replayed from any other old backup. Never chosen automatically.
+            self.legacy = True
+            expected = raw.get("encryption") if self.encrypted else None
+            expected = expected.get("hmac_sha256") if isinstance(expected, dict) else None
+            self.legacy_hmac = expected if _is_hex(expected, 64) else None
+            self.problem = ("manifest predates signing (version 1): it proves at most the file, not what the "
+                            "manifest says")
+            return
+        problem = self._signature_problem(raw, policy)
         if problem:
             self.problem = problem
             return
@@ -211,8 +216,7 @@ class BackupFile:
             when = datetime.datetime.fromtimestamp(dated).strftime("%Y-%m-%d %H:%M:%S")
             self.problem = f"dated in the future ({when}); never taken as the latest"
             return
-        if not self._legacy_pending:
-            self.manifest = raw
+        self.manifest = raw
 
     def _signature_problem(self, raw, policy):
         if not policy.check_signatures:
@@ -223,57 +227,46 @@ class BackupFile:
         if outcome == signing.SIGNATURE_MISSING:
             return "manifest is not signed; it cannot be trusted (a signature removed is a manifest changed)"
         if outcome == signing.SIGNATURE_WRONG_KEY:
-            return (f"wrong passphrase: the manifest was signed with key {raw['signature'].get('key_id')!s:.16}, "
+            return (f"wrong passphrase: the manifest was signed with key {raw['signature']['key_id']}, "
                     f"this passphrase is key {signing.key_id(policy.key)}")
         if outcome == signing.SIGNATURE_MISMATCH:
             return "manifest was changed after the backup: its signature does not match"
         return None
 
-    def _legacy_problem(self, raw, policy):
-        expected = (raw.get("encryption") or {}).get("hmac_sha256") if self.encrypted else None
-        if not isinstance(expected, str):
-            self._unsigned_legacy = True
-            return "manifest predates signing and has no HMAC; name the file to restore it UNVERIFIED"
-        if not policy.check_signatures:
+    def check_legacy_hmac(self, passphrase):
+        """Prove a version 1 file by its HMAC (one full read); returns the passphrase that
+        proved it. The reader of old code dropped a trailing CR from the passphrase file,
+        openssl keeps it: a file written then is tried both ways."""
+        if not self.legacy_hmac:
             return None
-        if not policy.passphrase:
-            return "manifest HMAC not checked: no passphrase given"
-        self._legacy_pending = True
-        return None
-
-    def _authenticate_legacy(self):
-        """A version 1 manifest is authentic when the HMAC over the whole file verifies (one full read)."""
-        self._legacy_pending = False
-        raw = self.raw_manifest
-        if not self.policy.check_signatures:
-            self.manifest = raw
-            return
-        encryption = raw.get("encryption") or {}
-        digest = hashlib.sha256()
+        encryption = self.raw_manifest.get("encryption") or {}
+        iterations = encryption.get("kdf_iterations", 10000)
+        if not isinstance(iterations, int) or isinstance(iterations, bool) or not 1 <= iterations <= 10_000_000:
+            raise ForgeError(f"{self.name}: manifest has an impossible kdf_iterations {iterations!r}")
+        candidates = [passphrase] + ([passphrase.rstrip(b"\r")] if passphrase.endswith(b"\r") else [])
         try:
             with open(self.path, "rb") as handle:
                 header = handle.read(16)
                 if len(header) < 16 or not header.startswith(b"Salted__"):
-                    self.problem = "file is not in openssl enc format, but its manifest says it is encrypted"
-                    return
-                mac = hmac.new(signing.legacy_file_mac_key(self.policy.passphrase, header[8:16],
-                                                           int(encryption.get("kdf_iterations", 10000))),
-                               digestmod=hashlib.sha256)
+                    raise ForgeError(f"{self.name}: not in openssl enc format, but its manifest says it is encrypted")
+                macs = [hmac.new(signing.legacy_file_mac_key(candidate, header[8:16], iterations),
+                                 digestmod=hashlib.sha256) for candidate in candidates]
+                digest = hashlib.sha256()
                 for chunk in iter(lambda: handle.read(1 << 20), b""):
                     header, chunk = b"", header + chunk
                     digest.update(chunk)
-                    mac.update(chunk)
+                    for mac in macs:
+                        mac.update(chunk)
         except OSError as exc:
-            self.problem = f"cannot read the file: {exc.strerror}"
-            return
-        if not hmac.compare_digest(digest.hexdigest(), raw["sha256"]):
-            self.problem = "checksum mismatch; the file is damaged or was changed after the backup"
-        elif not hmac.compare_digest(mac.hexdigest(), encryption["hmac_sha256"]):
-            self.problem = ("HMAC does not match: wrong passphrase, or the file and its (version 1, unsigned) "
-                            "manifest were changed together")
-        else:
-            self.manifest = raw
-            self.content_verified = True
+            raise ForgeError(f"{self.name}: cannot read the file: {exc.strerror}") from None
+        if not hmac.compare_digest(digest.hexdigest(), self.raw_manifest["sha256"]):
+            raise ForgeError(f"{self.name}: checksum mismatch; the file is damaged or was changed after the backup")
+        for candidate, mac in zip(candidates, macs, strict=True):
+            if hmac.compare_digest(mac.hexdigest(), self.legacy_hmac):
+                self.content_verified = True
+                return candidate
+        raise ForgeError(f"{self.name}: HMAC does not match: wrong passphrase, or the file and its (version 1, "
+                         "unsigned) manifest were changed together")
 
     def as_dict(self):
         return {
@@ -298,11 +291,48 @@ def manifest_problem(manifest, backup):
     if manifest.get("size") != backup.size:
         return (f"file is {backup.size} bytes but its manifest says {manifest.get('size')}: the file is damaged, "
                 "truncated or was replaced")
-    if not isinstance(manifest.get("sha256"), str) or len(manifest["sha256"]) != 64:
+    if not _is_hex(manifest.get("sha256"), 64):
         return "manifest has no sha256"
     if not isinstance(manifest.get("database"), str):
         return "manifest names no database"
     return None
+
+
+MAX_MANIFEST_BYTES = 1 << 20
+
+
+def _load_manifest(path):
+    """The manifest's JSON object; None when there is none; a string saying why it is unusable.
+
+    A planted manifest may be a FIFO, a link to /dev/zero, huge or absurdly nested:
+    only a regular file of reasonable size is read, and no parse error escapes.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"unreadable manifest: {exc.strerror}"
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return "manifest is not a regular file"
+        if info.st_size > MAX_MANIFEST_BYTES:
+            return f"manifest is {info.st_size} bytes; no manifest of ours is that large"
+        data = os.read(fd, MAX_MANIFEST_BYTES + 1)
+    except OSError as exc:
+        return f"unreadable manifest: {exc.strerror}"
+    finally:
+        os.close(fd)
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        return f"unreadable manifest: {' '.join(str(exc).split())[:200]}"
+    return manifest if isinstance(manifest, dict) else "manifest is not a JSON object"
+
+
+def _is_hex(value, length):
+    return isinstance(value, str) and len(value) == length and all(c in "0123456789abcdef" for c in value)
 
 
 def _ended_at(manifest):

@@ -20,7 +20,7 @@ from .fsutil import write_atomic
 from .pgconn import count_rows, user_tables
 from .records import DRILL_METRIC_PREFIX as METRIC_PREFIX
 from .records import drill_metrics_filename, drill_report_path
-from .restore import Restorer, describe_count_mismatches
+from .restore import Restorer, derived_name, describe_count_mismatches
 
 DRILL_COMMENT = "infer-forge restore drill scratch database"
 
@@ -31,7 +31,8 @@ class DrillOptions:
         if not database:
             raise ForgeError("the drill needs the source database name")
         self.database = database
-        self.scratch_database = scratch_database or f"{database}_restore_drill"
+        # Cut to PostgreSQL's 63 bytes, as the server would, but on our side and on purpose.
+        self.scratch_database = scratch_database or derived_name(database, "_restore_drill")
         self.backup_file = backup_file
         self.keep = keep
         self.sql_checks = list(sql_checks or [])
@@ -62,6 +63,8 @@ class Drill:
         self.clock = clock
 
     def run(self):
+        import psycopg
+
         started = self.clock()
         result = {"database": self.options.database, "scratch_database": self.options.scratch_database,
                   "passed": False, "verdict": "FAIL", "changed": True, "host": socket.gethostname()}
@@ -89,9 +92,10 @@ class Drill:
                 result["passed"] = True
                 result["verdict"] = "PASS"
                 result["reason"] = "all checks passed"
-        except ForgeError as exc:
-            result["reason"] = exc.message
-            result.setdefault("problems", []).append(exc.message)
+        except (ForgeError, psycopg.Error) as exc:
+            message = exc.message if isinstance(exc, ForgeError) else " ".join(str(exc).split())
+            result["reason"] = message
+            result.setdefault("problems", []).append(message)
         finally:
             result["scratch_dropped"] = False if self.options.keep else self._drop_scratch()
         result["duration"] = round(self.clock() - started, 3)

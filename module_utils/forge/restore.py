@@ -1,11 +1,12 @@
 """The restore engine: pick a backup, verify it, stream it into a database.
 
-Verification happens before any database is touched: the file's SHA-256
-against its manifest and, for encrypted files, the HMAC (which tells a wrong
-passphrase from a damaged file). The restore then streams file -> decrypt ->
-decompress -> psql/pg_restore with bounded memory and no plaintext on disk.
-Plain dumps run in one transaction with ON_ERROR_STOP; if the stream turns out
-damaged at its end, psql is killed before it can commit, so nothing is kept.
+Before any database is touched the manifest's signature is checked (see
+catalog.py). The file is then opened once and streamed: bytes -> SHA-256 ->
+decrypt -> decompress -> psql/pg_restore, with bounded memory and no plaintext
+on disk. The SHA-256 of exactly the bytes that were streamed is compared with
+the manifest at the end, so a file swapped or changed after the check is
+caught. Everything lands in a side database that takes the target's name only
+when complete and checked; a failure at any point leaves the target as it was.
 """
 
 import hashlib
@@ -87,13 +88,15 @@ class VerifyReport(dict):
         return self.get("verdict") == VERIFIED
 
 
-def verify_file(backup, passphrase=None, database=None, read_unverified=True):
+def verify_file(backup, passphrase=None, database=None, read=True):
     """Check a backup without touching any database. Raises ForgeError on the first problem.
 
-    A backup with an authenticated manifest is read once to compare its SHA-256
-    (verdict VERIFIED). A file without one, named by the operator, is read
-    through (decrypt, decompress, completion marker) when ``read_unverified``
-    (verdict UNVERIFIED: it is intact, but nothing proves what it should hold).
+    A backup with an authenticated manifest: its SHA-256 is compared (every byte
+    read) when ``read``, verdict VERIFIED. A file without one, named by the
+    operator: read through (decrypt, decompress, completion marker) when
+    ``read``, verdict UNVERIFIED, since it is intact but nothing proves what it
+    should hold. A version 1 manifest's HMAC is always checked (one full read).
+    With ``read`` off, the restore's stream makes the same checks.
     """
     report = VerifyReport(file=backup.path, format=backup.dump_format, compression=backup.compression,
                           encrypted=backup.encrypted, has_manifest=backup.raw_manifest is not None)
@@ -110,7 +113,12 @@ def verify_file(backup, passphrase=None, database=None, read_unverified=True):
     if not backup.good:
         report["verdict"] = UNVERIFIED
         report.skipped("signature", backup.problem)
-        if read_unverified:
+        if backup.legacy_hmac:
+            # The passphrase that proved it decrypts it (see check_legacy_hmac).
+            backup.legacy_passphrase = passphrase = backup.check_legacy_hmac(passphrase)
+            report.passed("hmac")
+            report.passed("sha256")
+        if read:
             read_through(backup, passphrase)
             report.passed("decrypt" if backup.encrypted else "readable")
             report.passed("decompress")
@@ -119,18 +127,30 @@ def verify_file(backup, passphrase=None, database=None, read_unverified=True):
         else:
             report.skipped("content", "checked while streaming into the database")
         return report
-
     report["verdict"] = VERIFIED
-    report.passed("signature" if backup.raw_manifest.get("signature") else "hmac")
-    if not backup.content_verified:
+    report.passed("signature")
+    if read:
         digest = hashlib.sha256()
-        with open(backup.path, "rb") as handle:
+        with open_backup_file(backup) as handle:
             for chunk in iter(lambda: handle.read(READ_SIZE), b""):
                 digest.update(chunk)
-        if not hmac.compare_digest(digest.hexdigest(), backup.manifest["sha256"]):
-            raise ForgeError(f"{backup.name}: checksum mismatch; the file is damaged or was changed after the backup")
-    report.passed("sha256")
+        check_digest(backup, digest)
+        report.passed("sha256")
     return report
+
+
+def open_backup_file(backup):
+    """The backup file, opened once (never through a symlink) for everything that reads it."""
+    try:
+        return os.fdopen(os.open(backup.path, os.O_RDONLY | os.O_NOFOLLOW), "rb")
+    except OSError as exc:
+        raise ForgeError(f"{backup.name}: cannot open it: {exc.strerror}") from None
+
+
+def check_digest(backup, digest):
+    expected = (backup.manifest or {}).get("sha256")
+    if expected and not hmac.compare_digest(digest.hexdigest(), expected):
+        raise ForgeError(f"{backup.name}: checksum mismatch; the file is damaged or was changed after the backup")
 
 
 _MAGIC = {"gzip": b"\x1f\x8b", "zstd": b"\x28\xb5\x2f\xfd", "none": b"PGDMP"}
@@ -164,16 +184,22 @@ class _StartCheck:
             raise ForgeError(f"{self.backup.name}: the file is too short to be a backup")
 
 
-def plaintext_chunks(backup, passphrase, read_size=None):
-    """The file's dump bytes, decrypted and decompressed, checked on the way:
-    a wrong passphrase, damage and truncation each raise a one-line ForgeError."""
+def plaintext_chunks(backup, passphrase, read_size=None, report=None):
+    """The file's dump bytes, decrypted and decompressed, checked on the way: a wrong
+    passphrase, damage and truncation each raise a one-line ForgeError. For a file with
+    an authenticated manifest the SHA-256 of exactly these bytes is compared at the end
+    (and, when decoding failed half way, over the whole file: a changed file is named as
+    such rather than as a decoding error)."""
     decryptor = opensslenc.Decryptor(passphrase) if backup.encrypted else None
     decompressor = compress.decompressor_for(backup.compression)
     start = _StartCheck(backup)
+    digest = hashlib.sha256() if backup.manifest else None
     tail = b""
-    try:
-        with open(backup.path, "rb") as handle:
+    with open_backup_file(backup) as handle:
+        try:
             for chunk in iter(lambda: handle.read(read_size or STREAM_READ_SIZE), b""):
+                if digest is not None:
+                    digest.update(chunk)
                 if decryptor is not None:
                     chunk = decryptor.update(chunk)
                 start.feed(chunk)
@@ -181,56 +207,70 @@ def plaintext_chunks(backup, passphrase, read_size=None):
                 if data:
                     tail = (tail + data[-256:])[-256:]
                     yield data
-        if decryptor is not None:
-            try:
-                last = decryptor.finalize()
-            except ForgeError:
-                raise ForgeError(f"{backup.name}: damaged file: decryption failed at its end (truncated or "
-                                 "changed)") from None
-            start.feed(last)
-            data = decompressor.decompress(last)
-            if data:
-                tail = (tail + data[-256:])[-256:]
-                yield data
-        start.finish()
-    except ForgeError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - decompressor and cipher errors become one line
-        raise ForgeError(_describe_stream_error(backup, exc)) from None
+            if decryptor is not None:
+                try:
+                    last = decryptor.finalize()
+                except ForgeError:
+                    raise ForgeError(f"{backup.name}: damaged file: decryption failed at its end (truncated or "
+                                     "changed)") from None
+                start.feed(last)
+                data = decompressor.decompress(last)
+                if data:
+                    tail = (tail + data[-256:])[-256:]
+                    yield data
+            start.finish()
+        except Exception as exc:
+            if digest is not None:
+                for chunk in iter(lambda: handle.read(READ_SIZE), b""):
+                    digest.update(chunk)
+                check_digest(backup, digest)
+            if isinstance(exc, ForgeError):
+                raise
+            raise ForgeError(_describe_stream_error(backup, exc)) from None
+    if digest is not None:
+        check_digest(backup, digest)
+        if report is not None:
+            report.passed("sha256")
     _check_stream_end(backup, decompressor, tail)
 
 
 def restricted(chunks):
-    """A plain dump that nothing proves (UNVERIFIED) may run SQL, never psql commands such as ``\\!``.
+    """A plain dump may run SQL, never psql commands such as ``\\!``.
 
     The stream is put in psql's restricted mode (``\\restrict``, psql 15.14 and later) with a key
     the file cannot know, so any backslash command in it fails the restore. pg_dump's own
-    ``\\restrict KEY``/``\\unrestrict KEY`` lines are taken out: psql does not nest them.
+    ``\\restrict KEY``/``\\unrestrict KEY`` lines (whole lines only) become empty lines: psql
+    does not nest them, and an empty line keeps psql's line numbers (see _restricted_error).
     """
-    yield b"\\restrict " + os.urandom(16).hex().encode() + b"\n"
+    # Our line ends with the newline the buffer starts with, so every pg_dump line,
+    # the first included, is found as "\n" + line.
+    yield b"\\restrict " + os.urandom(16).hex().encode()
     chunks = iter(chunks)
-    buffer = b""
+    buffer = b"\n"
     for data in chunks:
         buffer += data
         if len(buffer) >= 65536:
             break
-    own = re.search(rb"(?m)^\\restrict ([A-Za-z0-9]+)\r?\n", buffer)
-    lines = [b"\\restrict " + own.group(1) + b"\n", b"\\unrestrict " + own.group(1) + b"\n"] if own else []
-    hold = max((len(line) for line in lines), default=0)
+    own = re.search(rb"\n\\restrict ([A-Za-z0-9]+)(\r?\n)", buffer)
+    lines = []
+    if own:
+        key, end = own.group(1), own.group(2)
+        lines = [b"\n\\restrict " + key + end, b"\n\\unrestrict " + key + end]
+    hold = max((len(line) for line in lines), default=1)
 
     def clean(data):
-        # An empty line in their place keeps psql's line numbers (see _restricted_error).
         for line in lines:
-            data = data.replace(line, b"\n")
+            data = data.replace(line, b"\n\n")
         return data
 
+    buffer = clean(buffer)
     for data in chunks:
         buffer = clean(buffer + data)
         # Keep the last bytes back: one of the lines may continue in the next chunk.
         if len(buffer) > hold:
             yield buffer[:len(buffer) - hold]
             buffer = buffer[len(buffer) - hold:]
-    yield clean(buffer)
+    yield buffer
 
 
 def read_through(backup, passphrase):
@@ -307,80 +347,88 @@ class Restorer:
     def passphrase(self, backup):
         if not backup.encrypted:
             return None
+        if getattr(backup, "legacy_passphrase", None):
+            return backup.legacy_passphrase
         if not self.options.passphrase_file:
             raise ForgeError(f"{backup.name} is encrypted; a passphrase file is needed to restore it")
         return self.configured_passphrase()
 
     # -- the restore ----------------------------------------------------------
     def restore(self, backup, target, database=None, check_mode=False):
-        # Before the first large buffer (verification reads 1 MiB blocks), not after.
+        import psycopg
+
+        # Before the first large buffer, not after.
         pin_malloc_mmap_threshold()
         started = time.monotonic()
-        passphrase = self.passphrase(backup)
+        check_target_name(target)
         if self.options.verify:
-            # A file without a manifest is proven while it streams into the side database.
-            report = verify_file(backup, passphrase, database, read_unverified=False)
+            # The file's SHA-256 (or a file without a manifest) is proven while it streams; check
+            # mode streams nothing, so it reads the file here.
+            report = verify_file(backup, self.passphrase(backup), database, read=check_mode)
         else:
             report = VerifyReport(verdict=UNVERIFIED)
+        passphrase = self.passphrase(backup)
         report["target"] = target
-        with self.settings.connect(database=_maintenance_db(target)) as control:
-            plan, tables = self._plan(control, target)
-            sessions = _sessions(control, target) if plan == "replace" else []
-            if check_mode:
-                report.update(changed=True, target_state=f"would {_PLAN_WORDS[plan]}",
-                              sessions=[_describe_session(item) for item in sessions])
-                if plan == "replace":
-                    report["previous_database"] = (_previous_name(target) if self.options.keep_previous
-                                                   else None)
-                return report
-            self._lock(control, target)
-            if plan == "empty":
-                self.log(f"Restoring {backup.name} into the empty database {target}")
-                try:
-                    self._into(backup, target, passphrase, parallel=False, verified=report.verified)
-                except ForgeError as exc:
-                    raise ForgeError(f"{exc.message}; {target} is still empty (nothing was committed)") from None
-                report["target_state"] = "empty"
-            else:
+        try:
+            with self.settings.connect(database=_maintenance_db(target)) as control:
+                if not check_mode:
+                    self._lock(control, target)
+                plan, objects = self._plan(control, target)
+                sessions = _sessions(control, target) if plan != "new" else []
+                if check_mode:
+                    report.update(changed=True, target_state=f"would {_PLAN_WORDS[plan]}",
+                                  sessions=[_describe_session(item) for item in sessions])
+                    if plan == "replace":
+                        report["previous_database"] = (_previous_name(target) if self.options.keep_previous
+                                                       else None)
+                    return report
                 self._drop_stale_sides(control, target)
-                side = self._create_side(control, target)
+                side = self._create_side(control, target, plan != "new")
                 try:
                     self.log(f"Restoring {backup.name} into {side} (the side database for {target})")
-                    self._into(backup, side, passphrase, parallel=True, verified=report.verified)
+                    self._into(backup, side, passphrase, report)
                     self._compare_counts(backup, side, report)
                     if plan == "new":
                         self._rename_new(control, side, target)
                         report["target_state"] = "created"
                     else:
-                        report.update(self._swap(control, side, target, backup))
+                        # An empty target holds nothing to keep.
+                        keep = self.options.keep_previous and plan == "replace"
+                        report.update(self._swap(control, side, target, backup, keep))
+                        if plan == "empty":
+                            report["target_state"] = "replaced the empty database"
                 except BaseException as exc:
                     self._drop(control, side)
-                    if isinstance(exc, ForgeError):
-                        where = (f"{target} is unchanged ({tables} tables, as before)" if plan == "replace"
-                                 else f"{target} was not created")
-                        raise ForgeError(f"{exc.message}; {where}") from None
+                    if isinstance(exc, (ForgeError, psycopg.Error)):
+                        where = {"new": f"{target} was not created",
+                                 "empty": f"{target} is unchanged (still empty)",
+                                 "replace": f"{target} is unchanged ({objects}, as before)"}[plan]
+                        raise ForgeError(f"{_one_line(exc)}; {where}") from None
                     raise
+        except psycopg.Error as exc:
+            raise ForgeError(f"{_one_line(exc)}; nothing was changed") from None
         report["changed"] = True
         report["duration"] = round(time.monotonic() - started, 3)
         return report
 
     # -- steps ------------------------------------------------------------------
     def _plan(self, control, target):
-        """'new', 'empty' or 'replace', and the target's table count."""
+        """'new', 'empty' or 'replace', and what the target holds, in words."""
         exists = control.execute("SELECT 1 FROM pg_database WHERE datname = %s", (target,)).fetchone()
         if not exists:
             if not self.options.create:
                 raise ForgeError(f"target database {target!r} does not exist (set create to make it)")
-            return "new", 0
+            return "new", "nothing"
         with self.settings.connect(database=target) as conn:
-            tables = len(user_tables(conn.cursor()))
-        if tables == 0:
-            return "empty", 0
+            tables, others = conn.execute(_CONTENTS_QUERY).fetchone()
+        if tables == 0 and others == 0:
+            return "empty", "empty"
+        held = f"{tables} tables" if tables else f"{others} objects (views, sequences, functions or large objects)"
         if not self.options.force:
-            raise ForgeError(f"target database {target!r} already has {tables} tables; restoring would "
+            raise ForgeError(f"target database {target!r} already has {held}; restoring would "
                              "overwrite data (force: true, or --force, restores beside it and swaps it in "
                              "only when complete)")
-        return "replace", tables
+        return "replace", held
 
     def _lock(self, control, target):
         """One restore into a target at a time, across hosts (a session-level advisory lock)."""
@@ -399,13 +447,19 @@ class Restorer:
             self.log(f"Dropping {name}, left by an interrupted restore into {target}")
             self._drop(control, name)
 
-    def _create_side(self, control, target):
+    def _create_side(self, control, target, exists):
         from psycopg import sql
 
-        side = _derived_name(target, f"_restoring_{os.urandom(4).hex()}")
+        side = derived_name(target, f"_restoring_{os.urandom(4).hex()}")
         query = sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8'").format(sql.Identifier(side))
         if self.options.owner:
             query = query + sql.SQL(" OWNER {}").format(sql.Identifier(self.options.owner))
+        if exists:
+            # Where the operator put the target (a tablespace of its own) is where its data goes.
+            space = control.execute("SELECT t.spcname FROM pg_database d JOIN pg_tablespace t "
+                                    "ON t.oid = d.dattablespace WHERE d.datname = %s", (target,)).fetchone()
+            if space and space[0] != "pg_default":
+                query = query + sql.SQL(" TABLESPACE {}").format(sql.Identifier(space[0]))
         try:
             control.execute(query)
             control.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
@@ -443,7 +497,7 @@ class Restorer:
         except Exception as exc:  # noqa: BLE001 - psycopg errors become one line
             raise ForgeError(f"cannot rename {side!r} to {target!r}: {' '.join(str(exc).split())}") from None
 
-    def _swap(self, control, side, target, backup):
+    def _swap(self, control, side, target, backup, keep):
         """Ends the target's sessions (saying which) and renames old away and new in, atomically."""
         import psycopg
         from psycopg import sql
@@ -481,7 +535,7 @@ class Restorer:
         else:
             raise ForgeError(f"clients kept reconnecting to {target!r}; gave up after {SWAP_ATTEMPTS} attempts")
         result = {"target_state": "replaced", "sessions_ended": ended}
-        if self.options.keep_previous:
+        if keep:
             self.log(f"Restored {backup.name} into {target}; the previous database is kept as {previous}")
             result["previous_database"] = previous
         else:
@@ -498,11 +552,11 @@ class Restorer:
         except Exception as exc:  # noqa: BLE001 - the caller's error is the one to report
             self.log(f"could not drop {name}: {' '.join(str(exc).split())}")
 
-    def _into(self, backup, database, passphrase, parallel, verified=True):
-        if parallel and backup.dump_format == "custom" and not backup.encrypted and self.jobs > 1:
-            self._pg_restore_file(backup, database)
+    def _into(self, backup, database, passphrase, report):
+        if backup.dump_format == "custom" and not backup.encrypted and self.jobs > 1:
+            self._pg_restore_file(backup, database, report)
         else:
-            self._stream(backup, database, passphrase, sql_only=not verified)
+            self._stream(backup, database, passphrase, report)
 
     def _env(self, target, passfile):
         env = self.settings.with_database(target).libpq_env(passfile)
@@ -510,17 +564,27 @@ class Restorer:
             env["PGOPTIONS"] = " ".join(f"-c {key}={value}" for key, value in self.options.session_settings.items())
         return env
 
-    def _pg_restore_file(self, backup, target):
-        command = self.options.pg_restore_command + [
-            "--no-owner", "--no-privileges", "--exit-on-error", f"--jobs={self.jobs}",
-            f"--dbname={dbname_conninfo(target)}", backup.path]
-        with PassFile(self.settings.password) as passfile:
-            proc = subprocess.run(command, env=self._env(target, passfile), capture_output=True, text=True,
-                                  check=False)
+    def _pg_restore_file(self, backup, target, report):
+        """pg_restore --jobs needs a seekable file: it reads the one we hashed, through our open
+        descriptor, so a file renamed over it after the check is never what gets restored."""
+        with open_backup_file(backup) as handle:
+            if backup.manifest:
+                digest = hashlib.sha256()
+                for chunk in iter(lambda: handle.read(READ_SIZE), b""):
+                    digest.update(chunk)
+                check_digest(backup, digest)
+                report.passed("sha256")
+            fd = handle.fileno()
+            command = self.options.pg_restore_command + [
+                "--no-owner", "--no-privileges", "--exit-on-error", f"--jobs={self.jobs}",
+                f"--dbname={dbname_conninfo(target)}", f"/dev/fd/{fd}"]
+            with PassFile(self.settings.password) as passfile:
+                proc = subprocess.run(command, env=self._env(target, passfile), capture_output=True, text=True,
+                                      check=False, pass_fds=(fd,))
         if proc.returncode != 0:
             raise ForgeError(f"pg_restore failed: {_first_error(proc.stderr)}")
 
-    def _stream(self, backup, target, passphrase, sql_only=False):
+    def _stream(self, backup, target, passphrase, report):
         if backup.dump_format == "plain":
             command = self.options.psql_command + ["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
                                                    "-o", "/dev/null", "-f", "-"]
@@ -534,8 +598,8 @@ class Restorer:
             errors = []
             reader = threading.Thread(target=_collect, args=(proc.stderr, errors), daemon=True)
             reader.start()
-            chunks = plaintext_chunks(backup, passphrase)
-            restrict = sql_only and backup.dump_format == "plain"
+            chunks = plaintext_chunks(backup, passphrase, report=report)
+            restrict = backup.dump_format == "plain"
             if restrict:
                 chunks = restricted(chunks)
 
@@ -574,8 +638,35 @@ def _restricted_error(text):
     return re.sub(r"psql:<stdin>:(\d+):", lambda match: f"psql:<stdin>:{int(match.group(1)) - 1}:", text)
 
 
-_PLAN_WORDS = {"new": "create it", "empty": "restore into the empty database",
+_PLAN_WORDS = {"new": "create it", "empty": "restore beside the empty database and swap it in",
                "replace": "restore beside it and swap it in"}
+# What a target holds: tables, and anything else a restore would replace.
+_CONTENTS_QUERY = """
+    SELECT count(*) FILTER (WHERE c.relkind IN ('r', 'p')),
+           count(*) FILTER (WHERE c.relkind NOT IN ('r', 'p'))
+           + (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+               WHERE n.nspname NOT IN ('pg_catalog', 'information_schema'))
+           + (SELECT count(*) FROM pg_largeobject_metadata)
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+       AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+       AND n.nspname NOT LIKE 'pg_toast%%' AND n.nspname NOT LIKE 'pg_temp%%'
+"""
+
+
+def check_target_name(target):
+    """PostgreSQL cuts names at 63 bytes, so a longer one would name another database;
+    the templates are copied into every new database."""
+    if not target:
+        raise ForgeError("no target database given")
+    if len(target.encode("utf-8")) > MAX_IDENTIFIER_BYTES:
+        raise ForgeError(f"target database name {target!r} is longer than PostgreSQL's 63 bytes")
+    if target in ("template0", "template1"):
+        raise ForgeError(f"refusing to restore into {target}: every new database is copied from it")
+
+
+def _one_line(exc):
+    return exc.message if isinstance(exc, ForgeError) else " ".join(str(exc).split())
 
 
 def describe_count_mismatches(expected, actual):
@@ -608,7 +699,7 @@ def _in_progress_comment(target):
     return IN_PROGRESS_COMMENT + json.dumps(target)
 
 
-def _derived_name(target, suffix):
+def derived_name(target, suffix):
     """``target`` + ``suffix``, cut to PostgreSQL's 63-byte identifier limit on a character boundary."""
     room = MAX_IDENTIFIER_BYTES - len(suffix.encode("utf-8"))
     head = target.encode("utf-8")[:room].decode("utf-8", "ignore")
@@ -616,7 +707,7 @@ def _derived_name(target, suffix):
 
 
 def _previous_name(target, when=None):
-    return _derived_name(target, f"_before_restore_{when or time.strftime('%Y%m%d_%H%M%S')}")
+    return derived_name(target, f"_before_restore_{when or time.strftime('%Y%m%d_%H%M%S')}")
 
 
 def dbname_conninfo(name):

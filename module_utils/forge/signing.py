@@ -115,15 +115,26 @@ def sign(manifest, key):
 def check(manifest, key):
     """One of SIGNATURE_OK, SIGNATURE_MISSING, SIGNATURE_WRONG_KEY, SIGNATURE_MISMATCH."""
     signature = manifest.get("signature")
-    if not isinstance(signature, dict) or not isinstance(signature.get("value"), str):
+    if not isinstance(signature, dict) or signature.get("scheme") != SIGNATURE_SCHEME:
         return SIGNATURE_MISSING
-    if signature.get("scheme") != SIGNATURE_SCHEME:
-        return SIGNATURE_MISSING
-    if not hmac.compare_digest(str(signature.get("key_id", "")), key_id(key)):
+    value, their_key = signature.get("value"), signature.get("key_id")
+    # Compared as ASCII bytes: compare_digest refuses non-ASCII str, and a planted
+    # manifest must never turn into an exception.
+    if not (_hex(value, 64) and _hex(their_key, 16)):
+        return SIGNATURE_MISMATCH
+    if not hmac.compare_digest(their_key.encode(), key_id(key).encode()):
         return SIGNATURE_WRONG_KEY
-    if not hmac.compare_digest(signature["value"], _mac(key, manifest)):
+    try:
+        expected = _mac(key, manifest)
+    except (TypeError, ValueError, RecursionError):
+        return SIGNATURE_MISMATCH
+    if not hmac.compare_digest(value.encode(), expected.encode()):
         return SIGNATURE_MISMATCH
     return SIGNATURE_OK
+
+
+def _hex(value, length):
+    return isinstance(value, str) and len(value) == length and all(c in "0123456789abcdef" for c in value)
 
 
 def legacy_file_mac_key(passphrase, salt, iterations=10000):
