@@ -205,3 +205,55 @@ def runbook_backup(pg, database, path, passphrase_file=None):
         dump += f" | openssl enc -aes-256-cbc -salt -pbkdf2 -pass file:{passphrase_file}"
     subprocess.run(["bash", "-c", f"set -o pipefail; {dump} > {path}"], env=env, check=True)
     os.chmod(path, 0o600)
+
+
+def take_backup(pg, database, backup_dir, **extra):
+    """Run backup_db.sh (settings as lower-case keywords); return the path of the backup it wrote."""
+    before = set(backups_in(backup_dir)) if os.path.isdir(backup_dir) else set()
+    result = run_backup_script(pg, database, backup_dir, {k.upper(): str(v) for k, v in extra.items()})
+    assert result.returncode == 0, result.stderr
+    [made] = set(backups_in(backup_dir)) - before
+    return made
+
+
+def drop_order_rows(path, count=10):
+    """Doctor a plain gzip backup: drop ``count`` order rows from its COPY data and re-seal it
+    with a matching checksum and signature, as a buggy dump tool would have produced it."""
+    import gzip
+    import hashlib
+
+    lines = gzip.decompress(open(path, "rb").read()).decode().split("\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith("COPY public.orders "))
+    del lines[start + 1:start + 1 + count]
+    doctored = gzip.compress("\n".join(lines).encode())
+    with open(path, "wb") as handle:
+        handle.write(doctored)
+    manifest = manifest_of(path)
+    manifest.update(size=len(doctored), sha256=hashlib.sha256(doctored).hexdigest())
+    resign_manifest(path, manifest)
+
+
+def flip_byte(path, offset=None, mask=0x01):
+    """Damage a file in place without changing its size: XOR one byte (the middle one by default)."""
+    with open(path, "r+b") as handle:
+        handle.seek(os.path.getsize(path) // 2 if offset is None else offset)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ mask]))
+
+
+def stop_server_once_a_database_appears(server, prefix, timeout=60):
+    """A started thread that stops ``server`` (immediate mode) 0.3 s after a database whose name
+    starts with ``prefix`` exists: the restore is then streaming into it. join() it afterwards."""
+    def watch():
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if server.execute("SELECT 1 FROM pg_database WHERE starts_with(datname, %s)", params=(prefix,)):
+                time.sleep(0.3)
+                server.stop("immediate")
+                return
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    return watcher

@@ -14,6 +14,7 @@ from helpers import (
     REPO,
     SentryStub,
     backups_in,
+    flip_byte,
     manifest_of,
     resign_manifest,
     run_backup_script,
@@ -104,11 +105,7 @@ def test_copies_to_the_nas_over_ssh_verifies_and_keeps_files_private(sshd, encry
 def test_a_copy_that_does_not_match_its_manifest_is_removed_and_fails(sshd, encrypted_backups, backup_dir, tmp_path):
     database, names = encrypted_backups
     # The file is damaged after its (signed) manifest was written: same size, one byte flipped.
-    with open(os.path.join(backup_dir, names[0]), "r+b") as handle:
-        handle.seek(100)
-        byte = handle.read(1)
-        handle.seek(100)
-        handle.write(bytes([byte[0] ^ 1]))
+    flip_byte(os.path.join(backup_dir, names[0]), offset=100)
     nas = tmp_path / "nas"
     result = offsite(database, backup_dir, f"root@127.0.0.1:{nas}", tmp_path, **ssh_extra(sshd))
     assert result.returncode == 1

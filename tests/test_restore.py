@@ -10,12 +10,12 @@ import pytest
 
 from helpers import (
     SentryStub,
-    backups_in,
-    manifest_of,
-    resign_manifest,
-    run_backup_script,
+    drop_order_rows,
+    flip_byte,
     runbook_backup,
     signing_passphrase_file,
+    stop_server_once_a_database_appears,
+    take_backup,
 )
 from servers import PostgresServer, load_sample_data, table_counts
 
@@ -24,12 +24,6 @@ from servers import PostgresServer, load_sample_data, table_counts
 def sample_db(pg, fresh_db):
     load_sample_data(pg, fresh_db)
     return fresh_db
-
-
-def take_backup(pg, database, backup_dir, **extra):
-    result = run_backup_script(pg, database, backup_dir, {k.upper(): str(v) for k, v in extra.items()})
-    assert result.returncode == 0, result.stderr
-    return backups_in(backup_dir)[0]
 
 
 def restore_args(pg, backup_dir, **extra):
@@ -97,21 +91,7 @@ def test_drill_counts_are_the_snapshots_not_todays(pg, sample_db, backup_dir, ru
 
 
 def test_drill_fails_when_a_backup_restores_but_rows_are_missing(pg, sample_db, backup_dir, run_module, tmp_path):
-    path = take_backup(pg, sample_db, backup_dir)
-    # Doctor the dump: drop 10 order rows from the COPY data and re-seal the file
-    # with a matching checksum, as a buggy dump tool would have produced it.
-    text = gzip.decompress(open(path, "rb").read()).decode()
-    lines = text.split("\n")
-    start = next(i for i, line in enumerate(lines) if line.startswith("COPY public.orders "))
-    del lines[start + 1:start + 11]
-    doctored = gzip.compress("\n".join(lines).encode())
-    with open(path, "wb") as handle:
-        handle.write(doctored)
-    manifest = manifest_of(path)
-    import hashlib
-
-    manifest.update(size=len(doctored), sha256=hashlib.sha256(doctored).hexdigest())
-    resign_manifest(path, manifest)
+    drop_order_rows(take_backup(pg, sample_db, backup_dir))
     textfile = tmp_path / "textfile"
     textfile.mkdir()
     stub = SentryStub()
@@ -214,11 +194,7 @@ def test_truncated_runbook_file_commits_nothing(pg, sample_db, backup_dir, run_m
 def test_one_flipped_byte_in_the_middle(pg, sample_db, backup_dir, passphrase_file, run_module, encrypted):
     extra = {"backup_passphrase_file": passphrase_file} if encrypted else {}
     path = take_backup(pg, sample_db, backup_dir, **extra)
-    with open(path, "r+b") as handle:
-        handle.seek(os.path.getsize(path) // 2)
-        byte = handle.read(1)
-        handle.seek(-1, os.SEEK_CUR)
-        handle.write(bytes([byte[0] ^ 0x10]))
+    flip_byte(path, mask=0x10)
     result = _restore(run_module, pg, backup_dir, mode="drill", database=sample_db, passphrase_file=passphrase_file)
     assert result["failed"] is True
     assert "checksum mismatch; the file is damaged or was changed after the backup" in result["msg"]
@@ -228,11 +204,7 @@ def test_flipped_byte_in_a_runbook_file_is_caught_while_streaming(pg, sample_db,
     os.makedirs(backup_dir, mode=0o700)
     path = os.path.join(backup_dir, f"{sample_db}_20260207_143215.sql.gz")
     runbook_backup(pg, sample_db, path)
-    with open(path, "r+b") as handle:
-        handle.seek(os.path.getsize(path) // 2)
-        byte = handle.read(1)
-        handle.seek(-1, os.SEEK_CUR)
-        handle.write(bytes([byte[0] ^ 0xFF]))
+    flip_byte(path, mask=0xFF)
     result = _restore(run_module, pg, backup_dir, mode="restore", backup_file=path, target_database="t_flip")
     assert result["failed"] is True
     assert "gzip data is corrupt" in result["msg"] or "restore stopped" in result["msg"]
@@ -347,21 +319,8 @@ def test_postgres_stopped_mid_restore(backup_dir, run_module, tmp_path):
         server.create_database("src")
         load_sample_data(server, "src", orders=200000)
         take_backup(server, "src", backup_dir)
-        import threading
-        import time
-
-        def stop_soon():
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                # The drill restores into a side database first: src_restore_drill_restoring_<hex>.
-                if server.execute("SELECT 1 FROM pg_database WHERE datname LIKE 'src\\_restore\\_drill%%'"):
-                    time.sleep(0.3)
-                    server.stop("immediate")
-                    return
-                time.sleep(0.02)
-
-        stopper = threading.Thread(target=stop_soon)
-        stopper.start()
+        # The drill restores into a side database first: src_restore_drill_restoring_<hex>.
+        stopper = stop_server_once_a_database_appears(server, "src_restore_drill")
         result = run_module("forge_restore", restore_args(server, backup_dir, mode="drill", database="src"))
         stopper.join()
         assert result["failed"] is True

@@ -13,8 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-import threading
-import time
 
 import pytest
 
@@ -27,11 +25,15 @@ from helpers import (
     PASSPHRASE,
     REPO,
     backups_in,
+    drop_order_rows,
+    flip_byte,
     manifest_of,
     resign_manifest,
     run_backup_script,
     runbook_backup,
     signing_passphrase_file,
+    stop_server_once_a_database_appears,
+    take_backup,
 )
 from servers import PostgresServer, load_sample_data, table_counts
 
@@ -43,15 +45,6 @@ def live(pg, fresh_db):
     """The database a careless restore would destroy: 3 tables, 5700 rows."""
     load_sample_data(pg, fresh_db)
     return fresh_db
-
-
-def take_backup(pg, database, backup_dir, **extra):
-    """Run backup_db.sh; return the path of the backup it wrote."""
-    before = set(backups_in(backup_dir)) if os.path.isdir(backup_dir) else set()
-    result = run_backup_script(pg, database, backup_dir, {k.upper(): str(v) for k, v in extra.items()})
-    assert result.returncode == 0, result.stderr
-    [made] = set(backups_in(backup_dir)) - before
-    return made
 
 
 def restorer(server, backup_dir, log=None, **options):
@@ -127,11 +120,7 @@ def test_forced_restore_failing_in_the_middle_damaged_gzip(pg, live, backup_dir)
     os.makedirs(backup_dir, mode=0o700)
     path = os.path.join(backup_dir, f"{live}_20260207_143215.sql.gz")
     runbook_backup(pg, live, path)
-    with open(path, "r+b") as handle:
-        handle.seek(os.path.getsize(path) // 2)
-        byte = handle.read(1)
-        handle.seek(-1, os.SEEK_CUR)
-        handle.write(bytes([byte[0] ^ 0xFF]))
+    flip_byte(path, mask=0xFF)
     before = table_counts(pg, live)
     message = failed_restore(pg, backup_dir, live, path=path, force=True)
     # zlib names the damage (an invalid code, a bad distance, or a CRC); the rest is ours.
@@ -156,17 +145,7 @@ def test_forced_restore_failing_at_the_very_end_no_completion_marker(pg, live, b
 
 
 def test_forced_restore_whose_rows_do_not_match_the_manifest_is_never_swapped_in(pg, live, backup_dir):
-    path = take_backup(pg, live, backup_dir)
-    text = gzip.decompress(open(path, "rb").read()).decode()
-    lines = text.split("\n")
-    start = next(i for i, line in enumerate(lines) if line.startswith("COPY public.orders "))
-    del lines[start + 1:start + 11]
-    doctored = gzip.compress("\n".join(lines).encode())
-    with open(path, "wb") as handle:
-        handle.write(doctored)
-    manifest = manifest_of(path)
-    manifest.update(size=len(doctored), sha256=hashlib.sha256(doctored).hexdigest())
-    resign_manifest(path, manifest)
+    drop_order_rows(take_backup(pg, live, backup_dir))
     before = table_counts(pg, live)
     message = failed_restore(pg, backup_dir, live, database=live, force=True)
     assert message == ("the restored copy does not match the backup's manifest: public.orders: 4990 rows restored, "
@@ -182,17 +161,7 @@ def test_server_stopped_mid_restore_leaves_the_target_and_the_next_run_clears_th
         take_backup(server, "shop", backup_dir)
         before = table_counts(server, "shop")
 
-        def stop_when_the_side_database_exists():
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                if databases_like(server, "shop_restoring_"):
-                    time.sleep(0.3)
-                    server.stop("immediate")
-                    return
-                time.sleep(0.02)
-
-        stopper = threading.Thread(target=stop_when_the_side_database_exists)
-        stopper.start()
+        stopper = stop_server_once_a_database_appears(server, "shop_restoring_")
         with pytest.raises(ForgeError) as caught:
             restore(server, backup_dir, "shop", database="shop", force=True)
         stopper.join()
@@ -448,11 +417,7 @@ def test_swapped_data_with_a_recomputed_checksum_is_a_changed_manifest_not_a_wro
 
 def test_a_flipped_byte_with_the_manifest_intact_is_damage(pg, live, backup_dir):
     path = take_backup(pg, live, backup_dir)
-    with open(path, "r+b") as handle:
-        handle.seek(100)
-        byte = handle.read(1)
-        handle.seek(100)
-        handle.write(bytes([byte[0] ^ 1]))
+    flip_byte(path, offset=100)
     message = failed_restore(pg, backup_dir, "t_flipped", database=live)
     assert message == (f"{os.path.basename(path)}: checksum mismatch; the file is damaged or was changed after "
                        "the backup; t_flipped was not created")
