@@ -87,7 +87,7 @@ def measure(server, database, workdir, label):
     env = dict(os.environ, PGPASSWORD=server.app_password)
     conn = f"-h {server.host} -p {server.port} -U {server.app_user}"
     passfile = os.path.join(workdir, "pass")
-    with open(passfile, "w") as handle:
+    with open(os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
         handle.write(PASSPHRASE + "\n")
     results = {}
 
