@@ -136,15 +136,32 @@ def measure(server, database, workdir, label):
     ):
         results[name], peak = engine(server, database, dirs[source], ["drill"], extra)
         results[name + "_peak_rss_mb"] = round(peak / 1024, 1)
-    # A restore into a new database, then a forced restore over it (side database, row counts, swap),
-    # paired: the swap must cost little more than the plain restore.
+    # Forced restores over a target that has data, paired. Before the swap existed, --force dropped
+    # the target and restored into a new one ("drop first"); now the backup is restored beside it
+    # and swapped in, the old one kept (default) or dropped. A checkpoint before each step starts
+    # them from the same clean buffers.
     encrypted = {"BACKUP_PASSPHRASE_FILE": passfile}
-    results["restore_new"], _ = engine(server, database, dirs["engine_gzip_encrypted"],
-                                       ["restore", "latest", target], encrypted)
-    results["restore_forced_swap"], peak = engine(server, database, dirs["engine_gzip_encrypted"],
-                                                  ["restore", "latest", target, "--force", "--drop-previous"],
-                                                  encrypted)
+    source = dirs["engine_gzip_encrypted"]
+
+    def checkpoint():
+        server.execute("CHECKPOINT")
+
+    checkpoint()
+    results["restore_new"], _ = engine(server, database, source, ["restore", "latest", target], encrypted)
+    checkpoint()
+    dropped, _ = run(f"psql {conn} -d postgres -qc 'DROP DATABASE \"{target}\" WITH (FORCE)'", env=env, shell=True)
+    restored, _ = engine(server, database, source, ["restore", "latest", target], encrypted)
+    results["restore_forced_drop_first"] = dropped + restored
+    checkpoint()
+    results["restore_forced_swap"], peak = engine(server, database, source,
+                                                  ["restore", "latest", target, "--force"], encrypted)
     results["restore_forced_swap_peak_rss_mb"] = round(peak / 1024, 1)
+    for (name,) in server.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
+                                  params=(f"{target}_before_restore_%",)):
+        server.drop_database(name)
+    checkpoint()
+    results["restore_forced_swap_drop_previous"], _ = engine(
+        server, database, source, ["restore", "latest", target, "--force", "--drop-previous"], encrypted)
     server.drop_database(target)
     for directory in dirs.values():
         shutil.rmtree(directory)
@@ -228,10 +245,12 @@ def main():
                 full["drill_custom_parallel"] / full["runbook_restore"],
             "bare pg_restore -j 2 vs runbook gunzip | psql (reference)":
                 full["pg_restore_j2"] / full["runbook_restore"],
-            "forced restore by swap vs restore into a new database (target <= 1.05)":
+            "forced restore by swap (old one kept) vs the former forced restore, drop first (target <= 1.05)":
+                full["restore_forced_swap"] / full["restore_forced_drop_first"],
+            "forced restore by swap, old one dropped, vs the former drop first (reference)":
+                full["restore_forced_swap_drop_previous"] / full["restore_forced_drop_first"],
+            "forced restore by swap (old one kept) vs restore into a new database (reference)":
                 full["restore_forced_swap"] / full["restore_new"],
-            "forced restore by swap vs runbook gunzip | psql (reference)":
-                full["restore_forced_swap"] / full["runbook_restore"],
         }
         print("\n=== ratios (same run, same data)")
         for name, value in ratios.items():
