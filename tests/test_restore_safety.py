@@ -306,6 +306,51 @@ def test_junk_in_the_directory_never_counts_towards_min_keep(pg, live, backup_di
     assert f"Removed: {real[2]}" in result.stdout
 
 
+def test_a_planted_directory_does_not_fail_a_complete_backup_during_retention(pg, live, backup_dir):
+    old = _age(take_backup(pg, live, backup_dir), 100)
+    os.mkdir(os.path.join(backup_dir, old + ".sha256"))
+    result = run_backup_script(pg, live, backup_dir, {"BACKUP_MIN_KEEP": "1"})
+    assert result.returncode == 0, result.stderr
+    assert f"Could not remove {old}.sha256: Is a directory" in result.stdout
+    assert f"Removed: {old}" in result.stdout and not os.path.exists(os.path.join(backup_dir, old))
+
+
+def test_a_second_restore_into_the_same_target_waits_for_nothing_and_changes_nothing(pg, live, backup_dir):
+    take_backup(pg, live, backup_dir)
+    before = table_counts(pg, live)
+    with pg.connect(superuser=False) as holder:
+        holder.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (f"infer-forge restore into {live}",))
+        message = failed_restore(pg, backup_dir, live, database=live, force=True)
+    assert message == f"another restore into {live!r} is running; nothing was changed"
+    assert_untouched(pg, live, before)
+
+
+@pytest.mark.parametrize("sql, error", [
+    ("CREATE TABLE customers (email text UNIQUE);\n"
+     "INSERT INTO customers VALUES ('unique-canary@example.com'), ('unique-canary@example.com');\n",
+     'ERROR: duplicate key value violates unique constraint "customers_email_key"'),
+    ("CREATE TABLE customers (email text PRIMARY KEY);\nCREATE TABLE orders (email text REFERENCES customers);\n"
+     "COPY orders (email) FROM stdin;\nfk-canary@example.com\n\\.\n",
+     'ERROR: insert or update on table "orders" violates foreign key constraint "orders_email_fkey"'),
+], ids=["unique-violation", "foreign-key"])
+def test_row_values_never_reach_the_message_or_sentry(pg, live, backup_dir, sql, error):
+    from helpers import SentryStub
+
+    name = f"{live}_20260207_143215.sql.gz"
+    write_gzip(backup_dir, name, sql + "-- PostgreSQL database dump complete\n")
+    stub = SentryStub()
+    try:
+        result = forge("drill", name, pg=pg, database=live, backup_dir=backup_dir,
+                       extra={"SENTRY_DSN": stub.dsn(), "ENVIRONMENT": "production"})
+    finally:
+        stub.close()
+    assert result.returncode == 1
+    [event] = stub.events()
+    assert error in result.stdout and error in event["message"]["formatted"]
+    for text in (result.stdout + result.stderr, json.dumps(event)):
+        assert "canary" not in text and "Key (" not in text
+
+
 # -- verify reads every byte of a file without a manifest ----------------------------------------------------
 
 @pytest.mark.parametrize("damage, message", [

@@ -385,7 +385,12 @@ class BackupRunner:
         removed = []
         for backup in plan.remove:
             for path in (backup.path, backup.manifest_path, backup.checksum_path):
-                _unlink_quietly(path)
+                try:
+                    _unlink_quietly(path)
+                except OSError as exc:
+                    # Something planted under a backup's side-file name (a directory, say) must not
+                    # turn a complete backup into a failed run.
+                    self.log(f"Could not remove {os.path.basename(path)}: {exc.strerror}")
             removed.append(backup.name)
             self.log(f"Removed: {backup.name}")
         # What is left is what was scanned minus what was removed; no second read of every manifest.
@@ -459,8 +464,13 @@ class _RowCounter(threading.Thread):
             self.error = " ".join(str(exc).split())
 
 
+_QUOTING_LINES = ("pg_dump: detail:", "pg_dump: hint:", "detail:", "hint:", "context:", "line ")
+
+
 def _check_dump_exit(returncode, stderr_lines, dump_format, head, tail):
-    last = stderr_lines[-1] if stderr_lines else ""
+    # DETAIL, HINT and CONTEXT lines can quote row values: they never reach a message.
+    said = [line for line in stderr_lines if not line.lower().startswith(_QUOTING_LINES)]
+    last = said[-1] if said else ""
     if returncode < 0:
         raise ForgeError(f"pg_dump was killed by signal {-returncode}" + (f": {last}" if last else ""))
     if returncode != 0:
