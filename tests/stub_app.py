@@ -30,17 +30,29 @@ UNHEALTHY = {
 
 class StubApp:
     """Paths: /health (healthy), /unhealthy (503), /broken (500 text), /invalid (200, not JSON),
-    /slow (answers after 10 s), /liar (200 but status unhealthy)."""
+    /slow (answers after 10 s), /liar (200 but status unhealthy), /private (healthy for the
+    Basic credentials ``PRIVATE_CREDENTIALS``, else 401). Every Authorization header is kept."""
+
+    PRIVATE_CREDENTIALS = "ops:s3cret@!"
 
     def __init__(self):
+        outer = self
+        self.authorizations = []
+
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 - http.server API
+                import base64
+
+                authorization = self.headers.get("Authorization")
+                outer.authorizations.append(authorization)
+                allowed = "Basic " + base64.b64encode(StubApp.PRIVATE_CREDENTIALS.encode()).decode()
                 routes = {
                     "/health": (200, json.dumps(HEALTHY)),
                     "/unhealthy": (503, json.dumps(UNHEALTHY)),
                     "/broken": (500, "Internal Server Error"),
                     "/invalid": (200, "<html>oops</html>"),
                     "/liar": (200, json.dumps(dict(HEALTHY, status="unhealthy"))),
+                    "/private": (200, json.dumps(HEALTHY)) if authorization == allowed else (401, "{}"),
                 }
                 if self.path == "/slow":
                     time.sleep(10)

@@ -204,3 +204,30 @@ def test_everything_down_returns_within_the_timeout_plus_ten_percent(black_hole)
         f"app: timeout after 2.0 s waiting for http://{hole}/health",
     ]
     assert elapsed <= timeout * 1.1, f"took {elapsed:.2f} s for a {timeout} s timeout"
+
+
+def test_credentials_in_the_app_url_go_in_a_header_never_to_the_resolver(app, monkeypatch):
+    """A resolver stub records every name looked up: the userinfo part must never be one."""
+    import json
+    import socket
+    import urllib.parse
+
+    from forge import health
+
+    looked_up = []
+    real = socket.getaddrinfo
+
+    def recording(host, *args, **kwargs):
+        looked_up.append(host)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", recording)
+    user, password = StubApp.PRIVATE_CREDENTIALS.split(":", 1)
+    url = f"http://{user}:{urllib.parse.quote(password, safe='')}@127.0.0.1:{app.port}/private"
+    entry = health.check_app(url, timeout=2)
+    assert entry["healthy"] is True, entry
+    assert looked_up and set(looked_up) == {"127.0.0.1"}
+    assert password not in json.dumps(entry) and entry["target"] == f"http://***@127.0.0.1:{app.port}/private"
+    wrong = health.check_app(f"http://{user}:nope@127.0.0.1:{app.port}/private", timeout=2)
+    assert wrong["healthy"] is False
+    assert wrong["error"] == f"app: http://***@127.0.0.1:{app.port}/private answered HTTP 401"

@@ -6,6 +6,7 @@ answer has the runbook's shape: ``status``, ``services`` (``healthy``,
 ``service``, ``latency_ms``, ``error``), ``version``.
 """
 
+import base64
 import json
 import socket
 import threading
@@ -199,6 +200,19 @@ def redact_url(url):
     return url
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None  # the 3xx answer is the result: "answered HTTP 302"
+
+
+def _without_userinfo(parts):
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
 def check_app(url, timeout=DEFAULT_TIMEOUT, limits=None, validate_certs=True):
     shown = redact_url(url)
     entry = {"service": "app", "target": shown}
@@ -206,17 +220,28 @@ def check_app(url, timeout=DEFAULT_TIMEOUT, limits=None, validate_certs=True):
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https"):
         return _fail(entry, f"app: {shown} is not an http(s) URL", started)
-    # Only http and https get here (checked just above).
-    request = urllib.request.Request(url, headers={"Accept": "application/json",  # noqa: S310
-                                                   "User-Agent": "infer-forge-health"})
-    context = None
+    headers = {"Accept": "application/json", "User-Agent": "infer-forge-health"}
+    handlers = []
+    if parts.username is not None or parts.password is not None:
+        # user:password@ in the URL is not part of the host: it goes in an Authorization header,
+        # never to the resolver, and the credentials do not follow a redirect to another place.
+        credentials = f"{urllib.parse.unquote(parts.username or '')}:{urllib.parse.unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(credentials.encode("utf-8")).decode("ascii")
+        handlers.append(_NoRedirect())
     if parts.scheme == "https" and not validate_certs:
         import ssl
 
         context = ssl._create_unverified_context()  # noqa: S323 - the operator turned verification off
+        handlers.append(urllib.request.HTTPSHandler(context=context))
+    # Only http and https get here (checked just above).
+    try:
+        target = _without_userinfo(parts)
+    except ValueError:
+        return _fail(entry, f"app: {shown} is not a valid URL", started)
+    request = urllib.request.Request(target, headers=headers)  # noqa: S310
     status = None
     try:
-        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:  # noqa: S310
+        with urllib.request.build_opener(*handlers).open(request, timeout=timeout) as response:
             status = response.status
             body = response.read(1 << 20)
     except urllib.error.HTTPError as exc:
