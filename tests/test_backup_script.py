@@ -406,6 +406,33 @@ def test_secrets_never_appear_in_the_process_list(pg, sample_db, backup_dir, pas
     assert any(item.startswith(b"PGPASSFILE=") for item in dump_env)
 
 
+def test_no_secret_file_survives_a_killed_run(pg, sample_db, backup_dir):
+    """The password reaches pg_dump as a 0600 file in memory (/dev/fd/N), never in /tmp."""
+    import glob
+    import tempfile
+
+    def leftovers():
+        return glob.glob(os.path.join(tempfile.gettempdir(), "infer-forge-*"))
+
+    before = leftovers()
+    lock = TableLock(pg, sample_db, "orders")
+    try:
+        proc = run_backup_script(pg, sample_db, backup_dir, wait=False)
+        dump_pid = process_named("pg_dump", proc.pid)
+        with open(f"/proc/{dump_pid}/environ", "rb") as handle:
+            passfile = next(item for item in handle.read().split(b"\0") if item.startswith(b"PGPASSFILE="))
+        assert passfile.startswith(b"PGPASSFILE=/dev/fd/")
+        os.kill(proc.pid, signal.SIGKILL)  # the scripts exec the engine: this is the engine itself
+        proc.communicate(timeout=60)
+    finally:
+        lock.release()
+    assert leftovers() == before
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), "*")):
+        if os.path.isfile(path) and not os.path.islink(path):
+            with open(path, "rb") as handle:
+                assert pg.app_password.encode() not in handle.read(), path
+
+
 def test_metrics_after_success_and_after_failure(pg, sample_db, backup_dir, tmp_path):
     textfile_dir = tmp_path / "textfile"
     textfile_dir.mkdir()

@@ -34,7 +34,7 @@ from .fsutil import (
     pin_malloc_mmap_threshold,
     write_atomic,
 )
-from .pgconn import PassFile, client_major_version, count_rows, user_tables
+from .pgconn import PassFile, client_major_version, count_rows, passed_fds, user_tables
 
 PLAIN_DUMP_MARKER = b"-- PostgreSQL database dump complete"
 CUSTOM_DUMP_MAGIC = b"PGDMP"
@@ -323,7 +323,8 @@ class BackupRunner:
             out = os.fdopen(fd, "wb", buffering=0)
             try:
                 proc = subprocess.Popen(_with_docker_env(command, docker), stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                                        pass_fds=passed_fds(passfile))
             except FileNotFoundError:
                 out.close()
                 raise ForgeError(f"dump command {options.dump_command[0]!r} not found") from None

@@ -33,31 +33,27 @@ CIPHER_NAME = "aes-256-cbc"
 
 class PassphraseSource:
     """The path of a passphrase file, given either as a file or as the passphrase
-    itself (an Ansible Vault value), which then lives in a private temporary file
-    for the duration of the ``with`` block and never on a command line."""
+    itself (an Ansible Vault value), which then lives in a memory file (see
+    pgconn.memory_file) for the duration of the ``with`` block: never on a disk,
+    never on a command line, and gone with the process however it ends."""
 
     def __init__(self, passphrase=None, passphrase_file=None):
         self.passphrase = passphrase
         self.passphrase_file = passphrase_file
-        self._directory = None
+        self._fd = None
 
     def __enter__(self):
         if not self.passphrase:
             return self.passphrase_file
-        import tempfile
+        from .pgconn import memory_file
 
-        self._directory = tempfile.mkdtemp(prefix="infer-forge-pass.")
-        path = os.path.join(self._directory, "passphrase")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(self.passphrase + "\n")
+        self._fd, path = memory_file("infer-forge-passphrase", (self.passphrase + "\n").encode("utf-8"))
         return path
 
     def __exit__(self, *exc):
-        if self._directory:
-            import shutil
-
-            shutil.rmtree(self._directory, ignore_errors=True)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         return False
 
 

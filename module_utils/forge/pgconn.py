@@ -1,9 +1,7 @@
 """PostgreSQL connection settings shared by backup, restore and health checks."""
 
 import os
-import shutil
 import subprocess
-import tempfile
 
 from .errors import ForgeError
 
@@ -112,31 +110,47 @@ def describe_connect_error(exc, settings, database, timeout=None):
     return f"database: cannot connect to {where}: {text}"
 
 
-class PassFile:
-    """A private temporary PGPASSFILE, removed on exit.
+def memory_file(name, data):
+    """A 0600 file that exists only in memory (memfd), named ``/dev/fd/N``.
 
-    Keeps the password out of argv (visible in ``ps``) and out of logs.
+    Secrets (the database password for libpq, a passphrase given as a value)
+    live here instead of in /tmp: nothing reaches a disk, and nothing is left
+    behind when the process is killed, SIGKILL included. A child process reads
+    it when the descriptor is passed on (``pass_fds``, see :func:`passed_fds`).
+    """
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    os.fchmod(fd, 0o600)  # libpq refuses a password file that others could read
+    os.write(fd, data)
+    return fd, f"/dev/fd/{fd}"
+
+
+def passed_fds(*paths):
+    """The descriptors behind memory files, for ``subprocess``'s ``pass_fds``."""
+    return tuple(int(path.rsplit("/", 1)[1]) for path in paths if path and path.startswith("/dev/fd/"))
+
+
+class PassFile:
+    """A PGPASSFILE in memory (see :func:`memory_file`), closed on exit.
+
+    Keeps the password out of argv (visible in ``ps``), out of the environment
+    and off the disk.
     """
 
     def __init__(self, password):
         self.password = password
-        self.directory = None
-        self.path = None
+        self.fd = None
 
     def __enter__(self):
         if not self.password:
             return None
-        self.directory = tempfile.mkdtemp(prefix="infer-forge-pg.")
-        self.path = os.path.join(self.directory, "pgpass")
         escaped = self.password.replace("\\", "\\\\").replace(":", "\\:")
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(f"*:*:*:*:{escaped}\n")
-        return self.path
+        self.fd, path = memory_file("infer-forge-pgpass", f"*:*:*:*:{escaped}\n".encode())
+        return path
 
     def __exit__(self, *exc):
-        if self.directory:
-            shutil.rmtree(self.directory, ignore_errors=True)
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
         return False
 
 

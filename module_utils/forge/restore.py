@@ -21,7 +21,7 @@ import time
 from . import catalog, compress, opensslenc
 from .errors import ForgeError
 from .fsutil import pin_malloc_mmap_threshold
-from .pgconn import PassFile, user_tables
+from .pgconn import PassFile, passed_fds, user_tables
 
 READ_SIZE = 1 << 20
 # Compressed input per step while streaming: pg_dump output compresses about
@@ -580,7 +580,7 @@ class Restorer:
                 f"--dbname={dbname_conninfo(target)}", f"/dev/fd/{fd}"]
             with PassFile(self.settings.password) as passfile:
                 proc = subprocess.run(command, env=self._env(target, passfile), capture_output=True, text=True,
-                                      check=False, pass_fds=(fd,))
+                                      check=False, pass_fds=(fd, *passed_fds(passfile)))
         if proc.returncode != 0:
             raise ForgeError(f"pg_restore failed: {_first_error(proc.stderr)}")
 
@@ -594,7 +594,7 @@ class Restorer:
         with PassFile(self.settings.password) as passfile:
             env = self._env(target, passfile)
             proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE, env=env)
+                                    stderr=subprocess.PIPE, env=env, pass_fds=passed_fds(passfile))
             errors = []
             reader = threading.Thread(target=_collect, args=(proc.stderr, errors), daemon=True)
             reader.start()
