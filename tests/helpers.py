@@ -24,7 +24,11 @@ def signing_passphrase_file():
     """A 0600 file with PASSPHRASE, made once per test process in a private directory."""
     global _signing_file
     if _signing_file is None:
+        import atexit
+        import shutil
+
         directory = tempfile.mkdtemp(prefix="forge-signing.")
+        atexit.register(shutil.rmtree, directory, True)
         _signing_file = os.path.join(directory, "backup.pass")
         fd = os.open(_signing_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
