@@ -427,6 +427,18 @@ def test_every_manifest_field_is_covered_by_the_signature(pg, live, backup_dir, 
     assert backup.problem == "manifest was changed after the backup: its signature does not match"
 
 
+def test_without_the_passphrase_a_signed_backup_restores_only_by_name_as_unverified(pg, live, backup_dir):
+    path = take_backup(pg, live, backup_dir)
+    with pytest.raises(ForgeError) as caught:
+        restorer(pg, backup_dir, passphrase_file=None).select(live)
+    assert caught.value.message.endswith("manifest signature not checked: no passphrase given (name a file to "
+                                         "restore it as UNVERIFIED)")
+    report = restore(pg, backup_dir, "t_no_key", path=path, database=live, passphrase_file=None)
+    assert report["verdict"] == "UNVERIFIED"
+    assert table_counts(pg, "t_no_key") == table_counts(pg, live)
+    pg.drop_database("t_no_key")
+
+
 def test_a_removed_signature_is_refused_not_downgraded(pg, live, backup_dir):
     path = take_backup(pg, live, backup_dir)
     manifest = manifest_of(path)

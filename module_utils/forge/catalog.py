@@ -168,7 +168,7 @@ class BackupFile:
         written before signing); never when its signed manifest contradicts it
         (changed, wrong key, other size or database).
         """
-        return self.problem == NO_MANIFEST or self.legacy
+        return self.problem == NO_MANIFEST or self.legacy or self.signature_unchecked
 
     @property
     def good(self):
@@ -178,6 +178,8 @@ class BackupFile:
     def _evaluate(self):
         policy = self.policy
         self.legacy = False
+        # Signed, but no passphrase here to check it: not good, yet nothing contradicts the file.
+        self.signature_unchecked = False
         # Version 1 only: the HMAC over the whole encrypted file, checked when the file is named.
         self.legacy_hmac = None
         raw = _load_manifest(self.manifest_path)
@@ -222,6 +224,7 @@ class BackupFile:
         if not policy.check_signatures:
             return None if isinstance(raw.get("signature"), dict) else "manifest is not signed; it cannot be trusted"
         if not policy.passphrase:
+            self.signature_unchecked = True
             return "manifest signature not checked: no passphrase given"
         outcome = signing.check(raw, policy.key)
         if outcome == signing.SIGNATURE_MISSING:
