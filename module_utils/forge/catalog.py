@@ -200,7 +200,7 @@ class BackupFile:
             self.legacy = True
             expected = raw.get("encryption") if self.encrypted else None
             expected = expected.get("hmac_sha256") if isinstance(expected, dict) else None
-            self.legacy_hmac = expected if _is_hex(expected, 64) else None
+            self.legacy_hmac = expected if signing.is_hex(expected, 64) else None
             self.problem = ("manifest predates signing (version 1): it proves at most the file, not what the "
                             "manifest says")
             return
@@ -294,7 +294,7 @@ def manifest_problem(manifest, backup):
     if manifest.get("size") != backup.size:
         return (f"file is {backup.size} bytes but its manifest says {manifest.get('size')}: the file is damaged, "
                 "truncated or was replaced")
-    if not _is_hex(manifest.get("sha256"), 64):
+    if not signing.is_hex(manifest.get("sha256"), 64):
         return "manifest has no sha256"
     if not isinstance(manifest.get("database"), str):
         return "manifest names no database"
@@ -332,10 +332,6 @@ def _load_manifest(path):
     except (ValueError, RecursionError) as exc:
         return f"unreadable manifest: {' '.join(str(exc).split())[:200]}"
     return manifest if isinstance(manifest, dict) else "manifest is not a JSON object"
-
-
-def _is_hex(value, length):
-    return isinstance(value, str) and len(value) == length and all(c in "0123456789abcdef" for c in value)
 
 
 def _ended_at(manifest):

@@ -120,7 +120,7 @@ def check(manifest, key):
     value, their_key = signature.get("value"), signature.get("key_id")
     # Compared as ASCII bytes: compare_digest refuses non-ASCII str, and a planted
     # manifest must never turn into an exception.
-    if not (_hex(value, 64) and _hex(their_key, 16)):
+    if not (is_hex(value, 64) and is_hex(their_key, 16)):
         return SIGNATURE_MISMATCH
     if not hmac.compare_digest(their_key.encode(), key_id(key).encode()):
         return SIGNATURE_WRONG_KEY
@@ -133,7 +133,8 @@ def check(manifest, key):
     return SIGNATURE_OK
 
 
-def _hex(value, length):
+def is_hex(value, length):
+    """A lower-case hex string of exactly ``length`` characters (what our digests look like)."""
     return isinstance(value, str) and len(value) == length and all(c in "0123456789abcdef" for c in value)
 
 
