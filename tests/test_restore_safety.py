@@ -472,13 +472,44 @@ def test_swapped_data_with_a_recomputed_checksum_is_a_changed_manifest_not_a_wro
     assert backup.problem == "manifest was changed after the backup: its signature does not match"
 
 
-def test_a_flipped_byte_with_the_manifest_intact_is_damage(pg, live, backup_dir):
+@pytest.mark.parametrize("where", ["early", "middle", "trailer"])
+def test_a_flipped_byte_with_the_manifest_intact_is_damage(pg, live, backup_dir, where):
+    """Wherever the damage lands (psql may reject the garbled SQL first, or gzip its CRC),
+    the message names the damage, not its symptom."""
     path = take_backup(pg, live, backup_dir)
-    flip_byte(path, offset=100)
+    size = os.path.getsize(path)
+    for offset in {"early": range(60, 400, 20), "middle": [size // 2], "trailer": [size - 6]}[where]:
+        flip_byte(path, offset=offset)
     message = failed_restore(pg, backup_dir, "t_flipped", database=live)
     assert message == (f"{os.path.basename(path)}: checksum mismatch; the file is damaged or was changed after "
                        "the backup; t_flipped was not created")
     assert databases_like(pg, "t_flipped") == []
+
+
+def test_a_changed_file_that_still_decompresses_is_named_as_changed_not_by_psqls_error(pg, live, backup_dir):
+    """Same size, valid gzip, signed manifest untouched, one COPY row garbled: psql stops first,
+    and the message still names the cause."""
+    import struct
+    import zlib
+
+    path = take_backup(pg, live, backup_dir)
+    text = gzip.decompress(open(path, "rb").read())
+    start = text.index(b"COPY public.customers ")
+    row = text.index(b"\n", start) + 1
+    text = text[:row] + b"x" + text[row + 1:]  # the first customer's id is no longer a number
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    body = deflate.compress(text) + deflate.flush()
+    trailer = struct.pack("<II", zlib.crc32(text), len(text) & 0xFFFFFFFF)
+    padding = os.path.getsize(path) - (10 + len(body) + len(trailer)) - 1
+    assert padding >= 0
+    # FCOMMENT in the header takes up the difference, so the size still matches the manifest.
+    header = b"\x1f\x8b\x08\x10" + b"\0\0\0\0" + b"\x00\xff" + b"c" * padding + b"\0"
+    with open(path, "wb") as handle:
+        handle.write(header + body + trailer)
+    message = failed_restore(pg, backup_dir, "t_changed", database=live)
+    assert message == (f"{os.path.basename(path)}: checksum mismatch; the file is damaged or was changed after "
+                       "the backup; t_changed was not created")
+    assert databases_like(pg, "t_changed") == []
 
 
 def test_a_wrong_passphrase_is_named_with_both_key_ids(pg, live, backup_dir, tmp_path):

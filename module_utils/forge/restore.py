@@ -613,7 +613,7 @@ class Restorer:
             except BrokenPipeError:
                 proc.wait()
                 reader.join()
-                raise ForgeError(f"restore stopped: {psql_error('the client exited early')}") from None
+                raise _stopped(backup, psql_error("the client exited early")) from None
             except BaseException:
                 # Kill before closing stdin: psql must not commit a damaged stream.
                 proc.kill()
@@ -627,7 +627,22 @@ class Restorer:
             proc.wait()
             reader.join()
         if proc.returncode != 0:
-            raise ForgeError(f"restore stopped: {psql_error(f'exit {proc.returncode}')}")
+            raise _stopped(backup, psql_error(f"exit {proc.returncode}"))
+
+
+def _stopped(backup, client_error):
+    """The error for a client that stopped before the stream's end. A damaged file can decompress
+    into SQL that psql rejects before our checksum is reached: then the damage is the cause to name."""
+    if backup.manifest:
+        digest = hashlib.sha256()
+        try:
+            with open_backup_file(backup) as handle:
+                for chunk in iter(lambda: handle.read(READ_SIZE), b""):
+                    digest.update(chunk)
+            check_digest(backup, digest)
+        except ForgeError as exc:
+            return exc
+    return ForgeError(f"restore stopped: {client_error}")
 
 
 def _restricted_error(text):
