@@ -130,11 +130,8 @@ def verify_file(backup, passphrase=None, database=None, read=True):
     report["verdict"] = VERIFIED
     report.passed("signature")
     if read:
-        digest = hashlib.sha256()
         with open_backup_file(backup) as handle:
-            for chunk in iter(lambda: handle.read(READ_SIZE), b""):
-                digest.update(chunk)
-        check_digest(backup, digest)
+            check_digest(backup, handle)
         report.passed("sha256")
     return report
 
@@ -147,7 +144,12 @@ def open_backup_file(backup):
         raise ForgeError(f"{backup.name}: cannot open it: {exc.strerror}") from None
 
 
-def check_digest(backup, digest):
+def check_digest(backup, handle, digest=None):
+    """Read the rest of ``handle`` into ``digest`` (a new SHA-256 by default) and compare
+    it with the manifest's; a mismatch is the one message for a damaged or changed file."""
+    digest = digest or hashlib.sha256()
+    for chunk in iter(lambda: handle.read(READ_SIZE), b""):
+        digest.update(chunk)
     expected = (backup.manifest or {}).get("sha256")
     if expected and not hmac.compare_digest(digest.hexdigest(), expected):
         raise ForgeError(f"{backup.name}: checksum mismatch; the file is damaged or was changed after the backup")
@@ -221,16 +223,14 @@ def plaintext_chunks(backup, passphrase, read_size=None, report=None):
             start.finish()
         except Exception as exc:
             if digest is not None:
-                for chunk in iter(lambda: handle.read(READ_SIZE), b""):
-                    digest.update(chunk)
-                check_digest(backup, digest)
+                check_digest(backup, handle, digest)
             if isinstance(exc, ForgeError):
                 raise
             raise ForgeError(_describe_stream_error(backup, exc)) from None
-    if digest is not None:
-        check_digest(backup, digest)
-        if report is not None:
-            report.passed("sha256")
+        if digest is not None:
+            check_digest(backup, handle, digest)  # the handle is at its end: this only compares
+            if report is not None:
+                report.passed("sha256")
     _check_stream_end(backup, decompressor, tail)
 
 
@@ -569,10 +569,8 @@ class Restorer:
         descriptor, so a file renamed over it after the check is never what gets restored."""
         with open_backup_file(backup) as handle:
             if backup.manifest:
-                digest = hashlib.sha256()
-                for chunk in iter(lambda: handle.read(READ_SIZE), b""):
-                    digest.update(chunk)
-                check_digest(backup, digest)
+                check_digest(backup, handle)
+                handle.seek(0)
                 report.passed("sha256")
             fd = handle.fileno()
             command = self.options.pg_restore_command + [
@@ -634,12 +632,9 @@ def _stopped(backup, client_error):
     """The error for a client that stopped before the stream's end. A damaged file can decompress
     into SQL that psql rejects before our checksum is reached: then the damage is the cause to name."""
     if backup.manifest:
-        digest = hashlib.sha256()
         try:
             with open_backup_file(backup) as handle:
-                for chunk in iter(lambda: handle.read(READ_SIZE), b""):
-                    digest.update(chunk)
-            check_digest(backup, digest)
+                check_digest(backup, handle)
         except ForgeError as exc:
             return exc
     return ForgeError(f"restore stopped: {client_error}")
