@@ -103,6 +103,14 @@ options:
         be restored only by naming it, as UNVERIFIED.
       - A file that group or others can read is refused.
     type: path
+  kdf_iter:
+    description:
+      - PBKDF2 iterations that derive the encryption key (C(BACKUP_KDF_ITER)), 1000 to 10000000.
+      - The count is recorded in the signed manifest, so restores and drills need not be told it.
+      - The default is openssl's own, so the runbook's C(openssl enc -d -aes-256-cbc -pbkdf2) decrypts the
+        file as it is; with another count that command needs C(-iter N).
+    type: int
+    default: 10000
   passphrase:
     description: The passphrase itself, for example from Ansible Vault. Written to a private
       temporary file for the run and removed afterwards.
@@ -250,6 +258,7 @@ try:
     from ansible.module_utils.forge.errors import ForgeError
     from ansible.module_utils.forge.opensslenc import PassphraseSource
     from ansible.module_utils.forge.pgconn import PgSettings
+    from ansible.module_utils.forge.privileges import call_as_directory_owner
     ENGINE_IMPORT_ERROR = None
 except ImportError as exc:  # pragma: no cover - reported to the user below
     ENGINE_IMPORT_ERROR = exc
@@ -273,6 +282,7 @@ ARGUMENT_SPEC = dict(
     jobs=dict(type="int"),
     encrypt=dict(type="bool", default=False),
     passphrase_file=dict(type="path", no_log=False),
+    kdf_iter=dict(type="int", default=10000),
     passphrase=dict(type="str", no_log=True),
     dump_command=dict(type="list", elements="str", default=["pg_dump"]),
     dump_options=dict(type="list", elements="str", default=["--no-owner", "--no-privileges"]),
@@ -315,7 +325,7 @@ class BackupModule:
                 jobs=p["jobs"], passphrase_file=passphrase_file,
                 encrypt=p["encrypt"], dump_command=p["dump_command"], dump_options=p["dump_options"],
                 lock_wait=p["lock_wait"], textfile_dir=p["textfile_dir"], sentry_dsn=p["sentry_dsn"],
-                environment=p["environment"], space_check=p["space_check"])
+                environment=p["environment"], space_check=p["space_check"], kdf_iterations=p["kdf_iter"])
             settings = PgSettings(host=p["login_host"], port=p["port"], user=p["login_user"],
                                   password=p["login_password"], database=p["database"])
             log = []
@@ -341,7 +351,11 @@ def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     if ENGINE_IMPORT_ERROR is not None:
         module.fail_json(msg=f"forge engine not importable: {ENGINE_IMPORT_ERROR}")
-    result = BackupModule(module).run()
+    try:
+        # Root never works in the backup user's directory: the engine runs as its owner.
+        result = call_as_directory_owner(module.params["backup_dir"], BackupModule(module).run)
+    except ForgeError as exc:
+        result = dict(failed=True, msg=exc.message, changed=False)
     if result.pop("failed", False):
         module.fail_json(**result)
     module.exit_json(**result)

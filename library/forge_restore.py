@@ -259,6 +259,7 @@ try:
     from ansible.module_utils.forge.errors import ForgeError
     from ansible.module_utils.forge.opensslenc import PassphraseSource
     from ansible.module_utils.forge.pgconn import PgSettings
+    from ansible.module_utils.forge.privileges import call_as_directory_owner
     from ansible.module_utils.forge.restore import RestoreOptions, Restorer, verify_file
     ENGINE_IMPORT_ERROR = None
 except ImportError as exc:  # pragma: no cover - reported to the user below
@@ -361,7 +362,11 @@ def main():
     )
     if ENGINE_IMPORT_ERROR is not None:
         module.fail_json(msg=f"forge engine not importable: {ENGINE_IMPORT_ERROR}")
-    result = RestoreModule(module).run()
+    try:
+        # Root never works in the backup user's directory: the engine runs as its owner.
+        result = call_as_directory_owner(module.params["backup_dir"], RestoreModule(module).run)
+    except ForgeError as exc:
+        result = dict(failed=True, msg=exc.message, changed=False)
     if result.pop("failed", False):
         module.fail_json(**result)
     module.exit_json(**result)

@@ -92,3 +92,14 @@ def test_negative_retention_is_rejected_with_a_one_line_message(pg, fresh_db, ba
     assert result["failed"] is True
     assert result["msg"] == "min_keep must be a whole number >= 0, got -2"
     assert json.dumps(result["msg"]).count("\\n") == 0
+
+
+def test_kdf_iter_is_used_and_recorded_and_a_bad_one_is_a_one_line_error(pg, fresh_db, backup_dir, run_module):
+    load_sample_data(pg, fresh_db)
+    result = run_module("forge_backup", module_args(pg, fresh_db, backup_dir, encrypt=True, kdf_iter=200000))
+    assert result.get("failed") is not True, result.get("msg")
+    with open(result["manifest"]) as handle:
+        assert json.load(handle)["encryption"]["kdf_iterations"] == 200000
+    bad = run_module("forge_backup", module_args(pg, fresh_db, backup_dir, encrypt=True, kdf_iter=999))
+    assert bad["failed"] is True
+    assert bad["msg"] == "kdf_iter must be a whole number from 1000 to 10000000, got 999"

@@ -26,6 +26,8 @@ def playbook(name, pg, database, tmp_path, backup_dir, **variables):
         "backup_postgres_port": pg.port, "backup_postgres_user": pg.app_user,
         "backup_postgres_password": pg.app_password, "backup_passphrase": PASSPHRASE, "backup_encrypt": False,
         "backup_report_dir": str(tmp_path / "reports"), "backup_textfile_dir": "",
+        # The tests run as root against root's own temporary directories; there is no `infer` here.
+        "backup_operate_as_backup_user": False,
     }
     settings.update(variables)
     inventory = tmp_path / "inventory.yml"

@@ -111,7 +111,7 @@ def test_forced_restore_failing_in_the_middle_sql_error(pg, live, backup_dir):
     before = table_counts(pg, live)
     message = failed_restore(pg, backup_dir, live, path=path, force=True)
     expected = ('restore stopped: psql:<stdin>:3: ERROR: relation "missing_table" does not exist '
-                "LINE 1: INSERT INTO missing_table VALUES (2);")
+                "LINE 1: INSERT INTO missing_table VALUES ... (rest hidden)")
     assert message == expected + unchanged(live)
     assert_untouched(pg, live, before)
 
@@ -351,6 +351,108 @@ def test_row_values_never_reach_the_message_or_sentry(pg, live, backup_dir, sql,
         assert "canary" not in text and "Key (" not in text
 
 
+@pytest.mark.parametrize("sql, error", [
+    # The value is quoted in the ERROR line itself, and the statement in the LINE line.
+    ("CREATE TABLE customers (id int);\nINSERT INTO customers VALUES ('int-canary@example.com');\n",
+     'psql:<stdin>:2: ERROR: invalid input syntax for type integer: "(value hidden)" '
+     "LINE 1: INSERT INTO customers VALUES ... (rest hidden)"),
+    # An INSERT-format dump: the ERROR line names a table, the LINE line shows the row.
+    ("CREATE TABLE a (x int);\nINSERT INTO missing_table VALUES ('line-canary@example.com', 5);\n",
+     'psql:<stdin>:2: ERROR: relation "missing_table" does not exist '
+     "LINE 1: INSERT INTO missing_table VALUES ... (rest hidden)"),
+    ("CREATE TABLE a (x int);\nINSERT INTO a VALUES ('syntax-canary@example.com' 'oops');\n",
+     'psql:<stdin>:2: ERROR: syntax error at or near "(value hidden)" '
+     "LINE 1: INSERT INTO a VALUES ... (rest hidden)"),
+], ids=["invalid-input", "insert-line", "syntax-error"])
+def test_values_in_error_and_line_lines_never_reach_the_message_or_sentry(pg, live, backup_dir, sql, error):
+    from helpers import SentryStub
+
+    name = f"{live}_20260207_143215.sql.gz"
+    write_gzip(backup_dir, name, sql + "-- PostgreSQL database dump complete\n")
+    stub = SentryStub()
+    try:
+        result = forge("drill", name, pg=pg, database=live, backup_dir=backup_dir,
+                       extra={"SENTRY_DSN": stub.dsn(), "ENVIRONMENT": "production"})
+    finally:
+        stub.close()
+    assert result.returncode == 1
+    [event] = stub.events()
+    # What failed and where stays: the error class, the dump's line, the statement's head.
+    assert error in result.stdout and error in event["message"]["formatted"]
+    for text in (result.stdout + result.stderr, json.dumps(event)):
+        assert "canary" not in text and "^" not in text
+
+
+@pytest.mark.parametrize("line, shown", [
+    ('ERROR:  invalid input value for enum mood: "canary"',
+     'ERROR:  invalid input value for enum mood: "(value hidden)"'),
+    ('ERROR:  date/time field value out of range: "31-02-canary"',
+     'ERROR:  date/time field value out of range: "(value hidden)"'),
+    ('ERROR:  unterminated quoted string at or near "\'canary@example.cz);',
+     'ERROR:  unterminated quoted string at or near "(value hidden)"'),
+    ('ERROR:  value "9999canary" is out of range for type integer',
+     'ERROR:  value "(value hidden)" is out of range for type integer'),
+    ('ERROR:  invalid input syntax for type integer: "say "canary" twice"',
+     'ERROR:  invalid input syntax for type integer: "(value hidden)"'),
+    ('ERROR:  invalid byte sequence for encoding "UTF8": 0xe9 0x80',
+     'ERROR:  invalid byte sequence for encoding "UTF8": (bytes hidden)'),
+    ('ERROR:  column "email" of relation "customers" does not exist',
+     'ERROR:  column "email" of relation "customers" does not exist'),
+    ('ERROR:  null value in column "email" of relation "customers" violates not-null constraint',
+     'ERROR:  null value in column "email" of relation "customers" violates not-null constraint'),
+], ids=["enum", "datetime", "unterminated", "out-of-range", "quotes-inside", "bytes", "names", "not-null"])
+def test_error_lines_keep_names_and_hide_values(line, shown):
+    from forge.errors import hide_values
+
+    assert hide_values(line) == shown
+
+
+@pytest.mark.parametrize("line, shown", [
+    ("LINE 1: INSERT INTO public.\"Customers\" VALUES ('canary@example.cz', 5);",
+     'LINE 1: INSERT INTO public."Customers" VALUES ... (rest hidden)'),
+    ("LINE 1: ...ary@example.cz', 5);", "LINE 1: ... (rest hidden)"),
+    ("LINE 2: canary words inside a multi-line string');", "LINE 2: ... (rest hidden)"),
+    ("LINE 1: DROP TABLE orders;", "LINE 1: DROP TABLE orders"),
+    ("DETAIL:  Key (email)=(canary@example.cz) already exists.", None),
+], ids=["insert", "cut-by-psql", "later-line", "no-values", "not-a-line"])
+def test_statement_lines_keep_only_the_head_of_the_first_line(line, shown):
+    from forge.errors import statement_line
+
+    assert statement_line(line) == shown
+
+
+def test_a_drill_sql_check_error_quoting_a_value_keeps_it_out_of_sentry(pg, live, backup_dir):
+    from helpers import SentryStub
+
+    name = f"{live}_20260207_143215.sql.gz"
+    write_gzip(backup_dir, name, "CREATE TABLE customers (email text);\n"
+               "INSERT INTO customers VALUES ('check-canary@example.com');\n-- PostgreSQL database dump complete\n")
+    stub = SentryStub()
+    try:
+        result = forge("drill", name, "--check", "SELECT email::int FROM customers", pg=pg, database=live,
+                       backup_dir=backup_dir, extra={"SENTRY_DSN": stub.dsn()})
+    finally:
+        stub.close()
+    assert result.returncode == 1
+    [event] = stub.events()
+    error = 'SQL check SELECT email::int FROM customers: invalid input syntax for type integer: "(value hidden)"'
+    assert error in result.stdout and error in event["message"]["formatted"]
+    for text in (result.stdout + result.stderr, json.dumps(event)):
+        assert "canary" not in text
+
+
+def test_a_restore_error_quoting_a_value_keeps_it_out_of_the_forge_error(pg, live, backup_dir):
+    sql = ("CREATE TABLE customers (id int);\nINSERT INTO customers VALUES ('restore-canary@example.com');\n"
+           "-- PostgreSQL database dump complete\n")
+    path = write_gzip(backup_dir, f"{live}_20260207_143215.sql.gz", sql)
+    before = table_counts(pg, live)
+    message = failed_restore(pg, backup_dir, live, path=path, force=True)
+    expected = ('restore stopped: psql:<stdin>:2: ERROR: invalid input syntax for type integer: '
+                '"(value hidden)" LINE 1: INSERT INTO customers VALUES ... (rest hidden)')
+    assert message == expected + unchanged(live)
+    assert_untouched(pg, live, before)
+
+
 # -- verify reads every byte of a file without a manifest ----------------------------------------------------
 
 @pytest.mark.parametrize("damage, message", [
@@ -386,6 +488,41 @@ def test_verify_of_a_good_runbook_file_says_unverified_and_what_ran(pg, live, ba
     assert report["verdict"] == "UNVERIFIED"
     assert report["checks"] == {"signature": "skipped", "decrypt": "passed", "decompress": "passed",
                                 "completion_marker": "passed"}
+
+
+def test_a_backup_with_more_kdf_iterations_restores_and_drills_without_being_told(pg, live, backup_dir,
+                                                                                passphrase_file):
+    path = take_backup(pg, live, backup_dir, backup_passphrase_file=passphrase_file, backup_kdf_iter=200000)
+    name = os.path.basename(path)
+    assert manifest_of(path)["encryption"]["kdf_iterations"] == 200000
+    drill = forge("drill", "latest", pg=pg, database=live, backup_dir=backup_dir, passphrase_file=passphrase_file)
+    assert drill.returncode == 0, drill.stdout + drill.stderr
+    assert drill.stdout.splitlines()[-1].startswith(f"PASS: {path}: 3 tables")
+    target = f"{live}_iter"
+    restored = forge("restore", name, target, pg=pg, database=live, backup_dir=backup_dir,
+                     passphrase_file=passphrase_file)
+    try:
+        assert restored.returncode == 0, restored.stdout + restored.stderr
+        assert table_counts(pg, target) == table_counts(pg, live)
+    finally:
+        pg.drop_database(target)
+
+
+def test_a_runbook_file_made_with_more_kdf_iterations_is_read_with_backup_kdf_iter(pg, live, backup_dir,
+                                                                                  passphrase_file):
+    os.makedirs(backup_dir, mode=0o700)
+    name = f"{live}_20260207_143215.sql.gz.enc"
+    env = dict(os.environ, PGPASSWORD=pg.app_password)
+    subprocess.run(["bash", "-c", f"set -o pipefail; pg_dump -h {pg.host} -p {pg.port} -U {pg.app_user} -d {live} "
+                    f"| gzip | openssl enc -aes-256-cbc -salt -pbkdf2 -iter 200000 -pass file:{passphrase_file} "
+                    f"-out {os.path.join(backup_dir, name)}"], env=env, check=True)
+    untold = forge("verify", name, pg=pg, database=live, backup_dir=backup_dir, passphrase_file=passphrase_file)
+    assert untold.returncode == 1
+    assert untold.stderr.strip() == f"ERROR: {name}: wrong passphrase: the decrypted start is not gzip data"
+    told = forge("verify", name, pg=pg, database=live, backup_dir=backup_dir, passphrase_file=passphrase_file,
+                 extra={"BACKUP_KDF_ITER": "200000"})
+    assert told.returncode == 3, told.stderr
+    assert json.loads(told.stdout)["checks"]["decrypt"] == "passed"
 
 
 def test_verify_latest_never_picks_a_zero_byte_file(pg, live, backup_dir):

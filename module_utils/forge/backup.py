@@ -21,7 +21,7 @@ import threading
 import time
 
 from . import catalog, compress, metrics, opensslenc, sentry, signing
-from .errors import ForgeError
+from .errors import ForgeError, hide_values
 from .fsutil import (
     PRIVATE_FILE_MODE,
     DirectoryLock,
@@ -29,7 +29,6 @@ from .fsutil import (
     explain_os_error,
     free_bytes,
     fsync_dir,
-    give_to_directory_owner,
     human_size,
     pin_malloc_mmap_threshold,
     write_atomic,
@@ -50,7 +49,7 @@ class BackupOptions:
                  keep_monthly=0, dump_format="plain", compression="gzip", compression_level=None, jobs=None,
                  passphrase_file=None, encrypt=None, dump_command=None, dump_options=None, lock_wait=0,
                  textfile_dir=None, sentry_dsn=None, environment=None, space_check=True,
-                 space_margin_bytes=16 << 20):
+                 space_margin_bytes=16 << 20, kdf_iterations=None):
         self.backup_dir = backup_dir
         self.retention_days = retention_days
         self.min_keep = min_keep
@@ -71,6 +70,8 @@ class BackupOptions:
         self.environment = environment
         self.space_check = space_check
         self.space_margin_bytes = space_margin_bytes
+        # PBKDF2 iterations of the encryption; openssl's own default keeps `openssl enc -d -pbkdf2` working.
+        self.kdf_iterations = opensslenc.kdf_iterations(kdf_iterations)
         self.validate()
 
     def validate(self):
@@ -282,8 +283,6 @@ class BackupRunner:
         try:
             write_atomic(final_path + catalog.MANIFEST_SUFFIX, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
             write_atomic(final_path + catalog.CHECKSUM_SUFFIX, f"{stream['sha256']}  {name}\n")
-            give_to_directory_owner(options.backup_dir, [partial_path, final_path + catalog.MANIFEST_SUFFIX,
-                                                        final_path + catalog.CHECKSUM_SUFFIX])
             os.rename(partial_path, final_path)
             fsync_dir(options.backup_dir)
         except OSError as exc:
@@ -307,7 +306,7 @@ class BackupRunner:
         command = options.dump_command + fmt + options.dump_options + [f"--snapshot={snapshot}"]
         docker = os.path.basename(options.dump_command[0]) in ("docker", "podman")
         compressor = compress.make_compressor(options.effective_compression, options.compression_level, options.jobs)
-        encryptor = opensslenc.Encryptor(passphrase) if passphrase else None
+        encryptor = opensslenc.Encryptor(passphrase, iterations=options.kdf_iterations) if passphrase else None
         digest = hashlib.sha256()
         size = 0
         tail = b""
@@ -469,9 +468,9 @@ _QUOTING_LINES = ("pg_dump: detail:", "pg_dump: hint:", "detail:", "hint:", "con
 
 
 def _check_dump_exit(returncode, stderr_lines, dump_format, head, tail):
-    # DETAIL, HINT and CONTEXT lines can quote row values: they never reach a message.
+    # DETAIL, HINT and CONTEXT lines can quote row values: they never reach a message, nor a quoted value.
     said = [line for line in stderr_lines if not line.lower().startswith(_QUOTING_LINES)]
-    last = said[-1] if said else ""
+    last = hide_values(said[-1]) if said else ""
     if returncode < 0:
         raise ForgeError(f"pg_dump was killed by signal {-returncode}" + (f": {last}" if last else ""))
     if returncode != 0:

@@ -13,6 +13,7 @@ import signal
 import sys
 
 from .errors import ForgeError
+from .privileges import become_directory_owner
 
 DEFAULT_CONFIG = "/etc/infer-forge/backup.env"
 EXIT_FAILURE = 1
@@ -102,8 +103,16 @@ def backup_from_config(config):
         sentry_dsn=config.get("SENTRY_DSN"),
         environment=config.get("ENVIRONMENT"),
         space_check=_flag(config, "BACKUP_SPACE_CHECK", True),
+        kdf_iterations=_kdf_iterations(config),
     )
     return BackupRunner(options, settings, log=log_line)
+
+
+def _kdf_iterations(config):
+    """BACKUP_KDF_ITER: PBKDF2 iterations of new backups, and of files named without a manifest."""
+    from .opensslenc import kdf_iterations
+
+    return kdf_iterations(config.get("BACKUP_KDF_ITER"), "BACKUP_KDF_ITER")
 
 
 def pg_settings_from_config(config):
@@ -172,7 +181,8 @@ def restore_command(args, config):
     options = RestoreOptions(backup_dir=config.get("BACKUP_DIR", "/backups"), passphrase_file=passphrase_file,
                              jobs=getattr(parsed, "jobs", None), force=getattr(parsed, "force", False),
                              keep_previous=not getattr(parsed, "drop_previous", False),
-                             require_encryption=_flag(config, "BACKUP_ENCRYPT", bool(passphrase_file)))
+                             require_encryption=_flag(config, "BACKUP_ENCRYPT", bool(passphrase_file)),
+                             kdf_iterations=_kdf_iterations(config))
     log = log_line
     if parsed.action == "drill":
         drill = DrillOptions(
@@ -190,7 +200,8 @@ def restore_command(args, config):
     restorer = Restorer(options, settings, log=log)
     backup = restorer.select(settings.database, backup_file)
     if parsed.action == "verify":
-        report = verify_file(backup, restorer.passphrase(backup), settings.database)
+        report = verify_file(backup, restorer.passphrase(backup), settings.database,
+                             kdf_iterations=options.kdf_iterations)
     else:
         report = restorer.restore(backup, parsed.target, database=settings.database)
     log_line(json.dumps(dict(report, backup=backup.path), indent=2, sort_keys=True))
@@ -244,7 +255,8 @@ Settings come from the environment and from BACKUP_CONFIG (default
   BACKUP_DIR (/backups)  RETENTION_DAYS (30)  BACKUP_MIN_KEEP (7)
   BACKUP_PASSPHRASE_FILE  encrypts (AES-256, openssl enc format) and signs the manifest
   BACKUP_ENCRYPT (on when a passphrase file is set)  BACKUP_FORMAT (plain|custom)
-  BACKUP_COMPRESSION (gzip|zstd)  BACKUP_TEXTFILE_DIR  SENTRY_DSN
+  BACKUP_COMPRESSION (gzip|zstd)  BACKUP_KDF_ITER (10000, openssl's default)
+  BACKUP_TEXTFILE_DIR  SENTRY_DSN
 Exit status: 0 done, 1 failed (nothing deleted), 75 another backup holds the lock."""
 
 
@@ -272,6 +284,15 @@ def main(argv=None):
     if argv and argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
+    if argv and argv[0] == "nas-gate":
+        # The NAS side of off-site copies: the forced command of the backup hosts' key.
+        from .farside import gate_main
+
+        try:
+            return gate_main(argv[1:])
+        except ForgeError as exc:
+            print(f"ERROR: {exc.message}", file=sys.stderr, flush=True)
+            return EXIT_FAILURE
     if not argv or argv[0] not in COMMANDS:
         print(USAGE, file=sys.stderr)
         return 2
@@ -281,6 +302,9 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, _terminate)
     try:
         config = load_config(os.environ)
+        # Before anything is opened: root never works in the backup user's directory.
+        become_directory_owner(config.get("BACKUP_DIR", "/backups"),
+                               log=lambda line: print(f"NOTE: {line}", file=sys.stderr, flush=True))
         if argv[0] == "offsite":
             return offsite_command(argv[1:], config)
         if argv[0] != "backup":

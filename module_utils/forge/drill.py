@@ -15,7 +15,7 @@ import socket
 import time
 
 from . import metrics, sentry
-from .errors import ForgeError
+from .errors import ForgeError, database_error
 from .fsutil import write_atomic
 from .pgconn import count_rows, user_tables
 from .records import DRILL_METRIC_PREFIX as METRIC_PREFIX
@@ -93,7 +93,7 @@ class Drill:
                 result["verdict"] = "PASS"
                 result["reason"] = "all checks passed"
         except (ForgeError, psycopg.Error) as exc:
-            message = exc.message if isinstance(exc, ForgeError) else " ".join(str(exc).split())
+            message = exc.message if isinstance(exc, ForgeError) else database_error(exc)
             result["reason"] = message
             result.setdefault("problems", []).append(message)
         finally:
@@ -176,7 +176,7 @@ class Drill:
                 conn.execute("SELECT bt_index_check(%s::regclass, true)", (index,))
         except Exception as exc:  # noqa: BLE001 - reported as one line
             result["checks"]["amcheck"] = "failed"
-            return [f"amcheck: {' '.join(str(exc).split())}"]
+            return [f"amcheck: {database_error(exc)}"]
         result["checks"]["amcheck"] = "passed"
         result["indexes_checked"] = len(indexes)
         return []
@@ -187,7 +187,7 @@ class Drill:
         try:
             row = conn.execute(check["sql"]).fetchone()
         except Exception as exc:  # noqa: BLE001 - reported as one line
-            outcome["detail"] = " ".join(str(exc).split())
+            outcome["detail"] = database_error(exc)
             return outcome
         value = row[0] if row else None
         outcome["value"] = value

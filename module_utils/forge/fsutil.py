@@ -122,17 +122,6 @@ def free_bytes(path):
     return stats.f_bavail * stats.f_frsize
 
 
-def give_to_directory_owner(directory, paths):
-    """When root writes into a directory that belongs to a service user (an
-    ad-hoc playbook run in the backup user's /backups), hand the files to that
-    user, so its scheduled jobs can read, lock, verify and rotate them."""
-    if os.geteuid() != 0:
-        return
-    owner = os.stat(directory)
-    for path in paths:
-        os.chown(path, owner.st_uid, owner.st_gid)
-
-
 class DirectoryLock:
     """An exclusive ``flock`` on a lock file; released when the process dies."""
 
@@ -147,7 +136,6 @@ class DirectoryLock:
         import time
 
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, PRIVATE_FILE_MODE)
-        give_to_directory_owner(os.path.dirname(os.path.abspath(self.path)), [self.path])
         deadline = time.monotonic() + max(0, self.wait_seconds)
         while True:
             try:

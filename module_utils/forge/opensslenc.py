@@ -4,7 +4,9 @@ File layout: ``Salted__`` + 8-byte salt + AES-256-CBC ciphertext (PKCS#7
 padding). Key and IV are the first 48 bytes of PBKDF2-HMAC-SHA256(passphrase,
 salt, 10000 iterations), which is what OpenSSL 1.1.1 and 3.x use for
 ``-pbkdf2`` without ``-iter``/``-md``. So ``openssl enc -d -aes-256-cbc -pbkdf2``
-decrypts our files and we decrypt files made by that command.
+decrypts our files and we decrypt files made by that command. Another count
+(``BACKUP_KDF_ITER``) is recorded in the signed manifest; openssl then needs
+``-iter N``. The file itself does not say its count.
 
 That format has no integrity check. Integrity comes from the signed manifest
 (signing.py), which records the file's SHA-256. Manifests of version 1 carried
@@ -26,7 +28,9 @@ from .signing import read_passphrase  # noqa: F401 - re-exported for callers
 MAGIC = b"Salted__"
 SALT_LEN = 8
 HEADER_LEN = len(MAGIC) + SALT_LEN
-PBKDF2_ITERATIONS = 10000
+PBKDF2_ITERATIONS = 10000  # openssl's default for -pbkdf2
+MIN_KDF_ITERATIONS = 1000
+MAX_KDF_ITERATIONS = 10_000_000
 PBKDF2_DIGEST = "sha256"
 CIPHER_NAME = "aes-256-cbc"
 
@@ -57,6 +61,18 @@ class PassphraseSource:
         return False
 
 
+def kdf_iterations(value, name="kdf_iter"):
+    """A configured PBKDF2 iteration count as an int; None gives openssl's default."""
+    if value is None or value == "":
+        return PBKDF2_ITERATIONS
+    text = str(value).strip()
+    count = int(text) if not isinstance(value, bool) and text.isascii() and text.isdigit() else None
+    if count is None or not MIN_KDF_ITERATIONS <= count <= MAX_KDF_ITERATIONS:
+        raise ForgeError(f"{name} must be a whole number from {MIN_KDF_ITERATIONS} to {MAX_KDF_ITERATIONS}, "
+                         f"got {value!r}")
+    return count
+
+
 def derive(passphrase, salt, iterations=PBKDF2_ITERATIONS):
     """Return (key, iv, mac_key) from one PBKDF2 run."""
     material = hashlib.pbkdf2_hmac(PBKDF2_DIGEST, passphrase, salt, iterations, 80)
@@ -70,9 +86,10 @@ def _cipher(key, iv):
 class Encryptor:
     """Turns plaintext chunks into the openssl-enc byte stream, header first."""
 
-    def __init__(self, passphrase, salt=None):
+    def __init__(self, passphrase, salt=None, iterations=PBKDF2_ITERATIONS):
         self.salt = salt or os.urandom(SALT_LEN)
-        key, iv, self.mac_key = derive(passphrase, self.salt)
+        self.iterations = iterations
+        key, iv, self.mac_key = derive(passphrase, self.salt, iterations)
         self._encryptor = _cipher(key, iv).encryptor()
         self._padder = padding.PKCS7(128).padder()
         self._header_sent = False
@@ -97,7 +114,7 @@ class Encryptor:
             "cipher": CIPHER_NAME,
             "kdf": "pbkdf2",
             "kdf_digest": PBKDF2_DIGEST,
-            "kdf_iterations": PBKDF2_ITERATIONS,
+            "kdf_iterations": self.iterations,
             "salt_hex": self.salt.hex(),
             "format": "openssl-enc",
         }
@@ -106,8 +123,9 @@ class Encryptor:
 class Decryptor:
     """Reverse of :class:`Encryptor`; feed it the file bytes from the start."""
 
-    def __init__(self, passphrase):
+    def __init__(self, passphrase, iterations=PBKDF2_ITERATIONS):
         self._passphrase = passphrase
+        self._iterations = iterations
         self._header = b""
         self._decryptor = None
         self._unpadder = padding.PKCS7(128).unpadder()
@@ -121,7 +139,7 @@ class Decryptor:
             if not self._header.startswith(MAGIC):
                 raise ForgeError("file is not in openssl enc format (no 'Salted__' header)")
             salt = self._header[len(MAGIC):HEADER_LEN]
-            key, iv, self.mac_key = derive(self._passphrase, salt)
+            key, iv, self.mac_key = derive(self._passphrase, salt, self._iterations)
             self._decryptor = _cipher(key, iv).decryptor()
             data, self._header = self._header[HEADER_LEN:], b""
         return self._unpadder.update(self._decryptor.update(data))

@@ -19,7 +19,7 @@ import threading
 import time
 
 from . import catalog, compress, opensslenc
-from .errors import ForgeError
+from .errors import ForgeError, database_error, hide_values, statement_line
 from .fsutil import pin_malloc_mmap_threshold
 from .pgconn import PassFile, passed_fds, user_tables
 
@@ -88,7 +88,7 @@ class VerifyReport(dict):
         return self.get("verdict") == VERIFIED
 
 
-def verify_file(backup, passphrase=None, database=None, read=True):
+def verify_file(backup, passphrase=None, database=None, read=True, kdf_iterations=None):
     """Check a backup without touching any database. Raises ForgeError on the first problem.
 
     A backup with an authenticated manifest: its SHA-256 is compared (every byte
@@ -96,7 +96,8 @@ def verify_file(backup, passphrase=None, database=None, read=True):
     operator: read through (decrypt, decompress, completion marker) when
     ``read``, verdict UNVERIFIED, since it is intact but nothing proves what it
     should hold. A version 1 manifest's HMAC is always checked (one full read).
-    With ``read`` off, the restore's stream makes the same checks.
+    With ``read`` off, the restore's stream makes the same checks. ``kdf_iterations`` decrypts
+    a file whose manifest does not record its count (see kdf_iterations_of).
     """
     report = VerifyReport(file=backup.path, format=backup.dump_format, compression=backup.compression,
                           encrypted=backup.encrypted, has_manifest=backup.raw_manifest is not None)
@@ -119,7 +120,7 @@ def verify_file(backup, passphrase=None, database=None, read=True):
             report.passed("hmac")
             report.passed("sha256")
         if read:
-            read_through(backup, passphrase)
+            read_through(backup, passphrase, kdf_iterations)
             report.passed("decrypt" if backup.encrypted else "readable")
             report.passed("decompress")
             if backup.dump_format == "plain":
@@ -186,13 +187,28 @@ class _StartCheck:
             raise ForgeError(f"{self.backup.name}: the file is too short to be a backup")
 
 
-def plaintext_chunks(backup, passphrase, read_size=None, report=None):
+def kdf_iterations_of(backup, configured=None):
+    """The PBKDF2 iterations that decrypt ``backup``: the count its manifest records (signed, or
+    for version 1 proven by the HMAC), else the configured one (BACKUP_KDF_ITER), else openssl's."""
+    manifest = backup.manifest or (backup.raw_manifest if backup.legacy else None) or {}
+    encryption = manifest.get("encryption")
+    recorded = encryption.get("kdf_iterations") if isinstance(encryption, dict) else None
+    if recorded is None:
+        return configured or opensslenc.PBKDF2_ITERATIONS
+    if isinstance(recorded, bool) or not isinstance(recorded, int) \
+            or not 1 <= recorded <= opensslenc.MAX_KDF_ITERATIONS:
+        raise ForgeError(f"{backup.name}: manifest has an impossible kdf_iterations {recorded!r}")
+    return recorded
+
+
+def plaintext_chunks(backup, passphrase, read_size=None, report=None, kdf_iterations=None):
     """The file's dump bytes, decrypted and decompressed, checked on the way: a wrong
     passphrase, damage and truncation each raise a one-line ForgeError. For a file with
     an authenticated manifest the SHA-256 of exactly these bytes is compared at the end
     (and, when decoding failed half way, over the whole file: a changed file is named as
     such rather than as a decoding error)."""
-    decryptor = opensslenc.Decryptor(passphrase) if backup.encrypted else None
+    decryptor = (opensslenc.Decryptor(passphrase, kdf_iterations_of(backup, kdf_iterations))
+                 if backup.encrypted else None)
     decompressor = compress.decompressor_for(backup.compression)
     start = _StartCheck(backup)
     digest = hashlib.sha256() if backup.manifest else None
@@ -273,16 +289,17 @@ def restricted(chunks):
     yield buffer
 
 
-def read_through(backup, passphrase):
+def read_through(backup, passphrase, kdf_iterations=None):
     """Read every byte of a file without a manifest: decrypt, decompress, completion marker."""
-    for _ in plaintext_chunks(backup, passphrase, READ_SIZE):
+    for _ in plaintext_chunks(backup, passphrase, READ_SIZE, kdf_iterations=kdf_iterations):
         pass
 
 
 class RestoreOptions:
     def __init__(self, backup_dir="/backups", passphrase_file=None, jobs=None, force=False, create=True,
                  owner=None, session_settings=None, psql_command=None, pg_restore_command=None, verify=True,
-                 comment=None, keep_previous=True, require_encryption=None, check_counts=True):
+                 comment=None, keep_previous=True, require_encryption=None, check_counts=True,
+                 kdf_iterations=None):
         self.backup_dir = backup_dir
         self.passphrase_file = passphrase_file
         self.jobs = jobs
@@ -300,6 +317,8 @@ class RestoreOptions:
         self.require_encryption = bool(passphrase_file) if require_encryption is None else bool(require_encryption)
         # Compare the restored copy's row counts with the manifest before it goes live.
         self.check_counts = check_counts
+        # PBKDF2 iterations for an encrypted file whose manifest does not record them (BACKUP_KDF_ITER).
+        self.kdf_iterations = opensslenc.kdf_iterations(kdf_iterations)
         if jobs is not None and (not isinstance(jobs, int) or jobs < 1):
             raise ForgeError(f"jobs must be a whole number >= 1, got {jobs!r}")
 
@@ -364,7 +383,8 @@ class Restorer:
         if self.options.verify:
             # The file's SHA-256 (or a file without a manifest) is proven while it streams; check
             # mode streams nothing, so it reads the file here.
-            report = verify_file(backup, self.passphrase(backup), database, read=check_mode)
+            report = verify_file(backup, self.passphrase(backup), database, read=check_mode,
+                                 kdf_iterations=self.options.kdf_iterations)
         else:
             report = VerifyReport(verdict=UNVERIFIED)
         passphrase = self.passphrase(backup)
@@ -596,7 +616,7 @@ class Restorer:
             errors = []
             reader = threading.Thread(target=_collect, args=(proc.stderr, errors), daemon=True)
             reader.start()
-            chunks = plaintext_chunks(backup, passphrase, report=report)
+            chunks = plaintext_chunks(backup, passphrase, report=report, kdf_iterations=self.options.kdf_iterations)
             restrict = backup.dump_format == "plain"
             if restrict:
                 chunks = restricted(chunks)
@@ -676,7 +696,7 @@ def check_target_name(target):
 
 
 def _one_line(exc):
-    return exc.message if isinstance(exc, ForgeError) else " ".join(str(exc).split())
+    return exc.message if isinstance(exc, ForgeError) else database_error(exc)
 
 
 def describe_count_mismatches(expected, actual):
@@ -756,13 +776,14 @@ def _collect(stream, sink):
 def _first_error(text):
     """The first ERROR/FATAL line with the statement's position, as one line.
 
-    DETAIL and CONTEXT lines are left out: they quote row values (``Key
-    (email)=(...)``, ``COPY orders, line 5: "..."``), customer data that must
-    not reach logs or Sentry.
+    Row values must not reach logs or Sentry, so DETAIL, HINT and CONTEXT lines are
+    left out (``Key (email)=(...)``, ``COPY orders, line 5: "..."``), values quoted in
+    the error line are hidden (``invalid input syntax for type integer: "..."``), and
+    of the statement's LINE only its head is kept (see errors.statement_line).
     """
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     for index, line in enumerate(lines):
         if "ERROR:" in line or "FATAL:" in line or "error:" in line:
-            context = [item for item in lines[index + 1:index + 3] if item.startswith("LINE")]
-            return " ".join([line] + context)[:500]
-    return (lines[-1] if lines else "")[:500]
+            context = [item for item in map(statement_line, lines[index + 1:index + 3]) if item]
+            return " ".join([hide_values(line)] + context)[:500]
+    return hide_values(lines[-1] if lines else "")[:500]
