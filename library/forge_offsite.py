@@ -162,6 +162,7 @@ try:
     from ansible.module_utils.forge.errors import ForgeError
     from ansible.module_utils.forge.offsite import OffsiteCopy, OffsiteOptions
     from ansible.module_utils.forge.opensslenc import PassphraseSource
+    from ansible.module_utils.forge.privileges import call_as_directory_owner
     ENGINE_IMPORT_ERROR = None
 except ImportError as exc:  # pragma: no cover - reported to the user below
     ENGINE_IMPORT_ERROR = exc
@@ -188,10 +189,7 @@ ARGUMENT_SPEC = dict(
 )
 
 
-def main():
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    if ENGINE_IMPORT_ERROR is not None:
-        module.fail_json(msg=f"forge engine not importable: {ENGINE_IMPORT_ERROR}")
+def copy_offsite(module):
     p = module.params
     with PassphraseSource(p["passphrase"], p["passphrase_file"]) as passphrase_file:
         try:
@@ -202,8 +200,22 @@ def main():
                 skip_unencrypted=p["skip_unencrypted"], textfile_dir=p["textfile_dir"], state_dir=p["state_dir"],
                 sentry_dsn=p["sentry_dsn"], environment=p["environment"], passphrase_file=passphrase_file)
         except ForgeError as exc:
-            module.fail_json(msg=exc.message)
-        result = OffsiteCopy(options).run(check_mode=module.check_mode)
+            return dict(failed=True, msg=exc.message)
+        return OffsiteCopy(options).run(check_mode=module.check_mode)
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    if ENGINE_IMPORT_ERROR is not None:
+        module.fail_json(msg=f"forge engine not importable: {ENGINE_IMPORT_ERROR}")
+    p = module.params
+    try:
+        # Root never works in the backup user's directory: the engine runs as its owner.
+        result = call_as_directory_owner(p["backup_dir"], lambda: copy_offsite(module))
+    except ForgeError as exc:
+        module.fail_json(msg=exc.message)
+    if result.get("failed"):
+        module.fail_json(**result)
     result["changed"] = bool(result["passed"] and (result["copied"] or result["expired"]))
     if not result["passed"] and p["fail_on_error"]:
         module.fail_json(msg=f"off-site copy of {p['database']} failed: {result['reason']}", **result)

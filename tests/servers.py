@@ -239,7 +239,7 @@ class SshServer:
         host_key = os.path.join(self.base_dir, "host_ed25519")
         for key in (host_key, self.client_key):
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True)
-        authorized = os.path.join(self.base_dir, "authorized_keys")
+        authorized = self.authorized_keys = os.path.join(self.base_dir, "authorized_keys")
         shutil.copy(self.client_key + ".pub", authorized)
         os.chmod(authorized, 0o600)
         with open(host_key + ".pub") as handle:
@@ -257,6 +257,17 @@ class SshServer:
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_port(self.host, self.port, "sshd")
         return self
+
+    def gate(self, directory, state_dir, retention_days=90, min_keep=7):
+        """Bind the client key to the NAS gate for ``directory`` (sshd reads authorized_keys
+        at every login), as the offsite_target role writes it on a real NAS."""
+        forge = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "forge")
+        command = (f"{forge} nas-gate --dir {directory} --state {state_dir} --retention-days {retention_days} "
+                   f"--min-keep {min_keep}")
+        with open(self.client_key + ".pub") as handle:
+            key = " ".join(handle.read().split()[:2])
+        with open(self.authorized_keys, "w") as handle:
+            handle.write(f'restrict,command="{command}" {key}\n')
 
     def destroy(self):
         if self.proc and self.proc.poll() is None:

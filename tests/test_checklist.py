@@ -175,6 +175,26 @@ def test_item_6_offsite(tmp_path):
     assert "the latest run FAILED: ssh to infer-offsite@nas failed - older than 26 h" in failed["evidence"][0]
 
 
+def test_item_6_reads_the_nas_receipt_and_fails_on_a_quarantined_copy(tmp_path):
+    config_dir, reports = tmp_path / "etc", tmp_path / "reports"
+    config_dir.mkdir()
+    reports.mkdir()
+    settings = dict(databases=["shop"], config_dir=str(config_dir), report_dir=str(reports))
+    (config_dir / "backup-shop.env").write_text("POSTGRES_DB=shop\nOFFSITE_TARGET=infer-offsite@nas:/srv/b\n")
+    now = datetime.datetime.now().timestamp()
+    receipt = {"verified_at": "2026-12-01T03:31:00+00:00", "copies": 4, "quarantined": [], "ok": True}
+    state = {"passed": True, "last_success": now - 1800, "remote_backups": 4, "verified": True, "receipt": receipt}
+    (reports / "offsite_shop.json").write_text(json.dumps(state))
+    good = check(6, **settings)
+    assert good["status"] == "PASS"
+    assert good["evidence"][0].endswith("; NAS receipt 2026-12-01T03:31:00+00:00: 4 verified there, 0 quarantined")
+    receipt.update(quarantined=["shop_20261130_020000.sql.gz.enc: sha256 does not match its manifest"], ok=False)
+    (reports / "offsite_shop.json").write_text(json.dumps(state))
+    bad = check(6, **settings)
+    assert bad["status"] == "FAIL"
+    assert bad["evidence"][0].endswith("4 verified there, 1 quarantined")
+
+
 def test_item_10_sentry_record(tmp_path):
     record = tmp_path / "sentry.json"
     assert check(10, sentry_record=str(record))["status"] == "FAIL"

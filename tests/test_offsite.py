@@ -79,9 +79,18 @@ def metric(tmp_path, database, name):
     return None
 
 
+def gated_nas(sshd, tmp_path, name="nas"):
+    """The NAS directory, made as the offsite_target role makes it, with the client key
+    bound to the NAS gate for it."""
+    nas = tmp_path / name / "infer-forge"
+    nas.mkdir(parents=True, mode=0o700)
+    sshd.gate(nas, tmp_path / name / "state")
+    return nas
+
+
 def test_copies_to_the_nas_over_ssh_verifies_and_keeps_files_private(sshd, encrypted_backups, backup_dir, tmp_path):
     database, names = encrypted_backups
-    nas = tmp_path / "nas" / "infer-forge"
+    nas = gated_nas(sshd, tmp_path)
     result = offsite(database, backup_dir, f"root@127.0.0.1:{nas}", tmp_path, **ssh_extra(sshd))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Off-site copy OK" in result.stdout and "3 copied and verified" in result.stdout
@@ -92,25 +101,30 @@ def test_copies_to_the_nas_over_ssh_verifies_and_keeps_files_private(sshd, encry
         assert stat.S_IMODE(copy.stat().st_mode) == 0o600
         check = subprocess.run(["sha256sum", "-c", name + ".sha256"], cwd=nas, capture_output=True, text=True)
         assert check.returncode == 0, check.stdout
-    assert stat.S_IMODE(nas.stat().st_mode) == 0o700
     assert metric(tmp_path, database, "last_run_success") == 1
     assert metric(tmp_path, database, "files_copied") == 3
+    assert metric(tmp_path, database, "far_verify_success") == 1
+    assert metric(tmp_path, database, "far_verified_timestamp_seconds") > 0
     state = json.loads((tmp_path / "state" / f"offsite_{database}.json").read_text())
     assert state["verified"] is True and state["last_success"] > 0
+    assert state["receipt"]["copies"] == 3 and state["receipt"]["ok"] is True
 
     again = offsite(database, backup_dir, f"root@127.0.0.1:{nas}", tmp_path, **ssh_extra(sshd))
     assert again.returncode == 0 and "0 copied and verified" in again.stdout, again.stdout
 
 
-def test_a_copy_that_does_not_match_its_manifest_is_removed_and_fails(sshd, encrypted_backups, backup_dir, tmp_path):
+def test_a_copy_that_does_not_match_its_manifest_is_quarantined_there_and_fails(
+        sshd, encrypted_backups, backup_dir, tmp_path):
     database, names = encrypted_backups
     # The file is damaged after its (signed) manifest was written: same size, one byte flipped.
     flip_byte(os.path.join(backup_dir, names[0]), offset=100)
-    nas = tmp_path / "nas"
+    nas = gated_nas(sshd, tmp_path)
     result = offsite(database, backup_dir, f"root@127.0.0.1:{nas}", tmp_path, **ssh_extra(sshd))
     assert result.returncode == 1
-    assert "does not match its manifest's sha256; it was removed there" in result.stdout
+    assert (f"the copy of {names[0]} on root@127.0.0.1:{nas} does not match its manifest's sha256 (sha256 does not "
+            "match its manifest); the NAS moved it to its quarantine, nothing else changed") in result.stdout
     assert not (nas / names[0]).exists() and not (nas / (names[0] + ".manifest.json")).exists()
+    assert any(n.startswith(names[0] + ".2") for n in os.listdir(tmp_path / "nas" / "state" / "quarantine"))
     assert metric(tmp_path, database, "last_run_success") == 0
     assert metric(tmp_path, database, "last_success_timestamp_seconds") is None
 
@@ -122,7 +136,7 @@ def test_an_unknown_host_key_is_refused(sshd, encrypted_backups, backup_dir, tmp
     extra = dict(ssh_extra(sshd), OFFSITE_KNOWN_HOSTS=empty_known_hosts)
     result = offsite(database, backup_dir, f"root@127.0.0.1:{tmp_path / 'nas'}", tmp_path, **extra)
     assert result.returncode == 1
-    assert "ssh to root@127.0.0.1 failed while preparing the target directory: Host key verification failed." \
+    assert "ssh to root@127.0.0.1 failed while reading its last receipt: Host key verification failed." \
         in result.stdout
     assert not (tmp_path / "nas").exists()
 

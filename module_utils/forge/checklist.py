@@ -308,6 +308,13 @@ class Checklist:
             if age > self.s["offsite_max_age_hours"] * 3600:
                 status = FAIL
                 line += f" - older than {self.s['offsite_max_age_hours']:g} h"
+            receipt = state.get("receipt") if isinstance(state.get("receipt"), dict) else None
+            if receipt:
+                # The NAS's own word (its receipt), not only this host's.
+                line += (f"; NAS receipt {receipt.get('verified_at') or '?'}: {receipt.get('copies', 0)} verified "
+                         f"there, {len(receipt.get('quarantined') or [])} quarantined")
+                if not receipt.get("ok", False):
+                    status = FAIL
             evidence.append(line)
         return status, evidence
 

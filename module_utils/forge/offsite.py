@@ -4,10 +4,15 @@ to a mounted encrypted USB disk.
 The runbook: copies go to the NAS or to USB disks in the safe, and unencrypted
 backups never leave the host. So only files that are encrypted (openssl's
 ``Salted__`` header, not merely an ``.enc`` name) are copied, each with its
-manifest and ``.sha256``. The far side is checked with ``sha256sum --check``
-against the manifest's checksum before the copy counts; the manifest is sent
-last, so a backup on the target without its manifest was never verified.
-The target has a retention of its own, applied only to our file names.
+manifest and ``.sha256``. A copy counts only once the far side has checked it
+against the manifest's checksum.
+
+The NAS is reached through a gate (farside.py): the host's key may only add new
+files and ask the NAS to verify; the NAS verifies, keeps its own retention and
+answers with a receipt, so a compromised backup host cannot delete or replace
+a single copy there. On a USB disk this host verifies and applies retention
+itself, only to our file names, and sends the manifest last (a manifest there
+means "verified").
 """
 
 import datetime
@@ -151,9 +156,26 @@ class PathTarget:
             _remove_quietly(os.path.join(self.path, name))
         fsync_dir(self.path)
 
+    def copy_verified(self, backup, digest):
+        self.put([backup.path, backup.checksum_path] if os.path.exists(backup.checksum_path) else [backup.path])
+        if self.verify({backup.name: digest}):
+            self.remove([backup.name, backup.name + CHECKSUM_SUFFIX])
+            raise ForgeError(f"the copy of {backup.name} on {self.describe()} does not match its "
+                             "manifest's sha256; it was removed there, nothing else changed")
+        # The manifest last: on the disk, a manifest means "copied and verified".
+        self.put([backup.manifest_path])
+
+    def expire(self, names):
+        self.remove([n + s for n in names for s in ("", CHECKSUM_SUFFIX, MANIFEST_SUFFIX)])
+        return list(names)
+
 
 class SshTarget:
-    """The NAS, reached with ssh (BatchMode, strict host keys) and rsync."""
+    """The NAS over SSH (BatchMode, strict host keys). The backup host's key is bound on
+    the NAS to ``forge nas-gate`` (see farside.py): it can upload new files with rsync and
+    ask the NAS to verify them, nothing else. It cannot list, read, delete or overwrite
+    anything there; the NAS checks each copy against its manifest, applies its own
+    retention and answers with a receipt, the only view of the far side a host gets."""
 
     kind = "ssh"
 
@@ -161,6 +183,7 @@ class SshTarget:
         self.userhost = userhost
         self.path = os.path.normpath(path)
         self.options = options
+        self.receipt = None
 
     def describe(self):
         return f"{self.userhost}:{self.path}"
@@ -174,54 +197,70 @@ class SshTarget:
             argv += ["-o", f"UserKnownHostsFile={self.options.known_hosts}"]
         return argv
 
-    def _run(self, remote_command, what, stdin=None):
-        argv = self._ssh_argv() + [self.userhost, remote_command]
-        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True,
-                              timeout=self.options.ssh_timeout + 600)
+    def _gate(self, verb, what):
+        argv = self._ssh_argv() + [self.userhost, f"infer-forge {verb}"]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=self.options.ssh_timeout + 3600)
         if proc.returncode == 255:
             raise ForgeError(f"ssh to {self.userhost} failed while {what}: {last_line(proc.stderr)}")
-        return proc
+        if proc.returncode != 0:
+            raise ForgeError(f"the NAS refused {what} (exit {proc.returncode}): {last_line(proc.stderr)}; is its "
+                             "offsite_target role (the nas-gate forced command) installed?")
+        try:
+            receipt = json.loads(proc.stdout or "{}")
+        except ValueError:
+            raise ForgeError(f"the NAS answered {what} with something that is not a receipt: "
+                             f"{last_line(proc.stdout)[:80]!r}") from None
+        if not isinstance(receipt, dict):
+            raise ForgeError(f"the NAS answered {what} with something that is not a receipt")
+        self.receipt = receipt
+        return receipt
 
     def prepare(self, create):
-        quoted = shlex.quote(self.path)
-        command = f"mkdir -p -m 700 -- {quoted} && chmod 700 -- {quoted}" if create else f"test -d {quoted}"
-        proc = self._run(command, "preparing the target directory")
-        if proc.returncode != 0:
-            if not create:
-                return False
-            raise ForgeError(f"cannot create {self.describe()}: {last_line(proc.stderr)}")
+        self._gate("receipt", "reading its last receipt")
         return True
 
     def list(self):
-        proc = self._run(f"find {shlex.quote(self.path)} -maxdepth 1 -type f -printf '%f\\n'", "listing the target")
-        if proc.returncode != 0:
-            raise ForgeError(f"cannot list {self.describe()}: {last_line(proc.stderr)}")
-        return set(proc.stdout.splitlines())
+        """Names as the receipt knows them: a verified copy counts with its manifest; a
+        pending one (file without manifest yet) gets its manifest sent again."""
+        copies = self.receipt.get("copies") if isinstance(self.receipt.get("copies"), dict) else {}
+        pending = self.receipt.get("pending") if isinstance(self.receipt.get("pending"), list) else []
+        return ({str(n) for n in copies} | {str(n) + MANIFEST_SUFFIX for n in copies}
+                | {str(n) for n in pending})
 
     def put(self, paths):
         # rsync writes to a temporary name and renames, so a cut connection leaves no half file
-        # under a backup's name; --chmod keeps customer data 0600 on the NAS as well.
-        argv = ["rsync", "--times", "--perms", "--chmod=D0700,F0600", "--protect-args",
+        # under a backup's name; --chmod keeps customer data 0600 on the NAS as well. The NAS
+        # forces --ignore-existing anyway: nothing already there is ever replaced.
+        argv = ["rsync", "--times", "--perms", "--chmod=D0700,F0600", "--ignore-existing",
                 f"--timeout={self.options.ssh_timeout + 60}", "-e", shlex.join(self._ssh_argv()),
                 *paths, f"{self.userhost}:{self.path}/"]
         proc = subprocess.run(argv, capture_output=True, text=True)
         if proc.returncode != 0:
             raise ForgeError(f"rsync to {self.describe()} failed (exit {proc.returncode}): {last_line(proc.stderr)}")
 
-    def verify(self, checksums):
-        lines = "".join(f"{digest}  {name}\n" for name, digest in sorted(checksums.items()))
-        proc = self._run(f"cd -- {shlex.quote(self.path)} && sha256sum --check --strict -",
-                         "verifying the copy", stdin=lines)
-        good = {line[:-len(": OK")] for line in proc.stdout.splitlines() if line.endswith(": OK")}
-        return [name for name in checksums if name not in good]
-
-    def remove(self, names):
-        if not names:
+    def copy_verified(self, backup, digest):
+        """Send the file, its checksum and its manifest; the NAS verifies and says so."""
+        paths = [backup.path] + ([backup.checksum_path] if os.path.exists(backup.checksum_path) else [])
+        self.put(paths + [backup.manifest_path])
+        receipt = self._gate("verify", "verifying the copy")
+        entry = (receipt.get("copies") or {}).get(backup.name)
+        if isinstance(entry, dict) and entry.get("verified") and entry.get("sha256") == digest:
             return
-        quoted = " ".join(shlex.quote(name) for name in sorted(names))
-        proc = self._run(f"cd -- {shlex.quote(self.path)} && rm -f -- {quoted}", "applying retention")
-        if proc.returncode != 0:
-            raise ForgeError(f"cannot remove old copies on {self.describe()}: {last_line(proc.stderr)}")
+        moved = [q for q in receipt.get("quarantined") or [] if isinstance(q, dict) and q.get("name") == backup.name]
+        if moved:
+            raise ForgeError(f"the copy of {backup.name} on {self.describe()} does not match its manifest's sha256 "
+                             f"({moved[0].get('reason')}); the NAS moved it to its quarantine, nothing else changed")
+        if isinstance(entry, dict):
+            raise ForgeError(f"{backup.name} on {self.describe()} is not the file sent now (sha256 "
+                             f"{str(entry.get('sha256'))[:16]}..., here {digest[:16]}...); an older copy under its "
+                             "name stays there untouched")
+        raise ForgeError(f"the NAS's receipt does not list {backup.name} as verified after the copy")
+
+    def expire(self, names):
+        """Retention on the NAS is the NAS's: a fresh verification applies it, and its
+        receipt says what it expired (``names``, the host's estimate, is for check mode)."""
+        receipt = self._gate("verify", "asking it to verify its copies and apply its retention")
+        return sorted(str(n) for n in receipt.get("expired") or [])
 
 
 class OffsiteCopy:
@@ -260,6 +299,7 @@ class OffsiteCopy:
         started = self.clock()
         result = {"target": None, "database": self.options.database, "copied": [], "expired": [],
                   "bytes_copied": 0, "verified": False, "check_mode": check_mode, "host": socket.gethostname()}
+        target = None
         try:
             target = open_target(self.options)
             result["target"] = target.describe()
@@ -272,12 +312,14 @@ class OffsiteCopy:
             result["bytes_copied"] = sum(b.size for b in plan["copy"])
             if not check_mode:
                 self._copy(target, plan["copy"])
-                target.remove([n + s for n in plan["expire"] for s in ("", CHECKSUM_SUFFIX, MANIFEST_SUFFIX)])
+                result["expired"] = target.expire(plan["expire"])
                 result["verified"] = True
             kept = len(plan["remote"]) - len(plan["expire"]) + len(plan["copy"])
+            if target.kind == "ssh":
+                kept = self._read_receipt(target, result)
             result["remote_backups"] = kept
             result["passed"] = True
-            result["reason"] = (f"{len(plan['copy'])} copied and verified, {len(plan['expire'])} expired, "
+            result["reason"] = (f"{len(plan['copy'])} copied and verified, {len(result['expired'])} expired, "
                                 f"{kept} verified backup(s) there")
         except ForgeError as exc:
             result["passed"] = False
@@ -285,6 +327,8 @@ class OffsiteCopy:
         except (OSError, subprocess.SubprocessError) as exc:
             result["passed"] = False
             result["reason"] = f"off-site copy failed: {exc}"
+        if not result["passed"] and getattr(target, "receipt", None) and "receipt" not in result:
+            self._summarize_receipt(target, result)
         result["duration"] = self.clock() - started
         if not check_mode:
             self._record(result)
@@ -294,15 +338,29 @@ class OffsiteCopy:
         for backup in backups:
             digest = backup.manifest["sha256"]
             self.log(f"Copying {backup.name} ({backup.size} bytes) to {target.describe()}")
-            target.put([backup.path, backup.checksum_path] if os.path.exists(backup.checksum_path) else [backup.path])
-            bad = target.verify({backup.name: digest})
-            if bad:
-                target.remove([backup.name, backup.name + CHECKSUM_SUFFIX])
-                raise ForgeError(f"the copy of {backup.name} on {target.describe()} does not match its "
-                                 "manifest's sha256; it was removed there, nothing else changed")
-            # The manifest last: on the target, a manifest means "copied and verified".
-            target.put([backup.manifest_path])
+            target.copy_verified(backup, digest)
             self.log(f"Verified {backup.name} on {target.describe()} (sha256 {digest[:16]}...)")
+
+    def _read_receipt(self, target, result):
+        """This database's part of the NAS's receipt, in the result (and so in the state
+        file the checklist reads). Fails the run when the NAS quarantined one of ours."""
+        summary = self._summarize_receipt(target, result)
+        if not summary["ok"]:
+            raise ForgeError(f"the NAS quarantined {len(summary['quarantined'])} copy(ies) of "
+                             f"{self.options.database} that did not match their manifests: {summary['quarantined'][0]}")
+        return summary["copies"]
+
+    def _summarize_receipt(self, target, result):
+        receipt = getattr(target, "receipt", None) or {}
+        stem = file_stem(self.options.database)
+        ours = sorted(n for n in (receipt.get("copies") or {}) if (parse_name(str(n)) or ("",))[0] == stem)
+        quarantined = [q for q in receipt.get("quarantined") or []
+                       if isinstance(q, dict) and (parse_name(str(q.get("name"))) or ("",))[0] == stem]
+        result["receipt"] = {
+            "verified_at": receipt.get("verified_at"), "verified_at_epoch": receipt.get("verified_at_epoch"),
+            "copies": len(ours), "newest": ours[-1] if ours else None,
+            "quarantined": [f"{q.get('name')}: {q.get('reason')}" for q in quarantined], "ok": not quarantined}
+        return result["receipt"]
 
     def _record(self, result):
         now = self.clock()
@@ -332,6 +390,15 @@ class OffsiteCopy:
             ]
             if "remote_backups" in result:
                 samples.append(("remote_backups", "Verified backups on the off-site target.", result["remote_backups"]))
+            receipt = result.get("receipt")
+            if receipt:
+                samples.append(("far_verify_success", "1 if the NAS's own verification found every copy of this "
+                                "database intact (its receipt), else 0.", 1 if receipt["ok"] else 0))
+                samples.append(("far_quarantined", "Copies the NAS's last verification moved to its quarantine.",
+                                len(receipt["quarantined"])))
+                if isinstance(receipt.get("verified_at_epoch"), (int, float)):
+                    samples.append(("far_verified_timestamp_seconds", "When the NAS last verified its copies "
+                                    "(its receipt).", receipt["verified_at_epoch"]))
             labels = {"database": self.options.database, "target": result["target"] or self.options.target}
             filename = offsite_metrics_filename(self.options.database)
             error = metrics.write_run(self.options.textfile_dir, filename, METRIC_PREFIX, labels, samples, passed, now,

@@ -9,6 +9,7 @@ import os
 import re
 import shlex
 import subprocess
+import time
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -118,6 +119,58 @@ def test_the_offsite_copy_is_on_the_nas_encrypted_and_verified():
     metrics = db.file("/var/lib/prometheus/node-exporter/infer_forge_offsite_infer_forge.prom").content_string
     assert 'infer_forge_offsite_last_run_success{database="infer_forge"' in metrics
     assert re.search(r"infer_forge_offsite_last_success_timestamp_seconds\{[^}]+\} \d+", metrics)
+
+
+def test_the_backup_hosts_key_cannot_delete_or_overwrite_a_copy_on_the_nas():
+    """What whoever takes the backup host can do with its key: nothing to what is there."""
+    db, nas = on(DB), on(NAS)
+    name = os.path.basename(newest_backup(db))
+    listing = f"cd {OFFSITE_DIR} && sha256sum * | sort"
+    before = nas.check_output(listing)
+    ssh = ("ssh -o BatchMode=yes -o StrictHostKeyChecking=yes "
+           "-o UserKnownHostsFile=/etc/infer-forge/offsite_known_hosts "
+           "-i /etc/infer-forge/offsite_ed25519 -o IdentitiesOnly=yes")
+    as_backup_user = "runuser -u infer -- "
+    for command in (f"rm -f {OFFSITE_DIR}/{name}", f"sh -c 'rm -rf {OFFSITE_DIR}'", "id"):
+        attempt = db.run(as_backup_user + f"{ssh} infer-offsite@{NAS} {shlex.quote(command)}")
+        assert attempt.rc != 0 and "refused: this key may only upload new copies" in attempt.stderr, command
+    db.run("mkdir -p /tmp/empty && head -c 4096 /dev/urandom > /tmp/" + name)
+    delete = db.run(as_backup_user + f"rsync -r --delete -e {shlex.quote(ssh)} /tmp/empty/ "
+                    f"infer-offsite@{NAS}:{OFFSITE_DIR}/")
+    assert delete.rc != 0
+    for extra in ("", "--inplace", "--ignore-times", "--backup --suffix=.old"):
+        db.run(as_backup_user + f"rsync {extra} -e {shlex.quote(ssh)} /tmp/{name} infer-offsite@{NAS}:{OFFSITE_DIR}/")
+    assert nas.check_output(listing) == before
+    # The account cannot edit its own authorized_keys either.
+    keys = nas.file("/srv/infer-forge-offsite/.ssh/authorized_keys")
+    assert keys.user == "root" and keys.mode == 0o644 and 'command="/opt/infer-forge/scripts/forge nas-gate' in \
+        keys.content_string
+    # The NAS's receipt says every copy there is verified, and the host keeps it as evidence.
+    receipt = json.loads(nas.file("/srv/infer-forge-offsite/state/receipt.json").content_string)
+    assert receipt["ok"] is True and receipt["copies"][name]["verified"] is True
+    metrics = db.file("/var/lib/prometheus/node-exporter/infer_forge_offsite_infer_forge.prom").content_string
+    assert re.search(r'infer_forge_offsite_far_verify_success\{[^}]+\} 1', metrics), metrics
+
+
+def test_the_offsite_panels_have_data_in_the_lab_prometheus():
+    """The Grafana row for off-site copies, the NAS's receipt included, against live data."""
+    mon = on(MONITORING)
+    dashboard = json.loads(mon.file("/var/lib/grafana/dashboards/infer-forge/infer-forge-overview.json")
+                           .content_string)
+    expressions = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", []) if "offsite" in t["expr"]]
+    assert len(expressions) == 3
+    deadline = time.monotonic() + 120  # node_exporter's textfile is read at the next scrape
+    while True:
+        empty = []
+        for expr in expressions:
+            body = json.loads(mon.check_output(
+                f"curl -sf -G --data-urlencode {shlex.quote('query=' + expr)} http://127.0.0.1:9090/api/v1/query"))
+            if not body["data"]["result"]:
+                empty.append(expr)
+        if not empty or time.monotonic() > deadline:
+            break
+        time.sleep(5)
+    assert empty == [], f"no data for: {empty}"
 
 
 def load_report(report_dir):

@@ -1,0 +1,202 @@
+"""The NAS side of off-site copies: the only command the backup hosts' key may run.
+
+The off-site copy is the one that must survive a lost backup host. So whoever
+holds that host (and its key) may add files to the NAS and nothing more: the key
+is bound in ``authorized_keys`` to ``forge nas-gate``, which allows exactly
+
+- ``rsync --server ...`` (an upload), handed to Debian's ``rrsync -wo -no-del
+  -no-overwrite``: write-only, no ``--delete``/``--remove-*``, no backup or
+  partial-dir tricks, an existing name is never replaced;
+- ``infer-forge verify``: check every copy here against its manifest, apply
+  this NAS's retention, write the receipt and print it;
+- ``infer-forge receipt``: print the last receipt.
+
+Anything else is refused. Verification and retention run here, with settings
+that live here (in the forced command), never with numbers a backup host sends.
+Retention counts a copy's age from its arrival on this NAS (the inode's change
+time, which no client can set), not from its name or mtime, both of which the
+uploader chooses. A copy that does not match its manifest is moved to the
+quarantine beside the state (never deleted), so the host can send it again.
+The same command runs from this NAS's cron with ``--full`` to re-read every copy.
+"""
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import socket
+import stat
+import sys
+import time
+
+from .catalog import CHECKSUM_SUFFIX, MANIFEST_SUFFIX, _load_manifest, parse_name
+from .errors import ForgeError
+from .fsutil import fsync_dir, read_json_object, write_atomic
+
+RECEIPT_NAME = "receipt.json"
+QUARANTINE_NAME = "quarantine"
+RRSYNC = "/usr/bin/rrsync"
+RECEIPT_VERSION = 1
+# A copy without its manifest this long after arrival is not an upload in progress.
+PENDING_GRACE_SECONDS = 6 * 3600
+CHUNK = 1024 * 1024
+
+
+class FarSide:
+    def __init__(self, directory, state_dir, retention_days, min_keep, clock=time.time):
+        if retention_days < 1 or min_keep < 1:
+            raise ForgeError("off-site retention must keep at least one day and one copy")
+        directory, state_dir = os.path.abspath(directory), os.path.abspath(state_dir)
+        if os.path.commonpath([directory, state_dir]) == directory:
+            raise ForgeError(f"the state directory {state_dir} must not lie inside the upload directory {directory}")
+        self.directory = directory
+        self.state_dir = state_dir
+        self.retention_days = retention_days
+        self.min_keep = min_keep
+        self.clock = clock
+
+    @property
+    def receipt_path(self):
+        return os.path.join(self.state_dir, RECEIPT_NAME)
+
+    def last_receipt(self):
+        return read_json_object(self.receipt_path)
+
+    def verify(self, full=False):
+        """Check every copy, expire old ones, write and return the receipt."""
+        now = self.clock()
+        previous = {} if full else self.last_receipt().get("copies", {})
+        names = set(os.listdir(self.directory))
+        copies, pending, quarantined, groups = {}, [], [], {}
+        for name in sorted(names):
+            parsed = parse_name(name)
+            if parsed is None:
+                continue  # not ours: manifests and checksums are read with their backup, the rest left alone
+            path = os.path.join(self.directory, name)
+            info = os.lstat(path)
+            if not stat.S_ISREG(info.st_mode):
+                quarantined.append(self._quarantine(name, "not a regular file", now))
+                continue
+            if name + MANIFEST_SUFFIX not in names:
+                if now - info.st_ctime > PENDING_GRACE_SECONDS:
+                    quarantined.append(self._quarantine(name, "no manifest arrived with it", now))
+                else:
+                    pending.append(name)
+                continue
+            entry = self._check(name, path, info, previous.get(name))
+            if entry.get("problem"):
+                quarantined.append(self._quarantine(name, entry["problem"], now))
+                continue
+            copies[name] = entry
+            groups.setdefault(parsed[0], []).append(name)
+        expired = self._expire(copies, groups, now)
+        receipt = {
+            "version": RECEIPT_VERSION, "host": socket.gethostname(), "directory": self.directory,
+            "verified_at": datetime.datetime.fromtimestamp(now, datetime.UTC).isoformat(),
+            "verified_at_epoch": now, "full": full,
+            "retention_days": self.retention_days, "min_keep": self.min_keep,
+            "copies": copies, "pending": pending, "quarantined": quarantined, "expired": expired,
+            "ok": not quarantined,
+        }
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        write_atomic(self.receipt_path, json.dumps(receipt, indent=2, sort_keys=True) + "\n", mode=0o600)
+        return receipt
+
+    def _check(self, name, path, info, known):
+        manifest = _load_manifest(path + MANIFEST_SUFFIX)
+        if not isinstance(manifest, dict):
+            return {"problem": f"manifest unusable: {manifest or 'missing'}"}
+        expected, size = manifest.get("sha256"), manifest.get("size")
+        if not isinstance(expected, str) or len(expected) != 64:
+            return {"problem": "manifest has no sha256"}
+        if isinstance(size, int) and size != info.st_size:
+            return {"problem": f"size {info.st_size} bytes, the manifest says {size}"}
+        identity = [info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
+        if known and known.get("identity") == identity and known.get("sha256") == expected:
+            return known  # the same inode, unchanged since it was last read in full
+        digest = hashlib.sha256()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as handle:
+            for chunk in iter(lambda: handle.read(CHUNK), b""):
+                digest.update(chunk)
+        if digest.hexdigest() != expected:
+            return {"problem": "sha256 does not match its manifest"}
+        return {"sha256": expected, "size": info.st_size, "arrived": info.st_ctime, "identity": identity,
+                "database": manifest.get("database") if isinstance(manifest.get("database"), str) else None,
+                "verified": True}
+
+    def _expire(self, copies, groups, now):
+        cutoff = now - self.retention_days * 86400
+        expired = []
+        for names in groups.values():
+            by_arrival = sorted(names, key=lambda n: copies[n]["arrived"], reverse=True)
+            for name in by_arrival[self.min_keep:]:
+                if copies[name]["arrived"] < cutoff:
+                    for suffix in ("", CHECKSUM_SUFFIX, MANIFEST_SUFFIX):
+                        _remove_quietly(os.path.join(self.directory, name + suffix))
+                    del copies[name]
+                    expired.append(name)
+        if expired:
+            fsync_dir(self.directory)
+        return sorted(expired)
+
+    def _quarantine(self, name, reason, now):
+        """Move a copy aside (never delete it): the host may send it again under its name."""
+        stamp = datetime.datetime.fromtimestamp(now, datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+        where = os.path.join(self.state_dir, QUARANTINE_NAME)
+        os.makedirs(where, mode=0o700, exist_ok=True)
+        for suffix in ("", CHECKSUM_SUFFIX, MANIFEST_SUFFIX):
+            source = os.path.join(self.directory, name + suffix)
+            if os.path.lexists(source):
+                os.rename(source, os.path.join(where, f"{name}{suffix}.{stamp}"))
+        fsync_dir(self.directory)
+        return {"name": name, "reason": reason, "at": now}
+
+
+def gate_main(argv, environ=None, out=None):
+    """``forge nas-gate --dir D --state S [--retention-days N] [--min-keep K] [verify [--full]]``.
+
+    Under sshd (SSH_ORIGINAL_COMMAND set) the client's command decides what runs,
+    within the three allowed; without it (cron, an operator) the arguments do."""
+    environ = os.environ if environ is None else environ
+    out = out or sys.stdout
+    parser = argparse.ArgumentParser(prog="forge nas-gate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dir", required=True, help="the directory the backup hosts upload into")
+    parser.add_argument("--state", required=True, help="receipt and quarantine (outside --dir)")
+    parser.add_argument("--retention-days", type=int, default=90)
+    parser.add_argument("--min-keep", type=int, default=7)
+    parser.add_argument("action", nargs="?", choices=("verify", "receipt"), default=None)
+    parser.add_argument("--full", action="store_true", help="re-read every copy, not only new ones")
+    args = parser.parse_args(argv)
+    requested = environ.get("SSH_ORIGINAL_COMMAND")
+    clock = time.time
+    if requested is None and environ.get("FORGE_NAS_GATE_NOW"):
+        # Tests of retention move the clock; never under sshd, where the client could set it.
+        clock = lambda: float(environ["FORGE_NAS_GATE_NOW"])  # noqa: E731
+    far = FarSide(args.dir, args.state, args.retention_days, args.min_keep, clock=clock)
+    if requested is None:
+        action, full = args.action or "verify", args.full
+    else:
+        words = requested.split()
+        if words[:2] == ["rsync", "--server"] and "--sender" not in words:
+            # rrsync reads the client's command from SSH_ORIGINAL_COMMAND itself.
+            os.execv(RRSYNC, [RRSYNC, "-wo", "-no-del", "-no-overwrite", "-absolute", far.directory])  # noqa: S606
+        if words == ["infer-forge", "verify"]:
+            action, full = "verify", False
+        elif words == ["infer-forge", "receipt"]:
+            action, full = "receipt", False
+        else:
+            print(f"refused: this key may only upload new copies (rsync) and ask for 'infer-forge verify' or "
+                  f"'infer-forge receipt', not {requested[:80]!r}", file=sys.stderr)
+            return 1
+    receipt = far.verify(full=full) if action == "verify" else far.last_receipt()
+    print(json.dumps(receipt, sort_keys=True), file=out)
+    return 0
+
+
+def _remove_quietly(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,153 @@
+"""A compromised backup host cannot wipe the NAS.
+
+Whoever holds the backup host holds its key to the NAS. With that key, and a
+real sshd on loopback whose authorized_keys binds it to `forge nas-gate` as the
+offsite_target role does, these tests try what an attacker would (a shell
+command, rm, rsync --delete, an overwrite under an existing name, a download)
+and check that every existing copy is still there, byte for byte. They also
+check the gate's own work: verification against the manifest, quarantine
+instead of deletion, retention by arrival on the NAS, and the receipt.
+"""
+
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import time
+
+import pytest
+from test_offsite import encrypted_backups, metric, offsite, ssh_extra  # noqa: F401 - fixtures reused
+
+from helpers import REPO
+from servers import SshServer
+
+FORGE = os.path.join(REPO, "scripts", "forge")
+
+
+@pytest.fixture(scope="module")
+def sshd():
+    server = SshServer().start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def nas(sshd, tmp_path):
+    directory = tmp_path / "nas" / "backups"
+    directory.mkdir(parents=True, mode=0o700)
+    state = tmp_path / "nas" / "state"
+    sshd.gate(directory, state, retention_days=30, min_keep=2)
+    return {"dir": directory, "state": state, "target": f"root@127.0.0.1:{directory}"}
+
+
+def ssh(sshd, command, stdin=None):
+    argv = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o",
+            f"UserKnownHostsFile={sshd.known_hosts}", "-i", sshd.client_key, "-o", "IdentitiesOnly=yes",
+            "-p", str(sshd.port), "root@127.0.0.1", command]
+    return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60)
+
+
+def rsync(sshd, *args):
+    transport = shlex.join(["ssh", "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={sshd.known_hosts}",
+                            "-i", sshd.client_key, "-o", "IdentitiesOnly=yes", "-p", str(sshd.port)])
+    return subprocess.run(["rsync", "-e", transport, *args], capture_output=True, text=True, timeout=60)
+
+
+def digests(directory):
+    return {name: hashlib.sha256((directory / name).read_bytes()).hexdigest() for name in sorted(os.listdir(directory))}
+
+
+@pytest.fixture
+def copied(sshd, nas, encrypted_backups, backup_dir, tmp_path):  # noqa: F811 - the fixture imported above
+    database, names = encrypted_backups
+    result = offsite(database, backup_dir, nas["target"], tmp_path, **ssh_extra(sshd))
+    assert result.returncode == 0, result.stdout + result.stderr
+    before = digests(nas["dir"])
+    assert set(names) <= set(before)
+    return database, names, before
+
+
+def test_the_key_runs_no_shell_command_on_the_nas(sshd, nas, copied):
+    _, names, before = copied
+    for command in (f"rm -f {nas['dir']}/{names[0]}", f"sh -c 'rm -rf {nas['dir']}'", "cat /etc/shadow",
+                    f"find {nas['dir']} -delete", "infer-forge verify; rm -rf /", "true; id"):
+        result = ssh(sshd, command)
+        assert result.returncode != 0, command
+        assert "refused: this key may only upload new copies" in result.stderr, command
+    assert digests(nas["dir"]) == before
+
+
+def test_rsync_with_the_key_cannot_delete_overwrite_or_read_copies(sshd, nas, copied, tmp_path):
+    _, names, before = copied
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    deleting = rsync(sshd, "-r", "--delete", f"{empty}/", f"root@127.0.0.1:{nas['dir']}/")
+    assert deleting.returncode != 0
+    removing = rsync(sshd, "--remove-source-files", "-r", f"{empty}/", f"root@127.0.0.1:{nas['dir']}/")
+    assert digests(nas["dir"]) == before, removing.stderr
+    # A doctored file under an existing copy's name, with every trick rsync has for replacing.
+    doctored = tmp_path / names[0]
+    doctored.write_bytes(b"Salted__" + os.urandom(4096))
+    for extra in ([], ["--inplace"], ["--backup", "--suffix=.old"], ["--ignore-times"], ["--append"]):
+        rsync(sshd, *extra, str(doctored), f"root@127.0.0.1:{nas['dir']}/")
+        assert digests(nas["dir"]) == before, extra
+    download = rsync(sshd, f"root@127.0.0.1:{nas['dir']}/{names[0]}", str(tmp_path / "stolen"))
+    assert download.returncode != 0 and not (tmp_path / "stolen").exists()
+
+
+def test_a_new_name_still_uploads_and_the_gate_verifies_it(sshd, nas, copied):
+    database, names, _ = copied
+    receipt = json.loads(ssh(sshd, "infer-forge receipt").stdout)
+    assert set(names) <= set(receipt["copies"])
+    assert all(receipt["copies"][n]["verified"] for n in names)
+    assert receipt["ok"] is True and receipt["quarantined"] == []
+
+
+def test_a_copy_damaged_on_the_nas_is_quarantined_not_deleted_and_fails_the_next_run(
+        sshd, nas, copied, backup_dir, tmp_path):
+    database, names, _ = copied
+    damaged = nas["dir"] / names[0]
+    data = bytearray(damaged.read_bytes())
+    data[100] ^= 0x01
+    damaged.write_bytes(bytes(data))
+    result = offsite(database, backup_dir, nas["target"], tmp_path, **ssh_extra(sshd))
+    assert result.returncode == 1
+    assert f"the NAS quarantined 1 copy(ies) of {database} that did not match their manifests: {names[0]}: " \
+           "sha256 does not match its manifest" in result.stdout
+    moved = sorted(os.listdir(nas["state"] / "quarantine"))
+    assert len(moved) == 3  # the copy, its checksum and its manifest, each with the time they were moved
+    quarantined = [n for n in moved if n.startswith(names[0] + ".2")]
+    assert len(quarantined) == 1 and bytes(data) == (nas["state"] / "quarantine" / quarantined[0]).read_bytes()
+    assert metric(tmp_path, database, "far_verify_success") == 0
+    assert metric(tmp_path, database, "far_quarantined") == 1
+    # The next run sends the good copy again under its name, and the NAS verifies it.
+    again = offsite(database, backup_dir, nas["target"], tmp_path, **ssh_extra(sshd))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert (nas["dir"] / names[0]).read_bytes() == open(os.path.join(backup_dir, names[0]), "rb").read()
+    assert metric(tmp_path, database, "far_verify_success") == 1
+
+
+def test_nas_retention_counts_arrival_on_the_nas_not_names_the_host_chose(nas, copied):
+    """The newest-named copies are not the newest arrivals: a host that forges dates in
+    names cannot push real copies out. Arrival (ctime) is set by the NAS's kernel."""
+    database, names, _ = copied
+    gate = [FORGE, "nas-gate", "--dir", str(nas["dir"]), "--state", str(nas["state"]), "--retention-days", "30",
+            "--min-keep", "1", "verify"]
+    later = time.time() + 31 * 86400
+    env = dict(os.environ, FORGE_NAS_GATE_NOW=str(later))
+    result = subprocess.run(gate, capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    receipt = json.loads(result.stdout)
+    # All three arrived together; 31 days on, min_keep 1 keeps exactly one and expires two.
+    assert len(receipt["expired"]) == 2 and len(receipt["copies"]) == 1
+    assert sorted(os.listdir(nas["dir"])) == sorted(n + s for n in receipt["copies"]
+                                                    for s in ("", ".sha256", ".manifest.json"))
+
+
+def test_the_gate_refuses_a_state_directory_inside_the_upload_directory(tmp_path):
+    result = subprocess.run([FORGE, "nas-gate", "--dir", str(tmp_path), "--state", str(tmp_path / "state")],
+                            capture_output=True, text=True, env=dict(os.environ), timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"ERROR: the state directory {tmp_path / 'state'} must not lie inside the "
+                                     f"upload directory {tmp_path}")
