@@ -72,6 +72,13 @@ options:
       - Never choose an unencrypted backup automatically (as the newest, for a drill or a restore).
       - Defaults to V(true) when a passphrase is given, like the backup side.
     type: bool
+  kdf_iter:
+    description:
+      - PBKDF2 iterations for an encrypted file whose manifest does not record them (a runbook file made
+        with C(openssl enc -pbkdf2 -iter N), named in O(backup_file)); C(BACKUP_KDF_ITER) on the host.
+      - Our backups record the count in their signed manifest, which always wins.
+    type: int
+    default: 10000
   create:
     description: For O(mode=restore), create the target when it does not exist (template0, UTF8).
     type: bool
@@ -280,6 +287,7 @@ ARGUMENT_SPEC = dict(
     keep=dict(type="bool", default=False),
     keep_previous=dict(type="bool", default=True),
     require_encryption=dict(type="bool"),
+    kdf_iter=dict(type="int", default=10000),
     sql_checks=dict(type="list", elements="dict", default=[]),
     amcheck=dict(type="bool", default=False),
     passphrase_file=dict(type="path", no_log=False),
@@ -313,11 +321,13 @@ class RestoreModule:
                                   password=p["login_password"], database=p["database"])
             options = RestoreOptions(backup_dir=p["backup_dir"], passphrase_file=passphrase_file,
                                      jobs=p["jobs"], force=p["force"], create=p["create"], owner=p["owner"],
-                                     keep_previous=p["keep_previous"], require_encryption=p["require_encryption"])
+                                     keep_previous=p["keep_previous"], require_encryption=p["require_encryption"],
+                                     kdf_iterations=p["kdf_iter"])
             restorer = Restorer(options, settings)
             if p["mode"] == "verify":
                 backup = restorer.select(p["database"], p["backup_file"])
-                result = dict(verify_file(backup, restorer.passphrase(backup), p["database"]), backup=backup.path,
+                result = dict(verify_file(backup, restorer.passphrase(backup), p["database"],
+                                          kdf_iterations=options.kdf_iterations), backup=backup.path,
                               changed=False)
             elif p["mode"] == "restore":
                 if not p["target_database"]:
@@ -342,7 +352,8 @@ class RestoreModule:
         if self.module.check_mode:
             restorer = Restorer(options, settings)
             backup = restorer.select(p["database"], p["backup_file"])
-            report = verify_file(backup, restorer.passphrase(backup), p["database"])
+            report = verify_file(backup, restorer.passphrase(backup), p["database"],
+                                 kdf_iterations=options.kdf_iterations)
             return dict(report, backup=backup.path, changed=False, passed=None,
                         reason=f"check mode: would drill {backup.name} (file {report['verdict'].lower()}); "
                                "nothing restored")

@@ -509,7 +509,7 @@ def test_a_backup_with_more_kdf_iterations_restores_and_drills_without_being_tol
 
 
 def test_a_runbook_file_made_with_more_kdf_iterations_is_read_with_backup_kdf_iter(pg, live, backup_dir,
-                                                                                  passphrase_file):
+                                                                                  passphrase_file, run_module):
     os.makedirs(backup_dir, mode=0o700)
     name = f"{live}_20260207_143215.sql.gz.enc"
     env = dict(os.environ, PGPASSWORD=pg.app_password)
@@ -523,6 +523,12 @@ def test_a_runbook_file_made_with_more_kdf_iterations_is_read_with_backup_kdf_it
                  extra={"BACKUP_KDF_ITER": "200000"})
     assert told.returncode == 3, told.stderr
     assert json.loads(told.stdout)["checks"]["decrypt"] == "passed"
+    # The module says the same with kdf_iter.
+    args = {"mode": "verify", "database": live, "backup_file": name, "backup_dir": backup_dir,
+            "passphrase_file": passphrase_file}
+    assert "wrong passphrase" in run_module("forge_restore", args)["msg"]
+    module = run_module("forge_restore", dict(args, kdf_iter=200000))
+    assert module["verdict"] == "UNVERIFIED" and module["checks"]["decrypt"] == "passed", module.get("msg")
 
 
 def test_verify_latest_never_picks_a_zero_byte_file(pg, live, backup_dir):
