@@ -121,8 +121,8 @@ def test_a_copy_that_does_not_match_its_manifest_is_quarantined_there_and_fails(
     nas = gated_nas(sshd, tmp_path)
     result = offsite(database, backup_dir, f"root@127.0.0.1:{nas}", tmp_path, **ssh_extra(sshd))
     assert result.returncode == 1
-    assert (f"the copy of {names[0]} on root@127.0.0.1:{nas} does not match its manifest's sha256 (sha256 does not "
-            "match its manifest); the NAS moved it to its quarantine, nothing else changed") in result.stdout
+    assert (f"the NAS refused the copy of {names[0]} (sha256 does not match its manifest) and moved it to its "
+            "quarantine; nothing else changed") in result.stdout
     assert not (nas / names[0]).exists() and not (nas / (names[0] + ".manifest.json")).exists()
     assert any(n.startswith(names[0] + ".2") for n in os.listdir(tmp_path / "nas" / "state" / "quarantine"))
     assert metric(tmp_path, database, "last_run_success") == 0

@@ -96,6 +96,25 @@ def test_rsync_with_the_key_cannot_delete_overwrite_or_read_copies(sshd, nas, co
     assert download.returncode != 0 and not (tmp_path / "stolen").exists()
 
 
+def test_a_doctored_upload_under_an_existing_name_is_quarantined_and_the_copy_kept(sshd, nas, copied, tmp_path):
+    """The gate's own path: a self-consistent forgery (file and a manifest with its sha256)
+    under the name of a copy already on the NAS never replaces that copy."""
+    _, names, before = copied
+    forged = tmp_path / "forged"
+    forged.mkdir()
+    data = b"Salted__" + os.urandom(4096)
+    (forged / names[0]).write_bytes(data)
+    (forged / (names[0] + ".manifest.json")).write_text(json.dumps(
+        {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "database": "x"}))
+    upload = rsync(sshd, str(forged / names[0]), str(forged / (names[0] + ".manifest.json")), "root@127.0.0.1:")
+    assert upload.returncode == 0, upload.stderr
+    receipt = json.loads(ssh(sshd, "infer-forge verify").stdout)
+    assert [(q["name"], q["reason"]) for q in receipt["quarantined"]] == [
+        (names[0], "a different file under the name of a copy already here; that copy was kept")]
+    assert receipt["ok"] is False
+    assert digests(nas["dir"]) == before
+
+
 def test_a_new_name_still_uploads_and_the_gate_verifies_it(sshd, nas, copied):
     database, names, _ = copied
     receipt = json.loads(ssh(sshd, "infer-forge receipt").stdout)

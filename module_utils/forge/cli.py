@@ -293,6 +293,10 @@ def main(argv=None):
         except ForgeError as exc:
             print(f"ERROR: {exc.message}", file=sys.stderr, flush=True)
             return EXIT_FAILURE
+        except OSError as exc:
+            print(f"ERROR: nas-gate stopped: {exc.strerror or exc}: {exc.filename or '-'}",
+                  file=sys.stderr, flush=True)
+            return EXIT_FAILURE
     if not argv or argv[0] not in COMMANDS:
         print(USAGE, file=sys.stderr)
         return 2

@@ -4,11 +4,14 @@ The off-site copy is the one that must survive a lost backup host. So whoever
 holds that host (and its key) may add files to the NAS and nothing more: the key
 is bound in ``authorized_keys`` to ``forge nas-gate``, which allows exactly
 
-- ``rsync --server ...`` (an upload), handed to Debian's ``rrsync -wo -no-del
-  -no-overwrite``: write-only, no ``--delete``/``--remove-*``, no backup or
-  partial-dir tricks, an existing name is never replaced;
-- ``infer-forge verify``: check every copy here against its manifest, apply
-  this NAS's retention, write the receipt and print it;
+- ``rsync --server ...`` (an upload), handed to Debian's ``rrsync -wo -no-del``
+  and confined to an *incoming* directory inside the state directory: the
+  copies themselves are never reachable by rsync, so no rsync option (delete,
+  backup, in-place, append) can touch one;
+- ``infer-forge verify``: accept what came in (each file checked against its
+  manifest, then hard-linked into the store only under a name not taken, so an
+  existing copy is never replaced), re-check the store, apply this NAS's
+  retention, write the receipt and print it;
 - ``infer-forge receipt``: print the last receipt.
 
 Anything else is refused. Verification and retention run here, with settings
@@ -36,6 +39,7 @@ from .fsutil import fsync_dir, read_json_object, write_atomic
 
 RECEIPT_NAME = "receipt.json"
 QUARANTINE_NAME = "quarantine"
+INCOMING_NAME = "incoming"
 RRSYNC = "/usr/bin/rrsync"
 RECEIPT_VERSION = 1
 # A copy without its manifest this long after arrival is not an upload in progress.
@@ -57,6 +61,10 @@ class FarSide:
         self.clock = clock
 
     @property
+    def incoming(self):
+        return os.path.join(self.state_dir, INCOMING_NAME)
+
+    @property
     def receipt_path(self):
         return os.path.join(self.state_dir, RECEIPT_NAME)
 
@@ -64,11 +72,15 @@ class FarSide:
         return read_json_object(self.receipt_path)
 
     def verify(self, full=False):
-        """Check every copy, expire old ones, write and return the receipt."""
+        """Accept new copies, check the store, expire old ones; write and return the receipt."""
         now = self.clock()
+        os.makedirs(self.incoming, mode=0o700, exist_ok=True)
+        quarantined = []
+        accepted, pending = self._accept_incoming(now, quarantined)
         previous = {} if full else self.last_receipt().get("copies", {})
+        previous = previous if isinstance(previous, dict) else {}
         names = set(os.listdir(self.directory))
-        copies, pending, quarantined, groups = {}, [], [], {}
+        copies, groups = {}, {}
         for name in sorted(names):
             parsed = parse_name(name)
             if parsed is None:
@@ -76,17 +88,14 @@ class FarSide:
             path = os.path.join(self.directory, name)
             info = os.lstat(path)
             if not stat.S_ISREG(info.st_mode):
-                quarantined.append(self._quarantine(name, "not a regular file", now))
+                quarantined.append(self._quarantine(self.directory, name, "not a regular file", now))
                 continue
             if name + MANIFEST_SUFFIX not in names:
-                if now - info.st_ctime > PENDING_GRACE_SECONDS:
-                    quarantined.append(self._quarantine(name, "no manifest arrived with it", now))
-                else:
-                    pending.append(name)
+                quarantined.append(self._quarantine(self.directory, name, "no manifest beside it", now))
                 continue
             entry = self._check(name, path, info, previous.get(name))
             if entry.get("problem"):
-                quarantined.append(self._quarantine(name, entry["problem"], now))
+                quarantined.append(self._quarantine(self.directory, name, entry["problem"], now))
                 continue
             copies[name] = entry
             groups.setdefault(parsed[0], []).append(name)
@@ -96,12 +105,64 @@ class FarSide:
             "verified_at": datetime.datetime.fromtimestamp(now, datetime.UTC).isoformat(),
             "verified_at_epoch": now, "full": full,
             "retention_days": self.retention_days, "min_keep": self.min_keep,
-            "copies": copies, "pending": pending, "quarantined": quarantined, "expired": expired,
-            "ok": not quarantined,
+            "copies": copies, "accepted": accepted, "pending": pending, "quarantined": quarantined,
+            "expired": expired, "ok": not quarantined,
         }
-        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         write_atomic(self.receipt_path, json.dumps(receipt, indent=2, sort_keys=True) + "\n", mode=0o600)
         return receipt
+
+    def _accept_incoming(self, now, quarantined):
+        """Move complete, matching uploads from incoming into the store, never over a name
+        that exists there. Returns (accepted names, names still waiting for their manifest)."""
+        listing = set(os.listdir(self.incoming))
+        accepted, pending = [], []
+        for name in sorted(listing):
+            path = os.path.join(self.incoming, name)
+            try:
+                info = os.lstat(path)
+            except FileNotFoundError:
+                continue  # a checksum or manifest already moved with its backup
+            stale = now - info.st_ctime > PENDING_GRACE_SECONDS
+            parsed = parse_name(name)
+            if parsed is None:
+                # rsync's temporaries, and checksums or manifests whose backup never came
+                base = name[:-len(MANIFEST_SUFFIX)] if name.endswith(MANIFEST_SUFFIX) else (
+                    name[:-len(CHECKSUM_SUFFIX)] if name.endswith(CHECKSUM_SUFFIX) else None)
+                if stale and (base is None or base not in listing):
+                    _remove_quietly(path)
+                continue
+            if not stat.S_ISREG(info.st_mode):
+                quarantined.append(self._quarantine(self.incoming, name, "not a regular file", now))
+                continue
+            if name + MANIFEST_SUFFIX not in listing:
+                if stale:
+                    quarantined.append(self._quarantine(self.incoming, name, "no manifest arrived with it", now))
+                else:
+                    pending.append(name)
+                continue
+            entry = self._check(name, path, info, None)
+            if entry.get("problem"):
+                quarantined.append(self._quarantine(self.incoming, name, entry["problem"], now))
+                continue
+            if os.path.lexists(os.path.join(self.directory, name)):
+                kept = _load_manifest(os.path.join(self.directory, name + MANIFEST_SUFFIX))
+                if isinstance(kept, dict) and kept.get("sha256") == entry["sha256"]:
+                    for suffix in ("", CHECKSUM_SUFFIX, MANIFEST_SUFFIX):
+                        _remove_quietly(os.path.join(self.incoming, name + suffix))  # the same copy again
+                else:
+                    quarantined.append(self._quarantine(
+                        self.incoming, name, "a different file under the name of a copy already here; "
+                        "that copy was kept", now))
+                continue
+            for suffix in ("", CHECKSUM_SUFFIX, MANIFEST_SUFFIX):
+                source = os.path.join(self.incoming, name + suffix)
+                if os.path.lexists(source):
+                    os.link(source, os.path.join(self.directory, name + suffix))  # EEXIST, never a replace
+                    os.unlink(source)
+            accepted.append(name)
+        if accepted:
+            fsync_dir(self.directory)
+        return accepted, pending
 
     def _check(self, name, path, info, known):
         manifest = _load_manifest(path + MANIFEST_SUFFIX)
@@ -141,16 +202,16 @@ class FarSide:
             fsync_dir(self.directory)
         return sorted(expired)
 
-    def _quarantine(self, name, reason, now):
+    def _quarantine(self, directory, name, reason, now):
         """Move a copy aside (never delete it): the host may send it again under its name."""
         stamp = datetime.datetime.fromtimestamp(now, datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
         where = os.path.join(self.state_dir, QUARANTINE_NAME)
         os.makedirs(where, mode=0o700, exist_ok=True)
         for suffix in ("", CHECKSUM_SUFFIX, MANIFEST_SUFFIX):
-            source = os.path.join(self.directory, name + suffix)
+            source = os.path.join(directory, name + suffix)
             if os.path.lexists(source):
                 os.rename(source, os.path.join(where, f"{name}{suffix}.{stamp}"))
-        fsync_dir(self.directory)
+        fsync_dir(directory)
         return {"name": name, "reason": reason, "at": now}
 
 
@@ -180,8 +241,10 @@ def gate_main(argv, environ=None, out=None):
     else:
         words = requested.split()
         if words[:2] == ["rsync", "--server"] and "--sender" not in words:
-            # rrsync reads the client's command from SSH_ORIGINAL_COMMAND itself.
-            os.execv(RRSYNC, [RRSYNC, "-wo", "-no-del", "-no-overwrite", "-absolute", far.directory])  # noqa: S606
+            # rrsync reads the client's command from SSH_ORIGINAL_COMMAND itself. Uploads land in
+            # incoming, never among the copies (rrsync of rsync 3.2.7 has no -no-overwrite).
+            os.makedirs(far.incoming, mode=0o700, exist_ok=True)
+            os.execv(RRSYNC, [RRSYNC, "-wo", "-no-del", far.incoming])  # noqa: S606
         if words == ["infer-forge", "verify"]:
             action, full = "verify", False
         elif words == ["infer-forge", "receipt"]:

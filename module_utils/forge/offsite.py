@@ -172,8 +172,8 @@ class PathTarget:
 
 class SshTarget:
     """The NAS over SSH (BatchMode, strict host keys). The backup host's key is bound on
-    the NAS to ``forge nas-gate`` (see farside.py): it can upload new files with rsync and
-    ask the NAS to verify them, nothing else. It cannot list, read, delete or overwrite
+    the NAS to ``forge nas-gate`` (see farside.py): it can upload files with rsync into the
+    NAS's incoming directory and ask the NAS to verify them, nothing else. It cannot list, read, delete or overwrite
     anything there; the NAS checks each copy against its manifest, applies its own
     retention and answers with a receipt, the only view of the far side a host gets."""
 
@@ -229,11 +229,11 @@ class SshTarget:
 
     def put(self, paths):
         # rsync writes to a temporary name and renames, so a cut connection leaves no half file
-        # under a backup's name; --chmod keeps customer data 0600 on the NAS as well. The NAS
-        # forces --ignore-existing anyway: nothing already there is ever replaced.
+        # under a backup's name; --chmod keeps customer data 0600 on the NAS as well. The gate
+        # puts uploads in its incoming directory; only its verification moves them among the copies.
         argv = ["rsync", "--times", "--perms", "--chmod=D0700,F0600", "--ignore-existing",
                 f"--timeout={self.options.ssh_timeout + 60}", "-e", shlex.join(self._ssh_argv()),
-                *paths, f"{self.userhost}:{self.path}/"]
+                *paths, f"{self.userhost}:"]  # the gate decides where uploads land
         proc = subprocess.run(argv, capture_output=True, text=True)
         if proc.returncode != 0:
             raise ForgeError(f"rsync to {self.describe()} failed (exit {proc.returncode}): {last_line(proc.stderr)}")
@@ -248,13 +248,14 @@ class SshTarget:
             return
         moved = [q for q in receipt.get("quarantined") or [] if isinstance(q, dict) and q.get("name") == backup.name]
         if moved:
-            raise ForgeError(f"the copy of {backup.name} on {self.describe()} does not match its manifest's sha256 "
-                             f"({moved[0].get('reason')}); the NAS moved it to its quarantine, nothing else changed")
+            raise ForgeError(f"the NAS refused the copy of {backup.name} ({moved[0].get('reason')}) and moved it to "
+                             "its quarantine; nothing else changed")
         if isinstance(entry, dict):
             raise ForgeError(f"{backup.name} on {self.describe()} is not the file sent now (sha256 "
                              f"{str(entry.get('sha256'))[:16]}..., here {digest[:16]}...); an older copy under its "
                              "name stays there untouched")
-        raise ForgeError(f"the NAS's receipt does not list {backup.name} as verified after the copy")
+        raise ForgeError(f"the NAS's receipt does not list {backup.name} as verified after the copy "
+                         f"(pending: {backup.name in (receipt.get('pending') or [])})")
 
     def expire(self, names):
         """Retention on the NAS is the NAS's: a fresh verification applies it, and its
