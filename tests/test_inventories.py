@@ -1,0 +1,75 @@
+"""Host key checking per inventory: production and staging verify host keys, the lab
+alone turns checking off (in its own inventory), and the NAS host key that off-site
+copies pin is a variable of production and staging, never read over the connection."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers import REPO
+
+BIN = os.path.dirname(sys.executable)
+FALSE = (False, "false", "False", "no", "0", 0)
+
+
+def ansible(tool, *args):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    env.update(ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    result = subprocess.run([os.path.join(BIN, tool), *args], capture_output=True, text=True, env=env, cwd=REPO,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout)
+
+
+def hostvars(inventory):
+    listing = ansible("ansible-inventory", "-i", os.path.join(REPO, "inventories", inventory), "--list")
+    return listing["_meta"]["hostvars"]
+
+
+def host_key_checking(variables):
+    for name in ("ansible_ssh_host_key_checking", "ansible_host_key_checking"):
+        if name in variables:
+            return variables[name] not in FALSE
+    return None
+
+
+def test_ansible_cfg_leaves_host_key_checking_on():
+    dump = ansible("ansible-config", "dump", "--format", "json")
+    [setting] = [item for item in dump if item.get("name") == "HOST_KEY_CHECKING"]
+    assert setting["value"] is True, f"ansible.cfg turns host key checking off ({setting['origin']})"
+    plugins = {name: options for plugin in ansible("ansible-config", "dump", "-t", "connection", "--format", "json")
+               for name, options in plugin.items()}
+    [setting] = [item for item in plugins["ssh"] if item.get("name") == "host_key_checking"]
+    assert setting["value"] is True, f"the ssh connection does not check host keys ({setting['origin']})"
+
+
+@pytest.mark.parametrize("inventory", ["production", "staging"])
+def test_production_and_staging_verify_host_keys(inventory):
+    found = hostvars(inventory)
+    assert found
+    for host, variables in found.items():
+        assert host_key_checking(variables) in (None, True), f"{inventory}: {host} turns host key checking off"
+        assert variables.get("ansible_connection", "ssh") in ("ssh", "ansible.builtin.ssh")
+
+
+def test_the_lab_alone_turns_host_key_checking_off():
+    found = hostvars("lab")
+    assert found
+    for host, variables in found.items():
+        assert host_key_checking(variables) is False, f"lab: {host} still checks host keys"
+
+
+@pytest.mark.parametrize("inventory", ["production", "staging"])
+def test_production_and_staging_give_the_nas_host_key_as_a_variable(inventory):
+    found = hostvars(inventory)
+    backup_hosts = [host for host, variables in found.items() if "backup_offsite_target" in variables]
+    assert backup_hosts, f"{inventory}: no host with off-site copies"
+    for host in backup_hosts:
+        variables = found[host]
+        assert str(variables.get("backup_offsite_host_key", "")).strip(), \
+            f"{inventory}: {host} copies off-site over SSH without backup_offsite_host_key"
+        assert variables.get("backup_offsite_host_key_from_nas", False) in FALSE, \
+            f"{inventory}: {host} takes the NAS host key over the Ansible connection"
