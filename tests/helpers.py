@@ -138,6 +138,25 @@ def process_named(name, ancestor, timeout=20, argument="--snapshot"):
     raise AssertionError(f"no {name} process appeared under pid {ancestor}")
 
 
+def blocked_pg_dump(pg, database, ancestor, timeout=30):
+    """The pid of the real pg_dump under ``ancestor``, once it waits on a lock (see TableLock).
+
+    Debian's /usr/bin/pg_dump is a wrapper that execs the real binary: a process found
+    by name may still be mid-exec, and /proc/<pid>/environ reads empty then. A
+    backend waiting in pg_dump's LOCK TABLE means the real binary runs, connected and
+    blocked, so its environment can be read at leisure."""
+    deadline = time.monotonic() + timeout
+    with pg.connect(database) as conn:
+        while time.monotonic() < deadline:
+            # pg_dump's own first statement (the engine's row counts wait on the lock too, as SELECTs).
+            waiting = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LOCK TABLE %' "
+                                   "AND wait_event_type = 'Lock'").fetchone()[0]
+            if waiting:
+                return process_named("pg_dump", ancestor)
+            time.sleep(0.05)
+    raise AssertionError(f"no pg_dump under pid {ancestor} came to wait on the table lock")
+
+
 def all_cmdlines():
     lines = []
     for entry in os.listdir("/proc"):

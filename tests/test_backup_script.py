@@ -23,6 +23,7 @@ from helpers import (
     TableLock,
     all_cmdlines,
     backups_in,
+    blocked_pg_dump,
     manifest_of,
     process_named,
     psql_pipe,
@@ -427,7 +428,7 @@ def test_secrets_never_appear_in_the_process_list(pg, sample_db, backup_dir, pas
     try:
         proc = run_backup_script(pg, sample_db, backup_dir, {"BACKUP_PASSPHRASE_FILE": passphrase_file},
                                  wait=False)
-        dump_pid = process_named("pg_dump", proc.pid)
+        dump_pid = blocked_pg_dump(pg, sample_db, proc.pid)
         cmdlines = all_cmdlines()
         with open(f"/proc/{dump_pid}/environ", "rb") as handle:
             dump_env = handle.read().split(b"\0")
@@ -453,7 +454,7 @@ def test_no_secret_file_survives_a_killed_run(pg, sample_db, backup_dir):
     lock = TableLock(pg, sample_db, "orders")
     try:
         proc = run_backup_script(pg, sample_db, backup_dir, wait=False)
-        dump_pid = process_named("pg_dump", proc.pid)
+        dump_pid = blocked_pg_dump(pg, sample_db, proc.pid)
         with open(f"/proc/{dump_pid}/environ", "rb") as handle:
             passfile = next(item for item in handle.read().split(b"\0") if item.startswith(b"PGPASSFILE="))
         assert passfile.startswith(b"PGPASSFILE=/dev/fd/")
