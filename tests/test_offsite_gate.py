@@ -147,21 +147,25 @@ def test_a_copy_damaged_on_the_nas_is_quarantined_not_deleted_and_fails_the_next
     assert metric(tmp_path, database, "far_verify_success") == 1
 
 
-def test_nas_retention_counts_arrival_on_the_nas_not_names_the_host_chose(nas, copied):
-    """The newest-named copies are not the newest arrivals: a host that forges dates in
-    names cannot push real copies out. Arrival (ctime) is set by the NAS's kernel."""
+def test_nas_retention_counts_arrival_days_on_the_nas_not_names_the_host_chose(nas, copied):
+    """Arrival is the NAS's clock at acceptance; the names' dates (which the host chose,
+    here 3 and 40 days old) do not matter. Copies past the retention go, except those of
+    the newest min_keep arrival days."""
     database, names, _ = copied
-    gate = [FORGE, "nas-gate", "--dir", str(nas["dir"]), "--state", str(nas["state"]), "--retention-days", "30",
-            "--min-keep", "1", "verify"]
-    later = time.time() + 31 * 86400
-    env = dict(os.environ, FORGE_NAS_GATE_NOW=str(later))
-    result = subprocess.run(gate, capture_output=True, text=True, env=env, timeout=60)
-    assert result.returncode == 0, result.stderr
-    receipt = json.loads(result.stdout)
-    # All three arrived together; 31 days on, min_keep 1 keeps exactly one and expires two.
-    assert len(receipt["expired"]) == 2 and len(receipt["copies"]) == 1
-    assert sorted(os.listdir(nas["dir"])) == sorted(n + s for n in receipt["copies"]
-                                                    for s in ("", ".sha256", ".manifest.json"))
+    incoming = nas["state"] / "incoming"
+    day = 86400
+    start = time.time()
+    for offset in (10, 20):  # two more arrivals on later days (their names are in the far future)
+        plant(incoming, f"{database}_2099010{offset // 10}_020000.sql.gz.enc")
+        receipt = run_gate(nas, "verify", now=start + offset * day)
+    assert receipt["expired"] == []
+    # 31 days after the first three arrived: they are past the retention, but min_keep (2 days)
+    # keeps the two later days; the first day goes.
+    receipt = run_gate(nas, "verify", now=start + 31 * day)
+    assert sorted(receipt["expired"]) == sorted(names)
+    assert sorted(receipt["copies"]) == [f"{database}_20990101_020000.sql.gz.enc",
+                                         f"{database}_20990102_020000.sql.gz.enc"]
+    assert sorted(os.listdir(nas["dir"])) == sorted(n + s for n in receipt["copies"] for s in ("", ".manifest.json"))
 
 
 def test_the_gate_refuses_a_state_directory_inside_the_upload_directory(tmp_path):
@@ -170,3 +174,83 @@ def test_the_gate_refuses_a_state_directory_inside_the_upload_directory(tmp_path
     assert result.returncode == 1
     assert result.stderr.strip() == (f"ERROR: the state directory {tmp_path / 'state'} must not lie inside the "
                                      f"upload directory {tmp_path}")
+
+
+# -- what an attacker with the key can leave in incoming (written there directly, as rrsync would)
+
+def run_gate(nas, *args, now=None):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SSH_")}
+    if now is not None:
+        env["FORGE_NAS_GATE_NOW"] = str(now)
+    gate = [FORGE, "nas-gate", "--dir", str(nas["dir"]), "--state", str(nas["state"]), "--retention-days", "30",
+            "--min-keep", "2", *args]
+    result = subprocess.run(gate, capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def plant(directory, name, data=None):
+    """A self-consistent upload: the file and a manifest with its real sha256."""
+    data = b"Salted__" + os.urandom(256) if data is None else data
+    (directory / name).write_bytes(data)
+    (directory / (name + ".manifest.json")).write_text(json.dumps(
+        {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}))
+
+
+def test_odd_entries_in_incoming_are_quarantined_and_never_stop_the_verification(nas, copied):
+    database, names, before = copied
+    incoming = nas["state"] / "incoming"
+    (incoming / "somedir").mkdir()
+    os.mkfifo(incoming / f"{database}_20270101_020000.sql.gz.enc")
+    (incoming / f"{database}_20270101_020000.sql.gz.enc.manifest.json").write_text("{}")
+    plant(incoming, f"{database}_20270102_020000.sql.gz.enc")
+    os.link(incoming / f"{database}_20270102_020000.sql.gz.enc", incoming / "second-name")
+    plant(incoming, f"{database}_20270103_020000.sql.gz", data=b"-- plain SQL, not encrypted\n")
+    os.chmod(incoming, 0)
+    receipt = run_gate(nas, "verify")
+    reasons = {q["name"]: q["reason"] for q in receipt["quarantined"]}
+    assert reasons == {
+        "somedir": "not a regular file",
+        f"{database}_20270101_020000.sql.gz.enc": "not a regular file",
+        f"{database}_20270102_020000.sql.gz.enc": "has another name (a hard link) or is not a regular file",
+        f"{database}_20270103_020000.sql.gz": "not an encrypted backup (only encrypted backups go off-site)",
+    }
+    assert digests(nas["dir"]) == before
+    assert set(names) <= set(receipt["copies"])
+
+
+def test_a_flood_of_junk_uploads_in_one_day_cannot_expire_the_last_good_copies(nas, copied):
+    """min_keep counts arrival days: whoever sends a hundred copies today still fills one day."""
+    database, names, before = copied
+    incoming = nas["state"] / "incoming"
+    for number in range(1, 6):
+        plant(incoming, f"{database}_2099010{number}_020000.sql.gz.enc")
+    plant(incoming, f"{database}_20990100_020000.sql.gz.enc")  # day 0: no date at all, never a backup
+    later = time.time() + 100 * 86400
+    receipt = run_gate(nas, "verify", now=later)
+    assert receipt["expired"] == []
+    assert set(names) <= set(receipt["copies"])
+
+
+def test_a_session_without_a_command_is_refused(sshd, nas):
+    argv = ["ssh", "-T", "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={sshd.known_hosts}", "-i", sshd.client_key,
+            "-o", "IdentitiesOnly=yes", "-p", str(sshd.port), "root@127.0.0.1"]
+    result = subprocess.run(argv, input="id\n", capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "refused: this key may only upload new copies" in result.stderr
+    assert not (nas["state"] / "receipt.json").exists()
+
+
+def test_a_forgery_sent_ahead_under_a_backups_name_fails_the_run_instead_of_hiding_it(
+        sshd, nas, encrypted_backups, backup_dir, tmp_path):  # noqa: F811 - the fixture imported above
+    """Cron names are predictable: whoever has the key can send tomorrow's name first. The
+    host must not take that file for its own backup; it says so, and the NAS keeps both apart."""
+    database, names = encrypted_backups
+    (nas["state"] / "incoming").mkdir(parents=True)
+    plant(nas["state"] / "incoming", names[0])
+    run_gate(nas, "verify")
+    result = offsite(database, backup_dir, nas["target"], tmp_path, **ssh_extra(sshd))
+    assert result.returncode == 1
+    assert (f"the NAS holds a different file under the name of {names[0]}; it is not this backup and cannot be "
+            "replaced from here") in result.stdout
+    assert metric(tmp_path, database, "last_run_success") == 0

@@ -170,3 +170,32 @@ def test_root_refuses_a_backup_directory_whose_owner_has_no_account(pg, owned):
         f"ERROR: {owned['dir']} belongs to uid 54321, which has no account here; refusing to work in it as "
         "root (chown it to the backup user)")
     assert os.listdir(owned["dir"]) == []
+
+
+def test_root_never_imports_an_engine_planted_in_the_current_directory(pg, owned):
+    """`sudo backup_db.sh` from inside /backups: python -m would put the current
+    directory first on the import path, before any privilege is dropped."""
+    planted = os.path.join(owned["dir"], "forge")
+    os.mkdir(planted)
+    marker = os.path.join(owned["base"], "planted-code-ran")
+    with open(os.path.join(planted, "__init__.py"), "w") as handle:
+        handle.write(f"open({marker!r}, 'w').write('ran')\n")
+    open(os.path.join(planted, "cli.py"), "w").close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "BACKUP_"))}
+    result = subprocess.run([os.path.join(REPO, "scripts", "backup_db.sh"), "--help"], cwd=owned["dir"],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "usage: backup_db.sh" in result.stdout
+    assert not os.path.exists(marker)
+
+
+def test_root_refuses_its_own_directory_when_others_may_write_to_it(pg, owned):
+    shared = os.path.join(owned["base"], "shared")
+    os.mkdir(shared)
+    os.chmod(shared, 0o2775)  # root:root, group-writable: the backup user's group could swap files
+    result = run_backup_script(pg, owned["db"], shared, {"BACKUP_PASSPHRASE_FILE": owned["passphrase"]})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"ERROR: {shared} belongs to root but group or others may write to it (mode 2775); refusing to work in it "
+        "as root (chmod 700 it, or chown it to the backup user)")
+    assert os.listdir(shared) == []

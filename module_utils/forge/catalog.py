@@ -39,7 +39,7 @@ EXTENSIONS = {
     ".sql.zst": ("plain", "zstd"),
     ".dump": ("custom", "none"),
 }
-_NAME_RE = re.compile(r"^(?P<stem>.+)_(?P<ts>\d{8}_\d{6})(?P<ext>\.sql\.gz|\.sql\.zst|\.dump)(?P<enc>\.enc)?$")
+_NAME_RE = re.compile(r"^(?P<stem>.+)_(?P<ts>\d{8}_\d{6})(?P<ext>\.sql\.gz|\.sql\.zst|\.dump)(?P<enc>\.enc)?\Z")
 TIMESTAMP_FORMAT = "%Y%m%d_%H%M%S"
 
 
@@ -68,7 +68,7 @@ def extension_for(dump_format, compression, encrypted):
     raise ValueError(f"no file name for format {dump_format} with compression {compression}")
 
 
-_SUFFIX_RE = re.compile(r"(?P<ext>\.sql\.gz|\.sql\.zst|\.dump)(?P<enc>\.enc)?$")
+_SUFFIX_RE = re.compile(r"(?P<ext>\.sql\.gz|\.sql\.zst|\.dump)(?P<enc>\.enc)?\Z")
 
 
 class TrustPolicy:
@@ -352,7 +352,7 @@ def scan(directory, database, policy):
     stems = {file_stem(database), sanitized(database)}
     found = []
     for name in os.listdir(directory):
-        match = _NAME_RE.match(name)
+        match = match_name(name)
         if not match or match.group("stem") not in stems:
             continue
         try:
@@ -372,10 +372,23 @@ def scan(directory, database, policy):
     return found
 
 
+def match_name(name):
+    """The name's parts when it is in our scheme with a real date and time, else None.
+    A planted ``db_20260100_000000.sql.gz`` (day 0) is no backup: it must not stop a scan."""
+    match = _NAME_RE.match(name)
+    if match is None:
+        return None
+    try:
+        datetime.datetime.strptime(match.group("ts"), TIMESTAMP_FORMAT)
+    except ValueError:
+        return None
+    return match
+
+
 def parse_name(name):
     """(stem, timestamp) of a name in our scheme, or None: for listings of files that are
     not on this host, such as an off-site target's."""
-    match = _NAME_RE.match(name)
+    match = match_name(name)
     if match is None:
         return None
     return match.group("stem"), datetime.datetime.strptime(match.group("ts"), TIMESTAMP_FORMAT)
@@ -385,7 +398,7 @@ def open_backup(path, policy):
     """Describe one backup file given by path, whatever its name, or return None
     when its suffix is not one we can restore."""
     directory, name = os.path.split(os.path.abspath(path))
-    match = _NAME_RE.match(name) or _SUFFIX_RE.search(name)
+    match = match_name(name) or _SUFFIX_RE.search(name)
     if match is None:
         return None
     return BackupFile(directory, name, match, policy)

@@ -16,10 +16,12 @@ is bound in ``authorized_keys`` to ``forge nas-gate``, which allows exactly
 
 Anything else is refused. Verification and retention run here, with settings
 that live here (in the forced command), never with numbers a backup host sends.
-Retention counts a copy's age from its arrival on this NAS (the inode's change
-time, which no client can set), not from its name or mtime, both of which the
-uploader chooses. A copy that does not match its manifest is moved to the
-quarantine beside the state (never deleted), so the host can send it again.
+Retention counts a copy's age from its arrival on this NAS (when the gate
+accepted it, by this NAS's clock, kept in the receipt), not from its name or
+mtime, both of which the uploader chooses; and the newest ``min_keep`` arrival
+*days* are always kept, so a flood of uploads cannot push good copies out.
+A copy that does not match its manifest is moved to the quarantine beside the
+state (never deleted), so the host can send it again.
 The same command runs from this NAS's cron with ``--full`` to re-read every copy.
 """
 
@@ -45,6 +47,8 @@ RECEIPT_VERSION = 1
 # A copy without its manifest this long after arrival is not an upload in progress.
 PENDING_GRACE_SECONDS = 6 * 3600
 CHUNK = 1024 * 1024
+OPENSSL_MAGIC = b"Salted__"
+SIDE_SUFFIXES = (CHECKSUM_SUFFIX, MANIFEST_SUFFIX)
 
 
 class FarSide:
@@ -76,9 +80,11 @@ class FarSide:
         now = self.clock()
         os.makedirs(self.incoming, mode=0o700, exist_ok=True)
         quarantined = []
-        accepted, pending = self._accept_incoming(now, quarantined)
-        previous = {} if full else self.last_receipt().get("copies", {})
-        previous = previous if isinstance(previous, dict) else {}
+        with _IncomingLock(self.incoming):
+            accepted, pending = self._accept_incoming(now, quarantined)
+        known = self.last_receipt().get("copies", {})
+        known = known if isinstance(known, dict) else {}
+        previous = {} if full else known
         names = set(os.listdir(self.directory))
         copies, groups = {}, {}
         for name in sorted(names):
@@ -97,6 +103,13 @@ class FarSide:
             if entry.get("problem"):
                 quarantined.append(self._quarantine(self.directory, name, entry["problem"], now))
                 continue
+            # Arrival is the NAS's own clock when it accepted the copy (kept in its receipt);
+            # the inode's change time only for a copy the receipt does not know.
+            earlier = known.get(name) if isinstance(known.get(name), dict) else {}
+            if name in accepted:
+                entry["arrived"] = now
+            elif isinstance(earlier.get("arrived"), (int, float)):
+                entry["arrived"] = earlier["arrived"]
             copies[name] = entry
             groups.setdefault(parsed[0], []).append(name)
         expired = self._expire(copies, groups, now)
@@ -113,58 +126,97 @@ class FarSide:
 
     def _accept_incoming(self, now, quarantined):
         """Move complete, matching uploads from incoming into the store, never over a name
-        that exists there. Returns (accepted names, names still waiting for their manifest)."""
+        that exists there. Returns (accepted names, names still waiting for their manifest).
+
+        Runs under the incoming directory's lock (the one rrsync takes), so no upload
+        changes anything while it looks. Whatever is odd (a directory, a link, a file
+        with a second name, a FIFO) is moved to the quarantine, never followed or read
+        through; one bad entry never stops the others."""
+        os.chmod(self.incoming, 0o700)  # an upload may have tried --chmod on it
         listing = set(os.listdir(self.incoming))
         accepted, pending = [], []
         for name in sorted(listing):
-            path = os.path.join(self.incoming, name)
             try:
-                info = os.lstat(path)
-            except FileNotFoundError:
-                continue  # a checksum or manifest already moved with its backup
-            stale = now - info.st_ctime > PENDING_GRACE_SECONDS
-            parsed = parse_name(name)
-            if parsed is None:
-                # rsync's temporaries, and checksums or manifests whose backup never came
-                base = name[:-len(MANIFEST_SUFFIX)] if name.endswith(MANIFEST_SUFFIX) else (
-                    name[:-len(CHECKSUM_SUFFIX)] if name.endswith(CHECKSUM_SUFFIX) else None)
-                if stale and (base is None or base not in listing):
-                    _remove_quietly(path)
-                continue
-            if not stat.S_ISREG(info.st_mode):
-                quarantined.append(self._quarantine(self.incoming, name, "not a regular file", now))
-                continue
-            if name + MANIFEST_SUFFIX not in listing:
-                if stale:
-                    quarantined.append(self._quarantine(self.incoming, name, "no manifest arrived with it", now))
-                else:
-                    pending.append(name)
-                continue
-            entry = self._check(name, path, info, None)
-            if entry.get("problem"):
-                quarantined.append(self._quarantine(self.incoming, name, entry["problem"], now))
-                continue
-            if os.path.lexists(os.path.join(self.directory, name)):
-                kept = _load_manifest(os.path.join(self.directory, name + MANIFEST_SUFFIX))
-                if isinstance(kept, dict) and kept.get("sha256") == entry["sha256"]:
-                    for suffix in ("", CHECKSUM_SUFFIX, MANIFEST_SUFFIX):
-                        _remove_quietly(os.path.join(self.incoming, name + suffix))  # the same copy again
-                else:
-                    quarantined.append(self._quarantine(
-                        self.incoming, name, "a different file under the name of a copy already here; "
-                        "that copy was kept", now))
-                continue
-            for suffix in ("", CHECKSUM_SUFFIX, MANIFEST_SUFFIX):
-                source = os.path.join(self.incoming, name + suffix)
-                if os.path.lexists(source):
-                    os.link(source, os.path.join(self.directory, name + suffix))  # EEXIST, never a replace
-                    os.unlink(source)
-            accepted.append(name)
+                outcome = self._accept_one(name, listing, now)
+            except OSError as exc:
+                outcome = f"could not be accepted: {exc.strerror or exc}"
+            if outcome == "accepted":
+                accepted.append(name)
+            elif outcome == "pending":
+                pending.append(name)
+            elif outcome:
+                try:
+                    quarantined.append(self._quarantine(self.incoming, name, outcome, now))
+                except OSError as exc:
+                    quarantined.append({"name": name, "reason": f"{outcome}; not movable: {exc.strerror}", "at": now})
         if accepted:
             fsync_dir(self.directory)
         return accepted, pending
 
-    def _check(self, name, path, info, known):
+    def _accept_one(self, name, listing, now):
+        """'accepted', 'pending', None (nothing to do) or the reason to quarantine it."""
+        path = os.path.join(self.incoming, name)
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            return None  # a checksum or manifest already moved with its backup
+        stale = now - info.st_ctime > PENDING_GRACE_SECONDS
+        parsed = parse_name(name)
+        if parsed is None:
+            if not stat.S_ISREG(info.st_mode):
+                return "not a regular file"
+            base = next((name[:-len(x)] for x in SIDE_SUFFIXES if name.endswith(x)), None)
+            if stale and (base is None or base not in listing):
+                _remove_quietly(path)  # rsync's leftovers, and side files whose backup never came
+            return None
+        if not stat.S_ISREG(info.st_mode):
+            return "not a regular file"
+        if name + MANIFEST_SUFFIX not in listing:
+            return "no manifest arrived with it" if stale else "pending"
+        for suffix in SIDE_SUFFIXES:
+            if os.path.lexists(path + suffix) and not stat.S_ISREG(os.lstat(path + suffix).st_mode):
+                return f"its {suffix} is not a regular file"
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            opened = os.fstat(fd)
+            if not stat.S_ISREG(opened.st_mode) or opened.st_nlink != 1:
+                return "has another name (a hard link) or is not a regular file"
+            entry = self._check(name, path, opened, None, fd=fd)
+            if entry.get("problem"):
+                return entry["problem"]
+            target = os.path.join(self.directory, name)
+            if os.path.lexists(target):
+                kept = _load_manifest(target + MANIFEST_SUFFIX)
+                if isinstance(kept, dict) and kept.get("sha256") == entry["sha256"]:
+                    for suffix in ("",) + SIDE_SUFFIXES:
+                        _remove_quietly(path + suffix)  # the same copy again
+                    return None
+                return "a different file under the name of a copy already here; that copy was kept"
+            # Link the name (a link cannot replace), check that it is the very inode that was hashed
+            # (the lock keeps uploads out meanwhile), then the side files; any failure takes back
+            # what this step linked.
+            linked = []
+            try:
+                os.link(path, target, follow_symlinks=False)
+                linked.append(target)
+                now_there = os.lstat(target)
+                if (now_there.st_dev, now_there.st_ino) != (opened.st_dev, opened.st_ino):
+                    raise OSError(0, "the file changed while it was accepted")
+                for suffix in SIDE_SUFFIXES:
+                    if os.path.lexists(path + suffix):
+                        os.link(path + suffix, target + suffix, follow_symlinks=False)
+                        linked.append(target + suffix)
+            except OSError:
+                for done in linked:
+                    _remove_quietly(done)
+                raise
+            for suffix in ("",) + SIDE_SUFFIXES:
+                _remove_quietly(path + suffix)
+            return "accepted"
+        finally:
+            os.close(fd)
+
+    def _check(self, name, path, info, known, fd=None):
         manifest = _load_manifest(path + MANIFEST_SUFFIX)
         if not isinstance(manifest, dict):
             return {"problem": f"manifest unusable: {manifest or 'missing'}"}
@@ -176,25 +228,44 @@ class FarSide:
         identity = [info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
         if known and known.get("identity") == identity and known.get("sha256") == expected:
             return known  # the same inode, unchanged since it was last read in full
-        digest = hashlib.sha256()
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(fd, "rb") as handle:
-            for chunk in iter(lambda: handle.read(CHUNK), b""):
+        own = fd is None
+        if own:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return {"problem": "not a regular file"}
+            digest = hashlib.sha256()
+            head = os.pread(fd, len(OPENSSL_MAGIC), 0)
+            offset = 0
+            while True:
+                chunk = os.pread(fd, CHUNK, offset)
+                if not chunk:
+                    break
                 digest.update(chunk)
+                offset += len(chunk)
+        finally:
+            if own:
+                os.close(fd)
         if digest.hexdigest() != expected:
             return {"problem": "sha256 does not match its manifest"}
+        if head != OPENSSL_MAGIC:
+            return {"problem": "not an encrypted backup (only encrypted backups go off-site)"}
         return {"sha256": expected, "size": info.st_size, "arrived": info.st_ctime, "identity": identity,
                 "database": manifest.get("database") if isinstance(manifest.get("database"), str) else None,
                 "verified": True}
 
     def _expire(self, copies, groups, now):
+        """Copies older than the retention go, except those of the newest ``min_keep``
+        arrival *days* of each database: a flood of uploads in one day, whoever sends it,
+        counts as one day and cannot push the last good copies out."""
         cutoff = now - self.retention_days * 86400
         expired = []
         for names in groups.values():
-            by_arrival = sorted(names, key=lambda n: copies[n]["arrived"], reverse=True)
-            for name in by_arrival[self.min_keep:]:
-                if copies[name]["arrived"] < cutoff:
-                    for suffix in ("", CHECKSUM_SUFFIX, MANIFEST_SUFFIX):
+            days = sorted({_day(copies[n]["arrived"]) for n in names}, reverse=True)
+            kept_days = set(days[:self.min_keep])
+            for name in names:
+                if copies[name]["arrived"] < cutoff and _day(copies[name]["arrived"]) not in kept_days:
+                    for suffix in ("",) + SIDE_SUFFIXES:
                         _remove_quietly(os.path.join(self.directory, name + suffix))
                     del copies[name]
                     expired.append(name)
@@ -210,7 +281,12 @@ class FarSide:
         for suffix in ("", CHECKSUM_SUFFIX, MANIFEST_SUFFIX):
             source = os.path.join(directory, name + suffix)
             if os.path.lexists(source):
-                os.rename(source, os.path.join(where, f"{name}{suffix}.{stamp}"))
+                destination = os.path.join(where, f"{name}{suffix}.{stamp}")
+                number = 1
+                while os.path.lexists(destination):  # never over earlier evidence
+                    destination = os.path.join(where, f"{name}{suffix}.{stamp}-{number}")
+                    number += 1
+                os.rename(source, destination)
         fsync_dir(directory)
         return {"name": name, "reason": reason, "at": now}
 
@@ -231,9 +307,14 @@ def gate_main(argv, environ=None, out=None):
     parser.add_argument("--full", action="store_true", help="re-read every copy, not only new ones")
     args = parser.parse_args(argv)
     requested = environ.get("SSH_ORIGINAL_COMMAND")
+    under_sshd = "SSH_CONNECTION" in environ or requested is not None
+    if under_sshd and requested is None:
+        print("refused: this key may only upload new copies (rsync) and ask for 'infer-forge verify' or "
+              "'infer-forge receipt', not a session", file=sys.stderr)
+        return 1
     clock = time.time
-    if requested is None and environ.get("FORGE_NAS_GATE_NOW"):
-        # Tests of retention move the clock; never under sshd, where the client could set it.
+    if not under_sshd and environ.get("FORGE_NAS_GATE_NOW"):
+        # Tests of retention move the clock; never under sshd, where a client might set it.
         clock = lambda: float(environ["FORGE_NAS_GATE_NOW"])  # noqa: E731
     far = FarSide(args.dir, args.state, args.retention_days, args.min_keep, clock=clock)
     if requested is None:
@@ -244,7 +325,7 @@ def gate_main(argv, environ=None, out=None):
             # rrsync reads the client's command from SSH_ORIGINAL_COMMAND itself. Uploads land in
             # incoming, never among the copies (rrsync of rsync 3.2.7 has no -no-overwrite).
             os.makedirs(far.incoming, mode=0o700, exist_ok=True)
-            os.execv(RRSYNC, [RRSYNC, "-wo", "-no-del", far.incoming])  # noqa: S606
+            os.execv(RRSYNC, [RRSYNC, "-wo", "-no-del", "-munge", far.incoming])  # noqa: S606
         if words == ["infer-forge", "verify"]:
             action, full = "verify", False
         elif words == ["infer-forge", "receipt"]:
@@ -256,6 +337,40 @@ def gate_main(argv, environ=None, out=None):
     receipt = far.verify(full=full) if action == "verify" else far.last_receipt()
     print(json.dumps(receipt, sort_keys=True), file=out)
     return 0
+
+
+class _IncomingLock:
+    """rrsync's own single-run lock (flock on the directory it writes into): while the
+    gate accepts uploads, no upload runs, and an upload that finds it taken is refused."""
+
+    def __init__(self, directory, wait_seconds=3600):
+        self.directory = directory
+        self.wait_seconds = wait_seconds
+        self.fd = None
+
+    def __enter__(self):
+        import fcntl
+
+        self.fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        deadline = time.monotonic() + self.wait_seconds
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(self.fd)
+                    raise ForgeError(f"an upload has held {self.directory} for over {self.wait_seconds} s; "
+                                     "nothing was verified or removed") from None
+                time.sleep(1)
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
+        return False
+
+
+def _day(epoch):
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).date().isoformat()
 
 
 def _remove_quietly(path):

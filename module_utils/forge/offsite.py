@@ -156,6 +156,9 @@ class PathTarget:
             _remove_quietly(os.path.join(self.path, name))
         fsync_dir(self.path)
 
+    def remote_sha256(self, name):
+        return None  # a disk this host verifies itself, copy by copy
+
     def copy_verified(self, backup, digest):
         self.put([backup.path, backup.checksum_path] if os.path.exists(backup.checksum_path) else [backup.path])
         if self.verify({backup.name: digest}):
@@ -227,6 +230,10 @@ class SshTarget:
         return ({str(n) for n in copies} | {str(n) + MANIFEST_SUFFIX for n in copies}
                 | {str(n) for n in pending})
 
+    def remote_sha256(self, name):
+        entry = (self.receipt.get("copies") or {}).get(name) if isinstance(self.receipt.get("copies"), dict) else None
+        return entry.get("sha256") if isinstance(entry, dict) else None
+
     def put(self, paths):
         # rsync writes to a temporary name and renames, so a cut connection leaves no half file
         # under a backup's name; --chmod keeps customer data 0600 on the NAS as well. The gate
@@ -290,6 +297,14 @@ class OffsiteCopy:
                 "never leave the host; turn on backup encryption (BACKUP_PASSPHRASE_FILE / backup_encrypt), "
                 "or set OFFSITE_SKIP_UNENCRYPTED=1 to copy only the encrypted ones")
         wanted = [b for b in wanted if b.name not in unencrypted]
+        # A name there that holds another file (a forgery sent ahead under tomorrow's name) is
+        # never taken for our copy: the NAS keeps what it has, so this is for a human to see.
+        impostors = [b.name for b in wanted if target.remote_sha256(b.name) not in (None, b.manifest.get("sha256"))]
+        if impostors:
+            raise ForgeError(f"the NAS holds a different file under the name of {impostors[0]}"
+                             f"{f' (and {len(impostors) - 1} more)' if len(impostors) > 1 else ''}; it is not this "
+                             "backup and cannot be replaced from here: look at the NAS (someone with this host's key "
+                             "sent it)")
         to_copy = [b for b in wanted if b.name + MANIFEST_SUFFIX not in remote_names]
         remote = _remote_backups(remote_names, file_stem(self.options.database))
         keep = {name for name, _ in remote[:self.options.min_keep]} | {b.name for b in wanted}

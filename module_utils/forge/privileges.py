@@ -31,12 +31,17 @@ def owner_to_become(directory):
     if os.geteuid() != 0:
         return None
     try:
-        info = os.lstat(directory)
+        info = os.stat(directory)  # through a symlink: what counts is the directory the work lands in
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise ForgeError(f"cannot inspect {directory}: {exc.strerror or exc}") from None
     if info.st_uid == 0:
+        if info.st_mode & 0o022:
+            # root's own directory, but others may swap files in it: the same race as above
+            raise ForgeError(f"{directory} belongs to root but group or others may write to it (mode "
+                             f"{info.st_mode & 0o7777:04o}); refusing to work in it as root (chmod 700 it, or "
+                             "chown it to the backup user)")
         return None
     try:
         return pwd.getpwuid(info.st_uid)
