@@ -33,6 +33,16 @@ def redis_server():
     server.destroy()
 
 
+@pytest.fixture(scope="module")
+def sshd():
+    """A throwaway sshd on loopback, the NAS side of off-site copies (see SshServer.gate)."""
+    from servers import SshServer
+
+    server = SshServer().start()
+    yield server
+    server.destroy()
+
+
 @pytest.fixture
 def fresh_db(pg, request):
     """An empty database owned by the app role, dropped after the test."""

@@ -20,16 +20,9 @@ from helpers import (
     run_backup_script,
     signing_passphrase_file,
 )
-from servers import SshServer, load_sample_data
+from servers import load_sample_data
 
 OFFSITE_SCRIPT = os.path.join(REPO, "scripts", "offsite_copy.sh")
-
-
-@pytest.fixture(scope="module")
-def sshd():
-    server = SshServer().start()
-    yield server
-    server.destroy()
 
 
 @pytest.fixture

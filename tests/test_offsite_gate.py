@@ -20,16 +20,8 @@ import pytest
 from test_offsite import encrypted_backups, metric, offsite, ssh_extra  # noqa: F401 - fixtures reused
 
 from helpers import REPO
-from servers import SshServer
 
 FORGE = os.path.join(REPO, "scripts", "forge")
-
-
-@pytest.fixture(scope="module")
-def sshd():
-    server = SshServer().start()
-    yield server
-    server.destroy()
 
 
 @pytest.fixture

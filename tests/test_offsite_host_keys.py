@@ -11,17 +11,10 @@ import pytest
 from conftest import HOST_PYTHON
 
 from helpers import PASSPHRASE, REPO, backups_in, run_backup_script, signing_passphrase_file
-from servers import SshServer, load_sample_data
+from servers import load_sample_data
 
 OFFSITE_SCRIPT = os.path.join(REPO, "scripts", "offsite_copy.sh")
 REFUSAL = "backup: off-site copies over SSH need backup_offsite_host_key"
-
-
-@pytest.fixture(scope="module")
-def sshd():
-    server = SshServer().start()
-    yield server
-    server.destroy()
 
 
 @pytest.fixture
