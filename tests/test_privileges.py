@@ -189,13 +189,17 @@ def test_root_never_imports_an_engine_planted_in_the_current_directory(pg, owned
     assert not os.path.exists(marker)
 
 
-def test_root_refuses_its_own_directory_when_others_may_write_to_it(pg, owned):
+def test_root_closes_its_own_loose_directory_first_and_follows_nothing_planted_in_it(pg, owned):
+    """root:root 2775 (the backup user's group may write): closed to 0700 before the work,
+    and a link planted beforehand under a backup's name is never followed nor removed."""
     shared = os.path.join(owned["base"], "shared")
     os.mkdir(shared)
-    os.chmod(shared, 0o2775)  # root:root, group-writable: the backup user's group could swap files
+    os.chmod(shared, 0o2775)  # noqa: S103 - the loose directory under test
+    planted = os.path.join(shared, f"{owned['db']}_20200101_000000.sql.gz")
+    os.symlink(owned["canary"], planted)
     result = run_backup_script(pg, owned["db"], shared, {"BACKUP_PASSPHRASE_FILE": owned["passphrase"]})
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == (
-        f"ERROR: {shared} belongs to root but group or others may write to it (mode 2775); refusing to work in it "
-        "as root (chmod 700 it, or chown it to the backup user)")
-    assert os.listdir(shared) == []
+    assert result.returncode == 0, result.stderr
+    assert f"NOTE: tightened {shared} from 2775 to 0700 before working in it as root" in result.stderr
+    assert stat.S_IMODE(os.stat(shared).st_mode) == 0o700
+    assert os.path.islink(planted)
+    assert_canary_untouched(owned["canary"])

@@ -19,13 +19,14 @@ import json
 import os
 import pwd
 import signal
+import stat
 
 from .errors import ForgeError
 
 _RESULT_LIMIT = 64 * 1024 * 1024
 
 
-def owner_to_become(directory):
+def owner_to_become(directory, log=None):
     """The account that must do the work in ``directory``, or None (not root, no such
     directory yet, or root's own directory)."""
     if os.geteuid() != 0:
@@ -37,11 +38,25 @@ def owner_to_become(directory):
     except OSError as exc:
         raise ForgeError(f"cannot inspect {directory}: {exc.strerror or exc}") from None
     if info.st_uid == 0:
-        if info.st_mode & 0o022:
-            # root's own directory, but others may swap files in it: the same race as above
-            raise ForgeError(f"{directory} belongs to root but group or others may write to it (mode "
-                             f"{info.st_mode & 0o7777:04o}); refusing to work in it as root (chmod 700 it, or "
-                             "chown it to the backup user)")
+        if info.st_mode & 0o022 and stat.S_ISDIR(info.st_mode):
+            # root's own directory, but others could swap files in it (the same race as above):
+            # close it first, as the runbook's chmod 700 does; what was planted before is never
+            # followed (the engine opens with O_NOFOLLOW and O_EXCL, and lists with lstat).
+            try:
+                fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+                try:
+                    opened = os.fstat(fd)
+                    if (opened.st_dev, opened.st_ino) != (info.st_dev, info.st_ino):
+                        raise OSError(0, "it changed while it was looked at")
+                    os.fchmod(fd, 0o700)  # the directory itself, never what a path might now point to
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise ForgeError(f"{directory} belongs to root and others may write to it (mode "
+                                 f"{info.st_mode & 0o7777:04o}), and it cannot be closed: "
+                                 f"{exc.strerror or exc}; nothing was done") from None
+            if log:
+                log(f"tightened {directory} from {info.st_mode & 0o7777:04o} to 0700 before working in it as root")
         return None
     try:
         return pwd.getpwuid(info.st_uid)
@@ -64,7 +79,7 @@ def become(account):
 def become_directory_owner(directory, log=None):
     """For the on-host commands: switch in place when root was asked to work in
     another user's directory. Returns the account's name, or None."""
-    account = owner_to_become(directory)
+    account = owner_to_become(directory, log)
     if account is None:
         return None
     become(account)
