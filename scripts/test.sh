@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, stage by stage, stopping at the first failure.
 # Prints how long each stage took, so slow stages are visible.
-# Usage: scripts/test.sh [stage ...]   stages: bootstrap lint syntax docs pytest molecule
+# Usage: scripts/test.sh [stage ...]   stages: bootstrap lint syntax docs pytest mutation molecule
 set -uo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -52,19 +52,48 @@ stage_docs() {
 
 stage_pytest() { python -m pytest -q -p no:cacheprovider tests; }
 
-stage_molecule() {
-    local rc=0 scenario
-    for scenario in ${MOLECULE_SCENARIOS:-$(ls molecule | while read -r d; do [ -f "molecule/$d/molecule.yml" ] && echo "$d"; done)}; do
+# Breaks each core promise in a scratch copy (tests/mutants.py) and fails when
+# the tests named for it still pass. Runs after pytest, which proved them green.
+stage_mutation() { python scripts/mutation_check.py --jobs 2; }
+
+scenarios() {
+    # e2e first: it is the longest, and gets a lane of its own when lanes run side by side.
+    local all
+    all=$(ls molecule | while read -r d; do [ -f "molecule/$d/molecule.yml" ] && echo "$d"; done)
+    { grep -x e2e <<<"$all"; grep -vx e2e <<<"$all"; } || true
+}
+
+molecule_lane() {
+    local scenario started
+    for scenario in "$@"; do
+        started=$SECONDS
         echo "--- molecule scenario: $scenario"
-        local started=$SECONDS
-        molecule test -s "$scenario" || { echo "molecule scenario $scenario failed"; rc=1; break; }
+        molecule test -s "$scenario" 2>&1 | sed -u "s/^/[$scenario] /"
+        [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "--- molecule scenario $scenario failed"; return 1; }
         echo "--- molecule scenario $scenario passed in $((SECONDS - started)) s"
     done
+}
+
+# Two lanes side by side (MOLECULE_JOBS=1 for one): the scenarios spend much of
+# their time waiting on containers, so the longest one runs beside all others.
+stage_molecule() {
+    local chosen
+    read -r -a chosen <<<"${MOLECULE_SCENARIOS:-$(scenarios | tr '\n' ' ')}"
+    if [ "${MOLECULE_JOBS:-2}" -lt 2 ] || [ ${#chosen[@]} -lt 2 ]; then
+        molecule_lane "${chosen[@]}"
+        return
+    fi
+    molecule_lane "${chosen[0]}" &
+    local first=$!
+    molecule_lane "${chosen[@]:1}" &
+    local rest=$! rc=0
+    wait "$first" || rc=1
+    wait "$rest" || rc=1
     return $rc
 }
 
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(bootstrap lint syntax docs pytest molecule)
+[ ${#stages[@]} -gt 0 ] || stages=(bootstrap lint syntax docs pytest mutation molecule)
 summary=()
 status=0
 for stage in "${stages[@]}"; do
