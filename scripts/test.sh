@@ -50,7 +50,7 @@ stage_docs() {
     return $rc
 }
 
-stage_pytest() { python -m pytest -q -p no:cacheprovider tests; }
+stage_pytest() { python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile tests; }
 
 # Breaks each core promise in a scratch copy (tests/mutants.py) and fails when
 # the tests named for it still pass. Runs after pytest, which proved them green.
