@@ -1,0 +1,140 @@
+"""The roles' meta/argument_specs.yml stop a play on a mistyped setting before any task runs,
+and let the right value through. One real ansible-playbook run includes each role once per case
+(one inventory host per case, so a failing case stops only its own host); --tags with a tag no
+task has leaves only Ansible's argument validation, which is tagged `always`, to run."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import HOST_PYTHON
+
+from helpers import REPO
+
+# (case id, role, entry point, variable, value, how the validation's complaint starts; None: it passes)
+CASES = [
+    ("backup-retention-days-as-a-word", "backup", "main", "backup_retention_days", "seven",
+     "argument 'backup_retention_days' is of type str and we were unable to convert to int"),
+    ("backup-retention-days-as-a-number", "backup", "main", "backup_retention_days", 14, None),
+    # -e backup_retention_days=14 hands the role a string.
+    ("backup-retention-days-from-the-command-line", "backup", "main", "backup_retention_days", "14", None),
+    ("backup-format-not-among-its-choices", "backup", "main", "backup_format", "tar",
+     "value of backup_format must be one of: plain, custom, got: tar"),
+    ("backup-format-custom", "backup", "main", "backup_format", "custom", None),
+    ("backup-as-backup-user-neither-true-nor-false", "backup", "main", "backup_operate_as_backup_user", "sometimes",
+     "argument 'backup_operate_as_backup_user' is of type str and we were unable to convert to bool"),
+    ("prometheus-node-port-as-a-word", "prometheus", "main", "prometheus_node_port", "node-exporter",
+     "argument 'prometheus_node_port' is of type str and we were unable to convert to int"),
+    ("prometheus-node-port-as-a-number", "prometheus", "main", "prometheus_node_port", 9100, None),
+    ("alertmanager-require-tls-neither-true-nor-false", "alertmanager", "main", "alertmanager_smtp_require_tls",
+     "maybe", "argument 'alertmanager_smtp_require_tls' is of type str and we were unable to convert to bool"),
+    ("filebeat-output-not-among-its-choices", "filebeat", "main", "filebeat_output", "kafka",
+     "value of filebeat_output must be one of: logstash, elasticsearch, got: kafka"),
+    ("filebeat-output-elasticsearch", "filebeat", "main", "filebeat_output", "elasticsearch", None),
+    ("health-checks-with-a-misspelt-check", "health", "check", "health_checks", ["database", "redsi"],
+     "value of health_checks must be one or more of: database, redis, app. Got no match for: redsi"),
+    ("health-checks-database-alone", "health", "check", "health_checks", ["database"], None),
+]
+
+VALIDATION_TASK = "Validating arguments against arg spec"
+
+
+@pytest.fixture(scope="module")
+def validated(tmp_path_factory):
+    """{case id: ([(task name, result) ...], the host's recap)} of one run over every case."""
+    workdir = tmp_path_factory.mktemp("argument-specs")
+    hosts = {case: {"ansible_connection": "local", "ansible_python_interpreter": HOST_PYTHON,
+                    "case_role": role, "case_entry_point": entry_point, variable: value}
+             for case, role, entry_point, variable, value, _ in CASES}
+    inventory = workdir / "inventory.yml"
+    inventory.write_text(json.dumps({"all": {"hosts": hosts}}))
+    playbook = workdir / "include_each_role.yml"
+    playbook.write_text(json.dumps([{
+        "name": "Include each case's role", "hosts": "all", "gather_facts": False,
+        "tasks": [{"name": "Include the role", "tags": ["always"], "ansible.builtin.include_role": {
+            "name": "{{ case_role }}", "tasks_from": "{{ case_entry_point }}"}}],
+    }]))
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_STDOUT_CALLBACK="json", ANSIBLE_LOAD_CALLBACK_PLUGINS="1")
+    command = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", str(inventory),
+               str(playbook), "--tags", "argument-validation-only"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=300,
+                            stdin=subprocess.DEVNULL)
+    try:
+        report = json.loads(result.stdout)
+    except ValueError:
+        raise AssertionError(f"ansible-playbook printed no JSON:\n{result.stdout}\n{result.stderr}") from None
+    ran = {case: [] for case in hosts}
+    for play in report["plays"]:
+        for task in play["tasks"]:
+            for case, outcome in task["hosts"].items():
+                ran[case].append((task["task"]["name"], outcome))
+    return {case: (tasks, report["stats"][case]) for case, tasks in ran.items()}
+
+
+@pytest.mark.parametrize(("case", "role", "entry_point", "variable", "value", "message"),
+                         [pytest.param(*case, id=case[0]) for case in CASES])
+def test_role_argument_spec_stops_a_mistyped_setting_and_lets_a_right_one_through(
+        validated, case, role, entry_point, variable, value, message):
+    ran, recap = validated[case]
+    validations = [(name, outcome) for name, outcome in ran if VALIDATION_TASK in name]
+    assert [name.split(" : ", 1)[0] for name, _ in validations] == [role], ran
+    [(name, outcome)] = validations
+    # Nothing but the validation ran on this machine.
+    assert [task for task, _ in ran] == ["Include the role", name]
+    assert f"arg spec '{entry_point}'" in name
+    if message is None:
+        assert not outcome.get("failed"), outcome["msg"]
+        assert outcome["msg"] == "The arg spec validation passed"
+        assert recap["failures"] == 0
+    else:
+        assert outcome.get("failed"), f"{variable}={value!r} passed validation"
+        # Only that setting is named: the role's defaults pass their own spec.
+        assert outcome["msg"].splitlines()[0] == "Validation of arguments failed:"
+        [reason] = outcome["msg"].splitlines()[1:]
+        assert reason.startswith(message)
+        # The host has failed: the play goes no further on it.
+        assert recap["failures"] == 1
+
+
+def role_includes(node):
+    """Every include_role/import_role in a playbook or task file, as its arguments."""
+    if isinstance(node, list):
+        for item in node:
+            yield from role_includes(item)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            if key.rsplit(".", 1)[-1] in ("include_role", "import_role") and isinstance(value, dict):
+                yield value
+            else:
+                yield from role_includes(value)
+
+
+def test_playbooks_include_role_entry_points_by_name_so_their_argument_specs_are_checked():
+    # Ansible looks the argument spec up by tasks_from as written: `tasks_from: check.yml` asks for
+    # an entry point "check.yml", finds none, and validates nothing, though the spec says `check`.
+    unchecked = []
+    files = (glob.glob(os.path.join(REPO, "playbooks", "*.yml"))
+             + glob.glob(os.path.join(REPO, "molecule", "**", "*.yml"), recursive=True))
+    for path in sorted(files):
+        with open(path) as handle:
+            content = yaml.safe_load(handle)
+        for include in role_includes(content):
+            tasks_from = include.get("tasks_from", "")
+            if not tasks_from.endswith((".yml", ".yaml")):
+                continue
+            spec_file = os.path.join(REPO, "roles", include["name"], "meta", "argument_specs.yml")
+            if not os.path.exists(spec_file):
+                continue
+            with open(spec_file) as handle:
+                entry_points = set(yaml.safe_load(handle)["argument_specs"])
+            stem = tasks_from.rsplit(".", 1)[0]
+            # A templated name ("{{ lab_service }}.yml") may be any entry point the role has.
+            if stem in entry_points or ("{{" in stem and entry_points - {"main"}):
+                unchecked.append(f"{os.path.relpath(path, REPO)}: {include['name']} tasks_from: {tasks_from}"
+                                 f" (write tasks_from: {stem})")
+    assert unchecked == [], "\n".join(unchecked)
