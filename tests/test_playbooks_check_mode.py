@@ -20,7 +20,9 @@ def live(pg, fresh_db):
     return fresh_db
 
 
-def playbook(name, pg, database, tmp_path, backup_dir, **variables):
+def playbook_command(name, pg, database, tmp_path, backup_dir, check=True, extra_vars=None, **variables):
+    """The ansible-playbook command line and environment that run playbooks/<name> on this host,
+    against ``database`` of ``pg``; ``variables`` go to the inventory, ``extra_vars`` to -e."""
     settings = {
         "backup_dir": backup_dir, "backup_databases": [database], "backup_postgres_host": pg.host,
         "backup_postgres_port": pg.port, "backup_postgres_user": pg.app_user,
@@ -37,8 +39,19 @@ def playbook(name, pg, database, tmp_path, backup_dir, **variables):
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
                ANSIBLE_STDOUT_CALLBACK="json", ANSIBLE_LOAD_CALLBACK_PLUGINS="1")
     command = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", str(inventory),
-               os.path.join(REPO, "playbooks", name), "--check"]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+               os.path.join(REPO, "playbooks", name)]
+    if check:
+        command.append("--check")
+    if extra_vars:
+        command += ["-e", json.dumps(extra_vars)]
+    return command, env
+
+
+def playbook(name, pg, database, tmp_path, backup_dir, check=True, extra_vars=None, **variables):
+    """Run playbooks/<name> (in check mode unless ``check=False``), stdin not a terminal."""
+    command, env = playbook_command(name, pg, database, tmp_path, backup_dir, check, extra_vars, **variables)
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=600,
+                            stdin=subprocess.DEVNULL)
     result.said = said(result.stdout)
     return result
 
