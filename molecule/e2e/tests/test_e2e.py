@@ -117,7 +117,9 @@ def test_the_offsite_copy_is_on_the_nas_encrypted_and_verified():
     names = nas.check_output(f"ls {OFFSITE_DIR}").split()
     assert names and all(n.endswith((".enc", ".enc.sha256", ".enc.manifest.json")) for n in names), names
     metrics = db.file("/var/lib/prometheus/node-exporter/infer_forge_offsite_infer_forge.prom").content_string
-    assert 'infer_forge_offsite_last_run_success{database="infer_forge"' in metrics
+    # The sample's value, not only its name: a failed run writes the same line ending in 0.
+    success = r'^infer_forge_offsite_last_run_success\{database="infer_forge"(,[^}]*)?\} 1$'
+    assert re.search(success, metrics, re.MULTILINE), metrics
     assert re.search(r"infer_forge_offsite_last_success_timestamp_seconds\{[^}]+\} \d+", metrics)
 
 
