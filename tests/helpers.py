@@ -65,7 +65,10 @@ def resign_manifest(path, manifest, passphrase=PASSPHRASE):
         json.dump(body, handle)
 
 
-def run_backup_script(pg, database, backup_dir, extra=None, user=None, timeout=300, wait=True, sign=True):
+def run_backup_script(pg, database, backup_dir, extra=None, user=None, timeout=300, wait=True, sign=True,
+                      prefix=None):
+    """Run scripts/backup_db.sh with the runbook's variables; ``prefix`` is a command put in
+    front of it (strace, say)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "BACKUP_", "PG"))}
     env.update(pg.app_env(database))
     # An empty BACKUP_CONFIG means "no config file": the test sees only its own settings.
@@ -76,6 +79,7 @@ def run_backup_script(pg, database, backup_dir, extra=None, user=None, timeout=3
     command = [BACKUP_SCRIPT]
     if user:
         command = ["runuser", "-u", user, "--"] + command
+    command = list(prefix or []) + command
     if not wait:
         return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
@@ -280,3 +284,136 @@ def stop_server_once_a_database_appears(server, prefix, timeout=60):
     watcher = threading.Thread(target=watch)
     watcher.start()
     return watcher
+
+
+def wait_until(predicate, what, timeout=60):
+    """Poll ``predicate`` until it returns something true and return that; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"gave up after {timeout} s waiting for {what}")
+
+
+def descendants(pid):
+    """Every live descendant of ``pid``, parents before children."""
+    found, stack = [], [pid]
+    while stack:
+        for child in children_of(stack.pop()):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def process_facts(pid):
+    """(comm, argv, environment, executable) of a process as /proc shows them; None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/comm") as handle:
+            comm = handle.read().strip()
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            argv = handle.read().split(b"\0")
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            environ = [item for item in handle.read().split(b"\0") if item]
+        executable = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+    return comm, argv, environ, executable
+
+
+def open_files(pid):
+    """Paths of the files ``pid`` has open."""
+    paths = []
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return paths
+    for fd in fds:
+        try:
+            paths.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            continue
+    return paths
+
+
+def directory_contents(directory):
+    """{name: bytes} of every file in ``directory`` except the engine's lock files:
+    what a failed or killed run must leave exactly as it was."""
+    contents = {}
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        if name.endswith(".lock") or not os.path.isfile(path):
+            continue
+        with open(path, "rb") as handle:
+            contents[name] = handle.read()
+    return contents
+
+
+class StalledDump:
+    """A dump command (BACKUP_DUMP_COMMAND) that runs the real pg_dump but holds its output
+    after ``after_bytes`` bytes until release().
+
+    The hold is a read on a FIFO, so nothing polls and no short-lived process comes and goes
+    while a test reads /proc. Once ``stalled()`` is true the real pg_dump has written output,
+    so it is past its exec, connected and running, blocked on the full pipe (the tests' dumps
+    are larger than a pipe holds). The held bytes pass on unchanged after release(): a
+    released dump is a complete, real pg_dump stream, exit status included (pipefail).
+    """
+
+    def __init__(self, directory, name="stalled_pg_dump", after_bytes=1):
+        import shlex
+
+        os.makedirs(directory, exist_ok=True)
+        self.command = os.path.join(directory, name)
+        self.marker = os.path.join(directory, name + ".stalled")
+        self.fifo = os.path.join(directory, name + ".release")
+        os.mkfifo(self.fifo, 0o600)
+        with open(self.command, "w") as handle:
+            handle.write(
+                "#!/bin/bash\n"
+                '[ "${1:-}" = --version ] && exec pg_dump --version\n'
+                "set -o pipefail\n"
+                'pg_dump "$@" | {\n'
+                f"    head -c {int(after_bytes)}\n"
+                f"    : > {shlex.quote(self.marker)}\n"
+                f"    read -r _ < {shlex.quote(self.fifo)}\n"
+                "    exec cat\n"
+                "}\n")
+        os.chmod(self.command, 0o755)
+        self.released = False
+
+    def stalled(self):
+        return os.path.exists(self.marker)
+
+    def wait_until_stalled(self, proc=None, timeout=60):
+        def ready():
+            if proc is not None and proc.poll() is not None:
+                raise AssertionError(f"the backup ended (exit {proc.returncode}) before its dump stalled: "
+                                     f"{proc.stderr.read() if proc.stderr else ''}")
+            return self.stalled()
+
+        wait_until(ready, f"{self.command} to stall", timeout)
+
+    def release(self, timeout=30):
+        """Let the dump go on (once; later calls do nothing). A missing reader (the wrapper is not
+        there yet, or is gone) is retried until ``timeout``, then the dump is taken as gone."""
+        import errno
+
+        if self.released:
+            return True
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO or time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.02)
+                continue
+            try:
+                os.write(fd, b"go\n")
+            finally:
+                os.close(fd)
+            self.released = True
+            return True
