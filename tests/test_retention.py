@@ -2,6 +2,7 @@
 
 import datetime
 import hashlib
+import json
 import os
 
 import pytest
@@ -80,6 +81,37 @@ def test_files_without_a_valid_manifest_are_never_deleted(tmp_path):
     assert removed == []  # not even the runbook-made file: nothing proves what it holds
     assert runbook_made not in removed and ours_without_manifest not in removed
     assert damaged not in removed and other_db not in removed
+
+
+def test_min_keep_counts_only_backups_proven_good(tmp_path):
+    directory = str(tmp_path)
+    old = NOW - datetime.timedelta(days=100)
+    good = [make_backup(directory, old - datetime.timedelta(days=d)) for d in range(3)]
+    # Newer than every good backup, and none of them proves anything: no manifest, a damaged
+    # file, an unsigned manifest, one signed with another passphrase.
+    newer = [old + datetime.timedelta(hours=h) for h in range(1, 5)]
+    make_backup(directory, newer[0], manifest=False)
+    damaged = make_backup(directory, newer[1])
+    with open(os.path.join(directory, damaged), "ab") as handle:
+        handle.write(b"grown since the manifest was written")
+    unsigned = make_backup(directory, newer[2])
+    manifest_path = os.path.join(directory, unsigned + ".manifest.json")
+    with open(manifest_path) as handle:
+        body = json.load(handle)
+    del body["signature"]
+    with open(manifest_path, "w") as handle:
+        json.dump(body, handle)
+    foreign = make_backup(directory, newer[3])
+    resign_manifest(os.path.join(directory, foreign), {"manifest_version": 2, "file": foreign, "size": 4,
+                                                       "database": "infer_forge",
+                                                       "sha256": hashlib.sha256(b"data").hexdigest()},
+                    passphrase="another passphrase")
+    assert [b.name for b in catalog.scan(directory, "infer_forge", POLICY) if b.good] == good
+
+    result = plan(directory, min_keep=2)
+    # The two newest GOOD backups are held; the four newer files fill no min_keep place.
+    assert [b.name for b in result.remove] == [good[2]]
+    assert result.keep == {good[0]: ["min_keep"], good[1]: ["min_keep"]}
 
 
 def test_symlinks_are_never_backups(tmp_path):
