@@ -12,22 +12,28 @@ import stat
 import subprocess
 import threading
 import time
+import zlib
 
 import pytest
 
 from forge import opensslenc
-from forge.fsutil import DirectoryLock
 
 from helpers import (
     SentryStub,
+    StalledDump,
     TableLock,
     all_cmdlines,
     backups_in,
-    blocked_pg_dump,
+    descendants,
+    directory_contents,
     manifest_of,
+    open_files,
+    process_facts,
     process_named,
     psql_pipe,
     run_backup_script,
+    take_backup,
+    wait_until,
 )
 from servers import PostgresServer, load_sample_data, table_counts
 
@@ -113,16 +119,23 @@ def test_the_default_kdf_iterations_are_openssls_own(pg, sample_db, backup_dir, 
 
 
 def test_the_manifest_is_signed_and_never_holds_the_passphrase(pg, sample_db, backup_dir, passphrase_file):
-    assert run_backup_script(pg, sample_db, backup_dir, {"BACKUP_PASSPHRASE_FILE": passphrase_file}).returncode == 0
+    result = run_backup_script(pg, sample_db, backup_dir, {"BACKUP_PASSPHRASE_FILE": passphrase_file})
+    assert result.returncode == 0, result.stderr
     [path] = backups_in(backup_dir)
-    text = open(path + ".manifest.json").read()
-    assert "correct horse" not in text and "battery staple" not in text
-    manifest = json.loads(text)
+    passphrase = open(passphrase_file, "rb").read().strip()
+    assert passphrase == b"correct horse battery staple"
+    key = hashlib.pbkdf2_hmac("sha256", passphrase, b"infer-forge manifest signing key v2", 100000, 32)
+    # Neither the passphrase, nor a word of it, nor the key derived from it, in anything the run wrote.
+    written = {"manifest": open(path + ".manifest.json", "rb").read(),
+               "checksum file": open(path + ".sha256", "rb").read(),
+               "log": (result.stdout + result.stderr).encode()}
+    for what, data in written.items():
+        for secret in [passphrase, key.hex().encode(), *passphrase.split()]:
+            assert secret not in data, f"{secret!r} is in the {what}"
+    manifest = json.loads(written["manifest"])
     assert manifest["manifest_version"] == 2 and manifest["database"] == sample_db
     assert hashlib.sha256(open(path, "rb").read()).hexdigest() == manifest["sha256"]
     # The signature, recomputed from the documented format (not the engine's code).
-    key = hashlib.pbkdf2_hmac("sha256", b"correct horse battery staple", b"infer-forge manifest signing key v2",
-                              100000, 32)
     body = {k: v for k, v in manifest.items() if k != "signature"}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
     assert manifest["signature"]["value"] == hmac.new(key, b"infer-forge manifest v2\n" + canonical,
@@ -219,6 +232,49 @@ def test_other_formats_round_trip(pg, sample_db, backup_dir, fmt, compression, s
     pg.drop_database(target)
 
 
+@pytest.fixture
+def digests_db(pg, fresh_db):
+    """About 7 MB of md5 text (compresses about 2:1): a plain dump of several 1 MiB gzip members."""
+    with pg.connect(fresh_db, superuser=False) as conn:
+        conn.execute("CREATE TABLE digests (id int PRIMARY KEY, payload text NOT NULL)")
+        conn.execute("INSERT INTO digests SELECT g, md5(g::text) || md5((-g)::text) FROM generate_series(1, 100000) g")
+    return fresh_db
+
+
+def _gzip_members(data):
+    """The decompressed members of a gzip file, in file order."""
+    members = []
+    while data:
+        inflater = zlib.decompressobj(31)
+        members.append(inflater.decompress(data))
+        assert inflater.eof, f"the file ends inside gzip member {len(members)}"
+        data = inflater.unused_data
+    return members
+
+
+def _digests_fingerprint(pg, database):
+    [row] = pg.execute("SELECT count(*), md5(string_agg(id || ':' || payload, ',' ORDER BY id)) FROM digests",
+                       database)
+    return row
+
+
+def test_a_parallel_gzip_backup_of_many_members_restores_with_the_runbooks_gunzip_psql(pg, digests_db, backup_dir):
+    result = run_backup_script(pg, digests_db, backup_dir)
+    assert result.returncode == 0, result.stderr
+    [path] = backups_in(backup_dir)
+    members = _gzip_members(open(path, "rb").read())
+    # Several members, written in the dump's order: its header first, its completion marker last.
+    assert len(members) >= 3, len(members)
+    assert members[0].startswith(b"--\n-- PostgreSQL database dump\n")
+    assert b"-- PostgreSQL database dump complete" in members[-1]
+    target = _restore_target(pg, digests_db + "_restore")
+    restored = psql_pipe(pg, target, f"gunzip < {path}")
+    assert restored.returncode == 0, restored.stderr
+    assert _digests_fingerprint(pg, target) == _digests_fingerprint(pg, digests_db)
+    assert _digests_fingerprint(pg, target)[0] == 100000
+    pg.drop_database(target)
+
+
 def test_database_name_with_quotes_and_spaces(pg, backup_dir):
     name = "Infer's \"forge\" db"
     pg.create_database(name)
@@ -241,25 +297,40 @@ def test_database_name_with_quotes_and_spaces(pg, backup_dir):
 # -- failures: clear one-line error, exit != 0, nothing lost ------------------------------------------
 
 def _assert_failed_cleanly(result, backup_dir, message_regex, keep=()):
+    """One ERROR line matching ``message_regex``, a failure status, and the directory as it was:
+    ``keep`` names what may be there, or (from _good_backup) holds what it must hold, byte for byte."""
     assert result.returncode != 0
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("ERROR: ")]
     assert len(error_lines) == 1, result.stderr
     assert re.search(message_regex, error_lines[0]), error_lines[0]
     if os.path.isdir(backup_dir):
-        left = sorted(n for n in os.listdir(backup_dir) if not n.endswith(".lock"))
-        assert left == sorted(keep), left
+        left = directory_contents(backup_dir)
+        assert sorted(left) == sorted(keep), sorted(left)
+        if isinstance(keep, dict):
+            changed = [name for name in keep if left[name] != keep[name]]
+            assert not changed, f"the failed run changed {changed}"
 
 
-def test_unreachable_server(pg, backup_dir, tmp_path):
+def _good_backup(pg, database, backup_dir, **settings):
+    """One complete backup, and the directory's files with their bytes: what a failed run must leave."""
+    take_backup(pg, database, backup_dir, **settings)
+    contents = directory_contents(backup_dir)
+    assert len(contents) == 3, sorted(contents)  # backup, manifest, checksum file
+    return contents
+
+
+def test_unreachable_server(pg, sample_db, backup_dir):
     from servers import free_port
 
-    result = run_backup_script(pg, "infer_forge", backup_dir, {"POSTGRES_PORT": str(free_port())})
-    _assert_failed_cleanly(result, backup_dir, r"connection refused at 127\.0\.0\.1:\d+")
+    keep = _good_backup(pg, sample_db, backup_dir)
+    result = run_backup_script(pg, sample_db, backup_dir, {"POSTGRES_PORT": str(free_port())})
+    _assert_failed_cleanly(result, backup_dir, r"connection refused at 127\.0\.0\.1:\d+", keep=keep)
 
 
 def test_wrong_password_is_reported_without_revealing_it(pg, sample_db, backup_dir):
+    keep = _good_backup(pg, sample_db, backup_dir)
     result = run_backup_script(pg, sample_db, backup_dir, {"POSTGRES_PASSWORD": "not-the-password-xyz"})
-    _assert_failed_cleanly(result, backup_dir, r"password authentication failed for user 'infer'")
+    _assert_failed_cleanly(result, backup_dir, r"password authentication failed for user 'infer'", keep=keep)
     assert "not-the-password-xyz" not in result.stderr + result.stdout
 
 
@@ -269,6 +340,7 @@ def test_missing_database(pg, backup_dir):
 
 
 def test_pg_dump_killed_mid_dump_leaves_no_backup(pg, sample_db, backup_dir):
+    keep = _good_backup(pg, sample_db, backup_dir)
     lock = TableLock(pg, sample_db, "orders")
     try:
         proc = run_backup_script(pg, sample_db, backup_dir, wait=False)
@@ -278,17 +350,32 @@ def test_pg_dump_killed_mid_dump_leaves_no_backup(pg, sample_db, backup_dir):
     finally:
         lock.release()
     result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
-    _assert_failed_cleanly(result, backup_dir, r"pg_dump was killed by signal 9")
+    _assert_failed_cleanly(result, backup_dir, r"pg_dump was killed by signal 9", keep=keep)
     assert "Backup complete" not in stdout
 
 
 def test_truncated_dump_without_completion_marker_fails(pg, sample_db, backup_dir, tmp_path):
+    keep = _good_backup(pg, sample_db, backup_dir)
     # A dump command whose output is cut short but which exits 0, as `pg_dump | head` would.
     wrapper = tmp_path / "truncating_pg_dump"
     wrapper.write_text('#!/bin/sh\n[ "$1" = --version ] && exec pg_dump --version\npg_dump "$@" | head -c 20000\n')
     wrapper.chmod(0o755)
     result = run_backup_script(pg, sample_db, backup_dir, {"BACKUP_DUMP_COMMAND": str(wrapper)})
-    _assert_failed_cleanly(result, backup_dir, r"without PostgreSQL's 'dump complete' marker")
+    _assert_failed_cleanly(result, backup_dir, r"without PostgreSQL's 'dump complete' marker", keep=keep)
+
+
+def test_a_complete_dump_from_a_pg_dump_that_exits_1_is_not_kept(pg, sample_db, backup_dir, tmp_path):
+    keep = _good_backup(pg, sample_db, backup_dir)
+    # pg_dump's whole output, completion marker included, then a failure status (as when closing
+    # the output fails): only the exit status tells this dump from a good one.
+    wrapper = tmp_path / "failing_pg_dump"
+    wrapper.write_text('#!/bin/sh\n[ "$1" = --version ] && exec pg_dump --version\npg_dump "$@" || exit 2\n'
+                       'echo "pg_dump: error: could not close output file" >&2\nexit 1\n')
+    wrapper.chmod(0o755)
+    result = run_backup_script(pg, sample_db, backup_dir, {"BACKUP_DUMP_COMMAND": str(wrapper)})
+    _assert_failed_cleanly(result, backup_dir, r"pg_dump failed \(exit 1\): pg_dump: error: could not close output",
+                           keep=keep)
+    assert "Backup complete" not in result.stdout
 
 
 def test_server_stopped_mid_dump(backup_dir):
@@ -296,6 +383,7 @@ def test_server_stopped_mid_dump(backup_dir):
     try:
         server.create_database("victim")
         load_sample_data(server, "victim")
+        keep = _good_backup(server, "victim", backup_dir)
         lock = TableLock(server, "victim", "orders")
         proc = run_backup_script(server, "victim", backup_dir, wait=False)
         process_named("pg_dump", proc.pid)
@@ -304,7 +392,7 @@ def test_server_stopped_mid_dump(backup_dir):
         stdout, stderr = proc.communicate(timeout=60)
         lock.conn.close()
         result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
-        _assert_failed_cleanly(result, backup_dir, r"pg_dump failed \(exit 1\)|counting rows|connection")
+        _assert_failed_cleanly(result, backup_dir, r"pg_dump failed \(exit 1\)|counting rows|connection", keep=keep)
     finally:
         server.destroy()
 
@@ -320,24 +408,44 @@ def tiny_fs(tmp_path):
     subprocess.run(["umount", str(mount_point)], check=True)
 
 
-@pytest.fixture
-def bulky_db(pg, fresh_db):
+def _grow_blobs(pg, database):
     """About 6 MB of poorly compressible text: more than the 1 MB tmpfs can hold."""
-    with pg.connect(fresh_db, superuser=False) as conn:
-        conn.execute("CREATE TABLE blobs (id int, payload text)")
+    with pg.connect(database, superuser=False) as conn:
         conn.execute("INSERT INTO blobs SELECT g, string_agg(md5(random()::text), '') "
                      "FROM generate_series(1, 3000) g, generate_series(1, 60) h GROUP BY g")
+
+
+@pytest.fixture
+def blobs_db(pg, fresh_db):
+    """One small table, its backup a few hundred bytes; _grow_blobs makes it too big for tiny_fs."""
+    with pg.connect(fresh_db, superuser=False) as conn:
+        conn.execute("CREATE TABLE blobs (id int, payload text)")
+        conn.execute("INSERT INTO blobs VALUES (0, 'small so far')")
     return fresh_db
 
 
-def test_disk_full_during_the_dump(pg, bulky_db, tiny_fs):
-    result = run_backup_script(pg, bulky_db, tiny_fs, {"BACKUP_SPACE_CHECK": "0"})
-    _assert_failed_cleanly(result, tiny_fs, r"disk full while writing")
+def test_disk_full_during_the_dump(pg, blobs_db, tiny_fs):
+    # The free-space check (with its 16 MiB margin) would refuse any run on 1 MiB: off, for both.
+    keep = _good_backup(pg, blobs_db, tiny_fs, backup_space_check=0)
+    _grow_blobs(pg, blobs_db)
+    result = run_backup_script(pg, blobs_db, tiny_fs, {"BACKUP_SPACE_CHECK": "0"})
+    _assert_failed_cleanly(result, tiny_fs, r"disk full while writing", keep=keep)
 
 
-def test_free_space_is_checked_before_dumping(pg, bulky_db, tiny_fs):
-    result = run_backup_script(pg, bulky_db, tiny_fs)
-    _assert_failed_cleanly(result, tiny_fs, r"not enough free space in .*free, about .* needed")
+def test_free_space_is_checked_before_dumping(pg, blobs_db, tiny_fs):
+    _grow_blobs(pg, blobs_db)
+    result = run_backup_script(pg, blobs_db, tiny_fs)
+    _assert_failed_cleanly(result, tiny_fs,
+                           r"not enough free space in .*free, about .* needed \(estimated from the database size\)")
+
+
+def test_free_space_is_estimated_from_the_last_backup_and_a_refused_run_keeps_it(pg, blobs_db, tiny_fs):
+    keep = _good_backup(pg, blobs_db, tiny_fs, backup_space_check=0)
+    _grow_blobs(pg, blobs_db)
+    result = run_backup_script(pg, blobs_db, tiny_fs)
+    _assert_failed_cleanly(result, tiny_fs,
+                           r"not enough free space in .*free, about .* needed \(estimated from the last backup\)",
+                           keep=keep)
 
 
 def test_unwritable_directory(pg, sample_db, shared_tmp):
@@ -390,28 +498,99 @@ def test_client_older_than_server_is_refused(pg, sample_db, backup_dir, tmp_path
     old = tmp_path / "pg_dump14"
     old.write_text('#!/bin/sh\necho "pg_dump (PostgreSQL) 14.11"\n')
     old.chmod(0o755)
+    keep = _good_backup(pg, sample_db, backup_dir)
     result = run_backup_script(pg, sample_db, backup_dir, {"BACKUP_DUMP_COMMAND": str(old)})
-    _assert_failed_cleanly(result, backup_dir, r"pg_dump 14 cannot dump a PostgreSQL 15 server")
+    _assert_failed_cleanly(result, backup_dir, r"pg_dump 14 cannot dump a PostgreSQL 15 server", keep=keep)
 
 
 # -- lock, partials, secrets, metrics, Sentry ---------------------------------------------------------
 
-def test_a_second_backup_of_the_same_database_is_refused_while_one_runs(pg, sample_db, backup_dir):
-    os.makedirs(backup_dir, mode=0o700)
-    with DirectoryLock(os.path.join(backup_dir, f".{sample_db}.lock")):
-        result = run_backup_script(pg, sample_db, backup_dir)
-    assert result.returncode == 75
-    assert "another backup of" in result.stderr and "is already running" in result.stderr
-    assert backups_in(backup_dir) == []
+def _partials(backup_dir):
+    return sorted(name for name in os.listdir(backup_dir) if ".partial-" in name)
 
 
-def test_lock_wait_lets_the_second_backup_run_after_the_first(pg, sample_db, backup_dir):
-    os.makedirs(backup_dir, mode=0o700)
-    lock = DirectoryLock(os.path.join(backup_dir, f".{sample_db}.lock")).__enter__()
-    threading.Timer(1.0, lock.__exit__).start()
-    result = run_backup_script(pg, sample_db, backup_dir, {"BACKUP_LOCK_WAIT": "30"})
-    assert result.returncode == 0, result.stderr
-    assert len(backups_in(backup_dir)) == 1
+def _stop(procs, dumps):
+    """Clean-up of a test that failed half way: no run or stalled dump outlives it."""
+    for proc in procs:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=60)
+    for dump in dumps:
+        dump.release(timeout=2)
+
+
+def test_a_second_backup_of_the_same_database_fails_in_one_line_and_the_first_completes(
+        pg, sample_db, backup_dir, tmp_path):
+    dump = StalledDump(str(tmp_path / "first"))
+    first = run_backup_script(pg, sample_db, backup_dir, {"BACKUP_DUMP_COMMAND": dump.command}, wait=False)
+    try:
+        dump.wait_until_stalled(first)
+        during = directory_contents(backup_dir)
+        [partial] = _partials(backup_dir)
+        assert partial.endswith(f".partial-{first.pid}")
+        second = run_backup_script(pg, sample_db, backup_dir)
+        assert second.returncode == 75, second.stderr
+        [line] = second.stderr.splitlines()
+        assert re.fullmatch(rf"ERROR: another backup of {sample_db} is already running \(pid {first.pid}, lock .*\)",
+                            line), line
+        # The running backup's partial is not a crashed run's leftover: the refused run left it alone.
+        assert directory_contents(backup_dir) == during
+        dump.release()
+        stdout, stderr = first.communicate(timeout=120)
+    finally:
+        _stop([first], [dump])
+    assert first.returncode == 0, stderr
+    [made] = backups_in(backup_dir)
+    assert manifest_of(made)["rows"] == sum(table_counts(pg, sample_db).values())
+    assert _partials(backup_dir) == []
+
+
+def test_with_lock_wait_a_second_backup_starts_its_dump_only_after_the_first_is_complete(
+        pg, sample_db, backup_dir, tmp_path):
+    first_dump = StalledDump(str(tmp_path / "first"))
+    second_dump = StalledDump(str(tmp_path / "second"))
+    first = run_backup_script(pg, sample_db, backup_dir, {"BACKUP_DUMP_COMMAND": first_dump.command}, wait=False)
+    second = None
+    try:
+        first_dump.wait_until_stalled(first)
+        [first_partial] = _partials(backup_dir)
+        second = run_backup_script(pg, sample_db, backup_dir, {"BACKUP_DUMP_COMMAND": second_dump.command,
+                                                               "BACKUP_LOCK_WAIT": "120"}, wait=False)
+
+        def waiting_or_dumping():
+            at_the_lock = any(path.startswith(backup_dir + "/") and path.endswith(".lock")
+                              for path in open_files(second.pid))
+            return at_the_lock or second_dump.stalled() or second.poll() is not None
+
+        wait_until(waiting_or_dumping, "the second run to reach the lock")
+        assert second.poll() is None, second.communicate()
+        assert not second_dump.stalled(), "the second backup began dumping while the first one was dumping"
+        assert _partials(backup_dir) == [first_partial]
+
+        first_dump.release()
+        first_out, first_err = first.communicate(timeout=120)
+        assert first.returncode == 0, first_err
+        [first_backup] = backups_in(backup_dir)
+        first_files = directory_contents(backup_dir)
+
+        second_dump.wait_until_stalled(second)
+        # The second run dumps now, and only now: the first's backup was complete before it began.
+        [second_partial] = _partials(backup_dir)
+        assert second_partial.endswith(f".partial-{second.pid}")
+        assert {name: data for name, data in directory_contents(backup_dir).items() if name != second_partial} \
+            == first_files
+        second_dump.release()
+        second_out, second_err = second.communicate(timeout=120)
+    finally:
+        _stop([first, second], [first_dump, second_dump])
+    assert second.returncode == 0, second_err
+    assert first_out.splitlines()[0] != second_out.splitlines()[0]  # each its own "Starting backup: <file>"
+    [older, newer] = backups_in(backup_dir)
+    assert older == first_backup
+    final = directory_contents(backup_dir)
+    assert {name: final[name] for name in first_files} == first_files
+    assert manifest_of(newer)["rows"] == manifest_of(older)["rows"] == sum(table_counts(pg, sample_db).values())
+    assert _partials(backup_dir) == []
 
 
 def test_stale_partial_files_from_a_crashed_run_are_removed(pg, sample_db, backup_dir):
@@ -423,26 +602,44 @@ def test_stale_partial_files_from_a_crashed_run_are_removed(pg, sample_db, backu
     assert not os.path.exists(stale)
 
 
-def test_secrets_never_appear_in_the_process_list(pg, sample_db, backup_dir, passphrase_file):
-    lock = TableLock(pg, sample_db, "orders")
+def _real_pg_dumps(engine_pid, tree=None):
+    """(comm, argv, environ) of each real pg_dump binary dumping under the engine (Debian's
+    /usr/bin/pg_dump is a script that execs it): by executable, not by name."""
+    if tree is None:
+        tree = {pid: process_facts(pid) for pid in descendants(engine_pid)}
+    return [(comm, argv, environ) for comm, argv, environ, executable in filter(None, tree.values())
+            if os.path.basename(executable) == "pg_dump" and any(arg.startswith(b"--snapshot=") for arg in argv)]
+
+
+def test_secrets_never_appear_in_the_process_list(pg, sample_db, backup_dir, passphrase_file, tmp_path):
+    # The dump holds its output until every process of the run has been read: the real pg_dump
+    # is then past its exec, connected, and alive throughout (blocked on its full pipe).
+    dump = StalledDump(str(tmp_path / "dump"))
+    proc = run_backup_script(pg, sample_db, backup_dir, {"BACKUP_PASSPHRASE_FILE": passphrase_file,
+                                                          "BACKUP_DUMP_COMMAND": dump.command}, wait=False)
     try:
-        proc = run_backup_script(pg, sample_db, backup_dir, {"BACKUP_PASSPHRASE_FILE": passphrase_file},
-                                 wait=False)
-        dump_pid = blocked_pg_dump(pg, sample_db, proc.pid)
+        dump.wait_until_stalled(proc)
+        tree = {pid: process_facts(pid) for pid in [proc.pid] + descendants(proc.pid)}
         cmdlines = all_cmdlines()
-        with open(f"/proc/{dump_pid}/environ", "rb") as handle:
-            dump_env = handle.read().split(b"\0")
+        dump.release()
+        stdout, stderr = proc.communicate(timeout=60)
     finally:
-        lock.release()
-    proc.communicate(timeout=60)
-    assert proc.returncode == 0
+        _stop([proc], [dump])
+    assert proc.returncode == 0, stderr
+    assert None not in tree.values(), tree  # every process of the run was read while it ran
     assert not any(pg.app_password in line for line in cmdlines)
     assert not any("correct horse" in line for line in cmdlines)
-    assert not any(item.startswith(b"PGPASSWORD=") for item in dump_env)
-    assert any(item.startswith(b"PGPASSFILE=") for item in dump_env)
+    for comm, argv, environ, _executable in tree.values():
+        assert not any(b"correct horse" in item for item in argv + environ), comm
+        assert not any(item.startswith(b"PGPASSWORD=") for item in environ), comm
+    [dump_env] = [environ for _comm, _argv, environ in _real_pg_dumps(proc.pid, tree)]
+    assert [item for item in dump_env if item.startswith(b"PGPASSFILE=")] != []
+    assert all(item.startswith(b"PGPASSFILE=/dev/fd/") for item in dump_env if item.startswith(b"PGPASSFILE="))
+    # The runbook's POSTGRES_PASSWORD reaches the engine; pg_dump gets the password only as that file.
+    assert not [item.split(b"=")[0] for item in dump_env if pg.app_password.encode() in item]
 
 
-def test_no_secret_file_survives_a_killed_run(pg, sample_db, backup_dir):
+def test_no_secret_file_survives_a_killed_run(pg, sample_db, backup_dir, tmp_path):
     """The password reaches pg_dump as a 0600 file in memory (/dev/fd/N), never in /tmp."""
     import glob
     import tempfile
@@ -451,17 +648,18 @@ def test_no_secret_file_survives_a_killed_run(pg, sample_db, backup_dir):
         return glob.glob(os.path.join(tempfile.gettempdir(), "infer-forge-*"))
 
     before = leftovers()
-    lock = TableLock(pg, sample_db, "orders")
+    dump = StalledDump(str(tmp_path / "dump"))
+    proc = run_backup_script(pg, sample_db, backup_dir, {"BACKUP_DUMP_COMMAND": dump.command}, wait=False)
     try:
-        proc = run_backup_script(pg, sample_db, backup_dir, wait=False)
-        dump_pid = blocked_pg_dump(pg, sample_db, proc.pid)
-        with open(f"/proc/{dump_pid}/environ", "rb") as handle:
-            passfile = next(item for item in handle.read().split(b"\0") if item.startswith(b"PGPASSFILE="))
+        dump.wait_until_stalled(proc)
+        [dump_env] = [environ for _comm, _argv, environ in _real_pg_dumps(proc.pid)]
+        passfile = next(item for item in dump_env if item.startswith(b"PGPASSFILE="))
         assert passfile.startswith(b"PGPASSFILE=/dev/fd/")
         os.kill(proc.pid, signal.SIGKILL)  # the scripts exec the engine: this is the engine itself
         proc.communicate(timeout=60)
     finally:
-        lock.release()
+        _stop([proc], [dump])
+    assert proc.returncode == -signal.SIGKILL
     assert leftovers() == before
     for path in glob.glob(os.path.join(tempfile.gettempdir(), "*")):
         if os.path.isfile(path) and not os.path.islink(path):

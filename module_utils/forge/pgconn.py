@@ -1,11 +1,15 @@
 """PostgreSQL connection settings shared by backup, restore and health checks."""
 
 import os
+import re
 import subprocess
 
 from .errors import ForgeError
 
 CONNECT_TIMEOUT = 10
+
+# Environment variables a child tool never needs to see (POSTGRES_PASSWORD, SENTRY_DSN, ...).
+SECRET_NAME = re.compile(r"PASSWORD|PASSPHRASE|SECRET|TOKEN|DSN|CREDENTIAL|_KEY$", re.IGNORECASE)
 
 
 class PgSettings:
@@ -65,9 +69,11 @@ class PgSettings:
         """Environment for libpq tools (pg_dump, psql, pg_restore).
 
         PGDATABASE is taken literally, so database names with spaces, quotes
-        or '=' never get parsed as a connection string.
+        or '=' never get parsed as a connection string. The password reaches
+        the tool only as ``passfile``: the runbook's POSTGRES_PASSWORD and any
+        other variable named like a secret stay in the engine's environment.
         """
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG") and not SECRET_NAME.search(k)}
         env.update({
             "PGHOST": self.host,
             "PGPORT": str(self.port),
