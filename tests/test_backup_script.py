@@ -584,7 +584,11 @@ def test_with_lock_wait_a_second_backup_starts_its_dump_only_after_the_first_is_
     finally:
         _stop([first, second], [first_dump, second_dump])
     assert second.returncode == 0, second_err
-    assert first_out.splitlines()[0] != second_out.splitlines()[0]  # each its own "Starting backup: <file>"
+    # The second says it waits, and for whom; then each starts its own file.
+    assert f"Waiting up to 120 s for another backup of {sample_db} to finish (pid {first.pid}, lock " in second_out
+    starts = [[line for line in out.splitlines() if line.startswith("Starting backup: ")]
+              for out in (first_out, second_out)]
+    assert len(starts[0]) == len(starts[1]) == 1 and starts[0] != starts[1]
     [older, newer] = backups_in(backup_dir)
     assert older == first_backup
     final = directory_contents(backup_dir)

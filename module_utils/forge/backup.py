@@ -135,7 +135,8 @@ class BackupRunner:
             lock_path = os.path.join(self.options.backup_dir, f".{self.stem}.lock")
             if check_mode:
                 return self._plan(result, started)
-            with DirectoryLock(lock_path, self.options.lock_wait, what=f"backup of {self.settings.database}"):
+            with DirectoryLock(lock_path, self.options.lock_wait, what=f"backup of {self.settings.database}",
+                               log=self.log):
                 result["removed_partials"] = self._remove_stale_partials()
                 self._backup(result, started)
                 self._apply_retention(result)

@@ -125,10 +125,11 @@ def free_bytes(path):
 class DirectoryLock:
     """An exclusive ``flock`` on a lock file; released when the process dies."""
 
-    def __init__(self, path, wait_seconds=0, what="backup"):
+    def __init__(self, path, wait_seconds=0, what="backup", log=None):
         self.path = path
         self.wait_seconds = wait_seconds
         self.what = what
+        self.log = log
         self._fd = None
 
     def __enter__(self):
@@ -137,11 +138,17 @@ class DirectoryLock:
 
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, PRIVATE_FILE_MODE)
         deadline = time.monotonic() + max(0, self.wait_seconds)
+        said = False
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if not said and self.log and self.wait_seconds > 0:
+                    # A run that waits says so, or a slow night looks like a hang.
+                    self.log(f"Waiting up to {self.wait_seconds} s for another {self.what} to finish "
+                             f"({_read_holder(fd)}lock {self.path})")
+                    said = True
                 if time.monotonic() >= deadline:
                     holder = _read_holder(fd)
                     os.close(fd)
