@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help bootstrap test lint syntax docs pytest molecule demo demo-down bench clean
+.PHONY: help bootstrap test lint syntax docs pytest mutation molecule demo demo-down bench clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -10,7 +10,7 @@ help: ## Show the targets
 bootstrap: ## Install packages, .venv, start Docker, build the Molecule image (idempotent)
 	@scripts/bootstrap.sh
 
-test: ## Run every stage: bootstrap, lint, syntax, docs, pytest, molecule
+test: ## Run every stage: bootstrap, lint, syntax, docs, pytest, mutation, molecule
 	@scripts/test.sh
 
 lint: ## yamllint, ansible-lint (production profile), ruff
@@ -24,6 +24,9 @@ docs: ## ansible-doc renders every module in library/
 
 pytest: ## Python tests against real PostgreSQL and Redis
 	@scripts/bootstrap.sh packages venv && scripts/test.sh pytest
+
+mutation: ## Break each core promise in a scratch copy; fails when a mutant survives its tests
+	@scripts/bootstrap.sh packages venv && .venv/bin/python scripts/mutation_check.py --baseline
 
 molecule: ## Molecule scenarios in local containers (MOLECULE_SCENARIOS="a b" to pick)
 	@scripts/bootstrap.sh && scripts/test.sh molecule
