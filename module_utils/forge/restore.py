@@ -459,11 +459,17 @@ class Restorer:
 
     def _drop_stale_sides(self, control, target):
         """Side databases of a restore into ``target`` that died (server crash, kill -9).
-        Safe under the advisory lock: no living restore owns them."""
+        Safe under the advisory lock: no living restore owns them. A side is marked by its
+        comment; one that died between CREATE DATABASE and COMMENT (two statements: CREATE
+        DATABASE cannot run in a transaction) has no comment, only the side's exact name."""
         rows = control.execute(
-            "SELECT datname FROM pg_database WHERE shobj_description(oid, 'pg_database') = %s",
+            "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database "
+            "WHERE shobj_description(oid, 'pg_database') = %s OR (shobj_description(oid, 'pg_database') IS NULL "
+            "AND datname ~ '_restoring_[0-9a-f]{8}$')",
             (_in_progress_comment(target),)).fetchall()
-        for (name,) in rows:
+        for name, comment in rows:
+            if comment is None and name != derived_name(target, name[-len(_SIDE_SUFFIX_EXAMPLE):]):
+                continue
             self.log(f"Dropping {name}, left by an interrupted restore into {target}")
             self._drop(control, name)
 
@@ -723,6 +729,10 @@ def _sessions(control, target):
 def _describe_session(session):
     pid, user, application, client = session
     return f"pid {pid} user {user} from {client}" + (f" ({application})" if application else "")
+
+
+# A side database's suffix: "_restoring_" and 8 hex digits (see _create_side).
+_SIDE_SUFFIX_EXAMPLE = "_restoring_00000000"
 
 
 def _in_progress_comment(target):
