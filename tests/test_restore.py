@@ -59,8 +59,9 @@ def test_drill_round_trip_for_every_format(pg, sample_db, backup_dir, passphrase
     assert result["checks"]["sha256"] == "passed" and result["checks"]["row_counts"] == "passed"
     assert result["checks"]["signature"] == "passed" and result["verdict"] == "PASS"
     assert result["tables_checked"] == 3 and result["rows_checked"] == 5700
+    # The scratch name is cut to PostgreSQL's 63 bytes: ask the server about the name the drill used.
     assert result["scratch_dropped"] is True
-    assert not pg.database_exists(f"{sample_db}_restore_drill")
+    assert not pg.database_exists(result["scratch_database"])
 
 
 def test_runbook_made_files_restore_and_say_which_checks_were_skipped(pg, sample_db, backup_dir, passphrase_file,
@@ -108,7 +109,7 @@ def test_drill_fails_when_a_backup_restores_but_rows_are_missing(pg, sample_db, 
     assert result["passed"] is False
     assert "public.orders: 4990 rows restored, 5000 in the snapshot" in result["msg"]
     assert result["row_count_mismatches"] == {"public.orders": {"expected": 5000, "restored": 4990}}
-    assert not pg.database_exists(f"{sample_db}_restore_drill")
+    assert result["scratch_dropped"] is True and not pg.database_exists(result["scratch_database"])
     prom = (textfile / f"infer_forge_restore_drill_{sample_db}.prom").read_text()
     assert f'infer_forge_restore_drill_last_run_success{{database="{sample_db}"}} 0' in prom
     report = json.loads((tmp_path / "r" / f"restore_drill_{sample_db}.json").read_text())
@@ -152,6 +153,26 @@ def test_amcheck_verifies_the_restored_indexes(pg, sample_db, backup_dir, run_mo
                                           "login_user": pg.superuser, "login_password": pg.superuser_password})
     assert result["passed"] is True, result["reason"]
     assert result["checks"]["amcheck"] == "passed" and result["indexes_checked"] >= 3
+
+
+def test_a_scratch_database_the_drill_cannot_drop_is_reported_as_left_behind(pg, sample_db, backup_dir, run_module):
+    """keep leaves the scratch database for inspection. A superuser looking at it holds a session the
+    drill's role may not end, so the next drill can drop it neither before nor after: it must say so."""
+    take_backup(pg, sample_db, backup_dir)
+    kept = run_module("forge_restore", restore_args(pg, backup_dir, mode="drill", database=sample_db, keep=True))
+    assert kept["passed"] is True, kept.get("reason")
+    scratch = kept["scratch_database"]
+    try:
+        with pg.connect(scratch) as inspector:
+            result = run_module("forge_restore", restore_args(pg, backup_dir, mode="drill", database=sample_db,
+                                                              fail_on_error=False))
+            assert result["passed"] is False and repr(scratch) in result["reason"]
+            assert result["scratch_dropped"] is False
+            assert pg.database_exists(scratch)
+            # Nothing was done to the inspector or to what it looks at.
+            assert inspector.execute("SELECT count(*) FROM orders").fetchone()[0] == 5000
+    finally:
+        pg.drop_database(scratch)
 
 
 # -- bad input: a clear error, nothing lost ---------------------------------------------------------
@@ -392,6 +413,7 @@ def test_drill_of_a_database_whose_name_has_quotes_spaces_and_equals(pg, backup_
         result = run_module("forge_restore", restore_args(pg, backup_dir, mode="drill", database=name))
         assert result["passed"] is True, result.get("reason")
         assert result["rows_checked"] == 5700
-        assert not pg.database_exists(f"{name}_restore_drill")
+        assert result["scratch_database"] == f"{name}_restore_drill"
+        assert not pg.database_exists(result["scratch_database"])
     finally:
         pg.drop_database(name)
