@@ -49,14 +49,14 @@ MUTANTS = [
         "promise": "a version 1 file is restored only when its HMAC proves it",
         "edits": [(CATALOG, "            if hmac.compare_digest(mac.hexdigest(), self.legacy_hmac):",
                    "            if True:")],
-        "tests": [],
+        "tests": ["tests/test_signing.py::test_a_version_1_file_is_proven_by_its_hmac_and_refused_without_it", "tests/test_restore_safety.py::test_a_version_1_manifest_is_restored_by_name_only_and_its_hmac_is_checked"],
     },
     {
         "name": "skip-the-manifest-authentication",
         "promise": "a manifest counts only when the passphrase's key signed it",
         "edits": [(SIGNING, "    if not hmac.compare_digest(value.encode(), expected.encode()):\n"
                             "        return SIGNATURE_MISMATCH\n", "")],
-        "tests": [],
+        "tests": ["tests/test_signing.py::test_a_manifest_signed_from_the_documentation_is_accepted_and_any_change_is_refused", "tests/test_restore_safety.py::test_every_manifest_field_is_covered_by_the_signature", "tests/test_restore_safety.py::test_swapped_data_with_a_recomputed_checksum_is_a_changed_manifest_not_a_wrong_passphrase"],
     },
     {
         "name": "drop-the-target-before-the-restore-completes",
@@ -66,21 +66,21 @@ MUTANTS = [
                    "                if plan != 'new':\n"
                    "                    self._drop(control, target)\n"
                    "                    plan = 'new'\n")],
-        "tests": [],
+        "tests": ["tests/test_restore_safety.py::test_forced_restore_failing_in_the_middle_sql_error", "tests/test_restore_safety.py::test_forced_restore_whose_rows_do_not_match_the_manifest_is_never_swapped_in"],
     },
     {
         "name": "skip-the-row-count-comparison",
         "promise": "a restore whose row counts differ from the snapshot's never goes live",
         "edits": [(RESTORE, '        expected = (backup.manifest or {}).get("snapshot_row_counts")\n',
                    '        return\n        expected = (backup.manifest or {}).get("snapshot_row_counts")\n')],
-        "tests": [],
+        "tests": ["tests/test_restore_safety.py::test_forced_restore_whose_rows_do_not_match_the_manifest_is_never_swapped_in"],
     },
     {
         "name": "skip-the-sha256-check",
         "promise": "a changed byte anywhere in a backup is refused",
         "edits": [(RESTORE, "    if expected and not hmac.compare_digest(digest.hexdigest(), expected):",
                    "    if False:")],
-        "tests": [],
+        "tests": ["tests/test_restore_safety.py::test_a_byte_changed_late_where_only_the_checksum_can_see_it_is_refused", "tests/test_restore_safety.py::test_a_flipped_byte_with_the_manifest_intact_is_damage"],
     },
     {
         "name": "retention-counts-a-manifest-less-file",
@@ -139,7 +139,7 @@ MUTANTS = [
         "promise": "no dump can run a shell command through psql",
         "edits": [(RESTORE, "            restrict = backup.dump_format == \"plain\"\n",
                    "            restrict = False\n")],
-        "tests": [],
+        "tests": ["tests/test_restore_safety.py::test_a_named_unverified_file_may_run_sql_but_never_psql_commands"],
     },
     {
         "name": "health-checks-one-after-another",
@@ -154,5 +154,51 @@ MUTANTS = [
         "edits": [("module_utils/forge/pgconn.py",
                    'if not k.startswith("PG") and not SECRET_NAME.search(k)}', 'if not k.startswith("PG")}')],
         "tests": ["tests/test_backup_script.py::test_secrets_never_appear_in_the_process_list"],
+    },
+    {
+        "name": "a-newer-bad-backup-is-passed-over-quietly",
+        "promise": "a newer backup that is not good fails the drill, although an older one restores",
+        "edits": [("module_utils/forge/drill.py",
+                   '                result["problems"].insert(0, f"newer backup skipped as not good: {skipped}")\n',
+                   "                pass\n")],
+        "tests": ["tests/test_drill.py::test_a_newer_broken_backup_fails_the_drill_although_an_older_one_is_good"],
+    },
+    {
+        "name": "the-drill-ignores-keep",
+        "promise": "the drill's scratch database is kept only when asked",
+        "edits": [("module_utils/forge/drill.py", "False if self.options.keep else self._drop_scratch()",
+                   "self._drop_scratch()")],
+        "tests": ["tests/test_drill.py::test_the_scratch_database_is_kept_only_when_asked_and_the_next_drill_replaces_it"],
+    },
+    {
+        "name": "a-scratch-database-left-behind-is-reported-dropped",
+        "promise": "scratch_dropped says whether the drill's database is really gone",
+        "edits": [("module_utils/forge/drill.py", "else self._drop_scratch()", "else (self._drop_scratch() or True)")],
+        "tests": ["tests/test_restore.py::test_a_scratch_database_the_drill_cannot_drop_is_reported_as_left_behind"],
+    },
+    {
+        "name": "missing-tables-go-unnamed",
+        "promise": "a table the restore lacks is named",
+        "edits": [(RESTORE, 'return ([f"table {t} missing after restore" for t in missing]',
+                   'return ([f"table {t} missing after restore" for t in []]')],
+        "tests": ["tests/test_drill.py::test_a_table_the_dump_left_out_is_named_as_missing"],
+    },
+    {
+        "name": "restore-reads-the-whole-file-at-once",
+        "promise": "a restore's memory does not grow with the dump",
+        "edits": [(RESTORE, "handle.read(read_size or STREAM_READ_SIZE)", "handle.read()")],
+        "tests": ["tests/test_restore_memory.py::test_an_encrypted_restore_spills_no_plaintext_and_its_memory_does_not_grow_with_the_dump"],
+    },
+    {
+        "name": "usb-copy-onto-the-root-file-system",
+        "promise": "an unplugged USB disk is refused; nothing lands on the root file system",
+        "edits": [("module_utils/forge/offsite.py", 'if mount == "/":', "if False:")],
+        "tests": ["tests/test_offsite_usb.py::test_an_unplugged_usb_disk_is_refused_in_one_line_and_nothing_lands_on_the_root_file_system"],
+    },
+    {
+        "name": "usb-copy-kept-unverified",
+        "promise": "a copy that does not match its manifest never stays on the USB disk",
+        "edits": [("module_utils/forge/offsite.py", "if self.verify({backup.name: digest}):", "if False:")],
+        "tests": ["tests/test_offsite_usb.py::test_a_copy_that_does_not_match_its_manifest_never_stays_on_the_usb_disk"],
     },
 ]
