@@ -167,6 +167,9 @@ def test_a_scratch_database_the_drill_cannot_drop_is_reported_as_left_behind(pg,
             result = run_module("forge_restore", restore_args(pg, backup_dir, mode="drill", database=sample_db,
                                                               fail_on_error=False))
             assert result["passed"] is False and repr(scratch) in result["reason"]
+            # The reason is the real one, not "the target already has tables".
+            assert result["reason"].startswith(f"cannot drop the scratch database {scratch!r} a kept drill left: ")
+            assert "superuser" in result["reason"] and result["reason"].endswith("; nothing was restored")
             assert result["scratch_dropped"] is False
             assert pg.database_exists(scratch)
             # Nothing was done to the inspector or to what it looks at.

@@ -61,6 +61,7 @@ class Drill:
         self.settings = settings
         self.log = log or (lambda line: None)
         self.clock = clock
+        self._drop_error = None
 
     def run(self):
         import psycopg
@@ -117,14 +118,17 @@ class Drill:
         if comment is not None and comment != DRILL_COMMENT:
             raise ForgeError(f"database {self.options.scratch_database!r} exists and was not made by a drill; "
                              "drop it yourself or choose another scratch_database")
-        if comment is not None:
-            self._drop_scratch()
+        if comment is not None and not self._drop_scratch():
+            # Restoring on top of it would only fail later with a misleading "target has tables".
+            raise ForgeError(f"cannot drop the scratch database {self.options.scratch_database!r} a kept drill "
+                             f"left: {self._drop_error or 'it is still there'}; nothing was restored")
 
     def _drop_scratch(self):
         """Drop the scratch database if it is the drill's; True when none is left afterwards."""
         import psycopg
         from psycopg import sql
 
+        self._drop_error = None
         try:
             with self.settings.connect(database="postgres") as conn:
                 if self._scratch_comment(conn) == DRILL_COMMENT:
@@ -132,7 +136,8 @@ class Drill:
                         sql.Identifier(self.options.scratch_database)))
                 return self._scratch_comment(conn) is None
         except (ForgeError, psycopg.Error) as exc:
-            self.log(f"could not drop the scratch database: {' '.join(str(exc).split())}")
+            self._drop_error = " ".join(str(exc).split())
+            self.log(f"could not drop the scratch database: {self._drop_error}")
             return False
 
     def _verify(self, backup, result):
