@@ -201,4 +201,11 @@ MUTANTS = [
         "edits": [("module_utils/forge/offsite.py", "if self.verify({backup.name: digest}):", "if False:")],
         "tests": ["tests/test_offsite_usb.py::test_a_copy_that_does_not_match_its_manifest_never_stays_on_the_usb_disk"],
     },
+    {
+        "name": "usb-copy-beside-the-backups",
+        "promise": "an unplugged USB disk whose mount point is on the backups' disk is refused",
+        "edits": [("module_utils/forge/offsite.py", "os.stat(mount).st_dev == os.stat(self.backup_dir).st_dev:",
+                   "False:")],
+        "tests": ["tests/test_offsite_usb.py::test_an_unplugged_usb_disk_whose_mount_point_is_on_the_backups_disk_is_refused"],
+    },
 ]

@@ -148,3 +148,23 @@ def test_a_copy_that_does_not_match_its_manifest_never_stays_on_the_usb_disk(usb
                                               "nothing else changed")
     # Neither the damaged copy nor a manifest that would call it verified.
     assert os.listdir(target) == []
+
+
+def test_an_unplugged_usb_disk_whose_mount_point_is_on_the_backups_disk_is_refused(pg, fresh_db, usb, tmp_path,
+                                                                                   passphrase_file):
+    """The backups on a data disk of their own (here the loop-mounted image stands in for it), and
+    the USB disk's mount point a directory on that same disk: unplugged, a copy would land beside
+    the backups, which is no off-site copy at all."""
+    load_sample_data(pg, fresh_db, customers=5, orders=20)
+    backup_dir = os.path.join(usb.mountpoint, "backups")
+    result = run_backup_script(pg, fresh_db, backup_dir, {"BACKUP_PASSPHRASE_FILE": passphrase_file})
+    assert result.returncode == 0, result.stderr
+    mountpoint = os.path.join(usb.mountpoint, "usb-safe")
+    os.mkdir(mountpoint)
+    target = os.path.join(mountpoint, "infer-forge")
+    result = offsite(fresh_db, backup_dir, target, tmp_path)
+    assert result.returncode == 1
+    assert result.stdout == (f"Off-site copy FAILED: {fresh_db} -> {target}: {target} is on the same file system "
+                             f"as the backups ({usb.mountpoint}), so no USB disk is mounted there: mount the USB "
+                             "disk first, or set OFFSITE_REQUIRE_MOUNT=0\n")
+    assert os.listdir(mountpoint) == []

@@ -88,7 +88,7 @@ def open_target(options):
     """``user@host:/path`` is the NAS over SSH; an absolute path is a mounted disk."""
     target = options.target
     if target.startswith("/"):
-        return PathTarget(target, options.require_mount)
+        return PathTarget(target, options.require_mount, options.backup_dir)
     userhost, sep, path = target.partition(":")
     if not sep or not path.startswith("/") or not userhost or userhost.startswith("-"):
         raise ForgeError(f"off-site target {target!r} must be user@host:/absolute/path or an absolute path")
@@ -100,9 +100,10 @@ class PathTarget:
 
     kind = "usb"
 
-    def __init__(self, path, require_mount):
+    def __init__(self, path, require_mount, backup_dir=None):
         self.path = os.path.normpath(path)
         self.require_mount = require_mount
+        self.backup_dir = backup_dir
 
     def describe(self):
         return self.path
@@ -115,6 +116,12 @@ class PathTarget:
             if mount == "/":
                 raise ForgeError(f"{self.path} is not on a mounted disk (it would land on the root file "
                                  "system): mount the USB disk first, or set OFFSITE_REQUIRE_MOUNT=0")
+            # An unplugged disk whose mount point is a directory on the backups' own disk (a data
+            # disk on /srv, say): the copy would land beside the backups, which is no off-site copy.
+            if self.backup_dir and os.path.isdir(self.backup_dir) and \
+                    os.stat(mount).st_dev == os.stat(self.backup_dir).st_dev:
+                raise ForgeError(f"{self.path} is on the same file system as the backups ({mount}), so no USB "
+                                 "disk is mounted there: mount the USB disk first, or set OFFSITE_REQUIRE_MOUNT=0")
         if not os.path.isdir(self.path) and not create:
             return False
         ensure_private_dir(self.path, create=create)
