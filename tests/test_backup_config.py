@@ -5,12 +5,13 @@ running the runbook's `export ...; ./scripts/backup_db.sh` by hand on the same h
 they exported, whatever the file says.
 """
 
+import gzip
 import os
 import subprocess
 
 import pytest
 
-from helpers import BACKUP_SCRIPT, backups_in, manifest_of, signing_passphrase_file
+from helpers import BACKUP_SCRIPT, backups_in, manifest_of, run_backup_script, signing_passphrase_file
 from servers import load_sample_data, table_counts
 
 
@@ -91,3 +92,14 @@ def test_a_named_config_file_that_does_not_exist_is_a_one_line_error(pg, sample_
     assert result.returncode == 1
     assert result.stderr.splitlines() == [f"ERROR: config file {missing} does not exist"]
     assert not os.path.exists(tmp_path / "backups")
+
+
+def test_a_dump_command_that_carries_pg_dump_options_backs_up_with_them(pg, sample_db, backup_dir):
+    """BACKUP_DUMP_COMMAND may add pg_dump's own options; its version is still asked of pg_dump alone
+    (pg_dump takes --version only as its first argument)."""
+    result = run_backup_script(pg, sample_db, backup_dir, {"BACKUP_DUMP_COMMAND": "pg_dump --exclude-table=orders"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    [path] = backups_in(backup_dir)
+    with gzip.open(path, "rt") as handle:
+        sql = handle.read()
+    assert "CREATE TABLE public.customers" in sql and "CREATE TABLE public.orders" not in sql

@@ -160,10 +160,19 @@ class PassFile:
         return False
 
 
+_LIBPQ_TOOLS = {"pg_dump", "pg_restore", "psql", "pg_dumpall"}
+
+
 def client_major_version(command):
-    """Major version of a libpq client tool, e.g. 15 for ``pg_dump (PostgreSQL) 15.18``."""
+    """Major version of a libpq client tool, e.g. 15 for ``pg_dump (PostgreSQL) 15.18``.
+
+    The tools take --version only as their first argument, so options after the tool's own
+    name (``docker exec -i db pg_dump --exclude-table=x``) are left out of the question."""
+    command = list(command)
+    tool = next((i for i, word in enumerate(command) if os.path.basename(word) in _LIBPQ_TOOLS), None)
+    probe = command[:tool + 1] if tool is not None else command
     try:
-        out = subprocess.run(list(command) + ["--version"], capture_output=True, text=True,
+        out = subprocess.run(probe + ["--version"], capture_output=True, text=True,
                              timeout=30, check=False)
     except FileNotFoundError:
         raise ForgeError(f"{command[0]} not found; install the PostgreSQL client "
