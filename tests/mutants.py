@@ -208,4 +208,11 @@ MUTANTS = [
                    "False:")],
         "tests": ["tests/test_offsite_usb.py::test_an_unplugged_usb_disk_whose_mount_point_is_on_the_backups_disk_is_refused"],
     },
+    {
+        "name": "pg-dump-detail-lines-reach-sentry",
+        "promise": "row values in pg_dump's DETAIL/HINT lines stay on the host",
+        "edits": [(BACKUP, "said = [line for line in stderr_lines if not line.lower().startswith(_QUOTING_LINES)]",
+                   "said = list(stderr_lines)")],
+        "tests": ["tests/test_backup_script.py::test_row_values_in_pg_dumps_detail_lines_reach_neither_the_message_nor_sentry"],
+    },
 ]

@@ -378,6 +378,30 @@ def test_a_complete_dump_from_a_pg_dump_that_exits_1_is_not_kept(pg, sample_db, 
     assert "Backup complete" not in result.stdout
 
 
+def test_row_values_in_pg_dumps_detail_lines_reach_neither_the_message_nor_sentry(pg, sample_db, backup_dir,
+                                                                                    tmp_path):
+    """pg_dump's DETAIL/HINT/CONTEXT lines can quote a row; the error line's quoted value is hidden."""
+    wrapper = tmp_path / "quoting_pg_dump"
+    wrapper.write_text('#!/bin/sh\n[ "$1" = --version ] && exec pg_dump --version\n'
+                       'echo \'pg_dump: error: query failed: ERROR:  invalid input syntax for type integer: '
+                       '"row-canary-1"\' >&2\n'
+                       'echo "pg_dump: detail: Key (email)=(row-canary-2@example.cz) already exists." >&2\n'
+                       'echo "pg_dump: hint: row-canary-3" >&2\nexit 1\n')
+    wrapper.chmod(0o755)
+    stub = SentryStub()
+    try:
+        result = run_backup_script(pg, sample_db, backup_dir, {"BACKUP_DUMP_COMMAND": str(wrapper),
+                                                               "SENTRY_DSN": stub.dsn()})
+    finally:
+        stub.close()
+    assert result.returncode == 1
+    [event] = stub.events()
+    assert result.stderr == ('ERROR: pg_dump failed (exit 1): pg_dump: error: query failed: ERROR: invalid input '
+                             'syntax for type integer: "(value hidden)"\n')
+    for text in (result.stdout + result.stderr, json.dumps(event)):
+        assert "row-canary" not in text
+
+
 def test_server_stopped_mid_dump(backup_dir):
     server = PostgresServer().init().start().setup_app()
     try:
