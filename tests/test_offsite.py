@@ -7,6 +7,7 @@ import os
 import shutil
 import stat
 import subprocess
+import tempfile
 
 import pytest
 
@@ -168,9 +169,17 @@ def test_unencrypted_backups_never_leave_the_host(pg, fresh_db, backup_dir, tmp_
     assert not any(usb.iterdir())
 
 
-def test_a_usb_path_must_be_a_mounted_disk(encrypted_backups, backup_dir, tmp_path):
+@pytest.fixture
+def not_a_mount():
+    """A directory of its own on the root file system, where an unplugged disk's mount point would be."""
+    path = tempfile.mkdtemp(prefix="forge-not-a-mount.", dir="/var/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_a_usb_path_must_be_a_mounted_disk(encrypted_backups, backup_dir, tmp_path, not_a_mount):
     database, _ = encrypted_backups
-    target = "/var/tmp/forge-not-a-mount/infer-forge"
+    target = os.path.join(not_a_mount, "infer-forge")
     assert os.stat("/var/tmp").st_dev == os.stat("/").st_dev, "precondition: /var/tmp is on the root file system"
     result = offsite(database, backup_dir, target, tmp_path, OFFSITE_REQUIRE_MOUNT=1)
     assert result.returncode == 1
@@ -213,11 +222,11 @@ def test_a_failed_run_keeps_the_time_of_the_last_verified_copy(encrypted_backups
     assert state["passed"] is False and state["last_success"] == pytest.approx(last_success)
 
 
-def test_a_failed_offsite_copy_is_reported_to_sentry(encrypted_backups, backup_dir, tmp_path):
+def test_a_failed_offsite_copy_is_reported_to_sentry(encrypted_backups, backup_dir, tmp_path, not_a_mount):
     database, _ = encrypted_backups
     stub = SentryStub()
     try:
-        result = offsite(database, backup_dir, "/var/tmp/forge-not-a-mount/x", tmp_path, OFFSITE_REQUIRE_MOUNT=1,
+        result = offsite(database, backup_dir, os.path.join(not_a_mount, "x"), tmp_path, OFFSITE_REQUIRE_MOUNT=1,
                          SENTRY_DSN=stub.dsn(), ENVIRONMENT="production")
     finally:
         stub.close()
