@@ -389,8 +389,11 @@ class Checklist:
                               text=True, timeout=self.s["timeout"] * 6)
         if proc.returncode != 0:
             status = FAIL
+            # amtool says why on stdout ("FAILED: undefined receiver ..."), only that it failed on stderr.
+            why = [line.split("FAILED", 1)[1].lstrip(": ").strip() for line in proc.stdout.splitlines()
+                   if "FAILED" in line]
             evidence.append(f"{self.s['alertmanager_config']}: amtool check-config failed: "
-                            f"{last_line(proc.stderr or proc.stdout)}")
+                            f"{why[-1] if why else last_line(proc.stderr or proc.stdout)}")
         else:
             found = ", ".join(re.findall(r"^ - (\d+ (?:receivers|inhibit rules))$", proc.stdout, re.M))
             evidence.append(f"{self.s['alertmanager_config']}: valid (amtool check-config), {found or 'no receivers'}")
