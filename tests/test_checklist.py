@@ -1,6 +1,6 @@
 """The production checklist's host-side items against real files, a real backup,
-a real restore drill and real logrotate. Items 7-9 ask a live Prometheus and
-Alertmanager; the end-to-end Molecule scenario covers them."""
+a real restore drill and real logrotate. Items 7 and 9 ask a live Prometheus and
+Alertmanager: test_checklist_monitoring.py runs them against real ones."""
 
 import datetime
 import json
