@@ -215,4 +215,26 @@ MUTANTS = [
                    "said = list(stderr_lines)")],
         "tests": ["tests/test_backup_script.py::test_row_values_in_pg_dumps_detail_lines_reach_neither_the_message_nor_sentry"],
     },
+    {
+        "name": "critical-alerts-reach-only-the-pager",
+        "promise": "a critical alert pages someone and still reaches the team",
+        "edits": [("roles/alertmanager/templates/alertmanager.yml.j2", "      continue: true\n    - receiver: team\n",
+                   "      continue: true\n")],
+        "tests": ["tests/test_checklist_monitoring.py::test_alertmanager_routes_critical_alerts_to_the_pager_and_every_alert_to_the_team"],
+    },
+    {
+        "name": "checklist-7-ignores-a-failing-probe",
+        "promise": "checklist item 7 fails when any app host's /health fails its probe",
+        "edits": [("module_utils/forge/checklist.py", 'if target["health"] != "up" or probe != "1":',
+                   'if target["health"] != "up":')],
+        "tests": ["tests/test_checklist_monitoring.py::test_item_7_fails_when_any_app_hosts_health_answers_503_or_says_unhealthy"],
+    },
+    {
+        "name": "checklist-9-never-asks-alertmanager",
+        "promise": "checklist item 9 fails when Alertmanager is down",
+        "edits": [("module_utils/forge/checklist.py",
+                   'status_doc = self._get(self.s["alertmanager_url"], "/api/v2/status")',
+                   'status_doc = {"cluster": {"status": "disabled"}}')],
+        "tests": ["tests/test_checklist_monitoring.py::test_item_9_fails_when_alertmanager_is_stopped"],
+    },
 ]

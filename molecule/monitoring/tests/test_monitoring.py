@@ -124,10 +124,66 @@ def test_alertmanager_routes_critical_alerts_to_pagerduty(host):
         assert routed.rc == 0, routed.stderr
         return routed.stdout.strip()
 
-    assert receiver("severity=critical") == "pager"
+    # The team is told about critical alerts too, not only the pager.
+    assert receiver("severity=critical") == "pager,team"
     assert receiver("severity=warning") == "team"
-    # continue: the team is told about critical alerts too, not only the pager.
     import yaml
 
     route = yaml.safe_load(host.file("/etc/prometheus/alertmanager.yml").content_string)["route"]
     assert route["receiver"] == "team" and route["routes"][0]["continue"] is True
+
+
+# The tests below stop Redis on purpose, as an outage would, and start it again afterwards;
+# they come last because every test above needs the stack up and quiet.
+WEBHOOK_LOG = "/var/tmp/alert-webhook.jsonl"
+
+
+def notifications(host):
+    """What Alertmanager posted to the team's webhook (prepare.yml's receiver), oldest first."""
+    log = host.file(WEBHOOK_LOG)
+    return [json.loads(line) for line in log.content_string.splitlines()] if log.exists else []
+
+
+def wait_for(what, condition, seconds):
+    deadline = time.monotonic() + seconds
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} within {seconds} s")
+        time.sleep(2)
+    return result
+
+
+@pytest.fixture(scope="module")
+def redis_stopped(host, targets):
+    """Redis down: the app's /health answers 503 and redis_exporter reports redis_up 0.
+    Yields how many notifications the webhook had before; afterwards Redis runs again
+    and the stack is quiet, so verify can run again."""
+    before = len(notifications(host))
+    host.check_output("systemctl stop redis-server")
+    yield before
+    host.check_output("systemctl start redis-server")
+    wait_for("probe_success back to 1 and no alert firing",
+             lambda: query(host, 'probe_success{job="infer-forge-health"} == 1')
+             and not query(host, 'ALERTS{alertstate="firing"}'), 60)
+
+
+def test_a_health_endpoint_answering_503_fails_the_blackbox_probe(host, redis_stopped):
+    status = host.check_output("curl -s -o /dev/null -w '%{http_code}' http://localhost:8000/health")
+    assert status == "503"
+    [probe] = wait_for("probe_success 0", lambda: query(host, 'probe_success{job="infer-forge-health"} == 0'), 30)
+    assert probe["metric"]["instance"] == "http://localhost:8000/health"
+
+
+def test_a_firing_alert_reaches_the_team_webhook(host, redis_stopped):
+    def redis_down():
+        return [(note, alert) for note in notifications(host)[redis_stopped:]
+                for alert in note["body"]["alerts"]
+                if alert["labels"]["alertname"] == "InferForgeRedisDown" and alert["status"] == "firing"]
+
+    # for: 1m, then one evaluation (5 s) and group_wait (1 s).
+    [(note, alert), *_] = wait_for("InferForgeRedisDown notified to the webhook", redis_down, 120)
+    assert note["path"] == "/alerts"
+    # Critical alerts page and, through continue: true, still reach the team.
+    assert note["body"]["receiver"] == "team"
+    assert alert["labels"]["severity"] == "critical" and alert["labels"]["environment"] == "lab"
+    assert alert["annotations"]["summary"] == "Redis on 127.0.0.1:9121 is down"
