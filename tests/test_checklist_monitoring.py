@@ -291,3 +291,17 @@ def test_alertmanager_routes_critical_alerts_to_the_pager_and_every_alert_to_the
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == receivers
+
+
+def test_item_9_never_copies_a_webhook_url_from_a_broken_config_into_the_report(stack, tmp_path):
+    """A webhook URL is a secret; a vault value with a trailing newline makes amtool quote it."""
+    with open(stack.alertmanager_config) as handle:
+        config = yaml.safe_load(handle)
+    config["receivers"][0]["webhook_configs"] = [{"url": "https://hooks.example.com/T0SECRET/TOKENSECRET\n"}]
+    broken = tmp_path / "alertmanager.yml"
+    broken.write_text(yaml.safe_dump(config))
+    result = alerting(stack, alertmanager_config=str(broken))
+    assert result["status"] == "FAIL"
+    assert result["evidence"][1] == (f"{broken}: amtool check-config failed: (URL hidden) net/url: invalid control "
+                                     "character in URL"), result
+    assert "SECRET" not in json.dumps(result)

@@ -389,11 +389,8 @@ class Checklist:
                               text=True, timeout=self.s["timeout"] * 6)
         if proc.returncode != 0:
             status = FAIL
-            # amtool says why on stdout ("FAILED: undefined receiver ..."), only that it failed on stderr.
-            why = [line.split("FAILED", 1)[1].lstrip(": ").strip() for line in proc.stdout.splitlines()
-                   if "FAILED" in line]
             evidence.append(f"{self.s['alertmanager_config']}: amtool check-config failed: "
-                            f"{why[-1] if why else last_line(proc.stderr or proc.stdout)}")
+                            f"{_amtool_reason(proc.stdout) or last_line(proc.stderr or proc.stdout)}")
         else:
             found = ", ".join(re.findall(r"^ - (\d+ (?:receivers|inhibit rules))$", proc.stdout, re.M))
             evidence.append(f"{self.s['alertmanager_config']}: valid (amtool check-config), {found or 'no receivers'}")
@@ -405,6 +402,22 @@ class Checklist:
             status = FAIL
             evidence.append("Prometheus sends alerts to no Alertmanager")
         return status, evidence
+
+
+# A webhook or SMTP URL in the config is a secret: amtool quotes it when it cannot parse it.
+_URL = re.compile(r"""(?:parse |\b[a-z][a-z0-9+.-]*://)[^\s,]*""", re.IGNORECASE)
+
+
+def _amtool_reason(stdout):
+    """amtool says why on stdout ("FAILED: undefined receiver ..."), only that it failed on stderr;
+    a YAML error continues on the next, indented line. URLs are left out of the report."""
+    lines = stdout.splitlines()
+    for index, line in enumerate(lines):
+        if "FAILED" in line:
+            reason = [line.split("FAILED", 1)[1].lstrip(": ").strip()]
+            reason += [item.strip() for item in lines[index + 1:index + 4] if item[:1].isspace() and item.strip()]
+            return _URL.sub("(URL hidden)", " ".join(reason))
+    return ""
 
 
 def _read_text(path):
