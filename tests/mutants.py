@@ -152,7 +152,8 @@ MUTANTS = [
         "name": "child-tools-inherit-the-password-variable",
         "promise": "pg_dump and psql get the password only as a 0600 file descriptor, never in their environment",
         "edits": [("module_utils/forge/pgconn.py",
-                   'if not k.startswith("PG") and not SECRET_NAME.search(k)}', 'if not k.startswith("PG")}')],
+                   'env = {k: v for k, v in child_env().items() if not k.startswith("PG")}',
+                   'env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}')],
         "tests": ["tests/test_backup_script.py::test_secrets_never_appear_in_the_process_list"],
     },
     {

@@ -1,15 +1,20 @@
 """PostgreSQL connection settings shared by backup, restore and health checks."""
 
 import os
-import re
 import subprocess
 
 from .errors import ForgeError
 
 CONNECT_TIMEOUT = 10
 
-# Environment variables a child tool never needs to see (POSTGRES_PASSWORD, SENTRY_DSN, ...).
-SECRET_NAME = re.compile(r"PASSWORD|PASSPHRASE|SECRET|TOKEN|DSN|CREDENTIAL|_KEY$", re.IGNORECASE)
+# The secrets the engine itself reads from its environment (the runbook's POSTGRES_PASSWORD, the
+# Sentry DSN): a child tool never needs them. Others (a wrapper's cloud token) are the wrapper's.
+SECRET_VARIABLES = frozenset({"POSTGRES_PASSWORD", "SENTRY_DSN"})
+
+
+def child_env(environ=None):
+    """The environment for a child process: the engine's own, without its secrets."""
+    return {k: v for k, v in (os.environ if environ is None else environ).items() if k not in SECRET_VARIABLES}
 
 
 class PgSettings:
@@ -70,10 +75,10 @@ class PgSettings:
 
         PGDATABASE is taken literally, so database names with spaces, quotes
         or '=' never get parsed as a connection string. The password reaches
-        the tool only as ``passfile``: the runbook's POSTGRES_PASSWORD and any
-        other variable named like a secret stay in the engine's environment.
+        the tool only as ``passfile``: the runbook's POSTGRES_PASSWORD and the
+        Sentry DSN stay in the engine's environment.
         """
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG") and not SECRET_NAME.search(k)}
+        env = {k: v for k, v in child_env().items() if not k.startswith("PG")}
         env.update({
             "PGHOST": self.host,
             "PGPORT": str(self.port),
@@ -172,7 +177,7 @@ def client_major_version(command):
     tool = next((i for i, word in enumerate(command) if os.path.basename(word) in _LIBPQ_TOOLS), None)
     probe = command[:tool + 1] if tool is not None else command
     try:
-        out = subprocess.run(probe + ["--version"], capture_output=True, text=True,
+        out = subprocess.run(probe + ["--version"], capture_output=True, text=True, env=child_env(),
                              timeout=30, check=False)
     except FileNotFoundError:
         raise ForgeError(f"{command[0]} not found; install the PostgreSQL client "
