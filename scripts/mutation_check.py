@@ -16,6 +16,7 @@ import concurrent.futures
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -63,15 +64,29 @@ def apply(root, mutant):
 
 
 def run_tests(root, tests):
-    command = [sys.executable, "-m", "pytest", "-q", "-x", "-rf", "-p", "no:cacheprovider",
+    command = [sys.executable, "-m", "pytest", "-q", "-x", "-rfE", "-p", "no:cacheprovider",
                f"--basetemp={os.path.join(root, '.pytest-tmp')}", *tests]
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    # A skip is a failure under make test (tests/conftest.py); here it would pass for a kill.
+    env = {k: v for k, v in os.environ.items() if k != "FORGE_TESTS_MAY_SKIP"}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    # A session of its own: on a timeout the servers and engines the tests started die with it.
+    proc = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env, start_new_session=True)
     try:
-        proc = subprocess.run(command, cwd=root, capture_output=True, text=True, env=env,
-                              timeout=PER_MUTANT_TIMEOUT)
+        output, _ = proc.communicate(timeout=PER_MUTANT_TIMEOUT)
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
         return None, f"timed out after {PER_MUTANT_TIMEOUT} s"
-    return proc.returncode, proc.stdout + proc.stderr
+    return proc.returncode, output
+
+
+def killers(output):
+    """The tests that failed in their call phase: a setup error (a server that did not start) or a
+    test that would have skipped proves nothing about the mutant."""
+    if "would be skipped (" in output:
+        return []
+    return re.findall(r"^FAILED (\S+::\S+)", output, re.M)
 
 
 def check(mutant, files, baseline):
@@ -90,9 +105,8 @@ def check(mutant, files, baseline):
             return "STALE", str(exc), time.monotonic() - started
         status, output = run_tests(root, mutant["tests"])
         elapsed = time.monotonic() - started
-        if status == 1:
-            killers = re.findall(r"^FAILED (\S+)", output, re.M)
-            return "KILLED", ", ".join(killers) or "(a failing test)", elapsed
+        if status == 1 and killers(output) and not re.search(r"^ERROR ", output, re.M):
+            return "KILLED", ", ".join(killers(output)), elapsed
         if status == 0:
             return "SURVIVED", f"all {len(mutant['tests'])} test(s) passed", elapsed
         return "ERROR", f"pytest exit {status}:\n" + _tail(output), elapsed
