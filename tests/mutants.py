@@ -238,4 +238,11 @@ MUTANTS = [
                    'status_doc = {"cluster": {"status": "disabled"}}')],
         "tests": ["tests/test_checklist_monitoring.py::test_item_9_fails_when_alertmanager_is_stopped"],
     },
+    {
+        "name": "any-comment-less-side-name-is-dropped",
+        "promise": "a restore drops only its own target's crashed side databases",
+        "edits": [(RESTORE, "            if comment is None and name != derived_name(target, name[-len(_SIDE_SUFFIX_EXAMPLE):]):\n"
+                            "                continue\n", "")],
+        "tests": ["tests/test_restore_safety.py::test_a_side_database_left_between_create_and_comment_is_cleared_by_the_next_restore"],
+    },
 ]

@@ -905,15 +905,17 @@ def test_a_side_database_left_between_create_and_comment_is_cleared_by_the_next_
     before = table_counts(pg, live)
     from forge.restore import derived_name
 
-    orphan, stranger = derived_name(live, "_restoring_0badc0de"), derived_name(live, "_restoring_notmine")
-    for name in (orphan, stranger):
+    orphan = derived_name(live, "_restoring_0badc0de")
+    # Not ours: not a side's name, or another target's side (which the SQL pattern alone would take).
+    strangers = [derived_name(live, "_restoring_notmine"), "other_shop_restoring_0badc0de"]
+    for name in (orphan, *strangers):
         pg.create_database(name)
     try:
         log = []
         report = restore(pg, backup_dir, live, database=live, force=True, keep_previous=False, log=log.append)
         assert f"Dropping {orphan}, left by an interrupted restore into {live}" in log
-        assert not pg.database_exists(orphan) and pg.database_exists(stranger)
+        assert not pg.database_exists(orphan) and all(pg.database_exists(name) for name in strangers)
         assert report["target_state"] == "replaced" and table_counts(pg, live) == before
     finally:
-        for name in (orphan, stranger):
+        for name in (orphan, *strangers):
             pg.drop_database(name)
