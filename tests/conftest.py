@@ -25,6 +25,18 @@ MAY_SKIP = os.environ.get("FORGE_TESTS_MAY_SKIP") == "1"
 
 
 @pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """A module that skips itself whole (importorskip, allow_module_level) fails the same way."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and not MAY_SKIP:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        why = reason.removeprefix("Skipped: ")
+        report.longrepr = f"{collector.nodeid} would be skipped ({why}); make test needs it to run"
+
+
+@pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
