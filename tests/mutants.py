@@ -245,4 +245,22 @@ MUTANTS = [
                             "                continue\n", "")],
         "tests": ["tests/test_restore_safety.py::test_a_side_database_left_between_create_and_comment_is_cleared_by_the_next_restore"],
     },
+    {
+        "name": "a-failed-backup-removes-the-last-good-one",
+        "promise": "a failed backup deletes nothing: the last good backup stays byte for byte",
+        "edits": [(BACKUP, '            _unlink_quietly(locals().get("partial_path"))\n',
+                   '            _unlink_quietly(locals().get("partial_path"))\n'
+                   '            for backup in self._scan()[:1]:\n'
+                   '                _unlink_quietly(backup.path)\n')],
+        "tests": ["tests/test_backup_script.py::test_pg_dump_killed_mid_dump_leaves_no_backup",
+                  "tests/test_backup_script.py::test_truncated_dump_without_completion_marker_fails"],
+    },
+    {
+        "name": "the-passphrase-lands-in-the-manifest",
+        "promise": "the manifest, checksum file and log never hold the passphrase",
+        "edits": [(BACKUP, '            "tool": "infer-forge-ops",\n',
+                   '            "tool": "infer-forge-ops",\n'
+                   '            "note": (self.passphrase or b"").decode("utf-8", "replace"),\n')],
+        "tests": ["tests/test_backup_script.py::test_the_manifest_is_signed_and_never_holds_the_passphrase"],
+    },
 ]
