@@ -12,7 +12,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "module_utils"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from servers import PostgresServer, RedisServer  # noqa: E402
+from servers import PostgresServer, RedisServer, load_sample_data  # noqa: E402
 
 # The engine runs on hosts with Debian's python3 and its packaged libraries;
 # the module and script tests use exactly that interpreter.
@@ -78,6 +78,13 @@ def fresh_db(pg, request):
     pg.create_database(name)
     yield name
     pg.drop_database(name)
+
+
+@pytest.fixture
+def sample_db(pg, fresh_db):
+    """fresh_db holding the sample customers and orders (servers.load_sample_data)."""
+    load_sample_data(pg, fresh_db)
+    return fresh_db
 
 
 class ModuleRunner:

@@ -9,8 +9,6 @@ import os
 import re
 import signal
 
-import pytest
-
 from helpers import (
     StalledDump,
     backups_in,
@@ -21,13 +19,6 @@ from helpers import (
     take_backup,
     wait_until,
 )
-from servers import load_sample_data
-
-
-@pytest.fixture
-def sample_db(pg, fresh_db):
-    load_sample_data(pg, fresh_db)
-    return fresh_db
 
 
 def _partial_name_re(database, pid):

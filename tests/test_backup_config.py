@@ -9,16 +9,8 @@ import gzip
 import os
 import subprocess
 
-import pytest
-
 from helpers import BACKUP_SCRIPT, backups_in, manifest_of, run_backup_script, signing_passphrase_file
-from servers import load_sample_data, table_counts
-
-
-@pytest.fixture
-def sample_db(pg, fresh_db):
-    load_sample_data(pg, fresh_db)
-    return fresh_db
+from servers import table_counts
 
 
 def _write_config(path, settings):

@@ -38,12 +38,6 @@ from helpers import (
 from servers import PostgresServer, load_sample_data, table_counts
 
 
-@pytest.fixture
-def sample_db(pg, fresh_db):
-    load_sample_data(pg, fresh_db)
-    return fresh_db
-
-
 def _restore_target(pg, name):
     pg.create_database(name)
     return name

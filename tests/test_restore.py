@@ -20,12 +20,6 @@ from helpers import (
 from servers import PostgresServer, load_sample_data, table_counts
 
 
-@pytest.fixture
-def sample_db(pg, fresh_db):
-    load_sample_data(pg, fresh_db)
-    return fresh_db
-
-
 def restore_args(pg, backup_dir, **extra):
     """The module's arguments as a restore on the backup host passes them: the passphrase
     (which checks every manifest's signature) and unencrypted backups allowed unless said."""
