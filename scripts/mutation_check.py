@@ -105,8 +105,9 @@ def check(mutant, files, baseline):
             return "STALE", str(exc), time.monotonic() - started
         status, output = run_tests(root, mutant["tests"])
         elapsed = time.monotonic() - started
-        if status == 1 and killers(output) and not re.search(r"^ERROR ", output, re.M):
-            return "KILLED", ", ".join(killers(output)), elapsed
+        failed = killers(output)
+        if status == 1 and failed and not re.search(r"^ERROR ", output, re.M):
+            return "KILLED", ", ".join(failed), elapsed
         if status == 0:
             return "SURVIVED", f"all {len(mutant['tests'])} test(s) passed", elapsed
         return "ERROR", f"pytest exit {status}:\n" + _tail(output), elapsed

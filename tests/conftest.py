@@ -24,16 +24,20 @@ HOST_PYTHON = os.environ.get("FORGE_HOST_PYTHON", "/usr/bin/python3")
 MAY_SKIP = os.environ.get("FORGE_TESTS_MAY_SKIP") == "1"
 
 
+def _fail_the_skip(report, nodeid):
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    report.outcome = "failed"
+    report.longrepr = (f"{nodeid} would be skipped ({reason.removeprefix('Skipped: ')}); make test "
+                       "needs it to run (FORGE_TESTS_MAY_SKIP=1 allows skips outside make test)")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_make_collect_report(collector):
     """A module that skips itself whole (importorskip, allow_module_level) fails the same way."""
     outcome = yield
     report = outcome.get_result()
     if report.skipped and not MAY_SKIP:
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        report.outcome = "failed"
-        why = reason.removeprefix("Skipped: ")
-        report.longrepr = f"{collector.nodeid} would be skipped ({why}); make test needs it to run"
+        _fail_the_skip(report, collector.nodeid)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -41,10 +45,7 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     if report.skipped and not MAY_SKIP and not hasattr(report, "wasxfail"):
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        report.outcome = "failed"
-        report.longrepr = (f"{item.nodeid} would be skipped ({reason.removeprefix('Skipped: ')}); make test "
-                           "needs it to run (FORGE_TESTS_MAY_SKIP=1 allows skips outside make test)")
+        _fail_the_skip(report, item.nodeid)
 
 
 @pytest.fixture(scope="session")

@@ -12,9 +12,9 @@ CONNECT_TIMEOUT = 10
 SECRET_VARIABLES = frozenset({"POSTGRES_PASSWORD", "SENTRY_DSN"})
 
 
-def child_env(environ=None):
+def child_env():
     """The environment for a child process: the engine's own, without its secrets."""
-    return {k: v for k, v in (os.environ if environ is None else environ).items() if k not in SECRET_VARIABLES}
+    return {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
 
 
 class PgSettings:
