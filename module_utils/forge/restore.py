@@ -441,6 +441,8 @@ class Restorer:
             return "new", "nothing"
         with self.settings.connect(database=target) as conn:
             tables, others = conn.execute(_CONTENTS_QUERY).fetchone()
+            ours = conn.info.backend_pid
+        _wait_until_gone(control, ours)
         if tables == 0 and others == 0:
             return "empty", "empty"
         held = f"{tables} tables" if tables else f"{others} objects (views, sequences, functions or large objects)"
@@ -724,6 +726,16 @@ def _sessions(control, target):
     return control.execute(
         "SELECT pid, usename, application_name, coalesce(client_addr::text, 'local') FROM pg_stat_activity "
         "WHERE datname = %s AND pid <> pg_backend_pid() ORDER BY pid", (target,)).fetchall()
+
+
+def _wait_until_gone(control, pid, seconds=5.0):
+    """A closed connection's backend stays in pg_stat_activity until it has finished exiting:
+    wait for it, so a restore never names (or ends) its own finished session as the target's."""
+    deadline = time.monotonic() + seconds
+    while control.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone():
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.01)
 
 
 def _describe_session(session):
