@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 
+from . import settings as declarations
 from .errors import ForgeError
 from .privileges import become_directory_owner
 
@@ -59,16 +60,6 @@ def load_config(environ):
     return config
 
 
-def _int(config, key, default):
-    raw = config.get(key)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ForgeError(f"{key} must be a whole number, got {raw!r}") from None
-
-
 def _flag(config, key, default=False):
     raw = config.get(key)
     if raw is None or raw == "":
@@ -81,51 +72,47 @@ def backup_from_config(config):
 
     from .backup import BackupOptions, BackupRunner
 
-    settings = pg_settings_from_config(config)
-    passphrase_file = config.get("BACKUP_PASSPHRASE_FILE")
+    store = declarations.from_config(declarations.STORE, config)
+    backup = declarations.from_config(declarations.BACKUP, config)
+    passphrase_file = store["passphrase_file"]
     dump_command = shlex.split(config["BACKUP_DUMP_COMMAND"]) if config.get("BACKUP_DUMP_COMMAND") else None
     options = BackupOptions(
-        backup_dir=config.get("BACKUP_DIR", "/backups"),
-        retention_days=_int(config, "RETENTION_DAYS", 30),
-        min_keep=_int(config, "BACKUP_MIN_KEEP", 7),
-        keep_daily=_int(config, "BACKUP_KEEP_DAILY", 0),
-        keep_weekly=_int(config, "BACKUP_KEEP_WEEKLY", 0),
-        keep_monthly=_int(config, "BACKUP_KEEP_MONTHLY", 0),
-        dump_format=config.get("BACKUP_FORMAT", "plain"),
-        compression=config.get("BACKUP_COMPRESSION", "gzip"),
-        compression_level=_int(config, "BACKUP_COMPRESSION_LEVEL", None),
-        jobs=_int(config, "BACKUP_JOBS", None),
+        backup_dir=store["backup_dir"],
+        retention_days=backup["retention_days"],
+        min_keep=backup["min_keep"],
+        keep_daily=backup["keep_daily"],
+        keep_weekly=backup["keep_weekly"],
+        keep_monthly=backup["keep_monthly"],
+        dump_format=backup["format"],
+        compression=backup["compression"],
+        compression_level=backup["compression_level"],
+        jobs=backup["jobs"],
         passphrase_file=passphrase_file,
+        # The runbook's way: a passphrase file alone turns encryption on.
         encrypt=_flag(config, "BACKUP_ENCRYPT", bool(passphrase_file)),
         dump_command=dump_command,
-        lock_wait=_int(config, "BACKUP_LOCK_WAIT", 0),
-        textfile_dir=config.get("BACKUP_TEXTFILE_DIR"),
-        sentry_dsn=config.get("SENTRY_DSN"),
-        environment=config.get("ENVIRONMENT"),
-        space_check=_flag(config, "BACKUP_SPACE_CHECK", True),
+        lock_wait=backup["lock_wait"],
+        textfile_dir=store["textfile_dir"],
+        sentry_dsn=store["sentry_dsn"],
+        environment=store["environment"],
+        space_check=backup["space_check"],
         kdf_iterations=_kdf_iterations(config),
     )
-    return BackupRunner(options, settings, log=log_line)
+    return BackupRunner(options, pg_settings_from_config(config), log=log_line)
 
 
 def _kdf_iterations(config):
     """BACKUP_KDF_ITER: PBKDF2 iterations of new backups, and of files named without a manifest."""
-    from .opensslenc import kdf_iterations
-
-    return kdf_iterations(config.get("BACKUP_KDF_ITER"), "BACKUP_KDF_ITER")
+    return declarations.from_config(declarations.STORE, config)["kdf_iter"]
 
 
 def pg_settings_from_config(config):
     from .pgconn import PgSettings
 
-    return PgSettings(
-        host=config.get("POSTGRES_HOST", "localhost"),
-        port=_int(config, "POSTGRES_PORT", 5432),
-        user=config.get("POSTGRES_USER"),
-        password=config.get("POSTGRES_PASSWORD"),
-        database=config.get("POSTGRES_DB"),
-        sslmode=config.get("POSTGRES_SSLMODE"),
-    )
+    connection = declarations.from_config(declarations.CONNECTION, config)
+    return PgSettings(host=connection["login_host"], port=connection["port"], user=connection["login_user"],
+                      password=connection["login_password"], database=connection["database"],
+                      sslmode=connection["sslmode"])
 
 
 def _drill_checks(config):
@@ -177,8 +164,9 @@ def restore_command(args, config):
     parsed = parser.parse_args(args)
     settings = pg_settings_from_config(config)
     backup_file = None if parsed.backup == "latest" else parsed.backup
-    passphrase_file = config.get("BACKUP_PASSPHRASE_FILE")
-    options = RestoreOptions(backup_dir=config.get("BACKUP_DIR", "/backups"), passphrase_file=passphrase_file,
+    store = declarations.from_config(declarations.STORE, config)
+    passphrase_file = store["passphrase_file"]
+    options = RestoreOptions(backup_dir=store["backup_dir"], passphrase_file=passphrase_file,
                              jobs=getattr(parsed, "jobs", None), force=getattr(parsed, "force", False),
                              keep_previous=not getattr(parsed, "drop_previous", False),
                              require_encryption=_flag(config, "BACKUP_ENCRYPT", bool(passphrase_file)),
@@ -186,11 +174,12 @@ def restore_command(args, config):
     log = log_line
     if parsed.action == "drill":
         drill = DrillOptions(
-            database=settings.database, scratch_database=parsed.scratch or config.get("DRILL_SCRATCH_DB"),
+            database=settings.database,
+            scratch_database=parsed.scratch or declarations.from_config(declarations.DRILL, config)["scratch_database"],
             backup_file=backup_file, keep=parsed.keep,
             sql_checks=_drill_checks(config) + [{"name": sql, "sql": sql} for sql in parsed.check],
-            textfile_dir=config.get("BACKUP_TEXTFILE_DIR"), report_dir=config.get("DRILL_REPORT_DIR"),
-            sentry_dsn=config.get("SENTRY_DSN"), environment=config.get("ENVIRONMENT"))
+            textfile_dir=store["textfile_dir"], report_dir=store["report_dir"],
+            sentry_dsn=store["sentry_dsn"], environment=store["environment"])
         result = Drill(drill, options, settings, log=log).run()
         counted = "counted" if result["verdict"] == "UNVERIFIED" else "checked"
         log_line(f"{result['verdict']}: {result.get('backup', '-')}: "
@@ -212,22 +201,24 @@ def offsite_from_config(config):
     """OFFSITE_* settings (in the same BACKUP_CONFIG file) for ``forge offsite``."""
     from .offsite import OffsiteCopy, OffsiteOptions
 
+    store = declarations.from_config(declarations.STORE, config)
+    offsite = declarations.from_config(declarations.OFFSITE, config)
     options = OffsiteOptions(
-        backup_dir=config.get("BACKUP_DIR", "/backups"),
+        backup_dir=store["backup_dir"],
         target=config.get("OFFSITE_TARGET"),
         database=config.get("POSTGRES_DB"),
-        retention_days=_int(config, "OFFSITE_RETENTION_DAYS", 90),
-        min_keep=_int(config, "OFFSITE_MIN_KEEP", 7),
-        ssh_port=_int(config, "OFFSITE_SSH_PORT", 22),
+        retention_days=offsite["retention_days"],
+        min_keep=offsite["min_keep"],
+        ssh_port=offsite["ssh_port"],
         ssh_identity=config.get("OFFSITE_SSH_KEY"),
         known_hosts=config.get("OFFSITE_KNOWN_HOSTS"),
-        require_mount=_flag(config, "OFFSITE_REQUIRE_MOUNT", True),
-        skip_unencrypted=_flag(config, "OFFSITE_SKIP_UNENCRYPTED", False),
-        textfile_dir=config.get("BACKUP_TEXTFILE_DIR"),
-        state_dir=config.get("DRILL_REPORT_DIR"),
-        sentry_dsn=config.get("SENTRY_DSN"),
-        environment=config.get("ENVIRONMENT"),
-        passphrase_file=config.get("BACKUP_PASSPHRASE_FILE"),
+        require_mount=offsite["require_mount"],
+        skip_unencrypted=offsite["skip_unencrypted"],
+        textfile_dir=store["textfile_dir"],
+        state_dir=store["report_dir"],
+        sentry_dsn=store["sentry_dsn"],
+        environment=store["environment"],
+        passphrase_file=store["passphrase_file"],
     )
     return OffsiteCopy(options, log=log_line)
 
@@ -246,16 +237,17 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-BACKUP_HELP = """usage: backup_db.sh [--help]
+BACKUP_HELP = f"""usage: backup_db.sh [--help]
 
 Take one verified backup of POSTGRES_DB into BACKUP_DIR, then apply retention.
 Settings come from the environment and from BACKUP_CONFIG (default
 /etc/infer-forge/backup.env); the environment wins. The main ones:
   POSTGRES_HOST POSTGRES_PORT POSTGRES_USER POSTGRES_PASSWORD POSTGRES_DB
-  BACKUP_DIR (/backups)  RETENTION_DAYS (30)  BACKUP_MIN_KEEP (7)
+  {declarations.STORE["backup_dir"].env} ({declarations.STORE["backup_dir"].default})  \
+{declarations.help_line(declarations.BACKUP, "retention_days", "min_keep")}
   BACKUP_PASSPHRASE_FILE  encrypts (AES-256, openssl enc format) and signs the manifest
   BACKUP_ENCRYPT (on when a passphrase file is set)  BACKUP_FORMAT (plain|custom)
-  BACKUP_COMPRESSION (gzip|zstd)  BACKUP_KDF_ITER (10000, openssl's default)
+  BACKUP_COMPRESSION (gzip|zstd)  BACKUP_KDF_ITER ({declarations.STORE["kdf_iter"].default}, openssl's default)
   BACKUP_TEXTFILE_DIR  SENTRY_DSN
 Exit status: 0 done, 1 failed (nothing deleted), 75 another backup holds the lock."""
 
@@ -307,7 +299,7 @@ def main(argv=None):
     try:
         config = load_config(os.environ)
         # Before anything is opened: root never works in the backup user's directory.
-        become_directory_owner(config.get("BACKUP_DIR", "/backups"),
+        become_directory_owner(declarations.from_config(declarations.STORE, config)["backup_dir"],
                                log=lambda line: print(f"NOTE: {line}", file=sys.stderr, flush=True))
         if argv[0] == "offsite":
             return offsite_command(argv[1:], config)

@@ -1,0 +1,202 @@
+"""Every setting of every use case, declared once.
+
+A setting has one name (the module option and the engine's keyword), a type, the engine's
+default, the environment variable the on-host commands read (the runbook's names), the role
+variable that sets it on a host, the role's default where a deployed host wants another value
+than the engine (a user name, a metrics directory), and one line of documentation.
+
+What follows from these declarations: the on-host commands' configuration
+(:func:`from_config`), ``backup_db.sh --help``, and the engine's option defaults. What is checked
+against them by tests/test_settings.py, and fails on any drift: each module's argument spec
+and documented default, each role's ``defaults/main.yml`` and ``meta/argument_specs.yml``.
+"""
+
+from .errors import ForgeError
+
+SAME = object()  # role_default: the role ships the engine's default
+
+
+class Setting:
+    """One setting of one use case."""
+
+    __slots__ = ("name", "kind", "default", "env", "role_var", "role_default", "doc", "choices", "secret", "reader")
+
+    def __init__(self, name, kind, default, doc, env=None, role_var=None, role_default=SAME, choices=(),
+                 secret=False, reader=None):
+        self.name = name
+        self.kind = kind
+        self.default = default
+        self.env = env
+        self.role_var = role_var
+        self.role_default = default if role_default is SAME else role_default
+        self.doc = doc
+        self.choices = tuple(choices)
+        self.secret = secret
+        self.reader = reader  # for a setting with rules of its own: reader(raw, env) -> value
+
+    def parse(self, raw):
+        """The value of an environment variable or config-file line, as this setting's type."""
+        if self.reader:
+            return self.reader(raw or None, self.env)
+        if raw is None or raw == "":
+            return self.default
+        if self.kind == "int":
+            try:
+                value = int(raw)
+            except ValueError:
+                raise ForgeError(f"{self.env} must be a whole number, got {raw!r}") from None
+        elif self.kind == "bool":
+            value = raw.strip().lower() in ("1", "true", "yes", "on")
+        else:
+            value = raw  # choices are the engine's to check: a custom dump ignores compression
+        return value
+
+    def module_option(self):
+        """This setting as an entry of an AnsibleModule argument spec."""
+        option = {"type": self.kind}
+        if self.default is not None:
+            option["default"] = self.default
+        if self.choices:
+            option["choices"] = list(self.choices)
+        if self.secret:
+            option["no_log"] = True
+        return option
+
+
+def _kdf_iterations(raw, env):
+    from .opensslenc import kdf_iterations
+
+    return kdf_iterations(raw, env)
+
+
+def _table(*settings):
+    return {setting.name: setting for setting in settings}
+
+
+# How every use case reaches PostgreSQL (POSTGRES_* as in the runbook).
+CONNECTION = _table(
+    Setting("login_host", "str", "localhost", "PostgreSQL host.", env="POSTGRES_HOST",
+            role_var="backup_postgres_host"),
+    Setting("port", "int", 5432, "PostgreSQL port.", env="POSTGRES_PORT", role_var="backup_postgres_port"),
+    Setting("login_user", "str", None, "PostgreSQL user.", env="POSTGRES_USER", role_var="backup_postgres_user",
+            role_default="infer"),
+    Setting("login_password", "str", None, "PostgreSQL password.", env="POSTGRES_PASSWORD",
+            role_var="backup_postgres_password", role_default="", secret=True),
+    Setting("database", "str", None, "The database to back up.", env="POSTGRES_DB"),
+    Setting("sslmode", "str", None, "libpq sslmode.", env="POSTGRES_SSLMODE"),
+)
+
+# Shared by backup, restore, drill and off-site: where the backups are and how they are keyed.
+STORE = _table(
+    Setting("backup_dir", "path", "/backups", "Where backups go; mode 0700, files 0600.", env="BACKUP_DIR",
+            role_var="backup_dir"),
+    Setting("passphrase_file", "path", None, "File holding the passphrase that encrypts and signs.",
+            env="BACKUP_PASSPHRASE_FILE", role_var="backup_passphrase_file",
+            role_default="/etc/infer-forge/backup.pass"),
+    Setting("kdf_iter", "int", 10000, "PBKDF2 iterations of the encryption key (openssl's default).",
+            env="BACKUP_KDF_ITER", role_var="backup_kdf_iter", reader=_kdf_iterations),
+    Setting("textfile_dir", "path", None, "node_exporter textfile directory for metrics; unset for none.",
+            env="BACKUP_TEXTFILE_DIR", role_var="backup_textfile_dir",
+            role_default="/var/lib/prometheus/node-exporter"),
+    Setting("report_dir", "path", None, "Where drill reports and off-site state are kept.",
+            env="DRILL_REPORT_DIR", role_var="backup_report_dir", role_default="/var/lib/infer-forge/reports"),
+    Setting("sentry_dsn", "str", None, "Sentry DSN failures are reported to.", env="SENTRY_DSN",
+            role_var="backup_sentry_dsn", role_default="", secret=True),
+    Setting("environment", "str", None, "Sentry environment.", env="ENVIRONMENT", role_var="backup_environment",
+            role_default="production"),
+)
+
+BACKUP = _table(
+    Setting("retention_days", "int", 30, "Delete good backups older than this many days, unless a keep rule "
+            "holds them.", env="RETENTION_DAYS", role_var="backup_retention_days"),
+    Setting("min_keep", "int", 7, "Always keep at least this many good backups.", env="BACKUP_MIN_KEEP",
+            role_var="backup_min_keep"),
+    Setting("keep_daily", "int", 0, "Keep the newest backup of each of the last N days.",
+            env="BACKUP_KEEP_DAILY", role_var="backup_keep_daily"),
+    Setting("keep_weekly", "int", 0, "Keep the newest backup of each of the last N weeks.",
+            env="BACKUP_KEEP_WEEKLY", role_var="backup_keep_weekly"),
+    Setting("keep_monthly", "int", 0, "Keep the newest backup of each of the last N months.",
+            env="BACKUP_KEEP_MONTHLY", role_var="backup_keep_monthly"),
+    Setting("format", "str", "plain", "plain (gunzip | psql, as the runbook) or custom (pg_restore --jobs).",
+            env="BACKUP_FORMAT", role_var="backup_format", choices=("plain", "custom")),
+    Setting("compression", "str", "gzip", "gzip or zstd.", env="BACKUP_COMPRESSION",
+            role_var="backup_compression", choices=("gzip", "zstd")),
+    Setting("compression_level", "int", None, "Compression level; the compressor's default when unset.",
+            env="BACKUP_COMPRESSION_LEVEL"),
+    Setting("jobs", "int", None, "Parallel compression threads; one per core when unset.", env="BACKUP_JOBS"),
+    # The commands turn encryption on by themselves when a passphrase file is set (see from_config).
+    Setting("encrypt", "bool", False, "Encrypt with AES-256 (openssl enc format).", env="BACKUP_ENCRYPT",
+            role_var="backup_encrypt"),
+    Setting("lock_wait", "int", 0, "Seconds to wait for another backup of the database to finish.",
+            env="BACKUP_LOCK_WAIT"),
+    Setting("space_check", "bool", True, "Refuse to start when the disk cannot hold another backup.",
+            env="BACKUP_SPACE_CHECK"),
+)
+
+RESTORE = _table(
+    Setting("force", "bool", False, "Replace a target that has tables (restored beside it, swapped in).",
+            role_var="backup_restore_force"),
+    Setting("keep_previous", "bool", True, "Keep a replaced database as <target>_before_restore_<time>."),
+    Setting("create", "bool", True, "Create the target when it does not exist."),
+)
+
+DRILL = _table(
+    Setting("keep", "bool", False, "Keep the drill's scratch database for inspection.", role_var="backup_drill_keep"),
+    Setting("amcheck", "bool", False, "Also run amcheck on the restored copy's indexes.",
+            role_var="backup_drill_amcheck"),
+    Setting("scratch_database", "str", None, "Scratch database of the drill (default <db>_restore_drill).",
+            env="DRILL_SCRATCH_DB", role_var="backup_drill_scratch_database", role_default=""),
+)
+
+OFFSITE = _table(
+    Setting("retention_days", "int", 90, "Days the off-site target keeps our backups.",
+            env="OFFSITE_RETENTION_DAYS", role_var="backup_offsite_retention_days"),
+    Setting("min_keep", "int", 7, "Backups the off-site target always keeps.", env="OFFSITE_MIN_KEEP",
+            role_var="backup_offsite_min_keep"),
+    Setting("ssh_port", "int", 22, "SSH port of the NAS.", env="OFFSITE_SSH_PORT", role_var="backup_offsite_ssh_port"),
+    Setting("require_mount", "bool", True, "A USB path must be below a mount point, so a missing disk never "
+            "fills /.", env="OFFSITE_REQUIRE_MOUNT", role_var="backup_offsite_require_mount"),
+    Setting("skip_unencrypted", "bool", False, "Skip unencrypted backups instead of failing.",
+            env="OFFSITE_SKIP_UNENCRYPTED"),
+)
+
+# The NAS side of off-site copies (roles/offsite_target): what it keeps of what it receives.
+NAS = _table(
+    Setting("retention_days", "int", OFFSITE["retention_days"].default, "Days the NAS keeps received backups.",
+            role_var="offsite_target_retention_days"),
+)
+
+HEALTH = _table(
+    Setting("timeout", "float", 3.0, "Seconds each check may take.", role_var="health_timeout"),
+    Setting("database_host", "str", "localhost", "PostgreSQL host.", role_var="health_database_host"),
+    Setting("database_port", "int", 5432, "PostgreSQL port.", role_var="health_database_port"),
+    Setting("redis_host", "str", "localhost", "Redis host.", role_var="health_redis_host"),
+    Setting("redis_port", "int", 6379, "Redis port.", role_var="health_redis_port"),
+    Setting("redis_db", "int", 0, "Redis database number.", role_var="health_redis_db"),
+    Setting("redis_tls", "bool", False, "Connect to Redis over TLS.", role_var="health_redis_tls"),
+    Setting("app_url", "str", "http://localhost:8000/health", "The app's /health URL.", role_var="health_app_url"),
+)
+
+# Which declarations each module's options follow.
+MODULES = {
+    "forge_backup": (CONNECTION, STORE, BACKUP),
+    "forge_restore": (CONNECTION, STORE, RESTORE, DRILL),
+    "forge_offsite": (STORE, OFFSITE),
+    "forge_health": (HEALTH,),
+}
+
+
+def from_config(table, config):
+    """{name: value} of ``table``'s settings from a KEY=VALUE config (environment wins, see cli)."""
+    return {setting.name: setting.parse(config.get(setting.env)) if setting.env else setting.default
+            for setting in table.values()}
+
+
+def defaults(table):
+    return {setting.name: setting.default for setting in table.values()}
+
+
+def help_line(table, *names):
+    """``ENV (default)`` for each name, as backup_db.sh --help lists them."""
+    return "  ".join(f"{table[name].env} ({table[name].default})" if table[name].default is not None
+                     else table[name].env for name in names)

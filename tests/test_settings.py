@@ -1,0 +1,137 @@
+"""Each setting is declared once, in module_utils/forge/settings.py. Everything that repeats a
+default, a type or a choice (a module's argument spec and its documentation, a role's
+defaults/main.yml and meta/argument_specs.yml, the engine's option classes, the on-host
+commands) must say what the declaration says: edit one alone and this fails."""
+
+import importlib.util
+import inspect
+import os
+
+import pytest
+import yaml
+
+from forge import cli, opensslenc
+from forge import settings as declarations
+from forge.backup import BackupOptions
+from forge.offsite import OffsiteOptions
+from forge.restore import RestoreOptions
+
+from helpers import REPO
+
+ROLE_PREFIXES = {"offsite_target_": "offsite_target", "backup_": "backup", "health_": "health"}
+PATH_TYPES = {"path": ("path", "str"), "str": ("str",), "int": ("int",), "bool": ("bool",), "float": ("float",)}
+
+
+def load_module(name):
+    """A module file as Python, for its ARGUMENT_SPEC and DOCUMENTATION (the engine import inside
+    may fail here; both are plain literals)."""
+    spec = importlib.util.spec_from_file_location(f"library_{name}", os.path.join(REPO, "library", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def role_of(variable):
+    return next(role for prefix, role in ROLE_PREFIXES.items() if variable.startswith(prefix))
+
+
+def read_yaml(*parts):
+    with open(os.path.join(REPO, *parts), encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+def declared_role_variables():
+    tables = [declarations.CONNECTION, declarations.STORE, declarations.BACKUP, declarations.RESTORE,
+              declarations.DRILL, declarations.OFFSITE, declarations.NAS, declarations.HEALTH]
+    return [pytest.param(setting, id=setting.role_var) for table in tables for setting in table.values()
+            if setting.role_var]
+
+
+def module_options():
+    return [pytest.param(module, setting, id=f"{module}-{setting.name}")
+            for module, tables in declarations.MODULES.items() for table in tables for setting in table.values()
+            if setting.name in load_module(module).ARGUMENT_SPEC]
+
+
+@pytest.mark.parametrize("setting", declared_role_variables())
+def test_a_role_default_is_the_declared_one(setting):
+    role = role_of(setting.role_var)
+    defaults = read_yaml("roles", role, "defaults", "main.yml")
+    assert setting.role_var in defaults, f"{setting.role_var} is declared but roles/{role} has no default for it"
+    assert defaults[setting.role_var] == setting.role_default, (
+        f"roles/{role}/defaults/main.yml sets {setting.role_var}: {defaults[setting.role_var]!r}; "
+        f"module_utils/forge/settings.py declares {setting.role_default!r}")
+
+
+@pytest.mark.parametrize("setting", declared_role_variables())
+def test_a_role_argument_spec_agrees_with_the_declaration(setting):
+    role = role_of(setting.role_var)
+    specs = read_yaml("roles", role, "meta", "argument_specs.yml")["argument_specs"]
+    entries = [entry["options"][setting.role_var] for entry in specs.values()
+               if setting.role_var in entry.get("options", {})]
+    assert entries, f"no entry point of roles/{role} declares {setting.role_var}"
+    for option in entries:
+        assert option.get("type", "str") in PATH_TYPES[setting.kind], (setting.role_var, option)
+        if "default" in option:
+            assert option["default"] == setting.role_default, (setting.role_var, option["default"])
+        if setting.choices:
+            assert tuple(option.get("choices", ())) == setting.choices, setting.role_var
+
+
+@pytest.mark.parametrize(("module", "setting"), module_options())
+def test_a_module_option_agrees_with_the_declaration(module, setting):
+    loaded = load_module(module)
+    option = loaded.ARGUMENT_SPEC[setting.name]
+    assert option.get("type", "str") == setting.kind
+    assert option.get("default") == setting.default
+    assert tuple(option.get("choices", ())) == setting.choices
+    assert bool(option.get("no_log")) == setting.secret
+    documented = yaml.safe_load(loaded.DOCUMENTATION)["options"][setting.name]
+    assert documented.get("default") == setting.default, f"{module}'s DOCUMENTATION of {setting.name}"
+    assert documented.get("type", "str") == setting.kind
+
+
+def test_every_module_names_its_declared_options():
+    """A declaration a module does not take is a typo in one or the other."""
+    for module, tables in declarations.MODULES.items():
+        spec = load_module(module).ARGUMENT_SPEC
+        taken = [name for table in tables for name in table if name in spec]
+        assert len(taken) >= len(tables), f"{module} takes almost none of its declared settings: {taken}"
+
+
+def test_the_engine_options_default_to_the_declarations():
+    backup = BackupOptions()
+    for name, attribute in (("retention_days", "retention_days"), ("min_keep", "min_keep"),
+                            ("keep_daily", "keep_daily"), ("keep_weekly", "keep_weekly"),
+                            ("keep_monthly", "keep_monthly"), ("format", "dump_format"),
+                            ("compression", "compression"), ("lock_wait", "lock_wait"),
+                            ("space_check", "space_check"), ("encrypt", "encrypt")):
+        assert getattr(backup, attribute) == declarations.BACKUP[name].default, name
+    assert backup.backup_dir == declarations.STORE["backup_dir"].default
+    assert backup.kdf_iterations == opensslenc.PBKDF2_ITERATIONS == declarations.STORE["kdf_iter"].default
+    offsite = inspect.signature(OffsiteOptions).parameters
+    for name in ("retention_days", "min_keep", "ssh_port", "require_mount", "skip_unencrypted"):
+        assert offsite[name].default == declarations.OFFSITE[name].default, name
+    restore = RestoreOptions()
+    for name in ("force", "keep_previous", "create"):
+        assert getattr(restore, name) == declarations.RESTORE[name].default, name
+    assert restore.backup_dir == declarations.STORE["backup_dir"].default
+
+
+def test_the_on_host_commands_read_the_declared_variables_and_defaults():
+    runner = cli.backup_from_config({"POSTGRES_DB": "db"})
+    assert runner.options.retention_days == declarations.BACKUP["retention_days"].default
+    assert runner.options.backup_dir == declarations.STORE["backup_dir"].default
+    runner = cli.backup_from_config({"POSTGRES_DB": "db", "RETENTION_DAYS": "12", "BACKUP_MIN_KEEP": "3",
+                                     "POSTGRES_PORT": "6543"})
+    assert (runner.options.retention_days, runner.options.min_keep, runner.settings.port) == (12, 3, 6543)
+    offsite = cli.offsite_from_config({"OFFSITE_TARGET": "/mnt/usb/x", "POSTGRES_DB": "db"}).options
+    assert (offsite.retention_days, offsite.min_keep) == (declarations.OFFSITE["retention_days"].default,
+                                                          declarations.OFFSITE["min_keep"].default)
+    assert f"RETENTION_DAYS ({declarations.BACKUP['retention_days'].default})" in cli.BACKUP_HELP
+
+
+def test_a_bad_number_names_its_variable():
+    with pytest.raises(Exception) as caught:
+        cli.backup_from_config({"RETENTION_DAYS": "thirty"})
+    assert caught.value.message == "RETENTION_DAYS must be a whole number, got 'thirty'"
