@@ -6,6 +6,6 @@
 # Prints "Starting backup: ...", "Backup complete: 2.3M", the retention lines,
 # and exits 0 only when a complete, verified backup was written.
 # Settings may also come from /etc/infer-forge/backup.env (or BACKUP_CONFIG);
-# see README "Backups" for every variable.
+# see docs/backup.md, "Environment variables", for every variable.
 set -euo pipefail
 exec "$(dirname "$(readlink -f "$0")")/forge" backup "$@"

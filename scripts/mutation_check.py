@@ -4,7 +4,7 @@
 For every mutant in tests/mutants.py: copy the working tree to a scratch
 directory, apply the mutant's edits there (never here), run the tests named for
 it, and expect at least one of them to fail. A mutant that survives means a
-README promise has no test that can fail; the stage fails and names it.
+README or docs/ promise has no test that can fail; the stage fails and names it.
 
 Usage: scripts/mutation_check.py [--jobs N] [--baseline] [--list] [NAME ...]
   --baseline  first run every named test on the unmutated copy (make test's

@@ -1,6 +1,6 @@
 """Named mutants of the engine's core promises, for scripts/mutation_check.py.
 
-Each mutant breaks one guarantee the README makes, the way a careless change
+Each mutant breaks one guarantee README.md or docs/ make, the way a careless change
 would. ``edits`` are (file, text, replacement); each text must appear exactly
 once in its file, so a mutant goes stale loudly when the code moves. ``tests``
 are the pytest node ids that must fail against the mutant: the promise's

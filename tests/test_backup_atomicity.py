@@ -1,7 +1,7 @@
 """A backup appears under its final name only when it is complete and on disk.
 
 The engine itself (the process scripts/backup_db.sh execs) is killed mid-dump, and a real run
-is traced with strace: the promises of the README's "atomic" and "durable" hold for the
+is traced with strace: the promises of docs/backup.md's "atomic" and "durable" hold for the
 process a power cut or the OOM killer would hit, not only for a failing pg_dump.
 """
 

@@ -1,5 +1,5 @@
 """Off-site copies to a USB disk that really is a mounted file system: an ext4 image on a loop
-device, mounted as the safe's disk would be. README: to a USB path the copy is written
+device, mounted as the safe's disk would be. docs/offsite.md: to a USB path the copy is written
 atomically and verified, and a path that is not on a mounted disk is refused, so a missing
 disk never fills /."""
 

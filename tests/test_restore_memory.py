@@ -1,4 +1,5 @@
-"""No plaintext on disk and flat memory while an encrypted backup restores (README, Restore step 3).
+"""No plaintext on disk and flat memory while an encrypted backup restores
+(docs/restore-and-drill.md, "What a restore does").
 
 The restore runs as on the host (scripts/restore_db.sh) with a psql on its PATH that
 pauses the stream twice, after its first MiB and at its end, so the test can look

@@ -1,7 +1,7 @@
 """Manifest signatures and version 1 HMACs, checked against their documented format.
 
 Every expected value here is computed from the format in signing.py's docstring
-and the README with Python's hashlib and hmac (and openssl itself), never with
+with Python's hashlib and hmac (and openssl itself), never with
 the engine's functions: an engine that changed its key derivation, its prefix
 or its canonical JSON would still agree with itself, and old backups would stop
 verifying.
@@ -97,7 +97,7 @@ def write_version_1_manifest(path, data, hmac_key):
 
 
 def test_the_version_1_hmac_key_follows_openssls_key_and_iv_in_one_pbkdf2_stream(tmp_path):
-    """README: the HMAC key is bytes 48..80 of the PBKDF2 stream whose first 48 bytes are
+    """signing.py: the HMAC key is bytes 48..80 of the PBKDF2 stream whose first 48 bytes are
     openssl's key and IV. openssl -P prints its key and IV for a salt; the rest must follow them."""
     salt = bytes.fromhex("0102030405060708")
     printed = subprocess.run(["openssl", "enc", "-aes-256-cbc", "-pbkdf2", "-S", salt.hex(), "-pass",

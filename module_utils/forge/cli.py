@@ -22,7 +22,7 @@ EXIT_LOCKED = 75  # EX_TEMPFAIL: another run holds the lock
 EXIT_UNVERIFIED = 3  # restored or read through, but no signed manifest proves what it holds
 COMMANDS = ("backup", "verify", "restore", "drill", "offsite")
 USAGE = ("usage: forge {backup|verify|restore|drill|offsite} [--help]  (settings from the environment and "
-         "BACKUP_CONFIG, see README)")
+         "BACKUP_CONFIG, see docs/backup.md)")
 
 
 def read_env_file(path):
