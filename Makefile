@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help bootstrap test lint syntax docs pytest mutation molecule demo demo-down bench clean
+.PHONY: help bootstrap test lint syntax docs sanity pytest mutation molecule collection demo demo-down bench clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -10,7 +10,7 @@ help: ## Show the targets
 bootstrap: ## Install packages, .venv, start Docker, build the Molecule image (idempotent)
 	@scripts/bootstrap.sh
 
-test: ## Run every stage: bootstrap, lint, syntax, docs, pytest, mutation, molecule
+test: ## Run every stage: bootstrap, lint, syntax, docs, sanity, pytest, mutation, molecule
 	@scripts/test.sh
 
 lint: ## yamllint, ansible-lint (production profile), ruff
@@ -22,6 +22,9 @@ syntax: ## ansible-playbook --syntax-check of every playbook
 docs: ## ansible-doc renders every module in library/
 	@scripts/test.sh docs
 
+sanity: ## ansible-test sanity of the modules and engine, built as the infer.forge collection
+	@scripts/bootstrap.sh packages venv && scripts/test.sh sanity
+
 pytest: ## Python tests against real PostgreSQL and Redis
 	@scripts/bootstrap.sh packages venv && scripts/test.sh pytest
 
@@ -30,6 +33,9 @@ mutation: ## Break each core promise in a scratch copy; fails when a mutant surv
 
 molecule: ## Molecule scenarios in local containers (MOLECULE_SCENARIOS="a b" to pick)
 	@scripts/bootstrap.sh && scripts/test.sh molecule
+
+collection: ## Build the infer.forge collection tarball into dist/ (ansible-galaxy collection install it)
+	@scripts/bootstrap.sh packages venv && .venv/bin/python scripts/build_collection.py --tarball dist
 
 demo: ## The lab in four local containers: deploy, health, backup, drill, off-site copy, checklist
 	@scripts/bootstrap.sh && scripts/demo.sh

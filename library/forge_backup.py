@@ -25,7 +25,7 @@ description:
   - Uses the same engine as the on-host C(scripts/backup_db.sh) that cron runs.
 version_added: "0.1.0"
 author:
-  - INFER FORGE ops team
+  - Infer DevOps <devops@infer.cz> (!UNKNOWN)
 options:
   database:
     description: Database to back up (the runbook's C(POSTGRES_DB)). Any name, including quotes or spaces.
@@ -146,10 +146,12 @@ options:
     default: true
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Connects, checks the client version, the directory and free space, and reports the file it
       would write and the backups retention would delete.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details: Shows the list of backup files before and after.
 requirements:
@@ -158,7 +160,7 @@ requirements:
 notes:
   - Exit is a failure whenever C(pg_dump) fails, is killed, or its output lacks PostgreSQL's completion marker.
 seealso:
-  - module: forge_restore
+  - module: infer.forge.forge_restore
 """
 
 EXAMPLES = r"""
@@ -335,8 +337,8 @@ class BackupModule:
             if self.module._diff:
                 after = self.listing()
                 if self.module.check_mode:
-                    after = [result["path"].rsplit("/", 1)[-1]] + [n for n in before
-                                                                      if n not in result.get("would_remove", [])]
+                    kept = [n for n in before if n not in result.get("would_remove", [])]
+                    after = [result["path"].rsplit("/", 1)[-1]] + kept
                 result["diff"] = dict(before={"backups": before}, after={"backups": after})
             return result
         except ForgeError as exc:

@@ -20,7 +20,7 @@ description:
   - C(playbooks/checklist.yml) runs every item on the right hosts and writes the report.
 version_added: "0.1.0"
 author:
-  - INFER FORGE ops team
+  - Infer DevOps <devops@infer.cz> (!UNKNOWN)
 options:
   item:
     description: Checklist item, 1 to 11, in the runbook's order. Required unless O(describe) is set.
@@ -125,9 +125,11 @@ options:
     default: 5.0
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: The module is read-only; it runs the same in check mode.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 requirements:
   - logrotate (item 11) and amtool (item 9) on the hosts that own those items

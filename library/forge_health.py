@@ -26,7 +26,7 @@ description:
   - C(changed) is always false; check mode runs the checks too.
 version_added: "0.1.0"
 author:
-  - INFER FORGE ops team
+  - Infer DevOps <devops@infer.cz> (!UNKNOWN)
 options:
   checks:
     description: Which checks to run.
@@ -127,9 +127,11 @@ options:
     default: true
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: The checks only read, so they run in check mode too.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 requirements:
   - python3-psycopg for the database check, python3-redis for the redis check (both Debian 12 and current releases)

@@ -23,7 +23,7 @@ description:
     that the production checklist reads.
 version_added: "0.1.0"
 author:
-  - INFER FORGE ops team
+  - Infer DevOps <devops@infer.cz> (!UNKNOWN)
 options:
   database:
     description: Database whose backups are copied (the runbook's C(POSTGRES_DB)).
@@ -90,9 +90,11 @@ options:
     type: str
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Connects, lists the target and reports what would be copied and expired; changes nothing.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 requirements:
   - rsync and ssh on the host; sha256sum on the NAS

@@ -28,7 +28,7 @@ description:
   - O(mode=verify) only verifies the file.
 version_added: "0.1.0"
 author:
-  - INFER FORGE ops team
+  - Infer DevOps <devops@infer.cz> (!UNKNOWN)
 options:
   mode:
     description: What to do.
@@ -145,15 +145,17 @@ options:
     default: true
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Verifies the backup and reports whether the target would be created or recreated; changes nothing.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 requirements:
   - python3-psycopg and python3-cryptography on the host that runs the module
   - the PostgreSQL client (C(psql), C(pg_restore))
 seealso:
-  - module: forge_backup
+  - module: infer.forge.forge_backup
 """
 
 EXAMPLES = r"""

@@ -18,14 +18,14 @@ description:
     itself, synchronously, to learn the HTTP status. Without sentry-sdk the event is built by the engine.
 version_added: "0.1.0"
 author:
-  - INFER FORGE ops team
+  - Infer DevOps <devops@infer.cz> (!UNKNOWN)
 options:
   dsn:
     description: The project's DSN, C(https://KEY@HOST/PROJECT_ID). Never shown in output.
     type: str
     required: true
-  message:
-    description: The event's message.
+  event_message:
+    description: The event's message (C(message) is a name Ansible reserves for itself).
     type: str
     default: INFER FORGE test event (production checklist, Sentry error capturing)
   component:
@@ -64,9 +64,11 @@ options:
     default: 0
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Validates the DSN and reports where the event would go; sends nothing.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 requirements:
   - python3-sentry-sdk (optional; the engine builds the event without it)
@@ -136,7 +138,7 @@ except ImportError as exc:  # pragma: no cover - reported to the user below
 
 ARGUMENT_SPEC = dict(
     dsn=dict(type="str", required=True, no_log=True),
-    message=dict(type="str", default="INFER FORGE test event (production checklist, Sentry error capturing)"),
+    event_message=dict(type="str", default="INFER FORGE test event (production checklist, Sentry error capturing)"),
     component=dict(type="str", default="ops-checklist"),
     environment=dict(type="str", default="production"),
     release=dict(type="str"),
@@ -174,9 +176,9 @@ class SentryEventModule:
         try:
             if p["use_sdk"] and _sdk_available():
                 status, event_id, sdk = sentry.send_with_sentry_sdk(
-                    p["dsn"], p["message"], tags, contexts, p["environment"], p["release"], p["timeout"])
+                    p["dsn"], p["event_message"], tags, contexts, p["environment"], p["release"], p["timeout"])
             else:
-                event = sentry.build_event(p["message"], tags=tags, contexts=contexts,
+                event = sentry.build_event(p["event_message"], tags=tags, contexts=contexts,
                                            environment=p["environment"], release=p["release"])
                 status, event_id = sentry.send_event(p["dsn"], event, p["timeout"])
                 sdk = "none"

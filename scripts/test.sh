@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, stage by stage, stopping at the first failure.
 # Prints how long each stage took, so slow stages are visible.
-# Usage: scripts/test.sh [stage ...]   stages: bootstrap lint syntax docs pytest mutation molecule
+# Usage: scripts/test.sh [stage ...]   stages: bootstrap lint syntax docs sanity pytest mutation molecule
 set -uo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -50,6 +50,36 @@ stage_docs() {
     return $rc
 }
 
+# ansible-test judges the modules as Galaxy users get them: the infer.forge collection
+# (scripts/build_collection.py) built in a scratch directory, every sanity test that
+# runs without containers, zero errors and no ignores (a tests/sanity/ignore-2.19.txt
+# would be copied in, each line saying why). ansible-test installs each test's pinned tools into its own venv under
+# $HOME/.ansible/test; HOME points into .cache so those venvs are reused across runs
+# and nothing lands in the user's home.
+stage_sanity() {
+    local home="$repo/.cache/ansible-test" scratch rc pip_version cache
+    pip_version=$(python -c 'import types
+from ansible_test._internal.python_requirements import get_venv_packages
+print(get_venv_packages(types.SimpleNamespace(version="3.11"))["pip"])') || return 1
+    cache="$home/.ansible/test/cache"
+    mkdir -p "$cache" || return 1
+    # ansible-test bootstraps pip into its venvs with a get-pip script from
+    # ci-files.testing.ansible.com, which may be out of reach; it takes a cached
+    # script first, and tests/sanity/get_pip.py does the same from PyPI's pip wheel.
+    cp tests/sanity/get_pip.py "$cache/get_pip_${pip_version//./_}.py" || return 1
+    if ! compgen -G "$cache/pip-$pip_version-*.whl" >/dev/null; then
+        pip download -q --disable-pip-version-check --no-deps --only-binary :all: "pip==$pip_version" -d "$cache" ||
+            return 1
+    fi
+    scratch=$(mktemp -d)
+    python scripts/build_collection.py "$scratch/ansible_collections/infer/forge" >/dev/null &&
+        (cd "$scratch/ansible_collections/infer/forge" &&
+            env -u ANSIBLE_CONFIG HOME="$home" ansible-test sanity --python 3.11 --color no)
+    rc=$?
+    rm -rf "$scratch"
+    return $rc
+}
+
 # FORGE_TESTS_MAY_SKIP is for a few tests by hand; make test never lets a test skip.
 stage_pytest() { env -u FORGE_TESTS_MAY_SKIP python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile tests; }
 
@@ -94,7 +124,7 @@ stage_molecule() {
 }
 
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(bootstrap lint syntax docs pytest mutation molecule)
+[ ${#stages[@]} -gt 0 ] || stages=(bootstrap lint syntax docs sanity pytest mutation molecule)
 summary=()
 status=0
 for stage in "${stages[@]}"; do

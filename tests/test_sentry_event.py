@@ -47,6 +47,17 @@ def test_without_the_sdk_the_engine_builds_the_same_event(stub, run_module):
     assert event["tags"]["component"] == "ops-checklist"
 
 
+@pytest.mark.parametrize("use_sdk", [True, False])
+def test_event_message_is_the_events_message(stub, run_module, use_sdk):
+    """`message` is reserved by Ansible, so the option is `event_message`; both builders send it."""
+    result = run_module("forge_sentry_event", {"dsn": stub.dsn(), "use_sdk": use_sdk,
+                                               "event_message": "drill 42 finished"})
+    assert result["accepted"] is True, result.get("msg")
+    [event] = stub.events()
+    assert "drill 42 finished" in json.dumps(event.get("message") or event.get("logentry"))
+    assert "INFER FORGE test event" not in json.dumps(event)
+
+
 def test_the_current_sentry_sdk_builds_an_event_the_server_accepts(stub):
     """The module runs with Debian's sentry-sdk 1.x; this runs the same code with 2.x."""
     status, event_id, version = sentry.send_with_sentry_sdk(

@@ -286,8 +286,8 @@ class BackupFile:
 
 def manifest_problem(manifest, backup):
     """What is structurally wrong with a manifest (before any signature check)."""
-    if not isinstance(manifest, dict) or manifest.get("manifest_version") not in (MANIFEST_VERSION,
-                                                                                 LEGACY_MANIFEST_VERSION):
+    known_versions = (MANIFEST_VERSION, LEGACY_MANIFEST_VERSION)
+    if not isinstance(manifest, dict) or manifest.get("manifest_version") not in known_versions:
         return "manifest has an unknown version"
     if manifest.get("file") != backup.name:
         return f"manifest describes {manifest.get('file')!r}, not {backup.name!r}"

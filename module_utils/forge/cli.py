@@ -12,6 +12,10 @@ import os
 import signal
 import sys
 
+# This file is the on-host `forge` command, never an Ansible module: print and sys.exit are
+# its interface.
+# pylint: disable=ansible-bad-function
+
 from . import settings as declarations
 from .errors import ForgeError
 from .privileges import become_directory_owner

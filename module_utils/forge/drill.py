@@ -243,4 +243,3 @@ class Drill:
                                   now, "When a restore drill last passed.")
         if error:
             result["metrics_error"] = error
-

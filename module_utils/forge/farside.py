@@ -296,9 +296,11 @@ def gate_main(argv, environ=None, out=None):
 
     Under sshd (SSH_ORIGINAL_COMMAND set) the client's command decides what runs,
     within the three allowed; without it (cron, an operator) the arguments do."""
+    # A command sshd runs on the NAS, not an Ansible module: it answers on stdout and stderr.
+    # pylint: disable=ansible-bad-function
     environ = os.environ if environ is None else environ
     out = out or sys.stdout
-    parser = argparse.ArgumentParser(prog="forge nas-gate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="forge nas-gate", description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--dir", required=True, help="the directory the backup hosts upload into")
     parser.add_argument("--state", required=True, help="receipt and quarantine (outside --dir)")
     parser.add_argument("--retention-days", type=int, default=90)
@@ -315,7 +317,8 @@ def gate_main(argv, environ=None, out=None):
     clock = time.time
     if not under_sshd and environ.get("FORGE_NAS_GATE_NOW"):
         # Tests of retention move the clock; never under sshd, where a client might set it.
-        clock = lambda: float(environ["FORGE_NAS_GATE_NOW"])  # noqa: E731
+        def clock():
+            return float(environ["FORGE_NAS_GATE_NOW"])
     far = FarSide(args.dir, args.state, args.retention_days, args.min_keep, clock=clock)
     if requested is None:
         action, full = args.action or "verify", args.full

@@ -301,6 +301,7 @@ def run_checks(checks, timeout=DEFAULT_TIMEOUT):
     targets = {}
     for name, target_text, func in checks:
         targets[name] = target_text
+
         def target(name=name, func=func):
             try:
                 results[name] = func()

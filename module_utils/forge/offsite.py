@@ -209,7 +209,8 @@ class SshTarget:
 
     def _gate(self, verb, what):
         argv = self._ssh_argv() + [self.userhost, f"infer-forge {verb}"]
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=self.options.ssh_timeout + 3600)
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=self.options.ssh_timeout + 3600,
+                              check=False)
         if proc.returncode == 255:
             raise ForgeError(f"ssh to {self.userhost} failed while {what}: {last_line(proc.stderr)}")
         if proc.returncode != 0:
@@ -248,7 +249,7 @@ class SshTarget:
         argv = ["rsync", "--times", "--perms", "--chmod=D0700,F0600", "--ignore-existing",
                 f"--timeout={self.options.ssh_timeout + 60}", "-e", shlex.join(self._ssh_argv()),
                 *paths, f"{self.userhost}:"]  # the gate decides where uploads land
-        proc = subprocess.run(argv, capture_output=True, text=True)
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise ForgeError(f"rsync to {self.describe()} failed (exit {proc.returncode}): {last_line(proc.stderr)}")
 
@@ -314,7 +315,7 @@ class OffsiteCopy:
                              "sent it)")
         to_copy = [b for b in wanted if b.name + MANIFEST_SUFFIX not in remote_names]
         remote = _remote_backups(remote_names, file_stem(self.options.database))
-        keep = {name for name, _ in remote[:self.options.min_keep]} | {b.name for b in wanted}
+        keep = {name for name, _stamp in remote[:self.options.min_keep]} | {b.name for b in wanted}
         expired = [name for name, ts in remote if name not in keep and ts < cutoff]
         return {"copy": to_copy, "expire": expired, "skipped_unencrypted": unencrypted, "remote": remote}
 
@@ -452,4 +453,3 @@ def _remove_quietly(path):
         os.unlink(path)
     except FileNotFoundError:
         pass
-

@@ -18,12 +18,22 @@ checks those.
 import hashlib
 import os
 
-from cryptography.hazmat.backends import default_backend
-from cryptography.hazmat.primitives import padding
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
 from .errors import ForgeError
-from .signing import read_passphrase  # noqa: F401 - re-exported for callers
+
+# Re-exported: restore.py and the tests call opensslenc.read_passphrase.
+from .signing import read_passphrase  # noqa: F401  # pylint: disable=unused-import
+
+# The engine loads without cryptography (it is needed only to encrypt or decrypt),
+# so a host without it gets a clear error from Encryptor/Decryptor, not an ImportError
+# from every module that imports the engine.
+try:
+    from cryptography.hazmat.backends import default_backend
+    from cryptography.hazmat.primitives import padding
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+except ImportError as exc:
+    CRYPTOGRAPHY_IMPORT_ERROR = exc
+else:
+    CRYPTOGRAPHY_IMPORT_ERROR = None
 
 MAGIC = b"Salted__"
 SALT_LEN = 8
@@ -79,6 +89,12 @@ def derive(passphrase, salt, iterations=PBKDF2_ITERATIONS):
     return material[:32], material[32:48], material[48:80]
 
 
+def require_cryptography():
+    if CRYPTOGRAPHY_IMPORT_ERROR is not None:
+        raise ForgeError("encryption needs the Python cryptography library (Debian: python3-cryptography), "
+                         f"which is not importable here: {CRYPTOGRAPHY_IMPORT_ERROR}")
+
+
 def _cipher(key, iv):
     return Cipher(algorithms.AES(key), modes.CBC(iv), backend=default_backend())
 
@@ -87,6 +103,7 @@ class Encryptor:
     """Turns plaintext chunks into the openssl-enc byte stream, header first."""
 
     def __init__(self, passphrase, salt=None, iterations=PBKDF2_ITERATIONS):
+        require_cryptography()
         self.salt = salt or os.urandom(SALT_LEN)
         self.iterations = iterations
         key, iv, self.mac_key = derive(passphrase, self.salt, iterations)
@@ -124,6 +141,7 @@ class Decryptor:
     """Reverse of :class:`Encryptor`; feed it the file bytes from the start."""
 
     def __init__(self, passphrase, iterations=PBKDF2_ITERATIONS):
+        require_cryptography()
         self._passphrase = passphrase
         self._iterations = iterations
         self._header = b""

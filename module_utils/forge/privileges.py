@@ -134,7 +134,7 @@ def call_as_directory_owner(directory, work):
             chunks.append(chunk)
     finally:
         os.close(reader)
-        _, status = os.waitpid(pid, 0)
+        status = os.waitpid(pid, 0)[1]
         signal.signal(signal.SIGTERM, previous)
     try:
         outcome = json.loads(b"".join(chunks))

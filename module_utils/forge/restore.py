@@ -46,8 +46,8 @@ def select_backup(backup_dir, database=None, path=None, policy=None):
             raise ForgeError(f"backup file {path} does not exist")
         # A file the operator names is judged on its own: the policy's rules for
         # automatic choice (encryption required, not in the future) do not apply.
-        backup = catalog.open_backup(real_path, catalog.TrustPolicy(policy.passphrase, now=float("inf"),
-                                                                      check_signatures=policy.check_signatures))
+        by_name = catalog.TrustPolicy(policy.passphrase, now=float("inf"), check_signatures=policy.check_signatures)
+        backup = catalog.open_backup(real_path, by_name)
         if backup is None:
             raise ForgeError(f"{os.path.basename(path)} is not a backup we can restore "
                              "(expected .sql.gz, .sql.zst or .dump, optionally .enc)")
@@ -291,7 +291,7 @@ def restricted(chunks):
 
 def read_through(backup, passphrase, kdf_iterations=None):
     """Read every byte of a file without a manifest: decrypt, decompress, completion marker."""
-    for _ in plaintext_chunks(backup, passphrase, READ_SIZE, kdf_iterations=kdf_iterations):
+    for _chunk in plaintext_chunks(backup, passphrase, READ_SIZE, kdf_iterations=kdf_iterations):
         pass
 
 

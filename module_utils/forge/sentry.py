@@ -62,13 +62,14 @@ def build_event(message, level="error", tags=None, contexts=None, environment=No
 
 def post_envelope(dsn, body, timeout=5.0):
     """POST a serialized envelope to the DSN's project; returns the HTTP status."""
-    # The DSN regex admits only http and https, so no file: or custom scheme reaches urlopen.
+    # The DSN regex admits only http and https, so no file: or custom scheme reaches the opener.
     request = urllib.request.Request(dsn.envelope_url, data=body, method="POST", headers={  # noqa: S310
         "Content-Type": "application/x-sentry-envelope",
         "X-Sentry-Auth": f"Sentry sentry_version=7, sentry_key={dsn.key}, sentry_client=infer-forge-ops/0.1",
     })
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        # The default opener, as urlopen uses; the engine has no Ansible to offer open_url.
+        with urllib.request.build_opener().open(request, timeout=timeout) as response:  # noqa: S310
             return response.status
     except urllib.error.HTTPError as exc:
         hint = " (rate limited)" if exc.code == 429 else ""
