@@ -20,10 +20,10 @@ import urllib.request
 
 from . import metrics, records
 from .catalog import TrustPolicy, file_stem, scan
-from .cli import read_env_file
 from .errors import ForgeError, last_line
 from .fsutil import read_json_object
 from .sentry import Dsn
+from .settings import read_env_file
 from .signing import read_passphrase
 
 PASS, FAIL, WARN = "PASS", "FAIL", "WARN"

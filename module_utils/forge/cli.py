@@ -12,13 +12,14 @@ import os
 import signal
 import sys
 
-# This file is the on-host `forge` command, never an Ansible module: print and sys.exit are
-# its interface.
-# pylint: disable=ansible-bad-function
-
 from . import settings as declarations
 from .errors import ForgeError
 from .privileges import become_directory_owner
+from .settings import read_env_file
+
+# This file is the on-host `forge` command, never an Ansible module: print and sys.exit are
+# its interface.
+# pylint: disable=ansible-bad-function
 
 DEFAULT_CONFIG = "/etc/infer-forge/backup.env"
 EXIT_FAILURE = 1
@@ -27,25 +28,6 @@ EXIT_UNVERIFIED = 3  # restored or read through, but no signed manifest proves w
 COMMANDS = ("backup", "verify", "restore", "drill", "offsite")
 USAGE = ("usage: forge {backup|verify|restore|drill|offsite} [--help]  (settings from the environment and "
          "BACKUP_CONFIG, see docs/backup.md)")
-
-
-def read_env_file(path):
-    values = {}
-    with open(path, encoding="utf-8") as handle:
-        for number, raw in enumerate(handle, 1):
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            if line.startswith("export "):
-                line = line[len("export "):].lstrip()
-            key, sep, value = line.partition("=")
-            if not sep or not key.strip().isidentifier():
-                raise ForgeError(f"{path}:{number}: expected KEY=VALUE")
-            value = value.strip()
-            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-                value = value[1:-1]
-            values[key.strip()] = value
-    return values
 
 
 def load_config(environ):

@@ -63,6 +63,27 @@ class Setting:
         return option
 
 
+def read_env_file(path):
+    """KEY=VALUE lines of a config file such as /etc/infer-forge/backup.env: parsed, never
+    sourced, so a password may hold any character. ``export`` and matching quotes are allowed."""
+    values = {}
+    with open(path, encoding="utf-8") as handle:
+        for number, raw in enumerate(handle, 1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            if line.startswith("export "):
+                line = line[len("export "):].lstrip()
+            key, sep, value = line.partition("=")
+            if not sep or not key.strip().isidentifier():
+                raise ForgeError(f"{path}:{number}: expected KEY=VALUE")
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            values[key.strip()] = value
+    return values
+
+
 def _kdf_iterations(raw, env):
     from .opensslenc import kdf_iterations
 
