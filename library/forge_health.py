@@ -58,19 +58,23 @@ options:
     description: C(postgresql://user:password@host:port/dbname?sslmode=...). Overrides the other database options.
     type: str
   database_host:
-    description: PostgreSQL host.
+    description: PostgreSQL host. O(login_host) is the name the other forge modules use.
     type: str
     default: localhost
+    aliases: [login_host]
   database_port:
-    description: PostgreSQL port.
+    description: PostgreSQL port. O(port) is the name the other forge modules use.
     type: int
     default: 5432
+    aliases: [port]
   database_user:
-    description: Role to connect as.
+    description: Role to connect as. O(login_user) is the name the other forge modules use.
     type: str
+    aliases: [login_user]
   database_password:
-    description: Password of O(database_user).
+    description: Password of O(database_user). O(login_password) is the name the other forge modules use.
     type: str
+    aliases: [login_password]
   database_name:
     description: Database to connect to.
     type: str
@@ -208,10 +212,10 @@ ARGUMENT_SPEC = dict(
     fail_on_degraded=dict(type="bool", default=False),
     thresholds=dict(type="dict", default={}),
     database_url=dict(type="str", no_log=True),
-    database_host=dict(type="str", default="localhost"),
-    database_port=dict(type="int", default=5432),
-    database_user=dict(type="str"),
-    database_password=dict(type="str", no_log=True),
+    database_host=dict(type="str", default="localhost", aliases=["login_host"]),
+    database_port=dict(type="int", default=5432, aliases=["port"]),
+    database_user=dict(type="str", aliases=["login_user"]),
+    database_password=dict(type="str", no_log=True, aliases=["login_password"]),
     database_name=dict(type="str", default="postgres"),
     database_sslmode=dict(type="str"),
     redis_url=dict(type="str", no_log=True),

@@ -67,9 +67,12 @@ options:
   textfile_dir:
     description: node_exporter textfile directory for the metrics; empty for none.
     type: path
-  state_dir:
-    description: Directory for the C(offsite_<db>.json) state file.
+  report_dir:
+    description:
+      - Directory for the C(offsite_<db>.json) state file; the same directory as O(infer.forge.forge_restore#module:report_dir)
+        (the backup role's C(backup_report_dir), the on-host commands' C(DRILL_REPORT_DIR)).
     type: path
+    aliases: [state_dir]
   sentry_dsn:
     description: Where to report a failed copy.
     type: str
@@ -182,7 +185,7 @@ ARGUMENT_SPEC = dict(
     require_mount=dict(type="bool", default=True),
     skip_unencrypted=dict(type="bool", default=False),
     textfile_dir=dict(type="path"),
-    state_dir=dict(type="path"),
+    report_dir=dict(type="path", aliases=["state_dir"]),
     sentry_dsn=dict(type="str", no_log=True),
     environment=dict(type="str"),
     fail_on_error=dict(type="bool", default=True),
@@ -199,7 +202,7 @@ def copy_offsite(module):
                 backup_dir=p["backup_dir"], target=p["target"], database=p["database"],
                 retention_days=p["retention_days"], min_keep=p["min_keep"], ssh_port=p["ssh_port"],
                 ssh_identity=p["ssh_identity"], known_hosts=p["known_hosts"], require_mount=p["require_mount"],
-                skip_unencrypted=p["skip_unencrypted"], textfile_dir=p["textfile_dir"], state_dir=p["state_dir"],
+                skip_unencrypted=p["skip_unencrypted"], textfile_dir=p["textfile_dir"], state_dir=p["report_dir"],
                 sentry_dsn=p["sentry_dsn"], environment=p["environment"], passphrase_file=passphrase_file)
         except ForgeError as exc:
             return dict(failed=True, msg=exc.message)

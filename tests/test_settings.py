@@ -135,3 +135,15 @@ def test_a_bad_number_names_its_variable():
     with pytest.raises(Exception) as caught:
         cli.backup_from_config({"RETENTION_DAYS": "thirty"})
     assert caught.value.message == "RETENTION_DAYS must be a whole number, got 'thirty'"
+
+
+@pytest.mark.parametrize("module", ["forge_backup", "forge_restore", "forge_health"])
+def test_every_module_that_connects_to_postgresql_takes_the_same_connection_names(module):
+    spec = load_module(module).ARGUMENT_SPEC
+    names = {name for name, option in spec.items() for name in [name, *option.get("aliases", [])]}
+    assert {"login_host", "port", "login_user", "login_password"} <= names
+
+
+@pytest.mark.parametrize("module", ["forge_restore", "forge_offsite"])
+def test_the_reports_and_state_directory_has_one_name(module):
+    assert "report_dir" in load_module(module).ARGUMENT_SPEC
