@@ -41,10 +41,13 @@ attributes:
   diff_mode:
     description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
-    details: Lists the installed files before and after.
+    details: Shows each file that would be written, before and after, and each file that would be removed.
 notes:
-  - Runs as root (the install directory and its files are root's, so the backup user cannot change
-    what cron runs).
+  - Runs as root. The install directory, its subdirectories and files are root's, and every existing
+    directory above it must be root's and writable by nobody else (or sticky, as C(/tmp)); otherwise
+    the module refuses and changes nothing, because whoever could rename a directory on that path
+    could swap what cron runs as the backup user or what root runs.
+  - Missing directories above O(dest) are created, root's, C(0755).
 """
 
 EXAMPLES = r"""
@@ -66,11 +69,19 @@ written:
   elements: str
   sample: [lib/forge/backup.py, scripts/backup_db.sh]
 removed:
-  description: Engine files removed because they are no longer part of the engine, relative to O(dest).
+  description:
+    - Files removed, relative to O(dest) - engine files no longer part of the engine, stray compiled files,
+      temporary files of an interrupted install, and caches after a directory had to be closed to others.
   returned: always
   type: list
   elements: str
   sample: [lib/forge/old_name.py]
+directories_fixed:
+  description: Install directories created, or whose owner or mode was put back to root's C(0755).
+  returned: always
+  type: list
+  elements: str
+  sample: ["lib/forge: owner 0:0 mode 0777 -> root:root 0755"]
 files:
   description: Number of files the install consists of.
   returned: always
@@ -79,6 +90,8 @@ files:
 """
 
 import os
+import shutil
+import stat
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
@@ -145,74 +158,152 @@ def engine_sources():
     return sources
 
 
+class InstallRefused(Exception):
+    """A reason not to write anything, in one line."""
+
+
+def _trusted_directory(path, info):
+    """Only root can change what is in it: root's, and writable by group or others only with
+    the sticky bit (as /tmp), where nobody else can rename root's entries."""
+    if info.st_uid != 0:
+        raise InstallRefused(f"{path} is not owned by root; anyone owning it could swap what root installs")
+    if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+        raise InstallRefused(f"{path} is writable by group or others; anyone who can write it could swap "
+                             "what root installs")
+
+
 class EngineInstaller:
     """Compares what the host holds with the payload and writes only what differs."""
 
     def __init__(self, module):
         self.module = module
-        self.dest = module.params["dest"]
+        self.dest = os.path.normpath(os.path.abspath(module.params["dest"]))
+        self.directories = [self.dest, os.path.join(self.dest, "lib"), os.path.join(self.dest, "lib", "forge"),
+                            os.path.join(self.dest, "scripts")]
 
     def wanted(self):
-        files = {os.path.join("lib", "forge", name): (text, 0o644) for name, text in engine_sources().items()}
+        files = {os.path.join("lib", "forge", name): (text.encode("utf-8"), 0o644)
+                 for name, text in engine_sources().items()}
         for name in self.module.params["scripts"]:
-            files[os.path.join("scripts", name)] = (onhost.SCRIPTS[name], 0o755)
+            files[os.path.join("scripts", name)] = (onhost.SCRIPTS[name].encode("utf-8"), 0o755)
         return files
 
+    def check_parents(self):
+        """Every directory above dest that exists must be root's alone (checked on the real path);
+        the missing ones are created first, root's."""
+        parent, missing = os.path.dirname(self.dest), []
+        while not os.path.lexists(parent):
+            parent, missing = os.path.dirname(parent), [parent] + missing
+        real = os.path.realpath(parent)
+        parts = real.split(os.sep)
+        for ancestor in [os.sep] + [os.sep.join(parts[:index]) for index in range(2, len(parts) + 1)]:
+            _trusted_directory(ancestor, os.stat(ancestor))
+        self.directories = missing + self.directories
+
+    def directory_fix(self, path):
+        """None when ``path`` is root's 0755 directory; otherwise what must be done to it."""
+        if os.path.islink(path):
+            raise InstallRefused(f"{path} is a symbolic link; refusing to install through it")
+        if not os.path.lexists(path):
+            return "create"
+        info = os.lstat(path)
+        if not stat.S_ISDIR(info.st_mode):
+            raise InstallRefused(f"{path} is not a directory")
+        if (info.st_uid, info.st_gid, info.st_mode & 0o7777) != (0, 0, 0o755):
+            return f"owner {info.st_uid}:{info.st_gid} mode {info.st_mode & 0o7777:04o} -> root:root 0755"
+        return None
+
     def current(self, relative):
+        """(bytes, mode, uid, gid) of an installed file, None when absent or not a regular file."""
         path = os.path.join(self.dest, relative)
-        if os.path.islink(path) or not os.path.isfile(path):
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
             return None
-        with open(path, encoding="utf-8", errors="replace") as handle:
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        with open(path, "rb") as handle:
             content = handle.read()
-        info = os.stat(path)
         return content, info.st_mode & 0o7777, info.st_uid, info.st_gid
 
-    def stale(self, wanted):
-        directory = os.path.join(self.dest, "lib", "forge")
-        if not os.path.isdir(directory):
-            return []
-        return sorted(os.path.join("lib", "forge", name) for name in os.listdir(directory)
-                      if name.endswith(".py") and os.path.join("lib", "forge", name) not in wanted)
+    def stale(self, wanted, purge_caches):
+        """Engine files no longer part of the engine, compiled files next to the sources (never
+        Python's own), temporary files of an interrupted install and, after a directory was open
+        to others, every cache (a planted .pyc is code root would run)."""
+        found = []
+        for directory in (os.path.join("lib", "forge"), "scripts"):
+            absolute = os.path.join(self.dest, directory)
+            if not os.path.isdir(absolute) or os.path.islink(absolute):
+                continue
+            for name in sorted(os.listdir(absolute)):
+                relative = os.path.join(directory, name)
+                info = os.lstat(os.path.join(absolute, name))
+                if stat.S_ISDIR(info.st_mode):
+                    if name == "__pycache__" and purge_caches:
+                        found.append(relative)
+                    continue
+                if name.startswith(".forge-install-") or (directory != "scripts" and relative not in wanted
+                                                          and name.endswith((".py", ".pyc"))):
+                    found.append(relative)
+        return found
 
     def run(self):
+        self.check_parents()
+        fixes = {path: fix for path in self.directories for fix in [self.directory_fix(path)] if fix}
         wanted = self.wanted()
-        written = sorted(relative for relative, (text, mode) in wanted.items()
-                         if self.current(relative) != (text, mode, 0, 0))
-        removed = self.stale(wanted)
-        before = sorted(relative for relative in wanted if self.current(relative)) + removed
+        states = {relative: self.current(relative) for relative in wanted}
+        written = sorted(relative for relative, (data, mode) in wanted.items()
+                         if states[relative] != (data, mode, 0, 0))
+        removed = self.stale(wanted, purge_caches=bool(fixes))
         if not self.module.check_mode:
-            for directory in (self.dest, os.path.join(self.dest, "lib"), os.path.join(self.dest, "lib", "forge"),
-                              os.path.join(self.dest, "scripts")):
-                self.directory(directory)
+            for path in self.directories:
+                if path in fixes:
+                    self.directory(path)
             for relative in written:
-                text, mode = wanted[relative]
-                self.write(os.path.join(self.dest, relative), text, mode)
+                data, mode = wanted[relative]
+                self.write(os.path.join(self.dest, relative), data, mode)
             for relative in removed:
-                os.unlink(os.path.join(self.dest, relative))
-        result = dict(changed=bool(written or removed), written=written, removed=removed, files=len(wanted))
+                path = os.path.join(self.dest, relative)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                else:
+                    os.unlink(path)
+        result = dict(changed=bool(written or removed or fixes), written=written, removed=removed,
+                      directories_fixed=[f"{os.path.relpath(path, self.dest)}: {fix}" for path, fix in fixes.items()],
+                      files=len(wanted))
         if self.module._diff:
-            result["diff"] = dict(before={"files": before}, after={"files": sorted(wanted)})
+            result["diff"] = [self.file_diff(relative, states.get(relative), wanted[relative][0])
+                              for relative in written]
+            result["diff"] += [dict(before_header=relative, after_header=relative, before=f"{relative}\n",
+                                    after="") for relative in removed]
         return result
 
     @staticmethod
-    def directory(path):
-        if os.path.islink(path):
-            raise OSError(f"{path} is a symbolic link; refusing to install through it")
-        if not os.path.isdir(path):
-            os.mkdir(path, 0o755)
-        os.chown(path, 0, 0)
-        os.chmod(path, 0o755)  # noqa: S103 - root's; the backup user must read and run, never write
+    def file_diff(relative, state, data):
+        before = state[0].decode("utf-8", "replace") if state else ""
+        return dict(before_header=relative, after_header=relative, before=before, after=data.decode("utf-8"))
 
     @staticmethod
-    def write(path, text, mode):
+    def directory(path):
+        if not os.path.lexists(path):
+            os.mkdir(path, 0o700)  # opened up only once it is root's
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            os.fchown(fd, 0, 0)
+            os.fchmod(fd, 0o755)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def write(path, data, mode):
         handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".forge-install-")
         try:
-            with os.fdopen(handle, "w", encoding="utf-8") as stream:
-                stream.write(text)
+            with os.fdopen(handle, "wb") as stream:
+                stream.write(data)
                 stream.flush()
+                os.fchown(stream.fileno(), 0, 0)
+                os.fchmod(stream.fileno(), mode)
                 os.fsync(stream.fileno())
-            os.chown(temporary, 0, 0)
-            os.chmod(temporary, mode)
             os.replace(temporary, path)
         except BaseException:
             if os.path.exists(temporary):
@@ -226,6 +317,8 @@ def main():
         module.fail_json(msg=f"forge engine not importable: {ENGINE_IMPORT_ERROR}")
     try:
         result = EngineInstaller(module).run()
+    except InstallRefused as exc:
+        module.fail_json(msg=f"refusing to install the engine in {module.params['dest']}: {exc}; nothing was changed")
     except (OSError, RuntimeError) as exc:
         module.fail_json(msg=f"cannot install the engine in {module.params['dest']}: {exc} "
                              "(each file is replaced whole by a rename, never left half-written)")

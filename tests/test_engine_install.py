@@ -98,7 +98,9 @@ def test_check_mode_writes_nothing_and_says_what_it_would(tmp_path):
     dest = tmp_path / "opt"
     result = install(tmp_path, dest, check=True, diff=True)
     assert result["changed"] and sorted(result["written"]) == sorted(expected())
-    assert result["diff"]["before"] == {"files": []}
+    shown = {item["after_header"]: item for item in result["diff"]}
+    assert shown["scripts/backup_db.sh"]["before"] == "" and shown["scripts/backup_db.sh"]["after"] == \
+        onhost.SCRIPTS["backup_db.sh"]
     assert not dest.exists()
 
 
@@ -119,9 +121,11 @@ def test_a_symlink_in_the_install_path_is_refused(tmp_path):
     elsewhere.mkdir()
     dest.mkdir()
     (dest / "lib").symlink_to(elsewhere)
-    result = install(tmp_path, dest)
-    assert result["failed"]
-    assert result["msg"].startswith(f"cannot install the engine in {dest}: {dest}/lib is a symbolic link")
+    for check in (True, False):
+        result = install(tmp_path, dest, check=check)
+        assert result["failed"]
+        assert result["msg"] == (f"refusing to install the engine in {dest}: {dest}/lib is a symbolic link; "
+                                 "refusing to install through it; nothing was changed")
     assert os.listdir(elsewhere) == []
 
 
@@ -130,3 +134,59 @@ def test_only_the_named_commands_are_installed(tmp_path, scripts):
     dest = tmp_path / "opt"
     install(tmp_path, dest, scripts=scripts)
     assert sorted(os.listdir(dest / "scripts")) == sorted(scripts)
+
+
+def test_a_symlinked_install_directory_is_refused_even_written_with_a_trailing_slash(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    result = install(tmp_path, f"{tmp_path / 'link'}/")
+    assert result["failed"] and "link is a symbolic link" in result["msg"]
+    assert os.listdir(real) == []
+
+
+def test_a_directory_above_the_install_that_others_may_write_is_refused(tmp_path):
+    """Whoever can rename an entry on the path could swap the engine cron runs."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    result = install(tmp_path, shared / "opt")
+    assert result["failed"]
+    assert result["msg"] == (f"refusing to install the engine in {shared / 'opt'}: {shared} is writable by group "
+                             "or others; anyone who can write it could swap what root installs; nothing was changed")
+    assert os.listdir(shared) == []
+    owned = tmp_path / "owned"
+    owned.mkdir()
+    os.chown(owned, 65534, 65534)
+    result = install(tmp_path, owned / "opt")
+    assert result["failed"] and f"{owned} is not owned by root" in result["msg"]
+
+
+def test_missing_directories_above_the_install_are_created_roots(tmp_path):
+    dest = tmp_path / "a" / "b" / "opt"
+    result = install(tmp_path, dest)
+    assert not result.get("failed"), result
+    assert tree(dest) == expected()
+    for directory in (tmp_path / "a", tmp_path / "a" / "b", dest, dest / "lib" / "forge"):
+        info = os.stat(directory)
+        assert (info.st_uid, info.st_mode & 0o777) == (0, 0o755), directory
+
+
+def test_an_opened_directory_is_closed_again_and_what_may_have_been_planted_is_removed(tmp_path):
+    dest = tmp_path / "opt"
+    install(tmp_path, dest)
+    forge = dest / "lib" / "forge"
+    forge.chmod(0o777)
+    (forge / "__pycache__").mkdir()
+    (forge / "__pycache__" / "backup.cpython-311.pyc").write_bytes(b"planted")
+    (forge / "restore.pyc").write_bytes(b"planted")
+    (dest / "scripts" / "backup_db.sh").write_bytes(onhost.SCRIPTS["backup_db.sh"].replace("\n", "\r\n").encode())
+    checked = install(tmp_path, dest, check=True)
+    assert checked["changed"] and checked["directories_fixed"] == ["lib/forge: owner 0:0 mode 0777 -> root:root 0755"]
+    assert (forge / "restore.pyc").exists()  # check mode removed nothing
+    result = install(tmp_path, dest)
+    assert result["changed"] and result["written"] == ["scripts/backup_db.sh"]  # CRLF is a change
+    assert sorted(result["removed"]) == ["lib/forge/__pycache__", "lib/forge/restore.pyc"]
+    assert os.stat(forge).st_mode & 0o777 == 0o755
+    assert tree(dest) == expected()
+    assert install(tmp_path, dest)["changed"] is False
