@@ -69,8 +69,9 @@ options:
     type: path
   report_dir:
     description:
-      - Directory for the C(offsite_<db>.json) state file; the same directory as O(infer.forge.forge_restore#module:report_dir)
-        (the backup role's C(backup_report_dir), the on-host commands' C(DRILL_REPORT_DIR)).
+      - Directory for the C(offsite_<db>.json) state file; the same directory as
+        O(infer.forge.forge_restore#module:report_dir) (the backup role's C(backup_report_dir),
+        the on-host commands' C(DRILL_REPORT_DIR)).
     type: path
     aliases: [state_dir]
   sentry_dsn:

@@ -147,3 +147,16 @@ def test_every_module_that_connects_to_postgresql_takes_the_same_connection_name
 @pytest.mark.parametrize("module", ["forge_restore", "forge_offsite"])
 def test_the_reports_and_state_directory_has_one_name(module):
     assert "report_dir" in load_module(module).ARGUMENT_SPEC
+
+
+def test_a_setting_given_as_nothing_in_the_config_file_is_not_taken_for_its_default():
+    """BACKUP_DIR= in backup.env is a mistake to name, never a quiet /backups on the root disk."""
+    with pytest.raises(Exception) as caught:
+        cli.backup_from_config({"POSTGRES_DB": "db", "BACKUP_DIR": ""})
+    assert caught.value.message == "backup_dir must be an absolute path, got ''"
+
+
+def test_a_command_never_stops_on_a_setting_it_does_not_use():
+    offsite = cli.offsite_from_config({"OFFSITE_TARGET": "/mnt/usb/x", "POSTGRES_DB": "db",
+                                       "BACKUP_KDF_ITER": "many"})
+    assert offsite.options.backup_dir == declarations.STORE["backup_dir"].default

@@ -89,7 +89,7 @@ def backup_from_config(config):
 
 def _kdf_iterations(config):
     """BACKUP_KDF_ITER: PBKDF2 iterations of new backups, and of files named without a manifest."""
-    return declarations.from_config(declarations.STORE, config)["kdf_iter"]
+    return declarations.from_config(declarations.STORE, config, ["kdf_iter"])["kdf_iter"]
 
 
 def pg_settings_from_config(config):
@@ -187,7 +187,8 @@ def offsite_from_config(config):
     """OFFSITE_* settings (in the same BACKUP_CONFIG file) for ``forge offsite``."""
     from .offsite import OffsiteCopy, OffsiteOptions
 
-    store = declarations.from_config(declarations.STORE, config)
+    store = declarations.from_config(declarations.STORE, config, [
+        "backup_dir", "textfile_dir", "report_dir", "sentry_dsn", "environment", "passphrase_file"])
     offsite = declarations.from_config(declarations.OFFSITE, config)
     options = OffsiteOptions(
         backup_dir=store["backup_dir"],
@@ -285,7 +286,7 @@ def main(argv=None):
     try:
         config = load_config(os.environ)
         # Before anything is opened: root never works in the backup user's directory.
-        become_directory_owner(declarations.from_config(declarations.STORE, config)["backup_dir"],
+        become_directory_owner(declarations.from_config(declarations.STORE, config, ["backup_dir"])["backup_dir"],
                                log=lambda line: print(f"NOTE: {line}", file=sys.stderr, flush=True))
         if argv[0] == "offsite":
             return offsite_command(argv[1:], config)

@@ -38,7 +38,12 @@ class Setting:
         """The value of an environment variable or config-file line, as this setting's type."""
         if self.reader:
             return self.reader(raw or None, self.env)
-        if raw is None or raw == "":
+        if raw is None:
+            return self.default
+        if raw == "" and self.kind in ("str", "path"):
+            # Set, to nothing: the engine judges it (BACKUP_DIR= is no directory, not /backups).
+            return raw
+        if raw == "":
             return self.default
         if self.kind == "int":
             try:
@@ -207,10 +212,13 @@ MODULES = {
 }
 
 
-def from_config(table, config):
-    """{name: value} of ``table``'s settings from a KEY=VALUE config (environment wins, see cli)."""
+def from_config(table, config, names=None):
+    """{name: value} of ``table``'s settings (or only ``names``) from a KEY=VALUE config
+    (environment wins, see cli). Only the settings asked for are read, so a bad value of one
+    a command does not use never stops it."""
+    chosen = [table[name] for name in names] if names else table.values()
     return {setting.name: setting.parse(config.get(setting.env)) if setting.env else setting.default
-            for setting in table.values()}
+            for setting in chosen}
 
 
 def defaults(table):
