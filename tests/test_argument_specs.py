@@ -82,8 +82,14 @@ def validated(tmp_path_factory):
         runs[entry] = (hosts, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                                env=env, cwd=REPO, stdin=subprocess.DEVNULL))
     validated = {}
-    for hosts, process in runs.values():
-        stdout, stderr = process.communicate(timeout=300)
+    try:
+        outputs = [(hosts, *process.communicate(timeout=300)) for hosts, process in runs.values()]
+    finally:
+        for _, process in runs.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    for hosts, stdout, stderr in outputs:
         try:
             report = json.loads(stdout)
         except ValueError:
@@ -176,3 +182,19 @@ def test_every_entry_point_a_playbook_includes_has_an_argument_spec():
                 if entry_point not in yaml.safe_load(handle)["argument_specs"]:
                     missing.append(f"{os.path.relpath(path, REPO)}: {include['name']} tasks_from: {entry_point}")
     assert missing == [], "\n".join(missing)
+
+
+@pytest.mark.parametrize("entry_point", ["run", "drill", "restore", "offsite_run", "offsite_trust"])
+def test_an_operating_entry_point_checks_only_what_its_tasks_use(entry_point):
+    """Ansible resolves every variable a spec lists: one the tasks never use could only stop a run
+    (an undefined vault value behind it), never protect one."""
+    with open(os.path.join(REPO, "roles", "backup", "meta", "argument_specs.yml")) as handle:
+        declared = set(yaml.safe_load(handle)["argument_specs"][entry_point]["options"])
+    with open(os.path.join(REPO, "roles", "backup", "tasks", f"{entry_point}.yml")) as handle:
+        tasks = handle.read()
+    with open(os.path.join(REPO, "roles", "backup", "defaults", "main.yml")) as handle:
+        defaults = handle.read()  # a default built from another variable uses that one too
+    unused = sorted(name for name in declared if name not in tasks
+                    and not any(name in line and used in line for used in declared if used in tasks
+                                for line in defaults.splitlines() if line.startswith(used + ":")))
+    assert unused == []
