@@ -53,11 +53,22 @@ def copy_rewritten(src, dst):
     shutil.copymode(src, dst)
 
 
+MARKER = ".built-by-build_collection"
+
+
 def build_layout(dest):
+    """Write the layout into ``dest``, which must end in ansible_collections/infer/forge and be
+    new, empty or an earlier build of this script: nothing else is ever deleted."""
+    if os.path.normpath(dest).split(os.sep)[-3:] != ["ansible_collections", "infer", "forge"]:
+        raise SystemExit(f"refusing to build into {dest}: the path must end in ansible_collections/infer/forge")
     if os.path.exists(dest):
+        if os.listdir(dest) and not os.path.exists(os.path.join(dest, MARKER)):
+            raise SystemExit(f"refusing to replace {dest}: it is not empty and not an earlier build")
         shutil.rmtree(dest)
     modules = os.path.join(dest, "plugins", "modules")
     os.makedirs(modules)
+    with open(os.path.join(dest, MARKER), "w", encoding="utf-8"):
+        pass
     for name in sorted(os.listdir(os.path.join(REPO, "library"))):
         if name.endswith(".py"):
             copy_rewritten(os.path.join(REPO, "library", name), os.path.join(modules, name))
