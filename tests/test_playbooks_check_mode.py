@@ -10,7 +10,7 @@ import sys
 import pytest
 from conftest import HOST_PYTHON
 
-from helpers import PASSPHRASE, REPO, backups_in, run_backup_script, signing_passphrase_file
+from helpers import PASSPHRASE, REPO, backups_in, manifest_of, run_backup_script, signing_passphrase_file
 from servers import load_sample_data, table_counts
 
 
@@ -27,6 +27,8 @@ def playbook_command(name, pg, database, tmp_path, backup_dir, check=True, extra
         "backup_dir": backup_dir, "backup_databases": [database], "backup_postgres_host": pg.host,
         "backup_postgres_port": pg.port, "backup_postgres_user": pg.app_user,
         "backup_postgres_password": pg.app_password, "backup_passphrase": PASSPHRASE, "backup_encrypt": False,
+        # What the backup role installed on the host; the operating playbooks read it.
+        "backup_passphrase_file": signing_passphrase_file(),
         "backup_report_dir": str(tmp_path / "reports"), "backup_textfile_dir": "",
         # The tests run as root against root's own temporary directories; there is no `infer` here.
         "backup_operate_as_backup_user": False,
@@ -84,6 +86,18 @@ def test_backup_playbook_in_check_mode_says_would_and_writes_nothing(pg, live, b
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"would write {live}_" in result.said and "nothing was written" in result.said
     assert backups_in(backup_dir) == []
+
+
+def test_the_backup_playbook_signs_with_the_passphrase_file_the_role_installed(pg, live, backup_dir, tmp_path):
+    """A backup now must be signed as cron's are: with the host's installed file, whatever the
+    vault on this controller holds, so the drill and retention trust it the same way."""
+    assert run_backup_script(pg, live, backup_dir).returncode == 0  # as cron runs it
+    [by_cron] = backups_in(backup_dir)
+    result = playbook("backup.yml", pg, live, tmp_path, backup_dir, check=False,
+                      backup_passphrase="a vault value this host never received")
+    assert result.returncode == 0, result.stdout + result.stderr
+    [by_playbook] = [path for path in backups_in(backup_dir) if path != by_cron]
+    assert manifest_of(by_playbook)["signature"]["key_id"] == manifest_of(by_cron)["signature"]["key_id"]
 
 
 def test_drill_playbook_in_check_mode_says_would_and_restores_nothing(pg, live, backup_dir, tmp_path):
