@@ -46,11 +46,10 @@ def load_config(environ):
     return config
 
 
-def _flag(config, key, default=False):
-    raw = config.get(key)
-    if raw is None or raw == "":
-        return default
-    return raw.strip().lower() in ("1", "true", "yes", "on")
+def _encrypt(config, passphrase_file):
+    """BACKUP_ENCRYPT, which the runbook leaves out: a passphrase file alone turns encryption on."""
+    raw = config.get("BACKUP_ENCRYPT")
+    return declarations.BACKUP["encrypt"].parse(raw) if raw else bool(passphrase_file)
 
 
 def backup_from_config(config):
@@ -74,22 +73,16 @@ def backup_from_config(config):
         compression_level=backup["compression_level"],
         jobs=backup["jobs"],
         passphrase_file=passphrase_file,
-        # The runbook's way: a passphrase file alone turns encryption on.
-        encrypt=_flag(config, "BACKUP_ENCRYPT", bool(passphrase_file)),
+        encrypt=_encrypt(config, passphrase_file),
         dump_command=dump_command,
         lock_wait=backup["lock_wait"],
         textfile_dir=store["textfile_dir"],
         sentry_dsn=store["sentry_dsn"],
         environment=store["environment"],
         space_check=backup["space_check"],
-        kdf_iterations=_kdf_iterations(config),
+        kdf_iterations=store["kdf_iter"],
     )
     return BackupRunner(options, pg_settings_from_config(config), log=log_line)
-
-
-def _kdf_iterations(config):
-    """BACKUP_KDF_ITER: PBKDF2 iterations of new backups, and of files named without a manifest."""
-    return declarations.from_config(declarations.STORE, config, ["kdf_iter"])["kdf_iter"]
 
 
 def pg_settings_from_config(config):
@@ -155,8 +148,8 @@ def restore_command(args, config):
     options = RestoreOptions(backup_dir=store["backup_dir"], passphrase_file=passphrase_file,
                              jobs=getattr(parsed, "jobs", None), force=getattr(parsed, "force", False),
                              keep_previous=not getattr(parsed, "drop_previous", False),
-                             require_encryption=_flag(config, "BACKUP_ENCRYPT", bool(passphrase_file)),
-                             kdf_iterations=_kdf_iterations(config))
+                             require_encryption=_encrypt(config, passphrase_file),
+                             kdf_iterations=store["kdf_iter"])
     log = log_line
     if parsed.action == "drill":
         drill = DrillOptions(

@@ -6,9 +6,10 @@ variable that sets it on a host, the role's default where a deployed host wants 
 than the engine (a user name, a metrics directory), and one line of documentation.
 
 What follows from these declarations: the on-host commands' configuration
-(:func:`from_config`), ``backup_db.sh --help``, and the engine's option defaults. What is checked
-against them by tests/test_settings.py, and fails on any drift: each module's argument spec
-and documented default, each role's ``defaults/main.yml`` and ``meta/argument_specs.yml``.
+(:func:`from_config`) and ``backup_db.sh --help``. What is checked against them by
+tests/test_settings.py, and fails on any drift: each module's argument spec and documented
+default, each role's ``defaults/main.yml`` and ``meta/argument_specs.yml``, and the defaults of
+the engine's option classes.
 """
 
 from .errors import ForgeError
@@ -55,17 +56,6 @@ class Setting:
         else:
             value = raw  # choices are the engine's to check: a custom dump ignores compression
         return value
-
-    def module_option(self):
-        """This setting as an entry of an AnsibleModule argument spec."""
-        option = {"type": self.kind}
-        if self.default is not None:
-            option["default"] = self.default
-        if self.choices:
-            option["choices"] = list(self.choices)
-        if self.secret:
-            option["no_log"] = True
-        return option
 
 
 def read_env_file(path):
@@ -150,7 +140,7 @@ BACKUP = _table(
     Setting("compression_level", "int", None, "Compression level; the compressor's default when unset.",
             env="BACKUP_COMPRESSION_LEVEL"),
     Setting("jobs", "int", None, "Parallel compression threads; one per core when unset.", env="BACKUP_JOBS"),
-    # The commands turn encryption on by themselves when a passphrase file is set (see from_config).
+    # The on-host commands turn encryption on by themselves when a passphrase file is set (cli._encrypt).
     Setting("encrypt", "bool", False, "Encrypt with AES-256 (openssl enc format).", env="BACKUP_ENCRYPT",
             role_var="backup_encrypt"),
     Setting("lock_wait", "int", 0, "Seconds to wait for another backup of the database to finish.",
@@ -219,10 +209,6 @@ def from_config(table, config, names=None):
     chosen = [table[name] for name in names] if names else table.values()
     return {setting.name: setting.parse(config.get(setting.env)) if setting.env else setting.default
             for setting in chosen}
-
-
-def defaults(table):
-    return {setting.name: setting.default for setting in table.values()}
 
 
 def help_line(table, *names):
