@@ -92,12 +92,12 @@ files:
 import os
 import shutil
 import stat
-import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 
 try:
     from ansible.module_utils.forge import onhost
+    from ansible.module_utils.forge.fsutil import write_atomic
     ENGINE_IMPORT_ERROR = None
 except ImportError as exc:  # pragma: no cover - reported to the user below
     ENGINE_IMPORT_ERROR = exc
@@ -156,6 +156,11 @@ def engine_sources():
             raise RuntimeError(f"the source of {fullname} is not in the module's payload")
         sources[f"{name}.py"] = source
     return sources
+
+
+def _interrupted_write(name):
+    """The temporary file of a write_atomic that was killed before its rename (".<name>.<random>.tmp")."""
+    return name.startswith(".") and name.endswith(".tmp")
 
 
 class InstallRefused(Exception):
@@ -242,8 +247,8 @@ class EngineInstaller:
                     if name == "__pycache__" and purge_caches:
                         found.append(relative)
                     continue
-                if name.startswith(".forge-install-") or (directory != "scripts" and relative not in wanted
-                                                          and name.endswith((".py", ".pyc"))):
+                dropped = directory != "scripts" and relative not in wanted and name.endswith((".py", ".pyc"))
+                if dropped or _interrupted_write(name):
                     found.append(relative)
         return found
 
@@ -261,7 +266,8 @@ class EngineInstaller:
                     self.directory(path)
             for relative in written:
                 data, mode = wanted[relative]
-                self.write(os.path.join(self.dest, relative), data, mode)
+                # As root, in a directory just made root's 0755: the file is root's from the start.
+                write_atomic(os.path.join(self.dest, relative), data, mode)
             for relative in removed:
                 path = os.path.join(self.dest, relative)
                 if os.path.isdir(path) and not os.path.islink(path):
@@ -293,22 +299,6 @@ class EngineInstaller:
             os.fchmod(fd, 0o755)
         finally:
             os.close(fd)
-
-    @staticmethod
-    def write(path, data, mode):
-        handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".forge-install-")
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                stream.write(data)
-                stream.flush()
-                os.fchown(stream.fileno(), 0, 0)
-                os.fchmod(stream.fileno(), mode)
-                os.fsync(stream.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
-            raise
 
 
 def main():
