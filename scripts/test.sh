@@ -123,18 +123,31 @@ stage_molecule() {
     return $rc
 }
 
+# Each stage's output also goes to .cache/test-logs/<stage>.log. When a stage fails,
+# its failure lines are repeated after the summary: a CI page often shows only the
+# last lines, and the two Molecule lanes interleave theirs.
+why_it_failed() {
+    grep -E 'fatal: \[|FAILED|^(\[[A-Za-z0-9_-]+\] )?E {3}|failed=[1-9]|scenario [A-Za-z0-9_-]+ failed|not killed' "$1" |
+        grep -v -E 'failed=0|ignore_errors' | tail -n 12 | cut -c 1-400
+}
+
 stages=("$@")
 [ ${#stages[@]} -gt 0 ] || stages=(bootstrap lint syntax docs sanity pytest mutation molecule)
+logs="$repo/.cache/test-logs"
+mkdir -p "$logs"
 summary=()
 status=0
+failed_log=
 for stage in "${stages[@]}"; do
     echo "=== stage: $stage"
     started=$SECONDS
-    if "stage_$stage"; then
+    "stage_$stage" 2>&1 | tee "$logs/$stage.log"
+    if [ "${PIPESTATUS[0]}" -eq 0 ]; then
         summary+=("$(printf '%-10s PASS %5d s' "$stage" $((SECONDS - started)))")
     else
         summary+=("$(printf '%-10s FAIL %5d s' "$stage" $((SECONDS - started)))")
         status=1
+        failed_log="$logs/$stage.log"
         break
     fi
 done
@@ -144,6 +157,8 @@ printf '%s\n' "${summary[@]}"
 passed=$(printf '%s\n' "${summary[@]}" | grep -c ' PASS ')
 echo "stages: $passed passed, $status failed"
 if [ $status -ne 0 ]; then
-    echo "stopped at the first failing stage; scroll up to its output"
+    echo "stopped at the first failing stage; scroll up to its output, or read $failed_log"
+    echo "=== its failure lines (the last 12)"
+    why_it_failed "$failed_log"
 fi
 exit $status
