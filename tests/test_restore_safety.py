@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -196,6 +197,42 @@ def test_connected_sessions_are_named_in_check_mode_and_before_they_are_ended(pg
     previous = report["previous_database"]
     assert table_counts(pg, previous)["public.orders"] == 5001  # the replaced data is kept, by name
     pg.drop_database(previous)
+
+
+def test_an_autovacuum_worker_on_the_target_is_no_session_and_does_not_stop_a_forced_restore(pg, live, backup_dir):
+    """Autovacuum works in the target whenever it likes, as a backend with no user. It is
+    nobody's session: the plan must not name it, and the restore, which runs as the app role,
+    must not try to end it (only a superuser may signal it). PostgreSQL itself ends it when
+    the database is renamed. A throttled vacuum of a table full of dead rows keeps one there."""
+    take_backup(pg, live, backup_dir)
+    engine = restorer(pg, backup_dir, force=True)
+    backup = engine.select(live)
+    with pg.connect(live) as conn:
+        conn.execute("CREATE TABLE dead_rows (n int) WITH (autovacuum_vacuum_threshold = 0, "
+                     "autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_cost_delay = 100, "
+                     "autovacuum_vacuum_cost_limit = 1)")
+        conn.execute("INSERT INTO dead_rows SELECT generate_series(1, 200000)")
+        conn.execute("DELETE FROM dead_rows")
+    with pg.connect() as admin:
+        admin.execute("ALTER SYSTEM SET autovacuum_naptime = 1")
+        admin.execute("SELECT pg_reload_conf()")
+        try:
+            deadline = time.monotonic() + 60
+            while not admin.execute("SELECT 1 FROM pg_stat_activity WHERE datname = %s "
+                                    "AND backend_type = 'autovacuum worker'", (live,)).fetchone():
+                assert time.monotonic() < deadline, "no autovacuum worker came to the target"
+                time.sleep(0.1)
+            plan = engine.restore(backup, live, database=live, check_mode=True)
+            assert plan["sessions"] == []
+            log = []
+            report = restore(pg, backup_dir, live, database=live, force=True, log=log.append)
+        finally:
+            admin.execute("ALTER SYSTEM RESET autovacuum_naptime")
+            admin.execute("SELECT pg_reload_conf()")
+    assert report["target_state"] == "replaced" and report["sessions_ended"] == []
+    assert not any(line.startswith("Ending session") for line in log)
+    assert table_counts(pg, live)["public.orders"] == 5000
+    pg.drop_database(report["previous_database"])
 
 
 def test_with_nobody_connected_no_session_is_named_not_even_the_restores_own(pg, live, backup_dir):

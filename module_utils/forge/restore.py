@@ -723,9 +723,13 @@ def _maintenance_db(target):
 
 
 def _sessions(control, target):
+    """The target's sessions: clients (and whatever else a user started there), not autovacuum,
+    which has no user, which only a superuser may signal, and which PostgreSQL ends itself when
+    the database is renamed; nor a parallel worker, which goes with its leader's session."""
     return control.execute(
         "SELECT pid, usename, application_name, coalesce(client_addr::text, 'local') FROM pg_stat_activity "
-        "WHERE datname = %s AND pid <> pg_backend_pid() ORDER BY pid", (target,)).fetchall()
+        "WHERE datname = %s AND pid <> pg_backend_pid() AND backend_type <> 'autovacuum worker' "
+        "AND leader_pid IS NULL ORDER BY pid", (target,)).fetchall()
 
 
 def _wait_until_gone(control, pid, seconds=5.0):
