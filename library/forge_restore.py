@@ -264,12 +264,12 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 
 try:
-    from ansible.module_utils.forge.drill import Drill, DrillOptions
+    from ansible.module_utils.forge.drill import DrillOptions, run_action
     from ansible.module_utils.forge.errors import ForgeError
     from ansible.module_utils.forge.opensslenc import PassphraseSource
     from ansible.module_utils.forge.pgconn import PgSettings
     from ansible.module_utils.forge.privileges import call_as_directory_owner
-    from ansible.module_utils.forge.restore import RestoreOptions, Restorer, verify_file
+    from ansible.module_utils.forge.restore import RestoreOptions
     ENGINE_IMPORT_ERROR = None
 except ImportError as exc:  # pragma: no cover - reported to the user below
     ENGINE_IMPORT_ERROR = exc
@@ -325,44 +325,24 @@ class RestoreModule:
                                      jobs=p["jobs"], force=p["force"], create=p["create"], owner=p["owner"],
                                      keep_previous=p["keep_previous"], require_encryption=p["require_encryption"],
                                      kdf_iterations=p["kdf_iter"])
-            restorer = Restorer(options, settings)
-            if p["mode"] == "verify":
-                backup = restorer.select(p["database"], p["backup_file"])
-                result = dict(verify_file(backup, restorer.passphrase(backup), p["database"],
-                                          kdf_iterations=options.kdf_iterations), backup=backup.path,
-                              changed=False)
-            elif p["mode"] == "restore":
-                if not p["target_database"]:
-                    return dict(failed=True, msg="mode=restore needs target_database")
-                backup = restorer.select(p["database"], p["backup_file"])
-                result = dict(restorer.restore(
-                    backup, p["target_database"], database=p["database"], check_mode=self.module.check_mode),
-                    backup=backup.path)
-            else:
-                return self.drill(settings, options)
-            result["duration"] = round(time.monotonic() - started, 3)
-            return result
+            drill = None
+            if p["mode"] == "drill":
+                drill = DrillOptions(
+                    database=p["database"], scratch_database=p["scratch_database"], backup_file=p["backup_file"],
+                    keep=p["keep"], sql_checks=p["sql_checks"], amcheck=p["amcheck"], textfile_dir=p["textfile_dir"],
+                    report_dir=p["report_dir"], sentry_dsn=p["sentry_dsn"], environment=p["environment"])
+            result = dict(run_action(p["mode"], options, settings, database=p["database"],
+                                     backup_file=p["backup_file"], target=p["target_database"], drill=drill,
+                                     check_mode=self.module.check_mode))
         except ForgeError as exc:
             return dict(failed=True, msg=exc.message, changed=False)
-
-    def drill(self, settings, options):
-        p = self.params
-        drill_options = DrillOptions(
-            database=p["database"], scratch_database=p["scratch_database"], backup_file=p["backup_file"],
-            keep=p["keep"], sql_checks=p["sql_checks"], amcheck=p["amcheck"], textfile_dir=p["textfile_dir"],
-            report_dir=p["report_dir"], sentry_dsn=p["sentry_dsn"], environment=p["environment"])
-        if self.module.check_mode:
-            restorer = Restorer(options, settings)
-            backup = restorer.select(p["database"], p["backup_file"])
-            report = verify_file(backup, restorer.passphrase(backup), p["database"],
-                                 kdf_iterations=options.kdf_iterations)
-            return dict(report, backup=backup.path, changed=False, passed=None,
-                        reason=f"check mode: would drill {backup.name} (file {report['verdict'].lower()}); "
-                               "nothing restored")
-        result = Drill(drill_options, options, settings).run()
-        if not result["passed"] and p["fail_on_error"]:
+        if p["mode"] == "verify" or (p["mode"] == "drill" and self.module.check_mode):
+            result["changed"] = False
+        if p["mode"] == "drill" and result["passed"] is False and p["fail_on_error"]:
             result["failed"] = True
             result["msg"] = f"restore drill of {p['database']} failed: {result['reason']}"
+        if p["mode"] != "drill":
+            result["duration"] = round(time.monotonic() - started, 3)
         return result
 
 

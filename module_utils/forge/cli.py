@@ -115,8 +115,8 @@ def restore_command(args, config):
     import argparse
     import json
 
-    from .drill import Drill, DrillOptions
-    from .restore import RestoreOptions, Restorer, verify_file
+    from .drill import DrillOptions, run_action
+    from .restore import RestoreOptions
 
     parser = argparse.ArgumentParser(prog="restore_db.sh", description="Verify, restore or drill INFER FORGE backups.")
     sub = parser.add_subparsers(dest="action", required=True)
@@ -150,7 +150,7 @@ def restore_command(args, config):
                              keep_previous=not getattr(parsed, "drop_previous", False),
                              require_encryption=_encrypt(config, passphrase_file),
                              kdf_iterations=store["kdf_iter"])
-    log = log_line
+    drill = None
     if parsed.action == "drill":
         drill = DrillOptions(
             database=settings.database,
@@ -159,20 +159,15 @@ def restore_command(args, config):
             sql_checks=_drill_checks(config) + [{"name": sql, "sql": sql} for sql in parsed.check],
             textfile_dir=store["textfile_dir"], report_dir=store["report_dir"],
             sentry_dsn=store["sentry_dsn"], environment=store["environment"])
-        result = Drill(drill, options, settings, log=log).run()
-        counted = "counted" if result["verdict"] == "UNVERIFIED" else "checked"
-        log_line(f"{result['verdict']}: {result.get('backup', '-')}: "
-                 f"{result.get('tables_checked', 0)} tables, {result.get('rows_checked', 0)} rows {counted} in "
-                 f"{result['duration']:.1f} s; {result['reason']}")
-        return {"PASS": 0, "UNVERIFIED": EXIT_UNVERIFIED}.get(result["verdict"], EXIT_FAILURE)
-    restorer = Restorer(options, settings, log=log)
-    backup = restorer.select(settings.database, backup_file)
-    if parsed.action == "verify":
-        report = verify_file(backup, restorer.passphrase(backup), settings.database,
-                             kdf_iterations=options.kdf_iterations)
-    else:
-        report = restorer.restore(backup, parsed.target, database=settings.database)
-    log_line(json.dumps(dict(report, backup=backup.path), indent=2, sort_keys=True))
+    report = run_action(parsed.action, options, settings, database=settings.database, backup_file=backup_file,
+                        target=getattr(parsed, "target", None), drill=drill, log=log_line)
+    if parsed.action == "drill":
+        counted = "counted" if report["verdict"] == "UNVERIFIED" else "checked"
+        log_line(f"{report['verdict']}: {report.get('backup', '-')}: "
+                 f"{report.get('tables_checked', 0)} tables, {report.get('rows_checked', 0)} rows {counted} in "
+                 f"{report['duration']:.1f} s; {report['reason']}")
+        return {"PASS": 0, "UNVERIFIED": EXIT_UNVERIFIED}.get(report["verdict"], EXIT_FAILURE)
+    log_line(json.dumps(report, indent=2, sort_keys=True))
     return 0 if report.verified else EXIT_UNVERIFIED
 
 

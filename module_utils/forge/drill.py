@@ -20,7 +20,7 @@ from .fsutil import write_atomic
 from .pgconn import count_rows, user_tables
 from .records import DRILL_METRIC_PREFIX as METRIC_PREFIX
 from .records import drill_metrics_filename, drill_report_path
-from .restore import Restorer, derived_name, describe_count_mismatches
+from .restore import Restorer, derived_name, describe_count_mismatches, verify_file
 
 DRILL_COMMENT = "infer-forge restore drill scratch database"
 
@@ -243,3 +243,37 @@ class Drill:
                                   now, "When a restore drill last passed.")
         if error:
             result["metrics_error"] = error
+
+
+ACTIONS = ("verify", "restore", "drill")
+
+
+def run_action(action, options, settings, database=None, backup_file=None, target=None, drill=None,
+               check_mode=False, log=None):
+    """verify, restore or drill: the one flow scripts/restore_db.sh and forge_restore both call.
+
+    ``options`` are RestoreOptions, ``settings`` the PgSettings of the server; ``database``
+    picks the newest good backup when ``backup_file`` is None. ``target`` is the database a
+    restore writes into; ``drill`` the DrillOptions of a drill. In check mode a restore
+    says what it would do and a drill verifies the file only; nothing is written.
+    Returns the report, with the chosen backup's path under ``backup``.
+    """
+    if action not in ACTIONS:
+        raise ForgeError(f"unknown action {action!r}; choose one of {', '.join(ACTIONS)}")
+    if action == "drill" and not check_mode:
+        if drill is None:
+            raise ForgeError("a drill needs its drill options")
+        return Drill(drill, options, settings, log=log).run()
+    if action == "restore" and not target:
+        raise ForgeError("a restore needs the target database")
+    restorer = Restorer(options, settings, log=log)
+    backup = restorer.select(database, backup_file)
+    if action == "restore":
+        report = restorer.restore(backup, target, database=database, check_mode=check_mode)
+    else:
+        report = verify_file(backup, restorer.passphrase(backup), database, kdf_iterations=options.kdf_iterations)
+    report["backup"] = backup.path
+    if action == "drill":
+        report.update(passed=None, reason=f"check mode: would drill {backup.name} "
+                                          f"(file {report['verdict'].lower()}); nothing restored")
+    return report
