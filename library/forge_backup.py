@@ -112,8 +112,8 @@ options:
     type: int
     default: 10000
   passphrase:
-    description: The passphrase itself, for example from Ansible Vault. Written to a private
-      temporary file for the run and removed afterwards.
+    description: The passphrase itself, for example from Ansible Vault. It stays in the module's
+      memory and wins over O(passphrase_file); no file is written for it.
     type: str
   dump_command:
     description:
@@ -258,7 +258,6 @@ try:
     from ansible.module_utils.forge import catalog
     from ansible.module_utils.forge.backup import BackupOptions, BackupRunner
     from ansible.module_utils.forge.errors import ForgeError
-    from ansible.module_utils.forge.opensslenc import PassphraseSource
     from ansible.module_utils.forge.pgconn import PgSettings
     from ansible.module_utils.forge.privileges import call_as_directory_owner
     ENGINE_IMPORT_ERROR = None
@@ -314,17 +313,12 @@ class BackupModule:
         p = self.params
         if p["encrypt"] and not (p["passphrase"] or p["passphrase_file"]):
             return dict(failed=True, msg="encrypt is true but neither passphrase_file nor passphrase is set")
-        with PassphraseSource(p["passphrase"], p["passphrase_file"]) as passphrase_file:
-            return self.backup(passphrase_file)
-
-    def backup(self, passphrase_file):
-        p = self.params
         try:
             options = BackupOptions(
                 backup_dir=p["backup_dir"], retention_days=p["retention_days"], min_keep=p["min_keep"],
                 keep_daily=p["keep_daily"], keep_weekly=p["keep_weekly"], keep_monthly=p["keep_monthly"],
                 dump_format=p["format"], compression=p["compression"], compression_level=p["compression_level"],
-                jobs=p["jobs"], passphrase_file=passphrase_file,
+                jobs=p["jobs"], passphrase_file=p["passphrase_file"], passphrase=p["passphrase"],
                 encrypt=p["encrypt"], dump_command=p["dump_command"], dump_options=p["dump_options"],
                 lock_wait=p["lock_wait"], textfile_dir=p["textfile_dir"], sentry_dsn=p["sentry_dsn"],
                 environment=p["environment"], space_check=p["space_check"], kdf_iterations=p["kdf_iter"])

@@ -167,7 +167,6 @@ from ansible.module_utils.basic import AnsibleModule
 try:
     from ansible.module_utils.forge.errors import ForgeError
     from ansible.module_utils.forge.offsite import OffsiteCopy, OffsiteOptions
-    from ansible.module_utils.forge.opensslenc import PassphraseSource
     from ansible.module_utils.forge.privileges import call_as_directory_owner
     ENGINE_IMPORT_ERROR = None
 except ImportError as exc:  # pragma: no cover - reported to the user below
@@ -197,17 +196,17 @@ ARGUMENT_SPEC = dict(
 
 def copy_offsite(module):
     p = module.params
-    with PassphraseSource(p["passphrase"], p["passphrase_file"]) as passphrase_file:
-        try:
-            options = OffsiteOptions(
-                backup_dir=p["backup_dir"], target=p["target"], database=p["database"],
-                retention_days=p["retention_days"], min_keep=p["min_keep"], ssh_port=p["ssh_port"],
-                ssh_identity=p["ssh_identity"], known_hosts=p["known_hosts"], require_mount=p["require_mount"],
-                skip_unencrypted=p["skip_unencrypted"], textfile_dir=p["textfile_dir"], state_dir=p["report_dir"],
-                sentry_dsn=p["sentry_dsn"], environment=p["environment"], passphrase_file=passphrase_file)
-        except ForgeError as exc:
-            return dict(failed=True, msg=exc.message)
-        return OffsiteCopy(options).run(check_mode=module.check_mode)
+    try:
+        options = OffsiteOptions(
+            backup_dir=p["backup_dir"], target=p["target"], database=p["database"],
+            retention_days=p["retention_days"], min_keep=p["min_keep"], ssh_port=p["ssh_port"],
+            ssh_identity=p["ssh_identity"], known_hosts=p["known_hosts"], require_mount=p["require_mount"],
+            skip_unencrypted=p["skip_unencrypted"], textfile_dir=p["textfile_dir"], state_dir=p["report_dir"],
+            sentry_dsn=p["sentry_dsn"], environment=p["environment"], passphrase_file=p["passphrase_file"],
+            passphrase=p["passphrase"])
+    except ForgeError as exc:
+        return dict(failed=True, msg=exc.message)
+    return OffsiteCopy(options).run(check_mode=module.check_mode)
 
 
 def main():

@@ -266,7 +266,6 @@ from ansible.module_utils.basic import AnsibleModule
 try:
     from ansible.module_utils.forge.drill import DrillOptions, run_action
     from ansible.module_utils.forge.errors import ForgeError
-    from ansible.module_utils.forge.opensslenc import PassphraseSource
     from ansible.module_utils.forge.pgconn import PgSettings
     from ansible.module_utils.forge.privileges import call_as_directory_owner
     from ansible.module_utils.forge.restore import RestoreOptions
@@ -312,16 +311,13 @@ class RestoreModule:
         self.params = module.params
 
     def run(self):
-        with PassphraseSource(self.params["passphrase"], self.params["passphrase_file"]) as passphrase_file:
-            return self.dispatch(passphrase_file)
-
-    def dispatch(self, passphrase_file):
         p = self.params
         started = time.monotonic()
         try:
             settings = PgSettings(host=p["login_host"], port=p["port"], user=p["login_user"],
                                   password=p["login_password"], database=p["database"])
-            options = RestoreOptions(backup_dir=p["backup_dir"], passphrase_file=passphrase_file,
+            options = RestoreOptions(backup_dir=p["backup_dir"], passphrase_file=p["passphrase_file"],
+                                     passphrase=p["passphrase"],
                                      jobs=p["jobs"], force=p["force"], create=p["create"], owner=p["owner"],
                                      keep_previous=p["keep_previous"], require_encryption=p["require_encryption"],
                                      kdf_iterations=p["kdf_iter"])

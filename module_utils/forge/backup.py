@@ -49,7 +49,7 @@ class BackupOptions:
                  keep_monthly=0, dump_format="plain", compression="gzip", compression_level=None, jobs=None,
                  passphrase_file=None, encrypt=None, dump_command=None, dump_options=None, lock_wait=0,
                  textfile_dir=None, sentry_dsn=None, environment=None, space_check=True,
-                 space_margin_bytes=16 << 20, kdf_iterations=None):
+                 space_margin_bytes=16 << 20, kdf_iterations=None, passphrase=None):
         self.backup_dir = backup_dir
         self.retention_days = retention_days
         self.min_keep = min_keep
@@ -61,7 +61,9 @@ class BackupOptions:
         self.compression_level = compression_level
         self.jobs = jobs
         self.passphrase_file = passphrase_file
-        self.encrypt = bool(passphrase_file) if encrypt is None else bool(encrypt)
+        # The passphrase itself, instead of its file (a module's vault value); it wins over the file.
+        self.passphrase = passphrase
+        self.encrypt = bool(passphrase_file or passphrase) if encrypt is None else bool(encrypt)
         self.dump_command = list(dump_command or ["pg_dump"])
         self.dump_options = list(["--no-owner", "--no-privileges"] if dump_options is None else dump_options)
         self.lock_wait = lock_wait
@@ -88,7 +90,7 @@ class BackupOptions:
             raise ForgeError(f"jobs must be a whole number >= 1, got {self.jobs!r}")
         if not self.backup_dir or not os.path.isabs(self.backup_dir):
             raise ForgeError(f"backup_dir must be an absolute path, got {self.backup_dir!r}")
-        if self.encrypt and not self.passphrase_file:
+        if self.encrypt and not (self.passphrase_file or self.passphrase):
             raise ForgeError("encryption is on but no passphrase file is configured")
 
     @property
@@ -125,8 +127,8 @@ class BackupRunner:
         result = BackupResult(changed=False, database=self.settings.database, backup_dir=self.options.backup_dir)
         try:
             # The passphrase encrypts (when encryption is on) and signs the manifest.
-            if self.options.passphrase_file:
-                self.passphrase = signing.read_passphrase(self.options.passphrase_file)
+            if self.options.passphrase_file or self.options.passphrase:
+                self.passphrase = signing.load_passphrase(self.options.passphrase, self.options.passphrase_file)
             note = None if check_mode else ensure_private_dir(self.options.backup_dir)
             if check_mode and not os.path.isdir(self.options.backup_dir):
                 ensure_private_dir(self.options.backup_dir, create=False)

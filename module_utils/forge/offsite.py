@@ -31,7 +31,7 @@ from .errors import ForgeError, last_line
 from .fsutil import ensure_private_dir, fsync_dir, read_json_object, write_atomic
 from .records import OFFSITE_METRIC_PREFIX as METRIC_PREFIX
 from .records import offsite_metrics_filename, offsite_state_path
-from .signing import read_passphrase
+from .signing import load_passphrase
 
 OPENSSL_MAGIC = b"Salted__"
 CHUNK = 1024 * 1024
@@ -59,7 +59,7 @@ class OffsiteOptions:
     def __init__(self, backup_dir, target, database, retention_days=90, min_keep=7, ssh_port=22,
                  ssh_identity=None, known_hosts=None, ssh_timeout=20, require_mount=True,
                  skip_unencrypted=False, textfile_dir=None, state_dir=None, sentry_dsn=None, environment=None,
-                 passphrase_file=None):
+                 passphrase_file=None, passphrase=None):
         if not target:
             raise ForgeError("no off-site target: set OFFSITE_TARGET (user@nas:/path or a mounted USB path)")
         if not database:
@@ -82,6 +82,8 @@ class OffsiteOptions:
         self.sentry_dsn = sentry_dsn
         self.environment = environment
         self.passphrase_file = passphrase_file
+        # The passphrase itself, instead of its file (a module's vault value); it wins over the file.
+        self.passphrase = passphrase
 
 
 def open_target(options):
@@ -290,10 +292,10 @@ class OffsiteCopy:
         now = datetime.datetime.fromtimestamp(self.clock())
         cutoff = now - datetime.timedelta(days=self.options.retention_days)
         # The same trust rule as restore and retention: only backups with a signed manifest leave the host.
-        if not self.options.passphrase_file:
+        if not (self.options.passphrase_file or self.options.passphrase):
             raise ForgeError("off-site copies need the backup passphrase (BACKUP_PASSPHRASE_FILE) to check that "
                              "each manifest is signed before it is copied")
-        policy = TrustPolicy(read_passphrase(self.options.passphrase_file), now=self.clock())
+        policy = TrustPolicy(load_passphrase(self.options.passphrase, self.options.passphrase_file), now=self.clock())
         local = [b for b in scan(self.options.backup_dir, self.options.database, policy) if b.good]
         # The window the target keeps: younger than its retention, or among the min_keep newest.
         wanted = [b for i, b in enumerate(local) if i < self.options.min_keep or b.timestamp >= cutoff]

@@ -20,7 +20,7 @@ import os
 
 from .errors import ForgeError
 
-# Re-exported: restore.py and the tests call opensslenc.read_passphrase.
+# Re-exported: the tests call opensslenc.read_passphrase.
 from .signing import read_passphrase  # noqa: F401  # pylint: disable=unused-import
 
 # The engine loads without cryptography (it is needed only to encrypt or decrypt),
@@ -43,32 +43,6 @@ MIN_KDF_ITERATIONS = 1000
 MAX_KDF_ITERATIONS = 10_000_000
 PBKDF2_DIGEST = "sha256"
 CIPHER_NAME = "aes-256-cbc"
-
-
-class PassphraseSource:
-    """The path of a passphrase file, given either as a file or as the passphrase
-    itself (an Ansible Vault value), which then lives in a memory file (see
-    pgconn.memory_file) for the duration of the ``with`` block: never on a disk,
-    never on a command line, and gone with the process however it ends."""
-
-    def __init__(self, passphrase=None, passphrase_file=None):
-        self.passphrase = passphrase
-        self.passphrase_file = passphrase_file
-        self._fd = None
-
-    def __enter__(self):
-        if not self.passphrase:
-            return self.passphrase_file
-        from .pgconn import memory_file
-
-        self._fd, path = memory_file("infer-forge-passphrase", (self.passphrase + "\n").encode("utf-8"))
-        return path
-
-    def __exit__(self, *exc):
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        return False
 
 
 def kdf_iterations(value, name="kdf_iter"):

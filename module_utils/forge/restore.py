@@ -18,7 +18,7 @@ import subprocess
 import threading
 import time
 
-from . import catalog, compress, opensslenc
+from . import catalog, compress, opensslenc, signing
 from .errors import ForgeError, database_error, hide_values, statement_line
 from .fsutil import pin_malloc_mmap_threshold
 from .pgconn import PassFile, passed_fds, user_tables
@@ -299,9 +299,11 @@ class RestoreOptions:
     def __init__(self, backup_dir="/backups", passphrase_file=None, jobs=None, force=False, create=True,
                  owner=None, session_settings=None, psql_command=None, pg_restore_command=None, verify=True,
                  comment=None, keep_previous=True, require_encryption=None, check_counts=True,
-                 kdf_iterations=None):
+                 kdf_iterations=None, passphrase=None):
         self.backup_dir = backup_dir
         self.passphrase_file = passphrase_file
+        # The passphrase itself, instead of its file (a module's vault value); it wins over the file.
+        self.passphrase = passphrase
         self.jobs = jobs
         self.force = force
         self.create = create
@@ -314,7 +316,8 @@ class RestoreOptions:
         # A forced restore renames the database it replaces instead of dropping it.
         self.keep_previous = keep_previous
         # Like the backup side: with a passphrase, encrypted backups are expected.
-        self.require_encryption = bool(passphrase_file) if require_encryption is None else bool(require_encryption)
+        self.require_encryption = (bool(passphrase_file or passphrase) if require_encryption is None
+                                   else bool(require_encryption))
         # Compare the restored copy's row counts with the manifest before it goes live.
         self.check_counts = check_counts
         # PBKDF2 iterations for an encrypted file whose manifest does not record them (BACKUP_KDF_ITER).
@@ -353,8 +356,8 @@ class Restorer:
         return self.options.jobs or compress.default_workers()
 
     def configured_passphrase(self):
-        if self._passphrase is None and self.options.passphrase_file:
-            self._passphrase = opensslenc.read_passphrase(self.options.passphrase_file)
+        if self._passphrase is None and (self.options.passphrase_file or self.options.passphrase):
+            self._passphrase = signing.load_passphrase(self.options.passphrase, self.options.passphrase_file)
         return self._passphrase
 
     def policy(self):
@@ -368,7 +371,7 @@ class Restorer:
             return None
         if getattr(backup, "legacy_passphrase", None):
             return backup.legacy_passphrase
-        if not self.options.passphrase_file:
+        if not (self.options.passphrase_file or self.options.passphrase):
             raise ForgeError(f"{backup.name} is encrypted; a passphrase file is needed to restore it")
         return self.configured_passphrase()
 

@@ -70,6 +70,12 @@ def read_passphrase(path):
     return passphrase
 
 
+def load_passphrase(value=None, path=None):
+    """The passphrase as bytes: ``value`` itself (an Ansible Vault value, kept in memory
+    only) when given, else read from the file at ``path`` as openssl reads it."""
+    return passphrase_bytes(value) if value else read_passphrase(path)
+
+
 def passphrase_bytes(value):
     """A passphrase given as a value (Ansible Vault), read as openssl would read it from a file."""
     if value is None:
