@@ -25,7 +25,8 @@ CASES = [
     ("backup-format-not-among-its-choices", "backup", "main", "backup_format", "tar",
      "value of backup_format must be one of: plain, custom, got: tar"),
     ("backup-format-custom", "backup", "main", "backup_format", "custom", None),
-    ("backup-as-backup-user-neither-true-nor-false", "backup", "main", "backup_operate_as_backup_user", "sometimes",
+    ("backup-as-backup-user-neither-true-nor-false", "backup_operations", "run", "backup_operate_as_backup_user",
+     "sometimes",
      "argument 'backup_operate_as_backup_user' is of type str and we were unable to convert to bool"),
     ("prometheus-node-port-as-a-word", "prometheus", "main", "prometheus_node_port", "node-exporter",
      "argument 'prometheus_node_port' is of type str and we were unable to convert to int"),
@@ -38,17 +39,18 @@ CASES = [
     ("health-checks-with-a-misspelt-check", "health", "check", "health_checks", ["database", "redsi"],
      "value of health_checks must be one or more of: database, redis, app. Got no match for: redsi"),
     ("health-checks-database-alone", "health", "check", "health_checks", ["database"], None),
-    # The operating entry points of the backup role check what they use, as main does.
-    ("backup-run-min-keep-as-a-word", "backup", "run", "backup_min_keep", "all",
+    # The operations' entry points check what they use, as the installing role's main does.
+    ("backup-run-min-keep-as-a-word", "backup_operations", "run", "backup_min_keep", "all",
      "argument 'backup_min_keep' is of type str and we were unable to convert to int"),
-    ("backup-run-format-custom", "backup", "run", "backup_format", "custom", None),
-    ("backup-drill-keep-neither-true-nor-false", "backup", "drill", "backup_drill_keep", "later",
+    ("backup-run-format-custom", "backup_operations", "run", "backup_format", "custom", None),
+    ("backup-drill-keep-neither-true-nor-false", "backup_operations", "drill", "backup_drill_keep", "later",
      "argument 'backup_drill_keep' is of type str and we were unable to convert to bool"),
-    ("backup-restore-force-neither-true-nor-false", "backup", "restore", "backup_restore_force", "please",
+    ("backup-restore-force-neither-true-nor-false", "backup_operations", "restore", "backup_restore_force", "please",
      "argument 'backup_restore_force' is of type str and we were unable to convert to bool"),
-    ("backup-restore-jobs-as-a-word", "backup", "restore", "backup_restore_jobs", "four",
+    ("backup-restore-jobs-as-a-word", "backup_operations", "restore", "backup_restore_jobs", "four",
      "argument 'backup_restore_jobs' is of type str and we were unable to convert to int"),
-    ("backup-offsite-run-retention-as-a-word", "backup", "offsite_run", "backup_offsite_retention_days", "long",
+    ("backup-offsite-run-retention-as-a-word", "backup_operations", "offsite_run", "backup_offsite_retention_days",
+     "long",
      "argument 'backup_offsite_retention_days' is of type str and we were unable to convert to int"),
     ("backup-offsite-trust-port-as-a-word", "backup", "offsite_trust", "backup_offsite_ssh_port", "ssh",
      "argument 'backup_offsite_ssh_port' is of type str and we were unable to convert to int"),
@@ -184,15 +186,17 @@ def test_every_entry_point_a_playbook_includes_has_an_argument_spec():
     assert missing == [], "\n".join(missing)
 
 
-@pytest.mark.parametrize("entry_point", ["run", "drill", "restore", "offsite_run", "offsite_trust"])
-def test_an_operating_entry_point_checks_only_what_its_tasks_use(entry_point):
+@pytest.mark.parametrize(("role", "entry_point"), [("backup_operations", "run"), ("backup_operations", "drill"),
+                                                  ("backup_operations", "restore"),
+                                                  ("backup_operations", "offsite_run"), ("backup", "offsite_trust")])
+def test_an_operating_entry_point_checks_only_what_its_tasks_use(role, entry_point):
     """Ansible resolves every variable a spec lists: one the tasks never use could only stop a run
     (an undefined vault value behind it), never protect one."""
-    with open(os.path.join(REPO, "roles", "backup", "meta", "argument_specs.yml")) as handle:
+    with open(os.path.join(REPO, "roles", role, "meta", "argument_specs.yml")) as handle:
         declared = set(yaml.safe_load(handle)["argument_specs"][entry_point]["options"])
-    with open(os.path.join(REPO, "roles", "backup", "tasks", f"{entry_point}.yml")) as handle:
+    with open(os.path.join(REPO, "roles", role, "tasks", f"{entry_point}.yml")) as handle:
         tasks = handle.read()
-    with open(os.path.join(REPO, "roles", "backup", "defaults", "main.yml")) as handle:
+    with open(os.path.join(REPO, "roles", role, "defaults", "main.yml")) as handle:
         defaults = handle.read()  # a default built from another variable uses that one too
     unused = sorted(name for name in declared if name not in tasks
                     and not any(name in line and used in line for used in declared if used in tasks

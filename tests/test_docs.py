@@ -135,7 +135,10 @@ def named_role_variables(text):
 
 def unknown_variables(path, text, declared):
     problems = []
+    roles = set(os.listdir(os.path.join(REPO, "roles")))
     for number, name in named_role_variables(text):
+        if name in roles:  # `backup_operations` names a role, not a variable
+            continue
         pattern = re.compile("^" + ".+".join(re.escape(part) for part in name.split("*")) + "$")
         if not any(pattern.match(variable) for variable in declared):
             problems.append(f"{rel(path)}:{number}: `{name}` is no role's variable "

@@ -18,7 +18,9 @@ from forge.restore import RestoreOptions
 
 from helpers import REPO
 
-ROLE_PREFIXES = {"offsite_target_": "offsite_target", "backup_": "backup", "health_": "health"}
+# The backup_ variables configure two roles: backup installs, backup_operations operates.
+ROLE_PREFIXES = {"offsite_target_": ("offsite_target",), "backup_": ("backup", "backup_operations"),
+                 "health_": ("health",)}
 PATH_TYPES = {"path": ("path", "str"), "str": ("str",), "int": ("int",), "bool": ("bool",), "float": ("float",)}
 
 
@@ -31,8 +33,11 @@ def load_module(name):
     return module
 
 
-def role_of(variable):
-    return next(role for prefix, role in ROLE_PREFIXES.items() if variable.startswith(prefix))
+def roles_of(variable):
+    """The roles whose defaults set ``variable`` (at least its prefix's first role)."""
+    roles = next(roles for prefix, roles in ROLE_PREFIXES.items() if variable.startswith(prefix))
+    holding = [role for role in roles if variable in read_yaml("roles", role, "defaults", "main.yml")]
+    return holding or roles[:1]
 
 
 def read_yaml(*parts):
@@ -55,27 +60,45 @@ def module_options():
 
 @pytest.mark.parametrize("setting", declared_role_variables())
 def test_a_role_default_is_the_declared_one(setting):
-    role = role_of(setting.role_var)
-    defaults = read_yaml("roles", role, "defaults", "main.yml")
-    assert setting.role_var in defaults, f"{setting.role_var} is declared but roles/{role} has no default for it"
-    assert defaults[setting.role_var] == setting.role_default, (
-        f"roles/{role}/defaults/main.yml sets {setting.role_var}: {defaults[setting.role_var]!r}; "
-        f"module_utils/forge/settings.py declares {setting.role_default!r}")
+    for role in roles_of(setting.role_var):
+        defaults = read_yaml("roles", role, "defaults", "main.yml")
+        assert setting.role_var in defaults, f"{setting.role_var} is declared but roles/{role} has no default for it"
+        assert defaults[setting.role_var] == setting.role_default, (
+            f"roles/{role}/defaults/main.yml sets {setting.role_var}: {defaults[setting.role_var]!r}; "
+            f"module_utils/forge/settings.py declares {setting.role_default!r}")
 
 
 @pytest.mark.parametrize("setting", declared_role_variables())
 def test_a_role_argument_spec_agrees_with_the_declaration(setting):
-    role = role_of(setting.role_var)
-    specs = read_yaml("roles", role, "meta", "argument_specs.yml")["argument_specs"]
-    entries = [entry["options"][setting.role_var] for entry in specs.values()
+    roles = roles_of(setting.role_var)
+    entries = [entry["options"][setting.role_var] for role in roles
+               for entry in read_yaml("roles", role, "meta", "argument_specs.yml")["argument_specs"].values()
                if setting.role_var in entry.get("options", {})]
-    assert entries, f"no entry point of roles/{role} declares {setting.role_var}"
+    assert entries, f"no entry point of roles/{'/'.join(roles)} declares {setting.role_var}"
     for option in entries:
         assert option.get("type", "str") in PATH_TYPES[setting.kind], (setting.role_var, option)
         if "default" in option:
             assert option["default"] == setting.role_default, (setting.role_var, option["default"])
         if setting.choices:
             assert tuple(option.get("choices", ())) == setting.choices, setting.role_var
+
+
+def test_the_backup_and_operations_roles_agree_on_every_variable_they_share():
+    """One inventory configures both roles under the same names; a default edited in one
+    alone would make a playbook's backup differ from the cron entry's."""
+    installing = read_yaml("roles", "backup", "defaults", "main.yml")
+    operating = read_yaml("roles", "backup_operations", "defaults", "main.yml")
+    drift = [f"{name}: backup {installing[name]!r}, backup_operations {operating[name]!r}"
+             for name in sorted(set(installing) & set(operating)) if installing[name] != operating[name]]
+    assert drift == []
+    options = {}
+    for role in ("backup", "backup_operations"):
+        for entry in read_yaml("roles", role, "meta", "argument_specs.yml")["argument_specs"].values():
+            for name, option in entry.get("options", {}).items():
+                options.setdefault(name, set()).add((option.get("type", "str"), repr(option.get("default"))))
+    assert {name: seen for name, seen in options.items() if len(seen) > 1} == {}
+    # The operations' own variables live there alone.
+    assert not {"backup_restore_target", "backup_drill_file", "backup_operate_as_backup_user"} & set(installing)
 
 
 @pytest.mark.parametrize(("module", "setting"), module_options())
