@@ -199,6 +199,27 @@ def test_connected_sessions_are_named_in_check_mode_and_before_they_are_ended(pg
     pg.drop_database(previous)
 
 
+def test_another_roles_session_on_the_target_is_named_and_the_forced_restore_stops_unchanged(pg, live, backup_dir):
+    """The restore logs in as the app role, which sees a superuser's session with most columns
+    NULL: it must still be named in the plan, and the restore, which may not end it, must stop
+    before the swap and leave the target as it was."""
+    take_backup(pg, live, backup_dir)
+    engine = restorer(pg, backup_dir, force=True)
+    backup = engine.select(live)
+    with pg.connect(live) as dba:  # a DBA's psql, as the superuser
+        pid = dba.execute("SELECT pg_backend_pid()").fetchone()[0]
+        plan = engine.restore(backup, live, database=live, check_mode=True)
+        assert [item for item in plan["sessions"] if item.startswith(f"pid {pid} user {pg.superuser} ")], plan
+        with pytest.raises(ForgeError) as failed:
+            restore(pg, backup_dir, live, database=live, force=True)
+        assert str(failed.value).startswith(f"cannot end session pid {pid} user {pg.superuser} ")
+        assert str(failed.value).endswith(f"{live} is unchanged (3 tables, as before)")
+    assert table_counts(pg, live)["public.orders"] == 5000
+    with pg.connect() as admin:
+        left = admin.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (live + "_%",)).fetchall()
+    assert left == []
+
+
 def test_an_autovacuum_worker_on_the_target_is_no_session_and_does_not_stop_a_forced_restore(pg, live, backup_dir):
     """Autovacuum works in the target whenever it likes, as a backend with no user. It is
     nobody's session: the plan must not name it, and the restore, which runs as the app role,

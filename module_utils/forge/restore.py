@@ -726,12 +726,14 @@ def _maintenance_db(target):
 
 
 def _sessions(control, target):
-    """The target's sessions: clients (and whatever else a user started there), not autovacuum,
-    which has no user, which only a superuser may signal, and which PostgreSQL ends itself when
-    the database is renamed; nor a parallel worker, which goes with its leader's session."""
+    """The target's sessions: every backend a role runs there, not autovacuum, which has no role,
+    which only a superuser may signal, and which PostgreSQL ends itself when the database is
+    renamed; nor a parallel worker, which goes with its leader's session. The filter reads only
+    columns any login sees: another role's session shows NULL in most (backend_type too), and
+    must still be named."""
     return control.execute(
         "SELECT pid, usename, application_name, coalesce(client_addr::text, 'local') FROM pg_stat_activity "
-        "WHERE datname = %s AND pid <> pg_backend_pid() AND backend_type <> 'autovacuum worker' "
+        "WHERE datname = %s AND pid <> pg_backend_pid() AND usesysid IS NOT NULL "
         "AND leader_pid IS NULL ORDER BY pid", (target,)).fetchall()
 
 
