@@ -263,4 +263,21 @@ MUTANTS = [
                    '            "note": (self.passphrase or b"").decode("utf-8", "replace"),\n')],
         "tests": ["tests/test_backup_script.py::test_the_manifest_is_signed_and_never_holds_the_passphrase"],
     },
+    {
+        "name": "autovacuum-counts-as-a-users-session",
+        "promise": "a forced restore does not stop on autovacuum, which only a superuser may end",
+        "edits": [(RESTORE, "AND usesysid IS NOT NULL ", "")],
+        "tests": ["tests/test_restore_safety.py::"
+                  "test_an_autovacuum_worker_on_the_target_is_no_session_and_does_not_stop_a_forced_restore"],
+    },
+    {
+        "name": "the-passphrase-value-is-ignored",
+        "promise": "a passphrase given as a value encrypts, signs and restores as the same one in its file",
+        "edits": [(SIGNING, "    return passphrase_bytes(value) if value else read_passphrase(path)\n",
+                   "    return read_passphrase(path)\n")],
+        "tests": ["tests/test_passphrase_value.py::"
+                  "test_a_restore_and_a_drill_given_the_value_trust_and_restore_what_the_file_signed",
+                  "tests/test_passphrase_value.py::"
+                  "test_a_backup_encrypted_with_the_value_reads_with_the_runbooks_openssl_and_is_signed_as_by_the_file"],
+    },
 ]
