@@ -181,9 +181,7 @@ def measure_health(server, rounds=20):
     try:
         db = PgSettings(server.host, server.port, server.app_user, server.app_password, "postgres")
         rs = health.RedisSettings(redis_server.host, redis_server.port, redis_server.password)
-        checks = [("database", db.target(), lambda: health.check_database(db)),
-                  ("redis", rs.target(), lambda: health.check_redis(rs)),
-                  ("app", app.url(), lambda: health.check_app(app.url()))]
+        checks = health.plan(database=db, redis=rs, app_url=app.url())
         totals, latencies = [], {"database": [], "redis": [], "app": []}
         for _ in range(rounds):
             started = time.perf_counter()

@@ -240,9 +240,7 @@ class HealthModule:
 
     def checks(self):
         p = self.params
-        timeout = p["timeout"]
-        limits = p["thresholds"]
-        planned = []
+        db = rs = None
         if "database" in p["checks"]:
             if p["database_url"]:
                 db = health.database_settings_from_url(p["database_url"])
@@ -250,8 +248,6 @@ class HealthModule:
                 db = PgSettings(host=p["database_host"], port=p["database_port"], user=p["database_user"],
                                 password=p["database_password"], database=p["database_name"],
                                 sslmode=p["database_sslmode"])
-            planned.append(("database", db.target(),
-                            lambda: health.check_database(db, timeout, limits.get("database"))))
         if "redis" in p["checks"]:
             tls_extra = dict(tls_ca_file=p["redis_tls_ca_file"], tls_verify=p["redis_tls_verify"],
                              queues=p["redis_queues"])
@@ -261,12 +257,8 @@ class HealthModule:
                 rs = health.RedisSettings(host=p["redis_host"], port=p["redis_port"], password=p["redis_password"],
                                           username=p["redis_username"], db=p["redis_db"], tls=p["redis_tls"],
                                           **tls_extra)
-            planned.append(("redis", rs.target(), lambda: health.check_redis(rs, timeout, limits.get("redis"))))
-        if "app" in p["checks"]:
-            planned.append(("app", health.redact_url(p["app_url"]),
-                            lambda: health.check_app(p["app_url"], timeout, limits.get("app"),
-                                                     p["app_validate_certs"])))
-        return planned
+        return health.plan(database=db, redis=rs, app_url=p["app_url"] if "app" in p["checks"] else None,
+                           timeout=p["timeout"], limits=p["thresholds"], validate_certs=p["app_validate_certs"])
 
     def run(self):
         p = self.params

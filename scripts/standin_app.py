@@ -25,16 +25,14 @@ from forge.pgconn import PgSettings  # noqa: E402
 VERSION = {"app": "INFER FORGE", "version": "0.1.0"}
 
 
-def checks():
+def checks(names):
     env = os.environ
     database = PgSettings(env.get("POSTGRES_HOST", "localhost"), env.get("POSTGRES_PORT", "5432"),
                           env.get("POSTGRES_USER"), env.get("POSTGRES_PASSWORD"), env.get("POSTGRES_DB"))
     redis = health.RedisSettings(env.get("REDIS_HOST", "localhost"), env.get("REDIS_PORT", "6379"),
                                  env.get("REDIS_PASSWORD") or None)
-    return {
-        "database": (database.target(), lambda: health.check_database(database, 2.0)),
-        "redis": (redis.target(), lambda: health.check_redis(redis, 2.0)),
-    }
+    return health.plan(database=database if "database" in names else None,
+                       redis=redis if "redis" in names else None, timeout=2.0)
 
 
 def runbook_entry(entry):
@@ -52,8 +50,7 @@ class Handler(BaseHTTPRequestHandler):
         if names is None:
             self.reply(404, {"detail": "Not Found"})
             return
-        available = checks()
-        report = health.run_checks([(name, *available[name]) for name in names], 2.0)
+        report = health.run_checks(checks(names), 2.0)
         body = {"status": "healthy" if report["status"] != "unhealthy" else "unhealthy",
                 "services": [runbook_entry(s) for s in report["services"]], "version": VERSION}
         self.reply(200 if body["status"] == "healthy" else 503, body)

@@ -292,6 +292,23 @@ def _fail(entry, error, started, keep_latency=False):
 
 # -- all together ----------------------------------------------------------------------
 
+def plan(database=None, redis=None, app_url=None, timeout=DEFAULT_TIMEOUT, limits=None, validate_certs=True):
+    """The checks for run_checks, in the runbook's order: the database (PgSettings), Redis
+    (RedisSettings) and the app's /health URL, each only when given. ``limits`` are the
+    thresholds by service (see validate_thresholds); an app URL's credentials never show."""
+    limits = limits or {}
+    planned = []
+    if database is not None:
+        planned.append(("database", database.target(),
+                        lambda: check_database(database, timeout, limits.get("database"))))
+    if redis is not None:
+        planned.append(("redis", redis.target(), lambda: check_redis(redis, timeout, limits.get("redis"))))
+    if app_url is not None:
+        planned.append(("app", redact_url(app_url),
+                        lambda: check_app(app_url, timeout, limits.get("app"), validate_certs)))
+    return planned
+
+
 def run_checks(checks, timeout=DEFAULT_TIMEOUT):
     """``checks``: list of (name, target, callable). Runs them in parallel; a check
     still running at ``timeout`` (+ 5% for its own timeout error to arrive) is
