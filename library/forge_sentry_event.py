@@ -121,14 +121,13 @@ recorded_at:
 
 import hashlib
 import json
-import os
 import socket
 import time
 
 from ansible.module_utils.basic import AnsibleModule
 
 try:
-    from ansible.module_utils.forge import sentry
+    from ansible.module_utils.forge import records, sentry
     from ansible.module_utils.forge.errors import ForgeError
     from ansible.module_utils.forge.fsutil import write_atomic
     ENGINE_IMPORT_ERROR = None
@@ -190,8 +189,8 @@ class SentryEventModule:
         result.update(accepted=200 <= status < 300, status=status, event_id=event_id, sdk=sdk, changed=True, sent=True)
         if result["accepted"] and p["record_file"]:
             now = time.time()
-            record = {"accepted_at": now, "event_id": event_id, "status": status, "endpoint": result["endpoint"],
-                      "environment": p["environment"], "dsn_fingerprint": fingerprint, "host": host}
+            record = records.sentry_test_event_record(now, event_id, status, result["endpoint"], p["environment"],
+                                                      fingerprint, host)
             try:
                 write_atomic(p["record_file"], json.dumps(record, indent=2, sort_keys=True) + "\n", mode=0o644)
             except OSError as exc:
@@ -202,14 +201,15 @@ class SentryEventModule:
     def recent_record(self, fingerprint):
         """The recorded acceptance, when it is for this DSN and younger than min_interval_days."""
         p = self.params
-        if not p["record_file"] or p["min_interval_days"] <= 0 or not os.path.exists(p["record_file"]):
+        if not p["record_file"] or p["min_interval_days"] <= 0:
             return None
         try:
-            with open(p["record_file"], encoding="utf-8") as handle:
-                record = json.load(handle)
-            age = time.time() - float(record["accepted_at"])
-        except (OSError, ValueError, KeyError, TypeError):
+            record = records.read_sentry_test_event(p["record_file"])
+        except ValueError:
+            return None  # a damaged record is no evidence: send again
+        if record is None:
             return None
+        age = time.time() - record["accepted_at"]
         if record.get("dsn_fingerprint") != fingerprint or not 0 <= age < p["min_interval_days"] * 86400:
             return None
         return record

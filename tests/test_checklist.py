@@ -8,6 +8,7 @@ import os
 import subprocess
 
 import pytest
+import yaml
 
 from forge.checklist import Checklist
 
@@ -207,6 +208,33 @@ def test_item_10_sentry_record(tmp_path):
                                   "environment production"]
     later = datetime.datetime.now().timestamp() + 31 * 86400
     assert check(10, clock=lambda: later, sentry_record=str(record))["status"] == "FAIL"
+
+
+def test_item_10_reads_the_record_forge_sentry_event_writes_and_a_damaged_one_fails_in_one_line(tmp_path):
+    from forge import records
+
+    record = tmp_path / "sentry.json"
+    written = records.sentry_test_event_record(datetime.datetime.now().timestamp() - 60, "e1", 200,
+                                               "https://***@o1.ingest.sentry.io/4242", "production", "f" * 16, "app1")
+    record.write_text(json.dumps(written))
+    assert check(10, sentry_record=str(record))["status"] == "PASS"
+    record.write_text('{"event_id": "e1"')
+    damaged = check(10, sentry_record=str(record))
+    assert damaged["status"] == "FAIL" and len(damaged["evidence"]) == 1
+    assert damaged["evidence"][0].startswith(f"{record} is not a readable record: ")
+    record.write_text('{"event_id": "e1"}')
+    assert check(10, sentry_record=str(record))["evidence"] == [f"{record} records no acceptance time"]
+
+
+def test_the_sentry_record_path_is_the_one_records_names_everywhere():
+    from forge import records
+
+    sentry_defaults = yaml.safe_load(open(os.path.join(REPO, "roles", "sentry", "defaults", "main.yml")))
+    checklist_defaults = yaml.safe_load(open(os.path.join(REPO, "roles", "checklist", "defaults", "main.yml")))
+    module_doc = open(os.path.join(REPO, "library", "forge_checklist.py")).read()
+    assert sentry_defaults["sentry_test_event_record"] == records.SENTRY_TEST_EVENT_RECORD
+    assert f"default('{records.SENTRY_TEST_EVENT_RECORD}')" in checklist_defaults["checklist_sentry_record"]
+    assert f"default: {records.SENTRY_TEST_EVENT_RECORD}\n" in module_doc
 
 
 def test_item_11_logrotate_is_validated_with_logrotate_itself(tmp_path):

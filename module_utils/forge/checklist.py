@@ -78,7 +78,7 @@ DEFAULTS = {
     "provisioning_dir": "/etc/grafana/provisioning",
     "alertmanager_config": "/etc/prometheus/alertmanager.yml",
     "alertmanager_url": "http://localhost:9093",
-    "sentry_record": "/var/lib/infer-forge/sentry-test-event.json",
+    "sentry_record": records.SENTRY_TEST_EVENT_RECORD,
     "sentry_max_age_days": 30,
     "logrotate_files": ["/etc/logrotate.d/infer-forge-app"],
     "timeout": 5.0,
@@ -137,11 +137,13 @@ class Checklist:
 
     def item_10(self):
         path = self.s["sentry_record"]
-        if not os.path.exists(path):
+        try:
+            record = records.read_sentry_test_event(path)
+        except ValueError as exc:
+            return FAIL, [str(exc)]
+        if record is None:
             return FAIL, [f"no accepted test event on record ({path} missing)"]
-        with open(path, encoding="utf-8") as handle:
-            record = json.load(handle)
-        age = self.clock() - float(record["accepted_at"])
+        age = self.clock() - record["accepted_at"]
         evidence = [f"event {record.get('event_id', '?')} accepted (HTTP {record.get('status')}) "
                     f"{_age(age)} ago by {record.get('endpoint', '?')}, environment {record.get('environment')}"]
         if age > self.s["sentry_max_age_days"] * 86400:
