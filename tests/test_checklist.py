@@ -273,3 +273,34 @@ def test_item_8_dashboards_must_be_provisioned_and_valid(tmp_path):
                                   "overview.json: 'INFER FORGE overview', 2 panels"]
     (dashboards / "broken.json").write_text("{not json")
     assert check(8, **settings)["status"] == "FAIL"
+
+
+def test_every_fix_the_checklist_prints_names_a_playbook_tag_and_variable_that_exist():
+    """The fixes are command lines an operator pastes: a renamed playbook, tag or variable
+    would send them nowhere."""
+    import glob
+    import re
+    import sys
+
+    from forge.checklist import ITEMS
+
+    playbook_command = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
+    listed = subprocess.run([playbook_command, "-i", os.path.join(REPO, "inventories", "lab"), "--list-tags",
+                             os.path.join(REPO, "playbooks", "deploy.yml")],
+                            capture_output=True, text=True, check=True, cwd=REPO).stdout
+    tags = {tag.strip() for line in re.findall(r"TASK TAGS: \[([^\]]*)\]", listed) for tag in line.split(",")}
+    variables = set()
+    for path in glob.glob(os.path.join(REPO, "roles", "*", "defaults", "main.yml")):
+        variables |= set(yaml.safe_load(open(path)) or {})
+    problems = []
+    for number, (_, _, fix) in ITEMS.items():
+        for playbook in re.findall(r"playbooks/([a-z_]+\.yml)", fix):
+            if not os.path.exists(os.path.join(REPO, "playbooks", playbook)):
+                problems.append(f"item {number}: no playbooks/{playbook}")
+        for tag in re.findall(r"--tags ([a-z_]+)", fix):
+            if tag not in tags:
+                problems.append(f"item {number}: deploy.yml has no tag {tag}")
+        for name in re.findall(r"\b((?:sentry|backup|logrotate)_[a-z_]+)\b", fix):
+            if name not in variables:
+                problems.append(f"item {number}: no role variable {name}")
+    assert problems == [] and len(tags) > 3
