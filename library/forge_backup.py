@@ -26,31 +26,15 @@ description:
 version_added: "0.1.0"
 author:
   - Infer DevOps <devops@infer.cz> (!UNKNOWN)
+extends_documentation_fragment:
+  - forge.connection
+  - forge.backup_store
 options:
   database:
     description: Database to back up (the runbook's C(POSTGRES_DB)). Any name, including quotes or spaces.
     type: str
     required: true
     aliases: [db]
-  login_host:
-    description: PostgreSQL host (C(POSTGRES_HOST)).
-    type: str
-    default: localhost
-  port:
-    description: PostgreSQL port (C(POSTGRES_PORT)).
-    type: int
-    default: 5432
-  login_user:
-    description: Role to connect as (C(POSTGRES_USER)).
-    type: str
-  login_password:
-    description: Password of O(login_user) (C(POSTGRES_PASSWORD)). Passed to C(pg_dump) through a private
-      temporary passfile, never on a command line.
-    type: str
-  backup_dir:
-    description: Directory for backups (C(BACKUP_DIR)). Created with mode 0700 when missing; a symlink is refused.
-    type: path
-    default: /backups
   retention_days:
     description: Delete good backups older than this many days (C(RETENTION_DAYS)), unless a keep rule holds them.
     type: int
@@ -111,10 +95,6 @@ options:
         file as it is; with another count that command needs C(-iter N).
     type: int
     default: 10000
-  passphrase:
-    description: The passphrase itself, for example from Ansible Vault. It stays in the module's
-      memory and wins over O(passphrase_file); no file is written for it.
-    type: str
   dump_command:
     description:
       - The C(pg_dump) to run, as a list. Use it when the server is newer than the local client, for

@@ -24,15 +24,13 @@ description:
 version_added: "0.1.0"
 author:
   - Infer DevOps <devops@infer.cz> (!UNKNOWN)
+extends_documentation_fragment:
+  - forge.backup_store
 options:
   database:
     description: Database whose backups are copied (the runbook's C(POSTGRES_DB)).
     type: str
     required: true
-  backup_dir:
-    description: Local backup directory (C(BACKUP_DIR)).
-    type: path
-    default: /backups
   target:
     description:
       - C(user@host:/absolute/path) for the NAS over SSH, or an absolute path on a mounted disk.
@@ -89,9 +87,6 @@ options:
       - The backup passphrase file. Only backups whose manifest is signed with its key are copied; one of
         O(passphrase_file) and O(passphrase) is required.
     type: path
-  passphrase:
-    description: The backup passphrase itself, for example from Ansible Vault.
-    type: str
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.

@@ -29,6 +29,9 @@ description:
 version_added: "0.1.0"
 author:
   - Infer DevOps <devops@infer.cz> (!UNKNOWN)
+extends_documentation_fragment:
+  - forge.connection
+  - forge.backup_store
 options:
   mode:
     description: What to do.
@@ -43,10 +46,6 @@ options:
   backup_file:
     description: The backup to use, a name in or a path inside O(backup_dir). Paths outside it are refused.
     type: path
-  backup_dir:
-    description: Directory that holds the backups.
-    type: path
-    default: /backups
   target_database:
     description: For O(mode=restore), the database to restore into.
     type: str
@@ -110,23 +109,6 @@ options:
         encrypted backups and checks every manifest's signature; without it no backup counts as good and only
         a named file can be restored, as UNVERIFIED.
     type: path
-  passphrase:
-    description: The passphrase itself, for example from Ansible Vault.
-    type: str
-  login_host:
-    description: PostgreSQL host.
-    type: str
-    default: localhost
-  port:
-    description: PostgreSQL port.
-    type: int
-    default: 5432
-  login_user:
-    description: Role to connect as. It needs C(CREATEDB) to create targets and scratch databases.
-    type: str
-  login_password:
-    description: Password of O(login_user). Passed to C(psql)/C(pg_restore) in a private passfile.
-    type: str
   textfile_dir:
     description: For O(mode=drill), node_exporter textfile directory for C(infer_forge_restore_drill_*) metrics.
     type: path

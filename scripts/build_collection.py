@@ -6,6 +6,7 @@ and module_utils/); the collection is a copy laid out the way ansible-galaxy and
 ansible-test expect:
 
   library/*.py               -> plugins/modules/
+  plugins/doc_fragments/     -> plugins/doc_fragments/
   module_utils/forge/        -> plugins/module_utils/forge/
   roles/                     -> roles/
   galaxy.yml, README.md      -> the collection's root
@@ -13,8 +14,9 @@ ansible-test expect:
   meta/runtime.yml           -> written here
 
 In the copied modules, `ansible.module_utils.forge` becomes
-`ansible_collections.infer.forge.plugins.module_utils.forge`; the engine itself
-imports its parts relatively and needs no rewrite.
+`ansible_collections.infer.forge.plugins.module_utils.forge`, and a doc fragment
+`forge.<part>` becomes `infer.forge.forge.<part>`; the engine itself imports its
+parts relatively and needs no rewrite.
 
 Usage: scripts/build_collection.py [DIR] [--tarball OUTDIR]
   DIR        where the layout goes (default build/ansible_collections/infer/forge, or with
@@ -38,11 +40,13 @@ COLLECTION_UTILS = "ansible_collections.infer.forge.plugins.module_utils.forge"
 REQUIRES_ANSIBLE = ">=2.19"
 # Matches the package name only where it is imported, never a longer name.
 LEGACY_IMPORT = re.compile(r"\bansible\.module_utils\.forge\b")
+# A doc fragment named in a module's extends_documentation_fragment list.
+LOCAL_FRAGMENT = re.compile(r"^(  - )(forge\.[a-z_]+)$", re.MULTILINE)
 SKIPPED = shutil.ignore_patterns("__pycache__", "*.pyc", "molecule", ".pytest_cache")
 
 
 def rewrite_imports(text):
-    return LEGACY_IMPORT.sub(COLLECTION_UTILS, text)
+    return LOCAL_FRAGMENT.sub(r"\1infer.forge.\2", LEGACY_IMPORT.sub(COLLECTION_UTILS, text))
 
 
 def copy_rewritten(src, dst):
@@ -72,6 +76,8 @@ def build_layout(dest):
     for name in sorted(os.listdir(os.path.join(REPO, "library"))):
         if name.endswith(".py"):
             copy_rewritten(os.path.join(REPO, "library", name), os.path.join(modules, name))
+    shutil.copytree(os.path.join(REPO, "plugins", "doc_fragments"), os.path.join(dest, "plugins", "doc_fragments"),
+                    ignore=SKIPPED)
     shutil.copytree(os.path.join(REPO, "module_utils", "forge"),
                     os.path.join(dest, "plugins", "module_utils", "forge"), ignore=SKIPPED)
     shutil.copytree(os.path.join(REPO, "roles"), os.path.join(dest, "roles"), ignore=SKIPPED)

@@ -128,7 +128,7 @@ stage_molecule() {
 # last lines, and the two Molecule lanes interleave theirs.
 why_it_failed() {
     grep -E 'fatal: \[|FAILED|^(\[[A-Za-z0-9_-]+\] )?E {3}|failed=[1-9]|scenario [A-Za-z0-9_-]+ failed|not killed|^[A-Z]{1,4}[0-9]{3,4} |^Found [0-9]+ error| (error|warning) +|^[a-z-]+\[[a-z-]+\]: |^Failed: [0-9]+ failure' "$1" |
-        grep -v -E 'failed=0|ignore_errors' | tail -n 12 | cut -c 1-400
+        grep -v -E 'failed=0|ignore_errors|# ignored$' | tail -n 12 | cut -c 1-400
 }
 
 stages=("$@")

@@ -33,6 +33,23 @@ def load_module(name):
     return module
 
 
+def documented_options(module):
+    """A module's documented options with its doc fragments merged in, as ansible-doc shows them."""
+    documentation = yaml.safe_load(load_module(module).DOCUMENTATION)
+    options = dict(documentation.get("options", {}))
+    spec = importlib.util.spec_from_file_location("forge_doc_fragment",
+                                                  os.path.join(REPO, "plugins", "doc_fragments", "forge.py"))
+    fragments = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fragments)
+    for name in documentation.get("extends_documentation_fragment", []):
+        family, part = name.split(".")
+        assert family == "forge", f"{module} extends an unknown fragment {name}"
+        shared = yaml.safe_load(getattr(fragments.ModuleDocFragment, part.upper()))["options"]
+        assert not set(shared) & set(options), f"{module} documents {set(shared) & set(options)} twice"
+        options.update(shared)
+    return options
+
+
 def roles_of(variable):
     """The roles whose defaults set ``variable`` (at least its prefix's first role)."""
     roles = next(roles for prefix, roles in ROLE_PREFIXES.items() if variable.startswith(prefix))
@@ -109,7 +126,7 @@ def test_a_module_option_agrees_with_the_declaration(module, setting):
     assert option.get("default") == setting.default
     assert tuple(option.get("choices", ())) == setting.choices
     assert bool(option.get("no_log")) == setting.secret
-    documented = yaml.safe_load(loaded.DOCUMENTATION)["options"][setting.name]
+    documented = documented_options(module)[setting.name]
     assert documented.get("default") == setting.default, f"{module}'s DOCUMENTATION of {setting.name}"
     assert documented.get("type", "str") == setting.kind
 
