@@ -273,8 +273,7 @@ MUTANTS = [
     {
         "name": "the-passphrase-value-is-ignored",
         "promise": "a passphrase given as a value encrypts, signs and restores as the same one in its file",
-        "edits": [(SIGNING, "    return passphrase_bytes(value) if value else read_passphrase(path)\n",
-                   "    return read_passphrase(path)\n")],
+        "edits": [(SIGNING, "    if value:\n        return passphrase_bytes(value)\n", "")],
         "tests": ["tests/test_passphrase_value.py::"
                   "test_a_restore_and_a_drill_given_the_value_trust_and_restore_what_the_file_signed",
                   "tests/test_passphrase_value.py::"

@@ -3,6 +3,7 @@ default, a type or a choice (a module's argument spec and its documentation, a r
 defaults/main.yml and meta/argument_specs.yml, the engine's option classes, the on-host
 commands) must say what the declaration says: edit one alone and this fails."""
 
+import functools
 import importlib.util
 import inspect
 import os
@@ -33,18 +34,24 @@ def load_module(name):
     return module
 
 
-def documented_options(module):
-    """A module's documented options with its doc fragments merged in, as ansible-doc shows them."""
-    documentation = yaml.safe_load(load_module(module).DOCUMENTATION)
-    options = dict(documentation.get("options", {}))
+@functools.cache
+def doc_fragments():
+    """plugins/doc_fragments/forge.py's ModuleDocFragment, loaded once."""
     spec = importlib.util.spec_from_file_location("forge_doc_fragment",
                                                   os.path.join(REPO, "plugins", "doc_fragments", "forge.py"))
     fragments = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fragments)
+    return fragments.ModuleDocFragment
+
+
+def documented_options(module):
+    """A module's documented options with its doc fragments merged in, as ansible-doc shows them."""
+    documentation = yaml.safe_load(load_module(module).DOCUMENTATION)
+    options = dict(documentation.get("options", {}))
     for name in documentation.get("extends_documentation_fragment", []):
         family, part = name.split(".")
         assert family == "forge", f"{module} extends an unknown fragment {name}"
-        shared = yaml.safe_load(getattr(fragments.ModuleDocFragment, part.upper()))["options"]
+        shared = yaml.safe_load(getattr(doc_fragments(), part.upper()))["options"]
         assert not set(shared) & set(options), f"{module} documents {set(shared) & set(options)} twice"
         options.update(shared)
     return options

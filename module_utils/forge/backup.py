@@ -127,8 +127,7 @@ class BackupRunner:
         result = BackupResult(changed=False, database=self.settings.database, backup_dir=self.options.backup_dir)
         try:
             # The passphrase encrypts (when encryption is on) and signs the manifest.
-            if self.options.passphrase_file or self.options.passphrase:
-                self.passphrase = signing.load_passphrase(self.options.passphrase, self.options.passphrase_file)
+            self.passphrase = signing.load_passphrase(self.options.passphrase, self.options.passphrase_file)
             note = None if check_mode else ensure_private_dir(self.options.backup_dir)
             if check_mode and not os.path.isdir(self.options.backup_dir):
                 ensure_private_dir(self.options.backup_dir, create=False)

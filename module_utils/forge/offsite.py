@@ -292,10 +292,11 @@ class OffsiteCopy:
         now = datetime.datetime.fromtimestamp(self.clock())
         cutoff = now - datetime.timedelta(days=self.options.retention_days)
         # The same trust rule as restore and retention: only backups with a signed manifest leave the host.
-        if not (self.options.passphrase_file or self.options.passphrase):
+        passphrase = load_passphrase(self.options.passphrase, self.options.passphrase_file)
+        if passphrase is None:
             raise ForgeError("off-site copies need the backup passphrase (BACKUP_PASSPHRASE_FILE) to check that "
                              "each manifest is signed before it is copied")
-        policy = TrustPolicy(load_passphrase(self.options.passphrase, self.options.passphrase_file), now=self.clock())
+        policy = TrustPolicy(passphrase, now=self.clock())
         local = [b for b in scan(self.options.backup_dir, self.options.database, policy) if b.good]
         # The window the target keeps: younger than its retention, or among the min_keep newest.
         wanted = [b for i, b in enumerate(local) if i < self.options.min_keep or b.timestamp >= cutoff]

@@ -1,7 +1,7 @@
 """Where runs leave their records: the drill's report and metrics file, the
-off-site copy's state, the accepted Sentry test event. Named here once, for the code that writes them and the
-checklist that reads them; stdlib only, so the checklist can run on hosts
-without the backup engine's libraries.
+off-site copy's state, the accepted Sentry test event. Named here once, for the
+code that writes them and the checklist that reads them; stdlib only, so the
+checklist can run on hosts without the backup engine's libraries.
 """
 
 import json

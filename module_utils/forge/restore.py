@@ -356,7 +356,7 @@ class Restorer:
         return self.options.jobs or compress.default_workers()
 
     def configured_passphrase(self):
-        if self._passphrase is None and (self.options.passphrase_file or self.options.passphrase):
+        if self._passphrase is None:
             self._passphrase = signing.load_passphrase(self.options.passphrase, self.options.passphrase_file)
         return self._passphrase
 

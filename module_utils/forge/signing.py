@@ -72,8 +72,11 @@ def read_passphrase(path):
 
 def load_passphrase(value=None, path=None):
     """The passphrase as bytes: ``value`` itself (an Ansible Vault value, kept in memory
-    only) when given, else read from the file at ``path`` as openssl reads it."""
-    return passphrase_bytes(value) if value else read_passphrase(path)
+    only) when given, else read from the file at ``path`` as openssl reads it; None when
+    neither is configured."""
+    if value:
+        return passphrase_bytes(value)
+    return read_passphrase(path) if path else None
 
 
 def passphrase_bytes(value):
