@@ -22,12 +22,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))
 sys.path.insert(0, os.path.join(REPO, "module_utils"))
 
-from stub_app import StubApp  # noqa: E402
-
 from forge import health  # noqa: E402
 from forge.pgconn import PgSettings  # noqa: E402
 
-from servers import PostgresServer, RedisServer  # noqa: E402
+from servers import PostgresServer, RedisServer, free_port, wait_for_port  # noqa: E402
 
 HOST_PYTHON = "/usr/bin/python3"
 PASSPHRASE = "bench passphrase"
@@ -174,14 +172,28 @@ def measure(server, database, workdir, label):
     return results
 
 
+def standin_app(server, redis_server):
+    """The lab's stand-in app (scripts/standin_app.py): its /health checks the same
+    PostgreSQL and Redis for real, as the app does."""
+    port = free_port()
+    env = dict(os.environ, POSTGRES_HOST=server.host, POSTGRES_PORT=str(server.port), POSTGRES_USER=server.app_user,
+               POSTGRES_PASSWORD=server.app_password, POSTGRES_DB="postgres", REDIS_HOST=redis_server.host,
+               REDIS_PORT=str(redis_server.port), REDIS_PASSWORD=redis_server.password or "", APP_PORT=str(port))
+    app = subprocess.Popen([HOST_PYTHON, os.path.join(REPO, "scripts", "standin_app.py")], env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port("127.0.0.1", port, "the stand-in app")
+    return app, f"http://127.0.0.1:{port}/health"
+
+
 def measure_health(server, rounds=20):
-    """Cost of a full forge_health check (database + Redis + app on loopback), in process."""
+    """Cost of a full forge_health check (database + Redis + the app's /health, which checks
+    both again) on loopback, in process."""
     redis_server = RedisServer().start()
-    app = StubApp()
+    app, app_url = standin_app(server, redis_server)
     try:
         db = PgSettings(server.host, server.port, server.app_user, server.app_password, "postgres")
         rs = health.RedisSettings(redis_server.host, redis_server.port, redis_server.password)
-        checks = health.plan(database=db, redis=rs, app_url=app.url())
+        checks = health.plan(database=db, redis=rs, app_url=app_url)
         totals, latencies = [], {"database": [], "redis": [], "app": []}
         for _ in range(rounds):
             started = time.perf_counter()
@@ -191,7 +203,8 @@ def measure_health(server, rounds=20):
             for entry in report["services"]:
                 latencies[entry["service"]].append(entry["latency_ms"])
     finally:
-        app.close()
+        app.terminate()
+        app.wait()
         redis_server.destroy()
     totals.sort()
     result = {"health_check_median_ms": round(totals[len(totals) // 2], 1), "health_check_max_ms": round(totals[-1], 1)}

@@ -17,18 +17,42 @@ description:
     3 to 6 to backup hosts (schedule and age of the last backup, restore drill, permissions,
     off-site copy); 7 to 9 to the monitoring host (Prometheus targets and rules, Grafana
     provisioning, Alertmanager).
-  - C(playbooks/checklist.yml) runs every item on the right hosts and writes the report.
+  - With O(report), it checks nothing and puts the results every host collected into one report
+    (RV(report)); C(playbooks/checklist.yml) runs every item on the right hosts and then does that.
 version_added: "0.1.0"
 author:
   - Infer DevOps <devops@infer.cz> (!UNKNOWN)
 options:
   item:
-    description: Checklist item, 1 to 11, in the runbook's order. Required unless O(describe) is set.
+    description: Checklist item, 1 to 11, in the runbook's order. Required unless O(report) is set.
     type: int
-  describe:
-    description: Check nothing; return every item's labels, fix and owning inventory group as RV(items).
-    type: bool
-    default: false
+  report:
+    description:
+      - Check nothing; build the report from what the hosts collected, one row per item and host, in item order.
+      - An item no host checked is V(SKIP), or V(FAIL) in a full run whose inventory group for it is empty.
+    type: dict
+    suboptions:
+      hosts:
+        description: One entry per host that checked items, C({host, environment, results}).
+        type: list
+        elements: dict
+        required: true
+      groups:
+        description: The inventory's groups and their hosts (C(groups)).
+        type: dict
+        required: true
+      fixes:
+        description: What fixes each item, by item number; shown on every row that did not pass.
+        type: dict
+        default: {}
+      full_run:
+        description: Every item was meant to run (no C(--tags), no C(--limit)).
+        type: bool
+        default: false
+      environment:
+        description: The report's environment when no host says; V(production) wins when any host is in it.
+        type: str
+        default: unknown
   environment:
     description: The inventory's environment; item 2 only warns outside production.
     type: str
@@ -150,42 +174,57 @@ EXAMPLES = r"""
 RETURN = r"""
 item:
   description: The item's number.
-  returned: always
+  returned: when item is given
   type: int
 label:
   description: The item as the runbook words it (Czech).
-  returned: always
+  returned: when item is given
   type: str
   sample: Ověřit restore procesu na test databázi
 label_en:
   description: What was checked, in English.
-  returned: always
+  returned: when item is given
   type: str
   sample: Restore drill passed within 7 days
 status:
   description: V(PASS), V(FAIL) or V(WARN).
-  returned: always
+  returned: when item is given
   type: str
 evidence:
   description: What the check looked at, one line per fact.
-  returned: always
+  returned: when item is given
   type: list
   elements: str
-fix:
-  description: The playbook or variable that fixes a FAIL or WARN; empty on PASS.
-  returned: always
-  type: str
-items:
-  description: With O(describe), every item (C(item), C(label), C(label_en), C(fix), C(group)).
-  returned: describe
-  type: list
-  elements: dict
+report:
+  description:
+    - With O(report), the report; C(rows) hold C(item), C(host), C(label), C(label_en), C(status),
+      C(evidence) and C(fix).
+  returned: when report is given
+  type: dict
+  contains:
+    environment:
+      description: The environment the hosts are in.
+      type: str
+    generated_at:
+      description: When the report was built, UTC, ISO 8601.
+      type: str
+    hosts:
+      description: The hosts that checked at least one item.
+      type: list
+      elements: str
+    counts:
+      description: Rows per status (V(PASS), V(WARN), V(FAIL), V(SKIP)).
+      type: dict
+    rows:
+      description: One row per item and host.
+      type: list
+      elements: dict
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
 try:
-    from ansible.module_utils.forge.checklist import DEFAULTS, Checklist, describe
+    from ansible.module_utils.forge.checklist import DEFAULTS, Checklist, report
     from ansible.module_utils.forge.errors import ForgeError
     ENGINE_IMPORT_ERROR = None
 except ImportError as exc:  # pragma: no cover - reported to the user below
@@ -203,7 +242,10 @@ OPTION_TYPES = dict(
 
 
 def argument_spec():
-    spec = dict(item=dict(type="int"), describe=dict(type="bool", default=False))
+    spec = dict(item=dict(type="int"), report=dict(type="dict", options=dict(
+        hosts=dict(type="list", elements="dict", required=True), groups=dict(type="dict", required=True),
+        fixes=dict(type="dict", default={}), full_run=dict(type="bool", default=False),
+        environment=dict(type="str", default="unknown"))))
     for key, kind in OPTION_TYPES.items():
         spec[key] = dict(type=kind, default=DEFAULTS[key])
         if kind == "list":
@@ -216,10 +258,12 @@ def main():
         AnsibleModule(argument_spec={}, bypass_checks=True).fail_json(
             msg=f"forge engine not importable: {ENGINE_IMPORT_ERROR}")
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
-                           required_if=[("describe", False, ("item",))])
-    settings = {key: value for key, value in module.params.items() if key not in ("item", "describe")}
-    if module.params["describe"]:
-        module.exit_json(changed=False, items=describe(settings))
+                           required_one_of=[("item", "report")], mutually_exclusive=[("item", "report")])
+    settings = {key: value for key, value in module.params.items() if key not in ("item", "report")}
+    if module.params["report"]:
+        built = module.params["report"]
+        module.exit_json(changed=False, report=report(built["hosts"], built["groups"], built["fixes"],
+                                                      built["full_run"], built["environment"], settings))
     try:
         result = Checklist(settings).run(module.params["item"])
     except ForgeError as exc:

@@ -195,7 +195,6 @@ def test_item_7_passes_when_prometheus_probes_the_health_endpoint_through_the_bl
     result = check(7, prometheus_url=stack.prometheus.url)
     assert result["status"] == "PASS", result
     assert result["evidence"] == [f"{stack.healthy} (app1): scrape up, probe_success 1"]
-    assert result["fix"] == ""
 
 
 def test_item_7_fails_when_any_app_hosts_health_answers_503_or_says_unhealthy(stack):
@@ -205,7 +204,6 @@ def test_item_7_fails_when_any_app_hosts_health_answers_503_or_says_unhealthy(st
     assert sorted(result["evidence"]) == [f"{stack.healthy} (app1): scrape up, probe_success 1",
                                           f"{stack.liar} (app3): scrape up, probe_success 0",
                                           f"{stack.unhealthy} (app2): scrape up, probe_success 0"]
-    assert "--tags monitoring" in result["fix"]
 
 
 def test_item_7_fails_when_prometheus_cannot_scrape_the_blackbox_exporter(stack):
@@ -240,7 +238,6 @@ def test_item_9_passes_with_the_roles_rules_and_config_and_a_running_alertmanage
         f"{stack.alertmanager_config}: valid (amtool check-config), 1 inhibit rules, 1 receivers",
         f"Alertmanager at {stack.alertmanager.url}: up, cluster disabled",
     ]
-    assert result["fix"] == ""
 
 
 def test_item_9_fails_when_the_alertmanager_config_routes_to_a_receiver_that_does_not_exist(stack, tmp_path):
@@ -255,7 +252,6 @@ def test_item_9_fails_when_the_alertmanager_config_routes_to_a_receiver_that_doe
     # The evidence says why, not only that amtool failed.
     assert result["evidence"][1] == f"{broken}: amtool check-config failed: undefined receiver \"pager\" used in route"
     assert result["evidence"][2] == f"Alertmanager at {stack.alertmanager.url}: up, cluster disabled"
-    assert "alertmanager roles" in result["fix"]
 
 
 def test_item_9_fails_when_alertmanager_is_stopped(stack):

@@ -1,8 +1,9 @@
 """The runbook's production checklist ("Checklist před nasazením do produkce"),
 item by item, as read-only checks on the host that owns each item.
 
-Every check returns PASS, FAIL or WARN with the evidence it looked at and what
-fixes it. Nothing here writes to disk or to a service.
+Every check returns PASS, FAIL or WARN with the evidence it looked at;
+report() puts the hosts' results together. Nothing here writes to disk or to
+a service.
 """
 
 import datetime
@@ -28,35 +29,26 @@ from .signing import read_passphrase
 
 PASS, FAIL, WARN = "PASS", "FAIL", "WARN"
 
-# (Czech label as in the runbook, English label, what fixes it)
-# and which inventory group's hosts own the item.
+# (Czech label as in the runbook, English label) and which inventory group's
+# hosts own the item. What fixes an item is the deployment's business: the
+# checklist role passes its fix lines to report().
 GROUPS = {1: "app", 2: "app", 3: "backup", 4: "backup", 5: "backup", 6: "backup",
           7: "monitoring", 8: "monitoring", 9: "monitoring", 10: "app", 11: "app"}
 ITEMS = {
-    1: ("Nastavit SENTRY_DSN v .env", "SENTRY_DSN set in .env and valid",
-        "set vault_sentry_dsn (sentry_dsn), then: ansible-playbook playbooks/deploy.yml --tags sentry"),
-    2: ("Nastavit ENVIRONMENT=production", "The app runs with ENVIRONMENT=production",
-        "set sentry_environment: production, then: ansible-playbook playbooks/deploy.yml --tags sentry"),
-    3: ("Nakonfigurovat denní database backupy", "Daily backups configured, last one < {backup_max_age_hours:g} h",
-        "ansible-playbook playbooks/deploy.yml --tags backup; a backup now: ansible-playbook playbooks/backup.yml"),
-    4: ("Ověřit restore procesu na test databázi", "Restore drill passed within {drill_max_age_days:g} days",
-        "ansible-playbook playbooks/restore_drill.yml (the weekly cron entry does it: backup_drill_enabled)"),
-    5: ("Nastavit oprávnění na /backups adresář (chmod 700)", "Backup directory 0700, owner, files 0600",
-        "ansible-playbook playbooks/deploy.yml --tags backup (backup_dir, backup_user)"),
-    6: ("Připravit off-site backup storage (NAS, USB trezor)", "Off-site copy configured, recent, verified",
-        "set backup_offsite_enabled/backup_offsite_target, deploy --tags offsite, then: "
-        "ansible-playbook playbooks/offsite.yml"),
-    7: ("Nastavit Prometheus scraping pro /health endpoint", "Prometheus scrapes the app's /health",
-        "ansible-playbook playbooks/deploy.yml --tags monitoring (app hosts in the `app` group)"),
-    8: ("Vytvořit Grafana dashboardy", "Grafana dashboards provisioned",
-        "ansible-playbook playbooks/deploy.yml --tags monitoring (grafana_dashboards role)"),
-    9: ("Nastavit alerting pro zdravotní kontroly", "Alert rules loaded, Alertmanager routes valid",
-        "ansible-playbook playbooks/deploy.yml --tags monitoring (prometheus and alertmanager roles)"),
-    10: ("Otestovat Sentry error capturing v production prostředí", "Sentry test event accepted recently",
-         "sentry_send_test_event: true, then: ansible-playbook playbooks/deploy.yml --tags sentry"),
-    11: ("Zkontrolovat logrotate nastavení pro application logy", "logrotate configured for app logs and valid",
-         "ansible-playbook playbooks/deploy.yml --tags logrotate (logrotate_app_logs)"),
+    1: ("Nastavit SENTRY_DSN v .env", "SENTRY_DSN set in .env and valid"),
+    2: ("Nastavit ENVIRONMENT=production", "The app runs with ENVIRONMENT=production"),
+    3: ("Nakonfigurovat denní database backupy", "Daily backups configured, last one < {backup_max_age_hours:g} h"),
+    4: ("Ověřit restore procesu na test databázi", "Restore drill passed within {drill_max_age_days:g} days"),
+    5: ("Nastavit oprávnění na /backups adresář (chmod 700)", "Backup directory 0700, owner, files 0600"),
+    6: ("Připravit off-site backup storage (NAS, USB trezor)", "Off-site copy configured, recent, verified"),
+    7: ("Nastavit Prometheus scraping pro /health endpoint", "Prometheus scrapes the app's /health"),
+    8: ("Vytvořit Grafana dashboardy", "Grafana dashboards provisioned"),
+    9: ("Nastavit alerting pro zdravotní kontroly", "Alert rules loaded, Alertmanager routes valid"),
+    10: ("Otestovat Sentry error capturing v production prostředí", "Sentry test event accepted recently"),
+    11: ("Zkontrolovat logrotate nastavení pro application logy", "logrotate configured for app logs and valid"),
 }
+STATUSES = (PASS, WARN, FAIL, "SKIP")
+PRODUCTION = "production"
 
 DEFAULTS = {
     "environment": "production",
@@ -86,10 +78,55 @@ DEFAULTS = {
 
 
 def describe(settings=None):
-    """Every item's labels, fix and owning group, for a report that must name items no host checked."""
+    """Every item's labels and owning group, for a report that must name items no host checked."""
     values = dict(DEFAULTS, **(settings or {}))
-    return [{"item": number, "label": czech, "label_en": english.format(**values), "fix": fix,
-             "group": GROUPS[number]} for number, (czech, english, fix) in ITEMS.items()]
+    return [{"item": number, "label": czech, "label_en": english.format(**values), "group": GROUPS[number]}
+            for number, (czech, english) in ITEMS.items()]
+
+
+def report(hosts, groups, fixes, full_run, environment, settings=None, now=None):
+    """The checklist report: one row per item and host, in item order.
+
+    ``hosts`` are ``{"host", "environment", "results"}`` as each host collected them;
+    ``groups`` maps inventory groups to their hosts; ``fixes`` maps an item to the line
+    that fixes it (shown on every row that did not pass). An item no host checked is
+    SKIP, or FAIL when this was a full run and its group has no host: nobody runs it.
+    The environment is production when any host is, else the first host's, else
+    ``environment``.
+    """
+    fixes = {int(item): line for item, line in (fixes or {}).items()}
+    hosts = sorted(hosts, key=lambda entry: entry["host"])
+    rows = []
+    for item in describe(settings):
+        number, group = item["item"], item["group"]
+        found = [dict(result, host=entry["host"]) for entry in hosts for result in entry.get("results") or []
+                 if result.get("item") == number]
+        for result in found:
+            rows.append(_row(result, result["host"], result["status"], result["evidence"],
+                             "" if result["status"] == PASS else fixes.get(number, "")))
+        if found:
+            continue
+        if full_run and not groups.get(group):
+            rows.append(_row(item, "-", FAIL, [f"no host in inventory group '{group}'"],
+                             f"add the host that runs it to the group `{group}` and deploy"))
+        else:
+            rows.append(_row(item, "-", "SKIP", [f"not checked in this run (--tags/--limit, or no reachable "
+                                                 f"host in group {group})"], ""))
+    checked = [entry["host"] for entry in hosts if any(r.get("item") in ITEMS for r in entry.get("results") or [])]
+    environments = [entry["environment"] for entry in hosts if entry["host"] in checked]
+    if PRODUCTION in environments:
+        environment = PRODUCTION
+    elif environments:
+        environment = environments[0]
+    moment = datetime.datetime.fromtimestamp(time.time() if now is None else now, datetime.UTC)
+    return {"environment": environment or "unknown", "generated_at": moment.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "hosts": checked, "counts": {status: sum(row["status"] == status for row in rows) for status in STATUSES},
+            "rows": rows}
+
+
+def _row(item, host, status, evidence, fix):
+    return {"item": item["item"], "host": host, "label": item["label"], "label_en": item["label_en"],
+            "status": status, "evidence": list(evidence), "fix": fix}
 
 
 class Checklist:
@@ -102,7 +139,7 @@ class Checklist:
     def run(self, number):
         if number not in ITEMS:
             raise ForgeError(f"checklist item must be 1-{len(ITEMS)}, got {number}")
-        czech, english, fix = ITEMS[number]
+        czech, english = ITEMS[number]
         try:
             status, evidence = getattr(self, f"item_{number}")()
         except ForgeError as exc:
@@ -110,7 +147,7 @@ class Checklist:
         except OSError as exc:
             status, evidence = FAIL, [f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")]
         return {"item": number, "label": czech, "label_en": english.format(**self.s), "status": status,
-                "evidence": evidence, "fix": "" if status == PASS else fix}
+                "evidence": evidence}
 
     # -- app host ---------------------------------------------------------------
     def _env(self):
