@@ -42,7 +42,13 @@ MUTANTS = [
         # Deterministic: every member goes to the front, whatever the timing of the workers.
         "edits": [(COMPRESS, "self._pending.append(self._pool.submit(_gzip_member, data, self.level))",
                    "self._pending.appendleft(self._pool.submit(_gzip_member, data, self.level))")],
-        "tests": ["tests/test_backup_script.py::test_a_parallel_gzip_backup_of_many_members_restores_with_the_runbooks_gunzip_psql"],
+        "tests": ["tests/test_backup_script.py::test_a_gzip_backup_restores_with_the_runbooks_gunzip_psql"],
+    },
+    {
+        "name": "a-planted-igzip-is-run",
+        "promise": "the engine runs only a root-owned igzip nobody else can write to",
+        "edits": [(COMPRESS, "info.st_uid == 0 and not info.st_mode & 0o022", "True")],
+        "tests": ["tests/test_igzip.py::test_an_igzip_another_user_could_have_replaced_is_not_used"],
     },
     {
         "name": "skip-the-legacy-hmac-check",

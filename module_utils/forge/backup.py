@@ -3,7 +3,7 @@
 Flow of one run:
   lock -> clean stale partials -> connect, export a snapshot -> check client
   version and free space -> pg_dump --snapshot (its stdout streamed through
-  compression, encryption, SHA-256 and HMAC into a hidden partial file) while
+  compression, encryption and SHA-256 into a hidden partial file) while
   the exporting transaction counts every table's rows -> check pg_dump's exit
   status, stderr and completion marker -> fsync -> manifest and checksum file
   -> rename the partial to its final name -> retention -> metrics.
@@ -39,6 +39,7 @@ PLAIN_DUMP_MARKER = b"-- PostgreSQL database dump complete"
 CUSTOM_DUMP_MAGIC = b"PGDMP"
 FORMATS = ("plain", "custom")
 COMPRESSIONS = ("gzip", "zstd")
+GZIP_TOOLS = ("auto", "igzip", "zlib")
 METRIC_PREFIX = "infer_forge_backup_"
 
 
@@ -49,7 +50,7 @@ class BackupOptions:
                  keep_monthly=0, dump_format="plain", compression="gzip", compression_level=None, jobs=None,
                  passphrase_file=None, encrypt=None, dump_command=None, dump_options=None, lock_wait=0,
                  textfile_dir=None, sentry_dsn=None, environment=None, space_check=True,
-                 space_margin_bytes=16 << 20, kdf_iterations=None, passphrase=None):
+                 space_margin_bytes=16 << 20, kdf_iterations=None, passphrase=None, gzip_tool="auto"):
         self.backup_dir = backup_dir
         self.retention_days = retention_days
         self.min_keep = min_keep
@@ -60,6 +61,7 @@ class BackupOptions:
         self.compression = compression
         self.compression_level = compression_level
         self.jobs = jobs
+        self.gzip_tool = gzip_tool
         self.passphrase_file = passphrase_file
         # The passphrase itself, instead of its file (a module's vault value); it wins over the file.
         self.passphrase = passphrase
@@ -86,6 +88,8 @@ class BackupOptions:
             raise ForgeError(f"format must be one of {', '.join(FORMATS)}, got {self.dump_format!r}")
         if self.dump_format == "plain" and self.compression not in COMPRESSIONS:
             raise ForgeError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}")
+        if self.gzip_tool not in GZIP_TOOLS:
+            raise ForgeError(f"gzip_tool must be one of {', '.join(GZIP_TOOLS)}, got {self.gzip_tool!r}")
         if self.jobs is not None and (not isinstance(self.jobs, int) or self.jobs < 1):
             raise ForgeError(f"jobs must be a whole number >= 1, got {self.jobs!r}")
         if not self.backup_dir or not os.path.isabs(self.backup_dir):
@@ -269,7 +273,8 @@ class BackupRunner:
             "size": stream["size"],
             "sha256": stream["sha256"],
             "format": options.dump_format,
-            "compression": {"algorithm": options.effective_compression, "level": stream["compression_level"]},
+            "compression": {"algorithm": options.effective_compression, "level": stream["compression_level"],
+                            "tool": stream["compression_tool"]},
             "encryption": stream["encryption"],
             "snapshot_row_counts": counter.counts,
             "tables": len(counter.counts),
@@ -307,7 +312,8 @@ class BackupRunner:
             "--format=custom", f"--compress={6 if options.compression_level is None else options.compression_level}"]
         command = options.dump_command + fmt + options.dump_options + [f"--snapshot={snapshot}"]
         docker = os.path.basename(options.dump_command[0]) in ("docker", "podman")
-        compressor = compress.make_compressor(options.effective_compression, options.compression_level, options.jobs)
+        compressor = compress.make_compressor(options.effective_compression, options.compression_level, options.jobs,
+                                              options.gzip_tool)
         encryptor = opensslenc.Encryptor(passphrase, iterations=options.kdf_iterations) if passphrase else None
         digest = hashlib.sha256()
         size = 0
@@ -376,6 +382,7 @@ class BackupRunner:
             "size": size,
             "sha256": digest.hexdigest(),
             "compression_level": getattr(compressor, "level", None),
+            "compression_tool": compressor.tool,
             "encryption": encryptor.parameters() if encryptor else None,
         }
 

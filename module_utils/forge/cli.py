@@ -72,6 +72,7 @@ def backup_from_config(config):
         compression=backup["compression"],
         compression_level=backup["compression_level"],
         jobs=backup["jobs"],
+        gzip_tool=backup["gzip_tool"],
         passphrase_file=passphrase_file,
         encrypt=_encrypt(config, passphrase_file),
         dump_command=dump_command,

@@ -140,6 +140,9 @@ BACKUP = _table(
     Setting("compression_level", "int", None, "Compression level; the compressor's default when unset.",
             env="BACKUP_COMPRESSION_LEVEL"),
     Setting("jobs", "int", None, "Parallel compression threads; one per core when unset.", env="BACKUP_JOBS"),
+    Setting("gzip_tool", "str", "auto", "What writes gzip: igzip (ISA-L, several times faster) or zlib; auto "
+            "takes igzip when Debian's isal package is installed.", env="BACKUP_GZIP_TOOL",
+            choices=("auto", "igzip", "zlib")),
     # The on-host commands turn encryption on by themselves when a passphrase file is set (cli._encrypt).
     Setting("encrypt", "bool", False, "Encrypt with AES-256 (openssl enc format).", env="BACKUP_ENCRYPT",
             role_var="backup_encrypt"),
