@@ -334,6 +334,7 @@ class BackupRunner:
                                         pass_fds=passed_fds(passfile))
             except FileNotFoundError:
                 out.close()
+                compressor.abort()
                 raise ForgeError(f"dump command {options.dump_command[0]!r} not found") from None
             stderr_lines = []
             stderr_reader = threading.Thread(target=_drain, args=(proc.stderr, stderr_lines), daemon=True)

@@ -69,8 +69,9 @@ class ParallelGzip:
         self._pool.shutdown(wait=True)
 
 
-# Only root's own igzip, never one found on PATH: the engine runs as root, and a
-# directory the backup user can write to must not choose the program it runs.
+# Only root's own igzip, never one found on PATH: the engine also runs as root
+# (the modules), and a directory the backup user can write to must not choose
+# the program it runs.
 IGZIP_PATHS = ("/usr/bin/igzip", "/bin/igzip")
 # zlib's levels 1-9 on ISA-L's 1-3: the default 4 -> 2 (the size of gzip -6, at the
 # speed of pg_dump), the runbook's 6 and above -> 3.
