@@ -51,7 +51,7 @@ STATUSES = (PASS, WARN, FAIL, "SKIP")
 PRODUCTION = "production"
 
 DEFAULTS = {
-    "environment": "production",
+    "environment": PRODUCTION,
     "env_file": "/opt/infer-forge/.env",
     "databases": ["infer_forge"],
     "backup_dir": "/backups",
@@ -99,10 +99,10 @@ def report(hosts, groups, fixes, full_run, environment, settings=None, now=None)
     rows = []
     for item in describe(settings):
         number, group = item["item"], item["group"]
-        found = [dict(result, host=entry["host"]) for entry in hosts for result in entry.get("results") or []
+        found = [(entry["host"], result) for entry in hosts for result in entry.get("results") or []
                  if result.get("item") == number]
-        for result in found:
-            rows.append(_row(result, result["host"], result["status"], result["evidence"],
+        for host, result in found:
+            rows.append(_row(result, host, result["status"], result["evidence"],
                              "" if result["status"] == PASS else fixes.get(number, "")))
         if found:
             continue
@@ -112,16 +112,16 @@ def report(hosts, groups, fixes, full_run, environment, settings=None, now=None)
         else:
             rows.append(_row(item, "-", "SKIP", [f"not checked in this run (--tags/--limit, or no reachable "
                                                  f"host in group {group})"], ""))
-    checked = [entry["host"] for entry in hosts if any(r.get("item") in ITEMS for r in entry.get("results") or [])]
-    environments = [entry["environment"] for entry in hosts if entry["host"] in checked]
+    checked = [entry for entry in hosts if any(r.get("item") in ITEMS for r in entry.get("results") or [])]
+    environments = [entry["environment"] for entry in checked]
     if PRODUCTION in environments:
         environment = PRODUCTION
     elif environments:
         environment = environments[0]
     moment = datetime.datetime.fromtimestamp(time.time() if now is None else now, datetime.UTC)
     return {"environment": environment or "unknown", "generated_at": moment.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "hosts": checked, "counts": {status: sum(row["status"] == status for row in rows) for status in STATUSES},
-            "rows": rows}
+            "hosts": [entry["host"] for entry in checked],
+            "counts": {status: sum(row["status"] == status for row in rows) for status in STATUSES}, "rows": rows}
 
 
 def _row(item, host, status, evidence, fix):
@@ -165,9 +165,9 @@ class Checklist:
     def item_2(self):
         value = self._env().get("ENVIRONMENT", "")
         evidence = [f"ENVIRONMENT={value or '(unset)'} in {self.s['env_file']}"]
-        if value == "production":
+        if value == PRODUCTION:
             return PASS, evidence
-        if self.s["environment"] != "production":
+        if self.s["environment"] != PRODUCTION:
             return WARN, evidence + [f"expected here: this inventory is {self.s['environment']!r}; "
                                      "production hosts need ENVIRONMENT=production"]
         return FAIL, evidence + ["production hosts need ENVIRONMENT=production"]
