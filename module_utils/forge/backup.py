@@ -336,6 +336,7 @@ class BackupRunner:
                 out.close()
                 compressor.abort()
                 raise ForgeError(f"dump command {options.dump_command[0]!r} not found") from None
+            compress.enlarge_pipe(proc.stdout.fileno())
             stderr_lines = []
             stderr_reader = threading.Thread(target=_drain, args=(proc.stderr, stderr_lines), daemon=True)
             stderr_reader.start()
@@ -352,12 +353,15 @@ class BackupRunner:
 
             try:
                 while True:
-                    chunk = proc.stdout.read(compress.CHUNK_SIZE)
+                    # What the pipe holds, not a full chunk: waiting to fill one would idle
+                    # the compressor while pg_dump writes.
+                    chunk = proc.stdout.read1(compress.CHUNK_SIZE)
                     if not chunk:
                         break
                     if len(head) < 16:
                         head += chunk[:16]
-                    tail = (tail + chunk)[-256:]
+                    # Only the last bytes: joining the whole chunk would copy every byte of the dump again.
+                    tail = (tail + chunk[-256:])[-256:]
                     emit(compressor.feed(chunk))
                 proc.wait()
                 stderr_reader.join()

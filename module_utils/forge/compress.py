@@ -13,6 +13,7 @@ records which tool wrote the file.
 """
 
 import collections
+import fcntl
 import os
 import stat
 import subprocess
@@ -23,6 +24,18 @@ from concurrent.futures import ThreadPoolExecutor
 from .errors import ForgeError
 
 CHUNK_SIZE = 1 << 20
+# Linux's F_SETPIPE_SZ (the fcntl module names it from Python 3.10 on).
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+
+def enlarge_pipe(fd, size=CHUNK_SIZE):
+    """Give a pipe a 1 MiB buffer instead of 64 KiB: a gigabyte of dump then passes in
+    sixteen times fewer wake-ups of the processes on either side. Best effort: an
+    unprivileged user may be held to a smaller size, which only costs speed."""
+    try:
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, size)
+    except OSError:
+        pass
 
 
 def default_workers():
@@ -48,15 +61,30 @@ class ParallelGzip:
         self._pending = collections.deque()
         # Two chunks per worker keep every core busy; more would only cost memory.
         self._max_pending = self.workers * 2
+        # Reads from a pipe come in pieces of any size; each member is a whole chunk,
+        # so small reads cost neither ratio nor a member per read.
+        self._buffer = bytearray()
 
     def feed(self, data):
+        self._buffer += data
+        while len(self._buffer) >= CHUNK_SIZE:
+            self._submit(bytes(self._buffer[:CHUNK_SIZE]))
+            del self._buffer[:CHUNK_SIZE]
+        return self._ready()
+
+    def _submit(self, data):
         self._pending.append(self._pool.submit(_gzip_member, data, self.level))
+
+    def _ready(self):
         out = []
         while len(self._pending) > self._max_pending or (self._pending and self._pending[0].done()):
             out.append(self._pending.popleft().result())
         return b"".join(out)
 
     def finish(self):
+        if self._buffer:
+            self._submit(bytes(self._buffer))
+            self._buffer.clear()
         out = b"".join(future.result() for future in self._pending)
         self._pending.clear()
         self._pool.shutdown(wait=True)
@@ -66,6 +94,7 @@ class ParallelGzip:
         for future in self._pending:
             future.cancel()
         self._pending.clear()
+        self._buffer.clear()
         self._pool.shutdown(wait=True)
 
 
@@ -107,6 +136,8 @@ class IsalGzip:
         self._lock = threading.Lock()
         self._proc = subprocess.Popen([program, "-c", f"-{self.level}", "-T", str(self.workers)],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        enlarge_pipe(self._proc.stdin.fileno())
+        enlarge_pipe(self._proc.stdout.fileno())
         self._reader = threading.Thread(target=self._collect, name="igzip-out", daemon=True)
         self._reader.start()
 
