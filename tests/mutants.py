@@ -197,6 +197,13 @@ MUTANTS = [
         "tests": ["tests/test_restore_memory.py::test_an_encrypted_restore_spills_no_plaintext_and_its_memory_does_not_grow_with_the_dump"],
     },
     {
+        "name": "gunzip-hands-on-whatever-a-read-expands-to",
+        "promise": "a restore's memory does not grow with how far the dump compresses",
+        "edits": [(COMPRESS, "self._inner.decompress(data, CHUNK_SIZE)", "self._inner.decompress(data)")],
+        "tests": ["tests/test_restore_memory.py::"
+                  "test_a_dump_that_expands_a_thousandfold_restores_in_the_memory_of_a_small_one"],
+    },
+    {
         "name": "usb-copy-onto-the-root-file-system",
         "promise": "an unplugged USB disk is refused; nothing lands on the root file system",
         "edits": [("module_utils/forge/offsite.py", 'if mount == "/":', "if False:")],

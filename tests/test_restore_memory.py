@@ -241,3 +241,44 @@ def test_an_encrypted_restore_spills_no_plaintext_and_its_memory_does_not_grow_w
     # Four times the data: a restore that buffers any part of the dump in proportion to its size
     # grows by tens of MB here; a streaming one stays where it was, give or take the allocator.
     assert peaks["large"] <= peaks["small"] * 1.25 + 8 * 1024, peaks
+
+
+PEAK_OF_CHILD = ("import resource, subprocess, sys\n"
+                 "code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode\n"
+                 "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
+                 "sys.exit(code)\n")
+
+
+def restore_peak_kib(pg, database, backup_dir, passphrase_file, backup, target):
+    """Peak resident memory (KiB) of the engine restoring ``backup`` with restore_db.sh."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "POSTGRES_", "BACKUP_"))}
+    env.update(pg.app_env(database), BACKUP_DIR=backup_dir, BACKUP_CONFIG="", BACKUP_PASSPHRASE_FILE=passphrase_file)
+    proc = subprocess.run(["/usr/bin/python3", "-c", PEAK_OF_CHILD, RESTORE_SCRIPT, "restore",
+                           os.path.basename(backup), target], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return int(proc.stderr.strip().splitlines()[-1])
+
+
+def test_a_dump_that_expands_a_thousandfold_restores_in_the_memory_of_a_small_one(
+        pg, fresh_db, backup_dir, passphrase_file):
+    # Rows of blanks, like pgbench's filler column, only more so: 64 KiB of this gzip file are
+    # some 60 MB of SQL. A restore that decompresses each read whole holds all of it at once.
+    with pg.connect(fresh_db, superuser=False) as conn:
+        conn.execute("CREATE TABLE blanks (id int PRIMARY KEY, filler text)")
+        conn.execute("INSERT INTO blanks SELECT g, repeat(' ', 100000) FROM generate_series(1, 10) g")
+    small = take_backup(pg, fresh_db, backup_dir, backup_passphrase_file=passphrase_file)
+    with pg.connect(fresh_db, superuser=False) as conn:
+        conn.execute("INSERT INTO blanks SELECT g, repeat(' ', 100000) FROM generate_series(11, 2500) g")
+    large = take_backup(pg, fresh_db, backup_dir, backup_passphrase_file=passphrase_file)
+    assert os.path.getsize(large) < 2 * MIB, "the dump does not compress as this test needs"
+    peaks = {}
+    try:
+        for label, backup in (("small", small), ("large", large)):
+            target = f"{fresh_db[:40]}_{label}"
+            peaks[label] = restore_peak_kib(pg, fresh_db, backup_dir, passphrase_file, backup, target)
+        assert table_counts(pg, f"{fresh_db[:40]}_large") == {"public.blanks": 2500}
+    finally:
+        for label in ("small", "large"):
+            pg.drop_database(f"{fresh_db[:40]}_{label}")
+    print(f"peak RSS: small {peaks['small']} KiB, large (250 MB of SQL) {peaks['large']} KiB")
+    assert peaks["large"] <= peaks["small"] + 16 * 1024, peaks

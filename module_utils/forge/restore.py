@@ -221,8 +221,7 @@ def plaintext_chunks(backup, passphrase, read_size=None, report=None, kdf_iterat
                 if decryptor is not None:
                     chunk = decryptor.update(chunk)
                 start.feed(chunk)
-                data = decompressor.decompress(chunk)
-                if data:
+                for data in decompressor.pieces(chunk):
                     tail = (tail + data[-256:])[-256:]
                     yield data
             if decryptor is not None:
@@ -232,8 +231,7 @@ def plaintext_chunks(backup, passphrase, read_size=None, report=None, kdf_iterat
                     raise ForgeError(f"{backup.name}: damaged file: decryption failed at its end (truncated or "
                                      "changed)") from None
                 start.feed(last)
-                data = decompressor.decompress(last)
-                if data:
+                for data in decompressor.pieces(last):
                     tail = (tail + data[-256:])[-256:]
                     yield data
             start.finish()
