@@ -43,7 +43,7 @@ demo: ## The lab in four local containers: deploy, health, backup, drill, off-si
 demo-down: ## Remove the lab containers, their network and .cache/lab
 	@scripts/demo.sh down
 
-bench: ## Backup/restore benchmark against a ~2 GB generated database (slow)
+bench: ## Backup/restore benchmark on a ~2 GB generated database, targets table (BENCH_RUNS=3 for the spread)
 	@scripts/bootstrap.sh packages venv && .venv/bin/python bench/bench.py
 
 clean: ## Remove the .venv

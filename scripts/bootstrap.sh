@@ -11,7 +11,7 @@ cd "$repo"
 APT_PACKAGES=(
     docker.io debootstrap
     postgresql postgresql-contrib redis-server
-    cron logrotate openssl gzip isal zstd rsync openssh-client openssh-server strace
+    cron logrotate openssl gzip isal pigz zstd rsync openssh-client openssh-server strace
     prometheus prometheus-alertmanager prometheus-blackbox-exporter
     python3 python3-venv python3-psycopg python3-cryptography python3-zstandard python3-redis
     python3-sentry-sdk
