@@ -161,3 +161,21 @@ def test_a_newer_broken_backup_fails_the_drill_although_an_older_one_is_good(
         # The older backup itself restored exactly: the FAIL is the newer one's, and says so.
         assert result["checks"]["row_counts"] == "passed"
     assert result["scratch_dropped"] is True and not pg.database_exists(result["scratch_database"])
+
+
+def test_counts_over_several_connections_are_the_exact_counts_and_stop_at_the_first_error(pg, fresh_db):
+    from forge.pgconn import PgSettings, count_rows_in_parallel
+
+    with pg.connect(fresh_db, superuser=False) as conn:
+        for number, rows in enumerate((0, 1, 7, 5000, 120000, 33)):
+            conn.execute(f"CREATE TABLE t{number} AS SELECT g FROM generate_series(1, {rows}) g")
+    settings = PgSettings(pg.host, pg.port, pg.app_user, pg.app_password, fresh_db)
+    expected = table_counts(pg, fresh_db)
+    for jobs in (1, 3, 20):
+        counts = count_rows_in_parallel(lambda: settings.connect(), jobs)
+        assert counts == expected and list(counts) == sorted(counts), jobs
+    pg.execute("CREATE TABLE private_rows AS SELECT 1 AS g", database=fresh_db)
+    import psycopg
+
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="private_rows"):
+        count_rows_in_parallel(lambda: settings.connect(), 3)

@@ -15,9 +15,10 @@ import socket
 import time
 
 from . import metrics, sentry
+from .compress import default_workers
 from .errors import ForgeError, database_error
 from .fsutil import write_atomic
-from .pgconn import count_rows, user_tables
+from .pgconn import count_rows_in_parallel
 from .records import DRILL_METRIC_PREFIX as METRIC_PREFIX
 from .records import drill_metrics_filename, drill_report_path
 from .restore import Restorer, derived_name, describe_count_mismatches, verify_file
@@ -142,9 +143,9 @@ class Drill:
 
     def _verify(self, backup, result):
         problems = []
+        actual = count_rows_in_parallel(lambda: self.settings.connect(database=self.options.scratch_database),
+                                        self.restore_options.jobs or default_workers())
         with self.settings.connect(database=self.options.scratch_database) as conn:
-            cursor = conn.cursor()
-            actual = count_rows(cursor, user_tables(cursor))
             result["tables_checked"] = len(actual)
             result["rows_checked"] = sum(actual.values())
             expected = (backup.manifest or {}).get("snapshot_row_counts")

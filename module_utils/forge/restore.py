@@ -21,7 +21,7 @@ import time
 from . import catalog, compress, opensslenc, signing
 from .errors import ForgeError, database_error, hide_values, statement_line
 from .fsutil import pin_malloc_mmap_threshold
-from .pgconn import PassFile, passed_fds, user_tables
+from .pgconn import PassFile, count_rows_in_parallel, passed_fds
 
 READ_SIZE = 1 << 20
 # Compressed input per step while streaming: pg_dump output compresses about
@@ -502,11 +502,7 @@ class Restorer:
         expected = (backup.manifest or {}).get("snapshot_row_counts")
         if not self.options.check_counts or expected is None:
             return
-        from .pgconn import count_rows
-
-        with self.settings.connect(database=side) as conn:
-            cursor = conn.cursor()
-            actual = count_rows(cursor, user_tables(cursor))
+        actual = count_rows_in_parallel(lambda: self.settings.connect(database=side), self.jobs)
         problems = describe_count_mismatches(expected, actual)
         if problems:
             raise ForgeError("the restored copy does not match the backup's manifest: " + "; ".join(problems[:5]))
