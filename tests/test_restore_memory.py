@@ -17,6 +17,8 @@ import subprocess
 import time
 import uuid
 
+import pytest
+
 from helpers import REPO, children_of, take_backup
 from servers import table_counts
 
@@ -259,17 +261,20 @@ def restore_peak_kib(pg, database, backup_dir, passphrase_file, backup, target):
     return int(proc.stderr.strip().splitlines()[-1])
 
 
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
 def test_a_dump_that_expands_a_thousandfold_restores_in_the_memory_of_a_small_one(
-        pg, fresh_db, backup_dir, passphrase_file):
+        pg, fresh_db, backup_dir, passphrase_file, compression):
     # Rows of blanks, like pgbench's filler column, only more so: 64 KiB of this gzip file are
     # some 60 MB of SQL. A restore that decompresses each read whole holds all of it at once.
     with pg.connect(fresh_db, superuser=False) as conn:
         conn.execute("CREATE TABLE blanks (id int PRIMARY KEY, filler text)")
         conn.execute("INSERT INTO blanks SELECT g, repeat(' ', 100000) FROM generate_series(1, 10) g")
-    small = take_backup(pg, fresh_db, backup_dir, backup_passphrase_file=passphrase_file)
+    small = take_backup(pg, fresh_db, backup_dir, backup_passphrase_file=passphrase_file,
+                        backup_compression=compression)
     with pg.connect(fresh_db, superuser=False) as conn:
         conn.execute("INSERT INTO blanks SELECT g, repeat(' ', 100000) FROM generate_series(11, 2500) g")
-    large = take_backup(pg, fresh_db, backup_dir, backup_passphrase_file=passphrase_file)
+    large = take_backup(pg, fresh_db, backup_dir, backup_passphrase_file=passphrase_file,
+                        backup_compression=compression)
     assert os.path.getsize(large) < 2 * MIB, "the dump does not compress as this test needs"
     peaks = {}
     try:
@@ -280,5 +285,5 @@ def test_a_dump_that_expands_a_thousandfold_restores_in_the_memory_of_a_small_on
     finally:
         for label in ("small", "large"):
             pg.drop_database(f"{fresh_db[:40]}_{label}")
-    print(f"peak RSS: small {peaks['small']} KiB, large (250 MB of SQL) {peaks['large']} KiB")
+    print(f"{compression} peak RSS: small {peaks['small']} KiB, large (250 MB of SQL) {peaks['large']} KiB")
     assert peaks["large"] <= peaks["small"] + 16 * 1024, peaks

@@ -267,7 +267,7 @@ def make_compressor(name, level=None, workers=None, gzip_tool="auto"):
 
 def decompressor_for(name):
     """An object whose ``pieces(data)`` yields the plaintext of the next compressed bytes of a
-    streamed read, in pieces of at most CHUNK_SIZE for gzip however far the data expands."""
+    streamed read, in pieces of about CHUNK_SIZE at most however far the data expands."""
     if name == "gzip":
         return _MultiMemberGunzip()
     if name == "zstd":
@@ -279,19 +279,38 @@ def decompressor_for(name):
 
 class _Identity:
     def pieces(self, data):
-        yield data
+        if data:
+            yield data
+
+
+# zstd's densest block is 4 bytes for 128 KiB, so 256 bytes of input are at most 8 MiB out;
+# python-zstandard's decompressobj has no output bound of its own. Slices this small cost
+# nothing measurable (234 MB of SQL: 0.136 s in 256-byte slices, 0.128 s in 64 KiB ones).
+_ZSTD_SLICE = 256
 
 
 class _ZstdStream:
-    # python-zstandard's decompressobj returns all the output of its input at once; our
-    # own zstd files hold their rows' ratio, about 10:1.
     def __init__(self):
         import zstandard
 
         self._inner = zstandard.ZstdDecompressor().decompressobj()
 
     def pieces(self, data):
-        yield self._inner.decompress(data)
+        view = memoryview(data)
+        pending, size = [], 0
+        for start in range(0, len(view), _ZSTD_SLICE):
+            out = self._inner.decompress(view[start:start + _ZSTD_SLICE])
+            if not out:
+                continue
+            pending.append(out)
+            size += len(out)
+            if size >= CHUNK_SIZE:
+                joined = b"".join(pending)
+                pending, size = [], 0
+                for offset in range(0, len(joined), CHUNK_SIZE):
+                    yield joined[offset:offset + CHUNK_SIZE]
+        if pending:
+            yield b"".join(pending)
 
     @property
     def eof(self):
