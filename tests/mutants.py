@@ -204,6 +204,21 @@ MUTANTS = [
                   "test_a_dump_that_expands_a_thousandfold_restores_in_the_memory_of_a_small_one"],
     },
     {
+        "name": "zstd-fed-a-whole-read-at-once",
+        "promise": "a zstd restore's memory does not grow with how far the dump compresses",
+        "edits": [(COMPRESS, "_ZSTD_SLICE = 256\n", "_ZSTD_SLICE = 1 << 16\n")],
+        "tests": ["tests/test_restore_memory.py::"
+                  "test_a_dump_that_expands_a_thousandfold_restores_in_the_memory_of_a_small_one[zstd]"],
+    },
+    {
+        "name": "an-unencrypted-file-streams-before-its-checksum-is-checked",
+        "promise": "no SQL of a rewritten unencrypted file runs: its checksum is checked before psql reads it",
+        "edits": [(RESTORE, "return backup.manifest is not None and not backup.encrypted and not self._reads",
+                   "return False and not backup.encrypted and not self._reads")],
+        "tests": ["tests/test_restore_safety.py::"
+                  "test_a_doctored_unencrypted_file_runs_none_of_its_sql_before_its_checksum_is_checked"],
+    },
+    {
         "name": "usb-copy-onto-the-root-file-system",
         "promise": "an unplugged USB disk is refused; nothing lands on the root file system",
         "edits": [("module_utils/forge/offsite.py", 'if mount == "/":', "if False:")],

@@ -154,6 +154,35 @@ def test_forced_restore_whose_rows_do_not_match_the_manifest_is_never_swapped_in
     assert_untouched(pg, live, before)
 
 
+def test_a_doctored_unencrypted_file_runs_none_of_its_sql_before_its_checksum_is_checked(pg, live, backup_dir):
+    # Anyone who can write to the backup directory can rewrite an unencrypted dump; the signed
+    # manifest still names the original's SHA-256. psql's --single-transaction ends at the file's
+    # own COMMIT, so SQL after it would run for good, as the restoring role, before the stream's
+    # end could show the mismatch: here it drops another database that role owns.
+    victim = f"{live[:40]}_victim"
+    pg.create_database(victim, owner=pg.app_user)
+    pg.execute("CREATE TABLE kept AS SELECT 1 AS id", database=victim, superuser=False)
+    path = take_backup(pg, live, backup_dir)
+    assert not manifest_of(path)["encryption"], "the test needs an unencrypted backup"
+    original = open(path, "rb").read()
+    payload = f'COMMIT;\nDROP DATABASE "{victim}" WITH (FORCE);\nSET statement_timeout = 0;'.encode()
+    doctored = gzip.compress(gzip.decompress(original).replace(b"SET statement_timeout = 0;", payload, 1), 9)
+    # The manifest's size still holds: zeros after the last member fill the file up to it.
+    assert len(doctored) <= len(original)
+    with open(path, "wb") as handle:
+        handle.write(doctored + bytes(len(original) - len(doctored)))
+    before = table_counts(pg, live)
+    target = f"{live[:40]}_copy"
+    message = failed_restore(pg, backup_dir, target, path=path, database=live)
+    assert pg.database_exists(victim), "SQL from the doctored file ran before its checksum was checked"
+    assert message == (f"{os.path.basename(path)}: checksum mismatch; the file is damaged or was changed after "
+                       f"the backup; {target} was not created")
+    assert table_counts(pg, victim) == {"public.kept": 1}
+    assert table_counts(pg, live) == before
+    assert databases_like(pg, target) == []
+    pg.drop_database(victim)
+
+
 def test_server_stopped_mid_restore_leaves_the_target_and_the_next_run_clears_the_side_database(backup_dir):
     server = PostgresServer().init().start().setup_app()
     try:

@@ -131,18 +131,35 @@ def verify_file(backup, passphrase=None, database=None, read=True, kdf_iteration
     report["verdict"] = VERIFIED
     report.passed("signature")
     if read:
-        with open_backup_file(backup) as handle:
-            check_digest(backup, handle)
-        report.passed("sha256")
+        prove_checksum(backup, report)
     return report
 
 
+def prove_checksum(backup, report):
+    """Read the whole file and compare its SHA-256 with the manifest's; every later open must
+    then find the same file, unchanged (see open_backup_file)."""
+    with open_backup_file(backup) as handle:
+        check_digest(backup, handle)
+        backup.verified_identity = _identity(os.fstat(handle.fileno()))
+    report.passed("sha256")
+
+
+def _identity(info):
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
+
+
 def open_backup_file(backup):
-    """The backup file, opened once (never through a symlink) for everything that reads it."""
+    """The backup file, opened (never through a symlink) for everything that reads it. Once its
+    checksum was proven, it must still be that file, unchanged since: not one renamed over it."""
     try:
-        return os.fdopen(os.open(backup.path, os.O_RDONLY | os.O_NOFOLLOW), "rb")
+        handle = os.fdopen(os.open(backup.path, os.O_RDONLY | os.O_NOFOLLOW), "rb")
     except OSError as exc:
         raise ForgeError(f"{backup.name}: cannot open it: {exc.strerror}") from None
+    verified = getattr(backup, "verified_identity", None)
+    if verified is not None and _identity(os.fstat(handle.fileno())) != verified:
+        handle.close()
+        raise ForgeError(f"{backup.name}: was replaced or changed after its checksum was checked")
+    return handle
 
 
 def check_digest(backup, handle, digest=None):
@@ -403,6 +420,14 @@ class Restorer:
                         report["previous_database"] = (_previous_name(target) if self.options.keep_previous
                                                        else None)
                     return report
+                where = {"new": f"{target} was not created",
+                         "empty": f"{target} is unchanged (still empty)",
+                         "replace": f"{target} is unchanged ({objects}, as before)"}[plan]
+                if self.options.verify and self._proven_before_streaming(backup):
+                    try:
+                        prove_checksum(backup, report)
+                    except ForgeError as exc:
+                        raise ForgeError(f"{exc.message}; {where}") from None
                 self._drop_stale_sides(control, target)
                 side = self._create_side(control, target, plan != "new")
                 try:
@@ -421,9 +446,6 @@ class Restorer:
                 except BaseException as exc:
                     self._drop(control, side)
                     if isinstance(exc, (ForgeError, psycopg.Error)):
-                        where = {"new": f"{target} was not created",
-                                 "empty": f"{target} is unchanged (still empty)",
-                                 "replace": f"{target} is unchanged ({objects}, as before)"}[plan]
                         raise ForgeError(f"{_one_line(exc)}; {where}") from None
                     raise
         except psycopg.Error as exc:
@@ -577,8 +599,20 @@ class Restorer:
         except Exception as exc:  # noqa: BLE001 - the caller's error is the one to report
             self.log(f"could not drop {name}: {' '.join(str(exc).split())}")
 
+    def _proven_before_streaming(self, backup):
+        """An unencrypted file with a manifest is read whole and its SHA-256 compared before any
+        byte reaches psql or pg_restore: whoever can write to the backup directory can rewrite it,
+        and SQL after the file's own COMMIT would run for good before the stream's end showed the
+        mismatch. An encrypted one cannot be rewritten without the passphrase, so it is proven
+        while it streams (one read); pg_restore --jobs hashes the descriptor it reads first."""
+        return backup.manifest is not None and not backup.encrypted and not self._reads_the_file(backup)
+
+    def _reads_the_file(self, backup):
+        """pg_restore --jobs reads the file itself; everything else is streamed through us."""
+        return backup.dump_format == "custom" and not backup.encrypted and self.jobs > 1
+
     def _into(self, backup, database, passphrase, report):
-        if backup.dump_format == "custom" and not backup.encrypted and self.jobs > 1:
+        if self._reads_the_file(backup):
             self._pg_restore_file(backup, database, report)
         else:
             self._stream(backup, database, passphrase, report)
