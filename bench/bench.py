@@ -63,7 +63,7 @@ def run(command, env=None, shell=False):
                           executable="/bin/bash" if shell else None)
     elapsed = time.perf_counter() - started
     if proc.returncode != 0:
-        raise SystemExit(f"command failed ({proc.returncode}): {command}\n{proc.stderr[-2000:]}")
+        raise SystemExit(f"command failed ({proc.returncode}): {command}\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
     return elapsed, proc
 
 

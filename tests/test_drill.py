@@ -163,17 +163,31 @@ def test_a_newer_broken_backup_fails_the_drill_although_an_older_one_is_good(
     assert result["scratch_dropped"] is True and not pg.database_exists(result["scratch_database"])
 
 
-def test_counts_over_several_connections_are_the_exact_counts_and_stop_at_the_first_error(pg, fresh_db):
+def test_counts_over_several_connections_are_exact_with_or_without_spare_slots_and_stop_at_an_error(pg, fresh_db):
+    from psycopg import sql
+
+    from forge.errors import ForgeError
     from forge.pgconn import PgSettings, count_rows_in_parallel
 
     with pg.connect(fresh_db, superuser=False) as conn:
         for number, rows in enumerate((0, 1, 7, 5000, 120000, 33)):
-            conn.execute(f"CREATE TABLE t{number} AS SELECT g FROM generate_series(1, {rows}) g")
+            conn.execute(sql.SQL("CREATE TABLE {} AS SELECT g FROM generate_series(1, %s) g").format(
+                sql.Identifier(f"t{number}")), (rows,))
     settings = PgSettings(pg.host, pg.port, pg.app_user, pg.app_password, fresh_db)
     expected = table_counts(pg, fresh_db)
     for jobs in (1, 3, 20):
         counts = count_rows_in_parallel(lambda: settings.connect(), jobs)
         assert counts == expected and list(counts) == sorted(counts), jobs
+    # A server with no slot to spare: the first connection counts everything by itself.
+    opened = []
+
+    def one_slot():
+        opened.append(True)
+        if len(opened) > 1:
+            raise ForgeError("FATAL: sorry, too many clients already")
+        return settings.connect()
+
+    assert count_rows_in_parallel(one_slot, 3) == expected
     pg.execute("CREATE TABLE private_rows AS SELECT 1 AS g", database=fresh_db)
     import psycopg
 

@@ -222,45 +222,52 @@ def count_rows_in_parallel(connect, jobs):
     nobody writes to (a restored copy), over up to ``jobs`` connections from ``connect()``.
 
     Each count is a full scan on one core; largest tables first, side by side, they end
-    together. Raises the first error any count met."""
+    together. The first connection counts too, so a server with no slot to spare for the
+    others still gets every count, one after another. Raises the first error a count met."""
     import threading
 
     from psycopg import sql
 
-    with connect() as conn:
-        cursor = conn.cursor()
+    with connect() as first:
+        cursor = first.cursor()
         tables = user_tables(cursor)
         cursor.execute("""
             SELECT n.nspname, c.relname, pg_relation_size(c.oid)
               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r'""")
         sizes = {(schema, table): size for schema, table, size in cursor.fetchall()}
-        workers = min(jobs, len(tables))
-        if workers <= 1:
-            return count_rows(cursor, tables)
-    pending = sorted(tables, key=lambda item: sizes.get(item, 0))
-    counts, errors, lock = {}, [], threading.Lock()
+        pending = sorted(tables, key=lambda item: sizes.get(item, 0))
+        counts, errors, lock = {}, [], threading.Lock()
 
-    def work():
-        try:
-            with connect() as own:
+        def count_with(conn):
+            try:
                 while True:
                     with lock:
                         if not pending or errors:
                             return
                         schema, table = pending.pop()
-                    row = own.execute(sql.SQL("SELECT count(*) FROM {}.{}").format(
+                    row = conn.execute(sql.SQL("SELECT count(*) FROM {}.{}").format(
                         sql.Identifier(schema), sql.Identifier(table))).fetchone()
                     with lock:
                         counts[f"{schema}.{table}"] = row[0]
-        except Exception as exc:  # noqa: BLE001 - raised again by the caller's thread
-            with lock:
-                errors.append(exc)
+            except Exception as exc:  # noqa: BLE001 - raised again by the caller's thread
+                with lock:
+                    errors.append(exc)
 
-    threads = [threading.Thread(target=work, name=f"row-count-{number}", daemon=True) for number in range(workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+        def helper():
+            try:
+                conn = connect()
+            except Exception:  # noqa: BLE001 - no slot for a helper: the first connection counts on
+                return
+            with conn:
+                count_with(conn)
+
+        helpers = [threading.Thread(target=helper, name=f"row-count-{number}", daemon=True)
+                   for number in range(1, min(jobs, len(tables)))]
+        for thread in helpers:
+            thread.start()
+        count_with(first)
+        for thread in helpers:
+            thread.join()
     if errors:
         raise errors[0]
     return {f"{schema}.{table}": counts[f"{schema}.{table}"] for schema, table in tables}
