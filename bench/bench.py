@@ -277,12 +277,17 @@ def print_targets(runs, small):
     peaks = {name: [small[name + "_peak_rss_mb"]] + [results[name + "_peak_rss_mb"] for results in runs]
              for name in ENGINE_COMMANDS}
     highest = max(max(values) for values in peaks.values())
-    growth = max(max(values[1:]) - values[0] for values in peaks.values())
+    # Flat: the largest growth from the small database to the full one, median over the runs as for
+    # the ratios (the allocator moves one run's figure by a few MB either way).
+    growths = sorted(max(values[1 + run] - values[0] for values in peaks.values()) for run in range(len(runs)))
+    growth = growths[len(growths) // 2]
     verdict = "PASS" if highest <= PEAK_RSS_TARGET_MB and growth <= 2 else "MISS"
     verdicts.append({"target": "peak RSS of any engine command", "at_most_mb": PEAK_RSS_TARGET_MB,
-                     "highest_mb": highest, "growth_from_0.2_to_2_gb_mb": round(growth, 1), "verdict": verdict})
-    print(f"  {verdict}  highest {highest:.1f} MB, at most {growth:+.1f} MB from 0.2 to 2 GB  "
-          f"<= {PEAK_RSS_TARGET_MB} MB, flat  peak RSS of any engine command")
+                     "highest_mb": highest, "growth_small_to_full_mb": [round(g, 1) for g in growths],
+                     "verdict": verdict})
+    print(f"  {verdict}  highest {highest:.1f} MB; growth from the small database to the full one "
+          f"{', '.join(f'{g:+.1f}' for g in growths)} MB  <= {PEAK_RSS_TARGET_MB} MB, flat (median <= +2)  "
+          "peak RSS of any engine command")
     print("\n=== references (same runs)")
     for name, numerator, denominator in REFERENCES:
         print(f"        {row([ratio(results, numerator, denominator) for results in runs])}  {name}")
