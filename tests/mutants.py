@@ -219,6 +219,14 @@ MUTANTS = [
                   "test_a_doctored_unencrypted_file_runs_none_of_its_sql_before_its_checksum_is_checked"],
     },
     {
+        "name": "a-file-renamed-over-the-proven-one-is-streamed",
+        "promise": "the stream reads the very file whose checksum was proven",
+        "edits": [(RESTORE, "if verified is not None and _identity(os.fstat(handle.fileno())) != verified:",
+                   "if False:")],
+        "tests": ["tests/test_restore_safety.py::"
+                  "test_a_file_renamed_over_the_proven_one_before_the_stream_is_refused"],
+    },
+    {
         "name": "usb-copy-onto-the-root-file-system",
         "promise": "an unplugged USB disk is refused; nothing lands on the root file system",
         "edits": [("module_utils/forge/offsite.py", 'if mount == "/":', "if False:")],

@@ -183,6 +183,33 @@ def test_a_doctored_unencrypted_file_runs_none_of_its_sql_before_its_checksum_is
     pg.drop_database(victim)
 
 
+def test_a_file_renamed_over_the_proven_one_before_the_stream_is_refused(pg, live, backup_dir):
+    # The same attack, timed: the file is proven, then a doctored one of the same size is renamed
+    # over it before the stream opens it (here, when the engine says it starts restoring).
+    victim = f"{live[:40]}_victim"
+    pg.create_database(victim, owner=pg.app_user)
+    pg.execute("CREATE TABLE kept AS SELECT 1 AS id", database=victim, superuser=False)
+    path = take_backup(pg, live, backup_dir)
+    original = open(path, "rb").read()
+    payload = f'COMMIT;\nDROP DATABASE "{victim}" WITH (FORCE);\nSET statement_timeout = 0;'.encode()
+    doctored = gzip.compress(gzip.decompress(original).replace(b"SET statement_timeout = 0;", payload, 1), 9)
+    planted = path + ".planted"
+    with open(planted, "wb") as handle:
+        handle.write(doctored + bytes(len(original) - len(doctored)))
+
+    def swap_when_restoring(line):
+        if line.startswith("Restoring "):
+            os.replace(planted, path)
+
+    target = f"{live[:40]}_copy"
+    message = failed_restore(pg, backup_dir, target, path=path, database=live, log=swap_when_restoring)
+    assert pg.database_exists(victim), "SQL from the file renamed over the proven one ran"
+    assert message == (f"{os.path.basename(path)}: was replaced or changed after its checksum was checked; "
+                       f"{target} was not created")
+    assert databases_like(pg, target) == []
+    pg.drop_database(victim)
+
+
 def test_server_stopped_mid_restore_leaves_the_target_and_the_next_run_clears_the_side_database(backup_dir):
     server = PostgresServer().init().start().setup_app()
     try:
