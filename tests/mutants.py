@@ -213,18 +213,22 @@ MUTANTS = [
     {
         "name": "an-unencrypted-file-streams-before-its-checksum-is-checked",
         "promise": "no SQL of a rewritten unencrypted file runs: its checksum is checked before psql reads it",
-        "edits": [(RESTORE, "return backup.manifest is not None and not backup.encrypted and not self._reads",
-                   "return False and not backup.encrypted and not self._reads")],
+        "edits": [(RESTORE, "return backup.manifest is not None and not backup.encrypted\n",
+                   "return False and not backup.encrypted\n")],
         "tests": ["tests/test_restore_safety.py::"
                   "test_a_doctored_unencrypted_file_runs_none_of_its_sql_before_its_checksum_is_checked"],
     },
     {
-        "name": "a-file-renamed-over-the-proven-one-is-streamed",
-        "promise": "the stream reads the very file whose checksum was proven",
-        "edits": [(RESTORE, "if verified is not None and _identity(os.fstat(handle.fileno())) != verified:",
-                   "if False:")],
+        "name": "the-stream-reads-the-file-not-the-proven-copy",
+        "promise": "what is restored is the copy whose checksum was proven, whatever happens to the file since",
+        "edits": [(RESTORE, 'copy = getattr(backup, "private_copy", None)\n    if copy is not None:\n        return',
+                   'copy = None\n    if copy is not None:\n        return')],
         "tests": ["tests/test_restore_safety.py::"
-                  "test_a_file_renamed_over_the_proven_one_before_the_stream_is_refused"],
+                  "test_a_file_renamed_over_the_proven_one_before_the_stream_changes_nothing",
+                  "tests/test_restore_safety.py::"
+                  "test_a_proven_file_changed_in_place_while_it_restores_runs_none_of_the_change",
+                  "tests/test_restore_safety.py::"
+                  "test_a_custom_dump_cut_short_after_its_proof_still_restores_what_was_proven"],
     },
     {
         "name": "usb-copy-onto-the-root-file-system",

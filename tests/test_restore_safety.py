@@ -183,16 +183,21 @@ def test_a_doctored_unencrypted_file_runs_none_of_its_sql_before_its_checksum_is
     pg.drop_database(victim)
 
 
-def test_a_file_renamed_over_the_proven_one_before_the_stream_is_refused(pg, live, backup_dir):
-    # The same attack, timed: the file is proven, then a doctored one of the same size is renamed
-    # over it before the stream opens it (here, when the engine says it starts restoring).
-    victim = f"{live[:40]}_victim"
-    pg.create_database(victim, owner=pg.app_user)
-    pg.execute("CREATE TABLE kept AS SELECT 1 AS id", database=victim, superuser=False)
-    path = take_backup(pg, live, backup_dir)
+def _doctored_like(path, victim):
     original = open(path, "rb").read()
     payload = f'COMMIT;\nDROP DATABASE "{victim}" WITH (FORCE);\nSET statement_timeout = 0;'.encode()
     doctored = gzip.compress(gzip.decompress(original).replace(b"SET statement_timeout = 0;", payload, 1), 9)
+    return original, doctored
+
+
+def test_a_file_renamed_over_the_proven_one_before_the_stream_changes_nothing(pg, live, backup_dir):
+    # The same attack, timed: the file is proven, then a doctored one of the same size is renamed
+    # over it before the stream starts (here, when the engine says it starts restoring). What is
+    # restored is the proven copy, never the file now under that name.
+    victim = f"{live[:40]}_victim"
+    pg.create_database(victim, owner=pg.app_user)
+    path = take_backup(pg, live, backup_dir)
+    original, doctored = _doctored_like(path, victim)
     planted = path + ".planted"
     with open(planted, "wb") as handle:
         handle.write(doctored + bytes(len(original) - len(doctored)))
@@ -202,12 +207,52 @@ def test_a_file_renamed_over_the_proven_one_before_the_stream_is_refused(pg, liv
             os.replace(planted, path)
 
     target = f"{live[:40]}_copy"
-    message = failed_restore(pg, backup_dir, target, path=path, database=live, log=swap_when_restoring)
+    restore(pg, backup_dir, target, path=path, database=live, log=swap_when_restoring)
     assert pg.database_exists(victim), "SQL from the file renamed over the proven one ran"
-    assert message == (f"{os.path.basename(path)}: was replaced or changed after its checksum was checked; "
-                       f"{target} was not created")
-    assert databases_like(pg, target) == []
+    assert table_counts(pg, target) == table_counts(pg, live)
+    pg.drop_database(target)
     pg.drop_database(victim)
+
+
+@pytest.mark.parametrize("how", ["appended", "rewritten in place"])
+def test_a_proven_file_changed_in_place_while_it_restores_runs_none_of_the_change(pg, live, backup_dir, how):
+    # Same inode, so no stat of the file can tell: a gzip member with a COMMIT and a DROP is appended,
+    # or the doctored dump is written over the file's own bytes, once the proof has read it.
+    victim = f"{live[:40]}_victim"
+    pg.create_database(victim, owner=pg.app_user)
+    path = take_backup(pg, live, backup_dir)
+    original, doctored = _doctored_like(path, victim)
+    payload = gzip.compress(f'COMMIT;\nDROP DATABASE "{victim}" WITH (FORCE);\n'.encode())
+
+    def change_when_restoring(line):
+        if line.startswith("Restoring "):
+            with open(path, "r+b") as handle:
+                if how == "appended":
+                    handle.seek(0, os.SEEK_END)
+                    handle.write(payload)
+                else:
+                    handle.write(doctored + bytes(len(original) - len(doctored)))
+
+    target = f"{live[:40]}_copy"
+    restore(pg, backup_dir, target, path=path, database=live, log=change_when_restoring)
+    assert pg.database_exists(victim), f"SQL {how} after the proof ran"
+    assert table_counts(pg, target) == table_counts(pg, live)
+    pg.drop_database(target)
+    pg.drop_database(victim)
+
+
+def test_a_custom_dump_cut_short_after_its_proof_still_restores_what_was_proven(pg, live, backup_dir):
+    # pg_restore --jobs reads the file itself: it must read the bytes that were proven.
+    path = take_backup(pg, live, backup_dir, backup_format="custom", backup_compression="none")
+
+    def cut_when_restoring(line):
+        if line.startswith("Restoring "):
+            os.truncate(path, 100)
+
+    target = f"{live[:40]}_copy"
+    restore(pg, backup_dir, target, path=path, database=live, jobs=2, log=cut_when_restoring)
+    assert table_counts(pg, target) == table_counts(pg, live)
+    pg.drop_database(target)
 
 
 def test_server_stopped_mid_restore_leaves_the_target_and_the_next_run_clears_the_side_database(backup_dir):

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -135,39 +136,63 @@ def verify_file(backup, passphrase=None, database=None, read=True, kdf_iteration
     return report
 
 
-def prove_checksum(backup, report):
-    """Read the whole file and compare its SHA-256 with the manifest's; every later open must
-    then find the same file, unchanged (see open_backup_file)."""
+def prove_checksum(backup, report, keep_copy=False):
+    """Read the whole file and compare its SHA-256 with the manifest's. With ``keep_copy`` the bytes
+    are copied, as they are hashed, into an unnamed file of our own beside it: every later read
+    (open_backup_file) reads that copy, so nothing done to the file once it was read, renamed over,
+    rewritten in place or appended to, can reach the database."""
     with open_backup_file(backup) as handle:
-        check_digest(backup, handle)
-        backup.verified_identity = _identity(os.fstat(handle.fileno()))
+        if not keep_copy:
+            check_digest(backup, handle)
+        else:
+            try:
+                copy = tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(backup.path)))
+            except OSError as exc:
+                raise ForgeError(f"{backup.name}: cannot make a private copy to restore from: "
+                                 f"{exc.strerror}") from None
+            try:
+                check_digest(backup, handle, sink=copy)
+                copy.flush()
+            except OSError as exc:
+                copy.close()
+                raise ForgeError(f"{backup.name}: cannot make a private copy to restore from: "
+                                 f"{exc.strerror}") from None
+            except BaseException:
+                copy.close()
+                raise
+            release_private_copy(backup)
+            backup.private_copy = copy
     report.passed("sha256")
 
 
-def _identity(info):
-    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
+def release_private_copy(backup):
+    copy = getattr(backup, "private_copy", None)
+    if copy is not None:
+        copy.close()
+        backup.private_copy = None
 
 
 def open_backup_file(backup):
-    """The backup file, opened (never through a symlink) for everything that reads it. Once its
-    checksum was proven, it must still be that file, unchanged since: not one renamed over it."""
+    """The backup file, opened (never through a symlink) for everything that reads it; once its
+    checksum was proven with a private copy, that copy, read from its start."""
+    copy = getattr(backup, "private_copy", None)
+    if copy is not None:
+        return os.fdopen(os.open(f"/proc/self/fd/{copy.fileno()}", os.O_RDONLY), "rb")
     try:
-        handle = os.fdopen(os.open(backup.path, os.O_RDONLY | os.O_NOFOLLOW), "rb")
+        return os.fdopen(os.open(backup.path, os.O_RDONLY | os.O_NOFOLLOW), "rb")
     except OSError as exc:
         raise ForgeError(f"{backup.name}: cannot open it: {exc.strerror}") from None
-    verified = getattr(backup, "verified_identity", None)
-    if verified is not None and _identity(os.fstat(handle.fileno())) != verified:
-        handle.close()
-        raise ForgeError(f"{backup.name}: was replaced or changed after its checksum was checked")
-    return handle
 
 
-def check_digest(backup, handle, digest=None):
-    """Read the rest of ``handle`` into ``digest`` (a new SHA-256 by default) and compare
-    it with the manifest's; a mismatch is the one message for a damaged or changed file."""
+def check_digest(backup, handle, digest=None, sink=None):
+    """Read the rest of ``handle`` into ``digest`` (a new SHA-256 by default), and into ``sink``
+    when given, and compare it with the manifest's; a mismatch is the one message for a damaged
+    or changed file."""
     digest = digest or hashlib.sha256()
     for chunk in iter(lambda: handle.read(READ_SIZE), b""):
         digest.update(chunk)
+        if sink is not None:
+            sink.write(chunk)
     expected = (backup.manifest or {}).get("sha256")
     if expected and not hmac.compare_digest(digest.hexdigest(), expected):
         raise ForgeError(f"{backup.name}: checksum mismatch; the file is damaged or was changed after the backup")
@@ -425,14 +450,17 @@ class Restorer:
                          "replace": f"{target} is unchanged ({objects}, as before)"}[plan]
                 if self.options.verify and self._proven_before_streaming(backup):
                     try:
-                        prove_checksum(backup, report)
+                        prove_checksum(backup, report, keep_copy=True)
                     except ForgeError as exc:
                         raise ForgeError(f"{exc.message}; {where}") from None
                 self._drop_stale_sides(control, target)
                 side = self._create_side(control, target, plan != "new")
                 try:
                     self.log(f"Restoring {backup.name} into {side} (the side database for {target})")
-                    self._into(backup, side, passphrase, report)
+                    try:
+                        self._into(backup, side, passphrase, report)
+                    finally:
+                        release_private_copy(backup)
                     self._compare_counts(backup, side, report)
                     if plan == "new":
                         self._rename_new(control, side, target)
@@ -605,7 +633,7 @@ class Restorer:
         and SQL after the file's own COMMIT would run for good before the stream's end showed the
         mismatch. An encrypted one cannot be rewritten without the passphrase, so it is proven
         while it streams (one read); pg_restore --jobs hashes the descriptor it reads first."""
-        return backup.manifest is not None and not backup.encrypted and not self._reads_the_file(backup)
+        return backup.manifest is not None and not backup.encrypted
 
     def _reads_the_file(self, backup):
         """pg_restore --jobs reads the file itself; everything else is streamed through us."""
@@ -627,7 +655,7 @@ class Restorer:
         """pg_restore --jobs needs a seekable file: it reads the one we hashed, through our open
         descriptor, so a file renamed over it after the check is never what gets restored."""
         with open_backup_file(backup) as handle:
-            if backup.manifest:
+            if backup.manifest and getattr(backup, "private_copy", None) is None:
                 check_digest(backup, handle)
                 handle.seek(0)
                 report.passed("sha256")
