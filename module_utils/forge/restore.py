@@ -147,19 +147,15 @@ def prove_checksum(backup, report, keep_copy=False):
         else:
             try:
                 copy = tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(backup.path)))
+                try:
+                    check_digest(backup, handle, sink=copy)
+                    copy.flush()
+                except BaseException:
+                    copy.close()
+                    raise
             except OSError as exc:
                 raise ForgeError(f"{backup.name}: cannot make a private copy to restore from: "
                                  f"{exc.strerror}") from None
-            try:
-                check_digest(backup, handle, sink=copy)
-                copy.flush()
-            except OSError as exc:
-                copy.close()
-                raise ForgeError(f"{backup.name}: cannot make a private copy to restore from: "
-                                 f"{exc.strerror}") from None
-            except BaseException:
-                copy.close()
-                raise
             release_private_copy(backup)
             backup.private_copy = copy
     report.passed("sha256")
@@ -631,8 +627,9 @@ class Restorer:
         """An unencrypted file with a manifest is read whole and its SHA-256 compared before any
         byte reaches psql or pg_restore: whoever can write to the backup directory can rewrite it,
         and SQL after the file's own COMMIT would run for good before the stream's end showed the
-        mismatch. An encrypted one cannot be rewritten without the passphrase, so it is proven
-        while it streams (one read); pg_restore --jobs hashes the descriptor it reads first."""
+        mismatch. The bytes proven are copied, and only the copy is restored, pg_restore --jobs
+        included. An encrypted one cannot be rewritten without the passphrase, so it is proven
+        while it streams (one read)."""
         return backup.manifest is not None and not backup.encrypted
 
     def _reads_the_file(self, backup):
@@ -652,8 +649,8 @@ class Restorer:
         return env
 
     def _pg_restore_file(self, backup, target, report):
-        """pg_restore --jobs needs a seekable file: it reads the one we hashed, through our open
-        descriptor, so a file renamed over it after the check is never what gets restored."""
+        """pg_restore --jobs needs a seekable file: it reads, through our open descriptor, the private
+        copy proven before the restore, or (with verification off) the file hashed just before."""
         with open_backup_file(backup) as handle:
             if backup.manifest and getattr(backup, "private_copy", None) is None:
                 check_digest(backup, handle)
