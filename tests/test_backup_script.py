@@ -522,7 +522,8 @@ def test_client_older_than_server_is_refused(pg, sample_db, backup_dir, tmp_path
     old.chmod(0o755)
     keep = _good_backup(pg, sample_db, backup_dir)
     result = run_backup_script(pg, sample_db, backup_dir, {"BACKUP_DUMP_COMMAND": str(old)})
-    _assert_failed_cleanly(result, backup_dir, r"pg_dump 14 cannot dump a PostgreSQL 15 server", keep=keep)
+    _assert_failed_cleanly(result, backup_dir, r"pg_dump 14 of '.*pg_dump14' cannot dump a PostgreSQL 15 server; set "
+                           r"BACKUP_DUMP_COMMAND", keep=keep)
 
 
 # -- lock, partials, secrets, metrics, Sentry ---------------------------------------------------------

@@ -187,9 +187,14 @@ class BackupRunner:
     def _check_client_version(self, server_major):
         client_major = client_major_version(self.options.dump_command)
         if client_major < server_major:
+            # pg_dump's own "server version mismatch" says what broke, not what to do about it.
+            where = "on this host" if self.options.dump_command == ["pg_dump"] else \
+                f"of {' '.join(self.options.dump_command)!r}"
             raise ForgeError(
-                f"pg_dump {client_major} cannot dump a PostgreSQL {server_major} server; set the dump "
-                f"command to a pg_dump {server_major} (for example 'docker exec -i <db container> pg_dump')")
+                f"pg_dump {client_major} {where} cannot dump a PostgreSQL {server_major} server; set "
+                f"BACKUP_DUMP_COMMAND (role: backup_dump_command) to a pg_dump {server_major} such as "
+                "'docker exec -i <db container> pg_dump', or run the backup as the Compose sidecar "
+                "(backup_compose_sidecar)")
         return client_major
 
     def _check_space(self, backups, db_size):
@@ -504,10 +509,14 @@ def _drain(stream, lines):
 
 
 def _with_docker_env(command, docker):
-    """For `docker exec`, forward the libpq variables by name (values stay in the environment)."""
+    """For `docker exec`, forward the libpq variables by name (values stay in the environment).
+
+    PGHOST and PGPORT stay behind: they say where this host reaches the server (a published
+    port, a Compose network name), while pg_dump inside the database container reaches it
+    through the container's own socket. The exported snapshot proves it is the same server."""
     if not docker:
         return command
-    names = ["PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD", "PGCONNECT_TIMEOUT", "PGAPPNAME"]
+    names = ["PGUSER", "PGDATABASE", "PGPASSWORD", "PGCONNECT_TIMEOUT", "PGAPPNAME"]
     exec_at = command.index("exec") + 1 if "exec" in command else 1
     forwarded = [arg for name in names for arg in ("-e", name)]
     return command[:exec_at] + forwarded + command[exec_at:]

@@ -1,0 +1,170 @@
+"""The engine against a real PostgreSQL 17 server in a container (the Compose stack's `db`
+image, molecule/image/build_stack.sh), from this Debian 12 host whose own client is 15.
+
+A pg_dump older than the server is refused in one line that says what to do, and the
+`docker exec` dump command the role derives for a Compose database makes a verified,
+encrypted backup that the drill restores with exact counts and that the runbook's own
+`openssl | gunzip | docker exec -i <db> psql` restores too."""
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from helpers import REPO, backups_in, directory_contents, manifest_of, run_backup_script
+from servers import SAMPLE_SCHEMA, table_counts
+
+IMAGE = "infer-forge-stack:latest"
+RESTORE_SCRIPT = os.path.join(REPO, "scripts", "restore_db.sh")
+PASSWORD = "pg17-test-password"
+
+
+def _docker(*args, check=True, **kwargs):
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check, timeout=120, **kwargs)
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Postgres17Container:
+    """One throwaway container of the stack image, published on a free loopback port only."""
+
+    superuser = app_user = "infer"
+    superuser_password = app_password = PASSWORD
+    host = "127.0.0.1"
+
+    def __init__(self):
+        self.name = f"forge-test-pg17-{uuid.uuid4().hex[:8]}"
+        self.port = _free_port()
+
+    def start(self):
+        _docker("run", "-d", "--name", self.name, "-p", f"127.0.0.1:{self.port}:5432",
+                "-e", "POSTGRES_USER=infer", "-e", "POSTGRES_PASSWORD", "-e", "POSTGRES_DB=postgres_app",
+                IMAGE, env=dict(os.environ, POSTGRES_PASSWORD=PASSWORD))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ready = _docker("exec", self.name, "pg_isready", "-q", "-U", "infer", check=False)
+            if ready.returncode == 0:
+                import psycopg
+
+                try:
+                    self.execute("SELECT 1")
+                    return self
+                except psycopg.OperationalError:
+                    time.sleep(0.3)  # the published port may lag the server's own socket
+                    continue
+            time.sleep(0.3)
+        raise RuntimeError(f"PostgreSQL 17 in {self.name} did not start: {_docker('logs', self.name).stderr}")
+
+    def connect(self, database="postgres", superuser=True, autocommit=True):
+        import psycopg
+
+        return psycopg.connect(host=self.host, port=self.port, dbname=database, autocommit=autocommit,
+                               user=self.app_user, password=self.app_password)
+
+    def execute(self, sql, database="postgres", superuser=True, params=None):
+        with self.connect(database) as conn:
+            cursor = conn.execute(sql, params)
+            return cursor.fetchall() if cursor.description else None
+
+    def app_env(self, database):
+        return {"POSTGRES_HOST": self.host, "POSTGRES_PORT": str(self.port), "POSTGRES_USER": self.app_user,
+                "POSTGRES_PASSWORD": self.app_password, "POSTGRES_DB": database}
+
+    def destroy(self):
+        _docker("rm", "-f", "-v", self.name, check=False)
+
+
+@pytest.fixture(scope="module")
+def pg17():
+    if shutil.which("docker") is None or _docker("image", "inspect", IMAGE, check=False).returncode != 0:
+        pytest.skip(f"needs Docker and the {IMAGE} image (make bootstrap builds it)")
+    server = Postgres17Container().start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def orders17(pg17, request):
+    name = "o17_" + uuid.uuid4().hex[:8]
+    pg17.execute(f'CREATE DATABASE "{name}"')
+    with pg17.connect(name) as conn:
+        conn.execute(SAMPLE_SCHEMA)
+        conn.execute("INSERT INTO customers (name, email) SELECT 'Zákazník ' || g, 'c' || g || '@example.cz' "
+                     "FROM generate_series(1, 120) g")
+        conn.execute("INSERT INTO orders (customer_id, amount, status, details) "
+                     "SELECT 1 + g % 120, g * 12.5, 'new', jsonb_build_object('line', g) "
+                     "FROM generate_series(1, 3000) g")
+        conn.execute("INSERT INTO audit.\"Order Events\" (order_id, note) SELECT g, 'created' "
+                     "FROM generate_series(1, 300) g")
+    yield name
+    pg17.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _host_client_major(tool="pg_dump"):
+    out = subprocess.run([tool, "--version"], capture_output=True, text=True, check=True).stdout
+    return int(re.search(r"(\d+)\.\d+", out).group(1))
+
+
+def test_the_hosts_older_pg_dump_is_refused_in_one_line_that_names_the_fix(pg17, orders17, tmp_path):
+    assert _host_client_major() < 17, "this test needs a host pg_dump older than the container's PostgreSQL 17"
+    backup_dir = str(tmp_path / "backups")
+    os.mkdir(backup_dir, 0o700)
+    result = run_backup_script(pg17, orders17, backup_dir)
+    assert result.returncode != 0
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert re.fullmatch(
+        rf"ERROR: pg_dump {_host_client_major()} on this host cannot dump a PostgreSQL 17 server; set "
+        r"BACKUP_DUMP_COMMAND \(role: backup_dump_command\) to a pg_dump 17 such as 'docker exec -i <db container> "
+        r"pg_dump', or run the backup as the Compose sidecar \(backup_compose_sidecar\)", lines[0]), lines[0]
+    # pg_dump's own "server version mismatch" never reaches the operator, and nothing is written.
+    assert "mismatch" not in result.stderr
+    assert directory_contents(backup_dir) == {}
+
+
+def test_a_docker_exec_backup_is_verified_and_restores_by_the_drill_and_by_the_runbook(
+        pg17, orders17, tmp_path, passphrase_file):
+    backup_dir = str(tmp_path / "backups")
+    os.mkdir(backup_dir, 0o700)
+    expected = table_counts(pg17, orders17)
+    dump_command = f"docker exec -i {pg17.name} pg_dump"
+    result = run_backup_script(pg17, orders17, backup_dir, {
+        "BACKUP_DUMP_COMMAND": dump_command, "BACKUP_PASSPHRASE_FILE": passphrase_file, "BACKUP_ENCRYPT": "1"})
+    assert result.returncode == 0, result.stderr
+    [backup] = backups_in(backup_dir)
+    assert backup.endswith(".sql.gz.enc")
+    manifest = manifest_of(backup)
+    assert manifest["pg_dump_major_version"] == 17
+    assert manifest["server"]["version"].startswith("17.")
+    assert manifest["snapshot_row_counts"] == expected
+
+    # The drill restores it into a scratch database on the 17 server with this host's psql.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "BACKUP_", "PG"))}
+    env.update(pg17.app_env(orders17), BACKUP_DIR=backup_dir, BACKUP_CONFIG="", BACKUP_PASSPHRASE_FILE=passphrase_file)
+    drill = subprocess.run([RESTORE_SCRIPT, "drill", os.path.basename(backup)], env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert drill.returncode == 0, drill.stderr
+    rows = sum(expected.values())
+    assert re.search(rf"PASS: .*{re.escape(os.path.basename(backup))}: 3 tables, {rows} rows checked", drill.stdout), \
+        drill.stdout
+
+    # The runbook's manual restore, through the container's own psql, into a new database.
+    pg17.execute('CREATE DATABASE "runbook_target"')
+    try:
+        manual = subprocess.run(["bash", "-o", "pipefail", "-c",
+            f"openssl enc -d -aes-256-cbc -pbkdf2 -pass file:{passphrase_file} -in {backup} | gunzip | "
+            f"docker exec -i -e PGPASSWORD {pg17.name} psql -v ON_ERROR_STOP=1 -q -U infer -d runbook_target"],
+            env=dict(os.environ, PGPASSWORD=PASSWORD), capture_output=True, text=True, timeout=300)
+        assert manual.returncode == 0, manual.stderr
+        assert table_counts(pg17, "runbook_target") == expected
+    finally:
+        pg17.execute('DROP DATABASE IF EXISTS "runbook_target" WITH (FORCE)')
