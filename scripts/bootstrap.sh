@@ -85,12 +85,22 @@ need_docker() {
     exit 1
 }
 
+# Debian 12 and 13 Molecule images from one recipe, then the Compose stack's
+# image (PostgreSQL 17, Redis, the stand-in app) on the Debian 13 one.
 need_image() {
-    if [ "$(id -u)" -ne 0 ] && ! docker image inspect infer-forge-debian12:latest >/dev/null 2>&1; then
-        echo "building the Molecule image needs root (debootstrap); run: sudo make bootstrap" >&2
-        exit 1
-    fi
-    bash molecule/image/build.sh | sed 's/^/[bootstrap] /'
+    local suite
+    for suite in bookworm trixie; do
+        if [ "$(id -u)" -ne 0 ] && ! docker image inspect "infer-forge-debian$([ $suite = bookworm ] && echo 12 || echo 13):latest" \
+            >/dev/null 2>&1; then
+            echo "building the Molecule images needs root (debootstrap); run: sudo make bootstrap" >&2
+            exit 1
+        fi
+        bash molecule/image/build.sh "$suite" | sed 's/^/[bootstrap] /'
+        [ "${PIPESTATUS[0]}" -eq 0 ] || exit 1
+    done
+    bash molecule/image/build_stack.sh 2>&1 | grep -v -e DEPRECATED -e 'BuildKit is' -e 'environment-variable' -e '^ *$' |
+        sed 's/^/[bootstrap] /'
+    [ "${PIPESTATUS[0]}" -eq 0 ] || exit 1
 }
 
 steps=("$@")

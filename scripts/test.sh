@@ -16,7 +16,7 @@ stage_lint() {
     yamllint --strict . &&
     ansible-lint --offline -q &&
     ruff check . &&
-    for script in scripts/*.sh scripts/forge molecule/image/build.sh .ci/run; do
+    for script in scripts/*.sh scripts/forge molecule/image/*.sh molecule/image/stack/*.sh .ci/run; do
         bash -n "$script" || { echo "shell syntax error in $script"; return 1; }
     done &&
     for vault in inventories/*/group_vars/*/vault.yml; do
@@ -87,36 +87,57 @@ stage_pytest() { env -u FORGE_TESTS_MAY_SKIP python -m pytest -q -p no:cacheprov
 # the tests named for it still pass. Runs after pytest, which proved them green.
 stage_mutation() { python scripts/mutation_check.py --jobs 2; }
 
-scenarios() {
-    # e2e first: it is the longest, and gets a lane of its own when lanes run side by side.
-    local all
-    all=$(ls molecule | while read -r d; do [ -f "molecule/$d/molecule.yml" ] && echo "$d"; done)
+# A scenario whose platforms name their `image` runs once (e2e and compose: Debian 13);
+# every other one runs on Debian 12 and on Debian 13 (name@12, name@13; MOLECULE_DEBIAN).
+pinned_scenarios() {
+    local d all
+    all=$(for d in $(ls molecule); do
+        [ -f "molecule/$d/molecule.yml" ] && grep -q '^ *image:' "molecule/$d/molecule.yml" && echo "$d"
+    done)
     { grep -x e2e <<<"$all"; grep -vx e2e <<<"$all"; } || true
 }
 
-molecule_lane() {
-    local scenario started
-    for scenario in "$@"; do
-        started=$SECONDS
-        echo "--- molecule scenario: $scenario"
-        molecule test -s "$scenario" 2>&1 | sed -u "s/^/[$scenario] /"
-        [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "--- molecule scenario $scenario failed"; return 1; }
-        echo "--- molecule scenario $scenario passed in $((SECONDS - started)) s"
+role_scenarios() {
+    local d
+    for d in $(ls molecule); do
+        [ -f "molecule/$d/molecule.yml" ] && ! grep -q '^ *image:' "molecule/$d/molecule.yml" && echo "$d@12 $d@13"
     done
 }
 
-# Two lanes side by side (MOLECULE_JOBS=1 for one): the scenarios spend much of
-# their time waiting on containers, so the longest one runs beside all others.
+molecule_lane() {
+    local entry scenario debian started
+    for entry in "$@"; do
+        scenario=${entry%@*}
+        debian=12
+        [ "$entry" = "$scenario" ] || debian=${entry#*@}
+        started=$SECONDS
+        echo "--- molecule scenario: $entry"
+        MOLECULE_DEBIAN=$debian molecule test -s "$scenario" 2>&1 | sed -u "s/^/[$entry] /"
+        [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "--- molecule scenario $entry failed"; return 1; }
+        echo "--- molecule scenario $entry passed in $((SECONDS - started)) s"
+    done
+}
+
+# Two lanes side by side (MOLECULE_JOBS=1 for one): the scenarios spend much of their
+# time waiting on containers. The pinned ones (e2e, the longest, first) take one lane,
+# the roles' scenarios on both Debians the other; a scenario's two runs share a lane,
+# since they use the same container names. MOLECULE_SCENARIOS="a b@13" picks entries.
 stage_molecule() {
-    local chosen
-    read -r -a chosen <<<"${MOLECULE_SCENARIOS:-$(scenarios | tr '\n' ' ')}"
-    if [ "${MOLECULE_JOBS:-2}" -lt 2 ] || [ ${#chosen[@]} -lt 2 ]; then
+    local chosen first_lane second_lane
+    if [ -n "${MOLECULE_SCENARIOS:-}" ]; then
+        read -r -a chosen <<<"$MOLECULE_SCENARIOS"
         molecule_lane "${chosen[@]}"
         return
     fi
-    molecule_lane "${chosen[0]}" &
+    read -r -a first_lane <<<"$(pinned_scenarios | tr '\n' ' ')"
+    read -r -a second_lane <<<"$(role_scenarios | tr '\n' ' ')"
+    if [ "${MOLECULE_JOBS:-2}" -lt 2 ]; then
+        molecule_lane "${first_lane[@]}" "${second_lane[@]}"
+        return
+    fi
+    molecule_lane "${first_lane[@]}" &
     local first=$!
-    molecule_lane "${chosen[@]:1}" &
+    molecule_lane "${second_lane[@]}" &
     local rest=$! rc=0
     wait "$first" || rc=1
     wait "$rest" || rc=1
@@ -127,7 +148,7 @@ stage_molecule() {
 # its failure lines are repeated after the summary: a CI page often shows only the
 # last lines, and the two Molecule lanes interleave theirs.
 why_it_failed() {
-    grep -E 'fatal: \[|FAILED|^(\[[A-Za-z0-9_-]+\] )?E {3}|failed=[1-9]|scenario [A-Za-z0-9_-]+ failed|not killed|^[A-Z]{1,4}[0-9]{3,4} |^Found [0-9]+ error| (error|warning) +|^[a-z-]+\[[a-z-]+\]: |^Failed: [0-9]+ failure' "$1" |
+    grep -E 'fatal: \[|FAILED|^(\[[A-Za-z0-9_@-]+\] )?E {3}|failed=[1-9]|scenario [A-Za-z0-9_@-]+ failed|not killed|^[A-Z]{1,4}[0-9]{3,4} |^Found [0-9]+ error| (error|warning) +|^[a-z-]+\[[a-z-]+\]: |^Failed: [0-9]+ failure' "$1" |
         grep -v -E 'failed=0|ignore_errors|# ignored$' | tail -n 12 | cut -c 1-400
 }
 

@@ -42,7 +42,8 @@ def report_dir(tmp_path_factory):
 
 
 def test_deploy_left_every_service_running():
-    expected = {DB: ["cron", "postgresql@15-main", "redis-server", "prometheus-node-exporter",
+    major = on(DB).check_output("ls /etc/postgresql")
+    expected = {DB: ["cron", f"postgresql@{major}-main", "redis-server", "prometheus-node-exporter",
                      "prometheus-postgres-exporter", "prometheus-redis-exporter"],
                 APP: ["standin-app", "prometheus-node-exporter", "prometheus-blackbox-exporter"],
                 MONITORING: ["prometheus", "prometheus-alertmanager"],
