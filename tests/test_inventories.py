@@ -73,3 +73,32 @@ def test_production_and_staging_give_the_nas_host_key_as_a_variable(inventory):
             f"{inventory}: {host} copies off-site over SSH without backup_offsite_host_key"
         assert variables.get("backup_offsite_host_key_from_nas", False) in FALSE, \
             f"{inventory}: {host} takes the NAS host key over the Ansible connection"
+
+
+@pytest.mark.parametrize("inventory", ["production", "staging", "lab"])
+def test_every_inventory_connects_as_an_unprivileged_user(inventory):
+    """Nothing relies on logging in as root: plays that need it say `become: true`."""
+    users = {host: variables.get("ansible_user") for host, variables in hostvars(inventory).items()}
+    assert users and all(user and user != "root" for user in users.values()), users
+
+
+def test_every_play_that_changes_a_host_becomes_root_or_says_whom_it_runs_as():
+    """A play that runs roles or writes files as the connecting user would fail as `deploy`:
+    each play either says `become` or runs only read-only checks and modules that become
+    the backup user themselves (backup_operations' tasks, health checks, the checklist)."""
+    import glob
+
+    import yaml
+
+    without = []
+    for path in sorted(glob.glob(os.path.join(REPO, "playbooks", "*.yml"))):
+        with open(path, encoding="utf-8") as handle:
+            plays = yaml.safe_load(handle)
+        for play in plays:
+            if "import_playbook" in play or play.get("connection") == "local" or "become" in play:
+                continue
+            roles = [task.get("ansible.builtin.include_role", {}).get("name") for task in play.get("tasks", [])]
+            if play.get("roles") or any(role not in (None, "backup_operations", "health", "checklist")
+                                        for role in roles):
+                without.append(f"{os.path.basename(path)}: {play['name']}")
+    assert without == []
