@@ -1,0 +1,154 @@
+"""The backup story against PostgreSQL 17 in Docker Compose, on a Debian 13 host that the
+deploy reached as the unprivileged `deploy` user: the stack runs, the host's cron entry
+dumps through `docker exec` into the db container, the sidecar's own cron dumps from
+beside it, the drill restores each with exact counts, the runbook's manual restore
+works through `docker exec -i <db> psql`, and health and the exporters reach the services.
+"""
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import time
+
+REPO = os.environ.get("MOLECULE_PROJECT_DIRECTORY") or os.path.abspath(
+    os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+testinfra_hosts = ["docker://compose-db"]
+
+DB = "compose-db"
+ROOT = "/srv/infer-forge-molecule-compose"
+BACKUPS = f"{ROOT}/backups"
+PROJECT = "forge-compose"
+SAMPLE = {"public.customers": 200, "public.orders": 5000}
+
+
+def playbook(name, *args):
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_FORCE_COLOR="0")
+    command = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
+               os.path.join(REPO, "playbooks", name), *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
+
+
+def db_container(host):
+    return host.check_output(f"docker ps --filter label=com.docker.compose.project={PROJECT} "
+                             "--filter label=com.docker.compose.service=db --format '{{.Names}}'")
+
+
+def manifest(host, path):
+    return json.loads(host.file(path + ".manifest.json").content_string)
+
+
+def drill(host, name):
+    """restore_db.sh drill of one named backup, as the backup user, with the host's config."""
+    config = f"{ROOT}/etc/backup-infer_forge.env"
+    return host.run(f"runuser -u infer -- env BACKUP_CONFIG={config} {ROOT}/opt/scripts/restore_db.sh drill {name}")
+
+
+def test_the_stack_runs_postgresql_17_redis_and_the_app_in_compose(host):
+    services = host.check_output(f"docker compose -p {PROJECT} ps --format '{{{{.Service}}}} {{{{.State}}}}'")
+    assert sorted(services.splitlines()) == ["app running", "db running", "redis running"]
+    version = host.check_output(f"docker exec {db_container(host)} psql -U infer -d infer_forge -Atc "
+                                "'SHOW server_version'")
+    assert version.startswith("17.")
+    assert host.check_output(". /etc/os-release && echo $VERSION_ID") == "13"
+
+
+def test_ansible_connects_as_the_unprivileged_deploy_user_and_becomes_root_only_when_asked():
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    base = ["ansible", "-i", os.environ["MOLECULE_INVENTORY_FILE"], DB, "-m", "ansible.builtin.command",
+            "-a", "id -un"]
+    plain = subprocess.run(base, capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert plain.returncode == 0 and plain.stdout.strip().endswith("deploy"), plain.stdout + plain.stderr
+    become = subprocess.run(base + ["--become"], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert become.returncode == 0 and become.stdout.strip().endswith("root"), become.stdout + become.stderr
+
+
+def test_the_role_derived_the_docker_exec_dump_command_from_the_project(host):
+    config = host.file(f"{ROOT}/etc/backup-infer_forge.env")
+    assert config.user == "infer" and config.mode == 0o600
+    line = [entry for entry in host.check_output(f"cat {ROOT}/etc/backup-infer_forge.env").splitlines()
+            if entry.startswith("BACKUP_DUMP_COMMAND=")]
+    assert line == [f"BACKUP_DUMP_COMMAND=docker exec -i {db_container(host)} pg_dump"]
+
+
+def _run_host_cron_job(host):
+    cron = host.file("/etc/cron.d/infer-forge-backup").content_string
+    [entry] = [e for e in cron.splitlines() if "backup_db.sh" in e and not e.startswith("#")]
+    command = " ".join(entry.split()[6:]).split(" >>")[0]
+    for _ in range(20):
+        result = host.run(f"runuser -u infer -- sh -c {shlex.quote(command)}")
+        # The sidecar backs up every minute here; a run that meets its lock waits its turn.
+        if result.rc != 75:
+            return result
+        time.sleep(3)
+    return result
+
+
+def test_the_host_cron_entry_dumps_through_docker_exec_and_the_drill_restores_it_exactly(host):
+    result = _run_host_cron_job(host)
+    assert result.rc == 0, result.stdout + result.stderr
+    [started] = re.findall(r"^Starting backup: (\S+)$", result.stdout, re.MULTILINE)
+    assert host.run(f"head -c 8 {started}").stdout == "Salted__"
+    body = json.loads(host.check_output(f"cat {started}.manifest.json"))
+    assert body["pg_dump_major_version"] == 17 and body["server"]["version"].startswith("17.")
+    assert body["snapshot_row_counts"] == SAMPLE
+    outcome = drill(host, os.path.basename(started))
+    assert outcome.rc == 0, outcome.stdout + outcome.stderr
+    assert re.search(rf"PASS: {re.escape(started)}: 2 tables, 5200 rows checked", outcome.stdout), outcome.stdout
+
+
+def test_the_sidecars_own_cron_takes_a_verified_backup_that_the_drill_restores_exactly(host):
+    deadline = time.monotonic() + 150
+    started = []
+    while time.monotonic() < deadline and not started:
+        logs = host.check_output(f"docker compose -p {PROJECT}-backup logs --no-color backup")
+        started = [line.split("Starting backup: ")[1].strip() for line in logs.splitlines()
+                   if "Starting backup: " in line]
+        complete = "Backup complete:" in logs
+        if not (started and complete):
+            started = []
+            time.sleep(5)
+    assert started, "the sidecar's cron took no backup within 150 s:\n" + logs
+    inside = started[0]
+    assert inside.startswith("/backups/infer_forge_") and inside.endswith(".sql.gz.enc")
+    on_host = f"{BACKUPS}/{os.path.basename(inside)}"
+    stat = host.check_output(f"stat -c '%U %a' {on_host} {BACKUPS}").splitlines()
+    assert stat == ["infer 600", "infer 700"]
+    body = json.loads(host.check_output(f"cat {on_host}.manifest.json"))
+    assert body["pg_dump_major_version"] == 17 and body["snapshot_row_counts"] == SAMPLE
+    outcome = drill(host, os.path.basename(on_host))
+    assert outcome.rc == 0, outcome.stdout + outcome.stderr
+    assert re.search(rf"PASS: {re.escape(on_host)}: 2 tables, 5200 rows checked", outcome.stdout), outcome.stdout
+
+
+def test_the_runbooks_manual_restore_works_through_docker_exec_psql(host):
+    newest = host.check_output(f"sh -c 'ls -1t {BACKUPS}/infer_forge_*.sql.gz.enc | head -1'")
+    db = db_container(host)
+    psql = f"docker exec -i {db} psql -v ON_ERROR_STOP=1 -q -U infer"
+    host.check_output(f"{psql} -d postgres -c 'DROP DATABASE IF EXISTS runbook_check' "
+                      "-c 'CREATE DATABASE runbook_check'")
+    restore = host.run(f"sh -c 'openssl enc -d -aes-256-cbc -pbkdf2 -pass file:{ROOT}/etc/backup.pass "
+                       f"-in {newest} | gunzip | {psql} -d runbook_check'")
+    assert restore.rc == 0, restore.stderr
+    count_both = "'SELECT (SELECT count(*) FROM customers), (SELECT count(*) FROM orders)'"
+    counts = host.check_output(psql + " -d runbook_check -Atc " + count_both)
+    assert counts == "200|5000"
+    host.check_output(f"{psql} -d postgres -c 'DROP DATABASE runbook_check'")
+
+
+def test_health_reaches_the_db_redis_and_app_services():
+    result = playbook("health.yml")
+    assert result.returncode == 0, result.stdout[-3000:]
+    for service in ("database", "redis", "app"):
+        assert re.search(rf"{DB}\s+{service}\s+healthy", result.stdout), result.stdout[-2000:]
+    assert re.search(r"database\s+healthy\s+\S+\s+.*17\.", result.stdout), result.stdout[-2000:]
+
+
+def test_the_exporters_scrape_the_containers(host):
+    postgres = host.check_output("curl -fsS http://127.0.0.1:9187/metrics")
+    assert re.search(r"^pg_up 1$", postgres, re.MULTILINE), postgres[-1500:]
+    assert re.search(r'^pg_static\{[^}]*short_version="17\.', postgres, re.MULTILINE)
+    redis = host.check_output("curl -fsS http://127.0.0.1:9121/metrics")
+    assert re.search(r"^redis_up 1$", redis, re.MULTILINE), redis[-1500:]
