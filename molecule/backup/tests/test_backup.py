@@ -121,17 +121,30 @@ def test_cron_also_schedules_a_weekly_drill(host):
     assert lines[0].split()[:6] == ["30", "4", "*", "*", "0", "infer"]
 
 
-def test_compose_sidecar_variant_matches_the_runbook(host):
+def test_compose_sidecar_runs_the_same_backup_from_its_own_cron(host):
+    """The runbook's sidecar, rendered (the compose scenario runs it): cron inside it runs the
+    host's backup_db.sh as the backup user, with the same settings but the container's paths."""
     import yaml
 
     compose = yaml.safe_load(host.file("/opt/infer-forge/docker-compose.backup.yml").content_string)
     backup = compose["services"]["backup"]
-    env = backup["environment"]
-    assert env["POSTGRES_HOST"] == "db" and env["POSTGRES_USER"] == "infer" and env["POSTGRES_DB"] == "infer_forge"
-    assert env["POSTGRES_PASSWORD"] == "${POSTGRES_PASSWORD}"  # from the app's .env, never written here
-    assert env["BACKUP_DIR"] == "/backups" and env["RETENTION_DAYS"] == "30"
-    assert env["BACKUP_PASSPHRASE_FILE"] == "/run/secrets/backup_passphrase"
-    assert "while true; do sleep 86400; /opt/infer-forge/scripts/backup_db.sh; done" in backup["entrypoint"][-1]
+    assert compose["name"] == "infer-forge-backup"
+    assert backup["build"]["dockerfile_inline"].startswith("FROM postgres:17-bookworm")
+    assert backup["environment"]["BACKUP_USER"] == "infer"
+    assert backup["environment"]["BACKUP_UID"] == host.check_output("id -u infer")
     assert "/backups:/backups" in backup["volumes"]
-    assert backup["depends_on"] == ["db"]
-    assert compose["secrets"]["backup_passphrase"]["file"] == "/etc/infer-forge/backup.pass"
+    assert "/etc/infer-forge/backup.pass:/run/secrets/backup_passphrase:ro" in backup["volumes"]
+    assert "cron" in [line.strip() for line in backup["entrypoint"][-1].splitlines()]
+    cron = host.file("/etc/infer-forge/sidecar/cron")
+    assert cron.user == "root" and cron.mode == 0o644
+    [entry] = [line for line in cron.content_string.splitlines() if "backup_db.sh" in line]
+    assert entry.split()[:6] == ["0", "2", "*", "*", "*", "infer"]
+    assert "BACKUP_CONFIG=/etc/infer-forge/backup-infer_forge.env /opt/infer-forge/scripts/backup_db.sh" in entry
+    config = host.file("/etc/infer-forge/sidecar/backup-infer_forge.env")
+    assert config.user == "infer" and config.mode == 0o600
+    settings = dict(line.split("=", 1) for line in config.content_string.splitlines() if "=" in line
+                    and not line.startswith("#"))
+    assert settings["POSTGRES_HOST"] == "db" and settings["POSTGRES_PORT"] == "5432"
+    assert settings["BACKUP_DIR"] == "/backups" and settings["RETENTION_DAYS"] == "30"
+    assert settings["BACKUP_PASSPHRASE_FILE"] == "/run/secrets/backup_passphrase"
+    assert "BACKUP_DUMP_COMMAND" not in settings and "OFFSITE_TARGET" not in settings
