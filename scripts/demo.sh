@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # `make demo`: the whole story on this machine, in local containers.
-# Four containers from the locally built image on their own Docker network:
-#   lab-db (PostgreSQL 15 + Redis), lab-app (stand-in app serving the runbook's
-#   /health), lab-monitoring (Prometheus, Alertmanager, dashboards, stand-in
-#   Sentry) and lab-nas (the off-site target over SSH).
+# Four containers from the locally built images on their own Docker network:
+#   lab-db (Debian 13, running the INFER FORGE stack in Docker Compose on this
+#   machine's engine through its socket: db with PostgreSQL 17, redis, app),
+#   lab-app (stand-in app serving the runbook's /health), lab-monitoring
+#   (Prometheus, Alertmanager, dashboards, stand-in Sentry) and lab-nas (the
+#   off-site target over SSH).
 # Then deploy, health, a backup, the restore drill, an off-site copy and the
 # production checklist, each summed up in a few lines. Re-running reuses the
 # containers; `make demo-down` removes them.
@@ -14,11 +16,21 @@ cd "$repo"
 export PATH="$repo/.venv/bin:$PATH" ANSIBLE_CONFIG="$repo/ansible.cfg"
 export ANSIBLE_NOCOLOR=1 PY_COLORS=0
 image=infer-forge-debian12:latest
+db_image=infer-forge-debian13:latest
+stack_project=forge-lab-db
 network=infer-forge-lab
 hosts=(lab-db lab-app lab-monitoring lab-nas)
 logs="$repo/.cache/lab"
 
+stack_containers() { docker ps -aq --filter "label=com.docker.compose.project=$stack_project"; }
+
 if [ "${1:-}" = down ]; then
+    containers=$(stack_containers)
+    if [ -n "$containers" ]; then
+        # shellcheck disable=SC2086  # one id per word
+        docker rm -f $containers >/dev/null && echo "removed the Compose stack $stack_project"
+    fi
+    docker volume rm "${stack_project}_db-data" >/dev/null 2>&1 || true
     for host in "${hosts[@]}"; do
         docker rm -f "$host" >/dev/null 2>&1 && echo "removed container $host" || true
     done
@@ -47,13 +59,23 @@ play() {
 step "Lab: four containers on Docker network $network"
 docker network inspect "$network" >/dev/null 2>&1 || docker network create "$network" >/dev/null
 for host in "${hosts[@]}"; do
+    want=$image
+    [ "$host" = lab-db ] && want=$db_image
+    # A container of an older lab (another image) is made anew rather than reused.
+    if docker container inspect "$host" >/dev/null 2>&1 &&
+        [ "$(docker container inspect -f '{{.Config.Image}}' "$host")" != "$want" ]; then
+        docker rm -f "$host" >/dev/null
+    fi
     if docker container inspect "$host" >/dev/null 2>&1; then
         docker start "$host" >/dev/null
         state=reused
     else
+        extra=()
+        # The database host drives this machine's Docker engine (Docker outside of Docker).
+        [ "$host" = lab-db ] && extra=(-v /var/run/docker.sock:/var/run/docker.sock)
         docker run -d --name "$host" --hostname "$host" --network "$network" --label infer-forge-lab=1 \
-            --cap-add SYS_ADMIN --cgroupns host -v /sys/fs/cgroup:/sys/fs/cgroup:rw \
-            --tmpfs /run --tmpfs /run/lock --tmpfs /tmp "$image" /lib/systemd/systemd >/dev/null
+            --cap-add SYS_ADMIN --cgroupns host -v /sys/fs/cgroup:/sys/fs/cgroup:rw "${extra[@]}" \
+            --tmpfs /run --tmpfs /run/lock --tmpfs /tmp "$want" /lib/systemd/systemd >/dev/null
         state=created
     fi
     # systemd is up when it answers; "degraded" is fine for the lab.
@@ -65,8 +87,10 @@ for host in "${hosts[@]}"; do
         "$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$host")"
 done
 
-step "Stand-ins: PostgreSQL with customers and orders, Redis, the app's /health, Sentry (playbooks/lab_services.yml)"
+step "Stand-ins: the Compose stack on lab-db (PostgreSQL 17 with customers and orders, Redis, app), the app's /health, Sentry (playbooks/lab_services.yml)"
 play lab_services playbooks/lab_services.yml
+docker ps --filter "label=com.docker.compose.project=$stack_project" \
+    --format '   {{.Label "com.docker.compose.service"}}\t{{.Names}}\t{{.Image}}\t{{.Status}}' | sort
 
 step "Deploy: ansible-playbook playbooks/deploy.yml (every role on its group)"
 play deploy playbooks/deploy.yml

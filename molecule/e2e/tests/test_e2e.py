@@ -42,8 +42,7 @@ def report_dir(tmp_path_factory):
 
 
 def test_deploy_left_every_service_running():
-    major = on(DB).check_output("ls /etc/postgresql")
-    expected = {DB: ["cron", f"postgresql@{major}-main", "redis-server", "prometheus-node-exporter",
+    expected = {DB: ["cron", "prometheus-node-exporter",
                      "prometheus-postgres-exporter", "prometheus-redis-exporter"],
                 APP: ["standin-app", "prometheus-node-exporter", "prometheus-blackbox-exporter"],
                 MONITORING: ["prometheus", "prometheus-alertmanager"],
@@ -51,6 +50,14 @@ def test_deploy_left_every_service_running():
     for name, units in expected.items():
         for unit in units:
             assert on(name).service(unit).is_running, f"{unit} is not running on {name}"
+    # PostgreSQL and Redis are the database host's Compose project, not its own services.
+    project = f"forge-{DB}"
+    services = on(DB).check_output(f"docker compose -p {project} ps --format '{{{{.Service}}}} {{{{.Health}}}}'")
+    assert sorted(services.splitlines()) == ["app healthy", "db healthy", "redis healthy"], services
+    db = on(DB).check_output(f"docker compose -p {project} ps -q db")
+    assert on(DB).check_output(f"docker exec {db} psql -U infer -d infer_forge -Atc 'SHOW server_version'"
+                               ).startswith("17.")
+    assert not on(DB).service("postgresql").is_running
 
 
 def test_deploy_in_check_mode_after_a_deploy_finds_nothing_to_change():
@@ -87,6 +94,8 @@ def test_the_cron_entry_takes_an_encrypted_backup_as_the_backup_user():
     assert db.check_output(f"head -c 8 {path}") == "Salted__"
     manifest = json.loads(db.file(path + ".manifest.json").content_string)
     assert manifest["snapshot_row_counts"] == {"public.customers": 200, "public.orders": 5000}
+    # Dumped by the db container's own pg_dump, the command the role derived from the project.
+    assert manifest["pg_dump_major_version"] == 17 and manifest["server"]["version"].startswith("17.")
     assert db.file(path).user == "infer" and db.file(path).mode == 0o600
 
 
