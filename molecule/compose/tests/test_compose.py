@@ -36,10 +36,6 @@ def db_container(host):
                              "--filter label=com.docker.compose.service=db --format '{{.Names}}'")
 
 
-def manifest(host, path):
-    return json.loads(host.file(path + ".manifest.json").content_string)
-
-
 def drill(host, name):
     """restore_db.sh drill of one named backup, as the backup user, with the host's config."""
     config = f"{ROOT}/etc/backup-infer_forge.env"
