@@ -88,6 +88,23 @@ options:
   jobs:
     description: Parallel jobs for C(pg_restore) of an unencrypted custom-format dump.
     type: int
+  psql_command:
+    description:
+      - The C(psql) that restores a plain-format backup, as a list, e.g. V([docker, exec, -i, infer-forge-db-1, psql])
+        to use the database container's own client (C(RESTORE_PSQL_COMMAND) on the host).
+      - A C(docker exec) client gets the libpq variables by name, the password in its environment, never in argv.
+    type: list
+    elements: str
+    default: [psql]
+  pg_restore_command:
+    description:
+      - The C(pg_restore) that restores a custom-format backup (C(RESTORE_PG_RESTORE_COMMAND) on the host). It must
+        be at least as new as the C(pg_dump) that wrote the file; an older one is refused before any database is
+        touched, in one line that names this option.
+      - Through C(docker exec) the file is streamed, so O(jobs) does not apply.
+    type: list
+    elements: str
+    default: [pg_restore]
   keep:
     description: For O(mode=drill), keep the scratch database for inspection.
     type: bool
@@ -267,6 +284,8 @@ ARGUMENT_SPEC = dict(
     create=dict(type="bool", default=True),
     owner=dict(type="str"),
     jobs=dict(type="int"),
+    psql_command=dict(type="list", elements="str", default=["psql"]),
+    pg_restore_command=dict(type="list", elements="str", default=["pg_restore"]),
     keep=dict(type="bool", default=False),
     keep_previous=dict(type="bool", default=True),
     require_encryption=dict(type="bool"),
@@ -302,7 +321,8 @@ class RestoreModule:
                                      passphrase=p["passphrase"],
                                      jobs=p["jobs"], force=p["force"], create=p["create"], owner=p["owner"],
                                      keep_previous=p["keep_previous"], require_encryption=p["require_encryption"],
-                                     kdf_iterations=p["kdf_iter"])
+                                     kdf_iterations=p["kdf_iter"], psql_command=p["psql_command"],
+                                     pg_restore_command=p["pg_restore_command"])
             drill = None
             if p["mode"] == "drill":
                 drill = DrillOptions(

@@ -16,7 +16,7 @@ import uuid
 
 import pytest
 
-from helpers import REPO, backups_in, directory_contents, manifest_of, run_backup_script
+from helpers import REPO, backups_in, directory_contents, manifest_of, run_backup_script, signing_passphrase_file
 from servers import SAMPLE_SCHEMA, table_counts
 
 IMAGE = "infer-forge-stack:latest"
@@ -156,6 +156,12 @@ def test_a_docker_exec_backup_is_verified_and_restores_by_the_drill_and_by_the_r
     rows = sum(expected.values())
     assert re.search(rf"PASS: .*{re.escape(os.path.basename(backup))}: 3 tables, {rows} rows checked", drill.stdout), \
         drill.stdout
+    # And with the container's own psql 17 (RESTORE_PSQL_COMMAND), the way the role sets it up for Compose.
+    env["RESTORE_PSQL_COMMAND"] = f"docker exec -i {pg17.name} psql"
+    drill = subprocess.run([RESTORE_SCRIPT, "drill", os.path.basename(backup)], env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert drill.returncode == 0, drill.stdout + drill.stderr
+    assert f"3 tables, {rows} rows checked" in drill.stdout
 
     # The runbook's manual restore, through the container's own psql, into a new database.
     pg17.execute('CREATE DATABASE "runbook_target"')
@@ -168,3 +174,68 @@ def test_a_docker_exec_backup_is_verified_and_restores_by_the_drill_and_by_the_r
         assert table_counts(pg17, "runbook_target") == expected
     finally:
         pg17.execute('DROP DATABASE IF EXISTS "runbook_target" WITH (FORCE)')
+
+
+def _restore_env(pg17, database, backup_dir, extra=None):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "BACKUP_", "RESTORE_", "PG"))}
+    env.update(pg17.app_env(database), BACKUP_DIR=backup_dir, BACKUP_CONFIG="",
+               BACKUP_PASSPHRASE_FILE=signing_passphrase_file(), BACKUP_ENCRYPT="0", **(extra or {}))
+    return env
+
+
+def _databases(pg17):
+    return {row[0] for row in pg17.execute("SELECT datname FROM pg_database")}
+
+
+@pytest.fixture
+def custom_backup17(pg17, orders17, tmp_path):
+    """A custom-format dump of the 17 server, made by its own pg_dump through docker exec."""
+    backup_dir = str(tmp_path / "backups")
+    os.mkdir(backup_dir, 0o700)
+    result = run_backup_script(pg17, orders17, backup_dir, {
+        "BACKUP_DUMP_COMMAND": f"docker exec -i {pg17.name} pg_dump", "BACKUP_FORMAT": "custom"})
+    assert result.returncode == 0, result.stderr
+    [backup] = backups_in(backup_dir)
+    assert backup.endswith(".dump") and manifest_of(backup)["pg_dump_major_version"] == 17
+    return backup_dir, os.path.basename(backup)
+
+
+def test_the_hosts_older_pg_restore_is_refused_in_one_line_before_any_database_is_touched(
+        pg17, orders17, custom_backup17):
+    assert _host_client_major("pg_restore") < 17
+    backup_dir, backup = custom_backup17
+    before = _databases(pg17)
+    for action in (["drill", backup], ["restore", backup, "o17_new_target"]):
+        result = subprocess.run([RESTORE_SCRIPT, *action], env=_restore_env(pg17, orders17, backup_dir),
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode != 0, result.stdout
+        expected = (rf"pg_restore {_host_client_major('pg_restore')} on this host cannot read a custom-format dump "
+                    r"of pg_dump 17; set RESTORE_PG_RESTORE_COMMAND \(role: backup_restore_pg_restore_command\) to "
+                    r"a pg_restore 17 such as 'docker exec -i <db container> pg_restore'")
+        assert re.search(expected, result.stdout + result.stderr), result.stdout + result.stderr
+        # pg_restore's own "unsupported version in file header" never reaches the operator.
+        assert "unsupported version" not in result.stdout + result.stderr
+        assert _databases(pg17) == before
+
+
+def test_a_custom_dump_restores_through_the_containers_own_pg_restore(pg17, orders17, custom_backup17):
+    backup_dir, backup = custom_backup17
+    expected = table_counts(pg17, orders17)
+    env = _restore_env(pg17, orders17, backup_dir,
+                       {"RESTORE_PG_RESTORE_COMMAND": f"docker exec -i {pg17.name} pg_restore"})
+    drill = subprocess.run([RESTORE_SCRIPT, "drill", backup], env=env, capture_output=True, text=True, timeout=300)
+    assert drill.returncode == 0, drill.stdout + drill.stderr
+    rows = sum(expected.values())
+    assert re.search(rf"PASS: .*{re.escape(backup)}: 3 tables, {rows} rows checked", drill.stdout), drill.stdout
+
+    # A forced restore over a database that has tables swaps the restored copy in.
+    target = orders17 + "_copy"
+    pg17.execute(f'CREATE DATABASE "{target}"')
+    try:
+        pg17.execute("CREATE TABLE stale (id int)", database=target)
+        restore = subprocess.run([RESTORE_SCRIPT, "restore", backup, target, "--force", "--drop-previous"], env=env,
+                                 capture_output=True, text=True, timeout=300)
+        assert restore.returncode == 0, restore.stdout + restore.stderr
+        assert table_counts(pg17, target) == expected
+    finally:
+        pg17.execute(f'DROP DATABASE IF EXISTS "{target}" WITH (FORCE)')

@@ -33,7 +33,15 @@ from .fsutil import (
     pin_malloc_mmap_threshold,
     write_atomic,
 )
-from .pgconn import PassFile, client_major_version, count_rows, passed_fds, user_tables
+from .pgconn import (
+    PassFile,
+    client_major_version,
+    count_rows,
+    passed_fds,
+    runs_in_container,
+    user_tables,
+    with_container_env,
+)
 
 PLAIN_DUMP_MARKER = b"-- PostgreSQL database dump complete"
 CUSTOM_DUMP_MAGIC = b"PGDMP"
@@ -316,7 +324,7 @@ class BackupRunner:
         fmt = ["--format=plain"] if options.dump_format == "plain" else [
             "--format=custom", f"--compress={6 if options.compression_level is None else options.compression_level}"]
         command = options.dump_command + fmt + options.dump_options + [f"--snapshot={snapshot}"]
-        docker = os.path.basename(options.dump_command[0]) in ("docker", "podman")
+        docker = runs_in_container(options.dump_command)
         compressor = compress.make_compressor(options.effective_compression, options.compression_level, options.jobs,
                                               options.gzip_tool)
         encryptor = opensslenc.Encryptor(passphrase, iterations=options.kdf_iterations) if passphrase else None
@@ -334,7 +342,7 @@ class BackupRunner:
             fd = os.open(partial_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PRIVATE_FILE_MODE)
             out = os.fdopen(fd, "wb", buffering=0)
             try:
-                proc = subprocess.Popen(_with_docker_env(command, docker), stdin=subprocess.DEVNULL,
+                proc = subprocess.Popen(with_container_env(command), stdin=subprocess.DEVNULL,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                                         pass_fds=passed_fds(passfile))
             except FileNotFoundError:
@@ -506,20 +514,6 @@ def _drain(stream, lines):
         if text:
             lines.append(text)
             del lines[:-20]
-
-
-def _with_docker_env(command, docker):
-    """For `docker exec`, forward the libpq variables by name (values stay in the environment).
-
-    PGHOST and PGPORT stay behind: they say where this host reaches the server (a published
-    port, a Compose network name), while pg_dump inside the database container reaches it
-    through the container's own socket. The exported snapshot proves it is the same server."""
-    if not docker:
-        return command
-    names = ["PGUSER", "PGDATABASE", "PGPASSWORD", "PGCONNECT_TIMEOUT", "PGAPPNAME"]
-    exec_at = command.index("exec") + 1 if "exec" in command else 1
-    forwarded = [arg for name in names for arg in ("-e", name)]
-    return command[:exec_at] + forwarded + command[exec_at:]
 
 
 def _stop(proc):

@@ -111,6 +111,16 @@ def _drill_checks(config):
     return checks
 
 
+def _restore_clients(config):
+    """RESTORE_PSQL_COMMAND / RESTORE_PG_RESTORE_COMMAND: the clients that restore, e.g.
+    'docker exec -i infer-forge-db-1 pg_restore' when the host's own is older than the server."""
+    import shlex
+
+    return {key: shlex.split(config[name]) if config.get(name) else None
+            for key, name in (("psql_command", "RESTORE_PSQL_COMMAND"),
+                              ("pg_restore_command", "RESTORE_PG_RESTORE_COMMAND"))}
+
+
 def restore_command(args, config):
     """verify / restore / drill, for scripts/restore_db.sh."""
     import argparse
@@ -150,7 +160,7 @@ def restore_command(args, config):
                              jobs=getattr(parsed, "jobs", None), force=getattr(parsed, "force", False),
                              keep_previous=not getattr(parsed, "drop_previous", False),
                              require_encryption=_encrypt(config, passphrase_file),
-                             kdf_iterations=store["kdf_iter"])
+                             kdf_iterations=store["kdf_iter"], **_restore_clients(config))
     drill = None
     if parsed.action == "drill":
         drill = DrillOptions(

@@ -190,6 +190,28 @@ def client_major_version(command):
     raise ForgeError(f"cannot tell the version of {' '.join(command)}: {out.stdout.strip() or out.stderr.strip()}")
 
 
+CONTAINER_CLIENTS = ("docker", "podman")
+
+
+def runs_in_container(command):
+    """True for ``docker exec ... pg_dump``-style commands: the client runs in the database's container."""
+    return bool(command) and os.path.basename(command[0]) in CONTAINER_CLIENTS
+
+
+def with_container_env(command):
+    """For `docker exec`, forward the libpq variables by name (values stay in the environment).
+
+    PGHOST and PGPORT stay behind: they say where this host reaches the server (a published
+    port, a Compose network name), while a client inside the database container reaches it
+    through the container's own socket. PGPASSFILE stays behind too: the file is on this host."""
+    if not runs_in_container(command):
+        return list(command)
+    names = ["PGUSER", "PGDATABASE", "PGPASSWORD", "PGCONNECT_TIMEOUT", "PGAPPNAME", "PGOPTIONS"]
+    exec_at = command.index("exec") + 1 if "exec" in command else 1
+    forwarded = [arg for name in names for arg in ("-e", name)]
+    return list(command[:exec_at]) + forwarded + list(command[exec_at:])
+
+
 def user_tables(cursor):
     """(schema, table) of every ordinary table outside the system schemas."""
     cursor.execute(

@@ -22,7 +22,14 @@ import time
 from . import catalog, compress, opensslenc, signing
 from .errors import ForgeError, database_error, hide_values, statement_line
 from .fsutil import pin_malloc_mmap_threshold
-from .pgconn import PassFile, count_rows_in_parallel, passed_fds
+from .pgconn import (
+    PassFile,
+    client_major_version,
+    count_rows_in_parallel,
+    passed_fds,
+    runs_in_container,
+    with_container_env,
+)
 
 READ_SIZE = 1 << 20
 # Compressed input per step while streaming: pg_dump output compresses about
@@ -419,6 +426,7 @@ class Restorer:
         pin_malloc_mmap_threshold()
         started = time.monotonic()
         check_target_name(target)
+        self._check_client(backup)
         if self.options.verify:
             # The file's SHA-256 (or a file without a manifest) is proven while it streams; check
             # mode streams nothing, so it reads the file here.
@@ -479,6 +487,23 @@ class Restorer:
         return report
 
     # -- steps ------------------------------------------------------------------
+    def _check_client(self, backup):
+        """A pg_restore older than the pg_dump that wrote a custom-format file cannot read its
+        header; say what to do before any database is touched, not pg_restore's own words after."""
+        if backup.dump_format != "custom" or not isinstance(backup.manifest, dict):
+            return
+        dump_major = backup.manifest.get("pg_dump_major_version")
+        if not isinstance(dump_major, int):
+            return
+        command = self.options.pg_restore_command
+        client_major = client_major_version(command)
+        if client_major < dump_major:
+            where = "on this host" if command == ["pg_restore"] else f"of {' '.join(command)!r}"
+            raise ForgeError(
+                f"pg_restore {client_major} {where} cannot read a custom-format dump of pg_dump {dump_major}; set "
+                f"RESTORE_PG_RESTORE_COMMAND (role: backup_restore_pg_restore_command) to a pg_restore {dump_major} "
+                "such as 'docker exec -i <db container> pg_restore'; nothing was changed")
+
     def _plan(self, control, target):
         """'new', 'empty' or 'replace', and what the target holds, in words."""
         exists = control.execute("SELECT 1 FROM pg_database WHERE datname = %s", (target,)).fetchone()
@@ -633,7 +658,10 @@ class Restorer:
         return backup.manifest is not None and not backup.encrypted
 
     def _reads_the_file(self, backup):
-        """pg_restore --jobs reads the file itself; everything else is streamed through us."""
+        """pg_restore --jobs reads the file itself; everything else is streamed through us.
+        A pg_restore in the database's container cannot open our file: it gets the stream."""
+        if runs_in_container(self.options.pg_restore_command):
+            return False
         return backup.dump_format == "custom" and not backup.encrypted and self.jobs > 1
 
     def _into(self, backup, database, passphrase, report):
@@ -642,8 +670,13 @@ class Restorer:
         else:
             self._stream(backup, database, passphrase, report)
 
-    def _env(self, target, passfile):
+    def _env(self, target, passfile, command=None):
         env = self.settings.with_database(target).libpq_env(passfile)
+        if command is not None and runs_in_container(command) and self.settings.password:
+            # `docker exec -e PGPASSWORD` copies the value from our environment, never argv;
+            # the in-memory password file is on this host, out of the container's reach.
+            env.pop("PGPASSFILE", None)
+            env["PGPASSWORD"] = self.settings.password
         if self.options.session_settings:
             env["PGOPTIONS"] = " ".join(f"-c {key}={value}" for key, value in self.options.session_settings.items())
         return env
@@ -674,8 +707,8 @@ class Restorer:
             command = self.options.pg_restore_command + ["--no-owner", "--no-privileges", "--exit-on-error",
                                                          "--single-transaction", f"--dbname={dbname_conninfo(target)}"]
         with PassFile(self.settings.password) as passfile:
-            env = self._env(target, passfile)
-            proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            env = self._env(target, passfile, command)
+            proc = subprocess.Popen(with_container_env(command), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.PIPE, env=env, pass_fds=passed_fds(passfile))
             errors = []
             reader = threading.Thread(target=_collect, args=(proc.stderr, errors), daemon=True)
