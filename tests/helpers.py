@@ -417,3 +417,18 @@ class StalledDump:
                 os.close(fd)
             self.released = True
             return True
+
+
+def render(role, template, **values):
+    """The role's template with its defaults and ``values``, as Ansible's template module renders it."""
+    import jinja2
+    import yaml
+
+    with open(os.path.join(REPO, "roles", role, "defaults", "main.yml")) as handle:
+        context = yaml.safe_load(handle)
+    context.update(values, ansible_managed="Ansible managed")
+    env = jinja2.Environment(  # noqa: S701 - YAML, not HTML: Ansible does not escape either
+        loader=jinja2.FileSystemLoader(os.path.join(REPO, "roles", role, "templates")),
+        undefined=jinja2.StrictUndefined, trim_blocks=True, keep_trailing_newline=True)
+    env.filters.update(to_json=json.dumps, comment=lambda text: f"# {text}")
+    return env.get_template(template).render(context)

@@ -10,14 +10,13 @@ import subprocess
 import time
 import urllib.request
 
-import jinja2
 import pytest
 import yaml
 from stub_app import StubApp
 
 from forge.checklist import Checklist
 
-from helpers import REPO
+from helpers import REPO, render
 from servers import free_port, wait_for_port
 
 # Debian's packages; scripts/bootstrap.sh installs them for `make test`.
@@ -28,18 +27,6 @@ HEALTH_JOB = "infer-forge-health"
 # Prometheus serves every case.
 FAILING_PROBES_JOB = HEALTH_JOB + "-failing-probes"
 EXPORTER_DOWN_JOB = HEALTH_JOB + "-exporter-down"
-
-
-def render(role, template, **values):
-    """The role's template with its defaults and ``values``, as Ansible's template module renders it."""
-    with open(os.path.join(REPO, "roles", role, "defaults", "main.yml")) as handle:
-        context = yaml.safe_load(handle)
-    context.update(values, ansible_managed="Ansible managed")
-    env = jinja2.Environment(  # noqa: S701 - YAML, not HTML: Ansible does not escape either
-        loader=jinja2.FileSystemLoader(os.path.join(REPO, "roles", role, "templates")),
-        undefined=jinja2.StrictUndefined, trim_blocks=True, keep_trailing_newline=True)
-    env.filters.update(to_json=json.dumps, comment=lambda text: f"# {text}")
-    return env.get_template(template).render(context)
 
 
 def prometheus_config(blackbox_port, apps, alertmanagers):
