@@ -61,6 +61,19 @@ options:
     description: The app's C(.env) (items 1 and 2).
     type: path
     default: /opt/infer-forge/.env
+  app_compose_project:
+    description:
+      - The app runs in this Docker Compose project. Items 1 and 2 then read the environment its running
+        O(app_compose_service) container was started with (C(docker inspect)), found by the Compose labels;
+        that is what the app sees. An O(env_file) that says otherwise makes a line of evidence (and a V(WARN)
+        where the container would pass): Compose reads the file only when it recreates the container.
+      - Empty reads O(env_file) alone.
+    type: str
+    default: ""
+  app_compose_service:
+    description: The app's Compose service (with O(app_compose_project)).
+    type: str
+    default: app
   databases:
     description: Databases that must be backed up (items 3, 4 and 6).
     type: list
@@ -232,7 +245,8 @@ except ImportError as exc:  # pragma: no cover - reported to the user below
 
 # Defaults live once, in the engine's DEFAULTS (DOCUMENTATION repeats them for ansible-doc).
 OPTION_TYPES = dict(
-    environment="str", env_file="path", databases="list", backup_dir="path", backup_user="str",
+    environment="str", env_file="path", app_compose_project="str", app_compose_service="str", databases="list",
+    backup_dir="path", backup_user="str",
     config_dir="path", cron_file="path", compose_file="path", report_dir="path", textfile_dir="path",
     backup_max_age_hours="float", drill_max_age_days="float", offsite_max_age_hours="float",
     prometheus_url="str", health_job="str", dashboards_dir="path", provisioning_dir="path",

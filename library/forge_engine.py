@@ -112,6 +112,7 @@ def _packed():  # pragma: no cover - never called
         catalog,
         checklist,
         cli,
+        compose,
         compress,
         drill,
         errors,
@@ -131,7 +132,7 @@ def _packed():  # pragma: no cover - never called
     )
 
 
-ENGINE_MODULES = ("__init__", "backup", "catalog", "checklist", "cli", "compress", "drill", "errors",
+ENGINE_MODULES = ("__init__", "backup", "catalog", "checklist", "cli", "compose", "compress", "drill", "errors",
                   "farside", "fsutil", "health", "metrics", "offsite", "onhost", "opensslenc", "pgconn",
                   "privileges", "records", "restore", "sentry", "settings", "signing")
 

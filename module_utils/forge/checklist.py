@@ -19,7 +19,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from . import metrics, records
+from . import compose, metrics, records
 from .catalog import TrustPolicy, file_stem, scan
 from .errors import ForgeError, last_line
 from .fsutil import read_json_object
@@ -53,6 +53,9 @@ PRODUCTION = "production"
 DEFAULTS = {
     "environment": PRODUCTION,
     "env_file": "/opt/infer-forge/.env",
+    # Compose deployments: items 1 and 2 read the running app container's environment.
+    "app_compose_project": "",
+    "app_compose_service": "app",
     "databases": ["infer_forge"],
     "backup_dir": "/backups",
     "backup_user": "infer",
@@ -124,6 +127,13 @@ def report(hosts, groups, fixes, full_run, environment, settings=None, now=None)
             "counts": {status: sum(row["status"] == status for row in rows) for status in STATUSES}, "rows": rows}
 
 
+def _redacted(dsn):
+    try:
+        return Dsn(dsn).redacted()
+    except ForgeError:
+        return "(not a valid DSN)"
+
+
 def _row(item, host, status, evidence, fix):
     return {"item": item["item"], "host": host, "label": item["label"], "label_en": item["label_en"],
             "status": status, "evidence": list(evidence), "fix": fix}
@@ -151,22 +161,52 @@ class Checklist:
 
     # -- app host ---------------------------------------------------------------
     def _env(self):
+        """(values, where): the running app container's environment under Compose (what the app
+        sees), else the env file; and the env file's values when both exist, to spot drift."""
         path = self.s["env_file"]
-        if not os.path.exists(path):
-            raise ForgeError(f"{path} does not exist")
-        return read_env_file(path)
+        project = self.s["app_compose_project"]
+        if not project:
+            if not os.path.exists(path):
+                raise ForgeError(f"{path} does not exist")
+            return read_env_file(path), path, None
+        service = self.s["app_compose_service"]
+        name = compose.running_container(project, service, hint="checklist_app_compose_project")
+        where = f"the running container {name} (service {service} of Compose project {project})"
+        on_disk = read_env_file(path) if os.path.exists(path) else None
+        return compose.container_environment(name), where, on_disk
+
+    def _drift(self, key, running, on_disk, shown):
+        """A line when the env file says otherwise than the running container: Compose reads the
+        file only when it (re)creates the container."""
+        if on_disk is None or on_disk.get(key, "") == running:
+            return None
+        service = self.s["app_compose_service"]
+        return (f"{self.s['env_file']} has {shown}: the container was started before it changed "
+                f"(docker compose up -d {service} applies it)")
 
     def item_1(self):
-        value = self._env().get("SENTRY_DSN", "")
+        values, where, on_disk = self._env()
+        value = values.get("SENTRY_DSN", "")
+        file_value = (on_disk or {}).get("SENTRY_DSN", "")
+        if file_value and value:
+            shown = "another SENTRY_DSN"
+        else:
+            shown = f"SENTRY_DSN={_redacted(file_value)}" if file_value else "no SENTRY_DSN"
+        drift = self._drift("SENTRY_DSN", value, on_disk, shown)
         if not value:
-            return FAIL, [f"SENTRY_DSN is empty or missing in {self.s['env_file']} (errors reach no one)"]
-        return PASS, [f"SENTRY_DSN={Dsn(value).redacted()} in {self.s['env_file']}"]
+            missing = f"SENTRY_DSN is empty or missing in {where} (errors reach no one)"
+            return FAIL, [missing] + ([drift] if drift else [])
+        evidence = [f"SENTRY_DSN={Dsn(value).redacted()} in {where}"]
+        return (WARN, evidence + [drift]) if drift else (PASS, evidence)
 
     def item_2(self):
-        value = self._env().get("ENVIRONMENT", "")
-        evidence = [f"ENVIRONMENT={value or '(unset)'} in {self.s['env_file']}"]
+        values, where, on_disk = self._env()
+        value = values.get("ENVIRONMENT", "")
+        shown = f"ENVIRONMENT={(on_disk or {}).get('ENVIRONMENT') or '(unset)'}"
+        drift = self._drift("ENVIRONMENT", value, on_disk, shown)
+        evidence = [f"ENVIRONMENT={value or '(unset)'} in {where}"] + ([drift] if drift else [])
         if value == PRODUCTION:
-            return PASS, evidence
+            return (WARN if drift else PASS), evidence
         if self.s["environment"] != PRODUCTION:
             return WARN, evidence + [f"expected here: this inventory is {self.s['environment']!r}; "
                                      "production hosts need ENVIRONMENT=production"]

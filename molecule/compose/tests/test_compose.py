@@ -61,12 +61,48 @@ def test_ansible_connects_as_the_unprivileged_deploy_user_and_becomes_root_only_
     assert become.returncode == 0 and become.stdout.strip().endswith("root"), become.stdout + become.stderr
 
 
-def test_the_role_derived_the_docker_exec_dump_command_from_the_project(host):
+def test_the_role_derived_the_docker_exec_clients_from_the_project(host):
     config = host.file(f"{ROOT}/etc/backup-infer_forge.env")
     assert config.user == "infer" and config.mode == 0o600
-    line = [entry for entry in host.check_output(f"cat {ROOT}/etc/backup-infer_forge.env").splitlines()
-            if entry.startswith("BACKUP_DUMP_COMMAND=")]
-    assert line == [f"BACKUP_DUMP_COMMAND=docker exec -i {db_container(host)} pg_dump"]
+    lines = [entry for entry in host.check_output(f"cat {ROOT}/etc/backup-infer_forge.env").splitlines()
+             if entry.startswith(("BACKUP_DUMP_COMMAND=", "RESTORE_"))]
+    container = db_container(host)
+    assert lines == [f"BACKUP_DUMP_COMMAND=docker exec -i {container} pg_dump",
+                     f"RESTORE_PSQL_COMMAND=docker exec -i {container} psql",
+                     f"RESTORE_PG_RESTORE_COMMAND=docker exec -i {container} pg_restore"]
+
+
+def test_the_operating_playbooks_back_up_and_drill_a_custom_dump_through_the_container(host):
+    """backup.yml and restore_drill.yml find the db container again by its labels: a custom-format
+    dump made by its pg_dump 17 is restored by its pg_restore 17."""
+    made = playbook("backup.yml", "-e", "backup_format=custom")
+    assert made.returncode == 0, made.stdout[-3000:]
+    newest = host.check_output(f"sh -c 'ls -1t {BACKUPS}/infer_forge_*.dump.enc | head -1'")
+    body = json.loads(host.check_output(f"cat {newest}.manifest.json"))
+    assert body["format"] == "custom" and body["pg_dump_major_version"] == 17
+    drilled = playbook("restore_drill.yml", "-e", f"backup_drill_file={newest}")
+    assert drilled.returncode == 0, drilled.stdout[-3000:]
+    assert re.search(rf"PASS.*{re.escape(os.path.basename(newest))}", drilled.stdout), drilled.stdout[-3000:]
+    assert re.search(r"2 tables, 5200\s+rows", drilled.stdout), drilled.stdout[-3000:]
+
+
+def test_the_checklist_reads_sentry_dsn_and_environment_from_the_running_app_container(host):
+    app = host.check_output(f"docker ps --filter label=com.docker.compose.project={PROJECT} "
+                            "--filter label=com.docker.compose.service=app --format '{{.Names}}'")
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    results = {}
+    for item in (1, 2):
+        run = subprocess.run(
+            ["ansible", "-i", os.environ["MOLECULE_INVENTORY_FILE"], DB, "--become", "-m", "forge_checklist",
+             "-a", f"item={item} app_compose_project={PROJECT} env_file=/opt/forge-compose/app.env environment=lab",
+             "-o"], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+        assert run.returncode == 0, run.stdout + run.stderr
+        results[item] = json.loads(run.stdout.split("=>", 1)[1])
+    where = f"in the running container {app} (service app of Compose project {PROJECT})"
+    assert results[1]["status"] == "PASS"
+    assert results[1]["evidence"] == [f"SENTRY_DSN=https://***@sentry.example.invalid/7 {where}"]
+    # The lab's app runs with ENVIRONMENT=lab: outside production that is a warning, not a failure.
+    assert results[2]["status"] == "WARN" and results[2]["evidence"][0] == f"ENVIRONMENT=lab {where}"
 
 
 def _run_host_cron_job(host):
