@@ -66,7 +66,7 @@ options:
       - The app runs in this Docker Compose project. Items 1 and 2 then read the environment its running
         O(app_compose_service) container was started with (C(docker inspect)), found by the Compose labels;
         that is what the app sees. An O(env_file) that says otherwise makes a line of evidence (and a V(WARN)
-        where the container would pass): Compose reads the file only when it recreates the container.
+        where the container would pass), since Compose reads the file only when it recreates the container.
       - Empty reads O(env_file) alone.
     type: str
     default: ""
