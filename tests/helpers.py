@@ -432,3 +432,19 @@ def render(role, template, **values):
         undefined=jinja2.StrictUndefined, trim_blocks=True, keep_trailing_newline=True)
     env.filters.update(to_json=json.dumps, comment=lambda text: f"# {text}")
     return env.get_template(template).render(context)
+
+
+def docker(*args, check=True, **kwargs):
+    """The docker CLI, output captured, failing the test on a non-zero exit unless ``check`` is off."""
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check, timeout=120, **kwargs)
+
+
+def require_docker_image(image):
+    """Skip the test unless Docker runs and has ``image`` (make bootstrap builds ours)."""
+    import shutil
+
+    import pytest
+
+    if shutil.which("docker") is None or docker("image", "inspect", image, check=False).returncode != 0:
+        pytest.skip(f"needs Docker and the {image} image (make bootstrap builds it)")
+    return image

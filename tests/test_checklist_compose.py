@@ -6,27 +6,23 @@ same module against a real `docker compose` project)."""
 
 import json
 import os
-import shutil
-import subprocess
 import uuid
 
 import pytest
 
 from forge.checklist import Checklist
 
+from helpers import docker, require_docker_image
+
 IMAGE = "infer-forge-stack:latest"
 DSN = "https://0123456789abcdef@o1.ingest.sentry.io/4242"
 OTHER_DSN = "https://fedcba9876543210@o1.ingest.sentry.io/4343"
 
 
-def _docker(*args, check=True, **kwargs):
-    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check, timeout=120, **kwargs)
-
 
 @pytest.fixture(scope="module")
 def docker_image():
-    if shutil.which("docker") is None or _docker("image", "inspect", IMAGE, check=False).returncode != 0:
-        pytest.skip(f"needs Docker and the {IMAGE} image (make bootstrap builds it)")
+    require_docker_image(IMAGE)
     return IMAGE
 
 
@@ -42,13 +38,13 @@ def app_service(docker_image):
                 "--label", "com.docker.compose.service=app"]
         for key in environment:
             args += ["-e", key]
-        _docker(*args, docker_image, "sleep", "infinity", env=dict(os.environ, **environment))
+        docker(*args, docker_image, "sleep", "infinity", env=dict(os.environ, **environment))
         started.append(name)
         return project, name
 
     yield start
     for name in started:
-        _docker("rm", "-f", name, check=False)
+        docker("rm", "-f", name, check=False)
 
 
 def check(number, **settings):

@@ -8,7 +8,6 @@ encrypted backup that the drill restores with exact counts and that the runbook'
 
 import os
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -16,16 +15,22 @@ import uuid
 
 import pytest
 
-from helpers import REPO, backups_in, directory_contents, manifest_of, run_backup_script, signing_passphrase_file
+from helpers import (
+    REPO,
+    backups_in,
+    directory_contents,
+    docker,
+    manifest_of,
+    require_docker_image,
+    run_backup_script,
+    signing_passphrase_file,
+)
 from servers import SAMPLE_SCHEMA, table_counts
 
 IMAGE = "infer-forge-stack:latest"
 RESTORE_SCRIPT = os.path.join(REPO, "scripts", "restore_db.sh")
 PASSWORD = "pg17-test-password"
 
-
-def _docker(*args, check=True, **kwargs):
-    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check, timeout=120, **kwargs)
 
 
 def _free_port():
@@ -46,12 +51,12 @@ class Postgres17Container:
         self.port = _free_port()
 
     def start(self):
-        _docker("run", "-d", "--name", self.name, "-p", f"127.0.0.1:{self.port}:5432",
+        docker("run", "-d", "--name", self.name, "-p", f"127.0.0.1:{self.port}:5432",
                 "-e", "POSTGRES_USER=infer", "-e", "POSTGRES_PASSWORD", "-e", "POSTGRES_DB=postgres_app",
                 IMAGE, env=dict(os.environ, POSTGRES_PASSWORD=PASSWORD))
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            ready = _docker("exec", self.name, "pg_isready", "-q", "-U", "infer", check=False)
+            ready = docker("exec", self.name, "pg_isready", "-q", "-U", "infer", check=False)
             if ready.returncode == 0:
                 import psycopg
 
@@ -62,7 +67,7 @@ class Postgres17Container:
                     time.sleep(0.3)  # the published port may lag the server's own socket
                     continue
             time.sleep(0.3)
-        raise RuntimeError(f"PostgreSQL 17 in {self.name} did not start: {_docker('logs', self.name).stderr}")
+        raise RuntimeError(f"PostgreSQL 17 in {self.name} did not start: {docker('logs', self.name).stderr}")
 
     def connect(self, database="postgres", superuser=True, autocommit=True):
         import psycopg
@@ -80,13 +85,12 @@ class Postgres17Container:
                 "POSTGRES_PASSWORD": self.app_password, "POSTGRES_DB": database}
 
     def destroy(self):
-        _docker("rm", "-f", "-v", self.name, check=False)
+        docker("rm", "-f", "-v", self.name, check=False)
 
 
 @pytest.fixture(scope="module")
 def pg17():
-    if shutil.which("docker") is None or _docker("image", "inspect", IMAGE, check=False).returncode != 0:
-        pytest.skip(f"needs Docker and the {IMAGE} image (make bootstrap builds it)")
+    require_docker_image(IMAGE)
     server = Postgres17Container().start()
     yield server
     server.destroy()

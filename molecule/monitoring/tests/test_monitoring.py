@@ -101,7 +101,13 @@ def test_every_dashboard_expression_parses_and_returns_data(host, targets):
     # The NAS's receipt needs a NAS: the e2e scenario checks that panel against its live Prometheus.
     here = [expr for expr in expressions if "offsite_far_" not in expr]
     assert len(here) == 16
+    # The side effect's off-site copy writes its metrics last: give the textfile collector a
+    # few scrapes to bring them in before calling an expression empty.
+    deadline = time.monotonic() + 60
     empty = [expr for expr in here if not query(host, expr)]
+    while empty and time.monotonic() < deadline:
+        time.sleep(3)
+        empty = [expr for expr in empty if not query(host, expr)]
     assert empty == [], f"no data for: {empty}"
 
 
