@@ -16,7 +16,8 @@ case "$suite" in
 esac
 name=${MOLECULE_IMAGE_NAME:-infer-forge-debian$release}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-recipe_hash=$( (echo "$suite"; cat "$here/build.sh" "$here"/packages*.txt "$here"/files/*) | sha256sum | cut -c1-12)
+recipe_hash=$( (echo "$suite"; cat "$here/build.sh" "$here/packages.txt" "$here/packages-$suite.txt" "$here"/files/* \
+    2>/dev/null) | sha256sum | cut -c1-12)
 tag="$name:$recipe_hash"
 
 if docker image inspect "$tag" >/dev/null 2>&1; then
