@@ -123,6 +123,7 @@ def _packed():  # pragma: no cover - never called
         offsite,
         opensslenc,
         pgconn,
+        pitr,
         privileges,
         records,
         restore,
@@ -134,7 +135,7 @@ def _packed():  # pragma: no cover - never called
 
 ENGINE_MODULES = ("__init__", "backup", "catalog", "checklist", "cli", "compose", "compress", "drill", "errors",
                   "farside", "fsutil", "health", "metrics", "offsite", "onhost", "opensslenc", "pgconn",
-                  "privileges", "records", "restore", "sentry", "settings", "signing")
+                  "pitr", "privileges", "records", "restore", "sentry", "settings", "signing")
 
 ARGUMENT_SPEC = dict(
     dest=dict(type="path", required=True),

@@ -26,8 +26,9 @@ EXIT_FAILURE = 1
 EXIT_LOCKED = 75  # EX_TEMPFAIL: another run holds the lock
 EXIT_UNVERIFIED = 3  # restored or read through, but no signed manifest proves what it holds
 COMMANDS = ("backup", "verify", "restore", "drill", "offsite")
-USAGE = ("usage: forge {backup|verify|restore|drill|offsite} [--help]  (settings from the environment and "
-         "BACKUP_CONFIG, see docs/backup.md)")
+USAGE = ("usage: forge {backup|verify|restore|drill|offsite|pitr} [--help]  (settings from the environment and "
+         "BACKUP_CONFIG, see docs/backup.md; pitr: PITR_CONFIG, see docs/pitr.md)")
+DEFAULT_PITR_CONFIG = "/etc/infer-forge/pitr.env"
 
 
 def load_config(environ):
@@ -257,6 +258,74 @@ def log_line(line):
         _quiet_on_closed_stdout()
 
 
+def pitr_options_from_config(config):
+    from .pitr import PitrOptions
+
+    def number(name, default):
+        try:
+            return int(config.get(name) or default)
+        except ValueError:
+            raise ForgeError(f"{name} must be a whole number, got {config[name]!r}") from None
+
+    return PitrOptions(
+        server=config.get("PITR_SERVER", "infer-forge"),
+        postgres_bin=config.get("PITR_POSTGRES_BIN") or "/usr/lib/postgresql/17/bin",
+        scratch_root=config.get("PITR_SCRATCH_ROOT") or "/var/lib/barman/infer-forge-scratch",
+        scratch_port=number("PITR_SCRATCH_PORT", 55432),
+        login_user=config.get("POSTGRES_USER") or "infer",
+        textfile_dir=config.get("PITR_TEXTFILE_DIR") or None,
+        report_dir=config.get("PITR_REPORT_DIR") or None,
+        sentry_dsn=config.get("SENTRY_DSN") or None,
+        environment=config.get("ENVIRONMENT") or None)
+
+
+def pitr_command(args, environ):
+    """forge pitr drill | recover [--time T | --name N] [--remove]: on the Barman host, as barman."""
+    import argparse
+
+    from .pitr import PitrRecovery
+
+    parser = argparse.ArgumentParser(prog="forge pitr", description="Point-in-time recovery with Barman.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("drill", help="restore point with exact counts, recovered into a scratch cluster, compared, removed")
+    recover = sub.add_parser("recover", help="recover into a new scratch cluster (never over the live server)")
+    target = recover.add_mutually_exclusive_group()
+    target.add_argument("--time", help="recover to this time, e.g. '2026-12-03 14:05:00+00'")
+    target.add_argument("--name", help="recover to this restore point")
+    recover.add_argument("--remove", action="store_true", help="stop and remove the scratch cluster afterwards")
+    check = sub.add_parser("check-config", help="let Barman read a server configuration file (template validate)")
+    check.add_argument("file")
+    parsed = parser.parse_args(args)
+    if parsed.action == "check-config":
+        from .pitr import check_server_config
+
+        for line in check_server_config(parsed.file):
+            log_line(line)
+        return 0
+    path = environ.get("PITR_CONFIG", DEFAULT_PITR_CONFIG)
+    config = read_env_file(path) if path and os.path.exists(path) else {}
+    config.update({key: value for key, value in environ.items() if value != ""})
+    options = pitr_options_from_config(config)
+    settings = pg_settings_from_config(config)
+    engine = PitrRecovery(options, settings, log=log_line)
+    if parsed.action == "drill":
+        report = engine.drill(settings.database)
+        log_line(f"{report['verdict']}: PITR drill of {options.server}: {report['reason']} "
+                 f"({report['duration']:.1f} s, recovery {report.get('recovery_seconds', 0):.1f} s)")
+        return 0 if report["passed"] else EXIT_FAILURE
+    kind, value = ("time", parsed.time) if parsed.time else (("name", parsed.name) if parsed.name else ("latest", None))
+    result = engine.recover(kind, value, database=settings.database, keep=not parsed.remove)
+    where = "removed" if result.get("removed") else (
+        f"running: psql -h {result['socket_directory']} -p {result['port']} -U {options.login_user} "
+        f"-d {settings.database}")
+    to = f"{kind} {value}" if value else kind
+    log_line(f"Recovered {options.server} to {to} in {result['recovery_seconds']:.1f} s "
+             f"into {result['data_directory']}; {where}")
+    if "counts" in result:
+        log_line("rows: " + ", ".join(f"{table} {count}" for table, count in sorted(result["counts"].items())))
+    return 0
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("-h", "--help", "help"):
@@ -274,6 +343,12 @@ def main(argv=None):
         except OSError as exc:
             print(f"ERROR: nas-gate stopped: {exc.strerror or exc}: {exc.filename or '-'}",
                   file=sys.stderr, flush=True)
+            return EXIT_FAILURE
+    if argv and argv[0] == "pitr":
+        try:
+            return pitr_command(argv[1:], os.environ)
+        except ForgeError as exc:
+            print(f"ERROR: {exc.message}", file=sys.stderr, flush=True)
             return EXIT_FAILURE
     if not argv or argv[0] not in COMMANDS:
         print(USAGE, file=sys.stderr)

@@ -1,0 +1,246 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: INFER FORGE ops team
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: forge_pitr
+short_description: Point-in-time recovery of INFER FORGE with Barman, into a scratch cluster, and the PITR drill
+description:
+  - Runs on the Barman host as the C(barman) user (C(become_user)); Barman streams the database's WAL and takes
+    base backups (the C(pitr) role).
+  - O(mode=drill) creates a named restore point on the live server at which every user table's row count is
+    exact (the tables are locked C(IN SHARE MODE) for the count, with a lock timeout, so no commit falls between
+    the counts and the restore point), recovers to it into a new scratch cluster, compares the counts exactly,
+    runs C(amcheck), removes the cluster and writes a report, metrics and, when it fails, a Sentry event.
+  - O(mode=recover) recovers to the latest WAL Barman received (the segment still being streamed included),
+    to O(target_time) or to O(target_name), into a new scratch cluster in its own directory under
+    O(scratch_root), on O(scratch_port) with its socket in a private directory and no TCP listener. It never
+    writes over the live server.
+  - O(mode=check) runs C(barman check) and returns the failed lines in Barman's own words.
+version_added: "0.2.0"
+author:
+  - Infer DevOps <devops@infer.cz> (!UNKNOWN)
+options:
+  mode:
+    description: What to do.
+    type: str
+    choices: [drill, recover, check]
+    default: drill
+  server:
+    description: The Barman server name.
+    type: str
+    default: infer-forge
+  database:
+    description: The database the drill checks and whose row counts a recovery returns.
+    type: str
+    default: infer_forge
+  target_time:
+    description: For O(mode=recover), recover to this time (PostgreSQL timestamp with time zone).
+    type: str
+  target_name:
+    description: For O(mode=recover), recover to this restore point.
+    type: str
+  keep:
+    description: Keep the scratch cluster running (O(mode=recover) keeps it by default; the drill removes it).
+    type: bool
+  login_host:
+    description: Where the live server is reached, for the drill's restore point.
+    type: str
+    default: db
+  port:
+    description: Its port.
+    type: int
+    default: 5432
+  login_user:
+    description: The login of the drill's restore point (it locks and counts the tables), and the role the scratch
+      cluster is read as.
+    type: str
+    default: infer
+  login_password:
+    description: Its password.
+    type: str
+  postgres_bin:
+    description: The binaries of the server's major, which start the scratch cluster.
+    type: path
+    default: /usr/lib/postgresql/17/bin
+  scratch_root:
+    description: Directory (0700) under which each recovery gets a new directory.
+    type: path
+    default: /var/lib/barman/infer-forge-scratch
+  scratch_port:
+    description: Port of the scratch cluster (its socket only).
+    type: int
+    default: 55432
+  textfile_dir:
+    description: For O(mode=drill), node_exporter textfile directory for C(infer_forge_pitr_drill_*) metrics.
+    type: path
+  report_dir:
+    description: For O(mode=drill), directory for C(pitr_drill_<server>.json).
+    type: path
+  sentry_dsn:
+    description: For O(mode=drill), report a failed drill to this Sentry DSN.
+    type: str
+  environment:
+    description: Environment name sent with Sentry events.
+    type: str
+  fail_on_error:
+    description: Fail the task when the drill fails or the check does not pass.
+    type: bool
+    default: true
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+    details: O(mode=check) runs; the drill and a recovery report what they would do and do nothing.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: none
+requirements:
+  - Barman (Debian 13 C(barman)), the server major's PostgreSQL binaries and python3-psycopg on the Barman host
+seealso:
+  - module: infer.forge.forge_restore
+"""
+
+EXAMPLES = r"""
+- name: Run the PITR drill
+  become: true
+  become_user: barman
+  forge_pitr:
+    mode: drill
+    login_password: "{{ pitr_drill_login_password }}"
+
+- name: Recover to just before the bad deploy, into a scratch cluster
+  become: true
+  become_user: barman
+  forge_pitr:
+    mode: recover
+    target_time: "2026-12-03 14:05:00+01"
+"""
+
+RETURN = r"""
+verdict:
+  description: For O(mode=drill), PASS or FAIL.
+  type: str
+  returned: mode is drill
+reason:
+  description: For O(mode=drill), one line on what passed or what failed.
+  type: str
+  returned: mode is drill
+restore_point:
+  description: The drill's restore point.
+  type: str
+  returned: mode is drill
+recovery_seconds:
+  description: Time from the start of Barman's restore until the scratch cluster accepted connections, promoted.
+  type: float
+  returned: mode is drill or recover
+data_directory:
+  description: For O(mode=recover), the scratch cluster's data directory.
+  type: str
+  returned: mode is recover
+socket_directory:
+  description: For O(mode=recover), where its socket is (C(psql -h <it> -p <port>)).
+  type: str
+  returned: mode is recover
+counts:
+  description: For O(mode=recover), row counts per table of O(database) in the recovered copy.
+  type: dict
+  returned: mode is recover
+failed_checks:
+  description: For O(mode=check), the lines C(barman check) marked FAILED.
+  type: list
+  elements: str
+  returned: mode is check
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+try:
+    from ansible.module_utils.forge.errors import ForgeError
+    from ansible.module_utils.forge.pgconn import PgSettings
+    from ansible.module_utils.forge.pitr import Barman, PitrOptions, PitrRecovery
+    ENGINE_IMPORT_ERROR = None
+except ImportError as exc:  # pragma: no cover - reported to the user below
+    ENGINE_IMPORT_ERROR = exc
+
+ARGUMENT_SPEC = dict(
+    mode=dict(type="str", choices=["drill", "recover", "check"], default="drill"),
+    server=dict(type="str", default="infer-forge"),
+    database=dict(type="str", default="infer_forge"),
+    target_time=dict(type="str"),
+    target_name=dict(type="str"),
+    keep=dict(type="bool"),
+    login_host=dict(type="str", default="db"),
+    port=dict(type="int", default=5432),
+    login_user=dict(type="str", default="infer"),
+    login_password=dict(type="str", no_log=True),
+    postgres_bin=dict(type="path", default="/usr/lib/postgresql/17/bin"),
+    scratch_root=dict(type="path", default="/var/lib/barman/infer-forge-scratch"),
+    scratch_port=dict(type="int", default=55432),
+    textfile_dir=dict(type="path"),
+    report_dir=dict(type="path"),
+    sentry_dsn=dict(type="str", no_log=True),
+    environment=dict(type="str"),
+    fail_on_error=dict(type="bool", default=True),
+)
+
+
+class PitrModule:
+    def __init__(self, module):
+        self.module = module
+        self.p = module.params
+
+    def options(self, keep=False):
+        p = self.p
+        return PitrOptions(p["server"], postgres_bin=p["postgres_bin"], scratch_root=p["scratch_root"],
+                           scratch_port=p["scratch_port"], login_user=p["login_user"], keep=keep,
+                           textfile_dir=p["textfile_dir"], report_dir=p["report_dir"], sentry_dsn=p["sentry_dsn"],
+                           environment=p["environment"])
+
+    def run(self):
+        p = self.p
+        if p["mode"] == "check":
+            passed, failed = Barman(self.options()).check()
+            result = dict(changed=False, passed=passed, failed_checks=failed)
+            if not passed and p["fail_on_error"]:
+                result.update(failed=True, msg=f"barman check {p['server']} failed: {'; '.join(failed)}")
+            return result
+        if self.module.check_mode:
+            return dict(changed=True, msg=f"would {p['mode']} {p['server']} into a scratch cluster under "
+                                          f"{p['scratch_root']}")
+        settings = PgSettings(host=p["login_host"], port=p["port"], user=p["login_user"],
+                              password=p["login_password"], database=p["database"])
+        if p["mode"] == "drill":
+            result = PitrRecovery(self.options(keep=bool(p["keep"])), settings).drill(p["database"])
+            result["changed"] = True
+            if not result["passed"] and p["fail_on_error"]:
+                result.update(failed=True, msg=f"PITR drill of {p['server']} failed: {result['reason']}")
+            return result
+        target, value = ("time", p["target_time"]) if p["target_time"] else (
+            ("name", p["target_name"]) if p["target_name"] else ("latest", None))
+        keep = True if p["keep"] is None else p["keep"]
+        result = PitrRecovery(self.options(), settings).recover(target, value, database=p["database"], keep=keep)
+        result["changed"] = True
+        return result
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True,
+                           mutually_exclusive=[("target_time", "target_name")])
+    if ENGINE_IMPORT_ERROR is not None:
+        module.fail_json(msg=f"forge engine not importable: {ENGINE_IMPORT_ERROR}")
+    try:
+        result = PitrModule(module).run()
+    except ForgeError as exc:
+        module.fail_json(msg=exc.message)
+    if result.get("failed"):
+        module.fail_json(**result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,410 @@
+"""Point-in-time recovery with Barman: restore points with exact row counts, recovery into a
+scratch cluster, and the PITR drill.
+
+Barman (the pitr role) streams the WAL of the Compose database with pg_receivewal and takes
+base backups with pg_basebackup. Everything here runs on the Barman host as the barman user
+and never writes to the live server beyond one restore point: recoveries go into a new data
+directory under the scratch root, started by the right major's binaries on a side port with
+its socket in a private directory and no TCP listener, and removed afterwards.
+"""
+
+import datetime
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+
+from . import metrics, sentry
+from .errors import ForgeError, database_error, last_line
+from .fsutil import write_atomic
+from .pgconn import count_rows, user_tables
+
+METRIC_PREFIX = "infer_forge_pitr_drill_"
+SCRATCH_MARKER = ".infer-forge-pitr-scratch"
+RESTORE_POINT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,63}\Z")
+TARGETS = ("latest", "time", "name")
+
+
+def pitr_report_path(report_dir, server):
+    return os.path.join(report_dir, f"pitr_drill_{server}.json")
+
+
+def pitr_metrics_filename(server):
+    return f"infer_forge_pitr_drill_{server}.prom"
+
+
+class PitrOptions:
+    def __init__(self, server, barman_command=None, postgres_bin="/usr/lib/postgresql/17/bin",
+                 scratch_root="/var/lib/barman/infer-forge-scratch", scratch_port=55432, login_user="infer",
+                 keep=False, amcheck=True, lock_timeout=5, start_timeout=600, wal_timeout=120,
+                 textfile_dir=None, report_dir=None, sentry_dsn=None, environment=None):
+        if not re.match(r"^[A-Za-z0-9_.-]+\Z", server or ""):
+            raise ForgeError(f"Barman server name must be letters, digits, '_', '.' or '-', got {server!r}")
+        self.server = server
+        self.barman_command = list(barman_command or ["barman"])
+        self.postgres_bin = postgres_bin
+        self.scratch_root = scratch_root
+        self.scratch_port = int(scratch_port)
+        self.login_user = login_user
+        self.keep = keep
+        self.amcheck = amcheck
+        self.lock_timeout = lock_timeout
+        self.start_timeout = start_timeout
+        self.wal_timeout = wal_timeout
+        self.textfile_dir = textfile_dir
+        self.report_dir = report_dir
+        self.sentry_dsn = sentry_dsn
+        self.environment = environment
+
+
+class Barman:
+    """The barman command for one server, its failures as Barman's own last words."""
+
+    def __init__(self, options):
+        self.options = options
+
+    def run(self, *args, timeout=3600):
+        command = self.options.barman_command + list(args)
+        try:
+            proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+        except FileNotFoundError:
+            raise ForgeError(f"{command[0]} not found; install Barman (Debian: barman)") from None
+        except subprocess.TimeoutExpired:
+            raise ForgeError(f"barman {args[0]} did not finish within {timeout} s") from None
+        if proc.returncode != 0:
+            said = [line for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
+            errors = [line for line in said if "ERROR" in line] or said
+            raise ForgeError(f"barman {args[0]} failed: {errors[-1].strip() if errors else f'exit {proc.returncode}'}")
+        return proc.stdout
+
+    def backups(self):
+        """Barman's catalog for the server, newest first: [{"backup_id", "status", "end_time", ...}]."""
+        raw = self.run("-f", "json", "list-backups", self.options.server, timeout=120)
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise ForgeError("barman list-backups returned no JSON") from None
+        return list(body.get(self.options.server) or [])
+
+    def check(self):
+        """(passed, failed): ``barman check``'s failed lines, in its own words."""
+        command = self.options.barman_command + ["check", self.options.server]
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+        failed = [" ".join(line.split()) for line in proc.stdout.splitlines() if "FAILED" in line]
+        if proc.returncode != 0 and not failed:
+            failed = [last_line(proc.stderr) or f"barman check exited {proc.returncode}"]
+        return proc.returncode == 0 and not failed, failed
+
+    def switch_wal(self):
+        """Close the current WAL segment and wait until Barman has it, so a target just written is recoverable."""
+        self.run("switch-wal", "--force", "--archive", "--archive-timeout", str(self.options.wal_timeout),
+                 self.options.server, timeout=self.options.wal_timeout + 60)
+
+    def streaming_dir(self):
+        out = self.run("show-servers", self.options.server, timeout=120)
+        for line in out.splitlines():
+            key, separator, value = line.strip().partition(":")
+            if separator and key == "streaming_wals_directory":
+                return value.strip()
+        raise ForgeError("barman show-servers names no streaming_wals_directory")
+
+
+def check_server_config(path, barman_home="/var/lib/barman", barman_command=None):
+    """Let Barman itself read a server configuration file (the role's template ``validate``).
+
+    Barman keeps going on a value it cannot use (it warns and disables the server, or drops
+    the setting), so any warning or error it prints fails the check, with its own words."""
+    import tempfile
+
+    with open(path) as handle:
+        server = handle.read()
+    with tempfile.NamedTemporaryFile("w", suffix=".conf", prefix="barman-check-") as config:
+        config.write(f"[barman]\nbarman_home = {barman_home}\nbarman_user = barman\nlog_level = WARNING\n\n{server}")
+        config.flush()
+        command = list(barman_command or ["barman"]) + ["-c", config.name, "list-servers"]
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    said = [line.strip() for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    bad = [line for line in said if re.search(r"WARNING|ERROR|disabled", line)]
+    if proc.returncode != 0 or bad:
+        raise ForgeError(f"barman rejects {path}: {(bad or said or [f'exit {proc.returncode}'])[0]}")
+    return said
+
+
+def create_restore_point(settings, name, lock_timeout=5):
+    """A named restore point at which every user table's row count is known exactly.
+
+    In one transaction: every user table is locked IN SHARE MODE (writers wait, readers do
+    not; a writer still holding a lock after ``lock_timeout`` seconds makes this fail rather
+    than stall the app), counted, the restore point written, and the transaction committed.
+    No commit can fall between the counts and the restore point, so a recovery to it must
+    show exactly these counts."""
+    import psycopg
+    from psycopg import sql
+
+    if not RESTORE_POINT_RE.match(name):
+        raise ForgeError(f"restore point name must be 1-63 letters, digits, '_', '.' or '-', got {name!r}")
+    try:
+        with settings.connect(autocommit=False) as conn:
+            cursor = conn.cursor()
+            cursor.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(lock_timeout * 1000)}ms")))
+            tables = user_tables(cursor)
+            if tables:
+                cursor.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(
+                    sql.SQL(", ").join(sql.Identifier(schema, table) for schema, table in tables)))
+            counts = count_rows(cursor, tables)
+            cursor.execute("SELECT pg_create_restore_point(%s)::text, now()", (name,))
+            lsn, at = cursor.fetchone()
+            conn.commit()
+    except psycopg.Error as exc:
+        raise ForgeError(f"restore point {name} not created: {database_error(exc)}") from None
+    return {"name": name, "lsn": lsn, "created_at": at.isoformat(), "counts": counts}
+
+
+class ScratchCluster:
+    """A recovered copy of the server in a new data directory, on a side port, socket only."""
+
+    def __init__(self, options, label):
+        self.options = options
+        self.path = os.path.join(options.scratch_root, label)
+        self.socket_dir = os.path.join(self.path, "socket")
+        self.data = os.path.join(self.path, "data")
+        self.started = False
+
+    def prepare(self):
+        root = self.options.scratch_root
+        os.makedirs(root, mode=0o700, exist_ok=True)
+        if os.path.islink(root) or not os.path.isdir(root):
+            raise ForgeError(f"scratch root {root} is not a directory")
+        os.chmod(root, 0o700)
+        if os.path.lexists(self.path):
+            raise ForgeError(f"{self.path} exists already; nothing was changed")
+        os.mkdir(self.path, 0o700)
+        with open(os.path.join(self.path, SCRATCH_MARKER), "w") as handle:
+            handle.write("a scratch cluster of infer-forge PITR; safe to remove when no postgres runs here\n")
+        os.mkdir(self.socket_dir, 0o700)
+
+    def restore(self, barman, target, value=None):
+        args = ["restore"]
+        if target == "time":
+            args += ["--target-time", value]
+        elif target == "name":
+            args += ["--target-name", value]
+        if target != "latest":
+            args += ["--target-action", "promote"]
+        barman.run(*args, self.options.server, "latest", self.data)
+        if target == "latest":
+            self._add_partial_wal(barman)
+        # The copy answers only on its own socket, in a directory only we can enter.
+        with open(os.path.join(self.data, "pg_hba.conf"), "w") as handle:
+            handle.write("local all all trust\n")
+
+    def _add_partial_wal(self, barman):
+        """To latest means to the last byte Barman received: the segment still being streamed
+        (.partial) holds it, and Barman's restore leaves it out."""
+        streaming = barman.streaming_dir()
+        # Barman puts the WAL of a recovery without a target into pg_wal itself.
+        target = os.path.join(self.data, "pg_wal")
+        for name in sorted(os.listdir(streaming)) if os.path.isdir(streaming) else []:
+            if name.endswith(".partial"):
+                shutil.copyfile(os.path.join(streaming, name), os.path.join(target, name[:-len(".partial")]))
+
+    def start(self):
+        port = self.options.scratch_port
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                raise ForgeError(f"port {port} is in use; choose another scratch port")
+        options = (f"-p {port} -c listen_addresses='' -c unix_socket_directories='{self.socket_dir}' "
+                   "-c archive_mode=off -c hot_standby=on")
+        command = [os.path.join(self.options.postgres_bin, "pg_ctl"), "-D", self.data, "-o", options,
+                   "-l", os.path.join(self.path, "postgresql.log"), "-w", "-t", str(self.options.start_timeout),
+                   "start"]
+        proc = subprocess.run(command, capture_output=True, text=True, check=False,
+                              timeout=self.options.start_timeout + 30)
+        self.started = True
+        if proc.returncode != 0:
+            raise ForgeError(f"the scratch cluster did not start: {self._log_tail()}")
+        deadline = time.monotonic() + self.options.start_timeout
+        while True:
+            with self.connect("postgres") as conn:
+                if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+                    return
+            if time.monotonic() > deadline:
+                raise ForgeError(f"the scratch cluster was still recovering after {self.options.start_timeout} s")
+            time.sleep(0.5)
+
+    def connect(self, database):
+        import psycopg
+
+        return psycopg.connect(host=self.socket_dir, port=self.options.scratch_port, dbname=database,
+                               user=self.options.login_user, autocommit=True, connect_timeout=10)
+
+    def counts(self, database):
+        with self.connect(database) as conn:
+            cursor = conn.cursor()
+            return count_rows(cursor, user_tables(cursor))
+
+    def _log_tail(self):
+        try:
+            with open(os.path.join(self.path, "postgresql.log")) as handle:
+                lines = [line.strip() for line in handle if "FATAL" in line or "PANIC" in line or "ERROR" in line]
+            return lines[-1] if lines else "see " + os.path.join(self.path, "postgresql.log")
+        except OSError:
+            return "no server log"
+
+    def remove(self):
+        if self.started:
+            subprocess.run([os.path.join(self.options.postgres_bin, "pg_ctl"), "-D", self.data, "-m", "immediate",
+                            "-w", "stop"], capture_output=True, text=True, check=False, timeout=120)
+            self.started = False
+        if os.path.isfile(os.path.join(self.path, SCRATCH_MARKER)):
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def compare_counts(expected, actual):
+    problems = []
+    for table in sorted(set(expected) | set(actual)):
+        if table not in actual:
+            problems.append(f"{table} missing from the recovered copy")
+        elif table not in expected:
+            problems.append(f"{table} in the recovered copy but not at the restore point")
+        elif expected[table] != actual[table]:
+            problems.append(f"{table}: {actual[table]} rows recovered, {expected[table]} at the restore point")
+    return problems
+
+
+def amcheck(conn):
+    conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
+    indexes = conn.execute(
+        "SELECT c.oid::regclass::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "JOIN pg_am a ON a.oid = c.relam JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE a.amname = 'btree' AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+        "AND n.nspname NOT LIKE 'pg_toast%'").fetchall()
+    for (index,) in indexes:
+        conn.execute("SELECT bt_index_check(%s::regclass, true)", (index,))
+    return len(indexes)
+
+
+def _stamp(now):
+    return datetime.datetime.fromtimestamp(now, datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+class PitrRecovery:
+    """Recover to latest, a time or a restore point into a scratch cluster (``recover``), or
+    drill: a restore point with exact counts, recovered and compared (``drill``)."""
+
+    def __init__(self, options, settings, log=None, clock=time.time):
+        self.options = options
+        self.settings = settings
+        self.barman = Barman(options)
+        self.log = log or (lambda line: None)
+        self.clock = clock
+
+    def recover(self, target="latest", value=None, database=None, keep=True):
+        if target not in TARGETS:
+            raise ForgeError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
+        if target != "latest" and not value:
+            raise ForgeError(f"a recovery to a {target} needs its value")
+        started = time.monotonic()
+        scratch = ScratchCluster(self.options, f"recover-{_stamp(self.clock())}")
+        scratch.prepare()
+        try:
+            self.log(f"Recovering {self.options.server} to {target}{' ' + value if value else ''} into {scratch.data}")
+            scratch.restore(self.barman, target, value)
+            scratch.start()
+            result = {"target": target, "value": value, "data_directory": scratch.data,
+                      "socket_directory": scratch.socket_dir, "port": self.options.scratch_port,
+                      "recovery_seconds": round(time.monotonic() - started, 3)}
+            if database:
+                result["counts"] = scratch.counts(database)
+        except BaseException:
+            scratch.remove()
+            raise
+        if not keep:
+            scratch.remove()
+            result["removed"] = True
+        return result
+
+    def drill(self, database):
+        started = time.monotonic()
+        now = self.clock()
+        name = f"forge_pitr_drill_{_stamp(now)}"
+        result = {"server": self.options.server, "database": database, "restore_point": name,
+                  "host": socket.gethostname(), "started_at": _stamp(now), "passed": False, "checks": {}}
+        scratch = None
+        try:
+            point = create_restore_point(self.settings.with_database(database), name, self.options.lock_timeout)
+            result["restore_point_lsn"] = point["lsn"]
+            result["checks"]["restore_point"] = "passed"
+            self.barman.switch_wal()
+            scratch = ScratchCluster(self.options, f"drill-{_stamp(now)}")
+            scratch.prepare()
+            restore_started = time.monotonic()
+            scratch.restore(self.barman, "name", name)
+            scratch.start()
+            result["recovery_seconds"] = round(time.monotonic() - restore_started, 3)
+            actual = scratch.counts(database)
+            problems = compare_counts(point["counts"], actual)
+            result["checks"]["row_counts"] = "failed" if problems else "passed"
+            result["tables_checked"] = len(point["counts"])
+            result["rows_checked"] = sum(actual.get(t, 0) for t in point["counts"])
+            if self.options.amcheck and not problems:
+                with scratch.connect(database) as conn:
+                    try:
+                        result["indexes_checked"] = amcheck(conn)
+                        result["checks"]["amcheck"] = "passed"
+                    except Exception as exc:  # noqa: BLE001 - reported as one line
+                        result["checks"]["amcheck"] = "failed"
+                        problems.append(f"amcheck: {database_error(exc)}")
+            result["passed"] = not problems
+            result["reason"] = "; ".join(problems) if problems else (
+                f"{result['tables_checked']} tables, {result['rows_checked']} rows at restore point {name} "
+                "recovered exactly")
+        except ForgeError as exc:
+            result["reason"] = exc.message
+        except Exception as exc:  # noqa: BLE001 - a drill reports, it does not crash
+            result["reason"] = database_error(exc) if hasattr(exc, "sqlstate") else f"{type(exc).__name__}: {exc}"
+        finally:
+            if scratch is not None and not self.options.keep:
+                scratch.remove()
+            elif scratch is not None:
+                result["kept"] = scratch.data
+        result["verdict"] = "PASS" if result["passed"] else "FAIL"
+        result["duration"] = round(time.monotonic() - started, 3)
+        self._record(result)
+        return result
+
+    def _record(self, result):
+        if self.options.report_dir:
+            try:
+                os.makedirs(self.options.report_dir, mode=0o750, exist_ok=True)
+                path = pitr_report_path(self.options.report_dir, self.options.server)
+                write_atomic(path, json.dumps(result, indent=2, sort_keys=True, default=str) + "\n", mode=0o640)
+                result["report"] = path
+            except OSError as exc:
+                result["report_error"] = str(exc)
+        if self.options.textfile_dir:
+            now = self.clock()
+            samples = [
+                ("last_run_timestamp_seconds", "When the last PITR drill ended.", now),
+                ("last_run_success", "1 if the last PITR drill passed, else 0.", 1 if result["passed"] else 0),
+                ("duration_seconds", "Wall time of the last PITR drill.", result["duration"]),
+                ("recovery_seconds", "Recovery time of the last PITR drill's scratch cluster.",
+                 result.get("recovery_seconds", 0)),
+                ("tables_checked", "Tables whose row counts the last PITR drill compared.",
+                 result.get("tables_checked", 0)),
+                ("rows_checked", "Rows the last PITR drill counted.", result.get("rows_checked", 0)),
+            ]
+            error = metrics.write_run(self.options.textfile_dir, pitr_metrics_filename(self.options.server),
+                                      METRIC_PREFIX, {"server": self.options.server}, samples, result["passed"],
+                                      now, "When a PITR drill last passed.")
+            if error:
+                result["metrics_error"] = error
+        if not result["passed"]:
+            report = sentry.report_failure(
+                self.options.sentry_dsn, f"PITR drill of {self.options.server} failed: {result['reason']}",
+                "pitr-drill", result["database"], result["host"], self.options.environment)
+            if report:
+                result["sentry"] = report
