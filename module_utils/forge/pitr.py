@@ -126,7 +126,8 @@ def check_server_config(path, barman_home="/var/lib/barman", barman_command=None
         config.flush()
         command = list(barman_command or ["barman"]) + ["-c", config.name, "list-servers"]
         proc = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-    said = [line.strip() for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    # Barman's reasons are on stderr; stdout's list only says the server ended up disabled.
+    said = [line.strip() for line in (proc.stderr + "\n" + proc.stdout).splitlines() if line.strip()]
     bad = [line for line in said if re.search(r"WARNING|ERROR|disabled", line)]
     if proc.returncode != 0 or bad:
         raise ForgeError(f"barman rejects {path}: {(bad or said or [f'exit {proc.returncode}'])[0]}")
@@ -134,33 +135,44 @@ def check_server_config(path, barman_home="/var/lib/barman", barman_command=None
 
 
 def create_restore_point(settings, name, lock_timeout=5):
-    """A named restore point at which every user table's row count is known exactly.
+    """A named restore point at which every user table's row count is known exactly, with
+    the app's writers held for milliseconds, not for the length of the counts.
 
-    In one transaction: every user table is locked IN SHARE MODE (writers wait, readers do
-    not; a writer still holding a lock after ``lock_timeout`` seconds makes this fail rather
-    than stall the app), counted, the restore point written, and the transaction committed.
-    No commit can fall between the counts and the restore point, so a recovery to it must
-    show exactly these counts."""
+    One session locks every user table IN SHARE MODE (writers wait, readers do not; the lock
+    waits for writers already inside their transaction, and a lock not granted within
+    ``lock_timeout`` seconds fails the drill instead of stalling the app). While the locks
+    are held, a second session takes a REPEATABLE READ snapshot: it holds exactly the commits
+    made before them. The first writes the restore point and commits, releasing the writers.
+    No commit falls between that snapshot and the restore point, so the counts, taken
+    afterwards in the snapshot, are what a recovery to the point must show."""
     import psycopg
     from psycopg import sql
 
     if not RESTORE_POINT_RE.match(name):
         raise ForgeError(f"restore point name must be 1-63 letters, digits, '_', '.' or '-', got {name!r}")
     try:
-        with settings.connect(autocommit=False) as conn:
-            cursor = conn.cursor()
-            cursor.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(lock_timeout * 1000)}ms")))
-            tables = user_tables(cursor)
+        with settings.connect(autocommit=False) as locker, settings.connect(autocommit=False) as counter:
+            lock = locker.cursor()
+            lock.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(lock_timeout * 1000)}ms")))
+            tables = user_tables(lock)
             if tables:
-                cursor.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(
+                lock.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(
                     sql.SQL(", ").join(sql.Identifier(schema, table) for schema, table in tables)))
-            counts = count_rows(cursor, tables)
-            cursor.execute("SELECT pg_create_restore_point(%s)::text, now()", (name,))
-            lsn, at = cursor.fetchone()
-            conn.commit()
+            started = time.monotonic()  # from here until the commit, writers wait
+            counter.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            counter.read_only = True
+            count = counter.cursor()
+            count.execute("SELECT 1")  # the snapshot is taken here, while the writers wait
+            lock.execute("SELECT pg_create_restore_point(%s)::text, now()", (name,))
+            lsn, at = lock.fetchone()
+            locker.commit()
+            held = time.monotonic() - started
+            counts = count_rows(count, tables)
+            counter.rollback()
     except psycopg.Error as exc:
         raise ForgeError(f"restore point {name} not created: {database_error(exc)}") from None
-    return {"name": name, "lsn": lsn, "created_at": at.isoformat(), "counts": counts}
+    return {"name": name, "lsn": lsn, "created_at": at.isoformat(), "counts": counts,
+            "writers_held_seconds": round(held, 4)}
 
 
 class ScratchCluster:
@@ -213,9 +225,6 @@ class ScratchCluster:
 
     def start(self):
         port = self.options.scratch_port
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                raise ForgeError(f"port {port} is in use; choose another scratch port")
         options = (f"-p {port} -c listen_addresses='' -c unix_socket_directories='{self.socket_dir}' "
                    "-c archive_mode=off -c hot_standby=on")
         command = [os.path.join(self.options.postgres_bin, "pg_ctl"), "-D", self.data, "-o", options,
@@ -337,6 +346,7 @@ class PitrRecovery:
         try:
             point = create_restore_point(self.settings.with_database(database), name, self.options.lock_timeout)
             result["restore_point_lsn"] = point["lsn"]
+            result["writers_held_seconds"] = point["writers_held_seconds"]
             result["checks"]["restore_point"] = "passed"
             self.barman.switch_wal()
             scratch = ScratchCluster(self.options, f"drill-{_stamp(now)}")

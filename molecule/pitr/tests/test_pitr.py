@@ -93,6 +93,16 @@ def test_the_replication_login_has_no_superuser_and_its_password_is_not_in_barma
     assert pgpass.user == "barman" and pgpass.mode == 0o600
 
 
+def test_barman_itself_rejects_a_server_file_it_cannot_use_in_one_line(host):
+    host.check_output("printf '[bad]\\nconninfo = host=db\\nbackup_method = rsnyc\\n' > /tmp/bad-server.conf")
+    checked = host.run("/opt/infer-forge/scripts/forge pitr check-config /tmp/bad-server.conf")
+    assert checked.rc != 0
+    assert checked.stderr.strip().splitlines() == [checked.stderr.strip()]
+    assert checked.stderr.startswith("ERROR: barman rejects /tmp/bad-server.conf: ") and "rsnyc" in checked.stderr
+    good = host.run(f"/opt/infer-forge/scripts/forge pitr check-config /etc/barman.d/{SERVER}.conf")
+    assert good.rc == 0, good.stderr
+
+
 def test_a_base_backup_is_in_the_catalog(host):
     backups = json.loads(barman(host, "-f", "json", "list-backups", SERVER).stdout)[SERVER]
     assert [b["status"] for b in backups] == ["DONE"]

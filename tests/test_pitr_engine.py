@@ -1,0 +1,91 @@
+"""The PITR engine's parts that need no Barman, against a real PostgreSQL: the drill's
+restore point (exact counts, writers held only while the point is written, a lock it cannot
+get within the timeout fails in one line and leaves the writer alone), and the scratch
+cluster's refusal to reuse or remove a directory that is not its own. molecule/pitr runs the
+whole drill and the recoveries against Barman and PostgreSQL 17."""
+
+import os
+import threading
+import time
+
+import pytest
+
+from forge.errors import ForgeError
+from forge.pgconn import PgSettings
+from forge.pitr import SCRATCH_MARKER, PitrOptions, ScratchCluster, create_restore_point
+
+
+def superuser(pg, database):
+    return PgSettings(pg.host, pg.port, pg.superuser, pg.superuser_password, database)
+
+
+def test_the_restore_point_counts_every_user_table_exactly(pg, sample_db):
+    expected = {"public.customers": pg.execute("SELECT count(*) FROM customers", database=sample_db)[0][0],
+                "public.orders": pg.execute("SELECT count(*) FROM orders", database=sample_db)[0][0]}
+    point = create_restore_point(superuser(pg, sample_db), "forge_test_point")
+    assert {t: point["counts"][t] for t in expected} == expected
+    assert point["name"] == "forge_test_point" and "/" in point["lsn"]
+    assert 0 <= point["writers_held_seconds"] < 5
+
+
+def test_rows_committed_after_the_point_are_not_in_its_counts_while_the_app_keeps_writing(pg, sample_db):
+    """The counts run after the locks are gone, in the snapshot taken while they were held:
+    what a writer commits after the point, during the counts too, is not counted."""
+    pg.execute("CREATE TABLE ticks (id bigserial PRIMARY KEY)", database=sample_db)
+    pg.execute("INSERT INTO ticks SELECT FROM generate_series(1, 300000)", database=sample_db)
+    stop, committed = threading.Event(), []
+
+    def writer():
+        with pg.connect(sample_db) as conn:
+            while not stop.is_set():
+                committed.append(conn.execute("INSERT INTO ticks DEFAULT VALUES RETURNING id").fetchone()[0])
+                time.sleep(0.005)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        time.sleep(0.2)
+        point = create_restore_point(superuser(pg, sample_db), "forge_test_busy")
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        thread.join(10)
+    total = pg.execute("SELECT count(*) FROM ticks", database=sample_db)[0][0]
+    # Rows committed after the point exist but are not in its counts.
+    assert 300000 < point["counts"]["public.ticks"] < total
+    assert len(committed) > 20
+
+
+def test_a_lock_not_granted_in_time_fails_in_one_line_and_leaves_the_writer_alone(pg, sample_db):
+    with pg.connect(sample_db, autocommit=False) as writer:
+        writer.execute("INSERT INTO customers (name, email) VALUES ('in flight', 'x@example.cz')")
+        with pytest.raises(ForgeError) as caught:
+            create_restore_point(superuser(pg, sample_db), "forge_test_blocked", lock_timeout=0.5)
+        writer.commit()
+    message = caught.value.message
+    assert message.startswith("restore point forge_test_blocked not created: ") and "lock timeout" in message
+    assert "\n" not in message
+    assert pg.execute("SELECT count(*) FROM customers WHERE name = 'in flight'", database=sample_db)[0][0] == 1
+
+
+@pytest.mark.parametrize("name", ["", "x" * 64, "drill'; DROP TABLE orders; --", "a b"])
+def test_a_restore_point_name_outside_the_safe_set_is_refused(pg, sample_db, name):
+    with pytest.raises(ForgeError, match="restore point name must be"):
+        create_restore_point(superuser(pg, sample_db), name)
+
+
+def test_a_scratch_directory_is_never_reused_and_only_our_own_is_removed(tmp_path):
+    options = PitrOptions("infer-forge", scratch_root=str(tmp_path / "scratch"))
+    first = ScratchCluster(options, "drill-1")
+    first.prepare()
+    assert oct(os.stat(options.scratch_root).st_mode & 0o777) == "0o700"
+    with pytest.raises(ForgeError, match="exists already; nothing was changed"):
+        ScratchCluster(options, "drill-1").prepare()
+    # A directory without our marker (someone's data) is left as it is.
+    foreign = tmp_path / "scratch" / "foreign"
+    (foreign / "data").mkdir(parents=True)
+    ScratchCluster(options, "foreign").remove()
+    assert (foreign / "data").is_dir()
+    assert (tmp_path / "scratch" / "drill-1" / SCRATCH_MARKER).is_file()
+    first.remove()
+    assert not (tmp_path / "scratch" / "drill-1").exists()
