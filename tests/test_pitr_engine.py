@@ -12,7 +12,7 @@ import pytest
 
 from forge.errors import ForgeError
 from forge.pgconn import PgSettings
-from forge.pitr import SCRATCH_MARKER, PitrOptions, ScratchCluster, create_restore_point
+from forge.pitr import SCRATCH_MARKER, PitrOptions, PitrRecovery, ScratchCluster, create_restore_point
 
 
 def superuser(pg, database):
@@ -89,3 +89,26 @@ def test_a_scratch_directory_is_never_reused_and_only_our_own_is_removed(tmp_pat
     assert (tmp_path / "scratch" / "drill-1" / SCRATCH_MARKER).is_file()
     first.remove()
     assert not (tmp_path / "scratch" / "drill-1").exists()
+
+
+def test_the_next_drill_removes_a_killed_drills_scratch_cluster_but_keeps_an_operators_recovery(tmp_path):
+    options = PitrOptions("infer-forge", scratch_root=str(tmp_path / "scratch"))
+    for label in ("drill-20261201T043000Z", "recover-20261202T101500Z"):
+        cluster = ScratchCluster(options, label)
+        cluster.prepare()
+        os.makedirs(cluster.data)
+    assert PitrRecovery(options, None).clear_stale_drills() == ["drill-20261201T043000Z"]
+    assert sorted(os.listdir(options.scratch_root)) == ["recover-20261202T101500Z"]
+
+
+def test_forge_pitr_refuses_to_run_as_root_in_one_line():
+    import subprocess
+
+    from helpers import REPO
+
+    assert os.geteuid() == 0, "make test runs as root"
+    result = subprocess.run([os.path.join(REPO, "scripts", "forge"), "pitr", "drill"], capture_output=True, text=True,
+                            env={"PATH": os.environ["PATH"], "PITR_CONFIG": ""}, timeout=60)
+    assert result.returncode != 0
+    assert result.stderr.strip() == ("ERROR: forge pitr runs as the barman user: sudo -u barman env PITR_CONFIG=... "
+                                     "forge pitr drill; nothing was changed")

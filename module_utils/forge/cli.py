@@ -296,6 +296,10 @@ def pitr_command(args, environ):
     check = sub.add_parser("check-config", help="let Barman read a server configuration file (template validate)")
     check.add_argument("file")
     parsed = parser.parse_args(args)
+    if os.geteuid() == 0 and parsed.action != "check-config":
+        # Barman's files and the scratch clusters are barman's; PostgreSQL refuses to run as root.
+        raise ForgeError("forge pitr runs as the barman user: sudo -u barman env PITR_CONFIG=... forge pitr "
+                         f"{parsed.action}; nothing was changed")
     if parsed.action == "check-config":
         from .pitr import check_server_config
 

@@ -336,6 +336,19 @@ class PitrRecovery:
             result["removed"] = True
         return result
 
+    def clear_stale_drills(self):
+        """A drill killed half-way leaves its scratch cluster (maybe running) behind; the next
+        drill stops and removes it. Recoveries an operator kept (recover-*) are left alone."""
+        root = self.options.scratch_root
+        removed = []
+        for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+            if name.startswith("drill-") and os.path.isfile(os.path.join(root, name, SCRATCH_MARKER)):
+                stale = ScratchCluster(self.options, name)
+                stale.started = os.path.exists(os.path.join(stale.data, "postmaster.pid"))
+                stale.remove()
+                removed.append(name)
+        return removed
+
     def drill(self, database):
         started = time.monotonic()
         now = self.clock()
@@ -344,6 +357,9 @@ class PitrRecovery:
                   "host": socket.gethostname(), "started_at": _stamp(now), "passed": False, "checks": {}}
         scratch = None
         try:
+            stale = self.clear_stale_drills()
+            if stale:
+                result["removed_stale"] = stale
             point = create_restore_point(self.settings.with_database(database), name, self.options.lock_timeout)
             result["restore_point_lsn"] = point["lsn"]
             result["writers_held_seconds"] = point["writers_held_seconds"]
