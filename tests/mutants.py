@@ -12,6 +12,7 @@ RESTORE = "module_utils/forge/restore.py"
 CATALOG = "module_utils/forge/catalog.py"
 SIGNING = "module_utils/forge/signing.py"
 COMPRESS = "module_utils/forge/compress.py"
+PITR = "module_utils/forge/pitr.py"
 
 MUTANTS = [
     {
@@ -318,5 +319,19 @@ MUTANTS = [
                   "test_a_restore_and_a_drill_given_the_value_trust_and_restore_what_the_file_signed",
                   "tests/test_passphrase_value.py::"
                   "test_a_backup_encrypted_with_the_value_reads_with_the_runbooks_openssl_and_is_signed_as_by_the_file"],
+    },
+    {
+        "name": "the-drill-locks-too-weakly",
+        "promise": "the PITR drill's counts are exact while the app writes: writers wait while the point is written",
+        "edits": [(PITR, '"LOCK TABLE {} IN SHARE MODE"', '"LOCK TABLE {} IN ACCESS SHARE MODE"')],
+        "tests": ["tests/test_pitr_engine.py::"
+                  "test_a_lock_not_granted_in_time_fails_in_one_line_and_leaves_the_writer_alone"],
+    },
+    {
+        "name": "the-drill-counts-after-the-point-without-its-snapshot",
+        "promise": "the PITR drill counts in the snapshot taken before the restore point, not what came after it",
+        "edits": [(PITR, "            counts = count_rows(count, tables)\n",
+                   "            counter.rollback()\n            counts = count_rows(counter.cursor(), tables)\n")],
+        "tests": ["tests/test_pitr_engine.py::test_a_commit_between_the_point_and_the_counts_is_not_counted"],
     },
 ]

@@ -112,3 +112,22 @@ def test_forge_pitr_refuses_to_run_as_root_in_one_line():
     assert result.returncode != 0
     assert result.stderr.strip() == ("ERROR: forge pitr runs as the barman user: sudo -u barman env PITR_CONFIG=... "
                                      "forge pitr drill; nothing was changed")
+
+
+def test_a_commit_between_the_point_and_the_counts_is_not_counted(pg, sample_db, monkeypatch):
+    """Deterministically what the writer test shows by chance: a row committed after the restore
+    point, just before the counts start, is not in them (the counts use the earlier snapshot)."""
+    import forge.pitr
+
+    real_count_rows = forge.pitr.count_rows
+
+    def a_writer_commits_first(cursor, tables):
+        with pg.connect(sample_db) as writer:
+            writer.execute("INSERT INTO customers (name, email) VALUES ('after the point', 'late@example.cz')")
+        return real_count_rows(cursor, tables)
+
+    before = pg.execute("SELECT count(*) FROM customers", database=sample_db)[0][0]
+    monkeypatch.setattr(forge.pitr, "count_rows", a_writer_commits_first)
+    point = create_restore_point(superuser(pg, sample_db), "forge_test_late_commit")
+    assert point["counts"]["public.customers"] == before
+    assert pg.execute("SELECT count(*) FROM customers", database=sample_db)[0][0] == before + 1

@@ -293,6 +293,7 @@ def pitr_command(args, environ):
     target.add_argument("--time", help="recover to this time, e.g. '2026-12-03 14:05:00+00'")
     target.add_argument("--name", help="recover to this restore point")
     recover.add_argument("--remove", action="store_true", help="stop and remove the scratch cluster afterwards")
+    sub.add_parser("metrics", help="barman check, list-backups and the WAL archive as node_exporter metrics")
     check = sub.add_parser("check-config", help="let Barman read a server configuration file (template validate)")
     check.add_argument("file")
     parsed = parser.parse_args(args)
@@ -312,7 +313,15 @@ def pitr_command(args, environ):
     options = pitr_options_from_config(config)
     settings = pg_settings_from_config(config)
     engine = PitrRecovery(options, settings, log=log_line)
-    if parsed.action == "drill":
+    if parsed.action == "metrics":
+        from .pitr import status_metrics
+
+        if not options.textfile_dir:
+            raise ForgeError("PITR_TEXTFILE_DIR is not set; nowhere to write the metrics")
+        status = status_metrics(options)
+        if status["failed_checks"]:
+            log_line(f"barman check {options.server}: FAILED {', '.join(status['failed_checks'])}")
+        return 0
         report = engine.drill(settings.database)
         log_line(f"{report['verdict']}: PITR drill of {options.server}: {report['reason']} "
                  f"({report['duration']:.1f} s, recovery {report.get('recovery_seconds', 0):.1f} s)")

@@ -103,13 +103,26 @@ class Barman:
         self.run("switch-wal", "--force", "--archive", "--archive-timeout", str(self.options.wal_timeout),
                  self.options.server, timeout=self.options.wal_timeout + 60)
 
-    def streaming_dir(self):
+    def directory(self, key):
+        """A directory from Barman's view of the server (streaming_wals_directory, wals_directory)."""
         out = self.run("show-servers", self.options.server, timeout=120)
         for line in out.splitlines():
-            key, separator, value = line.strip().partition(":")
-            if separator and key == "streaming_wals_directory":
+            name, separator, value = line.strip().partition(":")
+            if separator and name == key:
                 return value.strip()
-        raise ForgeError("barman show-servers names no streaming_wals_directory")
+        raise ForgeError(f"barman show-servers names no {key}")
+
+    def streaming_dir(self):
+        return self.directory("streaming_wals_directory")
+
+    def checks(self):
+        """``barman -f json check``: {check: {"status": "OK"|"FAILED", "hint": ...}}."""
+        command = self.options.barman_command + ["-f", "json", "check", self.options.server]
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+        try:
+            return json.loads(proc.stdout).get(self.options.server) or {}
+        except ValueError:
+            raise ForgeError(f"barman check returned no JSON: {last_line(proc.stderr) or proc.stdout[:200]}") from None
 
 
 def check_server_config(path, barman_home="/var/lib/barman", barman_command=None):
@@ -270,6 +283,70 @@ class ScratchCluster:
             self.started = False
         if os.path.isfile(os.path.join(self.path, SCRATCH_MARKER)):
             shutil.rmtree(self.path, ignore_errors=True)
+
+
+STATUS_PREFIX = "infer_forge_pitr_"
+
+
+def status_metrics(options, barman=None, now=None):
+    """What `barman check`, `list-backups` and the WAL archive say, as node_exporter
+    textfile metrics (``forge pitr metrics``, every few minutes from cron)."""
+    barman = barman or Barman(options)
+    now = time.time() if now is None else now
+    checks = barman.checks()
+    failed = sorted(name for name, check in checks.items() if check.get("status") != "OK")
+    streaming = all(checks.get(name, {}).get("status") == "OK" for name in ("receive_wal_running", "replication_slot",
+                                                                             "postgresql_streaming"))
+    done = [b for b in barman.backups() if b.get("status") == "DONE"]
+    ends = [_backup_end(b) for b in done]
+    ends = [end for end in ends if end is not None]
+    samples = [
+        ("streaming_up", "1 when pg_receivewal streams through the replication slot.", 1 if streaming else 0),
+        ("checks_failed", "Checks of barman check that failed.", len(failed)),
+        ("base_backups", "Base backups Barman holds (status DONE).", len(done)),
+        ("status_timestamp_seconds", "When these PITR metrics were read.", now),
+    ]
+    if ends:
+        samples.append(("last_base_backup_timestamp_seconds", "When the newest base backup ended.", max(ends)))
+    archived = _last_archived_wal_time(barman)
+    if archived is not None:
+        samples.append(("last_wal_archived_timestamp_seconds", "When Barman last filed a complete WAL segment.",
+                        archived))
+    labels = {"server": options.server}
+    metrics.write_textfile(options.textfile_dir, f"infer_forge_pitr_{options.server}.prom",
+                           [(STATUS_PREFIX + name, "gauge", text, labels, value) for name, text, value in samples])
+    return {"streaming_up": streaming, "failed_checks": failed, "base_backups": len(done),
+            "last_base_backup": max(ends) if ends else None, "last_wal_archived": archived}
+
+
+def _backup_end(backup):
+    if isinstance(backup.get("end_time_timestamp"), (int, float, str)):
+        try:
+            return float(backup["end_time_timestamp"])
+        except ValueError:
+            pass
+    try:
+        return datetime.datetime.strptime(backup.get("end_time", ""), "%a %b %d %H:%M:%S %Y").replace(
+            tzinfo=datetime.UTC).timestamp()
+    except ValueError:
+        return None
+
+
+def _last_archived_wal_time(barman):
+    """The time field of the last line of Barman's WAL catalog (wals/xlog.db: name size time compression)."""
+    try:
+        path = os.path.join(barman.directory("wals_directory"), "xlog.db")
+        with open(path) as handle:
+            lines = [line.split() for line in handle if line.strip()]
+    except (OSError, ForgeError):
+        return None
+    for fields in reversed(lines):
+        if len(fields) >= 3:
+            try:
+                return float(fields[2])
+            except ValueError:
+                continue
+    return None
 
 
 def compare_counts(expected, actual):

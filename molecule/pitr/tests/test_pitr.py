@@ -103,6 +103,20 @@ def test_barman_itself_rejects_a_server_file_it_cannot_use_in_one_line(host):
     assert good.rc == 0, good.stderr
 
 
+def test_the_status_metrics_say_streaming_up_and_a_recent_base_backup(host):
+    host.check_output("runuser -u barman -- env PITR_CONFIG=/etc/infer-forge/pitr.env "
+                      "/opt/infer-forge/scripts/forge pitr metrics")
+    text = host.file("/var/lib/prometheus/node-exporter/infer_forge_pitr_infer-forge.prom").content_string
+    values = dict(re.findall(r'^(infer_forge_pitr_\w+)\{server="infer-forge"\} (\S+)$', text, re.M))
+    assert values["infer_forge_pitr_streaming_up"] == "1"
+    assert values["infer_forge_pitr_checks_failed"] == "0"
+    assert values["infer_forge_pitr_base_backups"] == "1"
+    assert abs(float(values["infer_forge_pitr_last_base_backup_timestamp_seconds"]) - time.time()) < 3600
+    assert abs(float(values["infer_forge_pitr_status_timestamp_seconds"]) - time.time()) < 120
+    assert "*/2 * * * * barman PITR_CONFIG=/etc/infer-forge/pitr.env /opt/infer-forge/scripts/forge pitr metrics" in \
+        host.file("/etc/cron.d/infer-forge-pitr").content_string
+
+
 def test_a_base_backup_is_in_the_catalog(host):
     backups = json.loads(barman(host, "-f", "json", "list-backups", SERVER).stdout)[SERVER]
     assert [b["status"] for b in backups] == ["DONE"]
