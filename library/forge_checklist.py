@@ -16,7 +16,8 @@ description:
   - Items 1, 2, 10 and 11 belong to app hosts (C(.env), Sentry test event record, logrotate);
     3 to 6 to backup hosts (schedule and age of the last backup, restore drill, permissions,
     off-site copy); 7 to 9 to the monitoring host (Prometheus targets and rules, Grafana
-    provisioning, Alertmanager).
+    provisioning, Alertmanager); 12, beyond the runbook, to the Barman host (WAL streaming, base backup,
+    PITR drill, from the pitr role's metrics and report).
   - With O(report), it checks nothing and puts the results every host collected into one report
     (RV(report)); C(playbooks/checklist.yml) runs every item on the right hosts and then does that.
 version_added: "0.1.0"
@@ -24,7 +25,9 @@ author:
   - Infer DevOps <devops@infer.cz> (!UNKNOWN)
 options:
   item:
-    description: Checklist item, 1 to 11, in the runbook's order. Required unless O(report) is set.
+    description:
+      - Checklist item, 1 to 11 in the runbook's order, or 12, beyond the runbook (point-in-time recovery, on the
+        pitr host). Required unless O(report) is set.
     type: int
   report:
     description:
@@ -160,6 +163,22 @@ options:
     description: Seconds for each HTTP request.
     type: float
     default: 5.0
+  pitr_server:
+    description: The Barman server name whose C(infer_forge_pitr_*) metrics and drill report item 12 reads.
+    type: str
+    default: infer-forge
+  pitr_report_dir:
+    description: Directory of the PITR drill's C(pitr_drill_<server>.json) (item 12).
+    type: path
+    default: /var/lib/infer-forge/reports
+  pitr_base_backup_max_age_days:
+    description: How old the newest base backup may be (item 12).
+    type: float
+    default: 8
+  pitr_drill_max_age_days:
+    description: How old the last passed PITR drill may be (item 12).
+    type: float
+    default: 8
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -251,7 +270,8 @@ OPTION_TYPES = dict(
     backup_max_age_hours="float", drill_max_age_days="float", offsite_max_age_hours="float",
     prometheus_url="str", health_job="str", dashboards_dir="path", provisioning_dir="path",
     alertmanager_config="path", alertmanager_url="str", sentry_record="path", sentry_max_age_days="float",
-    logrotate_files="list", timeout="float",
+    logrotate_files="list", timeout="float", pitr_server="str", pitr_report_dir="path",
+    pitr_base_backup_max_age_days="float", pitr_drill_max_age_days="float",
 )
 
 

@@ -6,8 +6,8 @@
 #   lab-app (stand-in app serving the runbook's /health), lab-monitoring
 #   (Prometheus, Alertmanager, dashboards, stand-in Sentry) and lab-nas (the
 #   off-site target over SSH).
-# Then deploy, health, a backup, the restore drill, an off-site copy and the
-# production checklist, each summed up in a few lines. Re-running reuses the
+# Then deploy (with Barman streaming from the stack), health, a backup, the restore drill, an
+# off-site copy, a PITR drill and the production checklist, each summed up in a few lines. Re-running reuses the
 # containers; `make demo-down` removes them.
 set -euo pipefail
 
@@ -41,7 +41,7 @@ fi
 
 mkdir -p "$logs"
 step_number=0
-step() { step_number=$((step_number + 1)); printf '\n== %d/8 %s\n' "$step_number" "$*"; }
+step() { step_number=$((step_number + 1)); printf '\n== %d/9 %s\n' "$step_number" "$*"; }
 
 # Run a playbook with the json callback; the full output stays in .cache/lab/<name>.json.
 play() {
@@ -108,7 +108,10 @@ step "Off-site: ansible-playbook playbooks/offsite.yml (rsync over SSH to lab-na
 play offsite playbooks/offsite.yml "Summarize the off-site copies"
 docker exec lab-nas sh -c 'ls -l /srv/infer-forge-offsite/backups | tail -n +2 | tail -3' | sed 's/^/   lab-nas: /'
 
-step "Checklist: ansible-playbook playbooks/checklist.yml (the runbook's 11 items)"
+step "PITR drill: ansible-playbook playbooks/pitr_drill.yml (Barman: a restore point with exact counts, recovered into a scratch cluster)"
+play pitr_drill playbooks/pitr_drill.yml "Show the drill"
+
+step "Checklist: ansible-playbook playbooks/checklist.yml (the runbook's 11 items, and 12: point-in-time recovery)"
 play checklist playbooks/checklist.yml "Show the checklist" "Fail when an item failed in production"
 
 monitoring_ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' lab-monitoring)

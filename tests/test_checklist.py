@@ -251,7 +251,7 @@ def test_item_11_logrotate_is_validated_with_logrotate_itself(tmp_path):
 def test_the_module_is_read_only_and_works_in_check_mode(run_module, backup, backup_dir):
     result = run_module("forge_checklist", {"item": 5, "backup_dir": backup_dir, "backup_user": "root"}, check=True)
     assert result["changed"] is False and result["status"] == "PASS" and result["item"] == 5
-    assert run_module("forge_checklist", {"item": 12})["msg"] == "checklist item must be 1-11, got 12"
+    assert run_module("forge_checklist", {"item": 13})["msg"] == "checklist item must be 1-12, got 13"
 
 
 def test_item_8_dashboards_must_be_provisioned_and_valid(tmp_path):
@@ -336,9 +336,9 @@ def test_the_report_has_a_row_per_item_and_host_in_item_order_and_fixes_only_wha
     rows = [(r["item"], r["host"], r["status"], r["fix"]) for r in built["rows"] if r["status"] != "SKIP"]
     assert rows == [(3, "db1", "WARN", "deploy --tags backup"), (3, "db2", "PASS", ""),
                         (5, "db1", "PASS", ""), (5, "db2", "FAIL", "chmod it")]
-    assert built["counts"] == {"PASS": 2, "WARN": 1, "FAIL": 1, "SKIP": 9}
+    assert built["counts"] == {"PASS": 2, "WARN": 1, "FAIL": 1, "SKIP": 10}
     skipped = [r for r in built["rows"] if r["status"] == "SKIP"]
-    assert [r["item"] for r in skipped] == [1, 2, 4, 6, 7, 8, 9, 10, 11] and {r["host"] for r in skipped} == {"-"}
+    assert [r["item"] for r in skipped] == [1, 2, 4, 6, 7, 8, 9, 10, 11, 12] and {r["host"] for r in skipped} == {"-"}
     assert skipped[0]["evidence"] == ["not checked in this run (--tags/--limit, or no reachable host in group app)"]
     assert skipped[0]["label"] == "Nastavit SENTRY_DSN v .env" and skipped[0]["fix"] == ""
 
@@ -382,7 +382,7 @@ def test_checklist_yml_writes_the_report_with_the_roles_fix_lines(tmp_path):
     assert result.returncode != 0, result.stdout
     assert "1 checklist item(s) FAIL in lab: 5" in result.stdout
     written = json.loads((report_dir / "checklist-lab.json").read_text())
-    assert written["counts"] == {"PASS": 0, "WARN": 0, "FAIL": 1, "SKIP": 10} and written["hosts"] == ["db-local"]
+    assert written["counts"] == {"PASS": 0, "WARN": 0, "FAIL": 1, "SKIP": 11} and written["hosts"] == ["db-local"]
     item_5 = next(r for r in written["rows"] if r["item"] == 5)
     assert item_5["host"] == "db-local" and item_5["fix"] == checklist_fixes()[5]
     assert any("0755" in line for line in item_5["evidence"]), item_5
@@ -397,3 +397,69 @@ def test_checklist_yml_writes_the_report_with_the_roles_fix_lines(tmp_path):
     assert "0 FAIL" in passed.stdout and "checklist-lab" not in passed.stderr
     item_5 = next(r for r in json.loads((report_dir / "checklist-lab.json").read_text())["rows"] if r["item"] == 5)
     assert item_5["status"] == "PASS" and item_5["fix"] == ""
+
+
+# -- item 12: point-in-time recovery, from the files the pitr role's engine writes -------------
+NOW = 1_800_000_000.0
+
+
+def write_pitr_records(directory, streaming=1, base_backup_age=3600.0, drill_age=86400.0, drill_passed=True,
+                       status_age=60.0):
+    from forge import metrics
+
+    labels = {"server": "infer-forge"}
+    samples = [("infer_forge_pitr_streaming_up", "gauge", "h", labels, streaming),
+               ("infer_forge_pitr_checks_failed", "gauge", "h", labels, 0 if streaming else 2),
+               ("infer_forge_pitr_status_timestamp_seconds", "gauge", "h", labels, NOW - status_age)]
+    if base_backup_age is not None:
+        samples.append(("infer_forge_pitr_last_base_backup_timestamp_seconds", "gauge", "h", labels,
+                        NOW - base_backup_age))
+    metrics.write_textfile(str(directory), "infer_forge_pitr_infer-forge.prom", samples)
+    if drill_age is not None:
+        metrics.write_run(str(directory), "infer_forge_pitr_drill_infer-forge.prom", "infer_forge_pitr_drill_",
+                          labels, [], drill_passed, NOW - drill_age, "h")
+    (directory / "pitr_drill_infer-forge.json").write_text(json.dumps(
+        {"passed": drill_passed, "reason": "3 tables, 5242 rows at restore point p recovered exactly"
+         if drill_passed else "public.orders: 4999 rows recovered, 5000 at the restore point"}))
+
+
+def pitr_check(directory):
+    return check(12, clock=lambda: NOW, textfile_dir=str(directory), pitr_report_dir=str(directory))
+
+
+def test_item_12_passes_on_streaming_a_recent_base_backup_and_a_recent_passed_drill(tmp_path):
+    write_pitr_records(tmp_path)
+    result = pitr_check(tmp_path)
+    assert result["status"] == "PASS", result
+    assert result["evidence"][0] == "infer-forge: WAL streaming up, 0 barman checks failed"
+    assert result["evidence"][1].startswith("infer-forge: newest base backup ")
+    assert "recovered exactly" in result["evidence"][2]
+
+
+@pytest.mark.parametrize("records, evidence", [
+    ({"streaming": 0}, "infer-forge: WAL streaming is down (2 barman checks failed)"),
+    ({"base_backup_age": 9 * 86400}, "older than 8 days"),
+    ({"base_backup_age": None}, "infer-forge: no base backup"),
+    ({"drill_age": None, "drill_passed": False}, "no passed PITR drill on record; last drill failed: public.orders"),
+    ({"drill_age": 9 * 86400}, "older than 8 days"),
+    ({"status_age": 3600}, "the PITR status is 1.0 h old"),
+])
+def test_item_12_fails_on_what_point_in_time_recovery_lacks(tmp_path, records, evidence):
+    write_pitr_records(tmp_path, **records)
+    result = pitr_check(tmp_path)
+    assert result["status"] == "FAIL"
+    assert any(evidence in line for line in result["evidence"]), result["evidence"]
+
+
+def test_item_12_without_any_pitr_records_fails_in_one_line(tmp_path):
+    result = pitr_check(tmp_path)
+    assert result["status"] == "FAIL"
+    assert result["evidence"] == [f"no PITR status at {tmp_path}/infer_forge_pitr_infer-forge.prom "
+                                  "(forge pitr metrics has not run)"]
+
+
+def test_a_full_run_without_a_pitr_host_warns_on_item_12_and_fails_on_a_runbook_item():
+    built = report([], {"app": [], "backup": [], "monitoring": [], "pitr": []}, {}, full_run=True,
+                   environment="production", now=0)
+    status = {r["item"]: r["status"] for r in built["rows"]}
+    assert status[12] == "WARN" and status[3] == "FAIL"

@@ -33,7 +33,7 @@ PASS, FAIL, WARN = "PASS", "FAIL", "WARN"
 # hosts own the item. What fixes an item is the deployment's business: the
 # checklist role passes its fix lines to report().
 GROUPS = {1: "app", 2: "app", 3: "backup", 4: "backup", 5: "backup", 6: "backup",
-          7: "monitoring", 8: "monitoring", 9: "monitoring", 10: "app", 11: "app"}
+          7: "monitoring", 8: "monitoring", 9: "monitoring", 10: "app", 11: "app", 12: "pitr"}
 ITEMS = {
     1: ("Nastavit SENTRY_DSN v .env", "SENTRY_DSN set in .env and valid"),
     2: ("Nastavit ENVIRONMENT=production", "The app runs with ENVIRONMENT=production"),
@@ -46,7 +46,12 @@ ITEMS = {
     9: ("Nastavit alerting pro zdravotní kontroly", "Alert rules loaded, Alertmanager routes valid"),
     10: ("Otestovat Sentry error capturing v production prostředí", "Sentry test event accepted recently"),
     11: ("Zkontrolovat logrotate nastavení pro application logy", "logrotate configured for app logs and valid"),
+    # Beyond the runbook's eleven.
+    12: ("Point-in-time recovery (nad rámec runbooku)",
+         "Point-in-time recovery: WAL streaming up, base backup recent, PITR drill passed"),
 }
+# Items beyond the runbook: an inventory without their group WARNs instead of failing.
+BEYOND_THE_RUNBOOK = {12}
 STATUSES = (PASS, WARN, FAIL, "SKIP")
 PRODUCTION = "production"
 
@@ -76,6 +81,11 @@ DEFAULTS = {
     "sentry_record": records.SENTRY_TEST_EVENT_RECORD,
     "sentry_max_age_days": 30,
     "logrotate_files": ["/etc/logrotate.d/infer-forge-app"],
+    # Item 12 (pitr hosts): the pitr role's metrics and drill report.
+    "pitr_server": "infer-forge",
+    "pitr_report_dir": "/var/lib/infer-forge/reports",
+    "pitr_base_backup_max_age_days": 8,
+    "pitr_drill_max_age_days": 8,
     "timeout": 5.0,
 }
 
@@ -110,7 +120,8 @@ def report(hosts, groups, fixes, full_run, environment, settings=None, now=None)
         if found:
             continue
         if full_run and not groups.get(group):
-            rows.append(_row(item, "-", FAIL, [f"no host in inventory group '{group}'"],
+            status = WARN if number in BEYOND_THE_RUNBOOK else FAIL
+            rows.append(_row(item, "-", status, [f"no host in inventory group '{group}'"],
                              f"add the host that runs it to the group `{group}` and deploy"))
         else:
             rows.append(_row(item, "-", "SKIP", [f"not checked in this run (--tags/--limit, or no reachable "
@@ -326,6 +337,57 @@ class Checklist:
             if age > limit:
                 status = FAIL
                 line += f" - older than {self.s['drill_max_age_days']:g} days"
+            evidence.append(line)
+        return status, evidence
+
+    def item_12(self):
+        """Read from the pitr role's own records: `forge pitr metrics` and the PITR drill."""
+        server = self.s["pitr_server"]
+        now = self.clock()
+        prom = os.path.join(self.s["textfile_dir"], f"infer_forge_pitr_{server}.prom")
+        drill_prom = os.path.join(self.s["textfile_dir"], f"infer_forge_pitr_drill_{server}.prom")
+        if not os.path.exists(prom):
+            return FAIL, [f"no PITR status at {prom} (forge pitr metrics has not run)"]
+        status, evidence = PASS, []
+
+        def sample(name):
+            return metrics.read_sample(prom, "infer_forge_pitr_" + name)
+
+        read_at = sample("status_timestamp_seconds")
+        if read_at is None or now - read_at > 900:
+            status = FAIL
+            evidence.append(f"{server}: the PITR status is {_age(now - (read_at or 0))} old (forge pitr metrics "
+                            "runs every 2 minutes)")
+        if sample("streaming_up") != 1:
+            status = FAIL
+            evidence.append(f"{server}: WAL streaming is down ({sample('checks_failed') or 0:g} barman checks failed)")
+        else:
+            evidence.append(f"{server}: WAL streaming up, {sample('checks_failed') or 0:g} barman checks failed")
+        backup = sample("last_base_backup_timestamp_seconds")
+        if backup is None:
+            status = FAIL
+            evidence.append(f"{server}: no base backup")
+        else:
+            line = f"{server}: newest base backup {_iso(backup)}, {_age(now - backup)} ago"
+            if now - backup > self.s["pitr_base_backup_max_age_days"] * 86400:
+                status = FAIL
+                line += f" - older than {self.s['pitr_base_backup_max_age_days']:g} days"
+            evidence.append(line)
+        drilled = metrics.read_sample(drill_prom, "infer_forge_pitr_drill_last_success_timestamp_seconds")
+        report = read_json_object(os.path.join(self.s["pitr_report_dir"], f"pitr_drill_{server}.json"))
+        if drilled is None:
+            status = FAIL
+            detail = f"; last drill failed: {report['reason']}" if report.get("reason") else ""
+            evidence.append(f"{server}: no passed PITR drill on record{detail}")
+        else:
+            line = f"{server}: last passed PITR drill {_iso(drilled)}, {_age(now - drilled)} ago"
+            if report.get("passed"):
+                line += f" ({report.get('reason', '')})"
+            elif report:
+                line += f"; the latest PITR drill FAILED: {report.get('reason', '?')}"
+            if now - drilled > self.s["pitr_drill_max_age_days"] * 86400:
+                status = FAIL
+                line += f" - older than {self.s['pitr_drill_max_age_days']:g} days"
             evidence.append(line)
         return status, evidence
 

@@ -196,7 +196,8 @@ def test_the_checklist_passes_every_item_the_lab_can_satisfy(report_dir):
     report = load_report(report_dir)
     status = {row["item"]: row["status"] for row in report["rows"]}
     # Item 2 wants ENVIRONMENT=production; the lab is honestly ENVIRONMENT=lab.
-    assert status == {**{n: "PASS" for n in range(1, 12)}, 2: "WARN"}, json.dumps(report["rows"], indent=1)
+    # 12, beyond the runbook (point-in-time recovery), WARNs: this story has no pitr host (molecule/pitr has).
+    assert status == {**{n: "PASS" for n in range(1, 12)}, 2: "WARN", 12: "WARN"}, json.dumps(report["rows"], indent=1)
     hosts = {row["item"]: row["host"] for row in report["rows"]}
     assert hosts[1] == APP and hosts[4] == DB and hosts[7] == MONITORING
     assert "Checklist před nasazením do produkce - lab" in result.stdout

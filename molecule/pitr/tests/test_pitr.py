@@ -150,6 +150,17 @@ def test_the_pitr_drill_passes_with_exact_counts_while_the_app_writes(host):
     assert not host.run("ls /var/lib/barman/infer-forge-scratch/").stdout.strip(), "the scratch cluster stayed"
 
 
+def test_checklist_item_12_passes_on_the_barman_host_after_the_drill():
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    run = subprocess.run(["ansible", "-i", os.environ["MOLECULE_INVENTORY_FILE"], "pitr-barman", "--become", "-m",
+                          "forge_checklist", "-a", "item=12", "-o"], capture_output=True, text=True, env=env,
+                         cwd=REPO, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    result = json.loads(run.stdout.split("=>", 1)[1])
+    assert result["status"] == "PASS", result["evidence"]
+    assert result["evidence"][0] == "infer-forge: WAL streaming up, 0 barman checks failed"
+
+
 def test_a_recovery_to_a_time_between_two_commits_holds_the_first_and_not_the_second(host):
     sql(host, "CREATE TABLE IF NOT EXISTS pitr_marks (name text PRIMARY KEY)")
     sql(host, "INSERT INTO pitr_marks VALUES ('first')")
