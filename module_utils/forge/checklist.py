@@ -138,6 +138,21 @@ def report(hosts, groups, fixes, full_run, environment, settings=None, now=None)
             "counts": {status: sum(row["status"] == status for row in rows) for status in STATUSES}, "rows": rows}
 
 
+def _labelled(path, name, label):
+    """The values of ``label`` of every sample of metric ``name`` in a textfile."""
+    found = []
+    try:
+        with open(path) as handle:
+            for line in handle:
+                if line.startswith(name + "{"):
+                    match = re.search(label + r'="([^"]*)"', line)
+                    if match:
+                        found.append(match.group(1))
+    except OSError:
+        return []
+    return found
+
+
 def _redacted(dsn):
     try:
         return Dsn(dsn).redacted()
@@ -358,9 +373,11 @@ class Checklist:
             status = FAIL
             evidence.append(f"{server}: the PITR status is {_age(now - (read_at or 0))} old (forge pitr metrics "
                             "runs every 2 minutes)")
+        failed = _labelled(prom, "infer_forge_pitr_check_failed", "check")
         if sample("streaming_up") != 1:
             status = FAIL
-            evidence.append(f"{server}: WAL streaming is down ({sample('checks_failed') or 0:g} barman checks failed)")
+            evidence.append(f"{server}: WAL streaming is down ({sample('checks_failed') or 0:g} barman checks failed"
+                            + (f": {', '.join(failed)})" if failed else ")"))
         else:
             evidence.append(f"{server}: WAL streaming up, {sample('checks_failed') or 0:g} barman checks failed")
         backup = sample("last_base_backup_timestamp_seconds")

@@ -322,6 +322,7 @@ def pitr_command(args, environ):
         if status["failed_checks"]:
             log_line(f"barman check {options.server}: FAILED {', '.join(status['failed_checks'])}")
         return 0
+    if parsed.action == "drill":
         report = engine.drill(settings.database)
         log_line(f"{report['verdict']}: PITR drill of {options.server}: {report['reason']} "
                  f"({report['duration']:.1f} s, recovery {report.get('recovery_seconds', 0):.1f} s)")

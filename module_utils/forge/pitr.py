@@ -313,8 +313,11 @@ def status_metrics(options, barman=None, now=None):
         samples.append(("last_wal_archived_timestamp_seconds", "When Barman last filed a complete WAL segment.",
                         archived))
     labels = {"server": options.server}
-    metrics.write_textfile(options.textfile_dir, f"infer_forge_pitr_{options.server}.prom",
-                           [(STATUS_PREFIX + name, "gauge", text, labels, value) for name, text, value in samples])
+    rendered = [(STATUS_PREFIX + name, "gauge", text, labels, value) for name, text, value in samples]
+    # Which checks failed, by name: the alert and the checklist say what is wrong, not only how much.
+    rendered += [(STATUS_PREFIX + "check_failed", "gauge", "1 for each check of barman check that failed.",
+                  dict(labels, check=name), 1) for name in failed]
+    metrics.write_textfile(options.textfile_dir, f"infer_forge_pitr_{options.server}.prom", rendered)
     return {"streaming_up": streaming, "failed_checks": failed, "base_backups": len(done),
             "last_base_backup": max(ends) if ends else None, "last_wal_archived": archived}
 
@@ -333,12 +336,20 @@ def _backup_end(backup):
 
 
 def _last_archived_wal_time(barman):
-    """The time field of the last line of Barman's WAL catalog (wals/xlog.db: name size time compression)."""
+    """The time field of the last line of Barman's WAL catalog (name size time compression)."""
     try:
-        path = os.path.join(barman.directory("wals_directory"), "xlog.db")
-        with open(path) as handle:
-            lines = [line.split() for line in handle if line.strip()]
-    except (OSError, ForgeError):
+        directory = barman.directory("xlogdb_directory")
+    except ForgeError:
+        return None
+    # Barman 3.13 names it <server>-xlog.db; older ones xlog.db in the WAL directory.
+    for name in (f"{barman.options.server}-xlog.db", "xlog.db"):
+        try:
+            with open(os.path.join(directory, name)) as handle:
+                lines = [line.split() for line in handle if line.strip()]
+            break
+        except OSError:
+            continue
+    else:
         return None
     for fields in reversed(lines):
         if len(fields) >= 3:
