@@ -18,7 +18,7 @@ from . import metrics, sentry
 from .compress import default_workers
 from .errors import ForgeError, database_error
 from .fsutil import write_atomic
-from .pgconn import count_rows_in_parallel
+from .pgconn import check_btree_indexes, count_rows_in_parallel
 from .records import DRILL_METRIC_PREFIX as METRIC_PREFIX
 from .records import drill_metrics_filename, drill_report_path
 from .restore import Restorer, derived_name, describe_count_mismatches, verify_file
@@ -172,19 +172,12 @@ class Drill:
 
     def _amcheck(self, conn, result):
         try:
-            conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
-            indexes = conn.execute(
-                "SELECT c.oid::regclass::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-                "JOIN pg_am a ON a.oid = c.relam JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE a.amname = 'btree' AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
-                "AND n.nspname NOT LIKE 'pg_toast%'").fetchall()
-            for (index,) in indexes:
-                conn.execute("SELECT bt_index_check(%s::regclass, true)", (index,))
+            checked = check_btree_indexes(conn)
         except Exception as exc:  # noqa: BLE001 - reported as one line
             result["checks"]["amcheck"] = "failed"
             return [f"amcheck: {database_error(exc)}"]
         result["checks"]["amcheck"] = "passed"
-        result["indexes_checked"] = len(indexes)
+        result["indexes_checked"] = checked
         return []
 
     def _sql_check(self, conn, check):

@@ -212,6 +212,20 @@ def with_container_env(command):
     return list(command[:exec_at]) + forwarded + list(command[exec_at:])
 
 
+def check_btree_indexes(conn):
+    """amcheck's bt_index_check (with heapallindexed) on every user B-tree index; returns how many.
+    Raises the first index's error."""
+    conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
+    indexes = conn.execute(
+        "SELECT c.oid::regclass::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "JOIN pg_am a ON a.oid = c.relam JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE a.amname = 'btree' AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+        "AND n.nspname NOT LIKE 'pg_toast%'").fetchall()
+    for (index,) in indexes:
+        conn.execute("SELECT bt_index_check(%s::regclass, true)", (index,))
+    return len(indexes)
+
+
 def user_tables(cursor):
     """(schema, table) of every ordinary table outside the system schemas."""
     cursor.execute(

@@ -20,7 +20,7 @@ import time
 from . import metrics, sentry
 from .errors import ForgeError, database_error, last_line
 from .fsutil import write_atomic
-from .pgconn import count_rows, user_tables
+from .pgconn import check_btree_indexes, count_rows, user_tables
 
 METRIC_PREFIX = "infer_forge_pitr_drill_"
 SCRATCH_MARKER = ".infer-forge-pitr-scratch"
@@ -372,18 +372,6 @@ def compare_counts(expected, actual):
     return problems
 
 
-def amcheck(conn):
-    conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
-    indexes = conn.execute(
-        "SELECT c.oid::regclass::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-        "JOIN pg_am a ON a.oid = c.relam JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE a.amname = 'btree' AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
-        "AND n.nspname NOT LIKE 'pg_toast%'").fetchall()
-    for (index,) in indexes:
-        conn.execute("SELECT bt_index_check(%s::regclass, true)", (index,))
-    return len(indexes)
-
-
 def _stamp(now):
     return datetime.datetime.fromtimestamp(now, datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
 
@@ -467,7 +455,7 @@ class PitrRecovery:
             if self.options.amcheck and not problems:
                 with scratch.connect(database) as conn:
                     try:
-                        result["indexes_checked"] = amcheck(conn)
+                        result["indexes_checked"] = check_btree_indexes(conn)
                         result["checks"]["amcheck"] = "passed"
                     except Exception as exc:  # noqa: BLE001 - reported as one line
                         result["checks"]["amcheck"] = "failed"
