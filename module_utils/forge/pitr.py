@@ -295,8 +295,8 @@ def status_metrics(options, barman=None, now=None):
     now = time.time() if now is None else now
     checks = barman.checks()
     failed = sorted(name for name, check in checks.items() if check.get("status") != "OK")
-    streaming = all(checks.get(name, {}).get("status") == "OK" for name in ("receive_wal_running", "replication_slot",
-                                                                             "postgresql_streaming"))
+    streaming_checks = ("receive_wal_running", "replication_slot", "postgresql_streaming")
+    streaming = all(checks.get(name, {}).get("status") == "OK" for name in streaming_checks)
     done = [b for b in barman.backups() if b.get("status") == "DONE"]
     ends = [_backup_end(b) for b in done]
     ends = [end for end in ends if end is not None]
