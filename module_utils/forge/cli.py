@@ -309,7 +309,8 @@ def pitr_command(args, environ):
         return 0
     path = environ.get("PITR_CONFIG", DEFAULT_PITR_CONFIG)
     config = read_env_file(path) if path and os.path.exists(path) else {}
-    config.update({key: value for key, value in environ.items() if value != ""})
+    # The environment wins over the file, as for the backup commands.
+    config.update({name: setting for name, setting in environ.items() if setting != ""})
     options = pitr_options_from_config(config)
     settings = pg_settings_from_config(config)
     engine = PitrRecovery(options, settings, log=log_line)
