@@ -463,3 +463,29 @@ def test_a_full_run_without_a_pitr_host_warns_on_item_12_and_fails_on_a_runbook_
                    environment="production", now=0)
     status = {r["item"]: r["status"] for r in built["rows"]}
     assert status[12] == "WARN" and status[3] == "FAIL"
+
+
+def test_a_full_run_of_checklist_yml_names_the_groups_nobody_runs(tmp_path):
+    """No --tags, no --limit: the playbook itself must see a full run (ansible-core hands
+    ansible_run_tags over as a tuple), so items whose group is empty FAIL and 12 WARNs."""
+    import sys
+
+    from conftest import HOST_PYTHON
+
+    inventory = tmp_path / "inventory.yml"
+    host = {"ansible_connection": "local", "ansible_python_interpreter": HOST_PYTHON, "ansible_become": False}
+    inventory.write_text(json.dumps({"all": {"vars": {"infer_forge_environment": "lab"}},
+                                     "backup": {"hosts": {"db-local": host}}}))
+    report_dir = tmp_path / "reports"
+    command = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", str(inventory),
+               os.path.join(REPO, "playbooks", "checklist.yml"),
+               "-e", json.dumps({"checklist_backup_dir": str(tmp_path / "absent"), "checklist_backup_user": "root",
+                                 "checklist_report_dir": str(report_dir)})]
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=600, stdin=subprocess.DEVNULL)
+    rows = {r["item"]: r for r in json.loads((report_dir / "checklist-lab.json").read_text())["rows"]}
+    for item, group in ((1, "app"), (7, "monitoring"), (11, "app")):
+        assert rows[item]["status"] == "FAIL", rows[item]
+        assert rows[item]["evidence"] == [f"no host in inventory group '{group}'"]
+    assert rows[12]["status"] == "WARN" and rows[12]["evidence"] == ["no host in inventory group 'pitr'"]
+    assert {rows[item]["host"] for item in (3, 4, 5, 6)} == {"db-local"}  # the backup host's own items ran
