@@ -357,26 +357,31 @@ def test_a_full_run_fails_an_item_whose_group_has_no_host_and_production_wins():
     assert report([], GROUPS, {}, full_run=False, environment="lab")["environment"] == "lab"
 
 
-def test_checklist_yml_writes_the_report_with_the_roles_fix_lines(tmp_path):
-    """The whole playbook, one item on this host: the row, the SKIPs, the three reports, the verdict."""
+def checklist_yml_on_this_host(tmp_path, *args):
+    """ansible-playbook playbooks/checklist.yml on this host as the one backup host of a lab
+    inventory (no app, monitoring or pitr host): the command and its environment."""
     import sys
 
     from conftest import HOST_PYTHON
 
-    backups = tmp_path / "backups"
-    backups.mkdir(mode=0o755)
-    backups.chmod(0o755)
     inventory = tmp_path / "inventory.yml"
     host = {"ansible_connection": "local", "ansible_python_interpreter": HOST_PYTHON, "ansible_become": False}
     inventory.write_text(json.dumps({"all": {"vars": {"infer_forge_environment": "lab"}},
                                      "backup": {"hosts": {"db-local": host}}}))
-    report_dir = tmp_path / "reports"
     command = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", str(inventory),
-               os.path.join(REPO, "playbooks", "checklist.yml"), "--tags", "checklist_5",
-               "-e", json.dumps({"checklist_backup_dir": str(backups), "checklist_backup_user": "root",
-                                 "checklist_report_dir": str(report_dir),
-                                 "checklist_fail_environments": ["lab"]})]
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+               os.path.join(REPO, "playbooks", "checklist.yml"), *args]
+    return command, dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+
+
+def test_checklist_yml_writes_the_report_with_the_roles_fix_lines(tmp_path):
+    """The whole playbook, one item on this host: the row, the SKIPs, the three reports, the verdict."""
+    backups = tmp_path / "backups"
+    backups.mkdir(mode=0o755)
+    backups.chmod(0o755)
+    report_dir = tmp_path / "reports"
+    command, env = checklist_yml_on_this_host(tmp_path, "--tags", "checklist_5", "-e", json.dumps(
+        {"checklist_backup_dir": str(backups), "checklist_backup_user": "root",
+         "checklist_report_dir": str(report_dir), "checklist_fail_environments": ["lab"]}))
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=300,
                             stdin=subprocess.DEVNULL)
     assert result.returncode != 0, result.stdout
@@ -468,20 +473,10 @@ def test_a_full_run_without_a_pitr_host_warns_on_item_12_and_fails_on_a_runbook_
 def test_a_full_run_of_checklist_yml_names_the_groups_nobody_runs(tmp_path):
     """No --tags, no --limit: the playbook itself must see a full run (ansible-core hands
     ansible_run_tags over as a tuple), so items whose group is empty FAIL and 12 WARNs."""
-    import sys
-
-    from conftest import HOST_PYTHON
-
-    inventory = tmp_path / "inventory.yml"
-    host = {"ansible_connection": "local", "ansible_python_interpreter": HOST_PYTHON, "ansible_become": False}
-    inventory.write_text(json.dumps({"all": {"vars": {"infer_forge_environment": "lab"}},
-                                     "backup": {"hosts": {"db-local": host}}}))
     report_dir = tmp_path / "reports"
-    command = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", str(inventory),
-               os.path.join(REPO, "playbooks", "checklist.yml"),
-               "-e", json.dumps({"checklist_backup_dir": str(tmp_path / "absent"), "checklist_backup_user": "root",
-                                 "checklist_report_dir": str(report_dir)})]
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    command, env = checklist_yml_on_this_host(tmp_path, "-e", json.dumps(
+        {"checklist_backup_dir": str(tmp_path / "absent"), "checklist_backup_user": "root",
+         "checklist_report_dir": str(report_dir)}))
     subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=600, stdin=subprocess.DEVNULL)
     rows = {r["item"]: r for r in json.loads((report_dir / "checklist-lab.json").read_text())["rows"]}
     for item, group in ((1, "app"), (7, "monitoring"), (11, "app")):
