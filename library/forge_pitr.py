@@ -75,6 +75,9 @@ options:
     description: Port of the scratch cluster (its socket only).
     type: int
     default: 55432
+  jobs:
+    description: Processes C(barman restore) copies the base backup with; one per core when not set.
+    type: int
   textfile_dir:
     description: For O(mode=drill), node_exporter textfile directory for C(infer_forge_pitr_drill_*) metrics.
     type: path
@@ -181,6 +184,7 @@ ARGUMENT_SPEC = dict(
     postgres_bin=dict(type="path", default="/usr/lib/postgresql/17/bin"),
     scratch_root=dict(type="path", default="/var/lib/barman/infer-forge-scratch"),
     scratch_port=dict(type="int", default=55432),
+    jobs=dict(type="int"),
     textfile_dir=dict(type="path"),
     report_dir=dict(type="path"),
     sentry_dsn=dict(type="str", no_log=True),
@@ -199,7 +203,7 @@ class PitrModule:
         return PitrOptions(p["server"], postgres_bin=p["postgres_bin"], scratch_root=p["scratch_root"],
                            scratch_port=p["scratch_port"], login_user=p["login_user"], keep=keep,
                            textfile_dir=p["textfile_dir"], report_dir=p["report_dir"], sentry_dsn=p["sentry_dsn"],
-                           environment=p["environment"])
+                           environment=p["environment"], jobs=p["jobs"])
 
     def run(self):
         p = self.p

@@ -131,3 +131,12 @@ def test_a_commit_between_the_point_and_the_counts_is_not_counted(pg, sample_db,
     point = create_restore_point(superuser(pg, sample_db), "forge_test_late_commit")
     assert point["counts"]["public.customers"] == before
     assert pg.execute("SELECT count(*) FROM customers", database=sample_db)[0][0] == before + 1
+
+
+def test_pitr_jobs_come_from_the_config_one_per_core_by_default_and_a_bad_value_is_one_line():
+    from forge.cli import pitr_options_from_config
+
+    assert pitr_options_from_config({"PITR_JOBS": "3"}).jobs == 3
+    assert pitr_options_from_config({}).jobs == (os.cpu_count() or 1)
+    with pytest.raises(ForgeError, match="PITR_JOBS must be a whole number, got 'many'"):
+        pitr_options_from_config({"PITR_JOBS": "many"})

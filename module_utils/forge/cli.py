@@ -276,7 +276,8 @@ def pitr_options_from_config(config):
         textfile_dir=config.get("PITR_TEXTFILE_DIR") or None,
         report_dir=config.get("PITR_REPORT_DIR") or None,
         sentry_dsn=config.get("SENTRY_DSN") or None,
-        environment=config.get("ENVIRONMENT") or None)
+        environment=config.get("ENVIRONMENT") or None,
+        jobs=number("PITR_JOBS", 0) or None)
 
 
 def pitr_command(args, environ):
