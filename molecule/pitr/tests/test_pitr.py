@@ -22,9 +22,13 @@ SERVER = "infer-forge"
 PSQL = "psql -X -q -v ON_ERROR_STOP=1 -U infer -d infer_forge"
 
 
+def ansible_env():
+    return dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+                ANSIBLE_FORCE_COLOR="0")
+
+
 def playbook(name, *args, callback=None):
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-               ANSIBLE_FORCE_COLOR="0")
+    env = ansible_env()
     if callback:
         env["ANSIBLE_STDOUT_CALLBACK"] = callback
     command = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
@@ -166,8 +170,7 @@ def test_the_weekly_cron_entry_of_the_drill_passes_too(host):
 
 
 def test_checklist_item_12_passes_on_the_barman_host_after_the_drill(host):
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-               ANSIBLE_FORCE_COLOR="0")
+    env = ansible_env()
     run = subprocess.run(["ansible", "-i", os.environ["MOLECULE_INVENTORY_FILE"], "pitr-barman", "--become", "-m",
                           "forge_checklist", "-a", "item=12", "-o"], capture_output=True, text=True, env=env,
                          cwd=REPO, timeout=120)
@@ -300,6 +303,14 @@ def receiver_command_line(host):
 def test_with_synchronous_streaming_a_killed_database_loses_no_acknowledged_row(host):
     """Last, as it kills the database again: pitr_synchronous=true makes Barman's receiver the
     synchronous standby; then the deploy switches back, with the receiver still reconnecting."""
+    # No commit may wait for a receiver that is not there: a name nobody streams under is refused.
+    env = ansible_env()
+    refused = subprocess.run(["ansible", "-i", os.environ["MOLECULE_INVENTORY_FILE"], "pitr-barman", "--become",
+                              "-m", "ansible.builtin.include_role", "-a", "name=pitr tasks_from=synchronous",
+                              "-e", "pitr_synchronous=true", "-e", "pitr_streaming_archiver_name=nobody_streams"],
+                             capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert refused.returncode != 0 and "does not stream from this server" in refused.stdout, refused.stdout[-3000:]
+    assert sql(host, "SHOW synchronous_standby_names") == ""
     switched = playbook("pitr.yml", "-e", "pitr_synchronous=true")
     assert switched.returncode == 0, switched.stdout[-4000:]
     assert sql(host, "SHOW synchronous_standby_names") == "barman_receive_wal"
