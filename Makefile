@@ -44,7 +44,7 @@ demo-down: ## Remove the lab containers, their network and .cache/lab
 	@scripts/demo.sh down
 
 bench: ## Backup/restore benchmark on a ~2 GB generated database, targets table (BENCH_RUNS=3 for the spread)
-	@scripts/bootstrap.sh packages venv && .venv/bin/python bench/bench.py
+	@scripts/bootstrap.sh packages venv docker image && .venv/bin/python bench/bench.py
 
 clean: ## Remove the .venv
 	rm -rf .venv

@@ -7,6 +7,8 @@ Timings on a shared machine are noisy; only the ratios within one run matter.
 
     make bench                      # full size (a few minutes to generate)
     BENCH_SCALE=5 BENCH_ROWS=200000 make bench   # quick look
+    BENCH_ONLY=pitr make bench      # only Barman's base backup and PITR recovery vs the runbook's,
+                                    # paired in the Debian 13 container (PostgreSQL 17)
 """
 
 import json
@@ -27,6 +29,9 @@ from forge.pgconn import PgSettings  # noqa: E402
 
 from servers import PostgresServer, RedisServer, free_port, wait_for_port  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from dataset import DOCUMENTS_ROWS_SQL, DOCUMENTS_TABLE_SQL  # noqa: E402
+
 HOST_PYTHON = "/usr/bin/python3"
 PASSPHRASE = "bench passphrase"
 CPUS = compress.default_workers()
@@ -38,6 +43,9 @@ TARGETS = (
     ("plain drill (verify, restore, exact counts, drop) vs runbook gunzip | psql", "drill_plain_encrypted",
      "runbook_restore", 0.95),
     ("custom-format drill with --jobs vs runbook gunzip | psql", "drill_custom_parallel", "runbook_restore", 0.70),
+    # Issue 18, in the Debian 13 container (PostgreSQL 17, Barman), both sides on the same data there.
+    ("PITR recovery to latest (barman restore, replay, promoted) vs runbook gunzip | psql", "pitr_recovery",
+     "pitr_runbook_restore", 0.50),
 )
 REFERENCES = (
     ("encrypted gzip backup vs runbook pg_dump | gzip | openssl enc", "engine_gzip_encrypted", "runbook_backup"),
@@ -51,6 +59,10 @@ REFERENCES = (
     ("forced restore by swap, old one dropped, vs the former drop first", "restore_forced_swap_drop_previous",
      "restore_forced_drop_first"),
     ("forced restore by swap (old one kept) vs restore into a new database", "restore_forced_swap", "restore_new"),
+    ("Barman base backup vs runbook pg_dump | gzip | openssl enc (Debian 13 container)", "pitr_base_backup",
+     "pitr_runbook_backup"),
+    ("PITR recovery and its row counts, wall time, vs runbook gunzip | psql (Debian 13 container)",
+     "pitr_recovery_with_counts_wall", "pitr_runbook_restore"),
 )
 ENGINE_COMMANDS = ("engine_gzip_encrypted", "engine_gzip6_encrypted", "engine_gzip1_encrypted", "engine_zstd",
                    "engine_custom", "drill_plain_encrypted", "drill_custom_parallel", "restore_forced_swap")
@@ -75,18 +87,8 @@ def generate(server, database, scale, rows):
     run(["pgbench", "-i", "-q", "-s", str(scale), "-h", server.host, "-p", str(server.port), "-U", server.app_user,
          database], env=env)
     with server.connect(database, superuser=False) as conn:
-        conn.execute("""
-            CREATE TABLE documents (
-                id bigint PRIMARY KEY, customer text, title text, body text,
-                amount numeric(14, 2), attrs jsonb)""")
-        conn.execute("""
-            INSERT INTO documents
-            SELECT g, 'customer-' || (g %% 5000), 'Order ' || g || ' steel parts',
-                   repeat(md5(g::text), 12) || ' ' || md5((g * 7)::text),
-                   (g %% 100000) / 7.0,
-                   jsonb_build_object('line', g, 'material', 'S' || (g %% 400), 'qty', g %% 97,
-                                      'tags', jsonb_build_array('a' || (g %% 13), 'b' || (g %% 17)))
-              FROM generate_series(1, %s) g""", (rows,))
+        conn.execute(DOCUMENTS_TABLE_SQL)
+        conn.execute(DOCUMENTS_ROWS_SQL, (rows,))
         size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
     conn = None
     return size, time.perf_counter() - t0
@@ -208,6 +210,36 @@ def measure(server, database, workdir, label):
     return results
 
 
+def measure_pitr(scale, rows, workdir):
+    """Base backup and point-in-time recovery with Barman, next to the runbook's backup and
+    restore, on one generated database in the Debian 13 image (PostgreSQL 17 and Barman are
+    not on this Debian 12 host). bench/pitr_bench.py does the work; returns its figures."""
+    image = os.environ.get("BENCH_PITR_IMAGE", "infer-forge-debian13:latest")
+    if os.environ.get("BENCH_PITR", "1") == "0":
+        return {}
+    if not shutil.which("docker") or subprocess.run(["docker", "image", "inspect", image],
+                                                    capture_output=True).returncode != 0:
+        print(f"  PITR: not measured (no docker or no image {image}; scripts/bootstrap.sh docker image)")
+        return {}
+    directory = os.path.join(workdir, "pitr")
+    os.makedirs(os.path.join(directory, "barman"))
+    started = time.perf_counter()
+    proc = subprocess.run(["docker", "run", "--rm", "--name", f"forge-bench-pitr-{os.getpid()}",
+                           "-v", f"{REPO}:/repo:ro", "-v", f"{directory}:/bench",
+                           "-v", f"{directory}/barman:/var/lib/barman", image,
+                           "python3", "/repo/bench/pitr_bench.py", "--scale", str(scale), "--rows", str(rows)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"PITR bench failed ({proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+    *lines, last = proc.stdout.strip().splitlines()
+    figures = json.loads(last)
+    print("\n[PITR, Debian 13 container, PostgreSQL 17 + Barman]" + "".join(f"\n  {line}" for line in lines))
+    for key, value in figures.items():
+        print(f"  {key:38s} {value:>14.2f}" if isinstance(value, float) else f"  {key:38s} {value:>14}")
+    print(f"  (whole PITR bench, generation included: {time.perf_counter() - started:.0f} s)")
+    return figures
+
+
 def standin_app(server, redis_server):
     """The lab's stand-in app (scripts/standin_app.py): its /health checks the same
     PostgreSQL and Redis for real, as the app does."""
@@ -303,6 +335,19 @@ def main():
     small_scale, small_rows = max(1, scale // 10), max(1000, rows // 10)
     workdir = tempfile.mkdtemp(prefix="forge-bench.", dir=os.environ.get("BENCH_DIR", "/var/tmp"))
     os.chmod(workdir, 0o755)
+    if os.environ.get("BENCH_ONLY") == "pitr":
+        # Only the point-in-time recovery pairs: both sides of each run in the container.
+        try:
+            figures = {"pitr_" + key: value for key, value in measure_pitr(scale, rows, workdir).items()}
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        print("\n=== PITR targets and references (paired in the container)")
+        for name, numerator, denominator, *limit in TARGETS + REFERENCES:
+            value = ratio(figures, numerator, denominator)
+            if numerator.startswith("pitr_") and value is not None:
+                verdict = ("PASS" if value <= limit[0] else "MISS") if limit else "    "
+                print(f"  {verdict}  {value:5.2f}" + (f"  <= {limit[0]:.2f}" if limit else "         ") + f"  {name}")
+        return
     server = PostgresServer(base_dir=os.path.join(workdir, "pg"))
     os.makedirs(server.base_dir)
     report = {"machine": {"cpus": os.cpu_count()}, "sizes": {}}
@@ -324,6 +369,9 @@ def main():
         runs = [report["sizes"]["full"]]
         for number in range(2, int(os.environ.get("BENCH_RUNS", "1")) + 1):
             runs.append(measure(server, "bench_full", workdir, f"full, run {number}"))
+        pitr = measure_pitr(scale, rows, workdir)
+        report["pitr"] = pitr
+        runs[0].update({"pitr_" + key: value for key, value in pitr.items()})
         report["runs"] = runs
         report["targets"] = print_targets(runs, small)
         os.makedirs(os.path.join(REPO, "bench", "results"), exist_ok=True)

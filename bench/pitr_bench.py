@@ -1,0 +1,185 @@
+"""Point-in-time recovery next to the runbook's logical backup, on the same database, in one run.
+
+Runs inside the Debian 13 image (PostgreSQL 17, Barman 3.13), started by bench.py with the
+repository mounted read-only at /repo and a work directory at /bench. One throwaway server
+(trust on loopback: nothing else can reach this container's server), the same generated data
+as bench.py, then, paired:
+
+  runbook_backup    pg_dump | gzip | openssl enc   (the runbook's backup_db.sh)
+  base_backup       barman backup --wait           (pg_basebackup, and the WAL it needs)
+  runbook_restore   gunzip < dump.sql.gz | psql    (the runbook's restore, into a new database)
+  recovery          forge pitr recover --remove    (barman restore into a scratch cluster, WAL
+                                                    replayed to the latest segment, promoted)
+
+Prints one JSON line last: seconds and bytes.
+"""
+
+import argparse
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from dataset import documents_sql  # noqa: E402
+
+BIN = "/usr/lib/postgresql/17/bin"
+WORK = "/bench"
+DATA = f"{WORK}/pg"
+SERVER = "bench"
+BARMAN_CONF = f"""[{SERVER}]
+description = "bench: PostgreSQL 17 on loopback"
+conninfo = host=127.0.0.1 port=5432 user=postgres dbname=postgres
+streaming_conninfo = host=127.0.0.1 port=5432 user=postgres
+backup_method = postgres
+streaming_archiver = on
+slot_name = barman
+create_slot = auto
+path_prefix = {BIN}
+"""
+
+
+def sh(command, user=None, timeout=7200):
+    """Run a shell command (as ``user``), fail loudly, return (seconds, stdout)."""
+    argv = ["bash", "-o", "pipefail", "-c", command]
+    if user:
+        argv = ["runuser", "-u", user, "--", *argv]
+    started = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"failed ({proc.returncode}): {command}\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    return elapsed, proc.stdout
+
+
+def psql(sql, database="postgres"):
+    return sh(f"psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -U postgres -d {database} -tAc {shlex.quote(sql)}",
+              user="postgres")[1].strip()
+
+
+def start_server():
+    os.makedirs(WORK, exist_ok=True)
+    os.chmod(WORK, 0o755)
+    os.makedirs(DATA, mode=0o700)
+    sh(f"chown postgres: {DATA}")
+    sh(f"{BIN}/initdb --no-instructions -D {DATA} -A trust -U postgres", user="postgres")
+    with open(f"{DATA}/postgresql.conf", "a") as conf:
+        # As bench.py's host server; WAL for streaming as the pitr role requires.
+        conf.write("listen_addresses = '127.0.0.1'\nshared_buffers = 512MB\nmaintenance_work_mem = 512MB\n"
+                   "max_wal_size = 4GB\nwal_level = replica\nmax_wal_senders = 4\nmax_replication_slots = 4\n")
+    sh(f"{BIN}/pg_ctl -D {DATA} -l /tmp/pg.log -w start", user="postgres")
+
+
+def generate(scale, rows):
+    psql("CREATE DATABASE bench")
+    started = time.perf_counter()
+    sh(f"{BIN}/pgbench -i -q -s {scale} -h 127.0.0.1 -U postgres bench", user="postgres")
+    psql(documents_sql(rows), database="bench")
+    return int(psql("SELECT pg_database_size('bench')")), time.perf_counter() - started
+
+
+def start_barman():
+    sh("chown barman: /var/lib/barman")  # bench.py mounts its work directory there
+    with open(f"/etc/barman.d/{SERVER}.conf", "w") as handle:
+        handle.write(BARMAN_CONF)
+    sh("barman -q cron", user="barman")
+    # Streaming is up once a switched segment arrives (the slot is created by the first cron).
+    for _ in range(30):
+        try:
+            sh(f"barman -q switch-wal --force --archive --archive-timeout 30 {SERVER}", user="barman")
+            return
+        except SystemExit:
+            time.sleep(2)
+            sh("barman -q cron", user="barman")
+    raise SystemExit("Barman never received a WAL segment")
+
+
+def base_backup():
+    """Seconds until the base backup is usable (DONE: copied, and the WAL segment it ends in
+    filed, which a forced switch closes on an idle server), and Barman's list of backups."""
+    started = time.perf_counter()
+    sh(f"barman -q backup --immediate-checkpoint {SERVER}", user="barman")
+    while True:
+        sh(f"barman -q switch-wal --force --archive --archive-timeout 60 {SERVER}; barman -q cron", user="barman")
+        listed = json.loads(sh(f"barman -f json list-backups {SERVER}", user="barman")[1])[SERVER]
+        if any(entry.get("status") == "DONE" for entry in listed):
+            return time.perf_counter() - started, listed
+        if time.perf_counter() - started > 3600:
+            raise SystemExit(f"the base backup is not DONE after an hour: {listed}")
+        time.sleep(1)
+
+
+def recovery_phases(scratch):
+    """Where the recovery's time went, from Barman's log and the scratch cluster's: the base
+    backup's copy, the WAL's copy, PostgreSQL's replay."""
+    def stamps(path, pattern, form):
+        with open(path) as handle:
+            return [time.mktime(time.strptime(line[:19], form)) + float("0." + line[20:23])
+                    for line in handle if re.search(pattern, line)]
+
+    barman_log = "/var/log/barman/barman.log"
+    form = "%Y-%m-%d %H:%M:%S"
+    [copy_start] = stamps(barman_log, "Copying the base backup", form)[-1:]
+    [copy_end] = stamps(barman_log, "Copy finished", form)[-1:]
+    [wal_start] = stamps(barman_log, "Copying required WAL segments", form)[-1:]
+    [wal_end] = stamps(barman_log, "Finished copying .* WAL files", form)[-1:]
+    with open(f"{scratch}/postgresql.log") as handle:
+        replay = re.search(r"redo done at .* elapsed: ([\d.]+) s", handle.read())
+    return {"recovery_copy_base": round(copy_end - copy_start, 1), "recovery_copy_wal": round(wal_end - wal_start, 1),
+            "recovery_replay": float(replay.group(1)) if replay else 0.0}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--scale", type=int, default=50)
+    parser.add_argument("--rows", type=int, default=2000000)
+    args = parser.parse_args()
+    start_server()
+    size, generated = generate(args.scale, args.rows)
+    print(f"generated bench in the Debian 13 container: {size / 2**30:.2f} GiB in {generated:.0f} s", flush=True)
+    start_barman()
+    result = {"database_bytes": size}
+    with open(f"{WORK}/pass", "w") as handle:
+        handle.write("bench passphrase\n")
+    result["runbook_backup"], _ = sh(
+        f"pg_dump -h 127.0.0.1 -U postgres -d bench | gzip | openssl enc -aes-256-cbc -salt -pbkdf2 "
+        f"-pass file:{WORK}/pass -out {WORK}/runbook.sql.gz.enc")
+    result["runbook_backup_bytes"] = os.path.getsize(f"{WORK}/runbook.sql.gz.enc")
+    result["base_backup"], listed = base_backup()
+    result["base_backup_bytes"] = int(listed[0].get("size_bytes") or 0) if listed else 0
+    # Commits after the base backup, so the recovery replays WAL as it would on a bad day (a
+    # 100,000-row update touching every page of the largest table: ~800 MB of WAL).
+    psql("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 50 = 0", database="bench")
+    sh(f"barman -q switch-wal --force --archive --archive-timeout 60 {SERVER}", user="barman")
+
+    scratch = "/var/lib/barman/bench-scratch"
+    with open(f"{WORK}/pitr.env", "w") as handle:
+        handle.write(f"PITR_SERVER={SERVER}\nPITR_POSTGRES_BIN={BIN}\nPITR_SCRATCH_ROOT={scratch}\n"
+                     "PITR_SCRATCH_PORT=55432\nPOSTGRES_HOST=127.0.0.1\nPOSTGRES_USER=postgres\nPOSTGRES_DB=bench\n")
+    wall, out = sh(f"env PITR_CONFIG={WORK}/pitr.env /repo/scripts/forge pitr recover", user="barman")
+    result["recovery"] = float(re.search(r"in ([\d.]+) s into", out).group(1))
+    result["recovery_with_counts_wall"] = wall
+    print(out.strip(), flush=True)
+    data = re.search(r"s into (\S+);", out).group(1)
+    result.update(recovery_phases(os.path.dirname(data)))
+    sh(f"{BIN}/pg_ctl -D {data} -m fast -w stop && rm -rf {os.path.dirname(data)}", user="barman")
+    # After the recovery: the runbook's restore writes its own 2 GB of WAL, which a recovery to
+    # latest would otherwise replay too. It takes the unencrypted `pg_dump | gzip` file it
+    # documents (made untimed).
+    sh(f"pg_dump -h 127.0.0.1 -U postgres -d bench | gzip > {WORK}/runbook.sql.gz")
+    psql("CREATE DATABASE bench_runbook_restore")
+    result["runbook_restore"], _ = sh(
+        f"gunzip < {WORK}/runbook.sql.gz | psql -X -q -h 127.0.0.1 -U postgres -d bench_runbook_restore > /dev/null")
+    psql("DROP DATABASE bench_runbook_restore")
+    os.unlink(f"{WORK}/runbook.sql.gz")
+    os.unlink(f"{WORK}/runbook.sql.gz.enc")
+
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
