@@ -734,3 +734,26 @@ def test_a_failed_backup_is_reported_to_sentry(pg, backup_dir):
     assert event["tags"]["host"]
     assert event["environment"] == "production"
     assert "does not exist" in event["message"]["formatted"]
+
+
+def test_a_server_that_dies_with_the_dump_is_one_error_line_not_a_failed_cancel(backup_dir, tmp_path):
+    """The dump fails because the server died; stopping the row count then cannot connect
+    either. The dump's error is reported in one line, not the cancel's traceback."""
+    server = PostgresServer().init().start().setup_app()
+    try:
+        server.create_database("victim")
+        load_sample_data(server, "victim")
+        keep = _good_backup(server, "victim", backup_dir)
+        dies = tmp_path / "pg_dump_as_the_server_dies"
+        dies.write_text(
+            "#!/bin/sh\n"
+            f'[ "$1" = --version ] && exec {shutil.which("pg_dump")} --version\n'
+            f"kill -9 $(head -1 {server.data_dir}/postmaster.pid)\n"
+            f"while pg_isready -q -h {server.host} -p {server.port}; do sleep 0.1; done\n"
+            'echo "pg_dump: error: server closed the connection unexpectedly" >&2\n'
+            "exit 1\n")
+        dies.chmod(0o755)
+        result = run_backup_script(server, "victim", backup_dir, extra={"BACKUP_DUMP_COMMAND": str(dies)})
+        _assert_failed_cleanly(result, backup_dir, r"pg_dump failed \(exit 1\): .*server closed", keep=keep)
+    finally:
+        server.destroy()

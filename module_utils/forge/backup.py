@@ -258,8 +258,12 @@ class BackupRunner:
             try:
                 stream = self._dump(snapshot, partial_path, passphrase)
             except BaseException:
-                # A count may be waiting on a lock; the dump failed, so stop it.
-                snapshot_conn.cancel()
+                # A count may be waiting on a lock; the dump failed, so stop it. A server that
+                # died refuses the cancel's connection too: the dump's error is the one to report.
+                try:
+                    snapshot_conn.cancel()
+                except psycopg.Error:
+                    pass
                 raise
             finally:
                 counter.join()
