@@ -9,11 +9,12 @@ import json
 import os
 import re
 import shlex
-import subprocess
+import sys
 import time
 
-REPO = os.environ.get("MOLECULE_PROJECT_DIRECTORY") or os.path.abspath(
-    os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared"))
+from controller import ansible, compose_container, playbook  # noqa: E402
+
 testinfra_hosts = ["docker://compose-db"]
 
 DB = "compose-db"
@@ -23,17 +24,8 @@ PROJECT = "forge-compose"
 SAMPLE = {"public.customers": 200, "public.orders": 5000}
 
 
-def playbook(name, *args):
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-               ANSIBLE_FORCE_COLOR="0")
-    command = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
-               os.path.join(REPO, "playbooks", name), *args]
-    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
-
-
 def db_container(host):
-    return host.check_output(f"docker ps --filter label=com.docker.compose.project={PROJECT} "
-                             "--filter label=com.docker.compose.service=db --format '{{.Names}}'")
+    return compose_container(host, PROJECT, "db")
 
 
 def drill(host, name):
@@ -52,12 +44,10 @@ def test_the_stack_runs_postgresql_17_redis_and_the_app_in_compose(host):
 
 
 def test_ansible_connects_as_the_unprivileged_deploy_user_and_becomes_root_only_when_asked():
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1")
-    base = ["ansible", "-i", os.environ["MOLECULE_INVENTORY_FILE"], DB, "-m", "ansible.builtin.command",
-            "-a", "id -un"]
-    plain = subprocess.run(base, capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    base = ["-m", "ansible.builtin.command", "-a", "id -un"]
+    plain = ansible(DB, *base, timeout=120)
     assert plain.returncode == 0 and plain.stdout.strip().endswith("deploy"), plain.stdout + plain.stderr
-    become = subprocess.run(base + ["--become"], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    become = ansible(DB, *base, "--become", timeout=120)
     assert become.returncode == 0 and become.stdout.strip().endswith("root"), become.stdout + become.stderr
 
 
@@ -87,15 +77,12 @@ def test_the_operating_playbooks_back_up_and_drill_a_custom_dump_through_the_con
 
 
 def test_the_checklist_reads_sentry_dsn_and_environment_from_the_running_app_container(host):
-    app = host.check_output(f"docker ps --filter label=com.docker.compose.project={PROJECT} "
-                            "--filter label=com.docker.compose.service=app --format '{{.Names}}'")
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    app = compose_container(host, PROJECT, "app")
     results = {}
     for item in (1, 2):
-        run = subprocess.run(
-            ["ansible", "-i", os.environ["MOLECULE_INVENTORY_FILE"], DB, "--become", "-m", "forge_checklist",
-             "-a", f"item={item} app_compose_project={PROJECT} env_file=/opt/forge-compose/app.env environment=lab",
-             "-o"], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+        run = ansible(DB, "--become", "-m", "forge_checklist", "-a",
+                      f"item={item} app_compose_project={PROJECT} env_file=/opt/forge-compose/app.env environment=lab",
+                      "-o", timeout=120)
         assert run.returncode == 0, run.stdout + run.stderr
         results[item] = json.loads(run.stdout.split("=>", 1)[1])
     where = f"in the running container {app} (service app of Compose project {PROJECT})"

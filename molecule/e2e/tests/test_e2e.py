@@ -8,15 +8,16 @@ import json
 import os
 import re
 import shlex
-import subprocess
+import sys
 import time
 import xml.etree.ElementTree as ET
 
 import pytest
 import testinfra
 
-REPO = os.environ.get("MOLECULE_PROJECT_DIRECTORY") or os.path.abspath(
-    os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared"))
+from controller import playbook  # noqa: E402
+
 # The story is told once, from the controller; hosts are reached by name below.
 testinfra_hosts = ["docker://e2e-db"]
 
@@ -26,14 +27,6 @@ OFFSITE_DIR = "/srv/infer-forge-offsite/backups"
 
 def on(name):
     return testinfra.get_host(f"docker://{name}")
-
-
-def playbook(name, *args):
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-               ANSIBLE_FORCE_COLOR="0")
-    command = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
-               os.path.join(REPO, "playbooks", name), *args]
-    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
 
 
 @pytest.fixture(scope="module")

@@ -14,21 +14,17 @@ import json
 import os
 import re
 import secrets
-import subprocess
+import sys
 
 import yaml
 
-REPO = os.environ.get("MOLECULE_PROJECT_DIRECTORY") or os.path.abspath(
-    os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared"))
+from controller import REPO, playbook  # noqa: E402
+
 LAB_GROUP_VARS = os.path.join(REPO, "inventories", "lab", "group_vars")
 SECRET_NAME = re.compile(r"password|passphrase|dsn|secret|token|key", re.IGNORECASE)
 # The run is told once, from the controller.
 testinfra_hosts = ["docker://e2e-db"]
-
-
-def env():
-    return dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-                ANSIBLE_FORCE_COLOR="0")
 
 
 def lab_secret_variables():
@@ -51,11 +47,9 @@ def rendered(names, tmp_path, extra_vars=None):
         "tasks": [{"name": "render", "ansible.builtin.debug": {"msg": "{{ lookup('ansible.builtin.vars', item, "
                                                                       "default='') }}"},
                    "loop": sorted(names)}]}]))
-    command = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], str(play)]
-    if extra_vars:
-        command += ["-e", f"@{extra_vars}"]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300,
-                            env=dict(env(), ANSIBLE_STDOUT_CALLBACK="json", ANSIBLE_LOAD_CALLBACK_PLUGINS="1"))
+    # An absolute path: os.path.join in playbook() keeps it as it is.
+    result = playbook(str(play), *(["-e", f"@{extra_vars}"] if extra_vars else []), timeout=300,
+                      ANSIBLE_STDOUT_CALLBACK="json", ANSIBLE_LOAD_CALLBACK_PLUGINS="1")
     assert result.returncode == 0, "rendering the lab's secrets failed: " + result.stderr[-2000:]
     values = {}
     for task in json.loads(result.stdout)["plays"][0]["tasks"]:
@@ -68,11 +62,7 @@ def rendered(names, tmp_path, extra_vars=None):
 
 
 def deploy_check(extra_vars=None):
-    command = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
-               os.path.join(REPO, "playbooks", "deploy.yml"), "--check", "--diff", "-vvv"]
-    if extra_vars:
-        command += ["-e", f"@{extra_vars}"]
-    return subprocess.run(command, capture_output=True, text=True, env=env(), cwd=REPO, timeout=900)
+    return playbook("deploy.yml", "--check", "--diff", "-vvv", *(["-e", f"@{extra_vars}"] if extra_vars else []))
 
 
 def redacted(text, values):

@@ -13,13 +13,14 @@ Then the real schedule is converged back, and a second run changes nothing.
 import json
 import os
 import re
-import subprocess
+import sys
 import time
 
 import testinfra
 
-REPO = os.environ.get("MOLECULE_PROJECT_DIRECTORY") or os.path.abspath(
-    os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared"))
+from controller import REPO, playbook  # noqa: E402
+
 testinfra_hosts = ["docker://e2e-db"]
 
 DB, MONITORING = "e2e-db", "e2e-monitoring"
@@ -43,13 +44,8 @@ def on(name):
 
 
 def converge_backup_role(extra=None):
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-               ANSIBLE_FORCE_COLOR="0")
-    command = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
-               os.path.join(REPO, "playbooks", "deploy.yml"), "--tags", "backup", "-l", DB]
-    if extra:
-        command += ["-e", json.dumps(extra)]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    args = ["--tags", "backup", "-l", DB] + (["-e", json.dumps(extra)] if extra else [])
+    result = playbook("deploy.yml", *args, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:]
     [recap] = [line for line in result.stdout.splitlines() if re.match(rf"^{DB}\s+: ok=", line)]
     return int(re.search(r"changed=(\d+)", recap).group(1))

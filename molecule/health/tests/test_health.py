@@ -1,19 +1,16 @@
 """playbooks/health.yml for real: healthy, then unhealthy with Redis stopped."""
 
 import os
-import subprocess
+import sys
 
 import pytest
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared"))
+from controller import playbook  # noqa: E402
 
 
 def health_playbook():
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-               ANSIBLE_FORCE_COLOR="0")
-    command = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
-               os.path.join(REPO, "playbooks", "health.yml")]
-    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    return playbook("health.yml", timeout=300)
 
 
 def test_python_libraries_are_installed(host):

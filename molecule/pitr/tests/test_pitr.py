@@ -10,11 +10,13 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 import threading
 import time
 
-REPO = os.environ.get("MOLECULE_PROJECT_DIRECTORY") or os.path.abspath(
-    os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared"))
+from controller import REPO, ansible, compose_container, playbook  # noqa: E402
+
 testinfra_hosts = ["docker://pitr-barman"]
 
 PROJECT = "forge-pitr"
@@ -22,23 +24,8 @@ SERVER = "infer-forge"
 PSQL = "psql -X -q -v ON_ERROR_STOP=1 -U infer -d infer_forge"
 
 
-def ansible_env():
-    return dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-                ANSIBLE_FORCE_COLOR="0")
-
-
-def playbook(name, *args, callback=None):
-    env = ansible_env()
-    if callback:
-        env["ANSIBLE_STDOUT_CALLBACK"] = callback
-    command = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
-               os.path.join(REPO, "playbooks", name), *args]
-    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
-
-
 def db_container(host):
-    return host.check_output(f"docker ps --filter label=com.docker.compose.project={PROJECT} "
-                             "--filter label=com.docker.compose.service=db --format '{{.Names}}'")
+    return compose_container(host, PROJECT, "db")
 
 
 def sql(host, statement):
@@ -170,10 +157,7 @@ def test_the_weekly_cron_entry_of_the_drill_passes_too(host):
 
 
 def test_checklist_item_12_passes_on_the_barman_host_after_the_drill(host):
-    env = ansible_env()
-    run = subprocess.run(["ansible", "-i", os.environ["MOLECULE_INVENTORY_FILE"], "pitr-barman", "--become", "-m",
-                          "forge_checklist", "-a", "item=12", "-o"], capture_output=True, text=True, env=env,
-                         cwd=REPO, timeout=120)
+    run = ansible("pitr-barman", "--become", "-m", "forge_checklist", "-a", "item=12", "-o", timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
     result = json.loads(run.stdout.split("=>", 1)[1])
     assert result["status"] == "PASS", (result["evidence"], host.run(
@@ -226,7 +210,7 @@ def test_a_recovery_to_a_time_between_two_commits_holds_the_first_and_not_the_se
     sql(host, "INSERT INTO pitr_marks VALUES ('second')")
     assert barman(host, "switch-wal", "--force", "--archive", SERVER).rc == 0
     result = playbook("pitr_restore.yml", "-e", f"pitr_target_time='{between}'", "-e", "pitr_keep=true",
-                      callback="json")
+                      ANSIBLE_STDOUT_CALLBACK="json")
     assert result.returncode == 0, result.stdout[-3000:]
     tasks = json.loads(result.stdout)["plays"][0]["tasks"]
     [recovered] = [t["hosts"]["pitr-barman"] for t in tasks if "data_directory" in t["hosts"]["pitr-barman"]]
@@ -304,11 +288,9 @@ def test_with_synchronous_streaming_a_killed_database_loses_no_acknowledged_row(
     """Last, as it kills the database again: pitr_synchronous=true makes Barman's receiver the
     synchronous standby; then the deploy switches back, with the receiver still reconnecting."""
     # No commit may wait for a receiver that is not there: a name nobody streams under is refused.
-    env = ansible_env()
-    refused = subprocess.run(["ansible", "-i", os.environ["MOLECULE_INVENTORY_FILE"], "pitr-barman", "--become",
-                              "-m", "ansible.builtin.include_role", "-a", "name=pitr tasks_from=synchronous",
-                              "-e", "pitr_synchronous=true", "-e", "pitr_streaming_archiver_name=nobody_streams"],
-                             capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    refused = ansible("pitr-barman", "--become", "-m", "ansible.builtin.include_role",
+                      "-a", "name=pitr tasks_from=synchronous",
+                      "-e", "pitr_synchronous=true", "-e", "pitr_streaming_archiver_name=nobody_streams")
     assert refused.returncode != 0 and "does not stream from this server" in refused.stdout, refused.stdout[-3000:]
     assert sql(host, "SHOW synchronous_standby_names") == ""
     switched = playbook("pitr.yml", "-e", "pitr_synchronous=true")
