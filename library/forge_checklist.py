@@ -170,7 +170,7 @@ options:
   pitr_report_dir:
     description: Directory of the PITR drill's C(pitr_drill_<server>.json) (item 12).
     type: path
-    default: /var/lib/infer-forge/reports
+    default: /var/lib/barman/infer-forge-reports
   pitr_base_backup_max_age_days:
     description: How old the newest base backup may be (item 12).
     type: float

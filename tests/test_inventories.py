@@ -102,3 +102,24 @@ def test_every_play_that_changes_a_host_becomes_root_or_says_whom_it_runs_as():
                                         for role in roles):
                 without.append(f"{os.path.basename(path)}: {play['name']}")
     assert without == []
+
+
+def test_a_host_in_both_backup_and_pitr_keeps_each_roles_report_directory_apart():
+    """The lab's db host is in both groups. The pitr role made the backup role's report
+    directory barman's (0750), so the backup user could no longer write its off-site record,
+    and `make demo`'s checklist failed item 6 right after a verified copy."""
+    import yaml
+
+    def default(role, name):
+        with open(os.path.join(REPO, "roles", role, "defaults", "main.yml")) as handle:
+            return yaml.safe_load(handle)[name]
+
+    backup_dir = default("backup", "backup_report_dir")
+    pitr_dir = default("pitr", "pitr_report_dir")
+    assert not (pitr_dir + "/").startswith(backup_dir + "/") and not (backup_dir + "/").startswith(pitr_dir + "/")
+    # barman must reach its own directory without being in the backup user's group.
+    assert not (pitr_dir + "/").startswith(os.path.dirname(backup_dir) + "/")
+    for inventory in ("lab", "production", "staging"):
+        for host, variables in hostvars(inventory).items():
+            if "pitr_report_dir" in variables and "backup_report_dir" in variables:
+                assert variables["pitr_report_dir"] != variables["backup_report_dir"], (inventory, host)

@@ -83,7 +83,7 @@ DEFAULTS = {
     "logrotate_files": ["/etc/logrotate.d/infer-forge-app"],
     # Item 12 (pitr hosts): the pitr role's metrics and drill report.
     "pitr_server": "infer-forge",
-    "pitr_report_dir": "/var/lib/infer-forge/reports",
+    "pitr_report_dir": "/var/lib/barman/infer-forge-reports",
     "pitr_base_backup_max_age_days": 8,
     "pitr_drill_max_age_days": 8,
     "timeout": 5.0,

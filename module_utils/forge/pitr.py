@@ -26,6 +26,8 @@ METRIC_PREFIX = "infer_forge_pitr_drill_"
 SCRATCH_MARKER = ".infer-forge-pitr-scratch"
 RESTORE_POINT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,63}\Z")
 TARGETS = ("latest", "time", "name")
+# barman's own, apart from the backup role's /var/lib/infer-forge/reports (a host may run both).
+DEFAULT_REPORT_DIR = "/var/lib/barman/infer-forge-reports"
 
 
 def pitr_report_path(report_dir, server):

@@ -129,7 +129,7 @@ def test_the_pitr_drill_passes_with_exact_counts_while_the_app_writes(host):
         writer.stop.set()
         writer.join(10)
     assert result.returncode == 0, result.stdout[-3000:]
-    report = json.loads(host.check_output("cat /var/lib/infer-forge/reports/pitr_drill_infer-forge.json"))
+    report = json.loads(host.check_output("cat /var/lib/barman/infer-forge-reports/pitr_drill_infer-forge.json"))
     assert report["verdict"] == "PASS", report
     assert report["checks"] == {"restore_point": "passed", "row_counts": "passed", "amcheck": "passed"}
     # The writer kept going through the drill: its rows before and after the restore point differ.
