@@ -12,6 +12,7 @@ RESTORE = "module_utils/forge/restore.py"
 CATALOG = "module_utils/forge/catalog.py"
 SIGNING = "module_utils/forge/signing.py"
 COMPRESS = "module_utils/forge/compress.py"
+FSUTIL = "module_utils/forge/fsutil.py"
 PITR = "module_utils/forge/pitr.py"
 
 MUTANTS = [
@@ -47,8 +48,8 @@ MUTANTS = [
     },
     {
         "name": "a-planted-igzip-is-run",
-        "promise": "the engine runs only a root-owned igzip nobody else can write to",
-        "edits": [(COMPRESS, "info.st_uid == 0 and not info.st_mode & 0o022", "True")],
+        "promise": "the engine runs only a root-owned igzip (and restic) nobody else can write to",
+        "edits": [(FSUTIL, "info.st_uid == 0 and not info.st_mode & 0o022", "True")],
         "tests": ["tests/test_igzip.py::test_an_igzip_another_user_could_have_replaced_is_not_used"],
     },
     {

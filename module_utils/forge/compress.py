@@ -15,13 +15,13 @@ records which tool wrote the file.
 import collections
 import fcntl
 import os
-import stat
 import subprocess
 import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 from .errors import ForgeError
+from .fsutil import trusted_program
 
 CHUNK_SIZE = 1 << 20
 # Linux's F_SETPIPE_SZ (the fcntl module names it from Python 3.10 on).
@@ -109,15 +109,7 @@ ISAL_LEVELS = {1: 1, 2: 1, 3: 2, 4: 2, 5: 2, 6: 3, 7: 3, 8: 3, 9: 3}
 
 def find_igzip(paths=None):
     """The path of a root-owned igzip nobody else can write to, or None."""
-    for path in paths or IGZIP_PATHS:
-        try:
-            info = os.stat(path)
-        except OSError:
-            continue
-        if stat.S_ISREG(info.st_mode) and info.st_uid == 0 and not info.st_mode & 0o022 \
-                and info.st_mode & 0o111:
-            return path
-    return None
+    return trusted_program(paths or IGZIP_PATHS)
 
 
 class IsalGzip:

@@ -117,6 +117,22 @@ def ensure_private_dir(path, create=True):
     return None
 
 
+def trusted_program(paths):
+    """The first of ``paths`` that is a root-owned executable nobody else can write to, or
+    None: a program the engine runs must not be one a less privileged user could replace."""
+    import stat
+
+    for path in paths:
+        try:
+            info = os.stat(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(info.st_mode) and info.st_uid == 0 and not info.st_mode & 0o022 \
+                and info.st_mode & 0o111:
+            return path
+    return None
+
+
 def free_bytes(path):
     stats = os.statvfs(path)
     return stats.f_bavail * stats.f_frsize
