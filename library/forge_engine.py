@@ -124,6 +124,7 @@ def _packed():  # pragma: no cover - never called
         opensslenc,
         pgconn,
         pitr,
+        pitr_offsite,
         privileges,
         records,
         restore,
@@ -135,7 +136,7 @@ def _packed():  # pragma: no cover - never called
 
 ENGINE_MODULES = ("__init__", "backup", "catalog", "checklist", "cli", "compose", "compress", "drill", "errors",
                   "farside", "fsutil", "health", "metrics", "offsite", "onhost", "opensslenc", "pgconn",
-                  "pitr", "privileges", "records", "restore", "sentry", "settings", "signing")
+                  "pitr", "pitr_offsite", "privileges", "records", "restore", "sentry", "settings", "signing")
 
 ARGUMENT_SPEC = dict(
     dest=dict(type="path", required=True),

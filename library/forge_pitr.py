@@ -21,6 +21,11 @@ description:
     O(scratch_root), on O(scratch_port) with its socket in a private directory and no TCP listener. It never
     writes over the live server.
   - O(mode=check) runs C(barman check) and returns the failed lines in Barman's own words.
+  - O(mode=offsite_init) makes the restic repository at O(offsite_repository) when there is none and this host
+    never recorded one (a repository that vanished is reported, never made again over a lost history).
+  - O(mode=offsite) copies Barman's finished base backups and WAL to that repository with restic, encrypted on
+    this host; O(mode=offsite_check) runs C(restic check) with O(offsite_check_subset) of the data read back.
+    Both write C(infer_forge_pitr_offsite_*) metrics and report a failure to Sentry.
 version_added: "0.2.0"
 author:
   - Infer DevOps <devops@infer.cz> (!UNKNOWN)
@@ -28,7 +33,7 @@ options:
   mode:
     description: What to do.
     type: str
-    choices: [drill, recover, check]
+    choices: [drill, recover, check, offsite_init, offsite, offsite_check]
     default: drill
   server:
     description: The Barman server name.
@@ -90,8 +95,28 @@ options:
   environment:
     description: Environment name sent with Sentry events.
     type: str
+  offsite_repository:
+    description: The off-site restic repository, C(rest:https://<nas>:<port>/<rest user>/) (a rest-server that
+      runs C(--append-only --private-repos)).
+    type: str
+  offsite_password:
+    description: The restic repository's password; it encrypts the copy. Handed to restic in its environment.
+    type: str
+  offsite_rest_user:
+    description: The rest-server login of this host.
+    type: str
+  offsite_rest_password:
+    description: Its password.
+    type: str
+  offsite_cacert:
+    description: The NAS's pinned TLS certificate (PEM file); the copy refuses any other.
+    type: path
+  offsite_check_subset:
+    description: For O(mode=offsite_check), how much of the stored data C(restic check --read-data-subset) reads.
+    type: str
+    default: 5%
   fail_on_error:
-    description: Fail the task when the drill fails or the check does not pass.
+    description: Fail the task when the drill, the check, the off-site copy or its check does not pass.
     type: bool
     default: true
 attributes:
@@ -158,6 +183,18 @@ failed_checks:
   type: list
   elements: str
   returned: mode is check
+repository_id:
+  description: The off-site repository's id, as this host recorded it.
+  type: str
+  returned: mode is offsite_init, offsite or offsite_check
+snapshots:
+  description: For O(mode=offsite_init) and O(mode=offsite_check), this server's snapshots in the repository.
+  type: int
+  returned: mode is offsite_init or offsite_check
+snapshot:
+  description: For O(mode=offsite), the new snapshot's short id.
+  type: str
+  returned: mode is offsite and it succeeded
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -165,13 +202,15 @@ from ansible.module_utils.basic import AnsibleModule
 try:
     from ansible.module_utils.forge.errors import ForgeError
     from ansible.module_utils.forge.pgconn import PgSettings
-    from ansible.module_utils.forge.pitr import Barman, PitrOptions, PitrRecovery
+    from ansible.module_utils.forge.pitr import DEFAULT_REPORT_DIR, Barman, PitrOptions, PitrRecovery
+    from ansible.module_utils.forge.pitr_offsite import OffsiteOptions, PitrOffsite
     ENGINE_IMPORT_ERROR = None
 except ImportError as exc:  # pragma: no cover - reported to the user below
     ENGINE_IMPORT_ERROR = exc
 
 ARGUMENT_SPEC = dict(
-    mode=dict(type="str", choices=["drill", "recover", "check"], default="drill"),
+    mode=dict(type="str", choices=["drill", "recover", "check", "offsite_init", "offsite", "offsite_check"],
+              default="drill"),
     server=dict(type="str", default="infer-forge"),
     database=dict(type="str", default="infer_forge"),
     target_time=dict(type="str"),
@@ -189,8 +228,15 @@ ARGUMENT_SPEC = dict(
     report_dir=dict(type="path"),
     sentry_dsn=dict(type="str", no_log=True),
     environment=dict(type="str"),
+    offsite_repository=dict(type="str"),
+    offsite_password=dict(type="str", no_log=True),
+    offsite_rest_user=dict(type="str"),
+    offsite_rest_password=dict(type="str", no_log=True),
+    offsite_cacert=dict(type="path"),
+    offsite_check_subset=dict(type="str", default="5%"),
     fail_on_error=dict(type="bool", default=True),
 )
+OFFSITE_MODES = ("offsite_init", "offsite", "offsite_check")
 
 
 class PitrModule:
@@ -205,8 +251,33 @@ class PitrModule:
                            textfile_dir=p["textfile_dir"], report_dir=p["report_dir"], sentry_dsn=p["sentry_dsn"],
                            environment=p["environment"], jobs=p["jobs"])
 
+    def offsite(self):
+        p = self.p
+        options = OffsiteOptions(p["server"], p["offsite_repository"] or "", p["offsite_password"] or "",
+                                 rest_user=p["offsite_rest_user"], rest_password=p["offsite_rest_password"],
+                                 cacert=p["offsite_cacert"], check_subset=p["offsite_check_subset"],
+                                 state_dir=p["report_dir"] or DEFAULT_REPORT_DIR,
+                                 textfile_dir=p["textfile_dir"], sentry_dsn=p["sentry_dsn"],
+                                 environment=p["environment"])
+        offsite = PitrOffsite(options, Barman(self.options()))
+        if p["mode"] == "offsite_init":
+            created, ident = offsite.init(check_mode=self.module.check_mode)
+            snapshots = 0 if created else len(offsite.snapshots())
+            return dict(changed=created, repository_id=ident, snapshots=snapshots)
+        if self.module.check_mode:
+            return dict(changed=p["mode"] == "offsite", msg=f"would {p['mode']} {p['server']} to "
+                                                            f"{p['offsite_repository']}")
+        result = offsite.copy() if p["mode"] == "offsite" else offsite.check()
+        result["changed"] = p["mode"] == "offsite" and result["passed"]
+        if not result["passed"] and p["fail_on_error"]:
+            what = "copy" if p["mode"] == "offsite" else "check"
+            result.update(failed=True, msg=f"off-site PITR {what} of {p['server']} failed: {result['reason']}")
+        return result
+
     def run(self):
         p = self.p
+        if p["mode"] in OFFSITE_MODES:
+            return self.offsite()
         if p["mode"] == "check":
             passed, failed = Barman(self.options()).check()
             result = dict(changed=False, passed=passed, failed_checks=failed)

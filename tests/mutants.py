@@ -13,9 +13,24 @@ CATALOG = "module_utils/forge/catalog.py"
 SIGNING = "module_utils/forge/signing.py"
 COMPRESS = "module_utils/forge/compress.py"
 FSUTIL = "module_utils/forge/fsutil.py"
+PITR_OFFSITE = "module_utils/forge/pitr_offsite.py"
 PITR = "module_utils/forge/pitr.py"
 
 MUTANTS = [
+    {
+        "name": "a-nas-with-another-certificate-is-sent-the-pitr-copy",
+        "promise": "the off-site PITR copy goes only to the NAS that presents the pinned certificate",
+        "edits": [(PITR_OFFSITE, "ssl.create_default_context(cafile=cacert) if cacert else ssl.create_default_context()",
+                   "ssl._create_unverified_context()")],
+        "tests": ["tests/test_pitr_offsite_engine.py::"
+                  "test_the_pinned_certificate_is_taken_and_another_is_refused_before_anything_is_sent"],
+    },
+    {
+        "name": "an-off-site-restore-writes-over-a-directory",
+        "promise": "restoring the off-site PITR copy never writes into a directory that holds anything",
+        "edits": [(PITR_OFFSITE, "(not os.path.isdir(target) or os.listdir(target))", "not os.path.isdir(target)")],
+        "tests": ["tests/test_pitr_offsite_engine.py::test_a_restore_into_a_directory_that_holds_anything_writes_nothing"],
+    },
     {
         "name": "write-to-the-final-name",
         "promise": "a backup appears under its final name only when it is complete",
@@ -50,7 +65,8 @@ MUTANTS = [
         "name": "a-planted-igzip-is-run",
         "promise": "the engine runs only a root-owned igzip (and restic) nobody else can write to",
         "edits": [(FSUTIL, "info.st_uid == 0 and not info.st_mode & 0o022", "True")],
-        "tests": ["tests/test_igzip.py::test_an_igzip_another_user_could_have_replaced_is_not_used"],
+        "tests": ["tests/test_igzip.py::test_an_igzip_another_user_could_have_replaced_is_not_used",
+                  "tests/test_pitr_offsite_engine.py::test_a_restic_another_user_could_have_replaced_is_never_run"],
     },
     {
         "name": "skip-the-legacy-hmac-check",

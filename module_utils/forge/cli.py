@@ -277,11 +277,58 @@ def pitr_options_from_config(config):
         report_dir=config.get("PITR_REPORT_DIR") or None,
         sentry_dsn=config.get("SENTRY_DSN") or None,
         environment=config.get("ENVIRONMENT") or None,
-        jobs=number("PITR_JOBS", 0) or None)
+        jobs=number("PITR_JOBS", 0) or None,
+        # Another Barman configuration (a Barman home brought back from the off-site copy, say).
+        barman_command=["barman", "-c", config["PITR_BARMAN_CONFIG"]] if config.get("PITR_BARMAN_CONFIG") else None)
+
+
+def pitr_offsite_options_from_config(config, options):
+    from .pitr import DEFAULT_REPORT_DIR
+    from .pitr_offsite import OffsiteOptions
+
+    return OffsiteOptions(
+        server=options.server,
+        repository=config.get("PITR_OFFSITE_REPOSITORY", ""),
+        password=config.get("PITR_OFFSITE_PASSWORD", ""),
+        rest_user=config.get("PITR_OFFSITE_REST_USER") or None,
+        rest_password=config.get("PITR_OFFSITE_REST_PASSWORD") or None,
+        cacert=config.get("PITR_OFFSITE_CACERT") or None,
+        check_subset=config.get("PITR_OFFSITE_CHECK_SUBSET") or "5%",
+        state_dir=options.report_dir or DEFAULT_REPORT_DIR,
+        textfile_dir=options.textfile_dir,
+        sentry_dsn=options.sentry_dsn,
+        environment=options.environment)
+
+
+def pitr_offsite_command(parsed, config, barman):
+    """forge pitr offsite [--init] | offsite-check: one line, PASS/FAIL, exit 1 on failure."""
+    from .pitr_offsite import PitrOffsite
+
+    offsite = PitrOffsite(pitr_offsite_options_from_config(config, barman.options), barman, log=log_line)
+    if parsed.action == "offsite-restore":
+        result = offsite.restore(parsed.target, parsed.snapshot)
+        log_line(f"Restored off-site snapshot {result['snapshot']} of {barman.options.server} into {result['target']} "
+                 f"in {result['duration']:.1f} s, every file verified; Barman's directory is at "
+                 f"{result['target']}{os.path.dirname(barman.directory('basebackups_directory').rstrip('/'))}")
+        return 0
+    if parsed.action == "offsite-check":
+        result = offsite.check()
+        log_line(f"{result['verdict']}: off-site PITR check of {barman.options.server}: {result['reason']} "
+                 f"({result['duration']:.1f} s)")
+        return 0 if result["passed"] else EXIT_FAILURE
+    if parsed.init:
+        offsite.init()
+    result = offsite.copy()
+    if not result["passed"]:
+        raise ForgeError(f"off-site PITR copy of {barman.options.server} failed: {result['reason']}")
+    log_line(f"Off-site PITR copy OK: {barman.options.server} -> {offsite.options.repository}: {result['reason']} "
+             f"({result['duration']:.1f} s)")
+    return 0
 
 
 def pitr_command(args, environ):
-    """forge pitr drill | recover [--time T | --name N] [--remove]: on the Barman host, as barman."""
+    """forge pitr drill | recover [--time T | --name N] [--remove] | metrics | offsite [--init] |
+    offsite-check: on the Barman host, as barman."""
     import argparse
 
     from .pitr import PitrRecovery
@@ -295,6 +342,12 @@ def pitr_command(args, environ):
     target.add_argument("--name", help="recover to this restore point")
     recover.add_argument("--remove", action="store_true", help="stop and remove the scratch cluster afterwards")
     sub.add_parser("metrics", help="barman check, list-backups and the WAL archive as node_exporter metrics")
+    offsite = sub.add_parser("offsite", help="copy Barman's base backups and WAL off site with restic (encrypted)")
+    offsite.add_argument("--init", action="store_true", help="make the repository first when there is none")
+    sub.add_parser("offsite-check", help="restic check of the off-site repository, PITR_OFFSITE_CHECK_SUBSET read back")
+    offsite_restore = sub.add_parser("offsite-restore", help="bring an off-site snapshot back into a new directory")
+    offsite_restore.add_argument("target", help="a directory that does not exist yet, or an empty one")
+    offsite_restore.add_argument("--snapshot", default="latest", help="a snapshot id (default: latest)")
     check = sub.add_parser("check-config", help="let Barman read a server configuration file (template validate)")
     check.add_argument("file")
     parsed = parser.parse_args(args)
@@ -324,6 +377,8 @@ def pitr_command(args, environ):
         if status["failed_checks"]:
             log_line(f"barman check {options.server}: FAILED {', '.join(status['failed_checks'])}")
         return 0
+    if parsed.action in ("offsite", "offsite-check", "offsite-restore"):
+        return pitr_offsite_command(parsed, config, engine.barman)
     if parsed.action == "drill":
         report = engine.drill(settings.database)
         log_line(f"{report['verdict']}: PITR drill of {options.server}: {report['reason']} "

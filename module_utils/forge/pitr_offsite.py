@@ -1,0 +1,425 @@
+"""Off-site copies of Barman's base backups and WAL with restic, to a rest-server on the NAS.
+
+restic encrypts on the Barman host (AES-256 in counter mode with a Poly1305 MAC) before a byte
+leaves it, so the NAS holds only ciphertext and never the repository password. The NAS runs
+``rest-server --append-only --private-repos`` over TLS: the Barman host's login can add
+snapshots to its own repository but cannot delete or rewrite one, so a compromised Barman host
+cannot wipe the off-site history. ``restic check --read-data-subset`` re-reads part of the
+stored data on schedule and proves it still decrypts and matches its hashes.
+
+Runs as the barman user (``forge pitr offsite``, ``forge pitr offsite-check``, the forge_pitr
+module). Secrets reach restic through its environment, never its command line: the repository
+password as RESTIC_PASSWORD, the REST login as RESTIC_REST_USERNAME/RESTIC_REST_PASSWORD.
+"""
+
+import ipaddress
+import json
+import os
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+import urllib.parse
+
+from . import metrics, sentry
+from .errors import ForgeError
+from .fsutil import DirectoryLock, human_size, read_json_object, trusted_program, write_atomic
+from .pitr import DEFAULT_REPORT_DIR
+
+# Only root's own restic: the engine runs as barman, and a directory barman can write to
+# must not choose the program that is handed the repository password.
+RESTIC_PATHS = ("/usr/bin/restic",)
+COPY_PREFIX = "infer_forge_pitr_offsite_"
+CHECK_PREFIX = "infer_forge_pitr_offsite_check_"
+SNAPSHOT_TAG = "infer-forge-pitr"
+# restic's exit codes (0.17 and later).
+EXIT_NO_REPOSITORY = 10
+EXIT_LOCKED = 11
+EXIT_WRONG_PASSWORD = 12
+SUBSET_RE = re.compile(r"^(?:(?:100|[1-9]?[0-9])(?:\.[0-9]+)?%|[1-9][0-9]*/[1-9][0-9]*|[1-9][0-9]*[KMGT]?)\Z")
+# Barman directories that are work in progress, never a copy's content.
+SKIPPED_DIRECTORIES = ("streaming_wals_directory", "incoming_wals_directory", "errors_directory")
+
+
+def copy_metrics_filename(server):
+    return f"infer_forge_pitr_offsite_{server}.prom"
+
+
+def check_metrics_filename(server):
+    return f"infer_forge_pitr_offsite_check_{server}.prom"
+
+
+def state_path(state_dir, server):
+    return os.path.join(state_dir, f"pitr_offsite_{server}.json")
+
+
+def _is_loopback(host):
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_repository(repository):
+    """(scheme, host, port) of a ``rest:`` repository; refuses what would leak or mislead.
+
+    Only ``rest:https://`` crosses the network: over plain http the REST password travels in
+    clear with every request (loopback alone is allowed, for a tunnel). The login belongs in
+    PITR_OFFSITE_REST_USER/PASSWORD, never in the URL, where it would show in logs."""
+    if not repository.startswith("rest:"):
+        raise ForgeError(f"the off-site repository must be a rest-server (rest:https://nas:8000/<user>/), "
+                         f"got {repository.split('@')[-1]!r}")
+    url = urllib.parse.urlsplit(repository[len("rest:"):])
+    if url.username or url.password or "@" in url.netloc:
+        raise ForgeError("the off-site repository URL carries a login; set PITR_OFFSITE_REST_USER and "
+                         "PITR_OFFSITE_REST_PASSWORD (role: pitr_offsite_rest_user/_password) instead")
+    if url.scheme not in ("https", "http") or not url.hostname:
+        raise ForgeError(f"the off-site repository must be rest:https://<host>:<port>/<user>/, got {repository!r}")
+    if url.scheme == "http" and not _is_loopback(url.hostname):
+        raise ForgeError(f"refusing {repository}: over http the REST password crosses the network in clear; "
+                         "use https with the NAS's certificate pinned (pitr_offsite_cacert)")
+    try:
+        port = url.port or (443 if url.scheme == "https" else 80)
+    except ValueError:
+        raise ForgeError(f"the off-site repository's port is not a number: {repository!r}") from None
+    return url.scheme, url.hostname, port
+
+
+def probe_tls(host, port, cacert=None, timeout=15):
+    """Fail fast, in one line, when the NAS does not present the pinned certificate: restic
+    itself retries a certificate it does not trust for many minutes before it gives up."""
+    try:
+        context = ssl.create_default_context(cafile=cacert) if cacert else ssl.create_default_context()
+    except (ssl.SSLError, OSError) as exc:
+        raise ForgeError(f"the pinned certificate {cacert} is not a PEM certificate ({exc}); "
+                         "nothing was sent") from None
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw:
+            with context.wrap_socket(raw, server_hostname=host):
+                return True
+    except ssl.SSLCertVerificationError as exc:
+        raise ForgeError(f"the NAS at {host}:{port} does not present the pinned certificate "
+                         f"({exc.verify_message}); nothing was sent") from None
+    except ssl.SSLError as exc:
+        raise ForgeError(f"TLS with the NAS at {host}:{port} failed ({exc.reason or exc}); nothing was sent") from None
+    except OSError as exc:
+        raise ForgeError(f"cannot reach the NAS at {host}:{port}: {exc.strerror or exc}; nothing was sent") from None
+
+
+class OffsiteOptions:
+    def __init__(self, server, repository, password, rest_user=None, rest_password=None, cacert=None,
+                 check_subset="5%", state_dir=DEFAULT_REPORT_DIR, textfile_dir=None, sentry_dsn=None,
+                 environment=None, cache_dir=None, timeout=6 * 3600, restic=None):
+        if not re.match(r"^[A-Za-z0-9_.-]+\Z", server or ""):
+            raise ForgeError(f"Barman server name must be letters, digits, '_', '.' or '-', got {server!r}")
+        if not repository:
+            raise ForgeError("no off-site repository: set PITR_OFFSITE_REPOSITORY (role: pitr_offsite_host)")
+        if not password:
+            raise ForgeError("no repository password: set PITR_OFFSITE_PASSWORD (role: pitr_offsite_password, "
+                             "from the vault)")
+        if not SUBSET_RE.match(str(check_subset)):
+            raise ForgeError(f"check subset must be like 5%, 1/7 or 500M (restic --read-data-subset), "
+                             f"got {check_subset!r}")
+        self.scheme, self.host, self.port = parse_repository(repository)
+        if cacert and not os.path.isfile(cacert):
+            raise ForgeError(f"the NAS's certificate {cacert} does not exist (role: pitr_offsite_cacert)")
+        self.server = server
+        self.repository = repository
+        self.password = password
+        self.rest_user = rest_user
+        self.rest_password = rest_password
+        self.cacert = cacert or None
+        self.check_subset = str(check_subset)
+        self.state_dir = state_dir
+        self.textfile_dir = textfile_dir
+        self.sentry_dsn = sentry_dsn
+        self.environment = environment
+        self.cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "restic")
+        self.timeout = int(timeout)
+        self.restic = restic
+
+
+class Restic:
+    """The restic command for one repository; its failures as one line."""
+
+    def __init__(self, options):
+        self.options = options
+        self.program = options.restic or trusted_program(RESTIC_PATHS)
+        if self.program is None:
+            raise ForgeError(f"no root-owned restic in {' or '.join(RESTIC_PATHS)}; install Debian's restic")
+
+    def environment(self):
+        o = self.options
+        env = {"PATH": "/usr/bin:/bin", "HOME": os.path.expanduser("~"), "LC_ALL": "C.UTF-8",
+               "RESTIC_REPOSITORY": o.repository, "RESTIC_PASSWORD": o.password, "RESTIC_CACHE_DIR": o.cache_dir,
+               "RESTIC_PROGRESS_FPS": "0.0001"}
+        if o.rest_user:
+            env["RESTIC_REST_USERNAME"] = o.rest_user
+            env["RESTIC_REST_PASSWORD"] = o.rest_password or ""
+        if o.cacert:
+            env["RESTIC_CACERT"] = o.cacert
+        return env
+
+    def run(self, *args, timeout=None):
+        timeout = timeout or self.options.timeout
+        try:
+            return subprocess.run([self.program, *args], env=self.environment(), capture_output=True, text=True,
+                                  timeout=timeout, check=False, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise ForgeError(f"restic {args[0]} did not finish within {timeout} s") from None
+
+    def explain(self, proc, action):
+        """restic's failure, as the one line an operator can act on."""
+        o = self.options
+        said = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+        if proc.returncode == EXIT_NO_REPOSITORY:
+            return f"no restic repository at {o.repository}"
+        if proc.returncode == EXIT_WRONG_PASSWORD:
+            return f"the repository password does not open {o.repository} (PITR_OFFSITE_PASSWORD)"
+        if proc.returncode == EXIT_LOCKED:
+            return f"{o.repository} is locked by another restic ({(said or ['?'])[-1]})"
+        if any("401" in line for line in said):
+            return f"the NAS refused the REST login {o.rest_user!r} (401); check PITR_OFFSITE_REST_PASSWORD"
+        if any("403" in line for line in said):
+            return f"the NAS forbids {action} in {o.repository} (403)"
+        fatal = [line for line in said if line.startswith("Fatal:")]
+        return (fatal or said or [f"exit {proc.returncode}"])[-1]
+
+    def config_id(self):
+        """The repository's id, or None when there is no repository there."""
+        proc = self.run("cat", "config", "--no-lock", timeout=300)
+        if proc.returncode == EXIT_NO_REPOSITORY:
+            return None
+        if proc.returncode != 0:
+            raise ForgeError(f"cannot open the off-site repository: {self.explain(proc, 'reading')}")
+        try:
+            return json.loads(proc.stdout)["id"]
+        except (ValueError, KeyError, TypeError):
+            raise ForgeError("restic cat config returned no repository id") from None
+
+
+def _server_directories(barman):
+    """The server's directory, and what of it is not a copy's content: the work in progress
+    of the receiver and of Barman's filing, and base backups that are not DONE."""
+    base = barman.directory("basebackups_directory")
+    skipped = []
+    for key in SKIPPED_DIRECTORIES:
+        try:
+            skipped.append(barman.directory(key))
+        except ForgeError:
+            continue
+    done = {b["backup_id"] for b in barman.backups() if b.get("status") == "DONE"}
+    skipped += [os.path.join(base, name) for name in sorted(os.listdir(base)) if name not in done] \
+        if os.path.isdir(base) else []
+    return os.path.dirname(base.rstrip("/")), skipped, len(done)
+
+
+class PitrOffsite:
+    """``init``: the repository once, recorded; ``copy``: a snapshot of Barman's server
+    directory; ``check``: restic check with a part of the data read back."""
+
+    def __init__(self, options, barman=None, log=None, clock=time.time):
+        self.options = options
+        self.restic = Restic(options)
+        self.barman = barman
+        self.log = log or (lambda line: None)
+        self.clock = clock
+
+    # -- the repository's identity ------------------------------------------------------------
+    def _state(self):
+        return read_json_object(state_path(self.options.state_dir, self.options.server))
+
+    def _record(self, **fields):
+        os.makedirs(self.options.state_dir, mode=0o750, exist_ok=True)
+        state = dict(self._state(), **fields)
+        write_atomic(state_path(self.options.state_dir, self.options.server),
+                     json.dumps(state, indent=2, sort_keys=True) + "\n", mode=0o640)
+
+    def _reach(self):
+        if self.options.scheme == "https":
+            probe_tls(self.options.host, self.options.port, self.options.cacert)
+
+    def _known_repository(self):
+        """The repository id, checked against the one this host recorded when it made it."""
+        recorded = self._state().get("repository_id")
+        found = self.restic.config_id()
+        if found is None and recorded:
+            raise ForgeError(f"the off-site repository {recorded[:10]} that this host made is gone from "
+                             f"{self.options.repository}; a new one is not made over a lost history (remove "
+                             f"{state_path(self.options.state_dir, self.options.server)} to start afresh)")
+        if found is None:
+            raise ForgeError(f"no restic repository at {self.options.repository}; "
+                             "forge pitr offsite --init (the pitr role does it at deploy) makes it")
+        if recorded and recorded != found:
+            raise ForgeError(f"{self.options.repository} holds repository {found[:10]}, not {recorded[:10]} "
+                             "that this host made; nothing was sent")
+        if not recorded:
+            self._record(repository_id=found, repository=self.options.repository)
+        return found
+
+    def init(self, check_mode=False):
+        """Make the repository when there is none and none was ever recorded. (created, id)."""
+        self._reach()
+        recorded = self._state().get("repository_id")
+        found = self.restic.config_id()
+        if found is not None or recorded:
+            return False, self._known_repository()
+        if check_mode:
+            return True, None
+        proc = self.restic.run("init", timeout=300)
+        if proc.returncode != 0:
+            raise ForgeError(f"restic init failed: {self.restic.explain(proc, 'creating a repository')}")
+        found = self.restic.config_id()
+        self._record(repository_id=found, repository=self.options.repository)
+        self.log(f"Created the off-site repository {found[:10]} at {self.options.repository}")
+        return True, found
+
+    def snapshots(self):
+        proc = self.restic.run("snapshots", "--json", "--no-lock", "--tag", SNAPSHOT_TAG, "--host",
+                               self.options.server, timeout=600)
+        if proc.returncode != 0:
+            raise ForgeError(f"restic snapshots failed: {self.restic.explain(proc, 'listing')}")
+        try:
+            return json.loads(proc.stdout or "[]") or []
+        except ValueError:
+            raise ForgeError("restic snapshots returned no JSON") from None
+
+    # -- the copy -----------------------------------------------------------------------------
+    def _lock(self):
+        os.makedirs(self.options.state_dir, mode=0o750, exist_ok=True)
+        return DirectoryLock(os.path.join(self.options.state_dir, f".pitr_offsite_{self.options.server}.lock"),
+                             wait_seconds=600, what="off-site PITR copy or check", log=self.log)
+
+    def copy(self):
+        started = time.monotonic()
+        result = {"server": self.options.server, "repository": self.options.repository, "passed": False}
+        try:
+            with self._lock():
+                self._reach()
+                result["repository_id"] = self._known_repository()
+                root, skipped, done = _server_directories(self.barman)
+                if not done:
+                    raise ForgeError(f"Barman holds no finished base backup of {self.options.server}; "
+                                     "nothing worth copying yet")
+                args = ["backup", "--json", "--host", self.options.server, "--tag", SNAPSHOT_TAG,
+                        "--retry-lock", "10m"]
+                for path in skipped:
+                    args += ["--exclude", path]
+                proc = self.restic.run(*args, root)
+                summary = self._summary(proc.stdout)
+                # Exit 3: some files could not be read (a segment Barman moved meanwhile); the
+                # snapshot exists but is incomplete, so it is no success.
+                if proc.returncode != 0 or summary is None:
+                    raise ForgeError(f"restic backup failed: {self.restic.explain(proc, 'adding a snapshot')}")
+                result.update(passed=True, snapshot=summary.get("snapshot_id", "")[:8], base_backups=done,
+                              files_new=summary.get("files_new", 0),
+                              files=summary.get("total_files_processed", 0),
+                              bytes_added=summary.get("data_added_packed", summary.get("data_added", 0)),
+                              bytes=summary.get("total_bytes_processed", 0))
+                result["reason"] = (f"snapshot {result['snapshot']}: {done} base backup(s) and the WAL, "
+                                    f"{result['files_new']} new of {result['files']} files, "
+                                    f"{human_size(result['bytes_added'])} added")
+        except ForgeError as exc:
+            result["reason"] = exc.message
+        result["duration"] = round(time.monotonic() - started, 3)
+        self._finish(result, "copy", copy_metrics_filename, COPY_PREFIX, [
+            ("bytes_added", "Bytes the last off-site PITR copy added to the repository (after compression).",
+             result.get("bytes_added", 0)),
+            ("files", "Files in the last off-site PITR snapshot.", result.get("files", 0)),
+            ("base_backups", "Base backups in the last off-site PITR snapshot.", result.get("base_backups", 0)),
+        ], "When an off-site PITR copy last succeeded.")
+        return result
+
+    @staticmethod
+    def _summary(stdout):
+        for line in reversed((stdout or "").splitlines()):
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(message, dict) and message.get("message_type") == "summary":
+                return message
+        return None
+
+    # -- the check ----------------------------------------------------------------------------
+    def check(self):
+        started = time.monotonic()
+        result = {"server": self.options.server, "repository": self.options.repository, "passed": False,
+                  "subset": self.options.check_subset}
+        try:
+            with self._lock():
+                self._reach()
+                result["repository_id"] = self._known_repository()
+                result["snapshots"] = len(self.snapshots())
+                proc = self.restic.run("check", "--retry-lock", "10m", "--read-data-subset",
+                                       self.options.check_subset)
+                if proc.returncode != 0:
+                    damage = [line.strip() for line in (proc.stdout + "\n" + proc.stderr).splitlines()
+                              if re.match(r"\s*(pack [0-9a-f]+|error for|error:|.*ciphertext verification)", line)]
+                    raise ForgeError("restic check found the repository damaged: " + damage[0] if damage else
+                                     f"restic check failed: {self.restic.explain(proc, 'checking')}")
+                result["passed"] = True
+                result["reason"] = (f"{result['snapshots']} snapshot(s), {self.options.check_subset} of the data "
+                                    "read back and verified, no errors")
+        except ForgeError as exc:
+            result["reason"] = exc.message
+        result["duration"] = round(time.monotonic() - started, 3)
+        self._finish(result, "check", check_metrics_filename, CHECK_PREFIX, [
+            ("snapshots", "Snapshots of this server in the off-site repository at the last check.",
+             result.get("snapshots", 0)),
+        ], "When a check of the off-site PITR repository last passed.")
+        return result
+
+    # -- the way back -------------------------------------------------------------------------
+    def restore(self, target, snapshot="latest"):
+        """Bring a snapshot back into ``target``, a directory that must not exist yet or be
+        empty: a restore never writes over anything. Barman's server directory comes back at
+        its own path below ``target`` (``<target>/var/lib/barman/<server>``); every file's
+        content is read back and compared (restic restore --verify)."""
+        if not re.match(r"^(latest|[0-9a-f]{8,64})\Z", snapshot or ""):
+            raise ForgeError(f"snapshot must be latest or a snapshot id, got {snapshot!r}")
+        if os.path.islink(target) or (os.path.exists(target) and (not os.path.isdir(target) or os.listdir(target))):
+            raise ForgeError(f"{target} exists and is not an empty directory; a restore never writes over "
+                             "anything, nothing was changed")
+        started = time.monotonic()
+        self._reach()
+        self._known_repository()
+        created = not os.path.exists(target)
+        os.makedirs(target, mode=0o700, exist_ok=True)
+        proc = self.restic.run("restore", snapshot, "--target", target, "--verify", "--host", self.options.server,
+                               "--tag", SNAPSHOT_TAG)
+        if proc.returncode != 0:
+            if created:
+                shutil.rmtree(target, ignore_errors=True)
+            raise ForgeError(f"restic restore of {snapshot} failed: {self.restic.explain(proc, 'reading')}; "
+                             f"{'nothing was kept' if created else target + ' may hold part of it'}")
+        return {"target": target, "snapshot": snapshot, "duration": round(time.monotonic() - started, 3)}
+
+    # -- records ------------------------------------------------------------------------------
+    def _finish(self, result, what, filename, prefix, samples, success_help):
+        now = self.clock()
+        result["verdict"] = "PASS" if result["passed"] else "FAIL"
+        try:
+            self._record(**{f"last_{what}": dict(result, at=now)})
+        except (OSError, ForgeError) as exc:
+            result["report_error"] = str(exc)
+        if self.options.textfile_dir:
+            samples = [("last_run_timestamp_seconds", f"When the last off-site PITR {what} ended.", now),
+                       ("last_run_success", f"1 if the last off-site PITR {what} succeeded, else 0.",
+                        1 if result["passed"] else 0),
+                       ("duration_seconds", f"Wall time of the last off-site PITR {what}.", result["duration"]),
+                       *samples]
+            error = metrics.write_run(self.options.textfile_dir, filename(self.options.server), prefix,
+                                      {"server": self.options.server}, samples, result["passed"], now, success_help)
+            if error:
+                result["metrics_error"] = error
+        if not result["passed"]:
+            report = sentry.report_failure(
+                self.options.sentry_dsn, f"Off-site PITR {what} of {self.options.server} failed: {result['reason']}",
+                f"pitr-offsite-{what}", self.options.server, socket.gethostname(), self.options.environment)
+            if report:
+                result["sentry"] = report

@@ -1,0 +1,147 @@
+"""The off-site PITR engine's refusals that need no restic server, on this host: a repository URL
+that would leak the REST password or name a login, a NAS whose TLS certificate is not the
+pinned one (a real TLS server on loopback, with certificates openssl makes here), a restic that
+another user could have replaced, and a restore into a directory that holds anything.
+molecule/pitr runs the copies, checks and restores against restic and rest-server."""
+
+import os
+import socket
+import ssl
+import subprocess
+import threading
+
+import pytest
+
+from forge.errors import ForgeError
+from forge.pitr_offsite import OffsiteOptions, PitrOffsite, Restic, parse_repository, probe_tls
+
+
+@pytest.mark.parametrize("repository, said", [
+    ("rest:http://nas.infer.local:8000/db1/", "over http the REST password crosses the network in clear"),
+    ("rest:https://db1:secret@nas:8000/db1/", "the off-site repository URL carries a login"),
+    ("sftp:nas:/srv/restic", "the off-site repository must be a rest-server"),
+    ("rest:https://nas:port/db1/", "the off-site repository's port is not a number"),
+])
+def test_a_repository_url_that_would_leak_or_mislead_is_refused_in_one_line(repository, said):
+    with pytest.raises(ForgeError) as refused:
+        parse_repository(repository)
+    assert said in refused.value.message and "secret" not in refused.value.message
+
+
+def test_https_and_plain_http_on_loopback_are_taken():
+    assert parse_repository("rest:https://nas.infer.local:8000/db1/") == ("https", "nas.infer.local", 8000)
+    assert parse_repository("rest:http://127.0.0.1:8000/db1/") == ("http", "127.0.0.1", 8000)
+
+
+def make_certificate(directory, name, cn="localhost"):
+    key, cert = directory / f"{name}.key", directory / f"{name}.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", f"/CN={cn}",
+                    "-addext", f"subjectAltName=DNS:{cn}"], check=True, capture_output=True)
+    return key, cert
+
+
+@pytest.fixture
+def tls_server(tmp_path):
+    """A TLS server on a free loopback port, presenting the certificate 'nas'."""
+    key, cert = make_certificate(tmp_path, "nas")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+    port = listener.getsockname()[1]
+
+    def serve():
+        for _ in range(4):
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                with context.wrap_socket(conn, server_side=True):
+                    pass
+            except (ssl.SSLError, OSError):
+                conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield port, cert
+    listener.close()
+
+
+def test_the_pinned_certificate_is_taken_and_another_is_refused_before_anything_is_sent(tmp_path, tls_server):
+    port, pinned = tls_server
+    assert probe_tls("localhost", port, str(pinned)) is True
+    _, other = make_certificate(tmp_path, "other")
+    with pytest.raises(ForgeError) as refused:
+        probe_tls("localhost", port, str(other))
+    assert refused.value.message == (f"the NAS at localhost:{port} does not present the pinned certificate "
+                                     "(self-signed certificate); nothing was sent")
+
+
+def test_a_nas_that_does_not_answer_is_one_line():
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    with pytest.raises(ForgeError) as refused:
+        probe_tls("127.0.0.1", port, None, timeout=5)
+    assert refused.value.message.startswith(f"cannot reach the NAS at 127.0.0.1:{port}: ")
+    assert refused.value.message.endswith("; nothing was sent")
+
+
+def options(tmp_path, **extra):
+    return OffsiteOptions("infer-forge", "rest:https://localhost:8000/db1/", "repository-password",
+                          state_dir=str(tmp_path / "state"), **extra)
+
+
+def test_a_restic_another_user_could_have_replaced_is_never_run(tmp_path, monkeypatch):
+    planted = tmp_path / "restic"
+    planted.write_text("#!/bin/sh\ntouch canary\n")
+    planted.chmod(0o775)  # group-writable
+    monkeypatch.setattr("forge.pitr_offsite.RESTIC_PATHS", (str(planted),))
+    with pytest.raises(ForgeError) as refused:
+        Restic(options(tmp_path))
+    assert refused.value.message == f"no root-owned restic in {planted}; install Debian's restic"
+
+
+def test_restic_is_handed_the_secrets_in_its_environment_never_on_its_command_line(tmp_path):
+    shown = tmp_path / "shown"
+    fake = tmp_path / "restic"
+    # Stands in for restic (this host's Debian 12 has no rest-server); it only records what it was given.
+    fake.write_text(f"#!/bin/sh\necho \"$@\" > {shown}.args\nenv > {shown}.env\n")
+    fake.chmod(0o755)
+    restic = Restic(options(tmp_path, rest_user="db1", rest_password="rest-secret", restic=str(fake)))
+    restic.run("snapshots", "--json")
+    args = (tmp_path / "shown.args").read_text()
+    env = dict(line.split("=", 1) for line in (tmp_path / "shown.env").read_text().splitlines() if "=" in line)
+    assert "secret" not in args and "password" not in args
+    assert env["RESTIC_PASSWORD"] == "repository-password" and env["RESTIC_REST_PASSWORD"] == "rest-secret"
+    assert env["PATH"] == "/usr/bin:/bin" and "PGPASSWORD" not in env
+
+
+def test_a_restore_into_a_directory_that_holds_anything_writes_nothing(tmp_path):
+    target = tmp_path / "restore"
+    target.mkdir()
+    (target / "keep").write_text("the operator's file")
+    offsite = PitrOffsite(options(tmp_path, restic="/bin/false"))
+    with pytest.raises(ForgeError) as refused:
+        offsite.restore(str(target))
+    assert refused.value.message.endswith("exists and is not an empty directory; a restore never writes over "
+                                          "anything, nothing was changed")
+    assert os.listdir(target) == ["keep"] and (target / "keep").read_text() == "the operator's file"
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ForgeError):
+        offsite.restore(str(link))
+    assert not (tmp_path / "elsewhere").exists()
+
+
+@pytest.mark.parametrize("subset", ["5%", "100%", "2.5%", "1/7", "500M"])
+def test_the_check_subset_takes_restics_forms(tmp_path, subset):
+    assert options(tmp_path, check_subset=subset).check_subset == subset
+
+
+@pytest.mark.parametrize("subset", ["101%", "all", "5% --no-lock", "0/7"])
+def test_a_check_subset_restic_would_misread_is_refused(tmp_path, subset):
+    with pytest.raises(ForgeError, match="check subset must be like"):
+        options(tmp_path, check_subset=subset)
