@@ -179,6 +179,14 @@ options:
     description: How old the last passed PITR drill may be (item 12).
     type: float
     default: 8
+  pitr_offsite_max_age_hours:
+    description: How old the last off-site copy of the PITR data may be (item 12; it runs hourly).
+    type: float
+    default: 6
+  pitr_offsite_check_max_age_days:
+    description: How old the last passed check of the off-site PITR repository may be (item 12).
+    type: float
+    default: 8
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -271,7 +279,8 @@ OPTION_TYPES = dict(
     prometheus_url="str", health_job="str", dashboards_dir="path", provisioning_dir="path",
     alertmanager_config="path", alertmanager_url="str", sentry_record="path", sentry_max_age_days="float",
     logrotate_files="list", timeout="float", pitr_server="str", pitr_report_dir="path",
-    pitr_base_backup_max_age_days="float", pitr_drill_max_age_days="float",
+    pitr_base_backup_max_age_days="float", pitr_drill_max_age_days="float", pitr_offsite_max_age_hours="float",
+    pitr_offsite_check_max_age_days="float",
 )
 
 

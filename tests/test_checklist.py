@@ -409,8 +409,9 @@ NOW = 1_800_000_000.0
 
 
 def write_pitr_records(directory, streaming=1, base_backup_age=3600.0, drill_age=86400.0, drill_passed=True,
-                       status_age=60.0):
+                       status_age=60.0, offsite_age=1800.0, offsite_passed=True, check_age=86400.0, check_passed=True):
     from forge import metrics
+    from forge.pitr_offsite import state_path
 
     labels = {"server": "infer-forge"}
     samples = [("infer_forge_pitr_streaming_up", "gauge", "h", labels, streaming),
@@ -426,6 +427,20 @@ def write_pitr_records(directory, streaming=1, base_backup_age=3600.0, drill_age
     (directory / "pitr_drill_infer-forge.json").write_text(json.dumps(
         {"passed": drill_passed, "reason": "3 tables, 5242 rows at restore point p recovered exactly"
          if drill_passed else "public.orders: 4999 rows recovered, 5000 at the restore point"}))
+    if offsite_age is None:
+        return
+    # As forge pitr offsite and offsite-check leave them: metrics, and the record with the reasons.
+    for what, passed, age in (("", offsite_passed, offsite_age), ("check_", check_passed, check_age)):
+        # A passed run an hour before the latest, so a failed latest run keeps its last success.
+        for ran, outcome in ((NOW - age - 3600, True), (NOW - age, passed)):
+            metrics.write_run(str(directory), f"infer_forge_pitr_offsite_{what}infer-forge.prom",
+                              f"infer_forge_pitr_offsite_{what}", labels, [], outcome, ran, "h")
+    with open(state_path(str(directory), "infer-forge"), "w") as handle:
+        json.dump({"last_copy": {"passed": offsite_passed, "reason": "snapshot 1a2b3c4d: 1 base backup(s) and the WAL"
+                                 if offsite_passed else "the NAS refused the REST login 'pitr' (401)"},
+                   "last_check": {"passed": check_passed, "reason": "3 snapshot(s), 10% of the data read back"
+                                  if check_passed else "restic check found the repository damaged: pack 5e1f"}},
+                  handle)
 
 
 def pitr_check(directory):
@@ -439,6 +454,17 @@ def test_item_12_passes_on_streaming_a_recent_base_backup_and_a_recent_passed_dr
     assert result["evidence"][0] == "infer-forge: WAL streaming up, 0 barman checks failed"
     assert result["evidence"][1].startswith("infer-forge: newest base backup ")
     assert "recovered exactly" in result["evidence"][2]
+    assert result["evidence"][3].startswith("infer-forge: last off-site PITR copy ") and "snapshot 1a2b3c4d" in \
+        result["evidence"][3]
+    assert result["evidence"][4].startswith("infer-forge: last off-site PITR check ")
+
+
+def test_item_12_warns_while_the_pitr_data_is_not_copied_off_site(tmp_path):
+    write_pitr_records(tmp_path, offsite_age=None)
+    result = pitr_check(tmp_path)
+    assert result["status"] == "WARN", result
+    assert result["evidence"][-1] == ("infer-forge: the PITR data is not copied off site (pitr_offsite_enabled); "
+                                      "only the logical dumps leave the host")
 
 
 @pytest.mark.parametrize("records, evidence", [
@@ -448,6 +474,10 @@ def test_item_12_passes_on_streaming_a_recent_base_backup_and_a_recent_passed_dr
     ({"drill_age": None, "drill_passed": False}, "no passed PITR drill on record; last drill failed: public.orders"),
     ({"drill_age": 9 * 86400}, "older than 8 days"),
     ({"status_age": 3600}, "the PITR status is 1.0 h old"),
+    ({"offsite_age": 7 * 3600}, "last off-site PITR copy"),
+    ({"offsite_passed": False}, "the latest copy FAILED: the NAS refused the REST login 'pitr' (401)"),
+    ({"check_passed": False}, "the latest check FAILED: restic check found the repository damaged: pack 5e1f"),
+    ({"check_age": 9 * 86400}, "older than 8 days"),
 ])
 def test_item_12_fails_on_what_point_in_time_recovery_lacks(tmp_path, records, evidence):
     write_pitr_records(tmp_path, **records)

@@ -23,6 +23,7 @@ from . import compose, metrics, records
 from .catalog import TrustPolicy, file_stem, scan
 from .errors import ForgeError, last_line
 from .fsutil import read_json_object
+from .pitr_offsite import CHECK_PREFIX, COPY_PREFIX, check_metrics_filename, copy_metrics_filename, state_path
 from .sentry import Dsn
 from .settings import read_env_file
 from .signing import read_passphrase
@@ -48,7 +49,7 @@ ITEMS = {
     11: ("Zkontrolovat logrotate nastavení pro application logy", "logrotate configured for app logs and valid"),
     # Beyond the runbook's eleven.
     12: ("Point-in-time recovery (nad rámec runbooku)",
-         "Point-in-time recovery: WAL streaming up, base backup recent, PITR drill passed"),
+         "Point-in-time recovery: WAL streaming up, base backup recent, PITR drill passed, copied off site"),
 }
 # Items beyond the runbook: an inventory without their group WARNs instead of failing.
 BEYOND_THE_RUNBOOK = {12}
@@ -86,6 +87,8 @@ DEFAULTS = {
     "pitr_report_dir": "/var/lib/barman/infer-forge-reports",
     "pitr_base_backup_max_age_days": 8,
     "pitr_drill_max_age_days": 8,
+    "pitr_offsite_max_age_hours": 6,
+    "pitr_offsite_check_max_age_days": 8,
     "timeout": 5.0,
 }
 
@@ -405,6 +408,39 @@ class Checklist:
             if now - drilled > self.s["pitr_drill_max_age_days"] * 86400:
                 status = FAIL
                 line += f" - older than {self.s['pitr_drill_max_age_days']:g} days"
+            evidence.append(line)
+        offsite_status, offsite_evidence = self._pitr_offsite(server, now)
+        evidence += offsite_evidence
+        return (FAIL if FAIL in (status, offsite_status) else offsite_status if status == PASS else status), evidence
+
+    def _pitr_offsite(self, server, now):
+        """The restic copy of the PITR data: recent, and its repository checked (read back)."""
+        copy_prom = os.path.join(self.s["textfile_dir"], copy_metrics_filename(server))
+        if not os.path.exists(copy_prom):
+            return WARN, [f"{server}: the PITR data is not copied off site (pitr_offsite_enabled); only the "
+                          "logical dumps leave the host"]
+        state = read_json_object(state_path(self.s["pitr_report_dir"], server))
+        status, evidence = PASS, []
+        for what, prom, prefix, limit, unit in (
+                ("copy", copy_prom, COPY_PREFIX, self.s["pitr_offsite_max_age_hours"] * 3600, "h"),
+                ("check", os.path.join(self.s["textfile_dir"], check_metrics_filename(server)), CHECK_PREFIX,
+                 self.s["pitr_offsite_check_max_age_days"] * 86400, "days")):
+            last = state.get(f"last_{what}") if isinstance(state.get(f"last_{what}"), dict) else {}
+            success = metrics.read_sample(prom, prefix + "last_success_timestamp_seconds")
+            if success is None:
+                status = FAIL
+                evidence.append(f"{server}: no successful off-site PITR {what} on record"
+                                + (f"; last: {last['reason']}" if last.get("reason") else ""))
+                continue
+            line = f"{server}: last off-site PITR {what} {_iso(success)}, {_age(now - success)} ago"
+            if last.get("passed"):
+                line += f" ({last.get('reason', '')})"
+            elif last:
+                status = FAIL
+                line += f"; the latest {what} FAILED: {last.get('reason', '?')}"
+            if now - success > limit:
+                status = FAIL
+                line += f" - older than {limit / (3600 if unit == 'h' else 86400):g} {unit}"
             evidence.append(line)
         return status, evidence
 
