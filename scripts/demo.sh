@@ -60,7 +60,9 @@ step "Lab: four containers on Docker network $network"
 docker network inspect "$network" >/dev/null 2>&1 || docker network create "$network" >/dev/null
 for host in "${hosts[@]}"; do
     want=$image
-    [ "$host" = lab-db ] && want=$db_image
+    # The db host runs the Compose stack and Barman; the NAS, rest-server for the PITR copy:
+    # both Debian 13 only.
+    case "$host" in lab-db | lab-nas) want=$db_image ;; esac
     # A container of an older lab (another image) is made anew rather than reused.
     if docker container inspect "$host" >/dev/null 2>&1 &&
         [ "$(docker container inspect -f '{{.Config.Image}}' "$host")" != "$want" ]; then
@@ -108,8 +110,9 @@ step "Off-site: ansible-playbook playbooks/offsite.yml (rsync over SSH to lab-na
 play offsite playbooks/offsite.yml "Summarize the off-site copies"
 docker exec lab-nas sh -c 'ls -l /srv/infer-forge-offsite/backups | tail -n +2 | tail -3' | sed 's/^/   lab-nas: /'
 
-step "PITR drill: ansible-playbook playbooks/pitr_drill.yml (Barman: a restore point with exact counts, recovered into a scratch cluster)"
+step "PITR: ansible-playbook playbooks/pitr_drill.yml (a restore point with exact counts, recovered into a scratch cluster) and playbooks/pitr_offsite.yml (restic, encrypted, to lab-nas)"
 play pitr_drill playbooks/pitr_drill.yml "Show the drill"
+play pitr_offsite playbooks/pitr_offsite.yml "Show the off-site copy"
 
 step "Checklist: ansible-playbook playbooks/checklist.yml (the runbook's 11 items, and 12: point-in-time recovery)"
 play checklist playbooks/checklist.yml "Show the checklist" "Fail when an item failed in production"
