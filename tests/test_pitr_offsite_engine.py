@@ -145,3 +145,49 @@ def test_the_check_subset_takes_restics_forms(tmp_path, subset):
 def test_a_check_subset_restic_would_misread_is_refused(tmp_path, subset):
     with pytest.raises(ForgeError, match="check subset must be like"):
         options(tmp_path, check_subset=subset)
+
+
+def test_a_run_that_finds_another_still_going_records_nothing_and_pages_nobody(tmp_path):
+    from forge.fsutil import DirectoryLock
+
+    textfile = tmp_path / "textfile"
+    textfile.mkdir()
+    offsite = PitrOffsite(options(tmp_path, restic="/bin/false", lock_wait=0, textfile_dir=str(textfile)))
+    os.makedirs(tmp_path / "state")
+    with DirectoryLock(str(tmp_path / "state" / ".pitr_offsite_infer-forge.lock")):
+        result = offsite.copy()
+    assert result["locked"] and result["verdict"] == "SKIP" and not result["passed"]
+    assert result["reason"].startswith("another off-site PITR copy or check is already running")
+    assert result["reason"].endswith("; this run did nothing")
+    assert os.listdir(textfile) == [] and not (tmp_path / "state" / "pitr_offsite_infer-forge.json").exists()
+
+
+def test_a_damaged_record_of_the_repository_stops_the_run_instead_of_forgetting_it(tmp_path):
+    os.makedirs(tmp_path / "state")
+    record = tmp_path / "state" / "pitr_offsite_infer-forge.json"
+    offsite = PitrOffsite(options(tmp_path, restic="/bin/false"))
+    for damaged in ("{", '{"repository_id": 7}', "[]"):
+        record.write_text(damaged)
+        with pytest.raises(ForgeError) as stopped:
+            offsite._state()
+        assert stopped.value.message.startswith(f"the off-site record {record} is damaged; nothing was sent")
+    record.unlink()
+    assert offsite._state() == {}
+
+
+def test_root_reading_a_record_barman_wrote_neither_hangs_nor_follows_nor_overflows(tmp_path):
+    from forge import metrics
+    from forge.fsutil import read_json_object
+
+    fifo = tmp_path / "report.json"
+    os.mkfifo(fifo)
+    assert read_json_object(str(fifo)) == {}  # returns at once: a FIFO is not opened for reading
+    (tmp_path / "secret.json").write_text('{"reason": "root only"}')
+    (tmp_path / "link.json").symlink_to(tmp_path / "secret.json")
+    assert read_json_object(str(tmp_path / "link.json")) == {}
+    (tmp_path / "big.json").write_text('{"a": "' + "x" * (2 << 20) + '"}')
+    assert read_json_object(str(tmp_path / "big.json")) == {}
+    prom = tmp_path / "m.prom"
+    for doctored in ("nan", "inf", "1e300"):
+        prom.write_text(f'infer_forge_pitr_offsite_last_success_timestamp_seconds{{server="s"}} {doctored}\n')
+        assert metrics.read_sample(str(prom), "infer_forge_pitr_offsite_last_success_timestamp_seconds") is None

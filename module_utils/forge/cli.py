@@ -313,12 +313,18 @@ def pitr_offsite_command(parsed, config, barman):
         return 0
     if parsed.action == "offsite-check":
         result = offsite.check()
+        if result.get("locked"):
+            log_line(f"SKIP: off-site PITR check of {barman.options.server}: {result['reason']}")
+            return EXIT_LOCKED
         log_line(f"{result['verdict']}: off-site PITR check of {barman.options.server}: {result['reason']} "
                  f"({result['duration']:.1f} s)")
         return 0 if result["passed"] else EXIT_FAILURE
     if parsed.init:
         offsite.init()
     result = offsite.copy()
+    if result.get("locked"):
+        log_line(f"SKIP: off-site PITR copy of {barman.options.server}: {result['reason']}")
+        return EXIT_LOCKED
     if not result["passed"]:
         raise ForgeError(f"off-site PITR copy of {barman.options.server} failed: {result['reason']}")
     log_line(f"Off-site PITR copy OK: {barman.options.server} -> {offsite.options.repository}: {result['reason']} "

@@ -191,12 +191,31 @@ def _read_holder(fd):
     return f"pid {pid}, " if pid.isdigit() else ""
 
 
+def read_small_file(path, limit=1 << 20):
+    """The text of a record another user may have written (a report, a metrics file), or
+    None: never through a link, never from a FIFO or device that would block or never end,
+    and at most ``limit`` bytes, so root reading it cannot be made to hang or fill memory."""
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        return None
+    return data.decode("utf-8", errors="replace")
+
+
 def read_json_object(path):
     """A JSON object from ``path``, or {} when it is missing, unreadable or not an object
     (state and report files that a previous run may not have written)."""
+    text = read_small_file(path)
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (OSError, ValueError):
+        data = json.loads(text) if text is not None else None
+    except ValueError:
         return {}
     return data if isinstance(data, dict) else {}

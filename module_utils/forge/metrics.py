@@ -5,10 +5,11 @@ of :func:`fsutil.write_atomic` starts with a dot and ends in ``.tmp``, so a
 half-written file is never scraped.
 """
 
+import math
 import os
 
 from .errors import ForgeError
-from .fsutil import write_atomic
+from .fsutil import read_small_file, write_atomic
 
 DEFAULT_TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
 
@@ -47,13 +48,15 @@ def write_textfile(directory, filename, samples):
 def read_sample(path, name):
     """The value of metric ``name`` in an earlier textfile, or None (to carry a
     last-success timestamp over a failed run)."""
-    try:
-        with open(path) as handle:
-            for line in handle:
-                if line.startswith(name + "{"):
-                    return float(line.rsplit(" ", 1)[1])
-    except (OSError, ValueError):
-        return None
+    for line in (read_small_file(path) or "").splitlines():
+        if line.startswith(name + "{"):
+            try:
+                value = float(line.rsplit(" ", 1)[1])
+            except ValueError:
+                return None
+            # The records read back are timestamps and small counts; a doctored nan or 1e300
+            # would stop whoever turns it into a date (datetime ends at year 9999, ~2.5e11 s).
+            return value if math.isfinite(value) and abs(value) < 1e11 else None
     return None
 
 

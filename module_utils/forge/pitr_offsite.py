@@ -19,13 +19,14 @@ import re
 import shutil
 import socket
 import ssl
+import stat
 import subprocess
 import time
 import urllib.parse
 
 from . import metrics, sentry
 from .errors import ForgeError
-from .fsutil import DirectoryLock, human_size, read_json_object, trusted_program, write_atomic
+from .fsutil import DirectoryLock, human_size, trusted_program, write_atomic
 from .pitr import DEFAULT_REPORT_DIR
 
 # Only root's own restic: the engine runs as barman, and a directory barman can write to
@@ -39,8 +40,6 @@ EXIT_NO_REPOSITORY = 10
 EXIT_LOCKED = 11
 EXIT_WRONG_PASSWORD = 12
 SUBSET_RE = re.compile(r"^(?:(?:100|[1-9]?[0-9])(?:\.[0-9]+)?%|[1-9][0-9]*/[1-9][0-9]*|[1-9][0-9]*[KMGT]?)\Z")
-# Barman directories that are work in progress, never a copy's content.
-SKIPPED_DIRECTORIES = ("streaming_wals_directory", "incoming_wals_directory", "errors_directory")
 
 
 def copy_metrics_filename(server):
@@ -113,7 +112,7 @@ def probe_tls(host, port, cacert=None, timeout=15):
 class OffsiteOptions:
     def __init__(self, server, repository, password, rest_user=None, rest_password=None, cacert=None,
                  check_subset="5%", state_dir=DEFAULT_REPORT_DIR, textfile_dir=None, sentry_dsn=None,
-                 environment=None, cache_dir=None, timeout=6 * 3600, restic=None):
+                 environment=None, cache_dir=None, timeout=6 * 3600, restic=None, lock_wait=600):
         if not re.match(r"^[A-Za-z0-9_.-]+\Z", server or ""):
             raise ForgeError(f"Barman server name must be letters, digits, '_', '.' or '-', got {server!r}")
         if not repository:
@@ -141,6 +140,8 @@ class OffsiteOptions:
         self.cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "restic")
         self.timeout = int(timeout)
         self.restic = restic
+        # How long a copy or check waits for the one before it (the weekly check can be long).
+        self.lock_wait = lock_wait
 
 
 class Restic:
@@ -202,20 +203,22 @@ class Restic:
             raise ForgeError("restic cat config returned no repository id") from None
 
 
-def _server_directories(barman):
-    """The server's directory, and what of it is not a copy's content: the work in progress
-    of the receiver and of Barman's filing, and base backups that are not DONE."""
+def copy_paths(barman):
+    """What a copy holds, named one by one: the base backups Barman lists as DONE and the
+    filed WAL. A base backup that starts while restic reads is not among them, and neither is
+    the receiver's segment in progress nor Barman's incoming and errors directories.
+    Returns (paths, base backups)."""
     base = barman.directory("basebackups_directory")
-    skipped = []
-    for key in SKIPPED_DIRECTORIES:
-        try:
-            skipped.append(barman.directory(key))
-        except ForgeError:
-            continue
-    done = {b["backup_id"] for b in barman.backups() if b.get("status") == "DONE"}
-    skipped += [os.path.join(base, name) for name in sorted(os.listdir(base)) if name not in done] \
-        if os.path.isdir(base) else []
-    return os.path.dirname(base.rstrip("/")), skipped, len(done)
+    # Barman 3.13 keeps a backup's backup.info in <server>/meta, older ones in base/<id>.
+    meta = os.path.join(barman.directory("backup_directory"), "meta")
+    done = sorted(b["backup_id"] for b in barman.backups() if b.get("status") == "DONE")
+    backups = [ident for ident in done if os.path.isdir(os.path.join(base, ident))]
+    paths = [os.path.join(base, ident) for ident in backups]
+    infos = [os.path.join(meta, f"{ident}-backup.info") for ident in backups]
+    paths += [info for info in infos if os.path.isfile(info)]
+    identity = os.path.join(barman.directory("backup_directory"), "identity.json")
+    paths += [identity] if os.path.isfile(identity) else []
+    return paths + [barman.directory("wals_directory")], len(backups)
 
 
 class PitrOffsite:
@@ -231,7 +234,25 @@ class PitrOffsite:
 
     # -- the repository's identity ------------------------------------------------------------
     def _state(self):
-        return read_json_object(state_path(self.options.state_dir, self.options.server))
+        """This host's record of its repository: {} before the first one; a record that is
+        there but damaged stops every run, since it is what tells a lost repository apart."""
+        path = state_path(self.options.state_dir, self.options.server)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise ForgeError(f"the off-site record {path} cannot be read ({exc.strerror}); nothing was sent") from None
+        with os.fdopen(fd, encoding="utf-8") as handle:
+            try:
+                state = json.loads(handle.read(1 << 20)) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+            except ValueError:
+                state = None
+        if not isinstance(state, dict) or not isinstance(state.get("repository_id", ""), str):
+            raise ForgeError(f"the off-site record {path} is damaged; nothing was sent (it holds the id of the "
+                             f"repository this host made: rewrite it from restic cat config only if "
+                             f"{self.options.repository} is that repository)")
+        return state
 
     def _record(self, **fields):
         os.makedirs(self.options.state_dir, mode=0o750, exist_ok=True)
@@ -243,7 +264,7 @@ class PitrOffsite:
         if self.options.scheme == "https":
             probe_tls(self.options.host, self.options.port, self.options.cacert)
 
-    def _known_repository(self):
+    def _known_repository(self, record=True):
         """The repository id, checked against the one this host recorded when it made it."""
         recorded = self._state().get("repository_id")
         found = self.restic.config_id()
@@ -257,7 +278,7 @@ class PitrOffsite:
         if recorded and recorded != found:
             raise ForgeError(f"{self.options.repository} holds repository {found[:10]}, not {recorded[:10]} "
                              "that this host made; nothing was sent")
-        if not recorded:
+        if not recorded and record:
             self._record(repository_id=found, repository=self.options.repository)
         return found
 
@@ -267,7 +288,7 @@ class PitrOffsite:
         recorded = self._state().get("repository_id")
         found = self.restic.config_id()
         if found is not None or recorded:
-            return False, self._known_repository()
+            return False, self._known_repository(record=not check_mode)
         if check_mode:
             return True, None
         proc = self.restic.run("init", timeout=300)
@@ -292,47 +313,66 @@ class PitrOffsite:
     def _lock(self):
         os.makedirs(self.options.state_dir, mode=0o750, exist_ok=True)
         return DirectoryLock(os.path.join(self.options.state_dir, f".pitr_offsite_{self.options.server}.lock"),
-                             wait_seconds=600, what="off-site PITR copy or check", log=self.log)
+                             wait_seconds=self.options.lock_wait, what="off-site PITR copy or check", log=self.log)
 
-    def copy(self):
+    def _locked(self, what, work, samples, success_help):
+        """One copy or check under this host's lock, recorded (state, metrics, Sentry) while
+        the lock is held. A run that finds another still going records nothing: a copy
+        waiting for the weekly check is no failure, and must not page anyone."""
         started = time.monotonic()
         result = {"server": self.options.server, "repository": self.options.repository, "passed": False}
         try:
-            with self._lock():
-                self._reach()
-                result["repository_id"] = self._known_repository()
-                root, skipped, done = _server_directories(self.barman)
-                if not done:
-                    raise ForgeError(f"Barman holds no finished base backup of {self.options.server}; "
-                                     "nothing worth copying yet")
-                args = ["backup", "--json", "--host", self.options.server, "--tag", SNAPSHOT_TAG,
-                        "--retry-lock", "10m"]
-                for path in skipped:
-                    args += ["--exclude", path]
-                proc = self.restic.run(*args, root)
-                summary = self._summary(proc.stdout)
-                # Exit 3: some files could not be read (a segment Barman moved meanwhile); the
-                # snapshot exists but is incomplete, so it is no success.
-                if proc.returncode != 0 or summary is None:
-                    raise ForgeError(f"restic backup failed: {self.restic.explain(proc, 'adding a snapshot')}")
-                result.update(passed=True, snapshot=summary.get("snapshot_id", "")[:8], base_backups=done,
-                              files_new=summary.get("files_new", 0),
-                              files=summary.get("total_files_processed", 0),
-                              bytes_added=summary.get("data_added_packed", summary.get("data_added", 0)),
-                              bytes=summary.get("total_bytes_processed", 0))
-                result["reason"] = (f"snapshot {result['snapshot']}: {done} base backup(s) and the WAL, "
-                                    f"{result['files_new']} new of {result['files']} files, "
-                                    f"{human_size(result['bytes_added'])} added")
+            lock = self._lock()
+            lock.__enter__()
         except ForgeError as exc:
-            result["reason"] = exc.message
-        result["duration"] = round(time.monotonic() - started, 3)
-        self._finish(result, "copy", copy_metrics_filename, COPY_PREFIX, [
-            ("bytes_added", "Bytes the last off-site PITR copy added to the repository (after compression).",
-             result.get("bytes_added", 0)),
-            ("files", "Files in the last off-site PITR snapshot.", result.get("files", 0)),
-            ("base_backups", "Base backups in the last off-site PITR snapshot.", result.get("base_backups", 0)),
-        ], "When an off-site PITR copy last succeeded.")
+            if not exc.details.get("locked"):
+                raise
+            return dict(result, locked=True, verdict="SKIP", duration=round(time.monotonic() - started, 3),
+                        reason=f"{exc.message}; this run did nothing")
+        try:
+            try:
+                work(result)
+                result["passed"] = True
+            except ForgeError as exc:
+                result["reason"] = exc.message
+            result["duration"] = round(time.monotonic() - started, 3)
+            filename, prefix = ((copy_metrics_filename, COPY_PREFIX) if what == "copy" else
+                                (check_metrics_filename, CHECK_PREFIX))
+            self._finish(result, what, filename, prefix, [(n, h, result.get(key, 0)) for n, h, key in samples],
+                         success_help)
+        finally:
+            lock.__exit__(None, None, None)
         return result
+
+    def copy(self):
+        def work(result):
+            self._reach()
+            result["repository_id"] = self._known_repository()
+            paths, done = copy_paths(self.barman)
+            if not done:
+                raise ForgeError(f"Barman holds no finished base backup of {self.options.server}; "
+                                 "nothing worth copying yet")
+            proc = self.restic.run("backup", "--json", "--host", self.options.server, "--tag", SNAPSHOT_TAG,
+                                   "--retry-lock", "10m", *paths)
+            summary = self._summary(proc.stdout)
+            # Exit 3: some files could not be read (a segment Barman moved meanwhile); the
+            # snapshot exists but is incomplete, so it is no success.
+            if proc.returncode != 0 or summary is None:
+                raise ForgeError(f"restic backup failed: {self.restic.explain(proc, 'adding a snapshot')}")
+            result.update(snapshot=summary.get("snapshot_id", "")[:8], base_backups=done,
+                          files_new=summary.get("files_new", 0), files=summary.get("total_files_processed", 0),
+                          bytes_added=summary.get("data_added_packed", summary.get("data_added", 0)),
+                          bytes=summary.get("total_bytes_processed", 0))
+            result["reason"] = (f"snapshot {result['snapshot']}: {done} base backup(s) and the WAL, "
+                                f"{result['files_new']} new of {result['files']} files, "
+                                f"{human_size(result['bytes_added'])} added")
+
+        return self._locked("copy", work, [
+            ("bytes_added", "Bytes the last off-site PITR copy added to the repository (after compression).",
+             "bytes_added"),
+            ("files", "Files in the last off-site PITR snapshot.", "files"),
+            ("base_backups", "Base backups in the last off-site PITR snapshot.", "base_backups"),
+        ], "When an off-site PITR copy last succeeded.")
 
     @staticmethod
     def _summary(stdout):
@@ -347,32 +387,23 @@ class PitrOffsite:
 
     # -- the check ----------------------------------------------------------------------------
     def check(self):
-        started = time.monotonic()
-        result = {"server": self.options.server, "repository": self.options.repository, "passed": False,
-                  "subset": self.options.check_subset}
-        try:
-            with self._lock():
-                self._reach()
-                result["repository_id"] = self._known_repository()
-                result["snapshots"] = len(self.snapshots())
-                proc = self.restic.run("check", "--retry-lock", "10m", "--read-data-subset",
-                                       self.options.check_subset)
-                if proc.returncode != 0:
-                    damage = [line.strip() for line in (proc.stdout + "\n" + proc.stderr).splitlines()
-                              if re.match(r"\s*(pack [0-9a-f]+|error for|error:|.*ciphertext verification)", line)]
-                    raise ForgeError("restic check found the repository damaged: " + damage[0] if damage else
-                                     f"restic check failed: {self.restic.explain(proc, 'checking')}")
-                result["passed"] = True
-                result["reason"] = (f"{result['snapshots']} snapshot(s), {self.options.check_subset} of the data "
-                                    "read back and verified, no errors")
-        except ForgeError as exc:
-            result["reason"] = exc.message
-        result["duration"] = round(time.monotonic() - started, 3)
-        self._finish(result, "check", check_metrics_filename, CHECK_PREFIX, [
-            ("snapshots", "Snapshots of this server in the off-site repository at the last check.",
-             result.get("snapshots", 0)),
+        def work(result):
+            result["subset"] = self.options.check_subset
+            self._reach()
+            result["repository_id"] = self._known_repository()
+            result["snapshots"] = len(self.snapshots())
+            proc = self.restic.run("check", "--retry-lock", "10m", "--read-data-subset", self.options.check_subset)
+            if proc.returncode != 0:
+                damage = [line.strip() for line in (proc.stdout + "\n" + proc.stderr).splitlines()
+                          if re.match(r"\s*(pack [0-9a-f]+|error for|error:|.*ciphertext verification)", line)]
+                raise ForgeError("restic check found the repository damaged: " + damage[0] if damage else
+                                 f"restic check failed: {self.restic.explain(proc, 'checking')}")
+            result["reason"] = (f"{result['snapshots']} snapshot(s), {self.options.check_subset} of the data "
+                                "read back and verified, no errors")
+
+        return self._locked("check", work, [
+            ("snapshots", "Snapshots of this server in the off-site repository at the last check.", "snapshots"),
         ], "When a check of the off-site PITR repository last passed.")
-        return result
 
     # -- the way back -------------------------------------------------------------------------
     def restore(self, target, snapshot="latest"):
