@@ -125,11 +125,14 @@ def recovery_phases(scratch):
     form = "%Y-%m-%d %H:%M:%S"
     [copy_start] = stamps(barman_log, "Copying the base backup", form)[-1:]
     [copy_end] = stamps(barman_log, "Copy finished", form)[-1:]
-    [wal_start] = stamps(barman_log, "Copying required WAL segments", form)[-1:]
-    [wal_end] = stamps(barman_log, "Finished copying .* WAL files", form)[-1:]
+    # Barman copies the WAL first only when PostgreSQL cannot read it from the archive itself
+    # (forge pitr's restore_command, for an uncompressed archive); then the replay reads it.
+    wal_start = stamps(barman_log, "Copying required WAL segments", form)[-1:]
+    wal_end = stamps(barman_log, "Finished copying .* WAL files", form)[-1:]
+    wal_copy = round(wal_end[0] - wal_start[0], 1) if wal_start and wal_end and wal_end[0] >= copy_end else 0.0
     with open(f"{scratch}/postgresql.log") as handle:
         replay = re.search(r"redo done at .* elapsed: ([\d.]+) s", handle.read())
-    return {"recovery_copy_base": round(copy_end - copy_start, 1), "recovery_copy_wal": round(wal_end - wal_start, 1),
+    return {"recovery_copy_base": round(copy_end - copy_start, 1), "recovery_copy_wal": wal_copy,
             "recovery_replay": float(replay.group(1)) if replay else 0.0}
 
 

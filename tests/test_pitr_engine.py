@@ -5,6 +5,7 @@ cluster's refusal to reuse or remove a directory that is not its own. molecule/p
 whole drill and the recoveries against Barman and PostgreSQL 17."""
 
 import os
+import subprocess
 import threading
 import time
 
@@ -140,3 +141,48 @@ def test_pitr_jobs_come_from_the_config_one_per_core_by_default_and_a_bad_value_
     assert pitr_options_from_config({}).jobs == (os.cpu_count() or 1)
     with pytest.raises(ForgeError, match="PITR_JOBS must be a whole number, got 'many'"):
         pitr_options_from_config({"PITR_JOBS": "many"})
+
+
+class BarmanSettings:
+    """What `barman show-servers` says, without Barman (the recoveries run in molecule/pitr)."""
+
+    def __init__(self, **settings):
+        self._values = settings
+
+    def settings(self):
+        return self._values
+
+
+def test_a_recovery_reads_the_wal_straight_from_an_uncompressed_archive_and_leaves_any_other_to_barman():
+    plain = ScratchCluster._plain_wal_archive
+    assert plain(BarmanSettings(wals_directory="/var/lib/barman/infer-forge/wals", compression="None")) == \
+        "/var/lib/barman/infer-forge/wals"
+    assert plain(BarmanSettings(wals_directory="/var/lib/barman/infer-forge/wals", compression="gzip")) is None
+    assert plain(BarmanSettings(wals_directory="/srv/barman's wals", compression="None")) is None
+    assert plain(BarmanSettings(compression="None")) is None
+
+
+def test_the_restore_command_fetches_segments_and_history_files_as_barman_files_them(tmp_path):
+    """The command as PostgreSQL runs it: %f and %p replaced, %% made a percent sign, by /bin/sh."""
+    archive = tmp_path / "wals"
+    (archive / "0000000100000000").mkdir(parents=True)
+    (archive / "0000000100000000" / "000000010000000000000003").write_text("segment 3")
+    (archive / "00000002.history").write_text("timeline 2")
+    options = PitrOptions("infer-forge", scratch_root=str(tmp_path / "scratch"))
+    scratch = ScratchCluster(options, "recover-test")
+    os.makedirs(scratch.data)
+    scratch._read_wal_from(str(archive))
+    with open(os.path.join(scratch.data, "postgresql.auto.conf")) as handle:
+        [line] = [line for line in handle if line.startswith("restore_command = ")]
+    command = line.split("= ", 1)[1].strip()[1:-1]
+    for name, expected in (("000000010000000000000003", "segment 3"), ("00000002.history", "timeline 2"),
+                           ("000000010000000000000009", None)):
+        target = tmp_path / "RECOVERYXLOG"
+        target.unlink(missing_ok=True)
+        shell = command.replace("%f", name).replace("%p", str(target)).replace("%%", "%")
+        ran = subprocess.run(["/bin/sh", "-c", shell], capture_output=True, text=True, check=False)
+        if expected is None:
+            assert ran.returncode != 0 and not target.exists()  # not archived: the end of the archive
+        else:
+            assert ran.returncode == 0 and target.read_text() == expected, ran.stderr
+    assert (archive / "0000000100000000" / "000000010000000000000003").read_text() == "segment 3"
