@@ -16,7 +16,7 @@ import uuid
 import testinfra
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared"))
-from controller import compose_container  # noqa: E402
+from controller import compose_container, playbook  # noqa: E402
 
 testinfra_hosts = ["docker://pitr-barman"]
 
@@ -192,11 +192,13 @@ def test_a_vanished_repository_is_reported_and_not_made_again(host):
 def test_the_off_site_copy_comes_back_and_recovers_with_barman(host):
     """A lost Barman host, rehearsed: the newest snapshot restored into a new directory, Barman
     pointed at it, and a recovery to latest holds what was filed before the copy, not after."""
+    run = uuid.uuid4().hex[:8]
+    before, after = f"before the copy {run}", f"after the copy {run}"
     sql(host, "CREATE TABLE IF NOT EXISTS pitr_marks (name text PRIMARY KEY)")
-    sql(host, "INSERT INTO pitr_marks VALUES ('before the copy') ON CONFLICT DO NOTHING")
+    sql(host, f"INSERT INTO pitr_marks VALUES ('{before}')")  # noqa: S608 - our own marker
     host.check_output(f"runuser -u barman -- barman switch-wal --force --archive {SERVER}")
     assert forge(host, "offsite").rc == 0
-    sql(host, "INSERT INTO pitr_marks VALUES ('after the copy') ON CONFLICT DO NOTHING")
+    sql(host, f"INSERT INTO pitr_marks VALUES ('{after}')")  # noqa: S608 - our own marker
     target = "/var/lib/barman/offsite-restore"
     host.run(f"rm -rf {target}")
     # Into a directory with anything in it, nothing is written.
@@ -213,6 +215,7 @@ def test_the_off_site_copy_comes_back_and_recovers_with_barman(host):
     host.check_output(f"runuser -u barman -- sh -c 'printf \"[barman]\\nbarman_home = {home}\\nbarman_user = barman\\n"
                       f"log_file = {target}/barman.log\\n\\n\" > {config} && "
                       f"grep -v \"^;\" /etc/barman.d/{SERVER}.conf >> {config}'")
+    host.check_output(f"runuser -u barman -- barman -c {config} rebuild-xlogdb {SERVER}")
     recovered = forge(host, "recover", PITR_BARMAN_CONFIG=config, PITR_SCRATCH_ROOT=f"{target}/scratch",
                       PITR_SCRATCH_PORT="55433")
     assert recovered.rc == 0, recovered.stdout + recovered.stderr
@@ -225,5 +228,20 @@ def test_the_off_site_copy_comes_back_and_recovers_with_barman(host):
     finally:
         host.run(f"runuser -u barman -- /usr/lib/postgresql/17/bin/pg_ctl -D {data} -m fast -w stop")
         host.run(f"rm -rf {target}")
-    assert "before the copy" in marks and "after the copy" not in marks, marks
+    assert before in marks and after not in marks, marks
     print(f"\nOff-site copy restored and recovered: {restored.stdout.strip()}")
+
+
+def test_a_link_barman_planted_as_its_report_directory_hands_root_nothing(host):
+    """The report directory is in barman's home: root creating it there would follow a link
+    barman put in its place and give barman what it points to."""
+    reports = "/var/lib/barman/infer-forge-reports"
+    host.check_output(f"mv {reports} {reports}.real && runuser -u barman -- ln -s /etc/cron.d {reports}")
+    try:
+        run = playbook("pitr.yml", "--limit", "pitr-barman")
+        target = host.file("/etc/cron.d")
+        assert (target.user, target.group, target.mode) == ("root", "root", 0o755), run.stdout[-2000:]
+        assert run.returncode != 0 and "Create the PITR report directory, as barman" in run.stdout
+    finally:
+        host.check_output(f"rm -f {reports} && mv {reports}.real {reports}")
+
