@@ -133,3 +133,18 @@ def test_offsite_playbook_in_check_mode_says_would_and_copies_nothing(pg, live, 
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"would copy 1 and expire 0 on {usb} for {live}; nothing was copied" in result.said
     assert not usb.exists()
+
+
+def test_pitr_yml_on_an_inventory_without_a_barman_host_leaves_the_nas_alone(tmp_path):
+    """molecule/e2e shares the lab's group_vars (rest-server on) but has no pitr host: the NAS
+    play has no login to serve and must skip, not fail the deploy."""
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(json.dumps({"nas": {
+        "hosts": {"localhost": {"ansible_connection": "local", "ansible_python_interpreter": HOST_PYTHON}},
+        "vars": {"offsite_target_restic_enabled": True}}}))
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    result = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", str(inventory),
+                             os.path.join(REPO, "playbooks", "pitr.yml"), "--check"], capture_output=True, text=True,
+                            env=env, cwd=REPO, timeout=300, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "rest-server needs a login" not in result.stdout
