@@ -12,6 +12,7 @@ module). Secrets reach restic through its environment, never its command line: t
 password as RESTIC_PASSWORD, the REST login as RESTIC_REST_USERNAME/RESTIC_REST_PASSWORD.
 """
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -321,15 +322,14 @@ class PitrOffsite:
         waiting for the weekly check is no failure, and must not page anyone."""
         started = time.monotonic()
         result = {"server": self.options.server, "repository": self.options.repository, "passed": False}
-        try:
-            lock = self._lock()
-            lock.__enter__()
-        except ForgeError as exc:
-            if not exc.details.get("locked"):
-                raise
-            return dict(result, locked=True, verdict="SKIP", duration=round(time.monotonic() - started, 3),
-                        reason=f"{exc.message}; this run did nothing")
-        try:
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(self._lock())
+            except ForgeError as exc:
+                if not exc.details.get("locked"):
+                    raise
+                return dict(result, locked=True, verdict="SKIP", duration=round(time.monotonic() - started, 3),
+                            reason=f"{exc.message}; this run did nothing")
             try:
                 work(result)
                 result["passed"] = True
@@ -340,8 +340,6 @@ class PitrOffsite:
                                 (check_metrics_filename, CHECK_PREFIX))
             self._finish(result, what, filename, prefix, [(n, h, result.get(key, 0)) for n, h, key in samples],
                          success_help)
-        finally:
-            lock.__exit__(None, None, None)
         return result
 
     def copy(self):
