@@ -30,6 +30,11 @@ TARGETS = ("latest", "time", "name")
 DEFAULT_REPORT_DIR = "/var/lib/barman/infer-forge-reports"
 
 
+def check_server_name(server):
+    if not re.match(r"^[A-Za-z0-9_.-]+\Z", server or ""):
+        raise ForgeError(f"Barman server name must be letters, digits, '_', '.' or '-', got {server!r}")
+
+
 def pitr_report_path(report_dir, server):
     return os.path.join(report_dir, f"pitr_drill_{server}.json")
 
@@ -43,8 +48,7 @@ class PitrOptions:
                  scratch_root="/var/lib/barman/infer-forge-scratch", scratch_port=55432, login_user="infer",
                  keep=False, amcheck=True, lock_timeout=5, start_timeout=600, wal_timeout=120,
                  textfile_dir=None, report_dir=None, sentry_dsn=None, environment=None, jobs=None):
-        if not re.match(r"^[A-Za-z0-9_.-]+\Z", server or ""):
-            raise ForgeError(f"Barman server name must be letters, digits, '_', '.' or '-', got {server!r}")
+        check_server_name(server)
         self.server = server
         self.barman_command = list(barman_command or ["barman"])
         self.postgres_bin = postgres_bin

@@ -20,15 +20,14 @@ import re
 import shutil
 import socket
 import ssl
-import stat
 import subprocess
 import time
 import urllib.parse
 
 from . import metrics, sentry
 from .errors import ForgeError
-from .fsutil import DirectoryLock, human_size, trusted_program, write_atomic
-from .pitr import DEFAULT_REPORT_DIR
+from .fsutil import DirectoryLock, human_size, read_small_file, trusted_program, write_atomic
+from .pitr import DEFAULT_REPORT_DIR, check_server_name
 
 # Only root's own restic: the engine runs as barman, and a directory barman can write to
 # must not choose the program that is handed the repository password.
@@ -114,8 +113,7 @@ class OffsiteOptions:
     def __init__(self, server, repository, password, rest_user=None, rest_password=None, cacert=None,
                  check_subset="5%", state_dir=DEFAULT_REPORT_DIR, textfile_dir=None, sentry_dsn=None,
                  environment=None, cache_dir=None, timeout=6 * 3600, restic=None, lock_wait=600):
-        if not re.match(r"^[A-Za-z0-9_.-]+\Z", server or ""):
-            raise ForgeError(f"Barman server name must be letters, digits, '_', '.' or '-', got {server!r}")
+        check_server_name(server)
         if not repository:
             raise ForgeError("no off-site repository: set PITR_OFFSITE_REPOSITORY (role: pitr_offsite_host)")
         if not password:
@@ -238,17 +236,13 @@ class PitrOffsite:
         """This host's record of its repository: {} before the first one; a record that is
         there but damaged stops every run, since it is what tells a lost repository apart."""
         path = state_path(self.options.state_dir, self.options.server)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except FileNotFoundError:
+        if not os.path.lexists(path):
             return {}
-        except OSError as exc:
-            raise ForgeError(f"the off-site record {path} cannot be read ({exc.strerror}); nothing was sent") from None
-        with os.fdopen(fd, encoding="utf-8") as handle:
-            try:
-                state = json.loads(handle.read(1 << 20)) if stat.S_ISREG(os.fstat(fd).st_mode) else None
-            except ValueError:
-                state = None
+        text = read_small_file(path)
+        try:
+            state = json.loads(text) if text is not None else None
+        except ValueError:
+            state = None
         if not isinstance(state, dict) or not isinstance(state.get("repository_id", ""), str):
             raise ForgeError(f"the off-site record {path} is damaged; nothing was sent (it holds the id of the "
                              f"repository this host made: rewrite it from restic cat config only if "
@@ -265,10 +259,10 @@ class PitrOffsite:
         if self.options.scheme == "https":
             probe_tls(self.options.host, self.options.port, self.options.cacert)
 
-    def _known_repository(self, record=True):
-        """The repository id, checked against the one this host recorded when it made it."""
-        recorded = self._state().get("repository_id")
-        found = self.restic.config_id()
+    def _known_repository(self, record=True, read=None):
+        """The repository id, checked against the one this host recorded when it made it
+        (``read``: the (recorded, found) ids when the caller has read them already)."""
+        recorded, found = read or (self._state().get("repository_id"), self.restic.config_id())
         if found is None and recorded:
             raise ForgeError(f"the off-site repository {recorded[:10]} that this host made is gone from "
                              f"{self.options.repository}; a new one is not made over a lost history (remove "
@@ -289,7 +283,7 @@ class PitrOffsite:
         recorded = self._state().get("repository_id")
         found = self.restic.config_id()
         if found is not None or recorded:
-            return False, self._known_repository(record=not check_mode)
+            return False, self._known_repository(record=not check_mode, read=(recorded, found))
         if check_mode:
             return True, None
         proc = self.restic.run("init", timeout=300)
