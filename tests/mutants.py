@@ -351,4 +351,18 @@ MUTANTS = [
                    "            counter.rollback()\n            counts = count_rows(counter.cursor(), tables)\n")],
         "tests": ["tests/test_pitr_engine.py::test_a_commit_between_the_point_and_the_counts_is_not_counted"],
     },
+    {
+        "name": "a-staged-wal-segment-shows-under-its-name-while-it-is-written",
+        "promise": "a PITR recovery replays whole WAL segments only: a staged one appears under its name when complete",
+        "edits": [(PITR, 'partial = os.path.join(self.directory, f".{name}.partial")',
+                   "partial = os.path.join(self.directory, name)")],
+        "tests": ["tests/test_pitr_engine.py::test_a_staged_name_only_ever_holds_a_whole_segment"],
+    },
+    {
+        "name": "a-time-before-the-newest-base-backup-is-out-of-reach",
+        "promise": "a recovery to any time in the window, also before the newest base backup",
+        "edits": [(PITR, 'backup = "auto" if target == "time" else "latest"', 'backup = "latest"')],
+        "tests": ["tests/test_pitr_engine.py::"
+                  "test_a_time_recovery_lets_barman_choose_the_backup_and_the_others_start_from_the_newest"],
+    },
 ]

@@ -4,6 +4,7 @@ get within the timeout fails in one line and leaves the writer alone), and the s
 cluster's refusal to reuse or remove a directory that is not its own. molecule/pitr runs the
 whole drill and the recoveries against Barman and PostgreSQL 17."""
 
+import datetime
 import os
 import subprocess
 import threading
@@ -13,7 +14,7 @@ import pytest
 
 from forge.errors import ForgeError
 from forge.pgconn import PgSettings
-from forge.pitr import SCRATCH_MARKER, PitrOptions, PitrRecovery, ScratchCluster, create_restore_point
+from forge.pitr import SCRATCH_MARKER, PitrOptions, PitrRecovery, ScratchCluster, WalStager, create_restore_point
 
 
 def superuser(pg, database):
@@ -186,3 +187,168 @@ def test_the_restore_command_fetches_segments_and_history_files_as_barman_files_
         else:
             assert ran.returncode == 0 and target.read_text() == expected, ran.stderr
     assert (archive / "0000000100000000" / "000000010000000000000003").read_text() == "segment 3"
+
+
+def _restore_command(scratch):
+    with open(os.path.join(scratch.data, "postgresql.auto.conf")) as handle:
+        [line] = [line for line in handle if line.startswith("restore_command = ")]
+    return line.split("= ", 1)[1].strip()[1:-1]
+
+
+def _run_restore_command(command, name, target):
+    target.unlink(missing_ok=True)
+    shell = command.replace("%f", name).replace("%p", str(target)).replace("%%", "%")
+    return subprocess.run(["/bin/sh", "-c", shell], capture_output=True, text=True, check=False)
+
+
+def _archive(tmp_path, names):
+    archive = tmp_path / "wals"
+    for name in names:
+        (archive / name[:16]).mkdir(parents=True, exist_ok=True)
+        (archive / name[:16] / name).write_text(f"segment {name}")
+    return archive
+
+
+def test_a_staged_segment_is_taken_with_a_rename_and_one_not_staged_yet_is_copied_from_the_archive(tmp_path):
+    """The stager only saves time: whatever it has not staged, the replay copies from Barman's
+    archive as before, so a slow, stopped or failed stager never changes what is replayed."""
+    archive = _archive(tmp_path, ["000000010000000000000003", "000000010000000000000004"])
+    (archive / "00000002.history").write_text("timeline 2")
+    scratch = ScratchCluster(PitrOptions("infer-forge", scratch_root=str(tmp_path / "scratch")), "recover-test")
+    os.makedirs(scratch.data)
+    os.makedirs(scratch.wal_stage)
+    (tmp_path / "scratch" / "recover-test" / "wal" / "000000010000000000000003").write_text("staged 3")
+    scratch._read_wal_from(str(archive), scratch.wal_stage)
+    command = _restore_command(scratch)
+    target = tmp_path / "RECOVERYXLOG"
+    ran = _run_restore_command(command, "000000010000000000000003", target)
+    assert ran.returncode == 0 and target.read_text() == "staged 3", ran.stderr
+    assert os.listdir(scratch.wal_stage) == []  # moved, not copied: the stager's budget is freed
+    for name, expected in (("000000010000000000000004", "segment 000000010000000000000004"),
+                           ("00000002.history", "timeline 2"), ("000000010000000000000009", None)):
+        ran = _run_restore_command(command, name, target)
+        if expected is None:
+            assert ran.returncode != 0 and not target.exists()
+        else:
+            assert ran.returncode == 0 and target.read_text() == expected, ran.stderr
+    assert sorted(os.listdir(archive / "0000000100000000")) == ["000000010000000000000003", "000000010000000000000004"]
+
+
+def test_the_stager_copies_the_base_backups_segments_on_its_timeline_in_order_and_stays_a_bounded_way_ahead(tmp_path):
+    names = [f"0000000100000000000000{n:02X}" for n in range(3, 10)] + ["000000010000000100000000",
+                                                                       "000000020000000000000009"]
+    archive = _archive(tmp_path, names)
+    stage = tmp_path / "stage"
+    stager = WalStager(str(archive), str(stage), first=lambda: "000000010000000000000005", ahead=3)
+    stager.start()
+    try:
+        deadline = time.monotonic() + 10
+        while sorted(os.listdir(stage)) != names[2:5] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # three staged: it waits for the replay to take one
+        assert sorted(os.listdir(stage)) == names[2:5]
+        assert (stage / names[2]).read_text() == f"segment {names[2]}"
+        (stage / names[2]).unlink()  # the replay took the first
+        (stage / names[3]).unlink()
+        (stage / names[4]).unlink()
+        while sorted(os.listdir(stage)) != names[5:8] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # 000000010000000100000000 comes after 00000001000000000000000FF; timeline 2's is not taken
+        assert sorted(os.listdir(stage)) == names[5:8]
+        for name in names[5:8]:
+            (stage / name).unlink()
+        stager._thread.join(timeout=10)
+        assert not stager._thread.is_alive() and os.listdir(stage) == []
+    finally:
+        stager.stop()
+    assert not stage.exists()
+    assert all((archive / name[:16] / name).read_text() == f"segment {name}" for name in names)
+
+
+def test_a_stager_that_cannot_read_the_archive_stops_and_leaves_the_replay_to_the_archive(tmp_path):
+    stage = tmp_path / "stage"
+    stager = WalStager(str(tmp_path / "no-such-archive"), str(stage), first=lambda: "000000010000000000000005")
+    stager.start()
+    stager._thread.join(timeout=10)
+    assert not stager._thread.is_alive() and os.listdir(stage) == []
+    failing = WalStager(str(tmp_path), str(tmp_path / "stage2"), first=lambda: (_ for _ in ()).throw(ForgeError("x")))
+    failing.start()
+    failing._thread.join(timeout=10)
+    assert not failing._thread.is_alive()
+    failing.stop()
+    stager.stop()
+
+
+def test_the_stager_starts_a_time_recovery_at_the_backup_barman_chooses_for_that_time():
+    from forge.pitr import Barman
+
+    class Catalog(Barman):
+        def backups(self):
+            return [{"backup_id": "20261205T060000", "status": "DONE", "end_time_timestamp": "2000"},
+                    {"backup_id": "20261204T060000", "status": "FAILED", "end_time_timestamp": "1500"},
+                    {"backup_id": "20261203T060000", "status": "DONE", "end_time_timestamp": "1000"}]
+
+    catalog = Catalog(PitrOptions("infer-forge"))
+    at = lambda epoch: datetime.datetime.fromtimestamp(epoch, datetime.UTC).isoformat(sep=" ")  # noqa: E731
+    assert catalog.backup_before(at(1800)) == "20261203T060000"  # before the newest: the one before it
+    assert catalog.backup_before(at(2500)) == "20261205T060000"
+    assert catalog.backup_before(at(500)) is None  # before every backup: nothing to stage
+    assert catalog.backup_before("2026-12-03 14:05:00") is None  # no zone: the server's decides, not ours
+    assert catalog.backup_before("yesterday") is None
+    assert catalog.first_wal(None) is None
+
+
+def test_a_staged_name_only_ever_holds_a_whole_segment(tmp_path):
+    """restore_command takes whatever stands under a segment's name: a segment half written
+    there would be replayed as the end of the WAL, and the recovery would stop short."""
+    from forge.pitr import SEGMENT_NAME_RE
+
+    size = 16 << 20
+    bucket = tmp_path / "wals" / "0000000100000000"
+    bucket.mkdir(parents=True)
+    names = [f"0000000100000000000000{n:02X}" for n in range(1, 17)]
+    content = os.urandom(1 << 20) * 16
+    for name in names:
+        (bucket / name).write_bytes(content)
+    stage = tmp_path / "stage"
+    stager = WalStager(str(tmp_path / "wals"), str(stage), first=lambda: names[0])
+    torn = []
+    stager.start()
+    try:
+        while stager._thread.is_alive():
+            for entry in os.scandir(stage):
+                if SEGMENT_NAME_RE.match(entry.name):
+                    try:
+                        seen = entry.stat().st_size
+                    except FileNotFoundError:
+                        continue
+                    if seen != size:
+                        torn.append((entry.name, seen))
+        assert sorted(os.listdir(stage)) == names
+        assert all((stage / name).read_bytes() == content for name in names)
+    finally:
+        stager.stop()
+    assert not torn, f"names that held part of a segment: {torn[:3]}"
+
+
+def test_a_time_recovery_lets_barman_choose_the_backup_and_the_others_start_from_the_newest(tmp_path):
+    """A time before the newest base backup is recovered from the backup before it (Barman's
+    ``auto``); latest and a restore point start from the newest."""
+    calls = tmp_path / "calls"
+    fake = tmp_path / "barman"
+    fake.write_text("#!/bin/sh\n"
+                    f'echo "$*" >> {calls}\n'
+                    'case "$1" in show-servers) echo "  wals_directory: /srv/wals"; echo "  compression: gzip";; '
+                    'restore) for last; do :; done; mkdir -p "$last";; esac\n')
+    fake.chmod(0o755)
+    options = PitrOptions("infer-forge", scratch_root=str(tmp_path / "scratch"), barman_command=[str(fake)])
+    from forge.pitr import Barman
+
+    for label, target, value in (("recover-time", "time", "2026-12-03 14:05:00+01"),
+                                 ("recover-name", "name", "before_upgrade")):
+        scratch = ScratchCluster(options, label)
+        scratch.prepare()
+        scratch.restore(Barman(options), target, value)
+    restores = [line.split() for line in calls.read_text().splitlines() if line.startswith("restore")]
+    assert [words[-3:-1] for words in restores] == [["infer-forge", "auto"], ["infer-forge", "latest"]]
+    assert "--target-time" in restores[0] and "--target-name" in restores[1]
