@@ -94,10 +94,12 @@ def test_the_nas_holds_ciphertext_only_and_never_the_repository_password(host):
     sql(host, "CREATE TABLE IF NOT EXISTS pitr_marks (name text PRIMARY KEY)")
     sql(host, f"INSERT INTO pitr_marks VALUES ('{marker}')")  # noqa: S608 - a uuid we made
     host.check_output(f"runuser -u barman -- barman switch-wal --force --archive {SERVER}")
+    listed = json.loads(host.check_output(f"runuser -u barman -- barman -f json list-backups {SERVER}"))[SERVER]
+    done = sum(1 for backup in listed if backup["status"] == "DONE")
     copied = forge(host, "offsite")
     assert copied.rc == 0, copied.stderr
     assert re.search(rf"^Off-site PITR copy OK: {SERVER} -> {re.escape(REPOSITORY)}: snapshot [0-9a-f]{{8}}: "
-                     r"1 base backup\(s\) and the WAL, \d+ new of \d+ files, ", copied.stdout, re.M), copied.stdout
+                     rf"{done} base backup\(s\) and the WAL, \d+ new of \d+ files, ", copied.stdout, re.M), copied.stdout
     # The control: Barman's own WAL holds the row in clear, so a grep would find it if it were sent so.
     assert host.run(f"grep -rla {marker} /var/lib/barman/{SERVER}/wals").stdout.strip()
     server = nas()
