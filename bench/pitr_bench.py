@@ -115,7 +115,8 @@ def base_backup():
 
 def recovery_phases(scratch):
     """Where the recovery's time went, from Barman's log and the scratch cluster's: the base
-    backup's copy, the WAL's copy, PostgreSQL's replay."""
+    backup's copy, the WAL's copy, PostgreSQL's fsync of the copy, its replay and its
+    end-of-recovery checkpoint."""
     def stamps(path, pattern, form):
         with open(path) as handle:
             return [time.mktime(time.strptime(line[:19], form)) + float("0." + line[20:23])
@@ -130,10 +131,19 @@ def recovery_phases(scratch):
     wal_start = stamps(barman_log, "Copying required WAL segments", form)[-1:]
     wal_end = stamps(barman_log, "Finished copying .* WAL files", form)[-1:]
     wal_copy = round(wal_end[0] - wal_start[0], 1) if wal_start and wal_end and wal_end[0] >= copy_end else 0.0
-    with open(f"{scratch}/postgresql.log") as handle:
-        replay = re.search(r"redo done at .* elapsed: ([\d.]+) s", handle.read())
+    pg_log = f"{scratch}/postgresql.log"
+    with open(pg_log) as handle:
+        said = handle.read()
+    replay = re.search(r"redo done at .* elapsed: ([\d.]+) s", said)
+    # PostgreSQL's own steps: the fsync of the copied data directory before the replay, and the
+    # end-of-recovery checkpoint after it.
+    interrupted = stamps(pg_log, "database system was interrupted", form)[-1:]
+    starting = stamps(pg_log, "starting backup recovery|starting archive recovery", form)[:1]
+    checkpoint = re.findall(r"end-of-recovery.*?checkpoint complete: [^\n]*? total=([\d.]+) s", said, re.S)
     return {"recovery_copy_base": round(copy_end - copy_start, 1), "recovery_copy_wal": wal_copy,
-            "recovery_replay": float(replay.group(1)) if replay else 0.0}
+            "recovery_sync_data": round(starting[0] - interrupted[0], 2) if interrupted and starting else 0.0,
+            "recovery_replay": float(replay.group(1)) if replay else 0.0,
+            "recovery_checkpoint": float(checkpoint[-1]) if checkpoint else 0.0}
 
 
 def main():
