@@ -365,4 +365,18 @@ MUTANTS = [
         "tests": ["tests/test_pitr_engine.py::"
                   "test_a_time_recovery_lets_barman_choose_the_backup_and_the_others_start_from_the_newest"],
     },
+    {
+        "name": "a-wal-segment-that-fails-to-copy-ends-the-recovery-early",
+        "promise": "a recovery to latest replays all of Barman's archive or stops in one line, never ends short",
+        "edits": [(PITR, 'cp "$s" "%p" || exit 128', 'cp "$s" "%p"')],
+        "tests": ["tests/test_pitr_engine.py::"
+                  "test_a_segment_the_archive_holds_but_cannot_be_copied_stops_the_recovery_instead_of_ending_it"],
+    },
+    {
+        "name": "a-removed-scratch-cluster-leaves-its-stager-running",
+        "promise": "a recovery that fails or is removed leaves nothing running and nothing behind",
+        "edits": [(PITR, "        self.stop_staging()  # after the server", "        pass  # after the server")],
+        "tests": ["tests/test_pitr_engine.py::"
+                  "test_a_failed_barman_restore_stops_the_stager_and_leaves_nothing_behind"],
+    },
 ]

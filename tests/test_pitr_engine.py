@@ -223,15 +223,32 @@ def test_a_staged_segment_is_taken_with_a_rename_and_one_not_staged_yet_is_copie
     target = tmp_path / "RECOVERYXLOG"
     ran = _run_restore_command(command, "000000010000000000000003", target)
     assert ran.returncode == 0 and target.read_text() == "staged 3", ran.stderr
-    assert os.listdir(scratch.wal_stage) == []  # moved, not copied: the stager's budget is freed
+    # Moved, not copied: the stager's budget is freed; the name asked for is left for the stager.
+    assert os.listdir(scratch.wal_stage) == [".asked"]
+    assert (tmp_path / "scratch" / "recover-test" / "wal" / ".asked").read_text().strip() == "000000010000000000000003"
     for name, expected in (("000000010000000000000004", "segment 000000010000000000000004"),
                            ("00000002.history", "timeline 2"), ("000000010000000000000009", None)):
         ran = _run_restore_command(command, name, target)
         if expected is None:
-            assert ran.returncode != 0 and not target.exists()
+            assert ran.returncode == 1 and not target.exists()  # not archived: the end of the WAL
         else:
             assert ran.returncode == 0 and target.read_text() == expected, ran.stderr
     assert sorted(os.listdir(archive / "0000000100000000")) == ["000000010000000000000003", "000000010000000000000004"]
+
+
+def test_a_segment_the_archive_holds_but_cannot_be_copied_stops_the_recovery_instead_of_ending_it(tmp_path):
+    """Exit 1 would tell PostgreSQL the WAL ends there, and a recovery to latest would promote
+    early and report success; above 125 it stops the recovery."""
+    archive = _archive(tmp_path, ["000000010000000000000003"])
+    scratch = ScratchCluster(PitrOptions("infer-forge", scratch_root=str(tmp_path / "scratch")), "recover-test")
+    os.makedirs(scratch.data)
+    for stage in (None, scratch.wal_stage):
+        with open(os.path.join(scratch.data, "postgresql.auto.conf"), "w"):
+            pass
+        scratch._read_wal_from(str(archive), stage)
+        ran = _run_restore_command(_restore_command(scratch), "000000010000000000000003",
+                                   tmp_path / "no-such-directory" / "RECOVERYXLOG")
+        assert ran.returncode > 125, (stage, ran.returncode, ran.stderr)
 
 
 def test_the_stager_copies_the_base_backups_segments_on_its_timeline_in_order_and_stays_a_bounded_way_ahead(tmp_path):
@@ -293,7 +310,9 @@ def test_the_stager_starts_a_time_recovery_at_the_backup_barman_chooses_for_that
     assert catalog.backup_before(at(1800)) == "20261203T060000"  # before the newest: the one before it
     assert catalog.backup_before(at(2500)) == "20261205T060000"
     assert catalog.backup_before(at(500)) is None  # before every backup: nothing to stage
-    assert catalog.backup_before("2026-12-03 14:05:00") is None  # no zone: the server's decides, not ours
+    # No zone: the Barman host's local time, as Barman reads it.
+    assert catalog.backup_before(datetime.datetime.fromtimestamp(1800).isoformat(sep=" ")) == "20261203T060000"
+    assert catalog.backup_before(at(2000)) == "20261205T060000"  # ended exactly then: Barman takes it
     assert catalog.backup_before("yesterday") is None
     assert catalog.first_wal(None) is None
 
@@ -306,7 +325,7 @@ def test_a_staged_name_only_ever_holds_a_whole_segment(tmp_path):
     size = 16 << 20
     bucket = tmp_path / "wals" / "0000000100000000"
     bucket.mkdir(parents=True)
-    names = [f"0000000100000000000000{n:02X}" for n in range(1, 17)]
+    names = [f"0000000100000000000000{n:02X}" for n in range(1, 9)]
     content = os.urandom(1 << 20) * 16
     for name in names:
         (bucket / name).write_bytes(content)
@@ -352,3 +371,80 @@ def test_a_time_recovery_lets_barman_choose_the_backup_and_the_others_start_from
     restores = [line.split() for line in calls.read_text().splitlines() if line.startswith("restore")]
     assert [words[-3:-1] for words in restores] == [["infer-forge", "auto"], ["infer-forge", "latest"]]
     assert "--target-time" in restores[0] and "--target-name" in restores[1]
+
+
+def test_the_stager_drops_what_the_replay_passed_and_skips_ahead_to_it(tmp_path):
+    """A stager that fell behind the replay catches up instead of staging segments nobody reads."""
+    names = [f"0000000100000000000000{n:02X}" for n in range(3, 10)]
+    archive = _archive(tmp_path, names)
+    stage = tmp_path / "stage"
+    stager = WalStager(str(archive), str(stage), first=lambda: names[0], ahead=2)
+    stager.start()
+    try:
+        deadline = time.monotonic() + 10
+        while sorted(os.listdir(stage)) != names[:2] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sorted(os.listdir(stage)) == names[:2]
+        # The replay copied 03 to 06 from the archive itself and now asks for 06; a request on
+        # another timeline (PostgreSQL probes a newer one first) moves nothing.
+        (stage / ".asked").write_text("000000020000000000000009\n")
+        time.sleep(0.3)
+        assert sorted(os.listdir(stage)) == [".asked"] + names[:2]
+        (stage / ".asked").write_text(names[3] + "\n")
+        while sorted(os.listdir(stage)) != [".asked"] + names[4:6] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sorted(os.listdir(stage)) == [".asked"] + names[4:6]  # 07 and 08 staged, 03 and 04 dropped
+    finally:
+        stager.stop()
+
+
+def _stand_in_barman(tmp_path, archive, show_backup="", restore="sleep 1"):
+    """Barman as a recovery calls it, a stand-in script: only our side of the command line is
+    under test here (molecule/pitr runs the real one)."""
+    streaming = tmp_path / "streaming"
+    streaming.mkdir(exist_ok=True)
+    fake = tmp_path / "barman"
+    fake.write_text("#!/bin/sh\n"
+                    'case "$*" in\n'
+                    f'  show-servers*) echo "  wals_directory: {archive}"; echo "  compression: None"; '
+                    f'echo "  streaming_wals_directory: {streaming}";;\n'
+                    f'  *show-backup*) {show_backup or ":"}; echo \'{{"infer-forge": {{"base_backup_information": '
+                    '{"begin_wal": "000000010000000000000004"}}}\';;\n'
+                    f'  restore*) for last; do :; done; mkdir -p "$last/pg_wal"; {restore};;\n'
+                    "esac\n")
+    fake.chmod(0o755)
+    return PitrOptions("infer-forge", scratch_root=str(tmp_path / "scratch"), barman_command=[str(fake)])
+
+
+def test_a_scratch_cluster_stages_from_a_plain_archive_while_barman_copies(tmp_path):
+    from forge.pitr import Barman
+
+    names = [f"0000000100000000000000{n:02X}" for n in range(3, 8)]
+    options = _stand_in_barman(tmp_path, _archive(tmp_path, names))
+    scratch = ScratchCluster(options, "recover-wired")
+    scratch.prepare()
+    scratch.restore(Barman(options), "latest")
+    stage = scratch.wal_stage
+    deadline = time.monotonic() + 10
+    while sorted(os.listdir(stage)) != names[1:] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(os.listdir(stage)) == names[1:]  # from the backup's first segment on
+    assert f'"{stage}/$f"' in _restore_command(scratch)
+    scratch.remove()
+    assert not os.path.exists(scratch.path)
+
+
+def test_a_failed_barman_restore_stops_the_stager_and_leaves_nothing_behind(tmp_path):
+    from forge.pitr import Barman
+
+    names = [f"0000000100000000000000{n:02X}" for n in range(3, 8)]
+    options = _stand_in_barman(tmp_path, _archive(tmp_path, names), show_backup="sleep 2",
+                               restore="echo 'ERROR: the disk is full' >&2; exit 1")
+    scratch = ScratchCluster(options, "recover-failed")
+    scratch.prepare()
+    with pytest.raises(ForgeError, match="barman restore failed: ERROR: the disk is full"):
+        scratch.restore(Barman(options), "latest")
+    thread = scratch.stager._thread
+    assert thread.is_alive()  # still asking Barman for the first segment
+    scratch.remove()  # as PitrRecovery.recover does on any failure
+    assert not thread.is_alive() and not os.path.exists(scratch.path)

@@ -8,6 +8,7 @@ directory under the scratch root, started by the right major's binaries on a sid
 its socket in a private directory and no TCP listener, and removed afterwards.
 """
 
+import contextlib
 import datetime
 import json
 import os
@@ -31,9 +32,12 @@ TARGETS = ("latest", "time", "name")
 SEGMENT_NAME_RE = re.compile(r"^[0-9A-F]{24}\Z")
 # A path a shell word in restore_command can hold as it is.
 SHELL_SAFE_PATH_RE = re.compile(r"^/[A-Za-z0-9_./-]+\Z")
-# Segments the stager keeps ready ahead of the replay: at most 512 MiB of 16 MiB segments on the
-# scratch disk, however much WAL the archive holds (16 made no difference in the bench).
-STAGE_AHEAD = 32
+# What the stager keeps ready ahead of the replay on the scratch disk, however much WAL the
+# archive holds: 32 segments of the default 16 MiB (16 made no difference in the bench).
+STAGE_BYTES = 512 << 20
+# Staging stops before it leaves less free than this on the scratch file system (often Barman's
+# own, where a full disk would stop the WAL streaming).
+STAGE_KEEP_FREE = 1 << 30
 # barman's own, apart from the backup role's /var/lib/infer-forge/reports (a host may run both).
 DEFAULT_REPORT_DIR = "/var/lib/barman/infer-forge-reports"
 
@@ -134,18 +138,25 @@ class Barman:
 
     def backup_before(self, value):
         """The base backup a recovery to the time ``value`` starts from, as Barman's ``auto``
-        chooses it: the newest DONE one that ended before it. None when the time names no zone
-        (the server's zone decides) or no backup qualifies."""
+        chooses it: of the backups in id order, the last that ended at or before it (a time
+        without a zone is the Barman host's local time, as Barman reads it). None when the time
+        does not parse here or no backup qualifies; only the staging relies on this guess."""
         try:
-            when = datetime.datetime.fromisoformat(value)
-        except ValueError:
+            when = datetime.datetime.fromisoformat(value).astimezone().timestamp()
+        except (TypeError, ValueError, OverflowError, OSError):
             return None
-        if when.tzinfo is None:
-            return None
-        ended = [(_backup_end(backup), backup.get("backup_id")) for backup in self.backups()
-                 if backup.get("status") == "DONE"]
-        before = [(end, backup_id) for end, backup_id in ended if end is not None and end < when.timestamp()]
-        return max(before)[1] if before else None
+        chosen = None
+        for backup in sorted(self.backups(), key=lambda backup: str(backup.get("backup_id"))):
+            end = _backup_end(backup)
+            if backup.get("status") in ("DONE", "WAITING_FOR_WALS") and end is not None and end <= when:
+                chosen = backup.get("backup_id")
+        return chosen
+
+    def earliest_recovery_time(self):
+        """When the oldest usable base backup ended: the earliest time a recovery reaches."""
+        ends = [_backup_end(backup) for backup in self.backups() if backup.get("status") == "DONE"]
+        ends = [end for end in ends if end is not None]
+        return datetime.datetime.fromtimestamp(min(ends), datetime.UTC).isoformat(sep=" ") if ends else None
 
     def settings(self):
         """Barman's view of the server (``show-servers``), read once: {setting: value}."""
@@ -243,16 +254,19 @@ def create_restore_point(settings, name, lock_timeout=5):
 
 class WalStager:
     """Copies the WAL segments a recovery replays from Barman's archive into the scratch
-    directory in a thread: while Barman copies the base backup, then ahead of the replay, at
-    most ``ahead`` segments at a time. Each is written under a temporary name, fsynced, then
-    renamed, so a staged name always holds a whole segment and PostgreSQL's own fsync of it
-    finds nothing left to write.
+    directory in a thread: while Barman copies the base backup, then ahead of the replay. Each
+    is written under a temporary name, fsynced, then renamed, so a staged name always holds a
+    whole segment and PostgreSQL's own fsync of it finds nothing left to write.
 
     The replay takes a staged segment with one rename and copies any other from the archive
     itself (ScratchCluster._read_wal_from), so the stager only ever saves time: it never decides
-    what is replayed, and when it fails it stops and the replay reads the archive."""
+    what is replayed, and when it fails it stops and the replay reads the archive.
+    restore_command leaves the name it was last asked for in ``.asked``: the stager drops what
+    the replay has passed and skips ahead to it, so a stager that fell behind catches up
+    instead of staging segments nobody reads. It holds at most STAGE_BYTES (``ahead``
+    segments at most) and stops before the disk gets short."""
 
-    def __init__(self, archive, directory, first, ahead=STAGE_AHEAD):
+    def __init__(self, archive, directory, first, ahead=None):
         self.archive = archive
         self.directory = directory
         self.first = first  # a callable: the base backup's first segment (asked in the thread)
@@ -281,24 +295,68 @@ class WalStager:
                           if SEGMENT_NAME_RE.match(name) and name.startswith(bucket) and name >= first]
         return sorted(names)
 
+    def _source(self, name):
+        return os.path.join(self.archive, name[:16], name)
+
     def _run(self):
         try:
             first = self.first()
             if not SEGMENT_NAME_RE.match(first or ""):
                 return
-            for name in self.segments(first):
-                while len(os.listdir(self.directory)) >= self.ahead:
-                    if self._stop.wait(0.05):
-                        return
-                if self._stop.is_set():
+            names = self.segments(first)
+            if not names:
+                return
+            size = max(1, os.stat(self._source(names[0])).st_size)
+            limit = max(2, STAGE_BYTES // size)
+            limit = min(limit, self.ahead) if self.ahead else limit
+            for name in names:
+                if not self._wait_for_room(name, limit, size):
                     return
-                self._stage(name)
+                if not self._passed(name, self._asked(), or_at=True):  # the replay copies what it asked for
+                    self._stage(name)
         except (OSError, ForgeError):
             return  # the replay copies from the archive whatever is not staged
 
+    def _asked(self):
+        try:
+            with open(os.path.join(self.directory, ".asked")) as handle:
+                asked = handle.read(64).strip()
+        except OSError:
+            return None
+        return asked if SEGMENT_NAME_RE.match(asked) else None
+
+    @staticmethod
+    def _passed(name, asked, or_at=False):
+        """Whether the replay has gone past ``name`` (or is at it). A name on another timeline
+        says nothing: PostgreSQL asks for a newer timeline's segment first when one exists."""
+        if asked is None or asked[:8] != name[:8]:
+            return False
+        return name <= asked if or_at else name < asked
+
+    def _wait_for_room(self, name, limit, size):
+        """True when ``name`` may be staged (or skipped); False when stopped or short of disk."""
+        while not self._stop.is_set():
+            asked = self._asked()
+            if self._passed(name, asked, or_at=True):
+                return True
+            staged = []
+            for entry in os.listdir(self.directory):
+                if not SEGMENT_NAME_RE.match(entry):
+                    continue
+                if self._passed(entry, asked):  # behind the replay: never read
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(self.directory, entry))
+                else:
+                    staged.append(entry)
+            if len(staged) < limit:
+                disk = os.statvfs(self.directory)
+                return disk.f_bavail * disk.f_frsize >= size + STAGE_KEEP_FREE
+            self._stop.wait(0.05)
+        return False
+
     def _stage(self, name):
         partial = os.path.join(self.directory, f".{name}.partial")  # never a name PostgreSQL asks for
-        source = os.open(os.path.join(self.archive, name[:16], name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        source = os.open(self._source(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         try:
             status = os.fstat(source)
             size = status.st_size
@@ -370,7 +428,15 @@ class ScratchCluster:
             args += ["--target-name", value]
         if target != "latest":
             args += ["--target-action", "promote"]
-        barman.run(*args, self.options.server, backup, self.data)
+        try:
+            barman.run(*args, self.options.server, backup, self.data)
+        except ForgeError as exc:
+            if target == "time" and "candidate backup" in exc.message:
+                earliest = barman.earliest_recovery_time()
+                raise ForgeError(f"no base backup of {self.options.server} ended by {value}, so no recovery "
+                                 f"reaches it{'; the earliest time one reaches is ' + earliest if earliest else ''}"
+                                 "; nothing was changed") from None
+            raise
         if archive:
             self._read_wal_from(archive, self.wal_stage if self.stager else None)
         if target == "latest":
@@ -393,9 +459,13 @@ class ScratchCluster:
         from Barman's archive (read only: cp never writes there). Barman files a segment under
         the first 16 characters of its name, a timeline history file at the top; ``%%`` is
         PostgreSQL's escape for a percent sign."""
-        staged = f'if [ -f "{stage}/$f" ]; then exec mv -f "{stage}/$f" "%p"; fi; ' if stage else ""
+        staged = (f'{{ echo "$f" > "{stage}/.asked"; }} 2>/dev/null; '
+                  f'if [ -f "{stage}/$f" ] && mv -f "{stage}/$f" "%p"; then exit 0; fi; ') if stage else ""
+        # Exit 1 only for a file the archive does not hold: PostgreSQL reads it as the end of the
+        # WAL and, recovering to latest, promotes there. A copy that fails (a full disk, a read
+        # error) exits above 125, which makes PostgreSQL stop the recovery instead of ending it short.
         command = (f'f=%f; {staged}case "$f" in *.history) d= ;; *) d=$(printf %%.16s "$f")/ ;; esac; '
-                   f'exec cp "{archive}/$d$f" "%p"')
+                   f's="{archive}/$d$f"; [ -f "$s" ] || exit 1; cp "$s" "%p" || exit 128')
         with open(os.path.join(self.data, "postgresql.auto.conf"), "a") as handle:
             handle.write(f"# infer-forge: WAL straight from Barman's archive\nrestore_command = '{command}'\n")
 
@@ -425,7 +495,7 @@ class ScratchCluster:
         while True:
             with self.connect("postgres") as conn:
                 if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
-                    self._stop_staging()
+                    self.stop_staging()
                     return
             if time.monotonic() > deadline:
                 raise ForgeError(f"the scratch cluster was still recovering after {self.options.start_timeout} s")
@@ -450,17 +520,17 @@ class ScratchCluster:
         except OSError:
             return "no server log"
 
-    def _stop_staging(self):
+    def stop_staging(self):
         if self.stager is not None:
             self.stager.stop()
             self.stager = None
 
     def remove(self):
-        self._stop_staging()
         if self.started:
             subprocess.run([os.path.join(self.options.postgres_bin, "pg_ctl"), "-D", self.data, "-m", "immediate",
                             "-w", "stop"], capture_output=True, text=True, check=False, timeout=120)
             self.started = False
+        self.stop_staging()  # after the server: a replay still running never finds the stage gone
         if os.path.isfile(os.path.join(self.path, SCRATCH_MARKER)):
             shutil.rmtree(self.path, ignore_errors=True)
 
@@ -652,6 +722,7 @@ class PitrRecovery:
             if scratch is not None and not self.options.keep:
                 scratch.remove()
             elif scratch is not None:
+                scratch.stop_staging()
                 result["kept"] = scratch.data
         result["verdict"] = "PASS" if result["passed"] else "FAIL"
         result["duration"] = round(time.monotonic() - started, 3)

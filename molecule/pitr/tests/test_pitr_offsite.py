@@ -99,7 +99,8 @@ def test_the_nas_holds_ciphertext_only_and_never_the_repository_password(host):
     copied = forge(host, "offsite")
     assert copied.rc == 0, copied.stderr
     assert re.search(rf"^Off-site PITR copy OK: {SERVER} -> {re.escape(REPOSITORY)}: snapshot [0-9a-f]{{8}}: "
-                     rf"{done} base backup\(s\) and the WAL, \d+ new of \d+ files, ", copied.stdout, re.M), copied.stdout
+                     rf"{done} base backup\(s\) and the WAL, \d+ new of \d+ files, ",
+                     copied.stdout, re.M), copied.stdout
     # The control: Barman's own WAL holds the row in clear, so a grep would find it if it were sent so.
     assert host.run(f"grep -rla {marker} /var/lib/barman/{SERVER}/wals").stdout.strip()
     server = nas()
@@ -247,3 +248,20 @@ def test_a_link_barman_planted_as_its_report_directory_hands_root_nothing(host):
     finally:
         host.check_output(f"rm -f {reports} && mv {reports}.real {reports}")
 
+
+
+def test_a_login_no_host_holds_any_more_is_removed_from_the_nas_and_the_others_kept(host):
+    """A retired or renamed Barman host keeps no way into the NAS: the logins file is the role's
+    alone and holds only the inventory's logins (its repository stays, append-only)."""
+    server = nas()
+    logins = "/etc/restic-rest-server/infer-forge.htpasswd"
+    server.check_output(f"printf %s retired-secret | htpasswd -B -i {logins} retired-barman")
+    run = playbook("pitr.yml", "--limit", "pitr-nas")
+    assert run.returncode == 0, run.stdout[-3000:]
+    names = [line.split(":", 1)[0] for line in server.file(logins).content_string.splitlines() if line]
+    assert names == ["pitr-barman"]
+    assert "(item=retired-barman)" in run.stdout.split("Remove the logins no host holds any more", 1)[1]
+    # The kept login was left as it was, and still copies.
+    assert forge(host, "offsite").rc == 0
+    again = playbook("pitr.yml", "--limit", "pitr-nas")
+    assert again.returncode == 0 and "changed=0" in again.stdout, again.stdout[-3000:]
