@@ -310,9 +310,10 @@ class WalStager:
             limit = max(2, STAGE_BYTES // size)
             limit = min(limit, self.ahead) if self.ahead else limit
             for name in names:
-                if not self._wait_for_room(name, limit, size):
+                step = self._next_step(name, limit, size)
+                if step is None:
                     return
-                if not self._passed(name, self._asked(), or_at=True):  # the replay copies what it asked for
+                if step == "stage":
                     self._stage(name)
         except (OSError, ForgeError):
             return  # the replay copies from the archive whatever is not staged
@@ -333,12 +334,13 @@ class WalStager:
             return False
         return name <= asked if or_at else name < asked
 
-    def _wait_for_room(self, name, limit, size):
-        """True when ``name`` may be staged (or skipped); False when stopped or short of disk."""
+    def _next_step(self, name, limit, size):
+        """"skip" once the replay has asked for ``name`` (it copies it from the archive itself),
+        "stage" when there is room for it, None when stopped or short of disk."""
         while not self._stop.is_set():
             asked = self._asked()
             if self._passed(name, asked, or_at=True):
-                return True
+                return "skip"
             staged = []
             for entry in os.listdir(self.directory):
                 if not SEGMENT_NAME_RE.match(entry):
@@ -350,9 +352,9 @@ class WalStager:
                     staged.append(entry)
             if len(staged) < limit:
                 disk = os.statvfs(self.directory)
-                return disk.f_bavail * disk.f_frsize >= size + STAGE_KEEP_FREE
+                return "stage" if disk.f_bavail * disk.f_frsize >= size + STAGE_KEEP_FREE else None
             self._stop.wait(0.05)
-        return False
+        return None
 
     def _stage(self, name):
         partial = os.path.join(self.directory, f".{name}.partial")  # never a name PostgreSQL asks for
@@ -406,7 +408,7 @@ class ScratchCluster:
     def restore(self, barman, target, value=None):
         args = ["restore", "--jobs", str(self.options.jobs)]
         # A time may lie before the newest base backup (a weekly one would otherwise shorten the
-        # recovery window to days): Barman then starts from the newest backup that ended before it.
+        # recovery window to days): Barman then starts from the newest backup that ended by it.
         backup = "auto" if target == "time" else "latest"
         archive = self._plain_wal_archive(barman)
         if archive:
