@@ -163,32 +163,6 @@ def test_a_recovery_reads_the_wal_straight_from_an_uncompressed_archive_and_leav
     assert plain(BarmanSettings(compression="None")) is None
 
 
-def test_the_restore_command_fetches_segments_and_history_files_as_barman_files_them(tmp_path):
-    """The command as PostgreSQL runs it: %f and %p replaced, %% made a percent sign, by /bin/sh."""
-    archive = tmp_path / "wals"
-    (archive / "0000000100000000").mkdir(parents=True)
-    (archive / "0000000100000000" / "000000010000000000000003").write_text("segment 3")
-    (archive / "00000002.history").write_text("timeline 2")
-    options = PitrOptions("infer-forge", scratch_root=str(tmp_path / "scratch"))
-    scratch = ScratchCluster(options, "recover-test")
-    os.makedirs(scratch.data)
-    scratch._read_wal_from(str(archive))
-    with open(os.path.join(scratch.data, "postgresql.auto.conf")) as handle:
-        [line] = [line for line in handle if line.startswith("restore_command = ")]
-    command = line.split("= ", 1)[1].strip()[1:-1]
-    for name, expected in (("000000010000000000000003", "segment 3"), ("00000002.history", "timeline 2"),
-                           ("000000010000000000000009", None)):
-        target = tmp_path / "RECOVERYXLOG"
-        target.unlink(missing_ok=True)
-        shell = command.replace("%f", name).replace("%p", str(target)).replace("%%", "%")
-        ran = subprocess.run(["/bin/sh", "-c", shell], capture_output=True, text=True, check=False)
-        if expected is None:
-            assert ran.returncode != 0 and not target.exists()  # not archived: the end of the archive
-        else:
-            assert ran.returncode == 0 and target.read_text() == expected, ran.stderr
-    assert (archive / "0000000100000000" / "000000010000000000000003").read_text() == "segment 3"
-
-
 def _restore_command(scratch):
     with open(os.path.join(scratch.data, "postgresql.auto.conf")) as handle:
         [line] = [line for line in handle if line.startswith("restore_command = ")]
@@ -207,6 +181,28 @@ def _archive(tmp_path, names):
         (archive / name[:16]).mkdir(parents=True, exist_ok=True)
         (archive / name[:16] / name).write_text(f"segment {name}")
     return archive
+
+
+def test_the_restore_command_fetches_segments_and_history_files_as_barman_files_them(tmp_path):
+    """The command as PostgreSQL runs it: %f and %p replaced, %% made a percent sign, by /bin/sh."""
+    archive = tmp_path / "wals"
+    (archive / "0000000100000000").mkdir(parents=True)
+    (archive / "0000000100000000" / "000000010000000000000003").write_text("segment 3")
+    (archive / "00000002.history").write_text("timeline 2")
+    options = PitrOptions("infer-forge", scratch_root=str(tmp_path / "scratch"))
+    scratch = ScratchCluster(options, "recover-test")
+    os.makedirs(scratch.data)
+    scratch._read_wal_from(str(archive))
+    command = _restore_command(scratch)
+    for name, expected in (("000000010000000000000003", "segment 3"), ("00000002.history", "timeline 2"),
+                           ("000000010000000000000009", None)):
+        target = tmp_path / "RECOVERYXLOG"
+        ran = _run_restore_command(command, name, target)
+        if expected is None:
+            assert ran.returncode != 0 and not target.exists()  # not archived: the end of the archive
+        else:
+            assert ran.returncode == 0 and target.read_text() == expected, ran.stderr
+    assert (archive / "0000000100000000" / "000000010000000000000003").read_text() == "segment 3"
 
 
 def test_a_staged_segment_is_taken_with_a_rename_and_one_not_staged_yet_is_copied_from_the_archive(tmp_path):

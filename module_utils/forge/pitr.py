@@ -154,8 +154,7 @@ class Barman:
 
     def earliest_recovery_time(self):
         """When the oldest usable base backup ended: the earliest time a recovery reaches."""
-        ends = [_backup_end(backup) for backup in self.backups() if backup.get("status") == "DONE"]
-        ends = [end for end in ends if end is not None]
+        ends = _backup_ends(backup for backup in self.backups() if backup.get("status") == "DONE")
         return datetime.datetime.fromtimestamp(min(ends), datetime.UTC).isoformat(sep=" ") if ends else None
 
     def settings(self):
@@ -550,8 +549,7 @@ def status_metrics(options, barman=None, now=None):
     streaming_checks = ("receive_wal_running", "replication_slot", "postgresql_streaming")
     streaming = all(checks.get(name, {}).get("status") == "OK" for name in streaming_checks)
     done = [b for b in barman.backups() if b.get("status") == "DONE"]
-    ends = [_backup_end(b) for b in done]
-    ends = [end for end in ends if end is not None]
+    ends = _backup_ends(done)
     samples = [
         ("streaming_up", "1 when pg_receivewal streams through the replication slot.", 1 if streaming else 0),
         ("checks_failed", "Checks of barman check that failed.", len(failed)),
@@ -572,6 +570,11 @@ def status_metrics(options, barman=None, now=None):
     metrics.write_textfile(options.textfile_dir, f"infer_forge_pitr_{options.server}.prom", rendered)
     return {"streaming_up": streaming, "failed_checks": failed, "base_backups": len(done),
             "last_base_backup": max(ends) if ends else None, "last_wal_archived": archived}
+
+
+def _backup_ends(backups):
+    """When each of ``backups`` ended, leaving out those that do not say."""
+    return [end for end in map(_backup_end, backups) if end is not None]
 
 
 def _backup_end(backup):
