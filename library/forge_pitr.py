@@ -52,6 +52,13 @@ options:
   keep:
     description: Keep the scratch cluster running (O(mode=recover) keeps it by default; the drill removes it).
     type: bool
+  remove_failed:
+    description:
+      - For O(mode=recover), remove the scratch directory of a recovery that failed once PostgreSQL ran (its
+        replay ended in a C(FATAL), the counts failed). By default it is kept, with the server stopped, for
+        inspection, and the error names it and PostgreSQL's log.
+    type: bool
+    default: false
   login_host:
     description: Where the live server is reached, for the drill's restore point.
     type: str
@@ -200,7 +207,7 @@ snapshot:
 from ansible.module_utils.basic import AnsibleModule
 
 try:
-    from ansible.module_utils.forge.errors import ForgeError
+    from ansible.module_utils.forge.errors import ForgeError, unexpected
     from ansible.module_utils.forge.pgconn import PgSettings
     from ansible.module_utils.forge.pitr import DEFAULT_REPORT_DIR, Barman, PitrOptions, PitrRecovery
     from ansible.module_utils.forge.pitr_offsite import OffsiteOptions, PitrOffsite
@@ -216,6 +223,7 @@ ARGUMENT_SPEC = dict(
     target_time=dict(type="str"),
     target_name=dict(type="str"),
     keep=dict(type="bool"),
+    remove_failed=dict(type="bool", default=False),
     login_host=dict(type="str", default="db"),
     port=dict(type="int", default=5432),
     login_user=dict(type="str", default="infer"),
@@ -298,7 +306,8 @@ class PitrModule:
         target, value = ("time", p["target_time"]) if p["target_time"] else (
             ("name", p["target_name"]) if p["target_name"] else ("latest", None))
         keep = True if p["keep"] is None else p["keep"]
-        result = PitrRecovery(self.options(), settings).recover(target, value, database=p["database"], keep=keep)
+        result = PitrRecovery(self.options(), settings).recover(target, value, database=p["database"], keep=keep,
+                                                                remove_failed=p["remove_failed"])
         result["changed"] = True
         return result
 
@@ -312,6 +321,8 @@ def main():
         result = PitrModule(module).run()
     except ForgeError as exc:
         module.fail_json(msg=exc.message)
+    except Exception as exc:  # noqa: BLE001 - one line for the operator, never a traceback
+        module.fail_json(msg=f"forge_pitr {module.params['mode']} stopped: {unexpected(exc)}")
     if result.get("failed"):
         module.fail_json(**result)
     module.exit_json(**result)

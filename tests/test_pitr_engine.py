@@ -353,7 +353,8 @@ def test_a_time_recovery_lets_barman_choose_the_backup_and_the_others_start_from
     fake = tmp_path / "barman"
     fake.write_text("#!/bin/sh\n"
                     f'echo "$*" >> {calls}\n'
-                    'case "$1" in show-servers) echo "  wals_directory: /srv/wals"; echo "  compression: gzip";; '
+                    'case "$1" in show-servers) echo "  wals_directory: /srv/wals"; echo "  compression: gzip"; '
+                    'echo "  streaming_wals_directory: /srv/streaming";; '
                     'restore) for last; do :; done; mkdir -p "$last";; esac\n')
     fake.chmod(0o755)
     options = PitrOptions("infer-forge", scratch_root=str(tmp_path / "scratch"), barman_command=[str(fake)])

@@ -13,7 +13,7 @@ import signal
 import sys
 
 from . import settings as declarations
-from .errors import ForgeError
+from .errors import ForgeError, unexpected
 from .privileges import become_directory_owner
 from .settings import read_env_file
 
@@ -347,6 +347,8 @@ def pitr_command(args, environ):
     target.add_argument("--time", help="recover to this time, e.g. '2026-12-03 14:05:00+00'")
     target.add_argument("--name", help="recover to this restore point")
     recover.add_argument("--remove", action="store_true", help="stop and remove the scratch cluster afterwards")
+    recover.add_argument("--remove-failed", action="store_true",
+                         help="remove the scratch directory of a failed recovery (kept for inspection by default)")
     sub.add_parser("metrics", help="barman check, list-backups and the WAL archive as node_exporter metrics")
     offsite = sub.add_parser("offsite", help="copy Barman's base backups and WAL off site with restic (encrypted)")
     offsite.add_argument("--init", action="store_true", help="make the repository first when there is none")
@@ -391,7 +393,8 @@ def pitr_command(args, environ):
                  f"({report['duration']:.1f} s, recovery {report.get('recovery_seconds', 0):.1f} s)")
         return 0 if report["passed"] else EXIT_FAILURE
     kind, value = ("time", parsed.time) if parsed.time else (("name", parsed.name) if parsed.name else ("latest", None))
-    result = engine.recover(kind, value, database=settings.database, keep=not parsed.remove)
+    result = engine.recover(kind, value, database=settings.database, keep=not parsed.remove,
+                            remove_failed=parsed.remove_failed)
     where = "removed" if result.get("removed") else (
         f"running: psql -h {result['socket_directory']} -p {result['port']} -U {options.login_user} "
         f"-d {settings.database}")
@@ -426,6 +429,12 @@ def main(argv=None):
             return pitr_command(argv[1:], os.environ)
         except ForgeError as exc:
             print(f"ERROR: {exc.message}", file=sys.stderr, flush=True)
+            return EXIT_FAILURE
+        except KeyboardInterrupt:
+            print("ERROR: forge pitr interrupted", file=sys.stderr, flush=True)
+            return EXIT_FAILURE
+        except Exception as exc:  # noqa: BLE001 - an operator gets one line, never a traceback
+            print(f"ERROR: forge pitr {' '.join(argv[1:2])} stopped: {unexpected(exc)}", file=sys.stderr, flush=True)
             return EXIT_FAILURE
     if not argv or argv[0] not in COMMANDS:
         print(USAGE, file=sys.stderr)

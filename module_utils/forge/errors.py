@@ -88,3 +88,16 @@ def database_error(text):
         return ""
     statement = next(filter(None, map(statement_line, lines[1:3])), None)
     return " ".join([hide_values(lines[0])] + ([statement] if statement else []))
+
+
+def unexpected(exc):
+    """An exception nobody raised on purpose, as one line for an operator: PostgreSQL's error
+    without row data, an OS error with its file, anything else by its type and first line."""
+    if isinstance(exc, ForgeError):
+        return exc.message
+    if hasattr(exc, "sqlstate"):
+        return database_error(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    first = last_line(str(exc).splitlines()[0] if str(exc).strip() else "", default="")
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

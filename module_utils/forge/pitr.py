@@ -21,7 +21,7 @@ import threading
 import time
 
 from . import metrics, sentry
-from .errors import ForgeError, database_error, last_line
+from .errors import ForgeError, database_error, last_line, unexpected
 from .fsutil import write_atomic
 from .pgconn import check_btree_indexes, count_rows, user_tables
 
@@ -30,6 +30,15 @@ SCRATCH_MARKER = ".infer-forge-pitr-scratch"
 RESTORE_POINT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,63}\Z")
 TARGETS = ("latest", "time", "name")
 SEGMENT_NAME_RE = re.compile(r"^[0-9A-F]{24}\Z")
+# What pg_receivewal writes into Barman's streaming directory: whole segments barman cron has
+# not filed yet, and the one still being received (.partial).
+RECEIVED_WAL_RE = re.compile(r"^([0-9A-F]{24})(\.partial)?\Z")
+# pg_waldump's record of a commit or an abort (the records a time target stops at), with
+# TZ=UTC: "desc: COMMIT 2026-12-07 04:40:04.541896 UTC" (COMMIT_PREPARED puts its xid first).
+WAL_TIME_RE = re.compile(r"desc: (?:COMMIT|ABORT)(?:_PREPARED \d+:)? (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC")
+# How many of the newest segments are read for the last commit before giving up: a quiet
+# database's last commit may lie a few switched segments back.
+WAL_TIME_SEGMENTS = 8
 # A path a shell word in restore_command can hold as it is.
 SHELL_SAFE_PATH_RE = re.compile(r"^/[A-Za-z0-9_./-]+\Z")
 # What the stager keeps ready ahead of the replay on the scratch disk, however much WAL the
@@ -177,6 +186,52 @@ class Barman:
 
     def streaming_dir(self):
         return self.directory("streaming_wals_directory")
+
+    def received_wal(self):
+        """What pg_receivewal has written and barman cron has not filed yet, oldest first:
+        [(segment name, path)], the segment still being received (.partial) included. The
+        archive ends where these begin, so every recovery target needs them."""
+        streaming = self.streaming_dir()
+        found = []
+        for entry in os.listdir(streaming) if os.path.isdir(streaming) else []:
+            match = RECEIVED_WAL_RE.match(entry)
+            if match:
+                found.append((match.group(1), os.path.join(streaming, entry)))
+        return sorted(found)
+
+    def last_commit_time(self):
+        """The time of the last commit (or abort) in the WAL Barman received, as pg_waldump of
+        the server's major reads it from the newest segments (the one still being streamed
+        first); None when there is none in the newest WAL_TIME_SEGMENTS or pg_waldump cannot
+        run. A time target must lie before it: PostgreSQL stops a time recovery only at a
+        commit after the target, and ends any other one with "recovery ended before configured
+        recovery target was reached"."""
+        import tempfile
+
+        newest = [path for _name, path in reversed(self.received_wal())]
+        archive = self.settings().get("wals_directory", "")
+        if ScratchCluster._plain_wal_archive(self) and os.path.isdir(archive):
+            buckets = sorted((b for b in os.listdir(archive) if len(b) == 16), reverse=True)[:2]
+            for bucket in buckets:
+                newest += [os.path.join(archive, bucket, name) for name in
+                           sorted(os.listdir(os.path.join(archive, bucket)), reverse=True)
+                           if SEGMENT_NAME_RE.match(name)]
+        waldump = os.path.join(self.options.postgres_bin, "pg_waldump")
+        environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TZ": "UTC", "LC_ALL": "C"}
+        for path in newest[:WAL_TIME_SEGMENTS]:
+            name = os.path.basename(path).split(".")[0]
+            # pg_waldump reads the segment's position from its name: a .partial is read through a link.
+            with tempfile.TemporaryDirectory(prefix="forge-waldump-") as view:
+                os.symlink(path, os.path.join(view, name))
+                try:
+                    proc = subprocess.run([waldump, os.path.join(view, name)], capture_output=True, text=True,
+                                          env=environment, timeout=120, check=False)
+                except (OSError, subprocess.TimeoutExpired):
+                    return None
+            times = WAL_TIME_RE.findall(proc.stdout)
+            if times:
+                return datetime.datetime.fromisoformat(times[-1]).replace(tzinfo=datetime.UTC)
+        return None
 
     def checks(self):
         """``barman -f json check``: {check: {"status": "OK"|"FAILED", "hint": ...}}."""
@@ -440,8 +495,9 @@ class ScratchCluster:
             raise
         if archive:
             self._read_wal_from(archive, self.wal_stage if self.stager else None)
-        if target == "latest":
-            self._add_partial_wal(barman)
+        # Every target, not only latest: a time or a restore point minutes old lies in the
+        # segment still being streamed, which on a quiet database fills in hours.
+        self._add_received_wal(barman)
         # The copy answers only on its own socket, in a directory only we can enter.
         with open(os.path.join(self.data, "pg_hba.conf"), "w") as handle:
             handle.write("local all all trust\n")
@@ -470,23 +526,21 @@ class ScratchCluster:
         with open(os.path.join(self.data, "postgresql.auto.conf"), "a") as handle:
             handle.write(f"# infer-forge: WAL straight from Barman's archive\nrestore_command = '{command}'\n")
 
-    def _add_partial_wal(self, barman):
-        """To latest means to the last byte Barman received: the segment still being streamed
-        (.partial) holds it, and Barman's restore leaves it out."""
-        streaming = barman.streaming_dir()
-        # Barman puts the WAL of a recovery without a target into pg_wal itself.
+    def _add_received_wal(self, barman):
+        """The WAL Barman received and has not filed yet goes into pg_wal, where PostgreSQL
+        reads it once restore_command has no more: the segments barman cron has not moved
+        to the archive and the one still being streamed (.partial), up to its last byte."""
         target = os.path.join(self.data, "pg_wal")
-        for name in sorted(os.listdir(streaming)) if os.path.isdir(streaming) else []:
-            if name.endswith(".partial"):
-                shutil.copyfile(os.path.join(streaming, name), os.path.join(target, name[:-len(".partial")]))
+        for name, path in barman.received_wal():
+            with contextlib.suppress(FileNotFoundError):  # filed by barman cron meanwhile: in the archive
+                shutil.copyfile(path, os.path.join(target, name))
 
     def start(self):
         port = self.options.scratch_port
         options = (f"-p {port} -c listen_addresses='' -c unix_socket_directories='{self.socket_dir}' "
                    "-c archive_mode=off -c hot_standby=on")
         command = [os.path.join(self.options.postgres_bin, "pg_ctl"), "-D", self.data, "-o", options,
-                   "-l", os.path.join(self.path, "postgresql.log"), "-w", "-t", str(self.options.start_timeout),
-                   "start"]
+                   "-l", self.log_path, "-w", "-t", str(self.options.start_timeout), "start"]
         proc = subprocess.run(command, capture_output=True, text=True, check=False,
                               timeout=self.options.start_timeout + 30)
         self.started = True
@@ -494,13 +548,35 @@ class ScratchCluster:
             raise ForgeError(f"the scratch cluster did not start: {self._log_tail()}")
         deadline = time.monotonic() + self.options.start_timeout
         while True:
-            with self.connect("postgres") as conn:
-                if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
-                    self.stop_staging()
-                    return
+            # pg_ctl returns once a hot standby takes connections; the replay may still end in
+            # a FATAL after that, and the server with it.
+            if not self.running():
+                raise ForgeError(f"the scratch cluster stopped during recovery: {self._log_tail()}")
+            try:
+                with self.connect("postgres") as conn:
+                    if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+                        self.stop_staging()
+                        return
+            except Exception as exc:  # noqa: BLE001 - a server going down mid-query: judged above next time
+                if not hasattr(exc, "sqlstate"):
+                    raise
+                refused = database_error(exc)
+            else:
+                refused = None
             if time.monotonic() > deadline:
-                raise ForgeError(f"the scratch cluster was still recovering after {self.options.start_timeout} s")
+                raise ForgeError(f"the scratch cluster was still recovering after {self.options.start_timeout} s"
+                                 + (f" ({refused})" if refused else "") + f"; log: {self.log_path}")
             time.sleep(0.1)
+
+    def running(self):
+        """Whether the scratch cluster's postmaster is alive (pg_ctl status)."""
+        proc = subprocess.run([os.path.join(self.options.postgres_bin, "pg_ctl"), "-D", self.data, "status"],
+                              capture_output=True, text=True, check=False, timeout=60)
+        return proc.returncode == 0
+
+    @property
+    def log_path(self):
+        return os.path.join(self.path, "postgresql.log")
 
     def connect(self, database):
         import psycopg
@@ -514,12 +590,25 @@ class ScratchCluster:
             return count_rows(cursor, user_tables(cursor))
 
     def _log_tail(self):
+        """PostgreSQL's own last word (its last FATAL or PANIC line, else its last ERROR) and
+        where its whole log is."""
         try:
-            with open(os.path.join(self.path, "postgresql.log")) as handle:
-                lines = [line.strip() for line in handle if "FATAL" in line or "PANIC" in line or "ERROR" in line]
-            return lines[-1] if lines else "see " + os.path.join(self.path, "postgresql.log")
+            with open(self.log_path, errors="replace") as handle:
+                said = [" ".join(line.split()) for line in handle]
         except OSError:
-            return "no server log"
+            return f"no server log at {self.log_path}"
+        fatal = [line for line in said if "FATAL:" in line or "PANIC:" in line]
+        errors = [line for line in said if "ERROR:" in line]
+        last = (fatal or errors or [None])[-1]
+        return f"{last} (log: {self.log_path})" if last else f"see its log: {self.log_path}"
+
+    def stop(self):
+        """Stop the server (if it still runs) and the staging; the directory stays."""
+        if self.started:
+            subprocess.run([os.path.join(self.options.postgres_bin, "pg_ctl"), "-D", self.data, "-m", "immediate",
+                            "-w", "stop"], capture_output=True, text=True, check=False, timeout=120)
+            self.started = False
+        self.stop_staging()  # after the server: a replay still running never finds the stage gone
 
     def stop_staging(self):
         if self.stager is not None:
@@ -527,11 +616,7 @@ class ScratchCluster:
             self.stager = None
 
     def remove(self):
-        if self.started:
-            subprocess.run([os.path.join(self.options.postgres_bin, "pg_ctl"), "-D", self.data, "-m", "immediate",
-                            "-w", "stop"], capture_output=True, text=True, check=False, timeout=120)
-            self.started = False
-        self.stop_staging()  # after the server: a replay still running never finds the stage gone
+        self.stop()
         if os.path.isfile(os.path.join(self.path, SCRATCH_MARKER)):
             shutil.rmtree(self.path, ignore_errors=True)
 
@@ -642,23 +727,46 @@ class PitrRecovery:
         self.log = log or (lambda line: None)
         self.clock = clock
 
-    def recover(self, target="latest", value=None, database=None, keep=True):
+    def recover(self, target="latest", value=None, database=None, keep=True, remove_failed=False):
+        """Recover into a new scratch cluster. A failure before PostgreSQL ran (a refusal,
+        Barman's restore) leaves nothing behind; one after it (the replay ends in a FATAL, the
+        counts fail) stops the server and keeps the directory and its log for inspection,
+        unless ``remove_failed``: either way the error is one line that says which."""
         if target not in TARGETS:
             raise ForgeError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
         if target != "latest" and not value:
             raise ForgeError(f"a recovery to a {target} needs its value")
+        if target == "time":
+            self.check_time_reachable(value)
         started = time.monotonic()
         scratch = ScratchCluster(self.options, f"recover-{_stamp(self.clock())}")
         scratch.prepare()
         try:
             self.log(f"Recovering {self.options.server} to {target}{' ' + value if value else ''} into {scratch.data}")
             scratch.restore(self.barman, target, value)
+        except BaseException:
+            scratch.remove()
+            raise
+        try:
             scratch.start()
             result = {"target": target, "value": value, "data_directory": scratch.data,
                       "socket_directory": scratch.socket_dir, "port": self.options.scratch_port,
                       "recovery_seconds": round(time.monotonic() - started, 3)}
             if database:
                 result["counts"] = scratch.counts(database)
+        except Exception as exc:  # noqa: BLE001 - every failure here ends as one line
+            reason = unexpected(exc)
+            if "recovery ended before configured recovery target was reached" in reason:
+                reason += (f"; restore point {value} is not in the WAL Barman received" if target == "name"
+                           else "; the WAL Barman received ends before the target")
+            scratch.stop()
+            if remove_failed:
+                scratch.remove()
+                raise ForgeError(f"recovery of {self.options.server} to {target}{' ' + value if value else ''} "
+                                 f"failed: {reason}; the scratch directory was removed") from None
+            raise ForgeError(f"recovery of {self.options.server} to {target}{' ' + value if value else ''} "
+                             f"failed: {reason}; kept for inspection in {scratch.path} "
+                             f"(remove it with: rm -rf {scratch.path})") from None
         except BaseException:
             scratch.remove()
             raise
@@ -666,6 +774,20 @@ class PitrRecovery:
             scratch.remove()
             result["removed"] = True
         return result
+
+    def check_time_reachable(self, value):
+        """Refuse, before anything is copied, a time the WAL Barman received does not reach:
+        PostgreSQL would replay all of it and then stop with a FATAL. A time that does not
+        parse here is left to Barman and PostgreSQL, which say so themselves."""
+        try:
+            when = datetime.datetime.fromisoformat(value).astimezone()
+        except (TypeError, ValueError, OverflowError, OSError):
+            return
+        last = self.barman.last_commit_time()
+        if last is not None and when >= last:
+            raise ForgeError(f"no WAL of {self.options.server} reaches {value}: the last commit Barman received is "
+                             f"at {last.isoformat(sep=' ')}, so a time target must lie before it (recover to latest "
+                             "for everything received); nothing was changed")
 
     def clear_stale_drills(self):
         """A drill killed half-way leaves its scratch cluster (maybe running) behind; the next
@@ -722,7 +844,7 @@ class PitrRecovery:
         except ForgeError as exc:
             result["reason"] = exc.message
         except Exception as exc:  # noqa: BLE001 - a drill reports, it does not crash
-            result["reason"] = database_error(exc) if hasattr(exc, "sqlstate") else f"{type(exc).__name__}: {exc}"
+            result["reason"] = unexpected(exc)
         finally:
             if scratch is not None and not self.options.keep:
                 scratch.remove()
