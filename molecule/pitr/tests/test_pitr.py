@@ -208,7 +208,7 @@ def test_a_recovery_to_a_time_between_two_commits_holds_the_first_and_not_the_se
     between = sql(host, "SELECT clock_timestamp()")
     time.sleep(1.5)
     sql(host, "INSERT INTO pitr_marks VALUES ('second')")
-    assert barman(host, "switch-wal", "--force", "--archive", SERVER).rc == 0
+    # No WAL switch: both commits are in the segment still being streamed.
     result = playbook("pitr_restore.yml", "-e", f"pitr_target_time='{between}'", "-e", "pitr_keep=true",
                       ANSIBLE_STDOUT_CALLBACK="json")
     assert result.returncode == 0, result.stdout[-3000:]
@@ -226,6 +226,62 @@ def test_a_recovery_to_a_time_between_two_commits_holds_the_first_and_not_the_se
     data = os.path.dirname(socket_dir) + "/data"
     host.check_output(f"runuser -u barman -- /usr/lib/postgresql/17/bin/pg_ctl -D {data} -m fast -w stop")
     host.check_output(f"rm -rf {os.path.dirname(socket_dir)}")
+
+
+def forge_pitr(host, *args):
+    return host.run("runuser -u barman -- env PITR_CONFIG=/etc/infer-forge/pitr.env /opt/infer-forge/scripts/forge "
+                    "pitr " + " ".join(shlex.quote(arg) for arg in args))
+
+
+def test_undo_a_delete_two_seconds_after_the_noted_time_with_no_wal_switch(host):
+    """The accident PITR exists for, on a quiet database: rows written, the time noted, the rows
+    deleted two seconds later, and nothing switches the WAL; the recovery to that time holds
+    exactly the rows of that time, read from the segment Barman is still receiving."""
+    sql(host, "CREATE TABLE IF NOT EXISTS pitr_accident (id serial PRIMARY KEY, note text)")
+    sql(host, "INSERT INTO pitr_accident (note) SELECT 'order ' || n FROM generate_series(1, 12) AS n")
+    expected = int(sql(host, "SELECT count(*) FROM pitr_accident"))
+    noted = sql(host, "SELECT clock_timestamp()")
+    time.sleep(2)
+    sql(host, "DELETE FROM pitr_accident")
+    time.sleep(1)  # pg_receivewal has it within milliseconds; this is not a switch
+    recovered = forge_pitr(host, "recover", "--time", noted)
+    assert recovered.rc == 0, recovered.stdout + recovered.stderr
+    assert "Traceback" not in recovered.stderr
+    [(seconds, data)] = re.findall(r"in ([\d.]+) s into (\S+);", recovered.stdout)
+    socket_dir = os.path.join(os.path.dirname(data), "socket")
+    count = "SELECT count(*) FROM pitr_accident"
+    try:
+        rows = host.check_output(f"runuser -u barman -- psql -X -h {socket_dir} -p 55432 -U infer -d infer_forge "
+                                 f"-Atc '{count}'")
+    finally:
+        host.run(f"runuser -u barman -- /usr/lib/postgresql/17/bin/pg_ctl -D {data} -m fast -w stop")
+        host.run(f"rm -rf {os.path.dirname(data)}")
+    assert int(rows) == expected
+    print(f"\nUndo a DELETE 2 s after {noted}, no WAL switch: {rows} of {expected} rows back; recovery {seconds} s")
+
+
+def test_a_time_after_the_last_commit_received_is_refused_in_one_line_naming_it(host):
+    sql(host, "CREATE TABLE IF NOT EXISTS pitr_marks (name text PRIMARY KEY)")
+    sql(host, "INSERT INTO pitr_marks VALUES ('the last commit') ON CONFLICT DO NOTHING")
+    later = sql(host, "SELECT clock_timestamp() + interval '1 hour'")
+    before = set(host.check_output("ls /var/lib/barman/infer-forge-scratch").split())
+    refused = forge_pitr(host, "recover", "--time", later)
+    assert refused.rc == 1 and refused.stdout == ""
+    [line] = refused.stderr.splitlines()
+    assert line.startswith(f"ERROR: no WAL of infer-forge reaches {later}: the last commit Barman received is at ")
+    assert line.endswith("; nothing was changed")
+    assert set(host.check_output("ls /var/lib/barman/infer-forge-scratch").split()) == before
+
+
+def test_a_recovery_that_ends_in_a_fatal_keeps_its_directory_and_quotes_postgresql(host):
+    failed = forge_pitr(host, "recover", "--name", "no_such_restore_point")
+    assert failed.rc == 1 and "Traceback" not in failed.stderr
+    [line] = failed.stderr.splitlines()
+    assert "FATAL: recovery ended before configured recovery target was reached" in line, line
+    kept = re.search(r"kept for inspection in (\S+) ", line).group(1)
+    assert host.file(f"{kept}/postgresql.log").contains("recovery ended before configured recovery target")
+    assert not host.file(f"{kept}/data/postmaster.pid").exists
+    host.check_output(f"rm -rf {kept}")
 
 
 def test_a_recovery_to_a_time_before_the_newest_base_backup_starts_from_the_backup_before_it(host):
