@@ -125,7 +125,9 @@ def _packed():  # pragma: no cover - never called
         pgconn,
         pitr,
         pitr_offsite,
+        pitr_serve,
         privileges,
+        putback,
         records,
         restore,
         sentry,
@@ -136,7 +138,8 @@ def _packed():  # pragma: no cover - never called
 
 ENGINE_MODULES = ("__init__", "backup", "catalog", "checklist", "cli", "compose", "compress", "drill", "errors",
                   "farside", "fsutil", "health", "metrics", "offsite", "onhost", "opensslenc", "pgconn",
-                  "pitr", "pitr_offsite", "privileges", "records", "restore", "sentry", "settings", "signing")
+                  "pitr", "pitr_offsite", "pitr_serve", "privileges", "putback", "records", "restore", "sentry",
+                  "settings", "signing")
 
 ARGUMENT_SPEC = dict(
     dest=dict(type="path", required=True),

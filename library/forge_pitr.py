@@ -20,6 +20,15 @@ description:
     to O(target_time) or to O(target_name), into a new scratch cluster in its own directory under
     O(scratch_root), on O(scratch_port) with its socket in a private directory and no TCP listener. It never
     writes over the live server.
+  - O(mode=serve) recovers as O(mode=recover) does, then resets the recovery settings of the copy and restarts it
+    listening on O(serve_port) for one login's base backup (C(pg_basebackup)) from O(serve_client) only, with
+    SCRAM; the Barman host holds no password for it. M(forge_putback) on the database host pulls it into the
+    Compose db service's volume (C(playbooks/dr_restore.yml)).
+  - O(mode=remove) stops and removes the scratch cluster in O(data_directory).
+  - O(mode=rejoin), after a put-back, makes Barman stream from the server on its new timeline: the receiver is
+    stopped, the WAL it received on the old timeline and did not file is moved to a forensics directory beside
+    Barman's home (never deleted), the slot is created, the receiver starts at the new server's position, a WAL
+    switch proves the archive receives the new timeline, and O(base_backup) takes a new base backup.
   - O(mode=check) runs C(barman check) and returns the failed lines in Barman's own words.
   - O(mode=offsite_init) makes the restic repository at O(offsite_repository) when there is none and this host
     never recorded one (a repository that vanished is reported, never made again over a lost history).
@@ -33,7 +42,7 @@ options:
   mode:
     description: What to do.
     type: str
-    choices: [drill, recover, check, offsite_init, offsite, offsite_check]
+    choices: [drill, recover, serve, remove, rejoin, check, offsite_init, offsite, offsite_check]
     default: drill
   server:
     description: The Barman server name.
@@ -59,6 +68,29 @@ options:
         inspection, and the error names it and PostgreSQL's log.
     type: bool
     default: false
+  serve_client:
+    description: For O(mode=serve), the address or network the database host's base backup comes from (as this
+      host sees it).
+    type: str
+  serve_listen:
+    description: For O(mode=serve), the address the copy listens on (C(*) for all of this host's).
+    type: str
+    default: "*"
+  serve_port:
+    description: For O(mode=serve), its port.
+    type: int
+    default: 55433
+  serve_login:
+    description: For O(mode=serve), the login allowed to take the base backup (its password is the one the recovered
+      data holds). Defaults to O(login_user).
+    type: str
+  data_directory:
+    description: For O(mode=remove), the scratch cluster's data directory (O(mode=serve) returns it).
+    type: path
+  base_backup:
+    description: For O(mode=rejoin), take a new base backup of the new timeline (C(barman backup --wait)).
+    type: bool
+    default: true
   login_host:
     description: Where the live server is reached, for the drill's restore point.
     type: str
@@ -185,6 +217,31 @@ counts:
   description: For O(mode=recover), row counts per table of O(database) in the recovered copy.
   type: dict
   returned: mode is recover
+port:
+  description: For O(mode=recover), the scratch cluster's socket port; for O(mode=serve), the TCP port it is served on.
+  type: int
+  returned: mode is recover or serve
+client:
+  description: For O(mode=serve), the network the served copy's pg_hba lets the base backup come from.
+  type: str
+  returned: mode is serve
+timeline:
+  description: For O(mode=rejoin), the put-back server's timeline Barman now streams (8 hex digits).
+  type: str
+  returned: mode is rejoin
+moved_to_forensics:
+  description: For O(mode=rejoin), the WAL files of older timelines moved out of Barman's streaming directory (kept).
+  type: list
+  elements: str
+  returned: mode is rejoin
+base_backup:
+  description: For O(mode=rejoin), the id of the new timeline's first base backup.
+  type: str
+  returned: mode is rejoin and O(base_backup) is true
+removed:
+  description: For O(mode=remove), the scratch directory removed.
+  type: str
+  returned: mode is remove
 failed_checks:
   description: For O(mode=check), the lines C(barman check) marked FAILED.
   type: list
@@ -211,18 +268,25 @@ try:
     from ansible.module_utils.forge.pgconn import PgSettings
     from ansible.module_utils.forge.pitr import DEFAULT_REPORT_DIR, Barman, PitrOptions, PitrRecovery
     from ansible.module_utils.forge.pitr_offsite import OffsiteOptions, PitrOffsite
+    from ansible.module_utils.forge.pitr_serve import Rejoin, ScratchServer
     ENGINE_IMPORT_ERROR = None
 except ImportError as exc:  # pragma: no cover - reported to the user below
     ENGINE_IMPORT_ERROR = exc
 
 ARGUMENT_SPEC = dict(
-    mode=dict(type="str", choices=["drill", "recover", "check", "offsite_init", "offsite", "offsite_check"],
-              default="drill"),
+    mode=dict(type="str", choices=["drill", "recover", "serve", "remove", "rejoin", "check", "offsite_init", "offsite",
+                                   "offsite_check"], default="drill"),
     server=dict(type="str", default="infer-forge"),
     database=dict(type="str", default="infer_forge"),
     target_time=dict(type="str"),
     target_name=dict(type="str"),
     keep=dict(type="bool"),
+    serve_client=dict(type="str"),
+    serve_listen=dict(type="str", default="*"),
+    serve_port=dict(type="int", default=55433),
+    serve_login=dict(type="str"),
+    data_directory=dict(type="path"),
+    base_backup=dict(type="bool", default=True),
     remove_failed=dict(type="bool", default=False),
     login_host=dict(type="str", default="db"),
     port=dict(type="int", default=5432),
@@ -293,8 +357,13 @@ class PitrModule:
                 result.update(failed=True, msg=f"barman check {p['server']} failed: {'; '.join(failed)}")
             return result
         if self.module.check_mode:
-            return dict(changed=True, msg=f"would {p['mode']} {p['server']} into a scratch cluster under "
-                                          f"{p['scratch_root']}")
+            return dict(changed=True, msg=f"would {p['mode']} {p['server']} (scratch clusters under "
+                                          f"{p['scratch_root']})")
+        if p["mode"] == "remove":
+            return dict(changed=True, **ScratchServer(self.options(), p["data_directory"] or "").remove())
+        if p["mode"] == "rejoin":
+            result = Rejoin(Barman(self.options())).run(base_backup=p["base_backup"])
+            return dict(changed=True, **result)
         settings = PgSettings(host=p["login_host"], port=p["port"], user=p["login_user"],
                               password=p["login_password"], database=p["database"])
         if p["mode"] == "drill":
@@ -305,10 +374,20 @@ class PitrModule:
             return result
         target, value = ("time", p["target_time"]) if p["target_time"] else (
             ("name", p["target_name"]) if p["target_name"] else ("latest", None))
-        keep = True if p["keep"] is None else p["keep"]
+        keep = True if p["keep"] is None or p["mode"] == "serve" else p["keep"]
+        if p["mode"] == "serve" and not p["serve_client"]:
+            raise ForgeError("mode=serve needs serve_client, the database host's address; nothing was changed")
         result = PitrRecovery(self.options(), settings).recover(target, value, database=p["database"], keep=keep,
                                                                 remove_failed=p["remove_failed"])
         result["changed"] = True
+        if p["mode"] == "serve":
+            server = ScratchServer(self.options(), result["data_directory"])
+            try:
+                result.update(server.serve(p["serve_login"] or p["login_user"], p["serve_client"],
+                                           p["serve_listen"], p["serve_port"]))
+            except BaseException:
+                server.remove()
+                raise
         return result
 
 

@@ -379,4 +379,31 @@ MUTANTS = [
         "tests": ["tests/test_pitr_engine.py::"
                   "test_a_failed_barman_restore_stops_the_stager_and_leaves_nothing_behind"],
     },
+    {
+        "name": "only-a-recovery-to-latest-gets-the-wal-still-being-received",
+        "promise": "every PITR target reaches the last byte Barman received, with no WAL switch",
+        "edits": [(PITR, "        self._add_received_wal(barman)\n",
+                   "        if target == \"latest\":\n            self._add_received_wal(barman)\n")],
+        "tests": ["tests/test_pitr_recovery.py::test_a_time_two_seconds_before_a_delete_is_recovered_from_the_segment_still_being_received"],
+    },
+    {
+        "name": "a-segment-received-whole-but-not-filed-is-left-out",
+        "promise": "a recovery replays the segments barman cron has not filed yet, not only the .partial",
+        "edits": [(PITR, 'RECEIVED_WAL_RE = re.compile(r"^([0-9A-F]{24})(\\.partial)?\\Z")',
+                   'RECEIVED_WAL_RE = re.compile(r"^([0-9A-F]{24})(\\.partial)\\Z")')],
+        "tests": ["tests/test_pitr_recovery.py::test_a_segment_received_whole_but_not_filed_yet_is_replayed_for_every_target"],
+    },
+    {
+        "name": "a-time-at-the-last-commit-received-is-let-through",
+        "promise": "a time the received WAL does not reach is refused in one line before anything is copied",
+        "edits": [(PITR, "if last is not None and when >= last:", "if last is not None and when > last:")],
+        "tests": ["tests/test_pitr_recovery.py::test_a_time_at_or_after_the_last_commit_received_is_refused_in_one_line_before_anything_is_copied"],
+    },
+    {
+        "name": "a-failed-recovery-removes-what-would-show-why",
+        "promise": "a recovery that fails once PostgreSQL ran keeps its directory and log unless asked to remove it",
+        "edits": [(PITR, "            if remove_failed:\n                scratch.remove()",
+                   "            if True:\n                scratch.remove()")],
+        "tests": ["tests/test_pitr_recovery.py::test_a_replay_that_ends_in_a_fatal_is_one_line_quoting_it_and_keeps_the_directory_and_its_log"],
+    },
 ]

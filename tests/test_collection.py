@@ -93,4 +93,4 @@ def test_a_role_of_the_collection_installs_the_engine_from_the_collection_alone(
     assert os.listdir(dest / "scripts") == ["forge"]
     helped = subprocess.run([str(dest / "scripts" / "forge"), "--help"], capture_output=True, text=True, check=False)
     assert helped.returncode == 0
-    assert helped.stdout.startswith("usage: forge {backup|verify|restore|drill|offsite|pitr}")
+    assert helped.stdout.startswith("usage: forge {backup|verify|restore|drill|offsite|pitr|dr}")

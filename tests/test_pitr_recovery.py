@@ -12,6 +12,7 @@ replay that ends in PostgreSQL's FATAL is one line quoting it, with the director
 kept for inspection (or removed when asked); no traceback reaches the operator."""
 
 import datetime
+import json
 import os
 import pwd
 import shutil
@@ -273,3 +274,75 @@ def test_the_cli_reports_an_unexpected_failure_in_one_line_without_a_traceback(l
                              f"PITR_SCRATCH_ROOT={blocker}/scratch", FORGE, "pitr", "recover"],
                             capture_output=True, text=True, timeout=120, check=False)
     assert one_error_line(result) == f"ERROR: forge pitr recover stopped: Not a directory: {blocker}/scratch"
+
+
+SERVE = """
+import json, sys
+sys.path.insert(0, {engine!r})
+from forge.pitr import PitrOptions
+from forge.pitr_serve import ScratchServer
+options = PitrOptions("infer-forge", postgres_bin={bin!r}, scratch_root={root!r})
+print(json.dumps(ScratchServer(options, {data!r}).{call}))
+"""
+
+
+def test_a_served_copy_gives_one_login_a_base_backup_that_carries_the_sources_own_configuration(lab):
+    """The put-back's Barman side with real PostgreSQL: the copy that goes back to production has
+    production's pg_hba.conf and none of the recovery's settings, and only a replication login
+    from the one allowed address gets in."""
+    lab.sql("INSERT INTO orders (note) VALUES ('served')", superuser=False)
+    lab.receive()
+    recovered = lab.forge("recover", scratch="served")
+    assert recovered.returncode == 0, recovered.stderr
+    [line] = [line for line in recovered.stdout.splitlines() if line.startswith("Recovered ")]
+    data = line.split(" into ")[1].split(";")[0]
+    port = free_port()
+
+    def engine(call):
+        script = SERVE.format(engine=os.path.join(REPO, "module_utils"), bin=PG_BIN,
+                              root=os.path.join(lab.dir, "served"), data=data, call=call)
+        return subprocess.run(["runuser", "-u", "postgres", "--", "/usr/bin/python3", "-c", script],
+                              capture_output=True, text=True, timeout=300, check=False)
+
+    served = engine(f"serve('{lab.source.superuser}', '127.0.0.1', listen='127.0.0.1', port={port})")
+    assert served.returncode == 0, served.stderr
+    assert json.loads(served.stdout)["client"] == "127.0.0.1/32"
+    copy = os.path.join(lab.dir, "copy")
+    try:
+        env = dict(os.environ, PGPASSWORD=lab.source.superuser_password)
+        subprocess.run([f"{PG_BIN}/pg_basebackup", "-h", "127.0.0.1", "-p", str(port), "-U", lab.source.superuser,
+                        "-D", copy, "-X", "stream", "--no-sync"], env=env, check=True, capture_output=True, timeout=120)
+        # Not a replication connection: refused, whoever asks.
+        plain = subprocess.run([f"{PG_BIN}/psql", "-X", "-h", "127.0.0.1", "-p", str(port), "-U",
+                                lab.source.superuser, "-d", DATABASE, "-c", "SELECT 1"], env=env, capture_output=True,
+                               text=True, timeout=60, check=False)
+        assert plain.returncode != 0 and "no pg_hba.conf entry" in plain.stderr, plain.stderr
+    finally:
+        removed = engine("remove()")
+    assert removed.returncode == 0, removed.stderr
+    assert lab.scratch_dirs("served") == []
+    with open(os.path.join(lab.source.data_dir, "pg_hba.conf")) as source, \
+            open(os.path.join(copy, "pg_hba.conf")) as copied:
+        assert copied.read() == source.read()
+    with open(os.path.join(copy, "postgresql.auto.conf")) as auto:
+        settings = auto.read()
+    assert "restore_command" not in settings and "recovery_target" not in settings, settings
+    shutil.rmtree(copy)
+
+
+def test_only_a_scratch_cluster_is_served_and_only_to_an_address(lab, tmp_path):
+    from forge.errors import ForgeError
+    from forge.pitr import PitrOptions
+    from forge.pitr_serve import ScratchServer
+
+    options = PitrOptions("infer-forge", postgres_bin=PG_BIN, scratch_root=str(tmp_path / "scratch"))
+    with pytest.raises(ForgeError, match=r"^/var/lib/postgresql is not a scratch cluster under .*; nothing was"):
+        ScratchServer(options, "/var/lib/postgresql")
+    scratch = tmp_path / "scratch" / "recover-x"
+    (scratch / "data").mkdir(parents=True)
+    (scratch / ".infer-forge-pitr-scratch").write_text("")
+    server = ScratchServer(options, str(scratch / "data"))
+    with pytest.raises(ForgeError, match=r"^the put-back client must be an address or network .* got 'all'"):
+        server.serve("infer", "all")
+    with pytest.raises(ForgeError, match=r"^the put-back login must be a lower-case role name, got 'infer x'"):
+        server.serve("infer x", "10.0.0.5")

@@ -26,7 +26,7 @@ EXIT_FAILURE = 1
 EXIT_LOCKED = 75  # EX_TEMPFAIL: another run holds the lock
 EXIT_UNVERIFIED = 3  # restored or read through, but no signed manifest proves what it holds
 COMMANDS = ("backup", "verify", "restore", "drill", "offsite")
-USAGE = ("usage: forge {backup|verify|restore|drill|offsite|pitr} [--help]  (settings from the environment and "
+USAGE = ("usage: forge {backup|verify|restore|drill|offsite|pitr|dr} [--help]  (settings from the environment and "
          "BACKUP_CONFIG, see docs/backup.md; pitr: PITR_CONFIG, see docs/pitr.md)")
 DEFAULT_PITR_CONFIG = "/etc/infer-forge/pitr.env"
 
@@ -406,6 +406,28 @@ def pitr_command(args, environ):
     return 0
 
 
+def dr_command(args):
+    """forge dr undo --project P --aside V: on the database host, as root, swap the contents a
+    put-back moved aside back into the db service's volume (docs/disaster-recovery.md)."""
+    import argparse
+
+    from .putback import PutBack
+
+    parser = argparse.ArgumentParser(prog="forge dr", description="Undo a put-back of the database.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    undo = sub.add_parser("undo", help="swap the volume's contents the put-back moved aside back in")
+    undo.add_argument("--project", required=True, help="the Compose project of the db service")
+    undo.add_argument("--aside", required=True, help="the volume the put-back named (<volume>-before-dr-<stamp>)")
+    undo.add_argument("--db-service", default="db", help="the database service (default: db)")
+    undo.add_argument("--app-service", action="append", default=[],
+                      help="a service that reads the database, stopped first and started last (repeat)")
+    parsed = parser.parse_args(args)
+    result = PutBack(parsed.project, parsed.db_service, parsed.app_service, log=log_line).undo(parsed.aside)
+    log_line(f"The database of {parsed.project} is back from {result['restored_from']} in {result['volume']}; "
+             f"the contents it replaced are kept in volume {result['kept_in']}")
+    return 0
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("-h", "--help", "help"):
@@ -424,17 +446,17 @@ def main(argv=None):
             print(f"ERROR: nas-gate stopped: {exc.strerror or exc}: {exc.filename or '-'}",
                   file=sys.stderr, flush=True)
             return EXIT_FAILURE
-    if argv and argv[0] == "pitr":
+    if argv and argv[0] in ("pitr", "dr"):
         try:
-            return pitr_command(argv[1:], os.environ)
+            return pitr_command(argv[1:], os.environ) if argv[0] == "pitr" else dr_command(argv[1:])
         except ForgeError as exc:
             print(f"ERROR: {exc.message}", file=sys.stderr, flush=True)
             return EXIT_FAILURE
         except KeyboardInterrupt:
-            print("ERROR: forge pitr interrupted", file=sys.stderr, flush=True)
+            print(f"ERROR: forge {argv[0]} interrupted", file=sys.stderr, flush=True)
             return EXIT_FAILURE
         except Exception as exc:  # noqa: BLE001 - an operator gets one line, never a traceback
-            print(f"ERROR: forge pitr {' '.join(argv[1:2])} stopped: {unexpected(exc)}", file=sys.stderr, flush=True)
+            print(f"ERROR: forge {' '.join(argv[0:2])} stopped: {unexpected(exc)}", file=sys.stderr, flush=True)
             return EXIT_FAILURE
     if not argv or argv[0] not in COMMANDS:
         print(USAGE, file=sys.stderr)

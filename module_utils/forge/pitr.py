@@ -443,6 +443,8 @@ class ScratchCluster:
         self.socket_dir = os.path.join(self.path, "socket")
         self.data = os.path.join(self.path, "data")
         self.wal_stage = os.path.join(self.path, "wal")
+        self.hba_file = os.path.join(self.path, "scratch_hba.conf")
+        self.port = options.scratch_port
         self.stager = None
         self.started = False
 
@@ -498,8 +500,9 @@ class ScratchCluster:
         # Every target, not only latest: a time or a restore point minutes old lies in the
         # segment still being streamed, which on a quiet database fills in hours.
         self._add_received_wal(barman)
-        # The copy answers only on its own socket, in a directory only we can enter.
-        with open(os.path.join(self.data, "pg_hba.conf"), "w") as handle:
+        # The copy answers only on its own socket, in a directory only we can enter. Its own
+        # pg_hba.conf stays as it came: a copy put back into production keeps production's.
+        with open(self.hba_file, "w") as handle:
             handle.write("local all all trust\n")
 
     @staticmethod
@@ -535,12 +538,15 @@ class ScratchCluster:
             with contextlib.suppress(FileNotFoundError):  # filed by barman cron meanwhile: in the archive
                 shutil.copyfile(path, os.path.join(target, name))
 
-    def start(self):
-        port = self.options.scratch_port
-        options = (f"-p {port} -c listen_addresses='' -c unix_socket_directories='{self.socket_dir}' "
-                   "-c archive_mode=off -c hot_standby=on")
+    def start(self, listen="", port=None, hba_file=None):
+        """Start the copy (socket only, our own pg_hba) and wait until its recovery ends; a
+        copy already running is restarted with the new listener and pg_hba (a put-back)."""
+        self.port = int(port or self.options.scratch_port)
+        options = (f"-p {self.port} -c listen_addresses='{listen}' -c unix_socket_directories='{self.socket_dir}' "
+                   f"-c hba_file='{hba_file or self.hba_file}' -c archive_mode=off -c hot_standby=on")
+        action = ["-m", "fast", "restart"] if self.started and self.running() else ["start"]
         command = [os.path.join(self.options.postgres_bin, "pg_ctl"), "-D", self.data, "-o", options,
-                   "-l", self.log_path, "-w", "-t", str(self.options.start_timeout), "start"]
+                   "-l", self.log_path, "-w", "-t", str(self.options.start_timeout), *action]
         proc = subprocess.run(command, capture_output=True, text=True, check=False,
                               timeout=self.options.start_timeout + 30)
         self.started = True
@@ -581,7 +587,7 @@ class ScratchCluster:
     def connect(self, database):
         import psycopg
 
-        return psycopg.connect(host=self.socket_dir, port=self.options.scratch_port, dbname=database,
+        return psycopg.connect(host=self.socket_dir, port=self.port, dbname=database,
                                user=self.options.login_user, autocommit=True, connect_timeout=10)
 
     def counts(self, database):

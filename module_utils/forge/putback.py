@@ -1,0 +1,272 @@
+"""Putting a recovered copy back where the app reads it: the Compose db service's data volume.
+
+On the database host, as root (it drives Docker), after the Barman host serves the recovered
+copy (pitr_serve.ScratchServer.serve):
+
+1. before anything stops, a throwaway container on the db service's network proves the copy
+   answers there;
+2. the app services, then the db service, are stopped;
+3. the volume's contents are moved aside into a new volume ``<volume>-before-dr-<stamp>``
+   (a rename inside Docker's volume directory: instant, nothing copied, nothing deleted);
+4. a throwaway container of the db service's own image runs pg_basebackup of the served copy
+   into the now empty volume, and pg_verifybackup checks every file against the backup's
+   manifest; the login's password reaches it on stdin, never on a command line;
+5. the db service starts (it replays the streamed WAL and opens on the recovered timeline),
+   then the app services, each waited for until healthy.
+
+A failure at 4 or 5 puts the old contents back (the failed copy is kept in
+``<volume>-failed-dr-<stamp>``) and starts the services as they were, and says so in one
+line. ``undo`` is the way back afterwards: ``forge dr undo --project P --aside <volume>``
+swaps the contents back (the put-back ones are kept in ``<volume>-after-dr-<stamp>``)."""
+
+import datetime
+import json
+import re
+import subprocess
+import time
+
+from .errors import ForgeError, last_line
+
+VOLUME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}\Z")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
+DATA_PATH = "/var/lib/postgresql/data"
+
+# Run in a throwaway container of the db service's image, as root; the password is the last
+# line of stdin. pg_basebackup and pg_verifybackup run as postgres, who owns the data.
+BASEBACKUP_SCRIPT = r"""set -eu
+data=$1 host=$2 port=$3 login=$4
+chown postgres:postgres "$data"
+chmod 0700 "$data"
+pass=$(mktemp)
+chown postgres "$pass"
+chmod 0600 "$pass"
+{ printf '%s:%s:*:%s:' "$host" "$port" "$login"; cat; } > "$pass"
+runuser -u postgres -- env PGPASSFILE="$pass" pg_basebackup --no-password -h "$host" -p "$port" -U "$login" \
+    -D "$data" -X stream -c fast
+rm -f "$pass"
+runuser -u postgres -- pg_verifybackup -q "$data"
+"""
+
+# Moves one volume's contents into another's, inside Docker's volume directory (one file
+# system, so a rename): $1 from, $2 to; the emptied volume gets a new empty _data.
+MOVE_SCRIPT = r"""set -eu
+rmdir "/volumes/$2/_data"
+mv "/volumes/$1/_data" "/volumes/$2/_data"
+mkdir -m 0755 "/volumes/$1/_data"
+"""
+
+
+def _stamp(now):
+    return datetime.datetime.fromtimestamp(now, datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def pgpass_escape(value):
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+class Docker:
+    """The docker CLI, its failures as its own last line."""
+
+    def __init__(self, command=("docker",)):
+        self.command = list(command)
+
+    def run(self, *args, stdin=None, timeout=600):
+        try:
+            proc = subprocess.run(self.command + list(args), input=stdin, capture_output=True, text=True,
+                                  timeout=timeout, check=False)
+        except FileNotFoundError:
+            raise ForgeError(f"{self.command[0]} not found; the put-back runs on the host of the Compose "
+                             "project") from None
+        except subprocess.TimeoutExpired:
+            raise ForgeError(f"docker {args[0]} did not finish within {timeout} s") from None
+        if proc.returncode != 0:
+            raise ForgeError(f"docker {args[0]} failed: {last_line(proc.stderr or proc.stdout)}")
+        return proc.stdout
+
+    def inspect(self, kind, name):
+        try:
+            return json.loads(self.run(kind, "inspect", name, timeout=60))[0]
+        except (ValueError, IndexError):
+            raise ForgeError(f"docker {kind} inspect {name} returned nothing") from None
+
+
+class ComposeService:
+    """The one container of a Compose project's service, found by its labels (running or not)."""
+
+    def __init__(self, docker, project, service):
+        if not NAME_RE.match(project or "") or not NAME_RE.match(service or ""):
+            raise ForgeError(f"Compose project and service names are letters, digits, '_', '.' or '-', got "
+                             f"{project!r} and {service!r}")
+        self.docker, self.project, self.service = docker, project, service
+        names = docker.run("ps", "-a", "--filter", f"label=com.docker.compose.project={project}", "--filter",
+                           f"label=com.docker.compose.service={service}", "--format", "{{.Names}}",
+                           timeout=60).split()
+        if len(names) != 1:
+            raise ForgeError(f"Compose project {project} has {len(names)} containers of service {service}; "
+                             "the put-back needs exactly one (docker compose up -d first); nothing was changed")
+        self.container = names[0]
+
+    def inspect(self):
+        return self.docker.inspect("container", self.container)
+
+    def running(self):
+        return bool(self.inspect()["State"].get("Running"))
+
+    def stop(self):
+        self.docker.run("stop", "-t", "120", self.container, timeout=300)
+
+    def start(self):
+        self.docker.run("start", self.container, timeout=300)
+
+    def wait_healthy(self, timeout):
+        """Until Docker calls it healthy (or running, when it has no healthcheck)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.inspect()["State"]
+            health = (state.get("Health") or {}).get("Status")
+            if state.get("Running") and health in (None, "healthy"):
+                return
+            if not state.get("Running") and state.get("Status") in ("exited", "dead"):
+                raise ForgeError(f"{self.service} ({self.container}) exited with {state.get('ExitCode')} "
+                                 f"after it was started: docker logs {self.container}")
+            if time.monotonic() > deadline:
+                raise ForgeError(f"{self.service} ({self.container}) was not healthy {timeout} s after it was "
+                                 f"started ({health or state.get('Status')})")
+            time.sleep(0.5)
+
+
+class PutBack:
+    """The database host's side (see the module text)."""
+
+    def __init__(self, project, db_service="db", app_services=(), docker=None, clock=time.time, log=None,
+                 timeout=900):
+        self.docker = docker or Docker()
+        self.project = project
+        self.db = ComposeService(self.docker, project, db_service)
+        self.apps = [ComposeService(self.docker, project, name) for name in app_services]
+        self.clock = clock
+        self.log = log or (lambda line: None)
+        self.timeout = timeout
+        info = self.db.inspect()
+        self.image = info["Config"]["Image"]
+        mounts = [m for m in info.get("Mounts", []) if m.get("Destination") == DATA_PATH]
+        if len(mounts) != 1 or mounts[0].get("Type") != "volume":
+            raise ForgeError(f"{db_service} keeps {DATA_PATH} in {'a bind mount' if mounts else 'no mount'}; "
+                             "the put-back swaps a named volume; nothing was changed")
+        self.volume = mounts[0]["Name"]
+        self.volume_root = self._volume_root(self.volume)
+        self.network = next(iter(info.get("NetworkSettings", {}).get("Networks") or {"bridge": None}))
+
+    def _volume_root(self, volume):
+        """Docker's directory of local volumes, where a rename moves contents without a copy."""
+        if not VOLUME_RE.match(volume):
+            raise ForgeError(f"volume name {volume!r} is not one Docker makes; nothing was changed")
+        info = self.docker.inspect("volume", volume)
+        suffix = f"/{volume}/_data"
+        if info.get("Driver") != "local" or not info.get("Mountpoint", "").endswith(suffix) or info.get("Options"):
+            raise ForgeError(f"volume {volume} is not a plain local volume (driver {info.get('Driver')}); the "
+                             "put-back moves contents inside Docker's volume directory; nothing was changed")
+        return info["Mountpoint"][:-len(suffix)]
+
+    def _throwaway(self, *args, network="none", volumes=(), stdin=None, timeout=3600):
+        mounts = [arg for volume in volumes for arg in ("-v", volume)]
+        return self.docker.run("run", "--rm", "-i", "--network", network, *mounts, "--entrypoint", "sh",
+                               "--label", "infer-forge.putback=1", self.image, *args, stdin=stdin, timeout=timeout)
+
+    def _move(self, source, target):
+        """Contents of volume ``source`` into the (empty, new) volume ``target``."""
+        self._throwaway("-c", MOVE_SCRIPT, "sh", source, target, volumes=[f"{self.volume_root}:/volumes"],
+                        timeout=300)
+
+    def _new_volume(self, name, purpose):
+        self.docker.run("volume", "create", "--label", f"infer-forge.dr={purpose}", "--label",
+                        f"infer-forge.dr.volume={self.volume}", name, timeout=60)
+        return name
+
+    def _stop_all(self):
+        for app in self.apps:
+            if app.running():
+                app.stop()
+        self.db.stop()
+
+    def _start_all(self):
+        self.db.start()
+        self.db.wait_healthy(self.timeout)
+        for app in self.apps:
+            app.start()
+        for app in self.apps:
+            app.wait_healthy(self.timeout)
+
+    def preflight(self, host, port):
+        try:
+            self._throwaway("-c", 'exec pg_isready -q -h "$1" -p "$2" -t 10', "sh", host, str(port),
+                            network=self.network, timeout=120)
+        except ForgeError:
+            raise ForgeError(f"the recovered copy at {host}:{port} does not answer on {self.network}, the network "
+                             f"of {self.db.container}; nothing was changed") from None
+
+    def run(self, host, port, login, password):
+        """Returns what was done and how long the database and the app were away."""
+        if not password:
+            raise ForgeError("the put-back needs the login's password (the one the recovered data holds); "
+                             "nothing was changed")
+        self.preflight(host, port)
+        stamp = _stamp(self.clock())
+        started = time.monotonic()
+        self.log(f"stopping {', '.join([a.service for a in self.apps] + [self.db.service])} of {self.project}")
+        self._stop_all()
+        aside = self._new_volume(f"{self.volume}-before-dr-{stamp}", "before")
+        self._move(self.volume, aside)
+        stopped = round(time.monotonic() - started, 3)
+        try:
+            self.log(f"pg_basebackup of {host}:{port} into {self.volume}")
+            self._throwaway("-c", BASEBACKUP_SCRIPT, "sh", DATA_PATH, host, str(port), login,
+                            network=self.network, volumes=[f"{self.volume}:{DATA_PATH}"],
+                            stdin=pgpass_escape(password) + "\n", timeout=24 * 3600)
+            copied = round(time.monotonic() - started, 3)
+            self.db.start()
+            self.db.wait_healthy(self.timeout)
+            db_ready = round(time.monotonic() - started, 3)
+        except ForgeError as exc:
+            self._roll_back(aside, stamp, exc)
+        for app in self.apps:
+            app.start()
+        for app in self.apps:
+            app.wait_healthy(self.timeout)
+        return {"volume": self.volume, "aside_volume": aside, "project": self.project,
+                "seconds_to_stop": stopped, "seconds_to_copy": copied, "seconds_to_database": db_ready,
+                "seconds_to_app": round(time.monotonic() - started, 3),
+                "undo": f"forge dr undo --project {self.project} --aside {aside}"}
+
+    def _roll_back(self, aside, stamp, exc):
+        """The old contents back in place, the failed copy kept, the services as they were."""
+        try:
+            if self.db.running():
+                self.db.stop()
+            failed = self._new_volume(f"{self.volume}-failed-dr-{stamp}", "failed")
+            self._move(self.volume, failed)
+            self._move(aside, self.volume)
+            self._start_all()
+        except ForgeError as again:
+            raise ForgeError(f"put-back into {self.volume} failed: {exc.message}; putting the old database back "
+                             f"failed too: {again.message}; its contents are in volume {aside}: forge dr undo "
+                             f"--project {self.project} --aside {aside}") from None
+        raise ForgeError(f"put-back into {self.volume} failed: {exc.message}; the database is back as it was and "
+                         f"running, the failed copy is kept in volume {failed}") from None
+
+    def undo(self, aside):
+        """Swap the contents moved aside back in; the current ones are kept in a new volume."""
+        if not VOLUME_RE.match(aside or "") or not aside.startswith(f"{self.volume}-"):
+            raise ForgeError(f"{aside!r} is not a volume the put-back of {self.volume} moved aside; nothing was "
+                             "changed")
+        info = self.docker.inspect("volume", aside)
+        if (info.get("Labels") or {}).get("infer-forge.dr.volume") != self.volume:
+            raise ForgeError(f"volume {aside} was not moved aside from {self.volume}; nothing was changed")
+        stamp = _stamp(self.clock())
+        self._stop_all()
+        after = self._new_volume(f"{self.volume}-after-dr-{stamp}", "after")
+        self._move(self.volume, after)
+        self._move(aside, self.volume)
+        self.docker.run("volume", "rm", aside, timeout=60)  # empty now: its contents are back in place
+        self._start_all()
+        return {"volume": self.volume, "restored_from": aside, "kept_in": after}

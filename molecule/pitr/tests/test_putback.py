@@ -1,0 +1,152 @@
+"""Putting a recovered copy back into production (playbooks/dr_restore.yml) on the Compose
+stack: "undo the last minutes" after a bad DELETE, recovered to the time noted before it, into
+the db service's own volume with the app stopped and started around it. Proves the refusal
+without a confirmation, a failed copy that puts the old database back by itself, the put-back
+with the app's /health green and the RTO printed, Barman streaming from the new timeline with a
+new base backup and checklist item 12 passing, and `forge dr undo` bringing the old contents
+back. Runs after test_pitr*.py (it replaces the database those use)."""
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared"))
+from controller import ansible, compose_container, playbook  # noqa: E402
+
+testinfra_hosts = ["docker://pitr-barman"]
+
+PROJECT = "forge-pitr"
+SERVER = "infer-forge"
+VOLUME = f"{PROJECT}_db-data"
+PSQL = "psql -X -q -v ON_ERROR_STOP=1 -U infer -d infer_forge"
+# What one test leaves the next: the time noted before the accident, the volume moved aside.
+pytest_state = {}
+
+
+def sql(host, statement):
+    container = compose_container(host, PROJECT, "db")
+    return host.check_output(f"docker exec -i {container} {PSQL} -Atc {shlex.quote(statement)}")
+
+
+def subnet():
+    """The scenario's network, where the put-back's throwaway container gets its address."""
+    out = subprocess.run(["docker", "network", "inspect", "infer-forge-pitr", "-f",
+                          "{{(index .IPAM.Config 0).Subnet}}"], capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def volumes(prefix):
+    out = subprocess.run(["docker", "volume", "ls", "-q", "--filter", f"name={prefix}"], capture_output=True,
+                         text=True, check=True)
+    return set(out.stdout.split())
+
+
+def app_health(host):
+    return host.run(f"docker exec {compose_container(host, PROJECT, 'app')} curl -fsS http://127.0.0.1:8000/health")
+
+
+def dr_restore(*args):
+    return playbook("dr_restore.yml", "-e", f"pitr_putback_client={subnet()}", *args,
+                    ANSIBLE_STDOUT_CALLBACK="json", timeout=1800)
+
+
+def task_result(run, key):
+    """The first task result of the run that carries ``key``."""
+    for play in json.loads(run.stdout)["plays"]:
+        for task in play["tasks"]:
+            for result in task["hosts"].values():
+                if key in result:
+                    return result
+    raise AssertionError(f"no task returned {key}: {run.stdout[-3000:]}")
+
+
+def failure_messages(run):
+    return [result.get("msg", "") for play in json.loads(run.stdout)["plays"] for task in play["tasks"]
+            for result in task["hosts"].values() if result.get("failed")]
+
+
+def test_the_accident_then_a_put_back_nobody_confirmed_is_refused_in_one_line(host):
+    sql(host, "CREATE TABLE dr_orders (id serial PRIMARY KEY, note text)")
+    sql(host, "INSERT INTO dr_orders (note) SELECT 'order ' || n FROM generate_series(1, 30) AS n")
+    pytest_state["noted"] = sql(host, "SELECT clock_timestamp()")
+    time.sleep(2)
+    sql(host, "DELETE FROM dr_orders WHERE id > 20")  # the accident
+    time.sleep(1)
+    before = volumes(VOLUME)
+    refused = dr_restore("-e", f"pitr_target_time='{pytest_state['noted']}'")
+    assert refused.returncode != 0
+    [message] = failure_messages(refused)
+    assert message == ("dr_restore replaces the database of pitr-barman (the volume's contents are moved aside, "
+                       "not deleted); run again with -e dr_confirm=<that host>; nothing was changed")
+    assert sql(host, "SELECT count(*) FROM dr_orders") == "20" and volumes(VOLUME) == before
+    assert not host.run("ls /var/lib/barman/infer-forge-scratch | grep .").stdout.strip()
+
+
+def test_a_copy_that_fails_puts_the_old_database_back_by_itself_and_says_so_in_one_line(host):
+    before = volumes(VOLUME)
+    failed = dr_restore("-e", "dr_confirm=pitr-barman", "-e", f"pitr_target_time='{pytest_state['noted']}'",
+                        "-e", "pitr_putback_login_password=not-the-password")
+    assert failed.returncode != 0
+    [message] = failure_messages(failed)
+    assert message.startswith(f"put-back into {VOLUME} failed: docker run failed: "), message
+    assert "password authentication failed" in message, message
+    assert re.search(rf"the database is back as it was and running, the failed copy is kept in volume "
+                     rf"{VOLUME}-failed-dr-\d{{8}}T\d{{6}}Z$", message), message
+    assert sql(host, "SELECT count(*) FROM dr_orders") == "20"
+    assert app_health(host).rc == 0
+    added = volumes(VOLUME) - before
+    assert [name for name in added if "-failed-dr-" in name] and [name for name in added if "-before-dr-" in name]
+    # The Barman host removed the copy it served, and did not rejoin a server that was not put back.
+    assert not host.run("ls /var/lib/barman/infer-forge-scratch | grep .").stdout.strip()
+    assert "moved_to_forensics" not in failed.stdout
+
+
+def test_undo_the_last_minutes_into_production_with_the_app_healthy_and_barman_streaming_the_new_timeline(host):
+    started = time.monotonic()
+    done = dr_restore("-e", "dr_confirm=pitr-barman", "-e", f"pitr_target_time='{pytest_state['noted']}'")
+    took = time.monotonic() - started
+    assert done.returncode == 0, done.stdout[-4000:]
+    putback = task_result(done, "aside_volume")
+    rejoined = task_result(done, "moved_to_forensics")
+    pytest_state["aside"] = putback["aside_volume"]
+    # Exactly the rows of the noted time, in production, read by the app's database.
+    assert sql(host, "SELECT count(*) FROM dr_orders") == "30"
+    assert sql(host, "SELECT timeline_id FROM pg_control_checkpoint()") != "1"
+    assert app_health(host).rc == 0
+    assert putback["aside_volume"] in volumes(VOLUME)
+    # Barman streams from the new timeline through a new slot, with a base backup of it.
+    assert rejoined["timeline"] != "00000001"
+    checks = json.loads(host.check_output(f"runuser -u barman -- barman -f json check {SERVER}"))[SERVER]
+    assert all(check["status"] == "OK" for check in checks.values()), checks
+    backups = json.loads(host.check_output(f"runuser -u barman -- barman -f json list-backups {SERVER}"))[SERVER]
+    assert backups[0]["backup_id"] == rejoined["base_backup"] and backups[0]["status"] == "DONE"
+    # What the old timeline received after the noted time (the accident) is kept, not deleted.
+    assert rejoined["moved_to_forensics"] and all(host.file(path).exists for path in rejoined["moved_to_forensics"])
+    assert not host.run("ls /var/lib/barman/infer-forge-scratch | grep .").stdout.strip()
+    # The status metrics as the cron entry writes them every few minutes, then the checklist's item.
+    host.check_output("runuser -u barman -- env PITR_CONFIG=/etc/infer-forge/pitr.env "
+                      "/opt/infer-forge/scripts/forge pitr metrics")
+    run = ansible("pitr-barman", "--become", "-m", "forge_checklist", "-a", "item=12", "-o", timeout=120)
+    assert json.loads(run.stdout.split("=>", 1)[1])["status"] == "PASS", run.stdout
+    print(f"\nPut-back to {pytest_state['noted']}: 30 rows back in production; database healthy "
+          f"{putback['seconds_to_database']} s and app healthy {putback['seconds_to_app']} s after the services "
+          f"stopped (copy {putback['seconds_to_copy']} s); Barman rejoined timeline {rejoined['timeline']} in "
+          f"{rejoined['seconds']} s; the whole playbook {took:.1f} s")
+
+
+def test_forge_dr_undo_brings_the_contents_moved_aside_back_and_keeps_the_put_back_ones(host):
+    aside = pytest_state["aside"]
+    undone = host.run(f"/opt/infer-forge/scripts/forge dr undo --project {PROJECT} --aside {aside} --app-service app")
+    assert undone.rc == 0, undone.stderr
+    [line] = undone.stdout.splitlines()
+    kept = re.search(r"kept in volume (\S+)$", line).group(1)
+    assert sql(host, "SELECT count(*) FROM dr_orders") == "20"  # the state before the put-back
+    assert app_health(host).rc == 0
+    assert kept in volumes(VOLUME) and aside not in volumes(VOLUME)
+    refused = host.run(f"/opt/infer-forge/scripts/forge dr undo --project {PROJECT} --aside {VOLUME}")
+    assert refused.rc == 1 and refused.stderr.strip() == (
+        f"ERROR: '{VOLUME}' is not a volume the put-back of {VOLUME} moved aside; nothing was changed")
