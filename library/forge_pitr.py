@@ -20,10 +20,11 @@ description:
     to O(target_time) or to O(target_name), into a new scratch cluster in its own directory under
     O(scratch_root), on O(scratch_port) with its socket in a private directory and no TCP listener. It never
     writes over the live server.
-  - O(mode=serve) recovers as O(mode=recover) does, then resets the recovery settings of the copy and restarts it
-    listening on O(serve_port) for one login's base backup (C(pg_basebackup)) from O(serve_client) only, with
-    SCRAM; the Barman host holds no password for it. M(forge_putback) on the database host pulls it into the
-    Compose db service's volume (C(playbooks/dr_restore.yml)).
+  - O(mode=serve) recovers as O(mode=recover) does, puts the copy's configuration files back as the base backup had
+    them (Barman's C(.origin)), creates a one-time replication login, and restarts the copy listening on
+    O(serve_port) with TLS (a certificate made for this put-back) for that login's base backup (C(pg_basebackup))
+    from O(serve_client) only, SCRAM; the Barman host never sees a password of the database. M(forge_putback) on
+    the database host pulls it into the Compose db service's volume (C(playbooks/dr_restore.yml)).
   - O(mode=remove) stops and removes the scratch cluster in O(data_directory).
   - O(mode=rejoin), after a put-back, makes Barman stream from the server on its new timeline: the receiver is
     stopped, the WAL it received on the old timeline and did not file is moved to a forensics directory beside
@@ -81,8 +82,12 @@ options:
     type: int
     default: 55433
   serve_login:
-    description: For O(mode=serve), the login allowed to take the base backup (its password is the one the recovered
-      data holds). Defaults to O(login_user).
+    description: For O(mode=serve), the one-time replication login created in the copy for the base backup (the
+      database host drops it once the put-back server runs).
+    type: str
+    default: infer_forge_putback
+  serve_password:
+    description: For O(mode=serve), its one-time password (at least 20 characters; the playbook makes one per run).
     type: str
   data_directory:
     description: For O(mode=remove), the scratch cluster's data directory (O(mode=serve) returns it).
@@ -225,6 +230,10 @@ client:
   description: For O(mode=serve), the network the served copy's pg_hba lets the base backup come from.
   type: str
   returned: mode is serve
+certificate:
+  description: For O(mode=serve), the certificate (PEM) the served copy presents, made for this put-back.
+  type: str
+  returned: mode is serve
 timeline:
   description: For O(mode=rejoin), the put-back server's timeline Barman now streams (8 hex digits).
   type: str
@@ -284,7 +293,8 @@ ARGUMENT_SPEC = dict(
     serve_client=dict(type="str"),
     serve_listen=dict(type="str", default="*"),
     serve_port=dict(type="int", default=55433),
-    serve_login=dict(type="str"),
+    serve_login=dict(type="str", default="infer_forge_putback"),
+    serve_password=dict(type="str", no_log=True),
     data_directory=dict(type="path"),
     base_backup=dict(type="bool", default=True),
     remove_failed=dict(type="bool", default=False),
@@ -383,7 +393,7 @@ class PitrModule:
         if p["mode"] == "serve":
             server = ScratchServer(self.options(), result["data_directory"])
             try:
-                result.update(server.serve(p["serve_login"] or p["login_user"], p["serve_client"],
+                result.update(server.serve(p["serve_login"], p["serve_client"], p["serve_password"],
                                            p["serve_listen"], p["serve_port"]))
             except BaseException:
                 server.remove()

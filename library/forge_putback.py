@@ -52,14 +52,22 @@ options:
     description: Its port.
     type: int
     default: 55433
+  source_certificate:
+    description: The certificate the served copy presents (PEM, M(forge_pitr) O(mode=serve) returns it); every
+      connection is TLS to exactly it, with SCRAM bound to the channel.
+    type: str
   login_user:
-    description: The login the copy lets take a base backup (a superuser of the recovered data, as the runbook's
-      C(infer)).
+    description: The copy's one-time replication login (M(forge_pitr) O(mode=serve) made it); dropped from the
+      put-back database before the app starts.
+    type: str
+    default: infer_forge_putback
+  login_password:
+    description: Its one-time password; it reaches pg_basebackup on stdin only.
+    type: str
+  superuser:
+    description: A superuser of the put-back database that drops the one-time login, over the container's socket.
     type: str
     default: infer
-  login_password:
-    description: Its password, as the recovered data knows it; it reaches pg_basebackup on stdin only.
-    type: str
   aside_volume:
     description: For O(mode=undo), the volume the put-back moved the old contents into.
     type: str
@@ -77,7 +85,8 @@ EXAMPLES = r"""
     project: infer-forge
     app_services: [app]
     source_host: forge-pitr1.infer.local
-    login_password: "{{ backup_postgres_password }}"
+    source_certificate: "{{ hostvars['forge-pitr1.infer.local'].served.certificate }}"
+    login_password: "{{ hostvars['forge-pitr1.infer.local'].putback_password }}"
   register: putback
 
 - name: Undo it
@@ -101,6 +110,11 @@ seconds_to_database:
   description: From stopping the services until the put-back database was healthy.
   returned: mode putback
   type: float
+configuration:
+  description: Whose configuration files the put-back database has, C(the volume's own) (the cluster moved aside
+    was the same one) or C(the base backup's) (a new volume).
+  returned: mode putback
+  type: str
 seconds_to_app:
   description: From stopping the services until every app service was healthy again (the RTO on this host).
   returned: mode putback
@@ -131,8 +145,10 @@ ARGUMENT_SPEC = dict(
     app_services=dict(type="list", elements="str", default=[]),
     source_host=dict(type="str"),
     source_port=dict(type="int", default=55433),
-    login_user=dict(type="str", default="infer"),
+    source_certificate=dict(type="str"),
+    login_user=dict(type="str", default="infer_forge_putback"),
     login_password=dict(type="str", no_log=True),
+    superuser=dict(type="str", default="infer"),
     aside_volume=dict(type="str"),
     timeout=dict(type="int", default=900),
 )
@@ -147,13 +163,14 @@ def run(module):
         return dict(changed=True, volume=putback.volume, msg=f"would {what}")
     if p["mode"] == "undo":
         return dict(changed=True, **putback.undo(p["aside_volume"]))
-    return dict(changed=True, **putback.run(p["source_host"], p["source_port"], p["login_user"],
-                                            p["login_password"]))
+    return dict(changed=True, **putback.run(p["source_host"], p["source_port"], p["login_user"], p["login_password"],
+                                            p["source_certificate"], superuser=p["superuser"]))
 
 
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True,
-                           required_if=[("mode", "putback", ("source_host",)), ("mode", "undo", ("aside_volume",))])
+                           required_if=[("mode", "putback", ("source_host", "source_certificate", "login_password")),
+                                         ("mode", "undo", ("aside_volume",))])
     if ENGINE_IMPORT_ERROR is not None:
         module.fail_json(msg=f"forge engine not importable: {ENGINE_IMPORT_ERROR}")
     failure = None

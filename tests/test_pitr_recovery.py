@@ -49,8 +49,12 @@ elif args[:1] == ["restore"]:
     for flag, name in (("--target-time", "recovery_target_time"), ("--target-name", "recovery_target_name")):
         if flag in args:
             settings.append(f"{name} = '{args[args.index(flag) + 1]}'")
-    with open(os.path.join(dest, "postgresql.auto.conf"), "a") as handle:
-        handle.write("# The following parameters were added by the stand-in Barman\n" + "\n".join(settings) + "\n")
+    # As Barman's restore does: the file as the base backup had it kept as .origin, then changed.
+    auto = os.path.join(dest, "postgresql.auto.conf")
+    shutil.copyfile(auto, auto + ".origin")
+    with open(auto, "a") as handle:
+        handle.write("archive_command = false\n# The following parameters were added by the stand-in Barman\n"
+                     + "\n".join(settings) + "\n")
     open(os.path.join(dest, "recovery.signal"), "w").close()
 else:
     sys.exit(f"stand-in barman: {args} is not part of this test")
@@ -304,19 +308,31 @@ def test_a_served_copy_gives_one_login_a_base_backup_that_carries_the_sources_ow
         return subprocess.run(["runuser", "-u", "postgres", "--", "/usr/bin/python3", "-c", script],
                               capture_output=True, text=True, timeout=300, check=False)
 
-    served = engine(f"serve('{lab.source.superuser}', '127.0.0.1', listen='127.0.0.1', port={port})")
+    once = "a-one-time-password-made-for-this-run-0123"
+    served = engine(f"serve('infer_forge_putback', '127.0.0.1', {once!r}, listen='127.0.0.1', port={port})")
     assert served.returncode == 0, served.stderr
-    assert json.loads(served.stdout)["client"] == "127.0.0.1/32"
+    answer = json.loads(served.stdout)
+    assert answer["client"] == "127.0.0.1/32" and "BEGIN CERTIFICATE" in answer["certificate"]
+    root = os.path.join(lab.dir, "served-root.crt")
+    with open(root, "w") as handle:
+        handle.write(answer["certificate"])
     copy = os.path.join(lab.dir, "copy")
+    tls = dict(os.environ, PGPASSWORD=once, PGSSLMODE="verify-ca", PGSSLROOTCERT=root, PGCHANNELBINDING="require")
     try:
-        env = dict(os.environ, PGPASSWORD=lab.source.superuser_password)
-        subprocess.run([f"{PG_BIN}/pg_basebackup", "-h", "127.0.0.1", "-p", str(port), "-U", lab.source.superuser,
-                        "-D", copy, "-X", "stream", "--no-sync"], env=env, check=True, capture_output=True, timeout=120)
-        # Not a replication connection: refused, whoever asks.
-        plain = subprocess.run([f"{PG_BIN}/psql", "-X", "-h", "127.0.0.1", "-p", str(port), "-U",
-                                lab.source.superuser, "-d", DATABASE, "-c", "SELECT 1"], env=env, capture_output=True,
-                               text=True, timeout=60, check=False)
-        assert plain.returncode != 0 and "no pg_hba.conf entry" in plain.stderr, plain.stderr
+        subprocess.run([f"{PG_BIN}/pg_basebackup", "-h", "127.0.0.1", "-p", str(port), "-U", "infer_forge_putback",
+                        "-D", copy, "-X", "stream", "--no-sync"], env=tls, check=True, capture_output=True, timeout=120)
+
+        def refused(env, *args):
+            proc = subprocess.run([f"{PG_BIN}/psql", "-X", "-h", "127.0.0.1", "-p", str(port), *args, "-c", "SELECT 1"],
+                                  env=env, capture_output=True, text=True, timeout=60, check=False)
+            return proc.returncode != 0 and "no pg_hba.conf entry" in proc.stderr
+
+        # Not a replication connection, another login, or no TLS: refused, whoever asks.
+        assert refused(tls, "-U", "infer_forge_putback", "-d", DATABASE)
+        superuser = dict(tls, PGPASSWORD=lab.source.superuser_password)
+        assert refused(superuser, "-U", lab.source.superuser, "-d", "replication=true dbname=replication")
+        assert refused(dict(tls, PGSSLMODE="disable", PGCHANNELBINDING="prefer"), "-U", "infer_forge_putback",
+                       "-d", "replication=true dbname=replication")
     finally:
         removed = engine("remove()")
     assert removed.returncode == 0, removed.stderr
@@ -326,7 +342,9 @@ def test_a_served_copy_gives_one_login_a_base_backup_that_carries_the_sources_ow
         assert copied.read() == source.read()
     with open(os.path.join(copy, "postgresql.auto.conf")) as auto:
         settings = auto.read()
-    assert "restore_command" not in settings and "recovery_target" not in settings, settings
+    for barmans in ("restore_command", "recovery_target", "archive_command"):
+        assert barmans not in settings, settings
+    assert not [name for name in os.listdir(copy) if name.endswith(".origin")]
     shutil.rmtree(copy)
 
 
@@ -343,6 +361,8 @@ def test_only_a_scratch_cluster_is_served_and_only_to_an_address(lab, tmp_path):
     (scratch / ".infer-forge-pitr-scratch").write_text("")
     server = ScratchServer(options, str(scratch / "data"))
     with pytest.raises(ForgeError, match=r"^the put-back client must be an address or network .* got 'all'"):
-        server.serve("infer", "all")
+        server.serve("infer", "all", "x" * 20)
     with pytest.raises(ForgeError, match=r"^the put-back login must be a lower-case role name, got 'infer x'"):
-        server.serve("infer x", "10.0.0.5")
+        server.serve("infer x", "10.0.0.5", "x" * 20)
+    with pytest.raises(ForgeError, match=r"^the put-back's one-time password must have at least 20 characters"):
+        server.serve("infer", "10.0.0.5", "x" * 19)

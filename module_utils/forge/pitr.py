@@ -35,7 +35,10 @@ SEGMENT_NAME_RE = re.compile(r"^[0-9A-F]{24}\Z")
 RECEIVED_WAL_RE = re.compile(r"^([0-9A-F]{24})(\.partial)?\Z")
 # pg_waldump's record of a commit or an abort (the records a time target stops at), with
 # TZ=UTC: "desc: COMMIT 2026-12-07 04:40:04.541896 UTC" (COMMIT_PREPARED puts its xid first).
-WAL_TIME_RE = re.compile(r"desc: (?:COMMIT|ABORT)(?:_PREPARED \d+:)? (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC")
+# Anchored to the Transaction resource manager: a restore point's name (which a database
+# superuser chooses) also shows in a record's desc.
+WAL_TIME_RE = re.compile(r"^rmgr: Transaction .*?, desc: (?:COMMIT|ABORT)(?:_PREPARED \d+:)? "
+                         r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC", re.MULTILINE)
 # How many of the newest segments are read for the last commit before giving up: a quiet
 # database's last commit may lie a few switched segments back.
 WAL_TIME_SEGMENTS = 8
@@ -230,7 +233,7 @@ class Barman:
                     return None
             times = WAL_TIME_RE.findall(proc.stdout)
             if times:
-                return datetime.datetime.fromisoformat(times[-1]).replace(tzinfo=datetime.UTC)
+                return max(datetime.datetime.fromisoformat(when).replace(tzinfo=datetime.UTC) for when in times)
         return None
 
     def checks(self):
@@ -534,16 +537,31 @@ class ScratchCluster:
         reads it once restore_command has no more: the segments barman cron has not moved
         to the archive and the one still being streamed (.partial), up to its last byte."""
         target = os.path.join(self.data, "pg_wal")
-        for name, path in barman.received_wal():
-            with contextlib.suppress(FileNotFoundError):  # filed by barman cron meanwhile: in the archive
-                shutil.copyfile(path, os.path.join(target, name))
+        copied = set()
+        for _round in range(5):
+            # A file that went away meanwhile was completed (.partial renamed) or filed by barman
+            # cron: list again until every file listed was copied, so none is left out.
+            vanished = False
+            for name, path in barman.received_wal():
+                if path in copied:
+                    continue
+                try:
+                    shutil.copyfile(path, os.path.join(target, name))
+                    copied.add(path)
+                except FileNotFoundError:
+                    vanished = True
+            if not vanished:
+                return
+        raise ForgeError("Barman's streaming directory kept changing while the recovery read it; nothing was "
+                         "recovered, try again")
 
-    def start(self, listen="", port=None, hba_file=None):
+    def start(self, listen="", port=None, hba_file=None, settings=None):
         """Start the copy (socket only, our own pg_hba) and wait until its recovery ends; a
         copy already running is restarted with the new listener and pg_hba (a put-back)."""
         self.port = int(port or self.options.scratch_port)
         options = (f"-p {self.port} -c listen_addresses='{listen}' -c unix_socket_directories='{self.socket_dir}' "
                    f"-c hba_file='{hba_file or self.hba_file}' -c archive_mode=off -c hot_standby=on")
+        options += "".join(f" -c {name}='{value}'" for name, value in (settings or {}).items())
         action = ["-m", "fast", "restart"] if self.started and self.running() else ["start"]
         command = [os.path.join(self.options.postgres_bin, "pg_ctl"), "-D", self.data, "-o", options,
                    "-l", self.log_path, "-w", "-t", str(self.options.start_timeout), *action]
@@ -584,11 +602,11 @@ class ScratchCluster:
     def log_path(self):
         return os.path.join(self.path, "postgresql.log")
 
-    def connect(self, database):
+    def connect(self, database, user=None):
         import psycopg
 
         return psycopg.connect(host=self.socket_dir, port=self.port, dbname=database,
-                               user=self.options.login_user, autocommit=True, connect_timeout=10)
+                               user=user or self.options.login_user, autocommit=True, connect_timeout=10)
 
     def counts(self, database):
         with self.connect(database) as conn:

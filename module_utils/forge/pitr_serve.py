@@ -21,6 +21,8 @@ import ipaddress
 import os
 import re
 import shutil
+import socket
+import subprocess
 import time
 
 from .errors import ForgeError, unexpected
@@ -33,6 +35,7 @@ RECOVERY_SETTINGS = ("restore_command", "recovery_end_command", "archive_cleanup
                      "recovery_target_name", "recovery_target_time", "recovery_target_timeline",
                      "recovery_target_xid")
 LOGIN_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}\Z")
+MIN_PASSWORD = 20
 FORENSICS_DIR = "infer-forge-forensics"
 
 
@@ -42,6 +45,18 @@ def _allowed_network(value):
     except ValueError:
         raise ForgeError(f"the put-back client must be an address or network (10.0.0.5, 10.0.0.0/24), got "
                          f"{value!r}; nothing was changed") from None
+
+
+def _require_free_port(port):
+    """A copy an interrupted put-back left serving holds the port: refuse, rather than let the
+    database host copy that one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("0.0.0.0", port))  # noqa: S104 - a probe, closed at once
+        except OSError:
+            raise ForgeError(f"port {port} is in use (a copy an interrupted put-back still serves? stop it: pg_ctl -D "
+                             "<its data directory> stop); nothing was changed") from None
 
 
 def _listen_address(value):
@@ -73,38 +88,87 @@ class ScratchServer:
         except OSError:
             self.cluster.started = False
 
-    def serve(self, login, client, listen="*", port=55433):
-        """Reset the recovery settings, then restart listening on TCP for ``login``'s base
-        backup from ``client`` only (SCRAM); returns where to connect."""
+    def serve(self, login, client, password, listen="*", port=55433):
+        """Put the copy's configuration back as the base backup had it, create the one-time
+        replication login ``login`` with ``password``, and restart listening on TCP with TLS
+        (a certificate made for this put-back) for that login's base backup from ``client``
+        only (SCRAM); returns where to connect and the certificate to pin."""
         if not LOGIN_RE.match(login or ""):
             raise ForgeError(f"the put-back login must be a lower-case role name, got {login!r}; nothing was changed")
         network = _allowed_network(client)
         address = _listen_address(listen)
         port = int(port)
+        if len(password or "") < MIN_PASSWORD:
+            raise ForgeError(f"the put-back's one-time password must have at least {MIN_PASSWORD} characters; "
+                             "nothing was changed")
         if not self.cluster.running():
             raise ForgeError(f"the scratch cluster in {self.cluster.path} is not running: recover it first "
                              "(forge pitr recover keeps it running)")
+        _require_free_port(port)
         try:
-            with self.cluster.connect("postgres") as conn:
-                recovering = conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+            self._create_login(login, password)
+        except ForgeError:
+            raise
         except Exception as exc:  # noqa: BLE001 - psycopg's errors, one line
-            raise ForgeError(f"the scratch cluster in {self.cluster.path} does not answer: {unexpected(exc)}") from None
-        if recovering:
-            raise ForgeError(f"the scratch cluster in {self.cluster.path} is still recovering; nothing was changed")
+            raise ForgeError(f"the scratch cluster in {self.cluster.path} refused the put-back login: "
+                             f"{unexpected(exc)}") from None
         self._reset_recovery_settings()
+        certificate, key = self._make_certificate()
         hba = os.path.join(self.cluster.path, "serve_hba.conf")
         with open(hba, "w") as handle:
             handle.write("# infer-forge put-back: barman on the private socket, one login's base backup from one "
-                         "address\nlocal all all trust\n"
-                         f"host replication {login} {network} scram-sha-256\n")
-        self.cluster.start(listen=address, port=port, hba_file=hba)
+                         "address, over TLS\nlocal all all trust\n"
+                         f"hostssl replication {login} {network} scram-sha-256\n")
+        self.cluster.start(listen=address, port=port, hba_file=hba,
+                           settings={"ssl": "on", "ssl_cert_file": certificate, "ssl_key_file": key})
+        with open(certificate) as handle:
+            pem = handle.read()
         return {"data_directory": self.cluster.data, "listen": address, "port": port, "login": login,
-                "client": network, "scratch": self.cluster.path}
+                "client": network, "scratch": self.cluster.path, "certificate": pem}
+
+    def _create_login(self, login, password):
+        """The login exists in the copy only for its base backup; the database host drops it
+        once the put-back server runs. Created by the copy's bootstrap superuser, on the socket."""
+        from psycopg import sql
+
+        with self.cluster.connect("postgres") as conn:
+            if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+                raise ForgeError(f"the scratch cluster in {self.cluster.path} is still recovering; nothing was "
+                                 "changed")
+            [owner] = conn.execute("SELECT rolname FROM pg_roles WHERE oid = 10").fetchone()
+        with self.cluster.connect("postgres", user=owner) as conn:
+            conn.execute("SET password_encryption = 'scram-sha-256'")
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(login)))
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN REPLICATION PASSWORD {}").format(
+                sql.Identifier(login), sql.Literal(password)))
+
+    def _make_certificate(self):
+        """A self-signed certificate for this put-back alone; the database host pins it."""
+        certificate = os.path.join(self.cluster.path, "serve.crt")
+        key = os.path.join(self.cluster.path, "serve.key")
+        command = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                   "-days", "2", "-subj", "/CN=infer-forge-putback", "-keyout", key, "-out", certificate]
+        old = os.umask(0o077)
+        try:
+            proc = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+        except FileNotFoundError:
+            raise ForgeError("openssl not found; install it (Debian: openssl)") from None
+        finally:
+            os.umask(old)
+        if proc.returncode != 0:
+            raise ForgeError(f"openssl could not make the put-back's certificate: {proc.stderr.strip()[-200:]}")
+        return certificate, key
 
     def _reset_recovery_settings(self):
         """postgresql.auto.conf without what Barman's restore and our restore_command wrote; read
         at the restart that follows, and copied as it is on disk by the base backup. A file edit,
         not ALTER SYSTEM: the copy's login need not be a superuser."""
+        # Barman's restore keeps each configuration file it changed (archive_command = false,
+        # #BARMAN# lines, its recovery settings) as <file>.origin: the file as the base backup had it.
+        for name in ("postgresql.conf", "postgresql.auto.conf"):
+            origin = os.path.join(self.cluster.data, name + ".origin")
+            if os.path.isfile(origin) and not os.path.islink(origin):
+                os.replace(origin, os.path.join(self.cluster.data, name))
         path = os.path.join(self.cluster.data, "postgresql.auto.conf")
         with open(path) as handle:
             lines = handle.read().splitlines()
@@ -179,7 +243,9 @@ class Rejoin:
         moved = []
         for name in sorted(os.listdir(streaming)) if os.path.isdir(streaming) else []:
             match = RECEIVED_WAL_RE.match(name)
-            if match and match.group(1)[:8] < timeline:
+            # Only the segment it was receiving: complete ones are barman cron's to file (moving
+            # one while cron holds its lock would leave a hole in the archive).
+            if match and match.group(2) and match.group(1)[:8] < timeline:
                 os.makedirs(target, mode=0o700, exist_ok=True)
                 shutil.move(os.path.join(streaming, name), os.path.join(target, name))
                 moved.append(os.path.join(target, name))

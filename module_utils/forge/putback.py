@@ -9,10 +9,12 @@ copy (pitr_serve.ScratchServer.serve):
 3. the volume's contents are moved aside into a new volume ``<volume>-before-dr-<stamp>``
    (a rename inside Docker's volume directory: instant, nothing copied, nothing deleted);
 4. a throwaway container of the db service's own image runs pg_basebackup of the served copy
-   into the now empty volume, and pg_verifybackup checks every file against the backup's
-   manifest; the login's password reaches it on stdin, never on a command line;
+   into the now empty volume (TLS pinned to the certificate the copy serves, SCRAM bound to the
+   channel, a one-time login whose password reaches it on stdin, never on a command line), and
+   pg_verifybackup checks every file against the backup's manifest; the volume's old cluster
+   gives back its configuration files when it is the same cluster;
 5. the db service starts (it replays the streamed WAL and opens on the recovered timeline),
-   then the app services, each waited for until healthy.
+   the one-time login is dropped, then the app services start, each waited for until healthy.
 
 A failure at 4 or 5 puts the old contents back (the failed copy is kept in
 ``<volume>-failed-dr-<stamp>``) and starts the services as they were, and says so in one
@@ -25,26 +27,60 @@ import re
 import subprocess
 import time
 
-from .errors import ForgeError, last_line
+from .errors import ForgeError
 
 VOLUME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}\Z")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 DATA_PATH = "/var/lib/postgresql/data"
+ROLLBACK_TIMEOUT = 900
 
-# Run in a throwaway container of the db service's image, as root; the password is the last
-# line of stdin. pg_basebackup and pg_verifybackup run as postgres, who owns the data.
-BASEBACKUP_SCRIPT = r"""set -eu
-data=$1 host=$2 port=$3 login=$4
+# The start of every script that connects to the served copy, in a throwaway container of the
+# db service's image, as root: stdin holds the one-time password (pgpass-escaped) on its first
+# line and the certificate the copy serves after it. Every connection is TLS to exactly that
+# certificate, SCRAM bound to the channel: nothing else answers for the copy.
+CONNECT_PRELUDE = r"""set -eu
+host=$1 port=$2 login=$3
+secrets=$(mktemp -d)
+IFS= read -r password
+cat > "$secrets/root.crt"
+printf '%s:%s:*:%s:%s\n' "$host" "$port" "$login" "$password" > "$secrets/pgpass"
+unset password
+chown -R postgres "$secrets"
+chmod 0700 "$secrets"
+chmod 0600 "$secrets/pgpass" "$secrets/root.crt"
+as_postgres() {
+    runuser -u postgres -- env PGPASSFILE="$secrets/pgpass" PGSSLMODE=verify-ca PGSSLROOTCERT="$secrets/root.crt" \
+        PGCHANNELBINDING=require PGREQUIREAUTH=scram-sha-256 PGCONNECT_TIMEOUT=10 "$@"
+}
+"""
+
+# Proves the copy answers and is the one served for this put-back (only it knows the password).
+PREFLIGHT_SCRIPT = CONNECT_PRELUDE + r"""as_postgres psql -X -A -t -c IDENTIFY_SYSTEM \
+    "host=$host port=$port user=$login dbname=replication replication=true" >/dev/null
+"""
+
+# The copy into the emptied volume, checked against its manifest. The volume's own cluster,
+# moved aside (/aside), gives back its configuration files when it is the same cluster (an
+# undo of the last minutes keeps today's settings; a new host takes the base backup's).
+BASEBACKUP_SCRIPT = CONNECT_PRELUDE + r"""data=$4
 chown postgres:postgres "$data"
 chmod 0700 "$data"
-pass=$(mktemp)
-chown postgres "$pass"
-chmod 0600 "$pass"
-{ printf '%s:%s:*:%s:' "$host" "$port" "$login"; cat; } > "$pass"
-runuser -u postgres -- env PGPASSFILE="$pass" pg_basebackup --no-password -h "$host" -p "$port" -U "$login" \
-    -D "$data" -X stream -c fast
-rm -f "$pass"
+as_postgres pg_basebackup --no-password -h "$host" -p "$port" -U "$login" -D "$data" -X stream -c fast
+rm -rf "$secrets"
 runuser -u postgres -- pg_verifybackup -q "$data"
+system_id() { runuser -u postgres -- pg_controldata "$1" | sed -n 's/^Database system identifier: *//p'; }
+if [ -s /aside/global/pg_control ] && [ "$(system_id /aside)" = "$(system_id "$data")" ]; then
+    for name in postgresql.conf postgresql.auto.conf pg_hba.conf pg_ident.conf; do
+        if [ -f "/aside/$name" ] && [ ! -L "/aside/$name" ]; then
+            cp "/aside/$name" "$data/$name"
+            chown postgres:postgres "$data/$name"
+            chmod 0600 "$data/$name"
+        fi
+    done
+    echo "configuration: the volume's own"
+else
+    echo "configuration: the base backup's"
+fi
 """
 
 # Moves one volume's contents into another's, inside Docker's volume directory (one file
@@ -80,7 +116,10 @@ class Docker:
         except subprocess.TimeoutExpired:
             raise ForgeError(f"docker {args[0]} did not finish within {timeout} s") from None
         if proc.returncode != 0:
-            raise ForgeError(f"docker {args[0]} failed: {last_line(proc.stderr or proc.stdout)}")
+            said = [line.strip() for line in (proc.stderr or proc.stdout).splitlines() if line.strip()]
+            # pg_basebackup's error, not libpq's note after it ("password retrieved from file ...").
+            errors = [line for line in said if re.search(r"error:|FATAL|ERROR", line)]
+            raise ForgeError(f"docker {args[0]} failed: {(errors or said or ['exit ' + str(proc.returncode)])[-1]}")
         return proc.stdout
 
     def inspect(self, kind, name):
@@ -189,28 +228,47 @@ class PutBack:
                 app.stop()
         self.db.stop()
 
-    def _start_all(self):
+    def _start_all(self, timeout=None):
         self.db.start()
-        self.db.wait_healthy(self.timeout)
+        self.db.wait_healthy(timeout or self.timeout)
         for app in self.apps:
             app.start()
         for app in self.apps:
-            app.wait_healthy(self.timeout)
+            app.wait_healthy(timeout or self.timeout)
 
-    def preflight(self, host, port):
+    def _secrets(self, password, certificate):
+        return pgpass_escape(password) + "\n" + certificate
+
+    def preflight(self, host, port, login, password, certificate):
         try:
-            self._throwaway("-c", 'exec pg_isready -q -h "$1" -p "$2" -t 10', "sh", host, str(port),
-                            network=self.network, timeout=120)
-        except ForgeError:
-            raise ForgeError(f"the recovered copy at {host}:{port} does not answer on {self.network}, the network "
-                             f"of {self.db.container}; nothing was changed") from None
+            self._throwaway("-c", PREFLIGHT_SCRIPT, "sh", host, str(port), login, network=self.network,
+                            stdin=self._secrets(password, certificate), timeout=120)
+        except ForgeError as exc:
+            raise ForgeError(f"the recovered copy at {host}:{port} does not answer as the one served for this "
+                             f"put-back on {self.network}, the network of {self.db.container} "
+                             f"({exc.message.removeprefix('docker run failed: ')}); nothing was changed") from None
 
-    def run(self, host, port, login, password):
+    def _drop_login(self, login, superuser):
+        """The one-time login came with the copy; it goes before the app comes back."""
+        container = self.db.container
+        try:
+            self.docker.run("exec", "-i", container, "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", superuser,
+                            "-d", "postgres", "-c", f'DROP ROLE IF EXISTS "{login}"', timeout=120)
+        except ForgeError as exc:
+            raise ForgeError(f"the database is back and running, but the put-back's one-time login {login} is still "
+                             f"in it ({exc.message}): docker exec {container} psql -U {superuser} -d postgres -c "
+                             f"'DROP ROLE {login}'; the app was not started") from None
+
+    def run(self, host, port, login, password, certificate, superuser="infer"):
         """Returns what was done and how long the database and the app were away."""
-        if not password:
-            raise ForgeError("the put-back needs the login's password (the one the recovered data holds); "
+        if not password or "BEGIN CERTIFICATE" not in (certificate or ""):
+            raise ForgeError("the put-back needs the served copy's one-time password and certificate; "
                              "nothing was changed")
-        self.preflight(host, port)
+        if not re.match(r"^[a-z_][a-z0-9_]{0,62}\Z", login or "") or not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,62}\Z",
+                                                                                   superuser or ""):
+            raise ForgeError(f"login and superuser must be plain role names, got {login!r} and {superuser!r}; "
+                             "nothing was changed")
+        self.preflight(host, port, login, password, certificate)
         stamp = _stamp(self.clock())
         started = time.monotonic()
         self.log(f"stopping {', '.join([a.service for a in self.apps] + [self.db.service])} of {self.project}")
@@ -220,15 +278,17 @@ class PutBack:
         stopped = round(time.monotonic() - started, 3)
         try:
             self.log(f"pg_basebackup of {host}:{port} into {self.volume}")
-            self._throwaway("-c", BASEBACKUP_SCRIPT, "sh", DATA_PATH, host, str(port), login,
-                            network=self.network, volumes=[f"{self.volume}:{DATA_PATH}"],
-                            stdin=pgpass_escape(password) + "\n", timeout=24 * 3600)
+            said = self._throwaway("-c", BASEBACKUP_SCRIPT, "sh", host, str(port), login, DATA_PATH,
+                                   network=self.network,
+                                   volumes=[f"{self.volume}:{DATA_PATH}", f"{aside}:/aside:ro"],
+                                   stdin=self._secrets(password, certificate), timeout=24 * 3600)
             copied = round(time.monotonic() - started, 3)
             self.db.start()
             self.db.wait_healthy(self.timeout)
             db_ready = round(time.monotonic() - started, 3)
         except ForgeError as exc:
             self._roll_back(aside, stamp, exc)
+        self._drop_login(login, superuser)
         for app in self.apps:
             app.start()
         for app in self.apps:
@@ -236,6 +296,8 @@ class PutBack:
         return {"volume": self.volume, "aside_volume": aside, "project": self.project,
                 "seconds_to_stop": stopped, "seconds_to_copy": copied, "seconds_to_database": db_ready,
                 "seconds_to_app": round(time.monotonic() - started, 3),
+                "configuration": "the volume's own" if "configuration: the volume's own" in said else
+                                 "the base backup's",
                 "undo": f"forge dr undo --project {self.project} --aside {aside}"}
 
     def _roll_back(self, aside, stamp, exc):
@@ -246,7 +308,8 @@ class PutBack:
             failed = self._new_volume(f"{self.volume}-failed-dr-{stamp}", "failed")
             self._move(self.volume, failed)
             self._move(aside, self.volume)
-            self._start_all()
+            # The old database was running minutes ago: giving up on it early helps nobody.
+            self._start_all(timeout=max(self.timeout, ROLLBACK_TIMEOUT))
         except ForgeError as again:
             raise ForgeError(f"put-back into {self.volume} failed: {exc.message}; putting the old database back "
                              f"failed too: {again.message}; its contents are in volume {aside}: forge dr undo "
@@ -260,8 +323,12 @@ class PutBack:
             raise ForgeError(f"{aside!r} is not a volume the put-back of {self.volume} moved aside; nothing was "
                              "changed")
         info = self.docker.inspect("volume", aside)
-        if (info.get("Labels") or {}).get("infer-forge.dr.volume") != self.volume:
-            raise ForgeError(f"volume {aside} was not moved aside from {self.volume}; nothing was changed")
+        labels = info.get("Labels") or {}
+        kind = labels.get("infer-forge.dr")
+        if labels.get("infer-forge.dr.volume") != self.volume or kind not in ("before", "after"):
+            # A -failed-dr- volume holds a copy that never passed pg_verifybackup.
+            raise ForgeError(f"volume {aside} is not contents the put-back of {self.volume} moved aside; nothing was "
+                             "changed")
         stamp = _stamp(self.clock())
         self._stop_all()
         after = self._new_volume(f"{self.volume}-after-dr-{stamp}", "after")
