@@ -114,6 +114,7 @@ def _packed():  # pragma: no cover - never called
         cli,
         compose,
         compress,
+        drdrill,
         drill,
         errors,
         farside,
@@ -136,7 +137,8 @@ def _packed():  # pragma: no cover - never called
     )
 
 
-ENGINE_MODULES = ("__init__", "backup", "catalog", "checklist", "cli", "compose", "compress", "drill", "errors",
+ENGINE_MODULES = ("__init__", "backup", "catalog", "checklist", "cli", "compose", "compress", "drdrill", "drill",
+                  "errors",
                   "farside", "fsutil", "health", "metrics", "offsite", "onhost", "opensslenc", "pgconn",
                   "pitr", "pitr_offsite", "pitr_serve", "privileges", "putback", "records", "restore", "sentry",
                   "settings", "signing")

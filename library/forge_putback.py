@@ -173,15 +173,17 @@ def main():
                                          ("mode", "undo", ("aside_volume",))])
     if ENGINE_IMPORT_ERROR is not None:
         module.fail_json(msg=f"forge engine not importable: {ENGINE_IMPORT_ERROR}")
-    failure = None
+    failure, details = None, {}
     try:
         result = run(module)
     except ForgeError as exc:
-        failure = exc.message
+        # A put-back that is done but whose app did not come back still says where the old
+        # contents are (and the playbook still lets Barman rejoin it).
+        failure, details = exc.message, exc.details
     except Exception as exc:  # noqa: BLE001 - one line for the operator, never a traceback
         failure = f"forge_putback {module.params['mode']} stopped: {unexpected(exc)}"
     if failure:
-        module.fail_json(msg=failure)
+        module.fail_json(msg=failure, **details)
     module.exit_json(**result)
 
 

@@ -15,6 +15,7 @@ COMPRESS = "module_utils/forge/compress.py"
 FSUTIL = "module_utils/forge/fsutil.py"
 PITR_OFFSITE = "module_utils/forge/pitr_offsite.py"
 PITR = "module_utils/forge/pitr.py"
+PITR_SERVE = "module_utils/forge/pitr_serve.py"
 
 MUTANTS = [
     {
@@ -405,5 +406,20 @@ MUTANTS = [
         "edits": [(PITR, "            if remove_failed:\n                scratch.remove()",
                    "            if True:\n                scratch.remove()")],
         "tests": ["tests/test_pitr_recovery.py::test_a_replay_that_ends_in_a_fatal_is_one_line_quoting_it_and_keeps_the_directory_and_its_log"],
+    },
+    {
+        "name": "a-served-copy-goes-back-with-barmans-configuration",
+        "promise": "a copy put back into production carries the production server's configuration, not Barman's",
+        "edits": [(PITR_SERVE, "                os.replace(origin, os.path.join(self.cluster.data, name))\n",
+                   "                pass\n")],
+        "tests": ["tests/test_pitr_recovery.py::"
+                  "test_a_served_copy_gives_one_login_a_base_backup_that_carries_the_sources_own_configuration"],
+    },
+    {
+        "name": "a-served-copy-answers-without-tls",
+        "promise": "the put-back's base backup crosses the network only over TLS to the pinned certificate",
+        "edits": [(PITR_SERVE, 'f"hostssl replication {login} {network} scram-sha-256', 'f"host replication {login} {network} scram-sha-256')],
+        "tests": ["tests/test_pitr_recovery.py::"
+                  "test_a_served_copy_gives_one_login_a_base_backup_that_carries_the_sources_own_configuration"],
     },
 ]

@@ -8,7 +8,7 @@ module that imports it, so the installer needs no path outside its own payload.
 
 SCRIPTS = {
     'forge': r"""#!/usr/bin/env bash
-# Runs the INFER FORGE engine on a host: forge {backup|verify|restore|drill|offsite|pitr} ...
+# Runs the INFER FORGE engine on a host: forge {backup|verify|restore|drill|offsite|pitr|dr} ...
 # backup_db.sh and restore_db.sh are the runbook-facing names for these commands.
 set -euo pipefail
 

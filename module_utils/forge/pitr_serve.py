@@ -193,7 +193,11 @@ class Rejoin:
     def run(self, base_backup=True, timeout=300):
         server = self.barman.options.server
         started = time.monotonic()
-        self.barman.run("receive-wal", "--stop", server, timeout=120)
+        try:
+            self.barman.run("receive-wal", "--stop", server, timeout=120)
+        except ForgeError as exc:
+            if "no such process" not in exc.message:  # none runs: barman cron's last start failed
+                raise
         # Complete segments into the archive, so only the partial ones are left to move.
         self.barman.run("archive-wal", server, timeout=600)
         timeline = self._server_timeline()

@@ -27,7 +27,7 @@ import re
 import subprocess
 import time
 
-from .errors import ForgeError
+from .errors import ForgeError, unexpected
 
 VOLUME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}\Z")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
@@ -271,12 +271,14 @@ class PutBack:
         self.preflight(host, port, login, password, certificate)
         stamp = _stamp(self.clock())
         started = time.monotonic()
-        self.log(f"stopping {', '.join([a.service for a in self.apps] + [self.db.service])} of {self.project}")
-        self._stop_all()
-        aside = self._new_volume(f"{self.volume}-before-dr-{stamp}", "before")
-        self._move(self.volume, aside)
-        stopped = round(time.monotonic() - started, 3)
+        done = {"aside": None, "moved": False}
         try:
+            self.log(f"stopping {', '.join([a.service for a in self.apps] + [self.db.service])} of {self.project}")
+            self._stop_all()
+            done["aside"] = aside = self._new_volume(f"{self.volume}-before-dr-{stamp}", "before")
+            self._move(self.volume, aside)
+            done["moved"] = True
+            stopped = round(time.monotonic() - started, 3)
             self.log(f"pg_basebackup of {host}:{port} into {self.volume}")
             said = self._throwaway("-c", BASEBACKUP_SCRIPT, "sh", host, str(port), login, DATA_PATH,
                                    network=self.network,
@@ -286,36 +288,53 @@ class PutBack:
             self.db.start()
             self.db.wait_healthy(self.timeout)
             db_ready = round(time.monotonic() - started, 3)
-        except ForgeError as exc:
-            self._roll_back(aside, stamp, exc)
-        self._drop_login(login, superuser)
-        for app in self.apps:
-            app.start()
-        for app in self.apps:
-            app.wait_healthy(self.timeout)
-        return {"volume": self.volume, "aside_volume": aside, "project": self.project,
-                "seconds_to_stop": stopped, "seconds_to_copy": copied, "seconds_to_database": db_ready,
-                "seconds_to_app": round(time.monotonic() - started, 3),
-                "configuration": "the volume's own" if "configuration: the volume's own" in said else
-                                 "the base backup's",
-                "undo": f"forge dr undo --project {self.project} --aside {aside}"}
-
-    def _roll_back(self, aside, stamp, exc):
-        """The old contents back in place, the failed copy kept, the services as they were."""
+        except BaseException as exc:  # noqa: BLE001 - an interrupt too: the old database comes back first
+            self._roll_back(done, stamp, exc)
+        result = {"volume": self.volume, "aside_volume": aside, "project": self.project,
+                  "seconds_to_stop": stopped, "seconds_to_copy": copied, "seconds_to_database": db_ready,
+                  "configuration": "the volume's own" if "configuration: the volume's own" in said else
+                                   "the base backup's",
+                  "undo": f"forge dr undo --project {self.project} --aside {aside}"}
         try:
-            if self.db.running():
-                self.db.stop()
-            failed = self._new_volume(f"{self.volume}-failed-dr-{stamp}", "failed")
-            self._move(self.volume, failed)
-            self._move(aside, self.volume)
+            self._drop_login(login, superuser)
+            for app in self.apps:
+                app.start()
+            for app in self.apps:
+                app.wait_healthy(self.timeout)
+        except ForgeError as exc:
+            # The database is put back: what failed after it is said with the way back, and the
+            # result goes with it (Barman still has to rejoin this database).
+            raise ForgeError(f"put-back into {self.volume} done (database healthy in {db_ready} s; old contents in "
+                             f"volume {aside}; undo: {result['undo']}), but {exc.message}", **result) from None
+        result["seconds_to_app"] = round(time.monotonic() - started, 3)
+        result["app_healthy_at"] = self.clock()  # wall clock: the DR drill's RTO ends here
+        return result
+
+    def _roll_back(self, done, stamp, exc):
+        """The old contents back in place (the failed copy kept), the services started as they
+        were; always raises, in one line that says so."""
+        reason = exc.message if isinstance(exc, ForgeError) else (
+            "interrupted" if not isinstance(exc, Exception) else unexpected(exc))
+        aside, failed = done["aside"], None
+        try:
+            if done["moved"]:
+                if self.db.running():
+                    self.db.stop()
+                failed = self._new_volume(f"{self.volume}-failed-dr-{stamp}", "failed")
+                self._move(self.volume, failed)
+                self._move(aside, self.volume)
+            elif aside:
+                self.docker.run("volume", "rm", aside, timeout=60)  # made empty a moment ago, never used
             # The old database was running minutes ago: giving up on it early helps nobody.
             self._start_all(timeout=max(self.timeout, ROLLBACK_TIMEOUT))
         except ForgeError as again:
-            raise ForgeError(f"put-back into {self.volume} failed: {exc.message}; putting the old database back "
-                             f"failed too: {again.message}; its contents are in volume {aside}: forge dr undo "
-                             f"--project {self.project} --aside {aside}") from None
-        raise ForgeError(f"put-back into {self.volume} failed: {exc.message}; the database is back as it was and "
-                         f"running, the failed copy is kept in volume {failed}") from None
+            where = (f"its contents are in volume {aside}: forge dr undo --project {self.project} --aside {aside}"
+                     if done["moved"] else f"its volume {self.volume} was not touched")
+            raise ForgeError(f"put-back into {self.volume} failed: {reason}; putting the old database back "
+                             f"failed too: {again.message}; {where}") from None
+        kept = f", the failed copy is kept in volume {failed}" if failed else ""
+        raise ForgeError(f"put-back into {self.volume} failed: {reason}; the database is back as it was and "
+                         f"running{kept}") from None
 
     def undo(self, aside):
         """Swap the contents moved aside back in; the current ones are kept in a new volume."""

@@ -29,4 +29,7 @@ SQL
     fi
     echo "PostgreSQL 17 initialised: database $db, owner $user"
 fi
-exec runuser -u postgres -- postgres -D "$PGDATA" -c listen_addresses='*' "$@"
+# setpriv execs postgres in place: PID 1 is postgres and gets Docker's stop signal (SIGINT, a
+# fast shutdown). runuser would stay PID 1, ignore SIGINT, and every `docker stop` would wait
+# out its timeout and end in a SIGKILL.
+exec setpriv --reuid=postgres --regid=postgres --init-groups -- postgres -D "$PGDATA" -c listen_addresses='*' "$@"
