@@ -190,7 +190,7 @@ class Rejoin:
         self.clock = clock
         self.log = log or (lambda line: None)
 
-    def run(self, base_backup=True, timeout=300):
+    def run(self, base_backup=True, timeout=300, backup_timeout=24 * 3600):
         server = self.barman.options.server
         started = time.monotonic()
         try:
@@ -221,10 +221,27 @@ class Rejoin:
         self.barman.switch_wal()
         result = {"timeline": timeline, "moved_to_forensics": moved, "streaming": True}
         if base_backup:
-            self.barman.run("backup", "--wait", "--immediate-checkpoint", server, timeout=24 * 3600)
-            result["base_backup"] = (self.barman.backups() or [{}])[0].get("backup_id")
+            result["base_backup"] = self._base_backup(backup_timeout)
         result["seconds"] = round(time.monotonic() - started, 3)
         return result
+
+    def _base_backup(self, timeout):
+        """A base backup of the new timeline, done: its last WAL segment is closed by a switch
+        (a quiet server would leave it open for hours) and filed by barman cron."""
+        server = self.barman.options.server
+        before = {backup.get("backup_id") for backup in self.barman.backups()}
+        self.barman.run("backup", "--immediate-checkpoint", server, timeout=timeout)
+        self.barman.switch_wal()
+        deadline = time.monotonic() + 600
+        while True:
+            new = [backup for backup in self.barman.backups() if backup.get("backup_id") not in before]
+            if new and new[0].get("status") == "DONE":
+                return new[0].get("backup_id")
+            if new and new[0].get("status") == "FAILED" or time.monotonic() > deadline:
+                raise ForgeError(f"the new timeline's base backup of {server} is "
+                                 f"{new[0].get('status') if new else 'missing'}: barman list-backups {server}")
+            self.barman.run("cron", timeout=300)
+            time.sleep(1)
 
     def _server_timeline(self):
         """The put-back server's timeline, as Barman's view of it says (show-servers'
