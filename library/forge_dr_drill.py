@@ -53,7 +53,7 @@ options:
     type: float
     default: 0.1
   app_healthy_at:
-    description: For O(mode=judge), when the app was healthy again (epoch seconds, M(forge_putback) returns it).
+    description: For O(mode=judge), when the app was healthy again (epoch seconds, C(forge_putback) returns it).
     type: float
   put_back:
     description: For O(mode=judge), false when the put-back failed (the drill then fails with O(reason)).

@@ -23,7 +23,7 @@ description:
   - O(mode=serve) recovers as O(mode=recover) does, puts the copy's configuration files back as the base backup had
     them (Barman's C(.origin)), creates a one-time replication login, and restarts the copy listening on
     O(serve_port) with TLS (a certificate made for this put-back) for that login's base backup (C(pg_basebackup))
-    from O(serve_client) only, SCRAM; the Barman host never sees a password of the database. M(forge_putback) on
+    from O(serve_client) only, SCRAM; the Barman host never sees a password of the database. C(forge_putback) on
     the database host pulls it into the Compose db service's volume (C(playbooks/dr_restore.yml)).
   - O(mode=remove) stops and removes the scratch cluster in O(data_directory).
   - O(mode=rejoin), after a put-back, makes Barman stream from the server on its new timeline. The receiver is

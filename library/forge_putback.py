@@ -11,7 +11,7 @@ module: forge_putback
 short_description: Put a recovered INFER FORGE database back into the Compose db service's volume, or undo it
 description:
   - Runs as root on the database host (it drives Docker), after the Barman host serves a recovered copy
-    (M(forge_pitr) O(mode=serve); C(playbooks/dr_restore.yml) runs both).
+    (C(forge_pitr) O(mode=serve); C(playbooks/dr_restore.yml) runs both).
   - O(mode=putback) first proves the copy answers on the db service's network, then stops the O(app_services)
     and the db service, moves the volume's contents aside into a new volume C(<volume>-before-dr-<stamp>) (a
     rename inside Docker's volume directory, nothing copied or deleted), runs C(pg_basebackup) of the copy into
@@ -53,11 +53,11 @@ options:
     type: int
     default: 55433
   source_certificate:
-    description: The certificate the served copy presents (PEM, M(forge_pitr) O(mode=serve) returns it); every
+    description: The certificate the served copy presents (PEM, C(forge_pitr) O(mode=serve) returns it); every
       connection is TLS to exactly it, with SCRAM bound to the channel.
     type: str
   login_user:
-    description: The copy's one-time replication login (M(forge_pitr) O(mode=serve) made it); dropped from the
+    description: The copy's one-time replication login (C(forge_pitr) O(mode=serve) made it); dropped from the
       put-back database before the app starts.
     type: str
     default: infer_forge_putback
@@ -168,9 +168,9 @@ def run(module):
 
 
 def main():
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True,
-                           required_if=[("mode", "putback", ("source_host", "source_certificate", "login_password")),
-                                         ("mode", "undo", ("aside_volume",))])
+    required_if = [("mode", "putback", ("source_host", "source_certificate", "login_password")),
+                   ("mode", "undo", ("aside_volume",))]
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True, required_if=required_if)
     if ENGINE_IMPORT_ERROR is not None:
         module.fail_json(msg=f"forge engine not importable: {ENGINE_IMPORT_ERROR}")
     failure, details = None, {}

@@ -273,4 +273,3 @@ class Rejoin:
         if moved:
             self.log(f"moved {len(moved)} WAL file(s) of the old timeline to {target}")
         return moved
-

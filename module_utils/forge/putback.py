@@ -264,8 +264,8 @@ class PutBack:
         if not password or "BEGIN CERTIFICATE" not in (certificate or ""):
             raise ForgeError("the put-back needs the served copy's one-time password and certificate; "
                              "nothing was changed")
-        if not re.match(r"^[a-z_][a-z0-9_]{0,62}\Z", login or "") or not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,62}\Z",
-                                                                                   superuser or ""):
+        plain_login = re.match(r"^[a-z_][a-z0-9_]{0,62}\Z", login or "")
+        if not plain_login or not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,62}\Z", superuser or ""):
             raise ForgeError(f"login and superuser must be plain role names, got {login!r} and {superuser!r}; "
                              "nothing was changed")
         self.preflight(host, port, login, password, certificate)
