@@ -248,6 +248,21 @@ class PutBack:
                              f"put-back on {self.network}, the network of {self.db.container} "
                              f"({exc.message.removeprefix('docker run failed: ')}); nothing was changed") from None
 
+    def _wait_accepting(self, superuser):
+        """Until PostgreSQL in the container takes connections: a db service without a Docker
+        healthcheck counts as healthy once it runs, while it may still replay the copied WAL."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                self.docker.run("exec", self.db.container, "pg_isready", "-q", "-U", superuser, "-d", "postgres",
+                                timeout=60)
+                return
+            except ForgeError as exc:
+                if time.monotonic() > deadline:
+                    raise ForgeError(f"{self.db.service} ({self.db.container}) did not take connections "
+                                     f"{self.timeout} s after it was started ({exc.message})") from None
+            time.sleep(0.5)
+
     def _drop_login(self, login, superuser):
         """The one-time login came with the copy; it goes before the app comes back."""
         container = self.db.container
@@ -287,6 +302,7 @@ class PutBack:
             copied = round(time.monotonic() - started, 3)
             self.db.start()
             self.db.wait_healthy(self.timeout)
+            self._wait_accepting(superuser)
             db_ready = round(time.monotonic() - started, 3)
         except BaseException as exc:  # noqa: BLE001 - an interrupt too: the old database comes back first
             self._roll_back(done, stamp, exc)
