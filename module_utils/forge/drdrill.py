@@ -135,11 +135,22 @@ class DrDrill:
                 f"{len(lost)} of {len(acknowledged)} acknowledged rows lost, app healthy {rto} s after the database "
                 "was lost")
         else:
-            result["reason"] = f"the put-back failed: {reason or 'see the play'}"
+            result["reason"] = f"the put-back failed: {reason or 'see the play'}; {self._start_again(db)}"
         result["verdict"] = "PASS" if result["passed"] else "FAIL"
         self._record(result, report_dir, textfile_dir, sentry_dsn, environment)
         os.unlink(self.state_path)
         return result
+
+    def _start_again(self, db):
+        """After a failed put-back the killed database comes back as it was (crash recovery)."""
+        if db.running():
+            return "the database runs"
+        try:
+            db.start()
+            db.wait_healthy(600)
+        except ForgeError as exc:
+            return f"starting the killed database again failed too ({exc.message}): docker start {db.container}"
+        return "the killed database was started again as it was"
 
     def _record(self, result, report_dir, textfile_dir, sentry_dsn, environment):
         now = self.clock()

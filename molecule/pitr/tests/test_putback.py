@@ -159,6 +159,30 @@ def test_undo_the_last_minutes_into_production_with_the_app_healthy_and_barman_s
           f"{rejoined['seconds']} s; the whole playbook {took:.1f} s")
 
 
+def test_a_dr_drill_whose_copy_is_not_served_starts_the_killed_database_again_and_fails_in_one_line(host):
+    failed = playbook("dr_drill.yml", "-e", "dr_confirm=pitr-barman", "-e", "pitr_putback_client=not-an-address",
+                      ANSIBLE_STDOUT_CALLBACK="json", timeout=1800)
+    assert failed.returncode != 0
+    [message] = [m for m in failure_messages(failed) if m.startswith("DR drill of")]
+    assert message.startswith("DR drill of forge-pitr failed: the put-back failed: the Barman host did not serve a "
+                              "copy: the put-back client must be an address or network"), message
+    assert message.endswith("; the killed database was started again as it was"), message
+    assert sql(host, "SELECT count(*) FROM dr_orders") == "30"  # as the put-back before left it
+    assert app_health(host).rc == 0
+    prom = host.file("/var/lib/prometheus/node-exporter/infer_forge_dr_drill_forge-pitr.prom").content_string
+    assert 'infer_forge_dr_drill_last_run_success{project="forge-pitr"} 0' in prom.splitlines()
+    assert not host.run("ls /var/lib/barman/infer-forge-scratch | grep .").stdout.strip()
+    # The database restarted on the timeline Barman streams: barman cron's receiver takes it up again.
+    for _ in range(45):
+        host.run("runuser -u barman -- barman -q cron")
+        checks = json.loads(host.check_output(f"runuser -u barman -- barman -f json check {SERVER}"))[SERVER]
+        if checks["receive_wal_running"]["status"] == "OK" and checks["replication_slot"]["status"] == "OK":
+            break
+        time.sleep(2)
+    else:
+        raise AssertionError(f"Barman does not stream again after the failed drill: {checks}")
+
+
 def test_the_dr_drill_loses_the_database_while_the_app_writes_and_measures_rpo_by_id_and_rto(host):
     """playbooks/dr_drill.yml: writes until the db container is killed, the put-back to latest,
     RPO (acknowledged rows lost, by id) and RTO (until the app is healthy), recorded."""
