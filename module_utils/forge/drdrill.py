@@ -34,10 +34,9 @@ class AckWriter(threading.Thread):
     """The app at work: one INSERT every ``interval`` s on one connection through docker exec;
     the ids the server acknowledged are kept. It ends when the server goes."""
 
-    def __init__(self, docker, container, user, database, interval):
+    def __init__(self, docker, db, user, database, interval):
         super().__init__(name="forge-dr-writer", daemon=True)
-        self.command = docker.command + ["exec", "-i", container, "psql", "-X", "-q", "-A", "-t", "-U", user, "-d",
-                                         database]
+        self.command = docker.command + db.psql(user, database)
         self.interval = interval
         self.acknowledged = []
         self.stop = threading.Event()
@@ -77,20 +76,19 @@ class DrDrill:
     def state_path(self):
         return os.path.join(self.state_dir, f"state_{self.project}.json")
 
-    def _sql(self, container, statement):
-        return self.docker.run("exec", "-i", container, "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-                               "-U", self.user, "-d", self.database, "-c", statement, timeout=120)
+    def _sql(self, db, statement):
+        return self.docker.run(*db.psql(self.user, self.database), "-c", statement, timeout=120)
 
     def crash(self, writes_for=3.0, interval=0.1):
         db = ComposeService(self.docker, self.project, self.db_service)
         if not db.running():
             raise ForgeError(f"{db.container} is not running: a DR drill loses a running database; nothing was "
                              "changed")
-        self._sql(db.container, f"CREATE TABLE IF NOT EXISTS {TABLE} "
-                                "(id bigserial PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())")
+        self._sql(db, f"CREATE TABLE IF NOT EXISTS {TABLE} "
+                      "(id bigserial PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())")
         policy = (db.inspect().get("HostConfig", {}).get("RestartPolicy") or {}).get("Name") or "no"
         self.docker.run("update", "--restart=no", db.container, timeout=60)
-        writer = AckWriter(self.docker, db.container, self.user, self.database, interval)
+        writer = AckWriter(self.docker, db, self.user, self.database, interval)
         writer.start()
         time.sleep(writes_for)
         self.docker.run("kill", db.container, timeout=60)
@@ -121,7 +119,7 @@ class DrDrill:
         self.docker.run("update", f"--restart={state.get('restart_policy') or 'no'}", db.container, timeout=60)
         if put_back:
             present = {int(line) for line in self._sql(
-                db.container, f"SELECT id FROM {TABLE} WHERE id >= {min(acknowledged)}").split()}  # noqa: S608
+                db, f"SELECT id FROM {TABLE} WHERE id >= {min(acknowledged)}").split()}  # noqa: S608
             lost = [ident for ident in acknowledged if ident not in present]
             rto = round(float(app_healthy_at) - killed_at, 3)
             result.update(rpo_rows_lost=len(lost), rto_seconds=rto, first_lost=lost[0] if lost else None)

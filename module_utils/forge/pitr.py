@@ -169,9 +169,10 @@ class Barman:
         ends = _backup_ends(backup for backup in self.backups() if backup.get("status") == "DONE")
         return datetime.datetime.fromtimestamp(min(ends), datetime.UTC).isoformat(sep=" ") if ends else None
 
-    def settings(self):
-        """Barman's view of the server (``show-servers``), read once: {setting: value}."""
-        if self._settings is None:
+    def settings(self, fresh=False):
+        """Barman's view of the server (``show-servers``), read once (``fresh``: read anew, as
+        when the server changed under Barman): {setting: value}."""
+        if self._settings is None or fresh:
             out = self.run("show-servers", self.options.server, timeout=120)
             self._settings = {}
             for line in out.splitlines():
@@ -571,22 +572,21 @@ class ScratchCluster:
         if proc.returncode != 0:
             raise ForgeError(f"the scratch cluster did not start: {self._log_tail()}")
         deadline = time.monotonic() + self.options.start_timeout
+        refused = None
         while True:
-            # pg_ctl returns once a hot standby takes connections; the replay may still end in
-            # a FATAL after that, and the server with it.
-            if not self.running():
-                raise ForgeError(f"the scratch cluster stopped during recovery: {self._log_tail()}")
             try:
                 with self.connect("postgres") as conn:
                     if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
                         self.stop_staging()
                         return
-            except Exception as exc:  # noqa: BLE001 - a server going down mid-query: judged above next time
+            except Exception as exc:  # noqa: BLE001 - psycopg's errors: is the server still there?
                 if not hasattr(exc, "sqlstate"):
                     raise
+                # pg_ctl returns once a hot standby takes connections; the replay may still
+                # end in a FATAL after that, and the server with it.
+                if not self.running():
+                    raise ForgeError(f"the scratch cluster stopped during recovery: {self._log_tail()}") from None
                 refused = database_error(exc)
-            else:
-                refused = None
             if time.monotonic() > deadline:
                 raise ForgeError(f"the scratch cluster was still recovering after {self.options.start_timeout} s"
                                  + (f" ({refused})" if refused else "") + f"; log: {self.log_path}")
@@ -762,11 +762,12 @@ class PitrRecovery:
             raise ForgeError(f"a recovery to a {target} needs its value")
         if target == "time":
             self.check_time_reachable(value)
+        to = f"{target} {value}" if value else target
         started = time.monotonic()
         scratch = ScratchCluster(self.options, f"recover-{_stamp(self.clock())}")
         scratch.prepare()
         try:
-            self.log(f"Recovering {self.options.server} to {target}{' ' + value if value else ''} into {scratch.data}")
+            self.log(f"Recovering {self.options.server} to {to} into {scratch.data}")
             scratch.restore(self.barman, target, value)
         except BaseException:
             scratch.remove()
@@ -786,10 +787,10 @@ class PitrRecovery:
             scratch.stop()
             if remove_failed:
                 scratch.remove()
-                raise ForgeError(f"recovery of {self.options.server} to {target}{' ' + value if value else ''} "
-                                 f"failed: {reason}; the scratch directory was removed") from None
-            raise ForgeError(f"recovery of {self.options.server} to {target}{' ' + value if value else ''} "
-                             f"failed: {reason}; kept for inspection in {scratch.path} "
+                raise ForgeError(f"recovery of {self.options.server} to {to} failed: {reason}; the scratch "
+                                 "directory was removed") from None
+            raise ForgeError(f"recovery of {self.options.server} to {to} failed: {reason}; kept for inspection in "
+                             f"{scratch.path} "
                              f"(remove it with: rm -rf {scratch.path})") from None
         except BaseException:
             scratch.remove()

@@ -1,13 +1,11 @@
 """The Barman host's side of putting a recovered copy back into production.
 
-``serve``: a copy recovered into a scratch cluster (pitr.PitrRecovery.recover) is restarted
-with a TCP listener that lets exactly one login take a base backup of it, from exactly the
-database host's address; the database host pulls it with pg_basebackup (putback.py). The
-Barman host holds no password for it: the login's SCRAM verifier is the one the recovered
-data carries, and the database host brings the password it already has. Recovery settings
-that Barman and we wrote (restore_command and the recovery_target_*) are removed from
-postgresql.auto.conf first, so the copy that goes back carries the production server's own
-configuration.
+``serve``: a copy recovered into a scratch cluster (pitr.PitrRecovery.recover) gets its
+configuration files back as the base backup had them (Barman's .origin, then without any
+recovery setting), a one-time replication login, and a restart with TLS (a certificate made
+for this put-back) that lets only that login take a base backup of it, only from the database
+host's address; the database host pulls it with pg_basebackup (putback.py) and drops the login.
+No password of the database crosses: the one-time password is made for the run.
 
 ``rejoin``: once the put-back server runs (on a new timeline, with no replication slot),
 Barman streams from it again: the receiver is stopped, what it received on the old timeline
@@ -246,8 +244,7 @@ class Rejoin:
     def _server_timeline(self):
         """The put-back server's timeline, as Barman's view of it says (show-servers'
         current_xlog names its segment)."""
-        self.barman._settings = None  # read anew: the server changed under Barman
-        current = self.barman.settings().get("current_xlog", "")
+        current = self.barman.settings(fresh=True).get("current_xlog", "")  # the server changed under Barman
         if not re.match(r"^[0-9A-F]{24}\Z", current):
             raise ForgeError(f"barman cannot read the put-back server of {self.barman.options.server}'s position "
                              f"(show-servers current_xlog: {current or 'none'}); is it running and reachable?")

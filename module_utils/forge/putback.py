@@ -148,6 +148,12 @@ class ComposeService:
     def inspect(self):
         return self.docker.inspect("container", self.container)
 
+    def psql(self, user, database):
+        """docker's arguments for psql in the container, over its socket: unaligned, tuples only,
+        stopping at the first error."""
+        return ["exec", "-i", self.container, "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-U", user,
+                "-d", database]
+
     def running(self):
         return bool(self.inspect()["State"].get("Running"))
 
@@ -267,8 +273,7 @@ class PutBack:
         """The one-time login came with the copy; it goes before the app comes back."""
         container = self.db.container
         try:
-            self.docker.run("exec", "-i", container, "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", superuser,
-                            "-d", "postgres", "-c", f'DROP ROLE IF EXISTS "{login}"', timeout=120)
+            self.docker.run(*self.db.psql(superuser, "postgres"), "-c", f'DROP ROLE IF EXISTS "{login}"', timeout=120)
         except ForgeError as exc:
             raise ForgeError(f"the database is back and running, but the put-back's one-time login {login} is still "
                              f"in it ({exc.message}): docker exec {container} psql -U {superuser} -d postgres -c "
