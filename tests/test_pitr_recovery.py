@@ -366,3 +366,19 @@ def test_only_a_scratch_cluster_is_served_and_only_to_an_address(lab, tmp_path):
         server.serve("infer x", "10.0.0.5", "x" * 20)
     with pytest.raises(ForgeError, match=r"^the put-back's one-time password must have at least 20 characters"):
         server.serve("infer", "10.0.0.5", "x" * 19)
+
+
+def test_a_history_file_in_the_archive_does_not_stop_a_time_recovery(lab):
+    """After a put-back Barman files the new timeline's history (00000002.history, sixteen
+    characters like a segment directory's name) beside the segment directories; reading the
+    newest commit must not take it for one."""
+    lab.sql("INSERT INTO orders (note) VALUES ('before the history')", superuser=False)
+    [(noted,)] = lab.sql("SELECT clock_timestamp()::text")
+    time.sleep(0.2)
+    lab.sql("INSERT INTO orders (note) VALUES ('after the noted time')", superuser=False)
+    lab.receive()
+    with open(os.path.join(lab.dir, "wals", "00000002.history"), "w") as history:
+        history.write("1\t0/3000000\tno recovery target specified\n")
+    result = lab.forge("recover", "--time", noted)
+    assert result.returncode == 0, result.stderr
+    assert lab.read(result.stdout, "SELECT count(*) FROM orders WHERE note = 'after the noted time'") == ["0"]

@@ -32,6 +32,9 @@ TARGETS = ("latest", "time", "name")
 SEGMENT_NAME_RE = re.compile(r"^[0-9A-F]{24}\Z")
 # What pg_receivewal writes into Barman's streaming directory: whole segments barman cron has
 # not filed yet, and the one still being received (.partial).
+# A directory of Barman's WAL archive: a segment name's first sixteen characters (a history
+# file beside them, 00000002.history, is sixteen characters too).
+WAL_BUCKET_RE = re.compile(r"^[0-9A-F]{16}\Z")
 RECEIVED_WAL_RE = re.compile(r"^([0-9A-F]{24})(\.partial)?\Z")
 # pg_waldump's record of a commit or an abort (the records a time target stops at), with
 # TZ=UTC: "desc: COMMIT 2026-12-07 04:40:04.541896 UTC" (COMMIT_PREPARED puts its xid first).
@@ -215,7 +218,8 @@ class Barman:
         newest = [path for _name, path in reversed(self.received_wal())]
         archive = self.settings().get("wals_directory", "")
         if ScratchCluster._plain_wal_archive(self) and os.path.isdir(archive):
-            buckets = sorted((b for b in os.listdir(archive) if len(b) == 16), reverse=True)[:2]
+            buckets = sorted((b for b in os.listdir(archive) if WAL_BUCKET_RE.match(b)
+                              and os.path.isdir(os.path.join(archive, b))), reverse=True)[:2]
             for bucket in buckets:
                 newest += [os.path.join(archive, bucket, name) for name in
                            sorted(os.listdir(os.path.join(archive, bucket)), reverse=True)
@@ -348,7 +352,7 @@ class WalStager:
         timeline = first[:8]
         names = []
         for bucket in sorted(os.listdir(self.archive)):
-            if len(bucket) == 16 and bucket.startswith(timeline) and bucket >= first[:16]:
+            if WAL_BUCKET_RE.match(bucket) and bucket.startswith(timeline) and bucket >= first[:16]:
                 names += [name for name in os.listdir(os.path.join(self.archive, bucket))
                           if SEGMENT_NAME_RE.match(name) and name.startswith(bucket) and name >= first]
         return sorted(names)
