@@ -36,6 +36,9 @@ description:
   - O(mode=offsite) copies Barman's finished base backups and WAL to that repository with restic, encrypted on
     this host; O(mode=offsite_check) runs C(restic check) with O(offsite_check_subset) of the data read back.
     Both write C(infer_forge_pitr_offsite_*) metrics and report a failure to Sentry.
+  - O(mode=offsite_restore), on a rebuilt Barman host, restores O(offsite_snapshot) from that repository (every
+    file read back and verified) and moves its WAL and base backups into Barman's own catalog, only where no file
+    of that name is; a snapshot of another PostgreSQL system is refused.
 version_added: "0.2.0"
 author:
   - Infer DevOps <devops@infer.cz> (!UNKNOWN)
@@ -43,7 +46,7 @@ options:
   mode:
     description: What to do.
     type: str
-    choices: [drill, recover, serve, remove, rejoin, check, offsite_init, offsite, offsite_check]
+    choices: [drill, recover, serve, remove, rejoin, check, offsite_init, offsite, offsite_check, offsite_restore]
     default: drill
   server:
     description: The Barman server name.
@@ -155,6 +158,10 @@ options:
   offsite_cacert:
     description: The NAS's pinned TLS certificate (PEM file); the copy refuses any other.
     type: path
+  offsite_snapshot:
+    description: For O(mode=offsite_restore), C(latest) or a snapshot id.
+    type: str
+    default: latest
   offsite_check_subset:
     description: For O(mode=offsite_check), how much of the stored data C(restic check --read-data-subset) reads.
     type: str
@@ -265,9 +272,21 @@ snapshots:
   type: int
   returned: mode is offsite_init or offsite_check
 snapshot:
-  description: For O(mode=offsite), the new snapshot's short id.
+  description: For O(mode=offsite), the new snapshot's short id; for O(mode=offsite_restore), the one restored.
   type: str
-  returned: mode is offsite and it succeeded
+  returned: mode is offsite or offsite_restore and it succeeded
+base_backups:
+  description: For O(mode=offsite_restore), the base backups moved into Barman's catalog.
+  type: int
+  returned: mode is offsite_restore
+wal_files:
+  description: For O(mode=offsite_restore), the WAL files moved into Barman's catalog.
+  type: int
+  returned: mode is offsite_restore
+already_there:
+  description: For O(mode=offsite_restore), the files and base backups Barman held already (kept as they were).
+  type: int
+  returned: mode is offsite_restore
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -284,7 +303,7 @@ except ImportError as exc:  # pragma: no cover - reported to the user below
 
 ARGUMENT_SPEC = dict(
     mode=dict(type="str", choices=["drill", "recover", "serve", "remove", "rejoin", "check", "offsite_init", "offsite",
-                                   "offsite_check"], default="drill"),
+                                   "offsite_check", "offsite_restore"], default="drill"),
     server=dict(type="str", default="infer-forge"),
     database=dict(type="str", default="infer_forge"),
     target_time=dict(type="str"),
@@ -316,9 +335,10 @@ ARGUMENT_SPEC = dict(
     offsite_rest_password=dict(type="str", no_log=True),
     offsite_cacert=dict(type="path"),
     offsite_check_subset=dict(type="str", default="5%"),
+    offsite_snapshot=dict(type="str", default="latest"),
     fail_on_error=dict(type="bool", default=True),
 )
-OFFSITE_MODES = ("offsite_init", "offsite", "offsite_check")
+OFFSITE_MODES = ("offsite_init", "offsite", "offsite_check", "offsite_restore")
 
 
 class PitrModule:
@@ -346,6 +366,12 @@ class PitrModule:
             created, ident = offsite.init(check_mode=self.module.check_mode)
             snapshots = 0 if created else len(offsite.snapshots())
             return dict(changed=created, repository_id=ident, snapshots=snapshots)
+        if p["mode"] == "offsite_restore":
+            if self.module.check_mode:
+                return dict(changed=True, msg=f"would restore off-site snapshot {p['offsite_snapshot']} of "
+                                              f"{p['server']} into Barman's catalog")
+            result = offsite.restore_into_barman(p["offsite_snapshot"])
+            return dict(result, changed=bool(result["base_backups"] or result["wal_files"]))
         if self.module.check_mode:
             return dict(changed=p["mode"] == "offsite", msg=f"would {p['mode']} {p['server']} to "
                                                             f"{p['offsite_repository']}")

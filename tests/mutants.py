@@ -14,6 +14,7 @@ SIGNING = "module_utils/forge/signing.py"
 COMPRESS = "module_utils/forge/compress.py"
 FSUTIL = "module_utils/forge/fsutil.py"
 PITR_OFFSITE = "module_utils/forge/pitr_offsite.py"
+FARSIDE = "module_utils/forge/farside.py"
 PITR = "module_utils/forge/pitr.py"
 PITR_SERVE = "module_utils/forge/pitr_serve.py"
 
@@ -421,5 +422,34 @@ MUTANTS = [
         "edits": [(PITR_SERVE, 'f"hostssl replication {login} {network} scram-sha-256', 'f"host replication {login} {network} scram-sha-256')],
         "tests": ["tests/test_pitr_recovery.py::"
                   "test_a_served_copy_gives_one_login_a_base_backup_that_carries_the_sources_own_configuration"],
+    },
+    {
+        "name": "a-snapshot-taken-back-replaces-what-barman-streamed",
+        "promise": "a rebuilt Barman host takes its off-site history back without replacing a file Barman holds",
+        "edits": [(PITR_OFFSITE, "        os.link(source, target, follow_symlinks=False)\n    except FileExistsError:\n        return False",
+                   "        os.replace(source, target)\n    except FileExistsError:\n        return False\n    return True")],
+        "tests": ["tests/test_pitr_offsite_engine.py::"
+                  "test_a_snapshot_taken_back_into_barman_adds_what_is_missing_and_replaces_nothing"],
+    },
+    {
+        "name": "a-snapshot-of-another-database-is-mixed-in",
+        "promise": "a snapshot of another PostgreSQL system is refused and nothing moves into Barman's catalog",
+        "edits": [(PITR_OFFSITE, "    if ours and theirs and ours != theirs:", "    if False:")],
+        "tests": ["tests/test_pitr_offsite_engine.py::test_a_snapshot_of_another_database_is_refused_and_nothing_moves"],
+    },
+    {
+        "name": "the-nas-hands-back-a-copy-damaged-since-its-verification",
+        "promise": "the way back from the NAS takes only a copy read again now against its manifest",
+        "edits": [(FARSIDE, "        entry = far._check(name, path, info, None)",
+                   "        entry = {\"sha256\": copies[name].get(\"sha256\"), \"size\": info.st_size}")],
+        "tests": ["tests/test_offsite_gate.py::"
+                  "test_the_way_back_takes_the_newest_verified_copy_and_passes_over_one_damaged_since"],
+    },
+    {
+        "name": "a-history-file-is-taken-for-a-segment-directory",
+        "promise": "a time recovery works after a put-back filed a timeline history beside the segment directories",
+        "edits": [(PITR, "if WAL_BUCKET_RE.match(b)\n                              and os.path.isdir(os.path.join(archive, b))",
+                   "if len(b) == 16")],
+        "tests": ["tests/test_pitr_recovery.py::test_a_history_file_in_the_archive_does_not_stop_a_time_recovery"],
     },
 ]

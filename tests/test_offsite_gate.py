@@ -246,3 +246,46 @@ def test_a_forgery_sent_ahead_under_a_backups_name_fails_the_run_instead_of_hidi
     assert (f"the NAS holds a different file under the name of {names[0]}; it is not this backup and cannot be "
             "replaced from here") in result.stdout
     assert metric(tmp_path, database, "last_run_success") == 0
+
+
+# -- the way back: the newest copy the NAS verified, read again now (forge nas-newest)
+
+def nas_newest(nas, database):
+    return subprocess.run([FORGE, "nas-newest", "--dir", str(nas["dir"]), "--state", str(nas["state"]),
+                           "--database", database], capture_output=True, text=True, timeout=60)
+
+
+def test_the_way_back_takes_the_newest_verified_copy_and_passes_over_one_damaged_since(tmp_path):
+    nas = {"dir": tmp_path / "backups", "state": tmp_path / "state"}
+    nas["dir"].mkdir(mode=0o700)
+    (nas["state"] / "incoming").mkdir(parents=True, mode=0o700)
+    before = nas_newest(nas, "infer_forge")
+    assert before.returncode == 1 and before.stderr.startswith("ERROR: no receipt of a verification in ")
+    for day in ("20261205", "20261206", "20261207"):
+        plant(nas["state"] / "incoming", f"infer_forge_{day}_020000.sql.gz.enc")
+    plant(nas["state"] / "incoming", "infer_forge_src_20261208_020000.sql.gz.enc")  # another database
+    run_gate(nas, "verify")
+    found = nas_newest(nas, "infer_forge")
+    assert found.returncode == 0, found.stderr
+    newest = nas["dir"] / "infer_forge_20261207_020000.sql.gz.enc"
+    digest = hashlib.sha256(newest.read_bytes()).hexdigest()
+    assert found.stdout.splitlines() == [
+        f"NEWEST: {newest.name} ({newest.stat().st_size} bytes, sha256 {digest}) read again now",
+        str(newest), f"{newest}.manifest.json"]
+    # Damaged after the verification: read again, it no longer matches, and the one before it comes back.
+    data = bytearray(newest.read_bytes())
+    data[50] ^= 0x01
+    newest.write_bytes(bytes(data))
+    found = nas_newest(nas, "infer_forge")
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.splitlines()[0].startswith("NEWEST: infer_forge_20261206_020000.sql.gz.enc (")
+    assert found.stdout.splitlines()[0].endswith(
+        f"read again now; passed over: {newest.name}: sha256 does not match its manifest")
+    assert bytes(data) == newest.read_bytes()  # nothing on the NAS changed
+    (nas["dir"] / "infer_forge_20261206_020000.sql.gz.enc").unlink()
+    (nas["dir"] / "infer_forge_20261205_020000.sql.gz.enc").write_bytes(b"Salted__ damaged")
+    refused = nas_newest(nas, "infer_forge")
+    assert refused.returncode == 1 and refused.stdout == ""
+    [line] = refused.stderr.splitlines()
+    assert line.startswith(f"ERROR: no verified copy of infer_forge on this NAS in {nas['dir']} (passed over: ")
+    assert line.endswith("; nothing was read")

@@ -4,11 +4,13 @@ pinned one (a real TLS server on loopback, with certificates openssl makes here)
 another user could have replaced, and a restore into a directory that holds anything.
 molecule/pitr runs the copies, checks and restores against restic and rest-server."""
 
+import json
 import os
 import socket
 import ssl
 import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -191,3 +193,85 @@ def test_root_reading_a_record_barman_wrote_neither_hangs_nor_follows_nor_overfl
     for doctored in ("nan", "inf", "1e300"):
         prom.write_text(f'infer_forge_pitr_offsite_last_success_timestamp_seconds{{server="s"}} {doctored}\n')
         assert metrics.read_sample(str(prom), "infer_forge_pitr_offsite_last_success_timestamp_seconds") is None
+
+
+class RecordingBarman:
+    """Barman's view of one server's directories, and the commands the engine asked of it.
+    Barman does not run on Debian 12: molecule/pitr runs this against Barman 3.13 and restic."""
+
+    def __init__(self, server_dir):
+        self.server_dir = str(server_dir)
+        self.ran = []
+
+    def directory(self, key):
+        return {"backup_directory": self.server_dir, "wals_directory": os.path.join(self.server_dir, "wals"),
+                "basebackups_directory": os.path.join(self.server_dir, "base")}[key]
+
+    def run(self, *args, timeout=None):
+        self.ran.append(args)
+        return ""
+
+
+def write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def snapshot_of(server_dir, systemid):
+    """What restic restore puts in the target: the server's directory at its own path."""
+    def restore(target, snapshot="latest"):
+        restored = os.path.join(target, str(server_dir).lstrip("/"))
+        base = os.path.join(restored, "base", "20261201T000000")
+        os.makedirs(os.path.join(base, "data"))
+        write(Path(base, "data", "PG_VERSION"), "17\n")
+        write(Path(restored, "meta", "20261201T000000-backup.info"), "status=DONE\n")
+        write(Path(restored, "identity.json"), json.dumps({"systemid": systemid}))
+        write(Path(restored, "wals", "0000000100000000", "000000010000000000000004"), "restored 4")
+        write(Path(restored, "wals", "0000000100000000", "000000010000000000000005"), "restored 5")
+        write(Path(restored, "wals", "xlog.db"), "restored catalog")
+        # A link a compromised Barman host put into its copy: never followed into the catalog.
+        os.symlink("/etc/hostname", os.path.join(restored, "wals", "0000000100000000", "000000010000000000000006"))
+        os.symlink("/etc", os.path.join(restored, "base", "20261202T000000"))
+        return {"target": target, "snapshot": snapshot, "duration": 0.1}
+    return restore
+
+
+def live_server(tmp_path, systemid="7400000000000000001"):
+    server_dir = tmp_path / "barman" / "infer-forge"
+    write(server_dir / "identity.json", json.dumps({"systemid": systemid}))
+    write(server_dir / "wals" / "0000000100000000" / "000000010000000000000005", "streamed here 5")
+    write(server_dir / "wals" / "xlog.db", "this host's catalog")
+    return server_dir
+
+
+def test_a_snapshot_taken_back_into_barman_adds_what_is_missing_and_replaces_nothing(tmp_path, monkeypatch):
+    server_dir = live_server(tmp_path)
+    barman = RecordingBarman(server_dir)
+    offsite = PitrOffsite(options(tmp_path, restic="/bin/false"), barman)
+    monkeypatch.setattr(offsite, "restore", snapshot_of(server_dir, "7400000000000000001"))
+    result = offsite.restore_into_barman()
+    assert (result["base_backups"], result["wal_files"]) == (1, 1)
+    wals = server_dir / "wals" / "0000000100000000"
+    assert not os.path.lexists(wals / "000000010000000000000006")
+    assert not os.path.lexists(server_dir / "base" / "20261202T000000")
+    assert (wals / "000000010000000000000004").read_text() == "restored 4"
+    assert (wals / "000000010000000000000005").read_text() == "streamed here 5"
+    assert (server_dir / "wals" / "xlog.db").read_text() == "this host's catalog"
+    assert (server_dir / "base" / "20261201T000000" / "data" / "PG_VERSION").read_text() == "17\n"
+    assert (server_dir / "meta" / "20261201T000000-backup.info").read_text() == "status=DONE\n"
+    assert barman.ran == [("rebuild-xlogdb", "infer-forge")]
+    assert os.listdir(server_dir.parent) == ["infer-forge"]  # the staging directory is gone
+
+
+def test_a_snapshot_of_another_database_is_refused_and_nothing_moves(tmp_path, monkeypatch):
+    server_dir = live_server(tmp_path)
+    before = sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*"))
+    barman = RecordingBarman(server_dir)
+    offsite = PitrOffsite(options(tmp_path, restic="/bin/false"), barman)
+    monkeypatch.setattr(offsite, "restore", snapshot_of(server_dir, "7499999999999999999"))
+    with pytest.raises(ForgeError) as refused:
+        offsite.restore_into_barman()
+    assert refused.value.message == ("the snapshot is of PostgreSQL system 7499999999999999999, Barman streams "
+                                     "7400000000000000001; nothing was moved into Barman's catalog")
+    assert sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*")) == before
+    assert barman.ran == []

@@ -305,7 +305,17 @@ def pitr_offsite_command(parsed, config, barman):
     from .pitr_offsite import PitrOffsite
 
     offsite = PitrOffsite(pitr_offsite_options_from_config(config, barman.options), barman, log=log_line)
+    if parsed.action == "offsite-restore" and parsed.into_barman:
+        if parsed.target:
+            raise ForgeError("offsite-restore takes a directory or --into-barman, not both; nothing was restored")
+        result = offsite.restore_into_barman(parsed.snapshot)
+        log_line(f"Restored off-site snapshot {result['snapshot']} of {barman.options.server} into Barman's catalog "
+                 f"in {result['duration']:.1f} s, every file verified: {result['base_backups']} base backup(s) and "
+                 f"{result['wal_files']} WAL file(s) added, {result['already_there']} already there")
+        return 0
     if parsed.action == "offsite-restore":
+        if not parsed.target:
+            raise ForgeError("offsite-restore needs a directory (new or empty) or --into-barman; nothing was restored")
         result = offsite.restore(parsed.target, parsed.snapshot)
         log_line(f"Restored off-site snapshot {result['snapshot']} of {barman.options.server} into {result['target']} "
                  f"in {result['duration']:.1f} s, every file verified; Barman's directory is at "
@@ -354,7 +364,10 @@ def pitr_command(args, environ):
     offsite.add_argument("--init", action="store_true", help="make the repository first when there is none")
     sub.add_parser("offsite-check", help="restic check of the off-site repository, PITR_OFFSITE_CHECK_SUBSET read back")
     offsite_restore = sub.add_parser("offsite-restore", help="bring an off-site snapshot back into a new directory")
-    offsite_restore.add_argument("target", help="a directory that does not exist yet, or an empty one")
+    offsite_restore.add_argument("target", nargs="?", help="a directory that does not exist yet, or an empty one")
+    offsite_restore.add_argument("--into-barman", action="store_true",
+                                 help="put the snapshot's base backups and WAL back into Barman's own catalog "
+                                      "(a rebuilt Barman host); nothing there is replaced")
     offsite_restore.add_argument("--snapshot", default="latest", help="a snapshot id (default: latest)")
     check = sub.add_parser("check-config", help="let Barman read a server configuration file (template validate)")
     check.add_argument("file")
@@ -428,6 +441,34 @@ def dr_command(args):
     return 0
 
 
+def nas_newest_command(argv):
+    """forge nas-newest --dir D --state S --database DB: on the NAS, the newest copy its last
+    verification accepted, read again now; one line, the files after it."""
+    import argparse
+
+    from .farside import newest_copy
+
+    parser = argparse.ArgumentParser(prog="forge nas-newest",
+                                     description="the newest copy of a database the NAS verified, read again now")
+    parser.add_argument("--dir", required=True, help="the NAS's directory of copies")
+    parser.add_argument("--state", required=True, help="the NAS's state directory (the receipt)")
+    parser.add_argument("--database", required=True)
+    args = parser.parse_args(argv)
+    try:
+        found = newest_copy(args.dir, args.state, args.database)
+    except ForgeError as exc:
+        print(f"ERROR: {exc.message}", file=sys.stderr, flush=True)
+        return EXIT_FAILURE
+    except OSError as exc:
+        print(f"ERROR: nas-newest stopped: {exc.strerror or exc}: {exc.filename or '-'}", file=sys.stderr, flush=True)
+        return EXIT_FAILURE
+    skipped = f"; passed over: {'; '.join(found['passed_over'])}" if found["passed_over"] else ""
+    print(f"NEWEST: {found['backup']} ({found['size']} bytes, sha256 {found['sha256']}) read again now{skipped}")
+    for path in found["files"]:
+        print(path)
+    return 0
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("-h", "--help", "help"):
@@ -446,6 +487,8 @@ def main(argv=None):
             print(f"ERROR: nas-gate stopped: {exc.strerror or exc}: {exc.filename or '-'}",
                   file=sys.stderr, flush=True)
             return EXIT_FAILURE
+    if argv and argv[0] == "nas-newest":
+        return nas_newest_command(argv[1:])
     if argv and argv[0] in ("pitr", "dr"):
         try:
             return pitr_command(argv[1:], os.environ) if argv[0] == "pitr" else dr_command(argv[1:])

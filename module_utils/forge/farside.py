@@ -35,7 +35,7 @@ import stat
 import sys
 import time
 
-from .catalog import CHECKSUM_SUFFIX, MANIFEST_SUFFIX, _load_manifest, parse_name
+from .catalog import CHECKSUM_SUFFIX, MANIFEST_SUFFIX, _load_manifest, file_stem, parse_name
 from .errors import ForgeError
 from .fsutil import fsync_dir, read_json_object, write_atomic
 
@@ -289,6 +289,48 @@ class FarSide:
                 os.rename(source, destination)
         fsync_dir(directory)
         return {"name": name, "reason": reason, "at": now}
+
+
+def newest_copy(directory, state_dir, database):
+    """The way back from the NAS alone: the newest copy of ``database`` that this NAS's last
+    verification accepted, read in full again now against its manifest (a copy that no longer
+    matches is passed over and named). Run by root or the NAS's own user, never through the
+    gate: the backup hosts' key cannot read anything back. Returns {"backup", "files" (the
+    copy, then its manifest and checksum), "sha256", "size", "arrived", "passed_over"}."""
+    far = FarSide(directory, state_dir, 1, 1)
+    receipt = far.last_receipt()
+    copies = receipt.get("copies") if isinstance(receipt, dict) else None
+    if not isinstance(copies, dict):
+        raise ForgeError(f"no receipt of a verification in {far.state_dir}; run forge nas-gate --dir {far.directory} "
+                         f"--state {far.state_dir} verify first; nothing was read")
+    stem = file_stem(database)
+    candidates = []
+    for name, entry in copies.items():
+        parsed = parse_name(name)
+        if parsed and parsed[0] == stem and isinstance(entry, dict) and entry.get("verified"):
+            candidates.append((parsed[1], name))
+    candidates.sort()
+    passed_over = []
+    for _when, name in reversed(candidates):
+        path = os.path.join(far.directory, name)
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            passed_over.append(f"{name}: gone since the last verification")
+            continue
+        if not stat.S_ISREG(info.st_mode):
+            passed_over.append(f"{name}: not a regular file")
+            continue
+        entry = far._check(name, path, info, None)  # pylint: disable=protected-access
+        if entry.get("problem"):
+            passed_over.append(f"{name}: {entry['problem']}")
+            continue
+        files = [path] + [path + suffix for suffix in (MANIFEST_SUFFIX, CHECKSUM_SUFFIX)
+                          if os.path.isfile(path + suffix) and not os.path.islink(path + suffix)]
+        return {"backup": name, "files": files, "sha256": entry["sha256"], "size": entry["size"],
+                "arrived": (copies[name] or {}).get("arrived"), "passed_over": passed_over}
+    raise ForgeError(f"no verified copy of {database} on this NAS in {far.directory}"
+                     f"{' (passed over: ' + '; '.join(passed_over) + ')' if passed_over else ''}; nothing was read")
 
 
 def gate_main(argv, environ=None, out=None):

@@ -20,6 +20,7 @@ import re
 import shutil
 import socket
 import ssl
+import stat
 import subprocess
 import time
 import urllib.parse
@@ -422,6 +423,55 @@ class PitrOffsite:
                              f"{'nothing was kept' if created else target + ' may hold part of it'}")
         return {"target": target, "snapshot": snapshot, "duration": round(time.monotonic() - started, 3)}
 
+    def restore_into_barman(self, snapshot="latest"):
+        """A rebuilt Barman host takes its history back: the snapshot is restored and verified
+        into a new directory in Barman's home (the same file system), then its WAL, base
+        backups and their backup.info are moved into the server's own directories, each only
+        where no file of that name is (what this host already streamed or backed up is never
+        replaced), WAL first and each backup.info last, so Barman lists no backup before its
+        files are in place; ``barman rebuild-xlogdb`` then catalogs the WAL. A snapshot of
+        another database (its identity.json names another system) is refused and nothing moves.
+        Returns the counts."""
+        server_dir = self.barman.directory("backup_directory").rstrip("/")
+        home = os.path.dirname(server_dir)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.clock()))
+        stage = os.path.join(home, f"offsite-restore-{self.options.server}-{stamp}")
+        result = self.restore(stage, snapshot)
+        try:
+            restored = os.path.join(stage, server_dir.lstrip("/"))
+            if not os.path.isdir(restored):
+                raise ForgeError(f"snapshot {snapshot} holds no {server_dir}; nothing was moved into Barman's catalog")
+            _same_system(os.path.join(restored, "identity.json"), os.path.join(server_dir, "identity.json"))
+            moved = {"wal_files": 0, "base_backups": 0, "already_there": 0}
+            wals = self.barman.directory("wals_directory")
+            for source, name in _files_below(os.path.join(restored, "wals")):
+                if os.path.basename(name) != "xlog.db":
+                    moved["wal_files" if _move_new(source, os.path.join(wals, name)) else "already_there"] += 1
+            if moved["wal_files"]:
+                self.barman.run("rebuild-xlogdb", self.options.server, timeout=3600)
+            base = self.barman.directory("basebackups_directory")
+            restored_base = os.path.join(restored, "base")
+            for ident in sorted(os.listdir(restored_base)) if os.path.isdir(restored_base) else []:
+                info = os.path.join(restored, "meta", f"{ident}-backup.info")
+                target = os.path.join(base, ident)
+                source = os.path.join(restored_base, ident)
+                if os.path.islink(source) or not os.path.isdir(source):
+                    continue  # a link in a snapshot is not a base backup, and is never followed
+                if os.path.lexists(target):
+                    moved["already_there"] += 1
+                    continue
+                os.makedirs(base, mode=0o700, exist_ok=True)
+                os.rename(source, target)
+                if os.path.isfile(info):
+                    _move_new(info, os.path.join(server_dir, "meta", f"{ident}-backup.info"))
+                moved["base_backups"] += 1
+            identity = os.path.join(restored, "identity.json")
+            if os.path.isfile(identity):
+                _move_new(identity, os.path.join(server_dir, "identity.json"))
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        return dict(result, target=server_dir, **moved)
+
     # -- records ------------------------------------------------------------------------------
     def _finish(self, result, what, filename, prefix, samples, success_help):
         now = self.clock()
@@ -446,3 +496,42 @@ class PitrOffsite:
                 f"pitr-offsite-{what}", self.options.server, socket.gethostname(), self.options.environment)
             if report:
                 result["sentry"] = report
+
+
+def _same_system(restored, live):
+    """Refuse a snapshot whose identity.json names another PostgreSQL system than the one
+    this Barman server already streams: mixing two databases' WAL corrupts every recovery."""
+    def systemid(path):
+        text = read_small_file(path) if os.path.isfile(path) else None
+        try:
+            return str(json.loads(text)["systemid"]) if text else None
+        except (ValueError, KeyError, TypeError):
+            return None
+    ours, theirs = systemid(live), systemid(restored)
+    if ours and theirs and ours != theirs:
+        raise ForgeError(f"the snapshot is of PostgreSQL system {theirs}, Barman streams {ours}; "
+                         "nothing was moved into Barman's catalog")
+
+
+def _files_below(top):
+    """(path, path relative to ``top``) of every regular file below ``top``."""
+    for directory, _dirs, files in os.walk(top):
+        for name in sorted(files):
+            path = os.path.join(directory, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                yield path, os.path.relpath(path, top)
+
+
+def _move_new(source, target):
+    """Move ``source`` to ``target`` only when nothing is there: a hard link fails on an
+    existing name instead of replacing it (a rename would replace it silently). False when
+    the name was taken."""
+    if not stat.S_ISREG(os.lstat(source).st_mode):
+        return False  # only regular files; a link is never followed into Barman's catalog
+    os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except FileExistsError:
+        return False
+    os.unlink(source)
+    return True
