@@ -187,6 +187,14 @@ options:
     description: How old the last passed check of the off-site PITR repository may be (item 12).
     type: float
     default: 8
+  dr_drill_report_dir:
+    description: Directory of the DR drill's C(dr_drill_<project>.json) reports (item 4's evidence, where it ran).
+    type: path
+    default: /var/lib/infer-forge/dr-drill
+  dr_drill_max_age_days:
+    description: How old the last passed DR drill may be before item 4 WARNs (where a DR drill ran).
+    type: float
+    default: 35
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -280,7 +288,7 @@ OPTION_TYPES = dict(
     alertmanager_config="path", alertmanager_url="str", sentry_record="path", sentry_max_age_days="float",
     logrotate_files="list", timeout="float", pitr_server="str", pitr_report_dir="path",
     pitr_base_backup_max_age_days="float", pitr_drill_max_age_days="float", pitr_offsite_max_age_hours="float",
-    pitr_offsite_check_max_age_days="float",
+    pitr_offsite_check_max_age_days="float", dr_drill_report_dir="path", dr_drill_max_age_days="float",
 )
 
 

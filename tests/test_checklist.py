@@ -514,3 +514,35 @@ def test_a_full_run_of_checklist_yml_names_the_groups_nobody_runs(tmp_path):
         assert rows[item]["evidence"] == [f"no host in inventory group '{group}'"]
     assert rows[12]["status"] == "WARN" and rows[12]["evidence"] == ["no host in inventory group 'pitr'"]
     assert {rows[item]["host"] for item in (3, 4, 5, 6)} == {"db-local"}  # the backup host's own items ran
+
+
+def test_item_4_names_the_dr_drill_where_it_ran_and_warns_once_it_failed_or_is_stale(tmp_path):
+    """The records the DR drill's judge writes (report and metrics, by the engine itself)."""
+    from forge.drdrill import DrDrill
+
+    now = datetime.datetime.now().timestamp()
+    reports, metrics_dir = tmp_path / "dr-drill", tmp_path / "metrics"
+    metrics_dir.mkdir()
+    drill = DrDrill("forge-lab", state_dir=str(reports), clock=lambda: now)
+    passed = {"project": "forge-lab", "host": "lab-db", "acknowledged_rows": 29, "passed": True,
+              "rpo_rows_lost": 0, "rto_seconds": 9.4, "reason": "0 of 29 acknowledged rows lost"}
+    drill._record(dict(passed), str(reports), str(metrics_dir), None, "lab")
+    settings = dict(databases=[], report_dir=str(tmp_path), textfile_dir=str(metrics_dir),
+                    dr_drill_report_dir=str(reports))
+    result = check(4, **settings)
+    assert result["status"] == "PASS", result
+    assert result["evidence"] == [
+        f"DR drill forge-lab: last passed {datetime.datetime.fromtimestamp(now, datetime.UTC):%Y-%m-%d %H:%M} UTC, "
+        "0 min ago (RPO 0 of 29 acknowledged rows lost, RTO 9.4 s until the app was healthy)"]
+    stale = check(4, clock=lambda: now + 36 * 86400, **settings)
+    assert stale["status"] == "WARN" and stale["evidence"][0].endswith(" - older than 35 days")
+    drill._record({"project": "forge-lab", "acknowledged_rows": 30, "passed": False,
+                   "reason": "the put-back failed: no copy served"}, str(reports), str(metrics_dir), None, "lab")
+    failed = check(4, **settings)
+    assert failed["status"] == "WARN"
+    assert failed["evidence"][0].endswith("; the latest DR drill FAILED: the put-back failed: no copy served")
+    # A host where no DR drill ran: the runbook's drill alone decides, no line is added.
+    (tmp_path / "restore_drill_shop.json").write_text(json.dumps({"passed": False, "reason": "row counts differ"}))
+    alone = check(4, databases=["shop"], report_dir=str(tmp_path), textfile_dir=str(tmp_path),
+                  dr_drill_report_dir=str(tmp_path / "none"))
+    assert alone["evidence"] == ["shop: no passed restore drill on record; last drill failed: row counts differ"]

@@ -73,6 +73,9 @@ DEFAULTS = {
     "backup_max_age_hours": 26,
     "drill_max_age_days": 7,
     "offsite_max_age_hours": 26,
+    # Item 4's evidence also names the DR drill where it ran on this host.
+    "dr_drill_report_dir": "/var/lib/infer-forge/dr-drill",
+    "dr_drill_max_age_days": 35,
     "prometheus_url": "http://localhost:9090",
     "health_job": "infer-forge-health",
     "dashboards_dir": "/var/lib/grafana/dashboards/infer-forge",
@@ -355,6 +358,35 @@ class Checklist:
             if age > limit:
                 status = FAIL
                 line += f" - older than {self.s['drill_max_age_days']:g} days"
+            evidence.append(line)
+        drilled, dr_evidence = self._dr_drills()
+        return (WARN if status == PASS and drilled == WARN else status), evidence + dr_evidence
+
+    def _dr_drills(self):
+        """The DR drill's reports on this host, if it ran here (the lab): a line per Compose
+        project, WARN when the latest failed or none passed within dr_drill_max_age_days. The
+        runbook's restore drill decides the item; a host where no DR drill runs adds nothing."""
+        status, evidence = PASS, []
+        limit = self.s["dr_drill_max_age_days"] * 86400
+        for path in sorted(glob.glob(os.path.join(glob.escape(self.s["dr_drill_report_dir"]), "dr_drill_*.json"))):
+            project = os.path.basename(path)[len("dr_drill_"):-len(".json")]
+            report = read_json_object(path)
+            prom = os.path.join(self.s["textfile_dir"], f"infer_forge_dr_drill_{project}.prom")
+            passed_at = metrics.read_sample(prom, "infer_forge_dr_drill_last_success_timestamp_seconds")
+            if passed_at is None:
+                status = WARN
+                evidence.append(f"DR drill {project}: none passed; the latest: {report.get('reason', '?')}")
+                continue
+            line = f"DR drill {project}: last passed {_iso(passed_at)}, {_age(self.clock() - passed_at)} ago"
+            if report.get("passed"):
+                line += (f" (RPO {report.get('rpo_rows_lost', '?')} of {report.get('acknowledged_rows', '?')} "
+                         f"acknowledged rows lost, RTO {report.get('rto_seconds', '?')} s until the app was healthy)")
+            elif report:
+                status = WARN
+                line += f"; the latest DR drill FAILED: {report.get('reason', '?')}"
+            if self.clock() - passed_at > limit:
+                status = WARN
+                line += f" - older than {self.s['dr_drill_max_age_days']:g} days"
             evidence.append(line)
         return status, evidence
 
