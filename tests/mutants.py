@@ -452,4 +452,10 @@ MUTANTS = [
                    "if len(b) == 16")],
         "tests": ["tests/test_pitr_recovery.py::test_a_history_file_in_the_archive_does_not_stop_a_time_recovery"],
     },
+    {
+        "name": "a-scratch-cluster-runs-what-the-source-configured",
+        "promise": "a scratch cluster never runs a command, library or file write the source's ALTER SYSTEM planted",
+        "edits": [(PITR, "        chosen = dict(neutralised_settings(self.data), ", "        chosen = dict(")],
+        "tests": ["tests/test_pitr_recovery.py::test_a_scratch_cluster_runs_nothing_the_source_configured_and_still_recovers"],
+    },
 ]

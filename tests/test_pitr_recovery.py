@@ -72,7 +72,9 @@ def _as_postgres_owned(path):
 class BarmanLab:
     """A source server, its base backup, and the WAL as Barman would hold it at one moment."""
 
-    def __init__(self):
+    def __init__(self, before_backup=()):
+        """``before_backup``: statements the source's superuser runs before the base backup
+        (ALTER SYSTEM: what then travels in the base backup)."""
         self.dir = tempfile.mkdtemp(prefix="forge-pitr-lab.")
         os.chmod(self.dir, 0o755)
         self.source = PostgresServer().init()
@@ -84,6 +86,8 @@ class BarmanLab:
         self.sql("CREATE TABLE orders (id serial PRIMARY KEY, note text)", superuser=False)
         self.sql("INSERT INTO orders (note) SELECT 'before the base backup' FROM generate_series(1, 20)",
                  superuser=False)
+        for statement in before_backup:
+            self.sql(statement.format(lab=self.dir))
         base = os.path.join(self.dir, "base")
         subprocess.run([f"{PG_BIN}/pg_basebackup", "-h", self.source.host, "-p", str(self.source.port),
                         "-U", self.source.superuser, "-D", base, "-X", "none", "-c", "fast", "--no-sync"],
@@ -382,3 +386,41 @@ def test_a_history_file_in_the_archive_does_not_stop_a_time_recovery(lab):
     result = lab.forge("recover", "--time", noted)
     assert result.returncode == 0, result.stderr
     assert lab.read(result.stdout, "SELECT count(*) FROM orders WHERE note = 'after the noted time'") == ["0"]
+
+
+# What a superuser of the production database can put into the base backup with ALTER SYSTEM, and
+# what would then run as the Barman host's user when a scratch cluster starts from it: commands,
+# libraries, files written outside the scratch directory. {lab} is the lab's directory.
+PLANTED = (
+    "ALTER SYSTEM SET recovery_end_command = 'touch {lab}/planted/recovery_end_command'",
+    "ALTER SYSTEM SET archive_cleanup_command = 'touch {lab}/planted/archive_cleanup_command'",
+    "ALTER SYSTEM SET archive_mode = 'always'",
+    "ALTER SYSTEM SET archive_command = 'touch {lab}/planted/archive_command'",
+    "ALTER SYSTEM SET shared_preload_libraries = 'forge_planted_library'",
+    "ALTER SYSTEM SET session_preload_libraries = 'forge_planted_library'",
+    "ALTER SYSTEM SET dynamic_library_path = '{lab}/planted'",
+    "ALTER SYSTEM SET logging_collector = on",
+    "ALTER SYSTEM SET log_directory = '{lab}/planted'",
+    "ALTER SYSTEM SET log_filename = 'logging_collector'",
+    "ALTER SYSTEM SET external_pid_file = '{lab}/planted/external_pid_file'",
+    "ALTER SYSTEM SET primary_conninfo = 'host=192.0.2.1 port=5432'",
+)
+
+
+def test_a_scratch_cluster_runs_nothing_the_source_configured_and_still_recovers():
+    """Planted in the source with ALTER SYSTEM before its base backup: a recovery runs none of
+    it (no command, no library, no file outside the scratch directory) and still recovers."""
+    lab = BarmanLab(before_backup=PLANTED)
+    try:
+        planted = os.path.join(lab.dir, "planted")
+        os.mkdir(planted)
+        _as_postgres_owned(planted)
+        lab.sql("INSERT INTO orders (note) VALUES ('after the base backup')", superuser=False)
+        lab.receive()
+        result = lab.forge("recover")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert lab.read(result.stdout, "SELECT count(*) FROM orders") == ["21"]
+        assert os.listdir(planted) == []
+    finally:
+        lab.sql("ALTER SYSTEM RESET ALL")
+        lab.destroy()

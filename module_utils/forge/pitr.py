@@ -442,6 +442,47 @@ class WalStager:
         os.rename(partial, os.path.join(self.directory, name))
 
 
+# What a scratch cluster never takes from the source. A superuser of the production database
+# can put any setting into the base backup (ALTER SYSTEM writes postgresql.auto.conf, which
+# travels in it); a scratch cluster runs as the Barman host's user, so a command, a library or a
+# file it writes would be that user's. The command line wins over postgresql.conf, its includes
+# and postgresql.auto.conf: each is set there to a harmless value. (major, setting, value): the
+# setting exists from that PostgreSQL major on. restore_command stays: Barman's and ours are the
+# last lines of postgresql.auto.conf, after anything the source wrote there.
+NEUTRALISED_SETTINGS = (
+    (12, "archive_mode", "off"),
+    (12, "archive_command", ""),
+    (15, "archive_library", ""),
+    (12, "archive_cleanup_command", ""),
+    (12, "recovery_end_command", ""),
+    (12, "shared_preload_libraries", ""),
+    (12, "session_preload_libraries", ""),
+    (12, "local_preload_libraries", ""),
+    (12, "dynamic_library_path", "$libdir"),
+    (12, "jit", "off"),
+    (12, "ssl", "off"),
+    (12, "ssl_passphrase_command", ""),
+    (12, "logging_collector", "off"),
+    (12, "log_destination", "stderr"),
+    (12, "external_pid_file", ""),
+    (12, "primary_conninfo", ""),
+    (12, "primary_slot_name", ""),
+    (12, "synchronous_standby_names", ""),
+    (17, "event_triggers", "off"),
+    (17, "sync_replication_slots", "off"),
+)
+
+
+def neutralised_settings(data_directory):
+    """NEUTRALISED_SETTINGS for the data directory's PostgreSQL major (its PG_VERSION)."""
+    try:
+        with open(os.path.join(data_directory, "PG_VERSION")) as handle:
+            major = int(handle.read(16).strip().split(".")[0])
+    except (OSError, ValueError):
+        major = 12
+    return {name: value for since, name, value in NEUTRALISED_SETTINGS if major >= since}
+
+
 class ScratchCluster:
     """A recovered copy of the server in a new data directory, on a side port, socket only."""
 
@@ -564,9 +605,10 @@ class ScratchCluster:
         """Start the copy (socket only, our own pg_hba) and wait until its recovery ends; a
         copy already running is restarted with the new listener and pg_hba (a put-back)."""
         self.port = int(port or self.options.scratch_port)
-        options = (f"-p {self.port} -c listen_addresses='{listen}' -c unix_socket_directories='{self.socket_dir}' "
-                   f"-c hba_file='{hba_file or self.hba_file}' -c archive_mode=off -c hot_standby=on")
-        options += "".join(f" -c {name}='{value}'" for name, value in (settings or {}).items())
+        # Ours last: the put-back's TLS settings (ssl=on, its certificate) win over the neutral ones.
+        chosen = dict(neutralised_settings(self.data), listen_addresses=listen, unix_socket_directories=self.socket_dir,
+                      hba_file=hba_file or self.hba_file, hot_standby="on", **(settings or {}))
+        options = f"-p {self.port}" + "".join(f" -c {name}='{value}'" for name, value in chosen.items())
         action = ["-m", "fast", "restart"] if self.started and self.running() else ["start"]
         command = [os.path.join(self.options.postgres_bin, "pg_ctl"), "-D", self.data, "-o", options,
                    "-l", self.log_path, "-w", "-t", str(self.options.start_timeout), *action]
