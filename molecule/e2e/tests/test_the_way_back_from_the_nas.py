@@ -60,8 +60,10 @@ def test_with_both_hosts_gone_the_newest_verified_copy_on_the_nas_comes_back_int
     restored = playbook("offsite_restore.yml", "-e", "backup_restore_target=infer_forge",
                         "-e", "backup_restore_confirm=infer_forge", timeout=1800)
     assert restored.returncode == 0, restored.stdout[-4000:]
+    said = " ".join(restored.stdout.split())  # the callback wraps long messages
     assert re.search(rf"{re.escape(newest_here)} \(\d+ bytes, sha256 [0-9a-f]{{16}}\.\.\., read again on the NAS now\)",
-                     restored.stdout), restored.stdout[-3000:]
+                     said), restored.stdout[-3000:]
+    assert f"restored {newest_here} into infer_forge (replaced the empty database, VERIFIED)" in said, said[-3000:]
     after = psql(db, COUNTS)
     assert after.rc == 0 and after.stdout.strip() == before.stdout.strip(), (before.stdout, after.stdout)
     # The copy is in the backup directory as the backup host keeps its own, and nowhere else.

@@ -284,6 +284,28 @@ def test_a_recovery_that_ends_in_a_fatal_keeps_its_directory_and_quotes_postgres
     host.check_output(f"rm -rf {kept}")
 
 
+def test_a_login_event_trigger_a_production_superuser_planted_never_runs_on_the_barman_host(host):
+    """PostgreSQL 17's login event trigger travels in the WAL: a recovery's every connection
+    would run it as the superuser the scratch cluster trusts, COPY TO PROGRAM as barman."""
+    marker = "/tmp/forge-planted-login-trigger"
+    sql(host, "CREATE OR REPLACE FUNCTION forge_planted() RETURNS event_trigger LANGUAGE plpgsql AS "
+              f"$$ BEGIN COPY (SELECT 1) TO PROGRAM 'touch {marker}'; END $$")
+    sql(host, "CREATE EVENT TRIGGER forge_planted ON login EXECUTE FUNCTION forge_planted()")
+    try:
+        recovered = forge_pitr(host, "recover")
+        assert recovered.rc == 0, recovered.stdout + recovered.stderr
+        [data] = re.findall(r"s into (\S+);", recovered.stdout)
+        count = host.run(f"runuser -u barman -- psql -X -h {os.path.join(os.path.dirname(data), 'socket')} -p 55432 "
+                         "-U infer -d infer_forge -Atc 'SELECT count(*) FROM pg_event_trigger'")
+        host.run(f"runuser -u barman -- /usr/lib/postgresql/17/bin/pg_ctl -D {data} -m fast -w stop")
+        host.run(f"rm -rf {os.path.dirname(data)}")
+        assert count.stdout.strip() == "1"  # the trigger is in the copy, and never fired
+        assert not host.file(marker).exists
+    finally:
+        sql(host, "DROP EVENT TRIGGER IF EXISTS forge_planted")
+        sql(host, "DROP FUNCTION IF EXISTS forge_planted()")
+
+
 def test_a_recovery_to_a_time_before_the_newest_base_backup_starts_from_the_backup_before_it(host):
     """A weekly base backup must not shorten the window: a time before the newest base backup is
     recovered from the one before it (Barman's own choice of backup for the time)."""
