@@ -47,6 +47,10 @@ TARGETS = (
     # Issue 18, in the Debian 13 container (PostgreSQL 17, Barman), both sides on the same data there.
     ("PITR recovery to latest (barman restore, replay, promoted) vs runbook gunzip | psql", "pitr_recovery",
      "pitr_runbook_restore", 0.50),
+    # Issue 31: the put-back to latest until the database accepts connections (recovery, then the
+    # copy served and pulled over TLS, verified, started), same container.
+    ("put-back to latest until the database accepts connections vs runbook gunzip | psql", "pitr_putback_total",
+     "pitr_runbook_restore", 0.60),
 )
 REFERENCES = (
     ("encrypted gzip backup vs runbook pg_dump | gzip | openssl enc", "engine_gzip_encrypted", "runbook_backup"),
@@ -64,6 +68,8 @@ REFERENCES = (
      "pitr_runbook_backup"),
     ("PITR recovery and its row counts, wall time, vs runbook gunzip | psql (Debian 13 container)",
      "pitr_recovery_with_counts_wall", "pitr_runbook_restore"),
+    ("put-back's pg_basebackup over TLS and pg_verifybackup vs runbook gunzip | psql (Debian 13 container)",
+     "pitr_putback_copy_and_verify", "pitr_runbook_restore"),
 )
 ENGINE_COMMANDS = ("engine_gzip_encrypted", "engine_gzip6_encrypted", "engine_gzip1_encrypted", "engine_zstd",
                    "engine_custom", "drill_plain_encrypted", "drill_custom_parallel", "restore_forced_swap")

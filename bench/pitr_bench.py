@@ -8,8 +8,13 @@ as bench.py, then, paired:
   runbook_backup    pg_dump | gzip | openssl enc   (the runbook's backup_db.sh)
   base_backup       barman backup --wait           (pg_basebackup, and the WAL it needs)
   runbook_restore   gunzip < dump.sql.gz | psql    (the runbook's restore, into a new database)
-  recovery          forge pitr recover --remove    (barman restore into a scratch cluster, WAL
+  recovery          forge pitr recover             (barman restore into a scratch cluster, WAL
                                                     replayed to the latest segment, promoted)
+  putback           the put-back's data path after it: the copy served (one-time login, TLS),
+                    pg_basebackup -X stream of it over TLS with SCRAM bound to the channel into
+                    a new data directory, pg_verifybackup, that server started until it accepts
+                    connections (what forge_putback does inside the db volume, without Docker's
+                    stop/start of the services: molecule/pitr measures those around it)
 
 Prints one JSON line last: seconds and bytes.
 """
@@ -146,6 +151,59 @@ def recovery_phases(scratch):
             "recovery_checkpoint": float(checkpoint[-1]) if checkpoint else 0.0}
 
 
+SERVE = """import json, sys
+sys.path.insert(0, "/repo/module_utils")
+from forge.pitr import PitrOptions
+from forge.pitr_serve import ScratchServer
+options = PitrOptions("bench", postgres_bin="{bin}", scratch_root="{scratch}", login_user="postgres")
+served = ScratchServer(options, "{data}").serve("infer_forge_putback", "127.0.0.1/32", sys.stdin.read().strip(),
+                                                listen="127.0.0.1", port=55433)
+print(json.dumps(served))
+"""
+
+
+def putback(scratch, data):
+    """The put-back's data path, timed from the recovered copy to a server on the copy that
+    accepts connections: serve, pg_basebackup over TLS pinned to the served certificate with
+    SCRAM bound to the channel (as forge_putback's container runs it), pg_verifybackup, start."""
+    password = os.urandom(18).hex()
+    target, secrets = f"{WORK}/putback", f"{WORK}/putback-secrets"
+    for directory in (target, secrets):
+        os.makedirs(directory, mode=0o700)
+        sh(f"chown postgres: {directory}")
+    started = time.perf_counter()
+    proc = subprocess.run(["runuser", "-u", "barman", "--", "python3", "-c",
+                           SERVE.format(bin=BIN, scratch=scratch, data=data)],
+                          input=password, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise SystemExit(f"serving the copy failed: {proc.stderr[-2000:]}")
+    served = json.loads(proc.stdout.strip().splitlines()[-1])
+    serve = time.perf_counter() - started
+    with open(f"{secrets}/root.crt", "w") as handle:
+        handle.write(served["certificate"])
+    with open(f"{secrets}/pgpass", "w") as handle:
+        handle.write(f"127.0.0.1:55433:*:infer_forge_putback:{password}\n")
+    sh(f"chown -R postgres: {secrets} && chmod 0600 {secrets}/pgpass {secrets}/root.crt")
+    client = (f"env PGPASSFILE={secrets}/pgpass PGSSLMODE=verify-ca PGSSLROOTCERT={secrets}/root.crt "
+              "PGCHANNELBINDING=require PGREQUIREAUTH=scram-sha-256")
+    copy, _ = sh(f"{client} {BIN}/pg_basebackup --no-password -h 127.0.0.1 -p 55433 -U infer_forge_putback "
+                 f"-D {target} -X stream -c fast", user="postgres")
+    verify, _ = sh(f"{BIN}/pg_verifybackup -q {target}", user="postgres")
+    begin = time.perf_counter()
+    sh(f"{BIN}/pg_ctl -D {target} -o '-p 55434 -c listen_addresses=127.0.0.1' -l {secrets}/server.log start",
+       user="postgres")
+    while subprocess.run(["runuser", "-u", "postgres", "--", f"{BIN}/pg_isready", "-q", "-h", "127.0.0.1",
+                          "-p", "55434"]).returncode != 0:
+        time.sleep(0.05)
+    up = time.perf_counter() - begin
+    total = time.perf_counter() - started
+    sh(f"{BIN}/pg_ctl -D {target} -m fast -w stop", user="postgres")
+    sh(f"rm -rf {target} {secrets}")
+    return {"putback_serve": round(serve, 2), "putback_copy": round(copy, 2), "putback_verify": round(verify, 2),
+            "putback_start": round(up, 2), "putback_to_connections": round(total, 2),
+            "putback_copy_and_verify": round(copy + verify, 2)}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--scale", type=int, default=50)
@@ -179,6 +237,8 @@ def main():
     print(out.strip(), flush=True)
     data = re.search(r"s into (\S+);", out).group(1)
     result.update(recovery_phases(os.path.dirname(data)))
+    result.update(putback(scratch, data))
+    result["putback_total"] = round(result["recovery"] + result["putback_to_connections"], 2)
     sh(f"{BIN}/pg_ctl -D {data} -m fast -w stop && rm -rf {os.path.dirname(data)}", user="barman")
     # After the recovery: the runbook's restore writes its own 2 GB of WAL, which a recovery to
     # latest would otherwise replay too. It takes the unencrypted `pg_dump | gzip` file it
