@@ -445,3 +445,34 @@ def test_a_failed_barman_restore_stops_the_stager_and_leaves_nothing_behind(tmp_
     assert thread.is_alive()  # still asking Barman for the first segment
     scratch.remove()  # as PitrRecovery.recover does on any failure
     assert not thread.is_alive() and not os.path.exists(scratch.path)
+
+
+def test_the_slot_says_how_much_wal_it_may_still_hold_and_when_it_lost_some(pg):
+    """Barman's slot on a real server: unlimited, then capped by max_slot_wal_keep_size, then
+    past the cap after a checkpoint (the WAL the receiver never got is gone: 'lost')."""
+    from forge.pitr import slot_health
+
+    conninfo = (f"host={pg.host} port={pg.port} user={pg.superuser} password={pg.superuser_password} "
+                "dbname=postgres")
+    slot = f"forge_slot_{os.getpid()}"
+    pg.execute(f"SELECT pg_create_physical_replication_slot('{slot}', true)")
+    try:
+        assert slot_health(conninfo, slot) == ("reserved", None)
+        pg.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '64MB'")
+        pg.execute("SELECT pg_reload_conf()")
+        deadline = time.monotonic() + 10
+        while slot_health(conninfo, slot)[1] is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        status, safe = slot_health(conninfo, slot)
+        assert status == "reserved" and 0 < safe <= (64 + 16) * 2**20  # the cap, counted from its segment
+        pg.execute("CREATE TABLE forge_wal_filler AS SELECT repeat(md5(n::text), 40) AS x "
+                   "FROM generate_series(1, 100000) AS n")
+        pg.execute("CHECKPOINT")
+        assert slot_health(conninfo, slot)[0] == "lost"
+    finally:
+        pg.execute(f"SELECT pg_drop_replication_slot('{slot}')")
+        pg.execute("DROP TABLE IF EXISTS forge_wal_filler")
+        pg.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
+        pg.execute("SELECT pg_reload_conf()")
+    assert slot_health(conninfo, slot) is None  # no such slot
+    assert slot_health("host=127.0.0.1 port=1 connect_timeout=1", slot) is None  # no server

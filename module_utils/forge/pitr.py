@@ -717,6 +717,16 @@ def status_metrics(options, barman=None, now=None):
     if archived is not None:
         samples.append(("last_wal_archived_timestamp_seconds", "When Barman last filed a complete WAL segment.",
                         archived))
+    settings = barman.settings()
+    slot = slot_health(settings.get("conninfo", ""), settings.get("slot_name", ""))
+    if slot is not None:
+        wal_status, safe_wal_size = slot
+        samples.append(("slot_wal_lost", "1 when the replication slot lost WAL Barman had not received "
+                        "(max_slot_wal_keep_size reached): recovery past it needs a new base backup.",
+                        1 if wal_status == "lost" else 0))
+        if safe_wal_size is not None:
+            samples.append(("slot_safe_wal_bytes", "WAL the server may still write before the slot loses WAL "
+                            "Barman has not received (max_slot_wal_keep_size).", int(safe_wal_size)))
     labels = {"server": options.server}
     rendered = [(STATUS_PREFIX + name, "gauge", text, labels, value) for name, text, value in samples]
     # Which checks failed, by name: the alert and the checklist say what is wrong, not only how much.
@@ -725,6 +735,25 @@ def status_metrics(options, barman=None, now=None):
     metrics.write_textfile(options.textfile_dir, f"infer_forge_pitr_{options.server}.prom", rendered)
     return {"streaming_up": streaming, "failed_checks": failed, "base_backups": len(done),
             "last_base_backup": max(ends) if ends else None, "last_wal_archived": archived}
+
+
+def slot_health(conninfo, slot_name, timeout=10):
+    """(wal_status, safe_wal_size) of Barman's replication slot, as the server reports it
+    (pg_replication_slots; safe_wal_size is None while max_slot_wal_keep_size is unlimited), read
+    through Barman's own conninfo and .pgpass; None when the server or the slot cannot be read
+    (the streaming metrics say why)."""
+    if not conninfo or not slot_name:
+        return None
+    try:
+        import psycopg
+
+        with psycopg.connect(conninfo, connect_timeout=timeout, autocommit=True,
+                             application_name="forge-pitr-metrics") as conn:
+            row = conn.execute("SELECT wal_status, safe_wal_size FROM pg_replication_slots WHERE slot_name = %s",
+                               (slot_name,)).fetchone()
+    except Exception:  # noqa: BLE001 - any failure means no reading; the streaming checks report it
+        return None
+    return (row[0], row[1]) if row else None
 
 
 def _backup_ends(backups):

@@ -107,6 +107,10 @@ def test_the_status_metrics_say_streaming_up_and_a_recent_base_backup(host):
     assert abs(float(values["infer_forge_pitr_last_base_backup_timestamp_seconds"]) - time.time()) < 3600
     assert abs(float(values["infer_forge_pitr_status_timestamp_seconds"]) - time.time()) < 120
     assert abs(float(values["infer_forge_pitr_last_wal_archived_timestamp_seconds"]) - time.time()) < 3600
+    # The slot's cap (pitr_max_slot_wal_keep_size, 16GB) as the server reports it through Barman's login.
+    assert sql(host, "SHOW max_slot_wal_keep_size") == "16GB"
+    assert values["infer_forge_pitr_slot_wal_lost"] == "0"
+    assert 15 * 2**30 < float(values["infer_forge_pitr_slot_safe_wal_bytes"]) <= 17 * 2**30
     assert "*/2 * * * * barman PITR_CONFIG=/etc/infer-forge/pitr.env /opt/infer-forge/scripts/forge pitr metrics" in \
         host.file("/etc/cron.d/infer-forge-pitr").content_string
 
@@ -288,15 +292,18 @@ def test_a_login_event_trigger_a_production_superuser_planted_never_runs_on_the_
     """PostgreSQL 17's login event trigger travels in the WAL: a recovery's every connection
     would run it as the superuser the scratch cluster trusts, COPY TO PROGRAM as barman."""
     marker = "/tmp/forge-planted-login-trigger"
+    # Quoted with '' rather than $$, which the shell that runs psql would expand.
     sql(host, "CREATE OR REPLACE FUNCTION forge_planted() RETURNS event_trigger LANGUAGE plpgsql AS "
-              f"$$ BEGIN COPY (SELECT 1) TO PROGRAM 'touch {marker}'; END $$")
+              f"'BEGIN COPY (SELECT 1) TO PROGRAM ''touch {marker}''; END'")
     sql(host, "CREATE EVENT TRIGGER forge_planted ON login EXECUTE FUNCTION forge_planted()")
     try:
         recovered = forge_pitr(host, "recover")
         assert recovered.rc == 0, recovered.stdout + recovered.stderr
         [data] = re.findall(r"s into (\S+);", recovered.stdout)
-        count = host.run(f"runuser -u barman -- psql -X -h {os.path.join(os.path.dirname(data), 'socket')} -p 55432 "
-                         "-U infer -d infer_forge -Atc 'SELECT count(*) FROM pg_event_trigger'")
+        socket_dir = os.path.join(os.path.dirname(data), "socket")
+        query = "SELECT count(*) FROM pg_event_trigger"
+        psql = f"runuser -u barman -- psql -X -h {socket_dir} -p 55432 -U infer -d infer_forge"
+        count = host.run(f"{psql} -Atc '{query}'")
         host.run(f"runuser -u barman -- /usr/lib/postgresql/17/bin/pg_ctl -D {data} -m fast -w stop")
         host.run(f"rm -rf {os.path.dirname(data)}")
         assert count.stdout.strip() == "1"  # the trigger is in the copy, and never fired
