@@ -557,7 +557,18 @@ def test_row_values_never_reach_the_message_or_sentry(pg, live, backup_dir, sql,
      'ERROR:  column "email" of relation "customers" does not exist'),
     ('ERROR:  null value in column "email" of relation "customers" violates not-null constraint',
      'ERROR:  null value in column "email" of relation "customers" violates not-null constraint'),
-], ids=["enum", "datetime", "unterminated", "out-of-range", "quotes-inside", "bytes", "names", "not-null"])
+    # libpq's connection failures: where it connected is a name, and the server's reason must stay
+    # readable (it read 'connection to server on socket "(value hidden)" does not exist').
+    ('connection failed: connection to server on socket "/scratch/socket/.s.PGSQL.55432" failed: FATAL:  '
+     'role "infer" does not exist',
+     'connection failed: connection to server on socket "/scratch/socket/.s.PGSQL.55432" failed: FATAL:  '
+     'role "infer" does not exist'),
+    ('connection to server at "db" (172.18.0.3), port 5432 failed: FATAL:  password authentication failed for '
+     'user "barman"',
+     'connection to server at "db" (172.18.0.3), port 5432 failed: FATAL:  password authentication failed for '
+     'user "barman"'),
+], ids=["enum", "datetime", "unterminated", "out-of-range", "quotes-inside", "bytes", "names", "not-null",
+        "socket", "server-at"])
 def test_error_lines_keep_names_and_hide_values(line, shown):
     from forge.errors import hide_values
 

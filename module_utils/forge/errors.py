@@ -24,10 +24,10 @@ def last_line(text, default="no error output"):
 # PostgreSQL quotes names after these words (``relation "orders"``, ``constraint "orders_pkey"``);
 # any other quoted text in an error line is a value from a row, or from the statement.
 _NAME_WORDS = frozenset("""
-    access aggregate attribute channel class collation column configuration constraint conversion cursor
+    access aggregate at attribute channel class collation column configuration constraint conversion cursor
     database dictionary directory domain encoding extension family file function index language mapping
     method object operator parameter parser policy portal procedure publication relation role routine rule
-    savepoint schema sequence server statement subscription table tablespace template trigger type user
+    savepoint schema sequence server socket statement subscription table tablespace template trigger type user
     view wrapper
 """.split())
 _WORD_BEFORE = re.compile(r"([A-Za-z_]+)\s*$")
