@@ -2,6 +2,7 @@
 and ad-hoc ansible with the repository's ansible.cfg and plain output, and the running container
 of a Compose service. Each scenario's tests import it (sys.path: molecule/shared)."""
 
+import json
 import os
 import subprocess
 
@@ -33,3 +34,13 @@ def compose_container(host, project, service):
     """The running container of ``service`` in Compose project ``project``, found by its labels."""
     return host.check_output(f"docker ps --filter label=com.docker.compose.project={project} "
                              f"--filter label=com.docker.compose.service={service} --format '{{{{.Names}}}}'")
+
+
+def task_result(run, key):
+    """The first task result that carries ``key``, in a run with ANSIBLE_STDOUT_CALLBACK=json."""
+    for play in json.loads(run.stdout)["plays"]:
+        for task in play["tasks"]:
+            for result in task["hosts"].values():
+                if key in result:
+                    return result
+    raise AssertionError(f"no task returned {key}: {run.stdout[-3000:]}")

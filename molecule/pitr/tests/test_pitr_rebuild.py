@@ -17,7 +17,7 @@ import uuid
 import yaml
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared"))
-from controller import REPO, ansible, ansible_env, compose_container, playbook  # noqa: E402
+from controller import REPO, ansible, ansible_env, compose_container, playbook, task_result  # noqa: E402
 
 testinfra_hosts = ["docker://pitr-barman"]
 
@@ -61,15 +61,6 @@ def run_as_written(words):
                           env=ansible_env(ANSIBLE_STDOUT_CALLBACK="json"))
     assert done.returncode == 0, f"{' '.join(words)}\n{done.stdout[-4000:]}{done.stderr[-2000:]}"
     return done
-
-
-def task_result(run, key):
-    for play in json.loads(run.stdout)["plays"]:
-        for task in play["tasks"]:
-            for result in task["hosts"].values():
-                if key in result:
-                    return result
-    raise AssertionError(f"no task returned {key}: {run.stdout[-3000:]}")
 
 
 def destroy_and_make_again():

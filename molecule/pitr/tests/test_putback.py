@@ -15,7 +15,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared"))
-from controller import REPO, ansible, ansible_env, compose_container, playbook  # noqa: E402
+from controller import REPO, ansible, ansible_env, compose_container, playbook, task_result  # noqa: E402
 
 testinfra_hosts = ["docker://pitr-barman"]
 
@@ -67,16 +67,6 @@ def documented_command(section, **site):
     for example, value in site.items():
         words = [word.replace(example, value) for word in words]
     return words
-
-
-def task_result(run, key):
-    """The first task result of the run that carries ``key``."""
-    for play in json.loads(run.stdout)["plays"]:
-        for task in play["tasks"]:
-            for result in task["hosts"].values():
-                if key in result:
-                    return result
-    raise AssertionError(f"no task returned {key}: {run.stdout[-3000:]}")
 
 
 def failure_messages(run):
