@@ -74,5 +74,14 @@ def test_with_both_hosts_gone_the_newest_verified_copy_on_the_nas_comes_back_int
     assert stages_on_the_controller() == stages
     health = db.run(f"docker exec {container(db, 'app')} curl -fsS http://127.0.0.1:8000/health")
     assert health.rc == 0, health.stdout + health.stderr
+    # A file of that name that is not the NAS's copy (planted, or damaged) is never restored.
+    db.check_output(f"runuser -u infer -- sh -c 'echo planted > /backups/{newest_here}'")
+    refused = playbook("offsite_restore.yml", "-e", "backup_restore_target=infer_forge",
+                       "-e", "backup_restore_confirm=infer_forge", "-e", "backup_restore_force=true", timeout=1800)
+    assert refused.returncode != 0
+    assert (f"/backups/{newest_here} exists and is not the copy the NAS verified (another sha256); nothing was "
+            "restored") in " ".join(refused.stdout.split()), refused.stdout[-3000:]
+    assert psql(db, COUNTS).stdout.strip() == before.stdout.strip()
+    assert stages_on_the_controller() == stages
     print(f"\nThe way back from the NAS alone: {newest_here} restored into a fresh Compose db, "
           f"counts {after.stdout.strip()} as before, the app's /health green")
