@@ -201,6 +201,7 @@ def test_the_dr_drill_loses_the_database_while_the_app_writes_and_measures_rpo_b
 
 def test_forge_dr_undo_brings_the_contents_moved_aside_back_and_keeps_the_put_back_ones(host):
     aside = pytest_state["aside"]
+    pytest_state["before_undo"] = sql(host, "SELECT count(*) FROM dr_orders")  # what Barman received last
     undone = host.run(f"/opt/infer-forge/scripts/forge dr undo --project {PROJECT} --aside {aside} --app-service app")
     assert undone.rc == 0, undone.stderr
     [line] = undone.stdout.splitlines()
@@ -211,3 +212,32 @@ def test_forge_dr_undo_brings_the_contents_moved_aside_back_and_keeps_the_put_ba
     refused = host.run(f"/opt/infer-forge/scripts/forge dr undo --project {PROJECT} --aside {VOLUME}")
     assert refused.rc == 1 and refused.stderr.strip() == (
         f"ERROR: '{VOLUME}' is not a volume the put-back of {VOLUME} moved aside; nothing was changed")
+
+
+def test_the_database_host_is_gone_and_the_put_back_fills_its_new_empty_volume(host):
+    """docs/disaster-recovery.md's "The database host is gone", step 2 as written: the db service
+    starts on an empty volume (a new host; the image makes a new, empty database), and the
+    put-back to latest fills it from Barman, with the base backup's configuration."""
+    db = compose_container(host, PROJECT, "db")
+    image = host.check_output(f"docker inspect -f '{{{{.Config.Image}}}}' {db}")
+    host.check_output(f"docker stop {db}")
+    host.check_output(f"docker run --rm -v {VOLUME}:/data --entrypoint sh {image} -c 'rm -rf /data/* /data/.[!.]*'")
+    host.check_output(f"docker start {db}")
+    for _ in range(60):
+        if host.run(f"docker exec {db} pg_isready -q -U infer -d infer_forge").rc == 0:
+            break
+        time.sleep(1)
+    assert sql(host, "SELECT to_regclass('dr_orders') IS NULL") == "t"  # a new, empty database
+    command = documented_command("The database host is gone", **{
+        "forge-db1.infer.local": "pitr-barman", "10.0.0.5": subnet()})
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=1800,
+                          env=ansible_env(ANSIBLE_STDOUT_CALLBACK="json"))
+    assert done.returncode == 0, done.stdout[-4000:]
+    putback = task_result(done, "aside_volume")
+    assert sql(host, "SELECT count(*) FROM dr_orders") == pytest_state["before_undo"]
+    assert app_health(host).rc == 0
+    checks = json.loads(host.check_output(f"runuser -u barman -- barman -f json check {SERVER}"))[SERVER]
+    assert all(check["status"] == "OK" for check in checks.values()), checks
+    print(f"\nThe database host is gone: put back to latest into an empty volume, "
+          f"{pytest_state['before_undo']} rows; database healthy {putback['seconds_to_database']} s, "
+          f"app {putback['seconds_to_app']} s")
