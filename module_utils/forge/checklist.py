@@ -368,6 +368,7 @@ class Checklist:
         runbook's restore drill decides the item; a host where no DR drill runs adds nothing."""
         status, evidence = PASS, []
         limit = self.s["dr_drill_max_age_days"] * 86400
+        now = self.clock()
         for path in sorted(glob.glob(os.path.join(glob.escape(self.s["dr_drill_report_dir"]), "dr_drill_*.json"))):
             project = os.path.basename(path)[len("dr_drill_"):-len(".json")]
             report = read_json_object(path)
@@ -377,14 +378,14 @@ class Checklist:
                 status = WARN
                 evidence.append(f"DR drill {project}: none passed; the latest: {report.get('reason', '?')}")
                 continue
-            line = f"DR drill {project}: last passed {_iso(passed_at)}, {_age(self.clock() - passed_at)} ago"
+            line = f"DR drill {project}: last passed {_iso(passed_at)}, {_age(now - passed_at)} ago"
             if report.get("passed"):
                 line += (f" (RPO {report.get('rpo_rows_lost', '?')} of {report.get('acknowledged_rows', '?')} "
                          f"acknowledged rows lost, RTO {report.get('rto_seconds', '?')} s until the app was healthy)")
             elif report:
                 status = WARN
                 line += f"; the latest DR drill FAILED: {report.get('reason', '?')}"
-            if self.clock() - passed_at > limit:
+            if now - passed_at > limit:
                 status = WARN
                 line += f" - older than {self.s['dr_drill_max_age_days']:g} days"
             evidence.append(line)

@@ -454,14 +454,7 @@ def nas_newest_command(argv):
     parser.add_argument("--state", required=True, help="the NAS's state directory (the receipt)")
     parser.add_argument("--database", required=True)
     args = parser.parse_args(argv)
-    try:
-        found = newest_copy(args.dir, args.state, args.database)
-    except ForgeError as exc:
-        print(f"ERROR: {exc.message}", file=sys.stderr, flush=True)
-        return EXIT_FAILURE
-    except OSError as exc:
-        print(f"ERROR: nas-newest stopped: {exc.strerror or exc}: {exc.filename or '-'}", file=sys.stderr, flush=True)
-        return EXIT_FAILURE
+    found = newest_copy(args.dir, args.state, args.database)
     skipped = f"; passed over: {'; '.join(found['passed_over'])}" if found["passed_over"] else ""
     print(f"NEWEST: {found['backup']} ({found['size']} bytes, sha256 {found['sha256']}) read again now{skipped}")
     for path in found["files"]:
@@ -474,21 +467,20 @@ def main(argv=None):
     if argv and argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
-    if argv and argv[0] == "nas-gate":
-        # The NAS side of off-site copies: the forced command of the backup hosts' key.
+    if argv and argv[0] in ("nas-gate", "nas-newest"):
+        # The NAS side of off-site copies: the forced command of the backup hosts' key, and
+        # the operator's way back (never reachable through that key).
         from .farside import gate_main
 
         try:
-            return gate_main(argv[1:])
+            return gate_main(argv[1:]) if argv[0] == "nas-gate" else nas_newest_command(argv[1:])
         except ForgeError as exc:
             print(f"ERROR: {exc.message}", file=sys.stderr, flush=True)
             return EXIT_FAILURE
         except OSError as exc:
-            print(f"ERROR: nas-gate stopped: {exc.strerror or exc}: {exc.filename or '-'}",
+            print(f"ERROR: {argv[0]} stopped: {exc.strerror or exc}: {exc.filename or '-'}",
                   file=sys.stderr, flush=True)
             return EXIT_FAILURE
-    if argv and argv[0] == "nas-newest":
-        return nas_newest_command(argv[1:])
     if argv and argv[0] in ("pitr", "dr"):
         try:
             return pitr_command(argv[1:], os.environ) if argv[0] == "pitr" else dr_command(argv[1:])
