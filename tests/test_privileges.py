@@ -203,3 +203,59 @@ def test_root_closes_its_own_loose_directory_first_and_follows_nothing_planted_i
     assert stat.S_IMODE(os.stat(shared).st_mode) == 0o700
     assert os.path.islink(planted)
     assert_canary_untouched(owned["canary"])
+
+
+def _config_file(owned, directory, owner, mode, record):
+    """A config file in ``directory`` whose BACKUP_DUMP_COMMAND records the uid it runs as."""
+    wrapper = recording_wrapper(owned["base"], "pg_dump", record)
+    path = os.path.join(directory, "backup-owned.env")
+    with open(path, "w") as handle:
+        handle.write(f"BACKUP_DUMP_COMMAND={wrapper}\nBACKUP_DIR={owned['dir']}\n"
+                     f"BACKUP_PASSPHRASE_FILE={owned['passphrase']}\n")
+    os.chown(path, owner.pw_uid, owner.pw_gid)
+    os.chmod(path, mode)
+    return path
+
+
+@pytest.mark.parametrize("case", ["owned-by-the-backup-user", "group-writable", "in-the-backup-users-directory"])
+def test_root_never_takes_a_setting_from_a_file_another_account_can_write(pg, owned, case):
+    """The review's finding: /etc/infer-forge/backup-<db>.env belonged to the backup user and
+    root read it before dropping privileges, so its BACKUP_DUMP_COMMAND ran as root under the
+    runbook's `sudo backup_db.sh`. Root now refuses such a file in one line and runs nothing."""
+    record = os.path.join(owned["base"], "uids")
+    root = pwd.getpwuid(0)
+    directory = owned["base"]
+    if case == "in-the-backup-users-directory":
+        directory = os.path.join(owned["base"], "infer-etc")
+        os.mkdir(directory, 0o755)
+        os.chown(directory, NOBODY.pw_uid, NOBODY.pw_gid)
+    owner, mode = {"owned-by-the-backup-user": (NOBODY, 0o600), "group-writable": (root, 0o660),
+                   "in-the-backup-users-directory": (root, 0o640)}[case]
+    config = _config_file(owned, directory, owner, mode, record)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "BACKUP_", "PG"))}
+    env.update(pg.app_env(owned["db"]))
+    env["BACKUP_CONFIG"] = config
+    result = subprocess.run([os.path.join(REPO, "scripts", "backup_db.sh")], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"ERROR: config file {config} ")
+    assert "root reads settings only from a file and directory that root alone can write" in last
+    with open(record) as handle:
+        assert handle.read() == ""
+    assert os.listdir(owned["dir"]) == []
+
+
+def test_root_takes_its_settings_from_a_root_owned_config_readable_by_the_backup_group(pg, owned):
+    """What the backup role writes (root:<backup group> 0640 in root's 0750 directory) still works
+    for root, which then runs the dump command as the backup directory's owner."""
+    record = os.path.join(owned["base"], "uids")
+    config = _config_file(owned, owned["base"], pwd.getpwuid(0), 0o640, record)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "BACKUP_", "PG"))}
+    env.update(pg.app_env(owned["db"]))
+    env.update({"BACKUP_CONFIG": config, "BACKUP_ENCRYPT": "0"})
+    result = subprocess.run([os.path.join(REPO, "scripts", "backup_db.sh")], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    with open(record) as handle:
+        assert set(handle.read().split()) == {str(NOBODY.pw_uid)}

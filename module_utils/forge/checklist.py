@@ -513,7 +513,7 @@ class Checklist:
         for database in self.s["databases"]:
             stem = file_stem(database)
             config_path = os.path.join(self.s["config_dir"], f"backup-{stem}.env")
-            config = read_env_file(config_path) if os.path.exists(config_path) else {}
+            config = read_env_file(config_path, root_trusts=True) if os.path.exists(config_path) else {}
             target = config.get("OFFSITE_TARGET")
             if not target:
                 status = FAIL

@@ -38,7 +38,7 @@ def load_config(environ):
         pass  # explicitly no config file
     elif os.path.exists(path):
         try:
-            config = read_env_file(path)
+            config = read_env_file(path, root_trusts=True)
         except PermissionError:
             raise ForgeError(f"config file {path} is not readable by this user") from None
     elif "BACKUP_CONFIG" in environ:

@@ -12,6 +12,9 @@ default, each role's ``defaults/main.yml`` and ``meta/argument_specs.yml``, and 
 the engine's option classes.
 """
 
+import os
+import stat
+
 from .errors import ForgeError
 
 SAME = object()  # role_default: the role ships the engine's default
@@ -58,11 +61,15 @@ class Setting:
         return value
 
 
-def read_env_file(path):
+def read_env_file(path, root_trusts=False):
     """KEY=VALUE lines of a config file such as /etc/infer-forge/backup.env: parsed, never
-    sourced, so a password may hold any character. ``export`` and matching quotes are allowed."""
+    sourced, so a password may hold any character. ``export`` and matching quotes are allowed.
+
+    With ``root_trusts`` and this process root, the file's settings decide what root runs
+    (BACKUP_DUMP_COMMAND, BACKUP_DIR): it is read only when root alone can write it and the
+    directory it sits in, and never through a link or from anything but a regular file."""
     values = {}
-    with open(path, encoding="utf-8") as handle:
+    with _open_config(path, root_trusts and os.geteuid() == 0) as handle:
         for number, raw in enumerate(handle, 1):
             line = raw.strip()
             if not line or line.startswith("#"):
@@ -77,6 +84,34 @@ def read_env_file(path):
                 value = value[1:-1]
             values[key.strip()] = value
     return values
+
+
+def _open_config(path, as_root):
+    if not as_root:
+        return open(path, encoding="utf-8")
+    refusal = (f"config file {path} {{}}: root reads settings only from a file and directory that root alone "
+               "can write (chown root:<backup group>, chmod 0640, in a root-owned 0750 directory); nothing was run")
+    try:
+        # O_NONBLOCK: a FIFO planted under the name must not hang root before fstat refuses it.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ForgeError(refusal.format(f"cannot be opened without following a link ({exc.strerror})")) from None
+    try:
+        info = os.fstat(fd)
+        parent = os.stat(os.path.dirname(os.path.abspath(path)))
+        if not stat.S_ISREG(info.st_mode):
+            raise ForgeError(refusal.format("is not a regular file"))
+        for what, owner in (("belongs to", info), ("is in a directory that belongs to", parent)):
+            if owner.st_uid != 0:
+                raise ForgeError(refusal.format(f"{what} uid {owner.st_uid}"))
+        for what, mode in (("is", info.st_mode), ("is in a directory", parent.st_mode)):
+            if mode & 0o022 and not (what != "is" and mode & stat.S_ISVTX):
+                raise ForgeError(refusal.format(f"{what} writable by others (mode {mode & 0o7777:04o})"))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, encoding="utf-8")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _kdf_iterations(raw, env):

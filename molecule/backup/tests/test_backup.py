@@ -32,9 +32,12 @@ def test_existing_files_were_tightened_to_0600(host):
 
 
 def test_config_and_passphrase_are_readable_only_by_the_backup_user(host):
-    for path in ("/etc/infer-forge/backup-infer_forge.env", "/etc/infer-forge/backup.pass"):
-        secret = host.file(path)
-        assert secret.user == "infer" and secret.mode == 0o600, path
+    passphrase = host.file("/etc/infer-forge/backup.pass")
+    assert passphrase.user == "infer" and passphrase.mode == 0o600
+    # The config decides what runs, as root too under `sudo backup_db.sh`: only root writes it.
+    config = host.file("/etc/infer-forge/backup-infer_forge.env")
+    assert (config.user, config.group, config.mode) == ("root", "infer", 0o640)
+    assert host.run("runuser -u infer -- sh -c ': >> /etc/infer-forge/backup-infer_forge.env'").rc != 0
     assert "POSTGRES_DB=infer_forge" in host.file("/etc/infer-forge/backup-infer_forge.env").content_string
 
 
@@ -141,7 +144,7 @@ def test_compose_sidecar_runs_the_same_backup_from_its_own_cron(host):
     assert entry.split()[:6] == ["0", "2", "*", "*", "*", "infer"]
     assert "BACKUP_CONFIG=/etc/infer-forge/backup-infer_forge.env /opt/infer-forge/scripts/backup_db.sh" in entry
     config = host.file("/etc/infer-forge/sidecar/backup-infer_forge.env")
-    assert config.user == "infer" and config.mode == 0o600
+    assert (config.user, config.group, config.mode) == ("root", "infer", 0o640)
     settings = dict(line.split("=", 1) for line in config.content_string.splitlines() if "=" in line
                     and not line.startswith("#"))
     assert settings["POSTGRES_HOST"] == "db" and settings["POSTGRES_PORT"] == "5432"
