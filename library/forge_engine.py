@@ -114,6 +114,7 @@ def _packed():  # pragma: no cover - never called
         cli,
         compose,
         compress,
+        dbclient,
         drdrill,
         drill,
         errors,
@@ -137,7 +138,8 @@ def _packed():  # pragma: no cover - never called
     )
 
 
-ENGINE_MODULES = ("__init__", "backup", "catalog", "checklist", "cli", "compose", "compress", "drdrill", "drill",
+ENGINE_MODULES = ("__init__", "backup", "catalog", "checklist", "cli", "compose", "compress", "dbclient", "drdrill",
+                  "drill",
                   "errors",
                   "farside", "fsutil", "health", "metrics", "offsite", "onhost", "opensslenc", "pgconn",
                   "pitr", "pitr_offsite", "pitr_serve", "privileges", "putback", "records", "restore", "sentry",

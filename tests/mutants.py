@@ -17,6 +17,8 @@ PITR_OFFSITE = "module_utils/forge/pitr_offsite.py"
 FARSIDE = "module_utils/forge/farside.py"
 PITR = "module_utils/forge/pitr.py"
 PITR_SERVE = "module_utils/forge/pitr_serve.py"
+DBCLIENT = "module_utils/forge/dbclient.py"
+SETTINGS = "module_utils/forge/settings.py"
 
 MUTANTS = [
     {
@@ -457,5 +459,24 @@ MUTANTS = [
         "promise": "a scratch cluster never runs a command, library or file write the source's ALTER SYSTEM planted",
         "edits": [(PITR, "        chosen = dict(neutralised_settings(self.data), ", "        chosen = dict(")],
         "tests": ["tests/test_pitr_recovery.py::test_a_scratch_cluster_runs_nothing_the_source_configured_and_still_recovers"],
+    },
+    {
+        "name": "roots-client-wrapper-passes-psql-a-shell-escape",
+        "promise": "psql in the database container, run for the backup user, runs SQL and never a shell",
+        "edits": [(DBCLIENT, "        for data in restricted(chunks()):", "        for data in chunks():")],
+        "tests": ["tests/test_postgres17_container.py::"
+                  "test_a_stream_through_roots_psql_runs_sql_never_a_shell_in_the_container"],
+    },
+    {
+        "name": "roots-client-wrapper-connects-as-the-callers-role",
+        "promise": "the backup user never reaches the database container as a role root did not allow (postgres)",
+        "edits": [(DBCLIENT, "    if user not in users:", "    if not user:")],
+        "tests": ["tests/test_postgres17_container.py::test_roots_client_wrapper_refuses_any_other_invocation_in_one_line"],
+    },
+    {
+        "name": "root-reads-a-config-the-backup-user-wrote",
+        "promise": "root never takes a setting (a dump command) from a file another account can write",
+        "edits": [(SETTINGS, "            if owner.st_uid != 0:", "            if owner.st_uid < 0:")],
+        "tests": ["tests/test_privileges.py::test_root_never_takes_a_setting_from_a_file_another_account_can_write"],
     },
 ]

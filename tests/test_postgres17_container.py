@@ -6,6 +6,7 @@ A pg_dump older than the server is refused in one line that says what to do, and
 encrypted backup that the drill restores with exact counts and that the runbook's own
 `openssl | gunzip | docker exec -i <db> psql` restores too."""
 
+import json
 import os
 import re
 import socket
@@ -51,7 +52,9 @@ class Postgres17Container:
         self.port = _free_port()
 
     def start(self):
+        # Compose's labels, as `docker compose up` puts them: root's client wrapper finds it by them.
         docker("run", "-d", "--name", self.name, "-p", f"127.0.0.1:{self.port}:5432",
+                "--label", f"com.docker.compose.project={self.name}", "--label", "com.docker.compose.service=db",
                 "-e", "POSTGRES_USER=infer", "-e", "POSTGRES_PASSWORD", "-e", "POSTGRES_DB=postgres_app",
                 IMAGE, env=dict(os.environ, POSTGRES_PASSWORD=PASSWORD))
         deadline = time.monotonic() + 60
@@ -243,3 +246,103 @@ def test_a_custom_dump_restores_through_the_containers_own_pg_restore(pg17, orde
         assert table_counts(pg17, target) == expected
     finally:
         pg17.execute(f'DROP DATABASE IF EXISTS "{target}" WITH (FORCE)')
+
+
+# Root's wrapper of the container's clients (forge.dbclient), as the backup role installs it
+# for a Compose database: tested here as root runs it (sudo's part is molecule/compose's).
+
+@pytest.fixture(scope="module")
+def db_client(pg17, tmp_path_factory):
+    """The wrapper's launcher and root's settings for it, root-owned, finding pg17 by its labels."""
+    base = tmp_path_factory.mktemp("db-client")
+    os.chmod(base, 0o755)
+    config = base / "db-client.env"
+    config.write_text(f"DB_CLIENT_PROJECT={pg17.name}\nDB_CLIENT_SERVICE=db\nDB_CLIENT_USERS=infer\n")
+    os.chmod(config, 0o644)
+    launcher = base / "infer-forge-db-client"
+    # The role's template (roles/backup/templates/db-client.sh.j2) rendered for this repository.
+    template = open(os.path.join(REPO, "roles", "backup", "templates", "db-client.sh.j2")).read()
+    launcher.write_text(template.replace("{{ ansible_managed | comment }}", "#")
+                        .replace("{{ backup_user }}", "the backup user")
+                        .replace("{{ (backup_install_dir ~ '/lib') | to_json }}",
+                                 json.dumps(os.path.join(REPO, "module_utils")))
+                        .replace("{{ backup_compose_db_client_config | to_json }}", json.dumps(str(config))))
+    os.chmod(launcher, 0o755)
+    return {"launcher": str(launcher), "config": str(config)}
+
+
+def _in_container(pg17, path):
+    return docker("exec", pg17.name, "test", "-e", path, check=False).returncode == 0
+
+
+def test_a_backup_through_roots_client_wrapper_restores_exactly_with_its_psql_and_pg_restore(
+        pg17, orders17, tmp_path, db_client):
+    """The commands the role sets for Compose: backup, then drills of a plain and a custom dump."""
+    expected = table_counts(pg17, orders17)
+    rows = sum(expected.values())
+    for fmt, client in (("plain", "RESTORE_PSQL_COMMAND"), ("custom", "RESTORE_PG_RESTORE_COMMAND")):
+        backup_dir = str(tmp_path / fmt)
+        os.mkdir(backup_dir, 0o700)
+        result = run_backup_script(pg17, orders17, backup_dir, {
+            "BACKUP_DUMP_COMMAND": f"{db_client['launcher']} pg_dump", "BACKUP_FORMAT": fmt})
+        assert result.returncode == 0, result.stderr
+        [backup] = backups_in(backup_dir)
+        assert manifest_of(backup)["pg_dump_major_version"] == 17
+        tool = "psql" if fmt == "plain" else "pg_restore"
+        drill = subprocess.run([RESTORE_SCRIPT, "drill", os.path.basename(backup)], capture_output=True, text=True,
+                               timeout=300, env=_restore_env(pg17, orders17, backup_dir,
+                                                             {client: f"{db_client['launcher']} {tool}"}))
+        assert drill.returncode == 0, drill.stdout + drill.stderr
+        assert f"3 tables, {rows} rows checked" in drill.stdout
+
+
+@pytest.mark.parametrize("argv, env, reason", [
+    (["psql", "-c", "\\! touch /tmp/forge-pwned"], {}, "psql runs only as a restore reads a plain dump"),
+    (["psql", "-X", "-f", "/etc/passwd"], {}, "psql runs only as a restore reads a plain dump"),
+    (["pg_dump", "--file=/tmp/forge-pwned"], {}, "pg_dump option '--file' is not one the backup makes"),
+    (["pg_dump", "-h", "127.0.0.1"], {}, "pg_dump option '-h' is not one the backup makes"),
+    (["pg_dump", "--format=plain"], {"PGUSER": "postgres"}, "PGUSER 'postgres' is not a role this host's backups use"),
+    (["pg_restore", "--no-owner", "--no-privileges", "--exit-on-error", "--single-transaction",
+      "--dbname=dbname='x' user='postgres'"], {}, "pg_restore runs only as a restore streams into one database"),
+    (["pg_restore", "-f", "/tmp/forge-pwned"], {}, "pg_restore runs only as a restore streams into one database"),
+    (["sh", "-c", "touch /tmp/forge-pwned"], {}, "the first argument must be one of pg_dump, psql, pg_restore"),
+    (["pg_dump", "--format=plain"], {"PGOPTIONS": "-c x=1 \\; y"}, "PGOPTIONS holds something other than"),
+])
+def test_roots_client_wrapper_refuses_any_other_invocation_in_one_line(pg17, db_client, argv, env, reason):
+    result = subprocess.run([db_client["launcher"], *argv], capture_output=True, text=True, timeout=60,
+                            env={"PATH": os.environ["PATH"], "PGPASSWORD": PASSWORD, **env})
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"ERROR: infer-forge-db-client refuses: {reason}" + result.stderr.split(reason, 1)[1].rstrip("\n")]
+    assert result.stderr.rstrip().endswith("; nothing was run")
+    assert not _in_container(pg17, "/tmp/forge-pwned")
+
+
+def test_a_stream_through_roots_psql_runs_sql_never_a_shell_in_the_container(pg17, orders17, db_client):
+    """A plain dump's `\\!` (or one that tries its own \\restrict/\\unrestrict pair) fails the
+    restore inside its transaction: no file appears in the container and nothing is committed."""
+    stream = ("CREATE TABLE forge_planted (x int);\n"
+              "\\restrict abc\n\\unrestrict abc\n"
+              "\\! touch /tmp/forge-pwned\n")
+    result = subprocess.run([db_client["launcher"], "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1",
+                             "--single-transaction", "-o", "/dev/null", "-f", "-"],
+                            input=stream, capture_output=True, text=True, timeout=60,
+                            env={"PATH": os.environ["PATH"], "PGPASSWORD": PASSWORD, "PGDATABASE": orders17})
+    assert result.returncode != 0
+    assert "restricted" in result.stderr, result.stderr
+    assert not _in_container(pg17, "/tmp/forge-pwned")
+    assert pg17.execute("SELECT to_regclass('forge_planted') IS NULL", database=orders17) == [(True,)]
+
+
+def test_roots_client_wrapper_refuses_settings_anyone_else_could_write(pg17, db_client, tmp_path):
+    os.chmod(db_client["config"], 0o666)  # noqa: S103 - the loose file under test
+    try:
+        result = subprocess.run([db_client["launcher"], "pg_dump", "--version"], capture_output=True, text=True,
+                                timeout=60, env={"PATH": os.environ["PATH"]})
+    finally:
+        os.chmod(db_client["config"], 0o644)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"ERROR: config file {db_client['config']} is writable by others (mode 0666)")
+    ok = subprocess.run([db_client["launcher"], "pg_dump", "--version"], capture_output=True, text=True, timeout=60,
+                        env={"PATH": os.environ["PATH"]})
+    assert ok.returncode == 0 and "pg_dump (PostgreSQL) 17." in ok.stdout

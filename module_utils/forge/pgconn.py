@@ -10,11 +10,21 @@ CONNECT_TIMEOUT = 10
 # The secrets the engine itself reads from its environment (the runbook's POSTGRES_PASSWORD, the
 # Sentry DSN): a child tool never needs them. Others (a wrapper's cloud token) are the wrapper's.
 SECRET_VARIABLES = frozenset({"POSTGRES_PASSWORD", "SENTRY_DSN"})
+# What a tool the engine itself starts (igzip, ssh, rsync, barman, docker, logrotate) may need of ours:
+# where to find programs and files, who and where it is, its language. Nothing else passes,
+# so no secret of the runbook's (POSTGRES_PASSWORD, SENTRY_DSN, BACKUP_* settings) reaches it.
+CHILD_VARIABLES = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM"})
 
 
 def child_env():
-    """The environment for a child process: the engine's own, without its secrets."""
+    """The environment for a client the operator chose (BACKUP_DUMP_COMMAND and the like, whose
+    wrapper may need a variable of its own): the engine's own, without its secrets."""
     return {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
+
+
+def tool_env():
+    """The environment for a tool the engine itself starts: the few variables any tool needs."""
+    return {k: v for k, v in os.environ.items() if k in CHILD_VARIABLES or k.startswith("LC_")}
 
 
 class PgSettings:
@@ -191,11 +201,18 @@ def client_major_version(command):
 
 
 CONTAINER_CLIENTS = ("docker", "podman")
+# Root's wrapper (forge.dbclient), run as `sudo -n /usr/local/sbin/infer-forge-db-client pg_dump`.
+DB_CLIENT_WRAPPER = "infer-forge-db-client"
 
 
 def runs_in_container(command):
-    """True for ``docker exec ... pg_dump``-style commands: the client runs in the database's container."""
-    return bool(command) and os.path.basename(command[0]) in CONTAINER_CLIENTS
+    """True for ``docker exec ... pg_dump``-style commands and root's wrapper of them: the client
+    runs in the database's container, so it cannot read a file of this host."""
+    return bool(command) and (os.path.basename(command[0]) in CONTAINER_CLIENTS or _through_wrapper(command))
+
+
+def _through_wrapper(command):
+    return any(os.path.basename(word) == DB_CLIENT_WRAPPER for word in command[:4])
 
 
 def with_container_env(command):
@@ -204,8 +221,8 @@ def with_container_env(command):
     PGHOST and PGPORT stay behind: they say where this host reaches the server (a published
     port, a Compose network name), while a client inside the database container reaches it
     through the container's own socket. PGPASSFILE stays behind too: the file is on this host."""
-    if not runs_in_container(command):
-        return list(command)
+    if not runs_in_container(command) or _through_wrapper(command):
+        return list(command)  # the wrapper hands the container the libpq variables itself
     names = ["PGUSER", "PGDATABASE", "PGPASSWORD", "PGCONNECT_TIMEOUT", "PGAPPNAME", "PGOPTIONS"]
     exec_at = command.index("exec") + 1 if "exec" in command else 1
     forwarded = [arg for name in names for arg in ("-e", name)]

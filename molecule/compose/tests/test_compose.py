@@ -1,6 +1,7 @@
 """The backup story against PostgreSQL 17 in Docker Compose, on a Debian 13 host that the
 deploy reached as the unprivileged `deploy` user: the stack runs, the host's cron entry
-dumps through `docker exec` into the db container, the sidecar's own cron dumps from
+dumps with the db container's own pg_dump through root's client wrapper (the backup user has
+no Docker socket), the sidecar's own cron dumps from
 beside it, the drill restores each with exact counts, the runbook's manual restore
 works through `docker exec -i <db> psql`, and health and the exporters reach the services.
 """
@@ -22,6 +23,7 @@ ROOT = "/srv/infer-forge-molecule-compose"
 BACKUPS = f"{ROOT}/backups"
 PROJECT = "forge-compose"
 SAMPLE = {"public.customers": 200, "public.orders": 5000}
+CLIENT = "/usr/local/sbin/infer-forge-db-client"
 
 
 def db_container(host):
@@ -51,15 +53,46 @@ def test_ansible_connects_as_the_unprivileged_deploy_user_and_becomes_root_only_
     assert become.returncode == 0 and become.stdout.strip().endswith("root"), become.stdout + become.stderr
 
 
-def test_the_role_derived_the_docker_exec_clients_from_the_project(host):
+def test_the_role_derived_the_container_clients_from_the_project(host):
     config = host.file(f"{ROOT}/etc/backup-infer_forge.env")
-    assert config.user == "infer" and config.mode == 0o600
+    assert (config.user, config.mode) == ("root", 0o640)
     lines = [entry for entry in host.check_output(f"cat {ROOT}/etc/backup-infer_forge.env").splitlines()
              if entry.startswith(("BACKUP_DUMP_COMMAND=", "RESTORE_"))]
-    container = db_container(host)
-    assert lines == [f"BACKUP_DUMP_COMMAND=docker exec -i {container} pg_dump",
-                     f"RESTORE_PSQL_COMMAND=docker exec -i {container} psql",
-                     f"RESTORE_PG_RESTORE_COMMAND=docker exec -i {container} pg_restore"]
+    assert lines == [f"BACKUP_DUMP_COMMAND=sudo -n {CLIENT} pg_dump",
+                     f"RESTORE_PSQL_COMMAND=sudo -n {CLIENT} psql",
+                     f"RESTORE_PG_RESTORE_COMMAND=sudo -n {CLIENT} pg_restore"]
+
+
+def test_the_backup_user_is_not_root_through_the_docker_socket(host):
+    """The review's finding: production put the backup user in the Docker socket's group, and
+    `docker run -v /:/h` is a root shell. Now it has no docker group, the socket refuses it,
+    and sudo gives it root's client wrapper alone, which runs nothing but the engine's calls."""
+    groups = host.check_output("id -nG infer").split()
+    socket_group = host.check_output("stat -c %G /var/run/docker.sock")
+    assert socket_group not in groups and "docker" not in groups, groups
+    as_infer = "runuser -u infer -- "
+    for attempt in ("docker run --rm -v /:/h infer-forge-stack:latest true",
+                    f"docker inspect --format '{{{{json .Config.Env}}}}' {db_container(host)}",
+                    f"docker exec {db_container(host)} true"):
+        result = host.run(as_infer + attempt)
+        assert result.rc != 0 and "permission denied" in result.stderr.lower(), (attempt, result.stderr)
+    # sudo allows the wrapper, and nothing else: not docker, not a shell.
+    for command in ("sudo -n docker ps", "sudo -n /bin/sh -c id", "sudo -n -u postgres true"):
+        result = host.run(as_infer + command)
+        assert result.rc != 0 and "password is required" in result.stderr, (command, result.stderr)
+    # The wrapper itself runs no other invocation, and never as a role of the caller's choosing.
+    for command, reason in (
+            ("psql -c '\\! id'", "psql runs only as a restore reads a plain dump"),
+            ("pg_dump --file=/tmp/forge-pwned", "pg_dump option '--file'"),
+            ("pg_dump --format=plain", "PGUSER 'postgres' is not a role")):
+        result = host.run(f"{as_infer} env PGUSER=postgres sudo -n {CLIENT} {command}"
+                          if "PGUSER" in reason else f"{as_infer} sudo -n {CLIENT} {command}")
+        assert result.rc == 2 and reason in result.stderr and result.stderr.rstrip().endswith("nothing was run"), \
+            (command, result.stderr)
+    sudoers = host.file("/etc/sudoers.d/infer-forge-db-client")
+    assert (sudoers.user, sudoers.mode) == ("root", 0o440)
+    rules = [line for line in sudoers.content_string.splitlines() if line and not line.startswith(("#", "Defaults"))]
+    assert rules == [f"infer ALL=(root) NOPASSWD: {CLIENT}"]
 
 
 def test_the_operating_playbooks_back_up_and_drill_a_custom_dump_through_the_container(host):
@@ -105,7 +138,7 @@ def _run_host_cron_job(host):
     return result
 
 
-def test_the_host_cron_entry_dumps_through_docker_exec_and_the_drill_restores_it_exactly(host):
+def test_the_host_cron_entry_dumps_through_the_containers_client_and_the_drill_restores_it_exactly(host):
     result = _run_host_cron_job(host)
     assert result.rc == 0, result.stdout + result.stderr
     [started] = re.findall(r"^Starting backup: (\S+)$", result.stdout, re.MULTILINE)
