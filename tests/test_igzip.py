@@ -115,3 +115,25 @@ def test_an_igzip_that_fails_mid_dump_fails_the_backup_and_leaves_the_directory_
     assert directory_contents(backup_dir) == before
     assert os.path.exists(good)
     assert not subprocess.run(["pgrep", "-f", str(broken)], capture_output=True).stdout
+
+
+def test_igzip_gets_no_secret_of_the_engines_environment(tmp_path, monkeypatch):
+    """The review's finding: igzip inherited POSTGRES_PASSWORD and SENTRY_DSN. A tool the engine
+    starts gets the few variables any tool needs (PATH, HOME, the locale), nothing else."""
+    record = tmp_path / "environ"
+    program = tmp_path / "igzip"
+    program.write_text(f"#!/bin/sh\nenv > {record}\nexec /usr/bin/igzip \"$@\"\n")
+    program.chmod(0o755)
+    for name, value in (("POSTGRES_PASSWORD", "pg-secret"), ("SENTRY_DSN", "https://k@sentry.invalid/1"),
+                        ("BACKUP_PASSPHRASE", "passphrase-secret"), ("PGPASSWORD", "libpq-secret"),
+                        ("LC_ALL", "C.UTF-8")):
+        monkeypatch.setenv(name, value)
+    compressor = compress.IsalGzip(str(program), 4, 1)
+    data = compressor.feed(b"rows " * 1000) + compressor.finish()
+    import gzip
+
+    assert gzip.decompress(data) == b"rows " * 1000
+    seen = dict(line.split("=", 1) for line in record.read_text().splitlines() if "=" in line)
+    assert not {"POSTGRES_PASSWORD", "SENTRY_DSN", "BACKUP_PASSPHRASE", "PGPASSWORD"} & set(seen), sorted(seen)
+    assert "secret" not in record.read_text()
+    assert seen["LC_ALL"] == "C.UTF-8" and seen["PATH"] == os.environ["PATH"]

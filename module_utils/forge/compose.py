@@ -6,6 +6,7 @@ import json
 import subprocess
 
 from .errors import ForgeError, last_line
+from .pgconn import tool_env
 
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
@@ -13,7 +14,8 @@ SERVICE_LABEL = "com.docker.compose.service"
 
 def _docker(args, timeout=30):
     try:
-        proc = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=False)
+        proc = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=False,
+                              env=tool_env())
     except FileNotFoundError:
         raise ForgeError("docker not found on this host (Debian: docker-cli or docker.io)") from None
     except subprocess.TimeoutExpired:

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .errors import ForgeError
 from .fsutil import trusted_program
+from .pgconn import tool_env
 
 CHUNK_SIZE = 1 << 20
 # Linux's F_SETPIPE_SZ (the fcntl module names it from Python 3.10 on).
@@ -127,7 +128,8 @@ class IsalGzip:
         self._out = collections.deque()
         self._lock = threading.Lock()
         self._proc = subprocess.Popen([program, "-c", f"-{self.level}", "-T", str(self.workers)],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      env=tool_env())
         enlarge_pipe(self._proc.stdin.fileno())
         enlarge_pipe(self._proc.stdout.fileno())
         self._reader = threading.Thread(target=self._collect, name="igzip-out", daemon=True)

@@ -29,6 +29,7 @@ from . import metrics, sentry
 from .catalog import CHECKSUM_SUFFIX, MANIFEST_SUFFIX, TrustPolicy, file_stem, parse_name, scan
 from .errors import ForgeError, last_line
 from .fsutil import ensure_private_dir, fsync_dir, read_json_object, write_atomic
+from .pgconn import tool_env
 from .records import OFFSITE_METRIC_PREFIX as METRIC_PREFIX
 from .records import offsite_metrics_filename, offsite_state_path
 from .signing import load_passphrase
@@ -212,7 +213,7 @@ class SshTarget:
     def _gate(self, verb, what):
         argv = self._ssh_argv() + [self.userhost, f"infer-forge {verb}"]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=self.options.ssh_timeout + 3600,
-                              check=False)
+                              check=False, env=tool_env())
         if proc.returncode == 255:
             raise ForgeError(f"ssh to {self.userhost} failed while {what}: {last_line(proc.stderr)}")
         if proc.returncode != 0:
@@ -251,7 +252,7 @@ class SshTarget:
         argv = ["rsync", "--times", "--perms", "--chmod=D0700,F0600", "--ignore-existing",
                 f"--timeout={self.options.ssh_timeout + 60}", "-e", shlex.join(self._ssh_argv()),
                 *paths, f"{self.userhost}:"]  # the gate decides where uploads land
-        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False, env=tool_env())
         if proc.returncode != 0:
             raise ForgeError(f"rsync to {self.describe()} failed (exit {proc.returncode}): {last_line(proc.stderr)}")
 
