@@ -26,6 +26,7 @@ description:
     from O(serve_client) only, SCRAM; the Barman host never sees a password of the database. C(forge_putback) on
     the database host pulls it into the Compose db service's volume (C(playbooks/dr_restore.yml)).
   - O(mode=remove) stops and removes the scratch cluster in O(data_directory).
+  - Runs as the Barman user (C(become_user: barman)); as root it fails in one line and changes nothing.
   - O(mode=rejoin), after a put-back, makes Barman stream from the server on its new timeline. The receiver is
     stopped, the WAL it received on the old timeline and did not file is moved to a forensics directory beside
     Barman's home (never deleted), the slot is created, the receiver starts at the new server's position, a WAL
@@ -289,6 +290,8 @@ already_there:
   returned: mode is offsite_restore
 """
 
+import os
+
 from ansible.module_utils.basic import AnsibleModule
 
 try:
@@ -432,6 +435,11 @@ def main():
                            mutually_exclusive=[("target_time", "target_name")])
     if ENGINE_IMPORT_ERROR is not None:
         module.fail_json(msg=f"forge engine not importable: {ENGINE_IMPORT_ERROR}")
+    if os.geteuid() == 0:
+        # As root, Barman's catalog and WAL would gain root-owned files barman cannot read, and a
+        # scratch PostgreSQL would start from root's session with a configuration from the source.
+        module.fail_json(msg="forge_pitr runs as the Barman user (become: true, become_user: barman), never as root; "
+                             "nothing was changed")
     try:
         result = PitrModule(module).run()
     except ForgeError as exc:

@@ -94,13 +94,15 @@ class ModuleRunner:
     def __init__(self, workdir):
         self.workdir = workdir
 
-    def __call__(self, module, args, check=False, diff=False, extra_env=None):
+    def __call__(self, module, args, check=False, diff=False, extra_env=None, become_user=None):
         playbook = os.path.join(self.workdir, "play.yml")
+        task = {"name": "run", module: args}
+        if become_user:
+            # su, since this machine has no sudo; -s: a system account's shell is nologin.
+            task.update(become=True, become_user=become_user, become_method="ansible.builtin.su",
+                        become_flags="-s /bin/sh")
         with open(playbook, "w") as handle:
-            json.dump([{
-                "hosts": "localhost", "gather_facts": False,
-                "tasks": [{"name": "run", module: args}],
-            }], handle)
+            json.dump([{"hosts": "localhost", "gather_facts": False, "tasks": [task]}], handle)
         inventory = os.path.join(self.workdir, "inventory.ini")
         with open(inventory, "w") as handle:
             handle.write(f"localhost ansible_connection=local ansible_python_interpreter={HOST_PYTHON}\n")

@@ -476,3 +476,30 @@ def test_the_slot_says_how_much_wal_it_may_still_hold_and_when_it_lost_some(pg):
         pg.execute("SELECT pg_reload_conf()")
     assert slot_health(conninfo, slot) is None  # no such slot
     assert slot_health("host=127.0.0.1 port=1 connect_timeout=1", slot) is None  # no server
+
+
+@pytest.mark.parametrize("target, value", [
+    ("name", "x'\nrestore_command = 'touch /tmp/forge-pwned'\n#"),
+    ("name", "before migration\\' 42"),
+    ("name", "x" * 64),
+    ("time", "2026-12-07 10:00:00'\nrecovery_end_command = 'id'"),
+    ("time", "2026-12-07 10:00:00" + " " * 60),
+])
+def test_a_recovery_target_that_could_reach_the_scratch_configuration_is_refused(tmp_path, target, value):
+    """Barman writes the target into the scratch cluster's postgresql.auto.conf, between quotes:
+    a quote, backslash or line break in it would add a setting of the caller's (a command)."""
+    options = PitrOptions("infer-forge", scratch_root=str(tmp_path / "scratch"))
+    with pytest.raises(ForgeError) as caught:
+        PitrRecovery(options, None).recover(target, value)
+    assert caught.value.message.endswith("; nothing was changed"), caught.value.message
+    assert "\n" not in caught.value.message
+    assert not (tmp_path / "scratch").exists()
+
+
+def test_a_restore_point_named_by_the_app_with_spaces_is_still_a_target(tmp_path):
+    """pg_create_restore_point('before migration 42') is the app's to name: the check refuses only
+    what could leave the quotes, so the recovery goes on to Barman (absent here)."""
+    from forge.pitr import check_target
+
+    assert check_target("name", "before migration 42") == "before migration 42"
+    assert check_target("time", "2026-12-07T10:00:00+00:00") == "2026-12-07T10:00:00+00:00"

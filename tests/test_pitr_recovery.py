@@ -263,12 +263,28 @@ def test_a_replay_that_ends_in_a_fatal_is_one_line_quoting_it_and_keeps_the_dire
     assert lab.scratch_dirs("removed") == []
 
 
-def test_the_module_reports_an_unexpected_failure_in_one_line_without_a_traceback(run_module, tmp_path):
-    blocker = tmp_path / "not-a-directory"
-    blocker.write_text("a file where the scratch root should be\n")
-    result = run_module("forge_pitr", {"mode": "recover", "scratch_root": str(blocker / "scratch")})
+def test_the_module_refuses_to_run_as_root_in_one_line(run_module, tmp_path):
+    """As root, a recovery would leave root-owned files in Barman's home and run a scratch
+    PostgreSQL from root's session: the module runs as the barman user (become_user: barman)."""
+    assert os.geteuid() == 0, "make test runs as root"
+    scratch = tmp_path / "scratch"
+    result = run_module("forge_pitr", {"mode": "recover", "scratch_root": str(scratch)})
     assert result.get("failed") is True
-    assert result["msg"] == f"forge_pitr recover stopped: Not a directory: {blocker / 'scratch'}", result["msg"]
+    assert result["msg"] == ("forge_pitr runs as the Barman user (become: true, become_user: barman), never as "
+                             "root; nothing was changed"), result["msg"]
+    assert not scratch.exists()
+
+
+def test_the_module_reports_an_unexpected_failure_in_one_line_without_a_traceback(run_module, shared_tmp):
+    blocker = os.path.join(shared_tmp, "not-a-directory")
+    with open(blocker, "w") as handle:
+        handle.write("a file where the scratch root should be\n")
+    workdir = os.path.join(shared_tmp, "play")
+    os.mkdir(workdir)
+    result = run_module.__class__(workdir)("forge_pitr", {"mode": "recover", "scratch_root": f"{blocker}/scratch"},
+                                           become_user="postgres")
+    assert result.get("failed") is True
+    assert result["msg"] == f"forge_pitr recover stopped: Not a directory: {blocker}/scratch", result["msg"]
     # A crash would show as MODULE FAILURE with the traceback in module_stderr.
     assert "module_stderr" not in result and "Traceback" not in result["_raw"]
 

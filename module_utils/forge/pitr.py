@@ -273,6 +273,19 @@ def check_server_config(path, barman_home="/var/lib/barman", barman_command=None
     return said
 
 
+def check_target(target, value):
+    """``value`` when Barman may write it as the recovery target into the scratch cluster's
+    postgresql.auto.conf (between single quotes): printable, no quote, backslash or line break
+    that could end the quotes and add a setting (a command) of the caller's, and no longer than
+    PostgreSQL keeps (restore point names: 63 bytes). Names the app chose (spaces and all) pass."""
+    limit = 63 if target == "name" else 64
+    if (not value or len(value.encode()) > limit or any(ch in value for ch in "'\\")
+            or any(not ch.isprintable() for ch in value)):
+        raise ForgeError(f"a recovery target {target} must be 1-{limit} printable characters without a quote or "
+                         f"backslash, got {value[:80]!r}; nothing was changed")
+    return value
+
+
 def create_restore_point(settings, name, lock_timeout=5):
     """A named restore point at which every user table's row count is known exactly, with
     the app's writers held for milliseconds, not for the length of the counts.
@@ -835,6 +848,8 @@ class PitrRecovery:
             raise ForgeError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
         if target != "latest" and not value:
             raise ForgeError(f"a recovery to a {target} needs its value")
+        if target != "latest":
+            check_target(target, value)
         if target == "time":
             self.check_time_reachable(value)
         to = f"{target} {value}" if value else target
