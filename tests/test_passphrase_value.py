@@ -89,3 +89,24 @@ def test_an_empty_value_falls_back_to_the_file_and_with_neither_encryption_is_re
     assert BackupOptions(backup_dir=str(tmp_path), passphrase="").encrypt is False
     with pytest.raises(ForgeError, match="encryption is on but no passphrase file is configured"):
         BackupOptions(backup_dir=str(tmp_path), passphrase="", encrypt=True).validate()
+
+
+@pytest.mark.parametrize("door", ["value", "file"])
+def test_a_new_backup_with_a_passphrase_under_20_characters_is_refused_and_writes_nothing(
+        pg, sample_db, tmp_path, door):
+    """A short passphrase is guessed offline from any stolen copy, whatever the KDF: no new
+    backup is written with one. Reading old backups made with one still works (restores)."""
+    backup_dir = str(tmp_path / "backups")
+    short = "nineteen characters"[:19]
+    if door == "file":
+        path = tmp_path / "short.pass"
+        path.write_text(short + "\n")
+        path.chmod(0o600)
+        options = BackupOptions(backup_dir=backup_dir, passphrase_file=str(path))
+    else:
+        options = BackupOptions(backup_dir=backup_dir, passphrase=short)
+    with pytest.raises(ForgeError) as caught:
+        BackupRunner(options, settings(pg, sample_db)).run()
+    assert caught.value.message == ("the backup passphrase has 19 characters; a new backup needs at least 20 (make "
+                                    "one with: openssl rand -base64 48); nothing was written")
+    assert not os.path.exists(backup_dir) or os.listdir(backup_dir) == []

@@ -908,12 +908,12 @@ def test_a_version_1_manifest_is_restored_by_name_only_and_its_hmac_is_checked(p
 def test_an_old_backup_made_before_the_crlf_rule_still_restores(pg, live, backup_dir, tmp_path):
     """The old reader dropped a trailing CR from the passphrase file; openssl keeps it."""
     stripped = tmp_path / "stripped.pass"
-    stripped.write_text("secret\n")
+    stripped.write_text("an old backup secret\n")
     stripped.chmod(0o600)
     path = take_backup(pg, live, backup_dir, backup_passphrase_file=str(stripped))
-    _as_version_1(path, passphrase="secret")
+    _as_version_1(path, passphrase="an old backup secret")
     crlf = tmp_path / "crlf.pass"
-    crlf.write_bytes(b"secret\r\n")
+    crlf.write_bytes(b"an old backup secret\r\n")
     crlf.chmod(0o600)
     report = restore(pg, backup_dir, "t_crlf", path=path, database=live, passphrase_file=str(crlf))
     assert report["checks"]["hmac"] == "passed"
@@ -977,7 +977,8 @@ def test_a_commit_inside_the_dump_never_reaches_an_empty_target(pg, backup_dir):
 # -- passphrase files, exactly as openssl reads them ---------------------------------------------------------
 
 @pytest.mark.parametrize("content", [
-    b"secret\r\n", b"secret", b"secret  \n", b"first line\nsecond line\n", b"x" * 1500 + b"\n",
+    b"twenty characters ok\r\n", b"twenty characters ok", b"twenty characters ok  \n",
+    b"the first line is it\nsecond line\n", b"x" * 1500 + b"\n",
 ], ids=["crlf", "no-newline", "trailing-spaces", "several-lines", "longer-than-openssl-reads"])
 def test_passphrase_files_mean_the_same_to_us_and_to_openssl(pg, live, backup_dir, tmp_path, content):
     pass_file = tmp_path / "backup.pass"

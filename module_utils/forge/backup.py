@@ -140,6 +140,7 @@ class BackupRunner:
         try:
             # The passphrase encrypts (when encryption is on) and signs the manifest.
             self.passphrase = signing.load_passphrase(self.options.passphrase, self.options.passphrase_file)
+            signing.require_strength(self.passphrase)
             note = None if check_mode else ensure_private_dir(self.options.backup_dir)
             if check_mode and not os.path.isdir(self.options.backup_dir):
                 ensure_private_dir(self.options.backup_dir, create=False)

@@ -90,6 +90,19 @@ def passphrase_bytes(value):
     return raw
 
 
+MIN_PASSPHRASE_LENGTH = 20
+
+
+def require_strength(passphrase):
+    """A new backup is never encrypted or signed with a passphrase short enough to guess offline
+    from a stolen copy (old backups made with one still restore: only writing checks this)."""
+    if passphrase is not None:
+        length = len(passphrase.decode("utf-8", "replace"))
+        if length < MIN_PASSPHRASE_LENGTH:
+            raise ForgeError(f"the backup passphrase has {length} characters; a new backup needs at least "
+                             f"{MIN_PASSPHRASE_LENGTH} (make one with: openssl rand -base64 48); nothing was written")
+
+
 _KEYS = {}
 
 
