@@ -130,3 +130,18 @@ def test_the_backup_role_refuses_offsite_over_ssh_without_a_host_key(tmp_path, h
     assert REFUSAL in result.stdout, result.stdout[-3000:]
     failed = [line for line in result.stdout.splitlines() if line.startswith("fatal:")]
     assert len(failed) == 1 and "changed=0" in result.stdout.split("PLAY RECAP")[-1], result.stdout[-3000:]
+
+
+def test_the_role_renders_the_known_hosts_file_whole_so_no_other_key_survives(sshd, encrypted_backup, backup_dir,
+                                                                              tmp_path):
+    """The review's finding: the role only appended the NAS's key, so a key pinned earlier (an old
+    NAS, or one planted under another name or as a wildcard) stayed trusted. The file is now
+    exactly the one line of the given key."""
+    known_hosts = tmp_path / "offsite_known_hosts"
+    planted = other_host_key(tmp_path)
+    known_hosts.write_text(f"* {planted}\n[{sshd.host}]:{sshd.port} {planted}\nold-nas.example.invalid {planted}\n")
+    result, known_hosts = pin(tmp_path, sshd, sshd_host_key(sshd))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert known_hosts.read_text() == f"[{sshd.host}]:{sshd.port} {sshd_host_key(sshd)}\n"
+    again, _ = pin(tmp_path, sshd, sshd_host_key(sshd))
+    assert again.returncode == 0 and "changed=0" in again.stdout.split("PLAY RECAP")[-1], again.stdout[-2000:]
