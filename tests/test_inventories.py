@@ -123,3 +123,30 @@ def test_a_host_in_both_backup_and_pitr_keeps_each_roles_report_directory_apart(
         for host, variables in hostvars(inventory).items():
             if "pitr_report_dir" in variables and "backup_report_dir" in variables:
                 assert variables["pitr_report_dir"] != variables["backup_report_dir"], (inventory, host)
+
+
+def _groups(inventory):
+    listing = ansible("ansible-inventory", "-i", os.path.join(REPO, "inventories", inventory), "--list")
+
+    def hosts(group):
+        entry = listing.get(group, {})
+        found = set(entry.get("hosts", []))
+        for child in entry.get("children", []):
+            found |= hosts(child)
+        return found
+
+    return hosts, listing["_meta"]["hostvars"]
+
+
+@pytest.mark.parametrize("inventory", ["production", "staging", "lab"])
+def test_the_barman_host_is_monitored_in_every_inventory_with_only_what_runs_there(inventory):
+    """The review's finding: production's Barman host was not in `monitored`, so node_exporter never
+    read its PITR metrics and every PITR alert (slot, streaming, drill, off-site) had no data there.
+    It is monitored everywhere; a Barman host that is not also a db host runs no postgres, redis
+    or blackbox exporter (it has no such service to watch)."""
+    hosts, variables = _groups(inventory)
+    assert hosts("pitr"), f"{inventory} has no Barman host"
+    assert hosts("pitr") <= hosts("monitored"), f"{inventory}: {hosts('pitr') - hosts('monitored')} not monitored"
+    for host in hosts("pitr") - hosts("db"):
+        for exporter in ("postgres", "redis", "blackbox"):
+            assert variables[host].get(f"exporters_{exporter}_enabled") in FALSE, (inventory, host, exporter)
