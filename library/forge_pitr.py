@@ -26,7 +26,7 @@ description:
     from O(serve_client) only, SCRAM; the Barman host never sees a password of the database. C(forge_putback) on
     the database host pulls it into the Compose db service's volume (C(playbooks/dr_restore.yml)).
   - O(mode=remove) stops and removes the scratch cluster in O(data_directory).
-  - Runs as the Barman user (C(become_user: barman)); as root it fails in one line and changes nothing.
+  - Runs as the Barman user (C(become_user=barman)); as root it fails in one line and changes nothing.
   - O(mode=rejoin), after a put-back, makes Barman stream from the server on its new timeline. The receiver is
     stopped, the WAL it received on the old timeline and did not file is moved to a forensics directory beside
     Barman's home (never deleted), the slot is created, the receiver starts at the new server's position, a WAL

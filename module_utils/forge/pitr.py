@@ -509,6 +509,7 @@ class ScratchCluster:
         self.port = options.scratch_port
         self.stager = None
         self.started = False
+        self._owner = None
 
     def prepare(self):
         root = self.options.scratch_root
@@ -667,8 +668,16 @@ class ScratchCluster:
         return psycopg.connect(host=self.socket_dir, port=self.port, dbname=database,
                                user=user or self.options.login_user, autocommit=True, connect_timeout=10)
 
+    def connect_as_owner(self, database):
+        """The copy's bootstrap superuser, on the copy's own socket (trust, ours alone): the drill's
+        login on the live server is no superuser, and amcheck needs one in the copy."""
+        if self._owner is None:
+            with self.connect("postgres") as conn:
+                [self._owner] = conn.execute("SELECT rolname FROM pg_roles WHERE oid = 10").fetchone()
+        return self.connect(database, user=self._owner)
+
     def counts(self, database):
-        with self.connect(database) as conn:
+        with self.connect_as_owner(database) as conn:
             cursor = conn.cursor()
             return count_rows(cursor, user_tables(cursor))
 
@@ -945,7 +954,7 @@ class PitrRecovery:
             result["tables_checked"] = len(point["counts"])
             result["rows_checked"] = sum(actual.get(t, 0) for t in point["counts"])
             if self.options.amcheck and not problems:
-                with scratch.connect(database) as conn:
+                with scratch.connect_as_owner(database) as conn:
                     try:
                         result["indexes_checked"] = check_btree_indexes(conn)
                         result["checks"]["amcheck"] = "passed"

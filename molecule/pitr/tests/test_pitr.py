@@ -86,6 +86,41 @@ def test_the_replication_login_has_no_superuser_and_its_password_is_not_in_barma
     assert pgpass.user == "barman" and pgpass.mode == 0o600
 
 
+def test_the_replication_login_is_accepted_from_the_barman_host_alone(host):
+    """The review's finding: `host replication barman all` let anyone with the login's password
+    stream the whole database from anywhere. The pg_hba line names the Barman host's address:
+    the same login and password from another host on the same network (the NAS) is refused."""
+    hba = sql(host, "SELECT type, address, netmask, auth_method FROM pg_hba_file_rules "
+                    "WHERE 'replication' = ANY(database) AND 'barman' = ANY(user_name)").splitlines()
+    address = host.check_output("hostname -I").split()[0]
+    assert hba == [f"host|{address}|255.255.255.255|scram-sha-256"], hba
+    probe = ("PGPASSWORD=pitr-replication-password psql -X -At "
+             "'host=db user=barman dbname=postgres replication=database connect_timeout=5' -c IDENTIFY_SYSTEM")
+    from_barman = host.run(probe)
+    assert from_barman.rc == 0, from_barman.stderr
+    from_nas = ansible("pitr-nas", "-m", "ansible.builtin.command", "-a",
+                       probe.replace("PGPASSWORD=", "env PGPASSWORD="))
+    assert from_nas.returncode != 0
+    assert "no pg_hba.conf entry for replication connection" in from_nas.stdout, from_nas.stdout
+
+
+def test_the_drill_login_is_no_superuser_and_the_barman_host_holds_no_superuser_password(host):
+    """The review's finding: the drill logged in as `infer`, the database's superuser, so the Barman
+    host held a password that owns the database. Its own login reads, locks and creates restore
+    points, and can change nothing; the superuser's password is in none of barman's files."""
+    assert sql(host, "SELECT rolsuper, rolcreaterole, rolcreatedb, rolreplication FROM pg_roles "
+                     "WHERE rolname = 'infer_forge_pitr_drill'") == "f|f|f|f"
+    login = "PGPASSWORD=pitr-drill-password psql -X -At -h db -U infer_forge_pitr_drill -d infer_forge"
+    assert host.run(login + " -c 'SELECT count(*) > 0 FROM orders'").stdout.strip() == "t"  # noqa: S608 - fixed text
+    for statement in ("DELETE FROM orders", "ALTER ROLE infer_forge_pitr_drill SUPERUSER",
+                      "COPY orders TO PROGRAM 'id'"):
+        refused = host.run(f"{login} -c \"{statement}\"")
+        assert refused.rc != 0 and "permission denied" in refused.stderr, (statement, refused.stderr)
+    held = host.run("grep -rlF pitr-db-password /var/lib/barman /etc/barman.conf /etc/barman.d "
+                    "/etc/infer-forge/pitr.env /etc/cron.d")
+    assert held.stdout.strip() == "", held.stdout
+
+
 def test_barman_itself_rejects_a_server_file_it_cannot_use_in_one_line(host):
     host.check_output("printf '[bad]\\nconninfo = host=db\\nbackup_method = rsnyc\\n' > /tmp/bad-server.conf")
     checked = host.run("/opt/infer-forge/scripts/forge pitr check-config /tmp/bad-server.conf")
