@@ -479,4 +479,24 @@ MUTANTS = [
         "edits": [(SETTINGS, "            if owner.st_uid != 0:", "            if owner.st_uid < 0:")],
         "tests": ["tests/test_privileges.py::test_root_never_takes_a_setting_from_a_file_another_account_can_write"],
     },
+    {
+        "name": "a-recovery-target-leaves-its-quotes",
+        "promise": "a recovery target never adds a setting (a command) to the scratch cluster's configuration",
+        "edits": [(PITR, "            check_target(target, value)\n", "")],
+        "tests": ["tests/test_pitr_engine.py::test_a_recovery_target_that_could_reach_the_scratch_configuration_is_refused"],
+    },
+    {
+        "name": "a-short-passphrase-writes-a-backup",
+        "promise": "no new backup is written with a passphrase under 20 characters",
+        "edits": [(BACKUP, "            signing.require_strength(self.passphrase)\n", "")],
+        "tests": ["tests/test_passphrase_value.py::"
+                  "test_a_new_backup_with_a_passphrase_under_20_characters_is_refused_and_writes_nothing"],
+    },
+    {
+        "name": "igzip-inherits-the-engines-secrets",
+        "promise": "a tool the engine starts never sees POSTGRES_PASSWORD, SENTRY_DSN or another setting",
+        "edits": [("module_utils/forge/compress.py", "                                      env=tool_env())",
+                   "                                      env=None)")],
+        "tests": ["tests/test_igzip.py::test_igzip_gets_no_secret_of_the_engines_environment"],
+    },
 ]

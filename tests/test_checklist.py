@@ -546,3 +546,28 @@ def test_item_4_names_the_dr_drill_where_it_ran_and_warns_once_it_failed_or_is_s
     alone = check(4, databases=["shop"], report_dir=str(tmp_path), textfile_dir=str(tmp_path),
                   dr_drill_report_dir=str(tmp_path / "none"))
     assert alone["evidence"] == ["shop: no passed restore drill on record; last drill failed: row counts differ"]
+
+
+@pytest.mark.parametrize("planted", ["fifo", "link to a root file"])
+def test_item_12_never_hangs_on_or_follows_what_barman_planted_for_its_status(tmp_path, planted):
+    """The review's finding: item 12, run as root, opened the barman-writable status file with a
+    plain open(), and a FIFO under its name hung the checklist. It reads it as every record:
+    never through a link, never from a FIFO, at most 1 MB; and says it found nothing usable."""
+    import threading
+
+    write_pitr_records(tmp_path)
+    prom = tmp_path / "infer_forge_pitr_infer-forge.prom"
+    prom.unlink()
+    if planted == "fifo":
+        os.mkfifo(prom)
+    else:
+        secret = tmp_path / "root-only"
+        secret.write_text('infer_forge_pitr_check_failed{server="infer-forge",check="root secret"} 1\n')
+        os.symlink(secret, prom)
+    outcome = {}
+    worker = threading.Thread(target=lambda: outcome.update(pitr_check(tmp_path)), daemon=True)
+    worker.start()
+    worker.join(20)
+    assert not worker.is_alive(), "item 12 hangs on a FIFO planted under the PITR status file"
+    assert outcome["status"] == "FAIL"
+    assert not any("root secret" in line for line in outcome["evidence"]), outcome["evidence"]

@@ -22,7 +22,7 @@ import urllib.request
 from . import compose, metrics, records
 from .catalog import TrustPolicy, file_stem, scan
 from .errors import ForgeError, last_line
-from .fsutil import read_json_object
+from .fsutil import read_json_object, read_small_file
 from .pitr_offsite import CHECK_PREFIX, COPY_PREFIX, check_metrics_filename, copy_metrics_filename, state_path
 from .sentry import Dsn
 from .settings import read_env_file
@@ -145,17 +145,14 @@ def report(hosts, groups, fixes, full_run, environment, settings=None, now=None)
 
 
 def _labelled(path, name, label):
-    """The values of ``label`` of every sample of metric ``name`` in a textfile."""
+    """The values of ``label`` of every sample of metric ``name`` in a textfile. Read as every
+    record others write (read_small_file): the checklist runs as root and barman writes this."""
     found = []
-    try:
-        with open(path) as handle:
-            for line in handle:
-                if line.startswith(name + "{"):
-                    match = re.search(label + r'="([^"]*)"', line)
-                    if match:
-                        found.append(match.group(1))
-    except OSError:
-        return []
+    for line in (read_small_file(path) or "").splitlines():
+        if line.startswith(name + "{"):
+            match = re.search(label + r'="([^"]*)"', line)
+            if match:
+                found.append(match.group(1))
     return found
 
 
