@@ -40,6 +40,11 @@ description:
   - O(mode=offsite_restore), on a rebuilt Barman host, restores O(offsite_snapshot) from that repository (every
     file read back and verified) and moves its WAL and base backups into Barman's own catalog, only where no file
     of that name is; a snapshot of another PostgreSQL system is refused.
+  - O(mode=offsite_prune) runs on the NAS, as the repository directory's owner (C(become_user=restic-rest-server)),
+    on O(offsite_repository) as a directory there; it forgets the snapshots older than O(offsite_keep_days) by the
+    NAS's clock (never the O(offsite_keep_last) newest, and never counting one dated in the future) and prunes the
+    data only they held, so an erasure reaches the off-site copy within that window. The Barman hosts, whose
+    rest-server logins are append-only, cannot.
 version_added: "0.2.0"
 author:
   - Infer DevOps <devops@infer.cz> (!UNKNOWN)
@@ -47,7 +52,8 @@ options:
   mode:
     description: What to do.
     type: str
-    choices: [drill, recover, serve, remove, rejoin, check, offsite_init, offsite, offsite_check, offsite_restore]
+    choices: [drill, recover, serve, remove, rejoin, check, offsite_init, offsite, offsite_check, offsite_restore,
+      offsite_prune]
     default: drill
   server:
     description: The Barman server name.
@@ -163,6 +169,14 @@ options:
     description: For O(mode=offsite_restore), C(latest) or a snapshot id.
     type: str
     default: latest
+  offsite_keep_days:
+    description: For O(mode=offsite_prune), the days a snapshot is kept, counted on the NAS's clock.
+    type: int
+    default: 30
+  offsite_keep_last:
+    description: For O(mode=offsite_prune), the newest snapshots kept however old they are.
+    type: int
+    default: 3
   offsite_check_subset:
     description: For O(mode=offsite_check), how much of the stored data C(restic check --read-data-subset) reads.
     type: str
@@ -269,9 +283,10 @@ repository_id:
   type: str
   returned: mode is offsite_init, offsite or offsite_check
 snapshots:
-  description: For O(mode=offsite_init) and O(mode=offsite_check), this server's snapshots in the repository.
+  description: For O(mode=offsite_init) and O(mode=offsite_check), this server's snapshots in the repository; for
+    O(mode=offsite_prune), every snapshot it held before the prune.
   type: int
-  returned: mode is offsite_init or offsite_check
+  returned: mode is offsite_init, offsite_check or offsite_prune
 snapshot:
   description: For O(mode=offsite), the new snapshot's short id; for O(mode=offsite_restore), the one restored.
   type: str
@@ -288,6 +303,11 @@ already_there:
   description: For O(mode=offsite_restore), the files and base backups Barman held already (kept as they were).
   type: int
   returned: mode is offsite_restore
+expired:
+  description: For O(mode=offsite_prune), the ids of the snapshots forgotten (or, in check mode, that would be).
+  type: list
+  elements: str
+  returned: mode is offsite_prune
 """
 
 import os
@@ -298,7 +318,7 @@ try:
     from ansible.module_utils.forge.errors import ForgeError, unexpected
     from ansible.module_utils.forge.pgconn import PgSettings
     from ansible.module_utils.forge.pitr import DEFAULT_REPORT_DIR, Barman, PitrOptions, PitrRecovery
-    from ansible.module_utils.forge.pitr_offsite import OffsiteOptions, PitrOffsite
+    from ansible.module_utils.forge.pitr_offsite import OffsiteOptions, PitrOffsite, PruneOptions, prune_repository
     from ansible.module_utils.forge.pitr_serve import Rejoin, ScratchServer
     ENGINE_IMPORT_ERROR = None
 except ImportError as exc:  # pragma: no cover - reported to the user below
@@ -306,7 +326,7 @@ except ImportError as exc:  # pragma: no cover - reported to the user below
 
 ARGUMENT_SPEC = dict(
     mode=dict(type="str", choices=["drill", "recover", "serve", "remove", "rejoin", "check", "offsite_init", "offsite",
-                                   "offsite_check", "offsite_restore"], default="drill"),
+                                   "offsite_check", "offsite_restore", "offsite_prune"], default="drill"),
     server=dict(type="str", default="infer-forge"),
     database=dict(type="str", default="infer_forge"),
     target_time=dict(type="str"),
@@ -338,6 +358,8 @@ ARGUMENT_SPEC = dict(
     offsite_rest_password=dict(type="str", no_log=True),
     offsite_cacert=dict(type="path"),
     offsite_check_subset=dict(type="str", default="5%"),
+    offsite_keep_days=dict(type="int", default=30),
+    offsite_keep_last=dict(type="int", default=3),
     offsite_snapshot=dict(type="str", default="latest"),
     fail_on_error=dict(type="bool", default=True),
 )
@@ -385,8 +407,20 @@ class PitrModule:
             result.update(failed=True, msg=f"off-site PITR {what} of {p['server']} failed: {result['reason']}")
         return result
 
+    def prune(self):
+        p = self.p
+        options = PruneOptions(p["offsite_repository"] or "", p["offsite_password"] or "",
+                               keep_days=p["offsite_keep_days"], keep_last=p["offsite_keep_last"])
+        result = prune_repository(options, check_mode=self.module.check_mode)
+        result["msg"] = (f"{'would prune' if self.module.check_mode else 'pruned'} {len(result['expired'])} "
+                         f"snapshot(s) older than {options.keep_days} days of {result['snapshots']} in "
+                         f"{options.repository}")
+        return result
+
     def run(self):
         p = self.p
+        if p["mode"] == "offsite_prune":
+            return self.prune()
         if p["mode"] in OFFSITE_MODES:
             return self.offsite()
         if p["mode"] == "check":

@@ -4,6 +4,7 @@ pinned one (a real TLS server on loopback, with certificates openssl makes here)
 another user could have replaced, and a restore into a directory that holds anything.
 molecule/pitr runs the copies, checks and restores against restic and rest-server."""
 
+import datetime
 import json
 import os
 import socket
@@ -275,3 +276,56 @@ def test_a_snapshot_of_another_database_is_refused_and_nothing_moves(tmp_path, m
                                      "7400000000000000001; nothing was moved into Barman's catalog")
     assert sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*")) == before
     assert barman.ran == []
+
+
+def _snapshot(ident, when):
+    return {"id": ident, "time": when}
+
+
+NOW = datetime.datetime(2026, 12, 7, 12, 0, tzinfo=datetime.UTC)
+
+
+def test_the_nas_prune_forgets_only_what_is_older_than_its_window_by_the_nas_clock():
+    from forge.pitr_offsite import choose_expired
+
+    snapshots = [_snapshot("old1", "2026-10-01T03:00:00.123456789+00:00"),
+                 _snapshot("old2", "2026-10-20T03:00:00Z"),
+                 _snapshot("recent", "2026-12-01T03:00:00.5+01:00"),
+                 _snapshot("today", "2026-12-07T11:00:00+00:00")]
+    assert choose_expired(snapshots, keep_days=30, keep_last=1, now=NOW) == ["old1", "old2"]
+    # Never one of the newest keep_last, however old.
+    assert choose_expired(snapshots, keep_days=30, keep_last=3, now=NOW) == ["old1"]
+    assert choose_expired(snapshots[:2], keep_days=30, keep_last=3, now=NOW) == []
+
+
+def test_a_snapshot_dated_in_the_future_expires_nothing_and_is_kept():
+    """A Barman host sets any time it likes on its snapshots: restic's --keep-within counts from
+    the newest, so one dated 2099 would expire every real copy. Ours counts from the NAS's clock,
+    keeps the future one and does not let it fill a keep_last place."""
+    from forge.pitr_offsite import choose_expired
+
+    snapshots = [_snapshot("real-1", "2026-12-05T03:00:00+00:00"), _snapshot("real-2", "2026-12-06T03:00:00+00:00"),
+                 *[_snapshot(f"future-{n}", f"2099-01-0{n}T00:00:00+00:00") for n in range(1, 4)],
+                 _snapshot("undated", "not a time")]
+    assert choose_expired(snapshots, keep_days=1, keep_last=1, now=NOW) == ["real-1"]
+    assert choose_expired(snapshots, keep_days=1, keep_last=2, now=NOW) == []
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (("relative/path", "pw"), "the repository to prune is a directory on this host"),
+    (("/srv/repo", ""), "no repository password for the prune"),
+    (("/srv/repo", "pw", 0), "a prune keeps at least 1 day and 1 snapshot"),
+])
+def test_a_prune_without_what_it_needs_is_refused_in_one_line(arguments, message):
+    from forge.pitr_offsite import PruneOptions
+
+    with pytest.raises(ForgeError, match=message):
+        PruneOptions(*arguments)
+
+
+def test_a_prune_of_a_directory_without_a_repository_prunes_nothing(tmp_path):
+    from forge.pitr_offsite import PruneOptions, prune_repository
+
+    with pytest.raises(ForgeError) as caught:
+        prune_repository(PruneOptions(str(tmp_path), "pw", restic="/bin/true"))
+    assert caught.value.message == f"no restic repository at {tmp_path}; nothing was pruned"

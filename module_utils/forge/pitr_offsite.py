@@ -13,6 +13,7 @@ password as RESTIC_PASSWORD, the REST login as RESTIC_REST_USERNAME/RESTIC_REST_
 """
 
 import contextlib
+import datetime
 import ipaddress
 import json
 import os
@@ -535,3 +536,84 @@ def _move_new(source, target):
         return False
     os.unlink(source)
     return True
+
+
+# -- the NAS side: a prune the Barman host cannot make ----------------------------------------------
+
+class PruneOptions:
+    """restic on the repository's own directory on the NAS (never through rest-server, whose
+    append-only mode stays whole for the Barman hosts), run as the directory's owner. The
+    password comes for the run only (the module's no_log option) and is never stored there."""
+
+    def __init__(self, path, password, keep_days=30, keep_last=3, timeout=6 * 3600, restic=None):
+        if not path or not os.path.isabs(path):
+            raise ForgeError(f"the repository to prune is a directory on this host, got {path!r}")
+        if not password:
+            raise ForgeError("no repository password for the prune (role: the pitr hosts' pitr_offsite_password)")
+        if int(keep_days) < 1 or int(keep_last) < 1:
+            raise ForgeError(f"a prune keeps at least 1 day and 1 snapshot, got {keep_days} days and {keep_last}")
+        self.repository = path
+        self.password = password
+        self.keep_days = int(keep_days)
+        self.keep_last = int(keep_last)
+        self.timeout = int(timeout)
+        self.restic = restic
+        self.rest_user = self.rest_password = self.cacert = None
+        self.cache_dir = os.path.join(path, "..", f".cache-{os.path.basename(path.rstrip('/'))}")
+
+
+def _snapshot_time(snapshot):
+    """A snapshot's time as restic wrote it (nanoseconds cut to what Python reads), or None."""
+    raw = str(snapshot.get("time", ""))
+    match = re.match(r"^(.*T\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$", raw)
+    if not match:
+        return None
+    fraction = (match.group(2) or "")[:7]
+    try:
+        return datetime.datetime.fromisoformat(match.group(1) + fraction + match.group(3).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def choose_expired(snapshots, keep_days, keep_last, now):
+    """The ids of the snapshots a prune forgets: older than ``keep_days`` by the NAS's clock,
+    never one of the ``keep_last`` newest. A snapshot dated after now (a Barman host can set
+    any time) is kept and counts for nothing: restic's own --keep-within counts from the newest
+    snapshot, so one dated 2099 would have expired every real one."""
+    dated = [(when, s["id"]) for s in snapshots for when in [_snapshot_time(s)] if when is not None and "id" in s]
+    past = sorted((entry for entry in dated if entry[0] <= now), reverse=True)
+    kept = {entry[1] for entry in past[:keep_last]}
+    horizon = now - datetime.timedelta(days=keep_days)
+    return [ident for when, ident in sorted(past) if when < horizon and ident not in kept]
+
+
+def prune_repository(options, check_mode=False, clock=None):
+    """Forget the expired snapshots (choose_expired) and prune the data only they held, so an
+    erasure in the database reaches the off-site copy within ``keep_days``. One line on failure."""
+    path = options.repository
+    if not os.path.isfile(os.path.join(path, "config")):
+        raise ForgeError(f"no restic repository at {path}; nothing was pruned")
+    restic = Restic(options)
+    listed = restic.run("snapshots", "--json", "--no-cache", timeout=600)
+    if listed.returncode != 0:
+        raise ForgeError(f"cannot list the snapshots of {path}: {restic.explain(listed, 'listing')}; nothing was "
+                         "pruned")
+    try:
+        snapshots = json.loads(listed.stdout or "[]") or []
+    except ValueError:
+        raise ForgeError("restic snapshots returned no JSON; nothing was pruned") from None
+    now = datetime.datetime.fromtimestamp((clock or time.time)(), datetime.UTC)
+    expired = choose_expired(snapshots, options.keep_days, options.keep_last, now)
+    result = {"repository": path, "snapshots": len(snapshots), "expired": expired, "keep_days": options.keep_days,
+              "keep_last": options.keep_last, "changed": bool(expired)}
+    if check_mode or not expired:
+        return result
+    forgot = restic.run("forget", "--no-cache", *expired)
+    if forgot.returncode != 0:
+        raise ForgeError(f"restic forget in {path} stopped: {restic.explain(forgot, 'forgetting')}; restic keeps the "
+                         "repository consistent, some of the expired snapshots may be forgotten; run the prune again")
+    pruned = restic.run("prune", "--no-cache")
+    if pruned.returncode != 0:
+        raise ForgeError(f"restic prune of {path} stopped: {restic.explain(pruned, 'pruning')}; the "
+                         f"{len(expired)} expired snapshot(s) are forgotten, their data stays until the next prune")
+    return result

@@ -88,20 +88,34 @@ def test_the_replication_login_has_no_superuser_and_its_password_is_not_in_barma
 
 def test_the_replication_login_is_accepted_from_the_barman_host_alone(host):
     """The review's finding: `host replication barman all` let anyone with the login's password
-    stream the whole database from anywhere. The pg_hba line names the Barman host's address:
-    the same login and password from another host on the same network (the NAS) is refused."""
-    hba = sql(host, "SELECT type, address, netmask, auth_method FROM pg_hba_file_rules "
-                    "WHERE 'replication' = ANY(database) AND 'barman' = ANY(user_name)").splitlines()
+    stream the whole database from anywhere (and the image's `host all all all` admits a login to
+    a `replication=database` walsender and to SQL). The Barman hosts' logins are accepted from the
+    Barman host's address alone, rejected from anywhere else ahead of any broader line: the same
+    logins and passwords from another host on the same network (the NAS) are refused."""
     address = host.check_output("hostname -I").split()[0]
-    assert hba == [f"host|{address}|255.255.255.255|scram-sha-256"], hba
-    probe = ("PGPASSWORD=pitr-replication-password psql -X -At "
-             "'host=db user=barman dbname=postgres replication=database connect_timeout=5' -c IDENTIFY_SYSTEM")
-    from_barman = host.run(probe)
-    assert from_barman.rc == 0, from_barman.stderr
-    from_nas = ansible("pitr-nas", "-m", "ansible.builtin.command", "-a",
-                       probe.replace("PGPASSWORD=", "env PGPASSWORD="))
-    assert from_nas.returncode != 0
-    assert "no pg_hba.conf entry for replication connection" in from_nas.stdout, from_nas.stdout
+    hba = sql(host, "SELECT type, database, user_name, address, auth_method FROM pg_hba_file_rules "
+                    "WHERE 'barman' = ANY(user_name) OR 'infer_forge_pitr_drill' = ANY(user_name) ORDER BY line_number")
+    assert hba.splitlines() == [
+        f"host|{{replication}}|{{barman}}|{address}|scram-sha-256",
+        f"host|{{all}}|{{barman}}|{address}|scram-sha-256",
+        f"host|{{all}}|{{infer_forge_pitr_drill}}|{address}|scram-sha-256",
+        "host|{replication}|{barman}|all|reject",
+        "host|{all}|{barman}|all|reject",
+        "host|{all}|{infer_forge_pitr_drill}|all|reject"], hba
+    probes = {
+        "physical streaming": ("pitr-replication-password", "user=barman replication=true", "IDENTIFY_SYSTEM"),
+        "a database walsender": ("pitr-replication-password", "user=barman dbname=postgres replication=database",
+                                 "IDENTIFY_SYSTEM"),
+        "Barman's SQL login": ("pitr-replication-password", "user=barman dbname=postgres", "SELECT 1"),
+        "the drill's login": ("pitr-drill-password", "user=infer_forge_pitr_drill dbname=infer_forge", "SELECT 1"),
+    }
+    for what, (password, conninfo, command) in probes.items():
+        probe = f"env PGPASSWORD={password} psql -X -At 'host=db connect_timeout=5 {conninfo}' -c '{command}'"
+        from_barman = host.run(probe)
+        assert from_barman.rc == 0, (what, from_barman.stderr)
+        from_nas = ansible("pitr-nas", "-m", "ansible.builtin.command", "-a", probe)
+        assert from_nas.returncode != 0, (what, from_nas.stdout)
+        assert "pg_hba.conf rejects" in from_nas.stdout, (what, from_nas.stdout)
 
 
 def test_the_drill_login_is_no_superuser_and_the_barman_host_holds_no_superuser_password(host):

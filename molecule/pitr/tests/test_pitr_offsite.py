@@ -265,3 +265,32 @@ def test_a_login_no_host_holds_any_more_is_removed_from_the_nas_and_the_others_k
     assert forge(host, "offsite").rc == 0
     again = playbook("pitr.yml", "--limit", "pitr-nas")
     assert again.returncode == 0 and "changed=0" in again.stdout, again.stdout[-3000:]
+
+
+def test_the_nas_prunes_what_is_older_than_its_window_and_the_barman_host_still_cannot(host):
+    """Issue 32 item 7: an erasure must reach the off-site PITR copy within its retention, yet the
+    Barman host can never delete. A snapshot dated 40 days back (made through the Barman host's own
+    append-only login, as the oldest copy holding an erased row would be) and one dated 2099 (what a
+    compromised Barman host could make so that restic's own --keep-within expires every real one):
+    the NAS's prune, run on the NAS as rest-server's user, forgets the old one alone, and the
+    repository still checks and restores."""
+    old = restic(host, "backup", "--no-cache", "--host", "erasure-test", "--tag", "erasure-test",
+                 "--time", "'2026-10-28 03:00:00'", "/etc/hostname")
+    future = restic(host, "backup", "--no-cache", "--host", "erasure-test", "--tag", "future-test",
+                    "--time", "'2099-01-01 00:00:00'", "/etc/hostname")
+    assert old.rc == 0 and future.rc == 0, old.stderr + future.stderr
+    before = snapshots(host)
+    [planted] = [s["id"] for s in before if "erasure-test" in s.get("tags", [])]
+    pruned = playbook("pitr_offsite.yml", "-e", "pitr_offsite_action=prune")
+    assert pruned.returncode == 0, pruned.stdout[-3000:]
+    after = snapshots(host)
+    assert planted not in [s["id"] for s in after]
+    # Every other snapshot stays (an hourly copy may add one meanwhile).
+    assert {s["id"] for s in before} - {planted} <= {s["id"] for s in after}
+    assert re.search(r"pruned 1 snapshot\(s\) older than 30 days", pruned.stdout), pruned.stdout[-3000:]
+    checked = forge(host, "offsite-check")
+    assert checked.rc == 0, checked.stdout + checked.stderr
+    again = playbook("pitr_offsite.yml", "-e", "pitr_offsite_action=prune")
+    assert again.returncode == 0 and re.search(r"pitr-nas\s*: ok=\d+\s+changed=0", again.stdout), again.stdout[-2000:]
+    # The NAS held the repository password for the run only.
+    assert nas().run("grep -rlaF pitr-repository-password /srv /etc /var/log /root /tmp").rc == 1
