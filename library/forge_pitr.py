@@ -41,9 +41,9 @@ description:
     file read back and verified) and moves its WAL and base backups into Barman's own catalog, only where no file
     of that name is; a snapshot of another PostgreSQL system is refused.
   - O(mode=offsite_prune) runs on the NAS, as the repository directory's owner (C(become_user=restic-rest-server)),
-    on O(offsite_repository) as a directory there; it forgets the snapshots older than O(offsite_keep_days) by the
-    NAS's clock (never the O(offsite_keep_last) newest, and never counting one dated in the future) and prunes the
-    data only they held, so an erasure reaches the off-site copy within that window. The Barman hosts, whose
+    on O(offsite_repository) as a directory there; it forgets the snapshots that arrived on the NAS more than
+    O(offsite_keep_days) ago (never by the time a snapshot claims; never the O(offsite_keep_last) newest) and prunes
+    the data only they held, so an erasure reaches the off-site copy within that window. The Barman hosts, whose
     rest-server logins are append-only, cannot.
 version_added: "0.2.0"
 author:
@@ -170,7 +170,7 @@ options:
     type: str
     default: latest
   offsite_keep_days:
-    description: For O(mode=offsite_prune), the days a snapshot is kept, counted on the NAS's clock.
+    description: For O(mode=offsite_prune), the days a snapshot is kept after it arrived on the NAS.
     type: int
     default: 30
   offsite_keep_last:

@@ -482,7 +482,7 @@ MUTANTS = [
     {
         "name": "a-recovery-target-leaves-its-quotes",
         "promise": "a recovery target never adds a setting (a command) to the scratch cluster's configuration",
-        "edits": [(PITR, "            check_target(target, value)\n", "")],
+        "edits": [(PITR, "            check_target(target, value)\n", "            pass\n")],
         "tests": ["tests/test_pitr_engine.py::test_a_recovery_target_that_could_reach_the_scratch_configuration_is_refused"],
     },
     {
@@ -498,5 +498,22 @@ MUTANTS = [
         "edits": [("module_utils/forge/compress.py", "                                      env=tool_env())",
                    "                                      env=None)")],
         "tests": ["tests/test_igzip.py::test_igzip_gets_no_secret_of_the_engines_environment"],
+    },
+    {
+        "name": "the-nas-prune-believes-the-time-a-snapshot-claims",
+        "promise": "the NAS's prune dates snapshots by their arrival, never by the time a Barman host wrote into them",
+        "edits": [(PITR_OFFSITE, "    expired = choose_expired(_arrivals(path, snapshots), ",
+                   "    expired = choose_expired(snapshots, ")],
+        "tests": ["tests/test_pitr_offsite_engine.py::"
+                  "test_a_prune_forgets_by_arrival_and_prunes_with_the_password_in_its_environment_only"],
+    },
+    {
+        "name": "checklist-item-12-opens-a-planted-fifo",
+        "promise": "the checklist, as root, never hangs on or follows what barman planted for its PITR status",
+        "edits": [("module_utils/forge/checklist.py", "    for line in (read_small_file(path) or \"\").splitlines():\n"
+                   "        if line.startswith(name + \"{\"):\n            match = re.search(label",
+                   "    for line in open(path).read().splitlines():\n"
+                   "        if line.startswith(name + \"{\"):\n            match = re.search(label")],
+        "tests": ["tests/test_checklist.py::test_item_12_never_hangs_on_or_follows_what_barman_planted_for_its_status"],
     },
 ]

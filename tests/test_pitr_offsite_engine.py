@@ -329,3 +329,50 @@ def test_a_prune_of_a_directory_without_a_repository_prunes_nothing(tmp_path):
     with pytest.raises(ForgeError) as caught:
         prune_repository(PruneOptions(str(tmp_path), "pw", restic="/bin/true"))
     assert caught.value.message == f"no restic repository at {tmp_path}; nothing was pruned"
+
+
+def test_the_prune_dates_each_snapshot_by_its_arrival_on_the_nas_not_by_what_its_client_wrote(tmp_path):
+    """A Barman host writes any time into its snapshots; the NAS dates them by their files'
+    arrival. One that claims 2026-09-01 but arrived today stays; one that arrived 40 days ago goes;
+    an id that is not a snapshot file of the repository is never forgotten on a guess."""
+    from forge.pitr_offsite import _arrivals, choose_expired
+
+    (tmp_path / "snapshots").mkdir()
+    arrived_old, claims_old, missing = "a" * 64, "b" * 64, "c" * 64
+    for ident in (arrived_old, claims_old):
+        (tmp_path / "snapshots" / ident).write_bytes(b"ciphertext")
+    forty_days_ago = NOW.timestamp() - 40 * 86400
+    os.utime(tmp_path / "snapshots" / arrived_old, (forty_days_ago, forty_days_ago))
+    os.utime(tmp_path / "snapshots" / claims_old, (NOW.timestamp(), NOW.timestamp()))
+    listed = [_snapshot(arrived_old, "2026-12-06T00:00:00Z"), _snapshot(claims_old, "2026-09-01T00:00:00Z"),
+              _snapshot(missing, "2020-01-01T00:00:00Z"), _snapshot("../../etc", "2020-01-01T00:00:00Z")]
+    assert choose_expired(_arrivals(str(tmp_path), listed), keep_days=30, keep_last=1, now=NOW) == [arrived_old]
+
+
+def test_a_prune_forgets_by_arrival_and_prunes_with_the_password_in_its_environment_only(tmp_path):
+    """prune_repository end to end, with a stand-in for restic (the real one runs in molecule/pitr):
+    the snapshot that arrived 40 days ago is forgotten though it claims to be new, the one that
+    claims 2026-09-01 but arrived now is kept, then prune runs; the password never reaches argv."""
+    from forge.pitr_offsite import PruneOptions, prune_repository
+
+    repository = tmp_path / "repo"
+    (repository / "snapshots").mkdir(parents=True)
+    (repository / "config").write_bytes(b"ciphertext")
+    arrived_old, claims_old = "d" * 64, "e" * 64
+    for ident in (arrived_old, claims_old):
+        (repository / "snapshots" / ident).write_bytes(b"ciphertext")
+    old = NOW.timestamp() - 40 * 86400
+    os.utime(repository / "snapshots" / arrived_old, (old, old))
+    calls = tmp_path / "calls"
+    listing = json.dumps([_snapshot(arrived_old, "2026-12-07T00:00:00Z"),
+                          _snapshot(claims_old, "2026-09-01T00:00:00Z")])
+    stand_in = tmp_path / "restic"
+    stand_in.write_text(f"#!/bin/sh\necho \"$* password=$RESTIC_PASSWORD\" >> {calls}\n"
+                        f"[ \"$1\" = snapshots ] && echo '{listing}'\nexit 0\n")
+    stand_in.chmod(0o755)
+    result = prune_repository(PruneOptions(str(repository), "the-password", keep_days=30, keep_last=1,
+                                           restic=str(stand_in)), clock=lambda: NOW.timestamp())
+    assert result["expired"] == [arrived_old] and result["changed"] is True
+    lines = calls.read_text().splitlines()
+    assert [line.split()[0] for line in lines] == ["snapshots", "forget", "prune"]
+    assert lines[1] == f"forget --no-cache {arrived_old} password=the-password"

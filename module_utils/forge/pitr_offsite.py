@@ -576,10 +576,11 @@ def _snapshot_time(snapshot):
 
 
 def choose_expired(snapshots, keep_days, keep_last, now):
-    """The ids of the snapshots a prune forgets: older than ``keep_days`` by the NAS's clock,
-    never one of the ``keep_last`` newest. A snapshot dated after now (a Barman host can set
-    any time) is kept and counts for nothing: restic's own --keep-within counts from the newest
-    snapshot, so one dated 2099 would have expired every real one."""
+    """The ids of the snapshots a prune forgets: older than ``keep_days`` before ``now``, never
+    one of the ``keep_last`` newest. The times given are when each snapshot arrived on the NAS
+    (prune_repository): a Barman host writes any time it likes into a snapshot, and restic's own
+    --keep-within counts from the newest, so one dated 2099 would have expired every real copy.
+    One dated after now (a clock set back) is kept and counts for nothing."""
     dated = [(when, s["id"]) for s in snapshots for when in [_snapshot_time(s)] if when is not None and "id" in s]
     past = sorted((entry for entry in dated if entry[0] <= now), reverse=True)
     kept = {entry[1] for entry in past[:keep_last]}
@@ -587,9 +588,29 @@ def choose_expired(snapshots, keep_days, keep_last, now):
     return [ident for when, ident in sorted(past) if when < horizon and ident not in kept]
 
 
+def _arrivals(path, snapshots):
+    """Each snapshot dated by when its file arrived on the NAS (rest-server writes it once and
+    nothing rewrites it), never by the time its client wrote into it. A snapshot whose file is
+    not a regular file of the repository is left out: never forgotten on a guess."""
+    dated = []
+    for snapshot in snapshots:
+        ident = str(snapshot.get("id", ""))
+        if not re.fullmatch(r"[0-9a-f]{64}", ident):
+            continue
+        try:
+            info = os.lstat(os.path.join(path, "snapshots", ident))
+        except OSError:
+            continue
+        if stat.S_ISREG(info.st_mode):
+            when = datetime.datetime.fromtimestamp(info.st_mtime, datetime.UTC)
+            dated.append({"id": ident, "time": when.isoformat()})
+    return dated
+
+
 def prune_repository(options, check_mode=False, clock=None):
-    """Forget the expired snapshots (choose_expired) and prune the data only they held, so an
-    erasure in the database reaches the off-site copy within ``keep_days``. One line on failure."""
+    """Forget the expired snapshots (choose_expired, by arrival on the NAS) and prune the data
+    only they held, so an erasure in the database reaches the off-site copy within ``keep_days``.
+    One line on failure."""
     path = options.repository
     if not os.path.isfile(os.path.join(path, "config")):
         raise ForgeError(f"no restic repository at {path}; nothing was pruned")
@@ -603,7 +624,7 @@ def prune_repository(options, check_mode=False, clock=None):
     except ValueError:
         raise ForgeError("restic snapshots returned no JSON; nothing was pruned") from None
     now = datetime.datetime.fromtimestamp((clock or time.time)(), datetime.UTC)
-    expired = choose_expired(snapshots, options.keep_days, options.keep_last, now)
+    expired = choose_expired(_arrivals(path, snapshots), options.keep_days, options.keep_last, now)
     result = {"repository": path, "snapshots": len(snapshots), "expired": expired, "keep_days": options.keep_days,
               "keep_last": options.keep_last, "changed": bool(expired)}
     if check_mode or not expired:

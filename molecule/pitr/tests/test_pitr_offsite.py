@@ -269,25 +269,30 @@ def test_a_login_no_host_holds_any_more_is_removed_from_the_nas_and_the_others_k
 
 def test_the_nas_prunes_what_is_older_than_its_window_and_the_barman_host_still_cannot(host):
     """Issue 32 item 7: an erasure must reach the off-site PITR copy within its retention, yet the
-    Barman host can never delete. A snapshot dated 40 days back (made through the Barman host's own
-    append-only login, as the oldest copy holding an erased row would be) and one dated 2099 (what a
-    compromised Barman host could make so that restic's own --keep-within expires every real one):
-    the NAS's prune, run on the NAS as rest-server's user, forgets the old one alone, and the
-    repository still checks and restores."""
-    old = restic(host, "backup", "--no-cache", "--host", "erasure-test", "--tag", "erasure-test",
-                 "--time", "'2026-10-28 03:00:00'", "/etc/hostname")
-    future = restic(host, "backup", "--no-cache", "--host", "erasure-test", "--tag", "future-test",
-                    "--time", "'2099-01-01 00:00:00'", "/etc/hostname")
-    assert old.rc == 0 and future.rc == 0, old.stderr + future.stderr
+    Barman host can never delete. The NAS's prune, run on the NAS as rest-server's user, dates each
+    snapshot by when it arrived there: one that arrived 40 days ago (its file's time set back, as
+    the oldest copy holding an erased row would be) is forgotten and its data pruned; ones whose
+    client wrote 2026-09-01 or 2099 into them (what a compromised Barman host could write, and
+    restic's own --keep-within would count from) arrived now and stay, as does every real copy.
+    The repository still checks, and a second prune changes nothing."""
+    made = {}
+    for tag, when in (("erasure-test", "2026-11-30 03:00:00"), ("forged-old", "2026-09-01 03:00:00"),
+                      ("forged-future", "2099-01-01 00:00:00")):
+        result = restic(host, "backup", "--no-cache", "--host", "prune-test", "--tag", tag, "--time", f"'{when}'",
+                        "/etc/hostname")
+        assert result.rc == 0, result.stderr
     before = snapshots(host)
-    [planted] = [s["id"] for s in before if "erasure-test" in s.get("tags", [])]
+    for snapshot in before:
+        for tag in snapshot.get("tags", []):
+            made[tag] = snapshot["id"]
+    nas().check_output(f"touch -d '40 days ago' {NAS_REPOSITORY_DIR}/snapshots/{made['erasure-test']}")
     pruned = playbook("pitr_offsite.yml", "-e", "pitr_offsite_action=prune")
     assert pruned.returncode == 0, pruned.stdout[-3000:]
-    after = snapshots(host)
-    assert planted not in [s["id"] for s in after]
-    # Every other snapshot stays (an hourly copy may add one meanwhile).
-    assert {s["id"] for s in before} - {planted} <= {s["id"] for s in after}
     assert re.search(r"pruned 1 snapshot\(s\) older than 30 days", pruned.stdout), pruned.stdout[-3000:]
+    after = {s["id"] for s in snapshots(host)}
+    assert made["erasure-test"] not in after
+    # Every other snapshot stays, the forged ones included (an hourly copy may add one meanwhile).
+    assert {s["id"] for s in before} - {made["erasure-test"]} <= after
     checked = forge(host, "offsite-check")
     assert checked.rc == 0, checked.stdout + checked.stderr
     again = playbook("pitr_offsite.yml", "-e", "pitr_offsite_action=prune")
