@@ -469,9 +469,10 @@ MUTANTS = [
     },
     {
         "name": "roots-client-wrapper-connects-as-the-callers-role",
-        "promise": "the backup user never reaches the database container as a role root did not allow (postgres)",
-        "edits": [(DBCLIENT, "    if user not in users:", "    if not user:")],
-        "tests": ["tests/test_postgres17_container.py::test_roots_client_wrapper_refuses_any_other_invocation_in_one_line"],
+        "promise": "the backup user never reaches the database container as a role of its own choosing",
+        "edits": [(DBCLIENT, '    passed["PGUSER"] = role', '    passed["PGUSER"] = environ.get("PGUSER") or role')],
+        "tests": ["tests/test_postgres17_container.py::"
+                  "test_sql_through_roots_wrapper_runs_no_program_and_the_callers_pguser_counts_for_nothing"],
     },
     {
         "name": "root-reads-a-config-the-backup-user-wrote",
@@ -515,5 +516,13 @@ MUTANTS = [
                    "    for line in open(path).read().splitlines():\n"
                    "        if line.startswith(name + \"{\"):\n            match = re.search(label")],
         "tests": ["tests/test_checklist.py::test_item_12_never_hangs_on_or_follows_what_barman_planted_for_its_status"],
+    },
+    {
+        "name": "roots-client-wrapper-runs-a-superuser-role",
+        "promise": "the wrapper never runs a client as a role that may run programs (a shell through SQL alone)",
+        "edits": [(DBCLIENT, "            check_role_is_powerless(container, config[\"exec_user\"], passed[\"PGUSER\"])",
+                   "            pass")],
+        "tests": ["tests/test_postgres17_container.py::"
+                  "test_roots_wrapper_refuses_a_superuser_role_even_in_roots_own_settings"],
     },
 ]

@@ -257,7 +257,12 @@ def db_client(pg17, tmp_path_factory):
     base = tmp_path_factory.mktemp("db-client")
     os.chmod(base, 0o755)
     config = base / "db-client.env"
-    config.write_text(f"DB_CLIENT_PROJECT={pg17.name}\nDB_CLIENT_SERVICE=db\nDB_CLIENT_USERS=infer\n")
+    # The roles the backup role makes: one reads everything, one owns what it restores; no superuser.
+    pg17.execute("DO $$ BEGIN CREATE ROLE forge_dump LOGIN; CREATE ROLE forge_restore LOGIN; "
+                 "EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+    pg17.execute("GRANT pg_read_all_data TO forge_dump")
+    config.write_text(f"DB_CLIENT_PROJECT={pg17.name}\nDB_CLIENT_SERVICE=db\n"
+                      "DB_CLIENT_DUMP_ROLE=forge_dump\nDB_CLIENT_RESTORE_ROLE=forge_restore\n")
     os.chmod(config, 0o644)
     launcher = base / "infer-forge-db-client"
     # The role's template (roles/backup/templates/db-client.sh.j2) rendered for this repository.
@@ -291,7 +296,8 @@ def test_a_backup_through_roots_client_wrapper_restores_exactly_with_its_psql_an
         tool = "psql" if fmt == "plain" else "pg_restore"
         drill = subprocess.run([RESTORE_SCRIPT, "drill", os.path.basename(backup)], capture_output=True, text=True,
                                timeout=300, env=_restore_env(pg17, orders17, backup_dir,
-                                                             {client: f"{db_client['launcher']} {tool}"}))
+                                                             {client: f"{db_client['launcher']} {tool}",
+                                                              "RESTORE_OWNER": "forge_restore"}))
         assert drill.returncode == 0, drill.stdout + drill.stderr
         assert f"3 tables, {rows} rows checked" in drill.stdout
 
@@ -301,7 +307,6 @@ def test_a_backup_through_roots_client_wrapper_restores_exactly_with_its_psql_an
     (["psql", "-X", "-f", "/etc/passwd"], {}, "psql runs only as a restore reads a plain dump"),
     (["pg_dump", "--file=/tmp/forge-pwned"], {}, "pg_dump option '--file' is not one the backup makes"),
     (["pg_dump", "-h", "127.0.0.1"], {}, "pg_dump option '-h' is not one the backup makes"),
-    (["pg_dump", "--format=plain"], {"PGUSER": "postgres"}, "PGUSER 'postgres' is not a role this host's backups use"),
     (["pg_restore", "--no-owner", "--no-privileges", "--exit-on-error", "--single-transaction",
       "--dbname=dbname='x' user='postgres'"], {}, "pg_restore runs only as a restore streams into one database"),
     (["pg_restore", "-f", "/tmp/forge-pwned"], {}, "pg_restore runs only as a restore streams into one database"),
@@ -318,7 +323,16 @@ def test_roots_client_wrapper_refuses_any_other_invocation_in_one_line(pg17, db_
     assert not _in_container(pg17, "/tmp/forge-pwned")
 
 
-def test_a_stream_through_roots_psql_runs_sql_never_a_shell_in_the_container(pg17, orders17, db_client):
+@pytest.fixture
+def restore_owned(pg17, db_client):
+    """A database the wrapper's restore role owns, as each one a restore or drill creates."""
+    name = "owned_" + uuid.uuid4().hex[:8]
+    pg17.execute(f'CREATE DATABASE "{name}" OWNER forge_restore')
+    yield name
+    pg17.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_a_stream_through_roots_psql_runs_sql_never_a_shell_in_the_container(pg17, restore_owned, db_client):
     """A plain dump's `\\!` (or one that tries its own \\restrict/\\unrestrict pair) fails the
     restore inside its transaction: no file appears in the container and nothing is committed."""
     stream = ("CREATE TABLE forge_planted (x int);\n"
@@ -327,11 +341,11 @@ def test_a_stream_through_roots_psql_runs_sql_never_a_shell_in_the_container(pg1
     result = subprocess.run([db_client["launcher"], "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1",
                              "--single-transaction", "-o", "/dev/null", "-f", "-"],
                             input=stream, capture_output=True, text=True, timeout=60,
-                            env={"PATH": os.environ["PATH"], "PGPASSWORD": PASSWORD, "PGDATABASE": orders17})
+                            env={"PATH": os.environ["PATH"], "PGPASSWORD": PASSWORD, "PGDATABASE": restore_owned})
     assert result.returncode != 0
     assert "restricted" in result.stderr, result.stderr
     assert not _in_container(pg17, "/tmp/forge-pwned")
-    assert pg17.execute("SELECT to_regclass('forge_planted') IS NULL", database=orders17) == [(True,)]
+    assert pg17.execute("SELECT to_regclass('forge_planted') IS NULL", database=restore_owned) == [(True,)]
 
 
 def test_roots_client_wrapper_refuses_settings_anyone_else_could_write(pg17, db_client, tmp_path):
@@ -346,3 +360,43 @@ def test_roots_client_wrapper_refuses_settings_anyone_else_could_write(pg17, db_
     ok = subprocess.run([db_client["launcher"], "pg_dump", "--version"], capture_output=True, text=True, timeout=60,
                         env={"PATH": os.environ["PATH"]})
     assert ok.returncode == 0 and "pg_dump (PostgreSQL) 17." in ok.stdout
+
+
+def _wrapper_psql(db_client, database, stream):
+    return subprocess.run([db_client["launcher"], "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
+                           "-o", "/dev/null", "-f", "-"], input=stream, capture_output=True, text=True, timeout=60,
+                          env={"PATH": os.environ["PATH"], "PGDATABASE": database, "PGUSER": "infer"})
+
+
+def test_sql_through_roots_wrapper_runs_no_program_and_the_callers_pguser_counts_for_nothing(pg17, restore_owned,
+                                                                                             db_client):
+    """The review's finding: the wrapper's role was the superuser, so a dump's SQL alone
+    (COPY ... TO PROGRAM) ran a shell in the container. It connects as root's restore role, whatever
+    PGUSER the caller sets, and that role may run no program: the restore stops, nothing stays."""
+    result = _wrapper_psql(db_client, restore_owned, "CREATE TABLE forge_out (x int);\n"
+                                                    "COPY forge_out TO PROGRAM 'touch /tmp/forge-pwned';\n")
+    assert result.returncode != 0
+    assert "permission denied to COPY to or from an external program" in result.stderr, result.stderr
+    assert not _in_container(pg17, "/tmp/forge-pwned")
+    assert pg17.execute("SELECT to_regclass('forge_out') IS NULL", database=restore_owned) == [(True,)]
+    # The caller's PGUSER=infer (the superuser) counted for nothing: the table it made is the restore role's.
+    made = _wrapper_psql(db_client, restore_owned, "CREATE TABLE forge_owned (x int);\n")
+    assert made.returncode == 0, made.stderr
+    assert pg17.execute("SELECT tableowner FROM pg_tables WHERE tablename = 'forge_owned'",
+                        database=restore_owned) == [("forge_restore",)]
+
+
+def test_roots_wrapper_refuses_a_superuser_role_even_in_roots_own_settings(pg17, orders17, db_client):
+    original = open(db_client["config"]).read()
+    with open(db_client["config"], "w") as handle:
+        handle.write(original.replace("DB_CLIENT_RESTORE_ROLE=forge_restore", "DB_CLIENT_RESTORE_ROLE=infer"))
+    try:
+        result = _wrapper_psql(db_client, orders17, "SELECT 1;\n")
+    finally:
+        with open(db_client["config"], "w") as handle:
+            handle.write(original)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "ERROR: infer-forge-db-client refuses: role 'infer' is a superuser or may run programs or touch the "
+        "server's files; the wrapper runs clients only as a role that can do neither (the backup role makes "
+        "them); nothing was run")

@@ -114,12 +114,15 @@ def _drill_checks(config):
 
 def _restore_clients(config):
     """RESTORE_PSQL_COMMAND / RESTORE_PG_RESTORE_COMMAND: the clients that restore, e.g.
-    'docker exec -i infer-forge-db-1 pg_restore' when the host's own is older than the server."""
+    'docker exec -i infer-forge-db-1 pg_restore' when the host's own is older than the server;
+    RESTORE_OWNER: the owner of each database a restore or drill creates (the Compose wrapper's
+    restore role, which is no superuser and must own what it restores into)."""
     import shlex
 
-    return {key: shlex.split(config[name]) if config.get(name) else None
-            for key, name in (("psql_command", "RESTORE_PSQL_COMMAND"),
-                              ("pg_restore_command", "RESTORE_PG_RESTORE_COMMAND"))}
+    clients = {key: shlex.split(config[name]) if config.get(name) else None
+               for key, name in (("psql_command", "RESTORE_PSQL_COMMAND"),
+                                 ("pg_restore_command", "RESTORE_PG_RESTORE_COMMAND"))}
+    return dict(clients, owner=config.get("RESTORE_OWNER") or None)
 
 
 def restore_command(args, config):

@@ -15,10 +15,14 @@ root's own configuration names:
 - ``pg_restore`` of the stream into one database (``--dbname=dbname='...'``);
 - ``--version`` of each, which the engine asks to match the server's major.
 
-The database role is one root's configuration allows (the container's socket trusts local
-connections, so the caller must never pick ``postgres``). Everything else is refused in one
-line before Docker is asked anything. The caller's environment reaches the container only
-through the libpq variables named here, each checked.
+The database role is root's choice, never the caller's: pg_dump connects as the dump role
+(``pg_read_all_data``: it reads everything and can change nothing), psql and pg_restore as the
+restore role (it owns the database it restores into and nothing else). The container's socket
+trusts local connections, so the role is the whole of the right: before each call the wrapper
+asks the server whether that role is a superuser or may run programs or touch the server's
+files (``COPY ... TO PROGRAM``), and refuses if so. Everything else is refused in one line before
+the client runs. The caller's environment reaches the container only through the libpq
+variables named here, each checked.
 """
 
 import os
@@ -33,9 +37,13 @@ from .errors import ForgeError
 from .settings import read_env_file
 
 DEFAULT_CONFIG = "/etc/infer-forge/db-client.env"
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CLIENTS = ("pg_dump", "psql", "pg_restore")
 # What sudo keeps (env_keep in the sudoers rule) and the container gets, each checked below.
-PASSED_ENV = ("PGUSER", "PGDATABASE", "PGPASSWORD", "PGCONNECT_TIMEOUT", "PGAPPNAME", "PGOPTIONS")
+# PGUSER and PGPASSWORD are the caller's and never pass: root's settings name the role.
+PASSED_ENV = ("PGDATABASE", "PGCONNECT_TIMEOUT", "PGAPPNAME", "PGOPTIONS")
+# A role in any of these, or a superuser, runs programs or reads and writes the server's files.
+POWERFUL_ROLES = ("pg_execute_server_program", "pg_read_server_files", "pg_write_server_files")
 PSQL_RESTORE = ["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-o", "/dev/null", "-f", "-"]
 PG_RESTORE_STREAM = ["--no-owner", "--no-privileges", "--exit-on-error", "--single-transaction"]
 _PG_DUMP_FLAGS = {"--no-owner", "--no-privileges", "--no-comments", "--no-publications", "--no-subscriptions",
@@ -95,12 +103,10 @@ def _dbname_argument(arg):
     return arg == "--dbname=" + quoted and bool(_NAME.fullmatch(name))
 
 
-def check_environment(environ, users):
-    """The libpq variables to hand to the container, each checked; PGUSER one of ``users``."""
+def check_environment(environ, role):
+    """The libpq variables to hand to the container, each checked; PGUSER is ``role``, root's."""
     passed = {name: environ[name] for name in PASSED_ENV if environ.get(name)}
-    user = passed.setdefault("PGUSER", users[0])
-    if user not in users:
-        _refuse(f"PGUSER {user!r} is not a role this host's backups use ({', '.join(users)})")
+    passed["PGUSER"] = role
     if "PGDATABASE" in passed and not _NAME.fullmatch(passed["PGDATABASE"]):
         _refuse("PGDATABASE is not a database name")
     if "PGCONNECT_TIMEOUT" in passed and not passed["PGCONNECT_TIMEOUT"].isdigit():
@@ -109,19 +115,36 @@ def check_environment(environ, users):
         _refuse("PGAPPNAME is not a short printable name")
     if "PGOPTIONS" in passed and not _PGOPTIONS.fullmatch(passed["PGOPTIONS"]):
         _refuse("PGOPTIONS holds something other than -c name=value settings")
-    if "\x00" in passed.get("PGPASSWORD", "") or "\n" in passed.get("PGPASSWORD", ""):
-        _refuse("PGPASSWORD holds a control character")
     return passed
 
 
 def read_config(path):
     """Root's own settings: which Compose project and service, which roles, as which OS user."""
     config = read_env_file(path, root_trusts=True)
-    missing = [key for key in ("DB_CLIENT_PROJECT", "DB_CLIENT_SERVICE", "DB_CLIENT_USERS") if not config.get(key)]
+    keys = ("DB_CLIENT_PROJECT", "DB_CLIENT_SERVICE", "DB_CLIENT_DUMP_ROLE", "DB_CLIENT_RESTORE_ROLE")
+    missing = [key for key in keys if not config.get(key)]
     if missing:
         raise ForgeError(f"{path} lacks {', '.join(missing)}")
     return {"project": config["DB_CLIENT_PROJECT"], "service": config["DB_CLIENT_SERVICE"],
-            "users": config["DB_CLIENT_USERS"].split(","), "exec_user": config.get("DB_CLIENT_EXEC_USER") or "postgres"}
+            "roles": {"pg_dump": config["DB_CLIENT_DUMP_ROLE"], "psql": config["DB_CLIENT_RESTORE_ROLE"],
+                      "pg_restore": config["DB_CLIENT_RESTORE_ROLE"]},
+            "exec_user": config.get("DB_CLIENT_EXEC_USER") or "postgres"}
+
+
+def check_role_is_powerless(container, exec_user, role):
+    """Refuse ``role`` when the server says it is a superuser or may run programs or touch the
+    server's files: through this wrapper it would run a shell in the container with SQL alone."""
+    checks = " OR ".join(f"pg_has_role(current_user, '{name}', 'MEMBER')" for name in POWERFUL_ROLES)
+    query = f"SELECT rolsuper OR {checks} FROM pg_roles WHERE rolname = current_user"  # noqa: S608 - fixed names
+    proc = subprocess.run(["docker", "exec", "-u", exec_user, "-e", "PGUSER", container, "psql", "-X", "-At",
+                           "-d", "postgres", "-c", query], capture_output=True, text=True, timeout=60, check=False,
+                          env={"PATH": SAFE_PATH, "HOME": "/root", "PGUSER": role})
+    if proc.returncode != 0:
+        said = [line for line in proc.stderr.splitlines() if line.strip()]
+        _refuse(f"cannot check role {role!r} in {container}: {(said or ['exit ' + str(proc.returncode)])[-1]}")
+    if proc.stdout.strip() != "f":
+        _refuse(f"role {role!r} is a superuser or may run programs or touch the server's files; the wrapper runs "
+                "clients only as a role that can do neither (the backup role makes them)")
 
 
 def docker_command(container, exec_user, client, args, passed):
@@ -162,10 +185,12 @@ def main(argv, config_path=DEFAULT_CONFIG):
                              "(sudo -n infer-forge-db-client ...)")
         config = read_config(config_path)
         client, args = check_invocation(argv)
-        passed = check_environment(os.environ, config["users"])
+        passed = check_environment(os.environ, config["roles"][client])
         container = running_container(config["project"], config["service"])
+        if args != ["--version"]:
+            check_role_is_powerless(container, config["exec_user"], passed["PGUSER"])
         command = docker_command(container, config["exec_user"], client, args, passed)
-        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", **passed}
+        env = {"PATH": SAFE_PATH, "HOME": "/root", **passed}
         sys.stdout.flush()
         if client == "psql" and args != ["--version"]:
             return _pump_restricted(command, env, sys.stdin.buffer)

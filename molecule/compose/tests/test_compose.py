@@ -60,7 +60,8 @@ def test_the_role_derived_the_container_clients_from_the_project(host):
              if entry.startswith(("BACKUP_DUMP_COMMAND=", "RESTORE_"))]
     assert lines == [f"BACKUP_DUMP_COMMAND=sudo -n {CLIENT} pg_dump",
                      f"RESTORE_PSQL_COMMAND=sudo -n {CLIENT} psql",
-                     f"RESTORE_PG_RESTORE_COMMAND=sudo -n {CLIENT} pg_restore"]
+                     f"RESTORE_PG_RESTORE_COMMAND=sudo -n {CLIENT} pg_restore",
+                     "RESTORE_OWNER=infer_forge_restore"]
 
 
 def test_the_backup_user_is_not_root_through_the_docker_socket(host):
@@ -80,15 +81,22 @@ def test_the_backup_user_is_not_root_through_the_docker_socket(host):
     for command in ("sudo -n docker ps", "sudo -n /bin/sh -c id", "sudo -n -u postgres true"):
         result = host.run(as_infer + command)
         assert result.rc != 0 and "password is required" in result.stderr, (command, result.stderr)
-    # The wrapper itself runs no other invocation, and never as a role of the caller's choosing.
+    # The wrapper itself runs no other invocation.
     for command, reason in (
             ("psql -c '\\! id'", "psql runs only as a restore reads a plain dump"),
-            ("pg_dump --file=/tmp/forge-pwned", "pg_dump option '--file'"),
-            ("pg_dump --format=plain", "PGUSER 'postgres' is not a role")):
-        result = host.run(f"{as_infer} env PGUSER=postgres sudo -n {CLIENT} {command}"
-                          if "PGUSER" in reason else f"{as_infer} sudo -n {CLIENT} {command}")
+            ("pg_dump --file=/tmp/forge-pwned", "pg_dump option '--file'")):
+        result = host.run(f"{as_infer} sudo -n {CLIENT} {command}")
         assert result.rc == 2 and reason in result.stderr and result.stderr.rstrip().endswith("nothing was run"), \
             (command, result.stderr)
+    # Its roles are no superusers, whatever PGUSER the caller sets: SQL alone runs no program.
+    query = "SELECT rolname, rolsuper FROM pg_roles WHERE rolname LIKE 'infer_forge_%' ORDER BY 1"
+    roles = host.check_output(f"docker exec {db_container(host)} psql -U infer -d postgres -XAtc \"{query}\"")
+    assert roles.splitlines() == ["infer_forge_backup|f", "infer_forge_restore|f"]
+    copy = host.run(f"echo \"COPY (SELECT 1) TO PROGRAM 'touch /tmp/forge-pwned'\" | {as_infer} env PGUSER=infer "
+                    "PGDATABASE=postgres sudo -n " + CLIENT + " psql -X -q -v ON_ERROR_STOP=1 --single-transaction "
+                    "-o /dev/null -f -")
+    assert copy.rc != 0 and "permission denied to COPY to or from an external program" in copy.stderr, copy.stderr
+    assert host.run(f"docker exec {db_container(host)} test -e /tmp/forge-pwned").rc != 0
     sudoers = host.file("/etc/sudoers.d/infer-forge-db-client")
     assert (sudoers.user, sudoers.mode) == ("root", 0o440)
     rules = [line for line in sudoers.content_string.splitlines() if line and not line.startswith(("#", "Defaults"))]
