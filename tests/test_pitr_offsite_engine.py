@@ -363,6 +363,7 @@ def test_a_prune_forgets_by_arrival_and_prunes_with_the_password_in_its_environm
         (repository / "snapshots" / ident).write_bytes(b"ciphertext")
     old = NOW.timestamp() - 40 * 86400
     os.utime(repository / "snapshots" / arrived_old, (old, old))
+    os.utime(repository / "snapshots" / claims_old, (NOW.timestamp(), NOW.timestamp()))  # arrived "now"
     calls = tmp_path / "calls"
     listing = json.dumps([_snapshot(arrived_old, "2026-12-07T00:00:00Z"),
                           _snapshot(claims_old, "2026-09-01T00:00:00Z")])
