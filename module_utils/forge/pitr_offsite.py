@@ -157,8 +157,9 @@ class Restic:
     def environment(self):
         o = self.options
         env = {"PATH": "/usr/bin:/bin", "HOME": os.path.expanduser("~"), "LC_ALL": "C.UTF-8",
-               "RESTIC_REPOSITORY": o.repository, "RESTIC_PASSWORD": o.password, "RESTIC_CACHE_DIR": o.cache_dir,
-               "RESTIC_PROGRESS_FPS": "0.0001"}
+               "RESTIC_REPOSITORY": o.repository, "RESTIC_PASSWORD": o.password, "RESTIC_PROGRESS_FPS": "0.0001"}
+        if o.cache_dir:
+            env["RESTIC_CACHE_DIR"] = o.cache_dir
         if o.rest_user:
             env["RESTIC_REST_USERNAME"] = o.rest_user
             env["RESTIC_REST_PASSWORD"] = o.rest_password or ""
@@ -558,8 +559,8 @@ class PruneOptions:
         self.keep_last = int(keep_last)
         self.timeout = int(timeout)
         self.restic = restic
-        self.rest_user = self.rest_password = self.cacert = None
-        self.cache_dir = os.path.join(path, "..", f".cache-{os.path.basename(path.rstrip('/'))}")
+        # What Restic reads of a repository's options; the prune runs every command with --no-cache.
+        self.rest_user = self.rest_password = self.cacert = self.cache_dir = None
 
 
 def _snapshot_time(snapshot):
