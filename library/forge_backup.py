@@ -168,7 +168,7 @@ EXAMPLES = r"""
     login_password: "{{ vault_postgres_password }}"
     encrypt: true
     passphrase_file: /etc/infer-forge/backup.pass
-    textfile_dir: /var/lib/prometheus/node-exporter
+    textfile_dir: /var/lib/infer-forge-metrics/backup
     keep_daily: 7
     keep_weekly: 4
     keep_monthly: 6

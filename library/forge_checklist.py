@@ -109,7 +109,7 @@ options:
   textfile_dir:
     description: node_exporter textfile directory; the drill's metrics are a second source for item 4.
     type: path
-    default: /var/lib/prometheus/node-exporter
+    default: /var/lib/infer-forge-metrics/backup
   backup_max_age_hours:
     description: The newest good backup must be younger than this (item 3).
     type: float
@@ -191,6 +191,10 @@ options:
     description: Directory of the DR drill's C(dr_drill_<project>.json) reports (item 4's evidence, where it ran).
     type: path
     default: /var/lib/infer-forge/dr-drill
+  dr_drill_textfile_dir:
+    description: Root's own textfile directory of the DR drill's metrics (item 4's evidence, where it ran).
+    type: path
+    default: /var/lib/infer-forge-metrics/dr-drill
   dr_drill_max_age_days:
     description: How old the last passed DR drill may be before item 4 WARNs (where a DR drill ran).
     type: float
@@ -288,7 +292,8 @@ OPTION_TYPES = dict(
     alertmanager_config="path", alertmanager_url="str", sentry_record="path", sentry_max_age_days="float",
     logrotate_files="list", timeout="float", pitr_server="str", pitr_report_dir="path",
     pitr_base_backup_max_age_days="float", pitr_drill_max_age_days="float", pitr_offsite_max_age_hours="float",
-    pitr_offsite_check_max_age_days="float", dr_drill_report_dir="path", dr_drill_max_age_days="float",
+    pitr_offsite_check_max_age_days="float", dr_drill_report_dir="path", dr_drill_textfile_dir="path",
+    dr_drill_max_age_days="float",
 )
 
 

@@ -102,7 +102,7 @@ EXAMPLES = r"""
     mode: judge
     project: infer-forge
     app_healthy_at: "{{ putback.app_healthy_at }}"
-    textfile_dir: /var/lib/prometheus/node-exporter
+    textfile_dir: /var/lib/infer-forge-metrics/dr-drill
 """
 
 RETURN = r"""

@@ -109,7 +109,7 @@ EXAMPLES = r"""
     target: infer-backup@nas.infer.local:/volume1/infer-forge
     ssh_identity: /home/infer/.ssh/id_ed25519_offsite
     known_hosts: /etc/infer-forge/offsite_known_hosts
-    textfile_dir: /var/lib/prometheus/node-exporter
+    textfile_dir: /var/lib/infer-forge-metrics/backup
   become: true
   become_user: infer
 

@@ -169,7 +169,7 @@ EXAMPLES = r"""
       - name: orders
         sql: SELECT COUNT(*) FROM orders
         min: 1
-    textfile_dir: /var/lib/prometheus/node-exporter
+    textfile_dir: /var/lib/infer-forge-metrics/backup
     report_dir: /var/lib/infer-forge/reports
 
 - name: Restore a chosen backup into a new database

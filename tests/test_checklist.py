@@ -527,8 +527,9 @@ def test_item_4_names_the_dr_drill_where_it_ran_and_warns_once_it_failed_or_is_s
     passed = {"project": "forge-lab", "host": "lab-db", "acknowledged_rows": 29, "passed": True,
               "rpo_rows_lost": 0, "rto_seconds": 9.4, "reason": "0 of 29 acknowledged rows lost"}
     drill._record(dict(passed), str(reports), str(metrics_dir), None, "lab")
-    settings = dict(databases=[], report_dir=str(tmp_path), textfile_dir=str(metrics_dir),
-                    dr_drill_report_dir=str(reports))
+    # Root's DR drill writes its metrics in a directory of its own, never the backup user's.
+    settings = dict(databases=[], report_dir=str(tmp_path), textfile_dir=str(tmp_path / "backup-metrics"),
+                    dr_drill_report_dir=str(reports), dr_drill_textfile_dir=str(metrics_dir))
     result = check(4, **settings)
     assert result["status"] == "PASS", result
     assert result["evidence"] == [

@@ -69,12 +69,13 @@ DEFAULTS = {
     "cron_file": "/etc/cron.d/infer-forge-backup",
     "compose_file": "/opt/infer-forge/docker-compose.backup.yml",
     "report_dir": "/var/lib/infer-forge/reports",
-    "textfile_dir": "/var/lib/prometheus/node-exporter",
+    "textfile_dir": "/var/lib/infer-forge-metrics/backup",
     "backup_max_age_hours": 26,
     "drill_max_age_days": 7,
     "offsite_max_age_hours": 26,
     # Item 4's evidence also names the DR drill where it ran on this host.
     "dr_drill_report_dir": "/var/lib/infer-forge/dr-drill",
+    "dr_drill_textfile_dir": "/var/lib/infer-forge-metrics/dr-drill",
     "dr_drill_max_age_days": 35,
     "prometheus_url": "http://localhost:9090",
     "health_job": "infer-forge-health",
@@ -369,7 +370,7 @@ class Checklist:
         for path in sorted(glob.glob(os.path.join(glob.escape(self.s["dr_drill_report_dir"]), "dr_drill_*.json"))):
             project = os.path.basename(path)[len("dr_drill_"):-len(".json")]
             report = read_json_object(path)
-            prom = os.path.join(self.s["textfile_dir"], f"infer_forge_dr_drill_{project}.prom")
+            prom = os.path.join(self.s["dr_drill_textfile_dir"], f"infer_forge_dr_drill_{project}.prom")
             passed_at = metrics.read_sample(prom, "infer_forge_dr_drill_last_success_timestamp_seconds")
             if passed_at is None:
                 status = WARN

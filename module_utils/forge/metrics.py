@@ -11,8 +11,6 @@ import os
 from .errors import ForgeError
 from .fsutil import read_small_file, write_atomic
 
-DEFAULT_TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
-
 
 def _escape(value):
     return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')

@@ -148,7 +148,7 @@ STORE = _table(
             env="BACKUP_KDF_ITER", role_var="backup_kdf_iter", reader=_kdf_iterations),
     Setting("textfile_dir", "path", None, "node_exporter textfile directory for metrics; unset for none.",
             env="BACKUP_TEXTFILE_DIR", role_var="backup_textfile_dir",
-            role_default="/var/lib/prometheus/node-exporter"),
+            role_default="/var/lib/infer-forge-metrics/backup"),
     Setting("report_dir", "path", None, "Where drill reports and off-site state are kept.",
             env="DRILL_REPORT_DIR", role_var="backup_report_dir", role_default="/var/lib/infer-forge/reports"),
     Setting("sentry_dsn", "str", None, "Sentry DSN failures are reported to.", env="SENTRY_DSN",

@@ -7,7 +7,7 @@ import re
 import pytest
 
 CRON_FILE = "/etc/cron.d/infer-forge-backup"
-TEXTFILE = "/var/lib/prometheus/node-exporter/infer_forge_backup_infer_forge.prom"
+TEXTFILE = "/var/lib/infer-forge-metrics/backup/infer_forge_backup_infer_forge.prom"
 
 
 def cron_command(host):
@@ -97,7 +97,7 @@ def test_scheduled_run_writes_metrics(host, scheduled_run):
     assert re.search(r'infer_forge_backup_last_success_timestamp_seconds\{database="infer_forge"\} \d+', metrics)
 
 
-DRILL_TEXTFILE = "/var/lib/prometheus/node-exporter/infer_forge_restore_drill_infer_forge.prom"
+DRILL_TEXTFILE = "/var/lib/infer-forge-metrics/backup/infer_forge_restore_drill_infer_forge.prom"
 
 
 def test_restore_drill_passed_and_recorded_its_metrics(host):

@@ -119,7 +119,7 @@ def test_the_offsite_copy_is_on_the_nas_encrypted_and_verified():
     # Nothing but encrypted backups and their checksums and manifests left the host.
     names = nas.check_output(f"ls {OFFSITE_DIR}").split()
     assert names and all(n.endswith((".enc", ".enc.sha256", ".enc.manifest.json")) for n in names), names
-    metrics = db.file("/var/lib/prometheus/node-exporter/infer_forge_offsite_infer_forge.prom").content_string
+    metrics = db.file("/var/lib/infer-forge-metrics/backup/infer_forge_offsite_infer_forge.prom").content_string
     # The sample's value, not only its name: a failed run writes the same line ending in 0.
     success = r'^infer_forge_offsite_last_run_success\{database="infer_forge"(,[^}]*)?\} 1$'
     assert re.search(success, metrics, re.MULTILINE), metrics
@@ -153,7 +153,7 @@ def test_the_backup_hosts_key_cannot_delete_or_overwrite_a_copy_on_the_nas():
     # The NAS's receipt says every copy there is verified, and the host keeps it as evidence.
     receipt = json.loads(nas.file("/srv/infer-forge-offsite/state/receipt.json").content_string)
     assert receipt["ok"] is True and receipt["copies"][name]["verified"] is True
-    metrics = db.file("/var/lib/prometheus/node-exporter/infer_forge_offsite_infer_forge.prom").content_string
+    metrics = db.file("/var/lib/infer-forge-metrics/backup/infer_forge_offsite_infer_forge.prom").content_string
     assert re.search(r'infer_forge_offsite_far_verify_success\{[^}]+\} 1', metrics), metrics
 
 
@@ -208,7 +208,7 @@ def test_a_stale_drill_fails_item_4_with_its_evidence(report_dir):
         "import json, re, sys; stale = sys.argv[1]; epoch = sys.argv[2]\n"
         "path = '/var/lib/infer-forge/reports/restore_drill_infer_forge.json'\n"
         "report = json.load(open(path)); report['finished_at'] = stale; json.dump(report, open(path, 'w'))\n"
-        "path = '/var/lib/prometheus/node-exporter/infer_forge_restore_drill_infer_forge.prom'\n"
+        "path = '/var/lib/infer-forge-metrics/backup/infer_forge_restore_drill_infer_forge.prom'\n"
         "text = re.sub(r'^(infer_forge_restore_drill_last_success_timestamp_seconds\\{[^}]*\\}) .*$',\n"
         "              lambda m: m.group(1) + ' ' + epoch, open(path).read(), flags=re.M)\n"
         "open(path, 'w').write(text)\n")

@@ -25,7 +25,7 @@ testinfra_hosts = ["docker://e2e-db"]
 
 DB, MONITORING = "e2e-db", "e2e-monitoring"
 LOG = "/var/log/infer-backup.log"
-TEXTFILES = "/var/lib/prometheus/node-exporter"
+TEXTFILES = "/var/lib/infer-forge-metrics/backup"
 MISSING = "no_such_db"
 # Cron's granularity is a minute; the role's converge must be done before the minute starts.
 CONVERGE_MARGIN = 75

@@ -197,3 +197,31 @@ def test_a_firing_alert_reaches_the_team_webhook(host, redis_stopped):
     assert note["body"]["receiver"] == "team"
     assert alert["labels"]["severity"] == "critical" and alert["labels"]["environment"] == "lab"
     assert alert["annotations"]["summary"] == "Redis on 127.0.0.1:9121 is down"
+
+
+def test_root_never_writes_textfiles_where_another_account_can(host):
+    """Debian's root-run collectors write into node_exporter's own directory: no other account may
+    plant a link there. Each of our writers has a directory of its own under a root-only parent,
+    and node_exporter reads them all through one glob. prepare.yml left the old layout behind
+    (a world-writable directory with an ACL and a stale backup textfile): the deploy undoes it."""
+    debian = host.file("/var/lib/prometheus/node-exporter")
+    assert (debian.user, debian.group, debian.mode) == ("root", "root", 0o755)
+    assert "user:nobody" not in host.check_output("getfacl -p /var/lib/prometheus/node-exporter")
+    assert not host.file("/var/lib/prometheus/node-exporter/infer_forge_backup_infer_forge.prom").exists
+    parent = host.file("/var/lib/infer-forge-metrics")
+    assert (parent.user, parent.group, parent.mode) == ("root", "root", 0o755)
+    mine = host.file("/var/lib/infer-forge-metrics/backup")
+    assert (mine.user, mine.mode) == ("infer", 0o755)
+    for target in ("/var/lib/prometheus/node-exporter/apt.prom", "/var/lib/infer-forge-metrics/planted.prom"):
+        planted = host.run(f"su infer -s /bin/sh -c 'ln -s /etc/shadow {target}'")
+        assert planted.rc != 0 and "Permission denied" in planted.stderr, target
+    assert host.file("/var/lib/infer-forge-metrics/backup/infer_forge_backup_infer_forge.prom").exists
+    assert "--collector.textfile.directory=/var/lib/infer-forge-metrics/*" in \
+        host.file("/etc/default/prometheus-node-exporter").content_string
+
+
+def test_the_stale_textfile_of_the_old_layout_is_not_scraped_twice(host, targets):
+    """The old directory is read through the new glob too: a file left there would give node_exporter
+    the same series twice, and its textfile collector fails the whole scrape on a duplicate."""
+    assert query(host, "node_textfile_scrape_error")[0]["value"][1] == "0"
+    assert len(query(host, "infer_forge_backup_last_run_success")) == 1

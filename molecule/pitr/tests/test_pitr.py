@@ -148,7 +148,7 @@ def test_barman_itself_rejects_a_server_file_it_cannot_use_in_one_line(host):
 def test_the_status_metrics_say_streaming_up_and_a_recent_base_backup(host):
     host.check_output("runuser -u barman -- env PITR_CONFIG=/etc/infer-forge/pitr.env "
                       "/opt/infer-forge/scripts/forge pitr metrics")
-    text = host.file("/var/lib/prometheus/node-exporter/infer_forge_pitr_infer-forge.prom").content_string
+    text = host.file("/var/lib/infer-forge-metrics/pitr/infer_forge_pitr_infer-forge.prom").content_string
     values = dict(re.findall(r'^(infer_forge_pitr_\w+)\{server="infer-forge"\} (\S+)$', text, re.M))
     assert values["infer_forge_pitr_streaming_up"] == "1"
     assert values["infer_forge_pitr_checks_failed"] == "0"
@@ -192,7 +192,7 @@ def test_the_pitr_drill_passes_with_exact_counts_while_the_app_writes(host):
     assert report["tables_checked"] == tables >= 3 and report["rows_checked"] > 5200
     print(f"\nPITR drill: {report['reason']}; recovery {report['recovery_seconds']} s, "
           f"{len(writer.acknowledged)} rows written meanwhile")
-    metrics = host.file("/var/lib/prometheus/node-exporter/infer_forge_pitr_drill_infer-forge.prom").content_string
+    metrics = host.file("/var/lib/infer-forge-metrics/pitr/infer_forge_pitr_drill_infer-forge.prom").content_string
     assert re.search(r'^infer_forge_pitr_drill_last_run_success\{server="infer-forge"\} 1$', metrics, re.M)
     assert not host.run("ls /var/lib/barman/infer-forge-scratch/").stdout.strip(), "the scratch cluster stayed"
 
@@ -214,7 +214,7 @@ def test_checklist_item_12_passes_on_the_barman_host_after_the_drill(host):
     assert run.returncode == 0, run.stdout + run.stderr
     result = json.loads(run.stdout.split("=>", 1)[1])
     assert result["status"] == "PASS", (result["evidence"], host.run(
-        "tail -20 /var/log/barman/infer-forge-pitr.log; cat /var/lib/prometheus/node-exporter/"
+        "tail -20 /var/log/barman/infer-forge-pitr.log; cat /var/lib/infer-forge-metrics/pitr/"
         "infer_forge_pitr_infer-forge.prom").stdout)
     assert result["evidence"][0] == "infer-forge: WAL streaming up, 0 barman checks failed"
 
@@ -234,7 +234,7 @@ def test_the_dashboards_pitr_row_has_data_from_this_hosts_metrics(host):
     host.check_output(f"mkdir -p /tmp/pitr-prom && printf %s {shlex.quote(config)} > /tmp/pitr-prom/prometheus.yml")
     host.check_output("setsid nohup prometheus-node-exporter --web.listen-address=127.0.0.1:19100 "
                       "--collector.disable-defaults --collector.textfile "
-                      "--collector.textfile.directory=/var/lib/prometheus/node-exporter >/dev/null 2>&1 &")
+                      "--collector.textfile.directory='/var/lib/infer-forge-metrics/*' >/dev/null 2>&1 &")
     host.check_output("setsid nohup prometheus --config.file=/tmp/pitr-prom/prometheus.yml "
                       "--storage.tsdb.path=/tmp/pitr-prom/data --web.listen-address=127.0.0.1:19090 "
                       ">/tmp/pitr-prom/log 2>&1 &")

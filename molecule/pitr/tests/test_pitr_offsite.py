@@ -24,7 +24,7 @@ SERVER = "infer-forge"
 REPOSITORY = "rest:https://pitr-nas:8000/pitr-barman/"
 NAS_REPOSITORY_DIR = "/srv/infer-forge-pitr/pitr-barman"
 PSQL = "psql -X -q -v ON_ERROR_STOP=1 -U infer -d infer_forge"
-TEXTFILE = "/var/lib/prometheus/node-exporter"
+TEXTFILE = "/var/lib/infer-forge-metrics/pitr"
 
 
 def nas():

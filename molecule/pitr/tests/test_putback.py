@@ -159,7 +159,7 @@ def test_a_dr_drill_whose_copy_is_not_served_starts_the_killed_database_again_an
     assert message.endswith("; the killed database was started again as it was"), message
     assert sql(host, "SELECT count(*) FROM dr_orders") == "30"  # as the put-back before left it
     assert app_health(host).rc == 0
-    prom = host.file("/var/lib/prometheus/node-exporter/infer_forge_dr_drill_forge-pitr.prom").content_string
+    prom = host.file("/var/lib/infer-forge-metrics/dr-drill/infer_forge_dr_drill_forge-pitr.prom").content_string
     assert 'infer_forge_dr_drill_last_run_success{project="forge-pitr"} 0' in prom.splitlines()
     assert not host.run("ls /var/lib/barman/infer-forge-scratch | grep .").stdout.strip()
     # The database restarted on the timeline Barman streams: barman cron's receiver takes it up again.
@@ -188,7 +188,7 @@ def test_the_dr_drill_loses_the_database_while_the_app_writes_and_measures_rpo_b
     assert app_health(host).rc == 0
     report = json.loads(host.file("/var/lib/infer-forge/dr-drill/dr_drill_forge-pitr.json").content_string)
     assert report["rpo_rows_lost"] == judged["rpo_rows_lost"] and report["passed"] is True
-    prom = host.file("/var/lib/prometheus/node-exporter/infer_forge_dr_drill_forge-pitr.prom").content_string
+    prom = host.file("/var/lib/infer-forge-metrics/dr-drill/infer_forge_dr_drill_forge-pitr.prom").content_string
     assert 'infer_forge_dr_drill_last_run_success{project="forge-pitr"} 1' in prom.splitlines()
     assert not host.file("/var/lib/infer-forge/dr-drill/state_forge-pitr.json").exists
     # Barman streams the drill's timeline: the next drill (and the checklist) start from a sound state.
