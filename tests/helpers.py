@@ -66,9 +66,9 @@ def resign_manifest(path, manifest, passphrase=PASSPHRASE):
 
 
 def run_backup_script(pg, database, backup_dir, extra=None, user=None, timeout=300, wait=True, sign=True,
-                      prefix=None):
+                      prefix=None, args=()):
     """Run scripts/backup_db.sh with the runbook's variables; ``prefix`` is a command put in
-    front of it (strace, say)."""
+    front of it (strace, say), ``args`` its arguments."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "BACKUP_", "PG"))}
     env.update(pg.app_env(database))
     # An empty BACKUP_CONFIG means "no config file": the test sees only its own settings.
@@ -76,7 +76,7 @@ def run_backup_script(pg, database, backup_dir, extra=None, user=None, timeout=3
     if sign and not user and "BACKUP_PASSPHRASE_FILE" not in (extra or {}):
         env.update({"BACKUP_PASSPHRASE_FILE": signing_passphrase_file(), "BACKUP_ENCRYPT": "0"})
     env.update(extra or {})
-    command = [BACKUP_SCRIPT]
+    command = [BACKUP_SCRIPT, *args]
     if user:
         command = ["runuser", "-u", user, "--"] + command
     command = list(prefix or []) + command

@@ -525,4 +525,27 @@ MUTANTS = [
         "tests": ["tests/test_postgres17_container.py::"
                   "test_roots_wrapper_refuses_a_superuser_role_even_in_roots_own_settings"],
     },
+    {
+        "name": "the-partial-sweep-matches-by-name-prefix",
+        "promise": "a backup removes only its own database's leftovers, never another database's running backup",
+        "edits": [(CATALOG, 'if not re.match(re.escape("." + stem + "_") + r"\\d{8}_\\d{6}\\.", name):',
+                   'if not name.startswith("." + stem + "_"):')],
+        "tests": ["tests/test_backup_script.py::"
+                  "test_the_sweep_of_stale_partials_never_touches_another_databases_running_backup"],
+    },
+    {
+        "name": "the-lock-is-opened-whatever-it-is",
+        "promise": "a FIFO or directory planted at the lock path is refused in one line, never used as a lock",
+        "edits": [(FSUTIL, "    if not stat.S_ISREG(os.fstat(fd).st_mode):\n        os.close(fd)\n        raise",
+                   "    if False:\n        os.close(fd)\n        raise")],
+        "tests": ["tests/test_backup_script.py::test_a_lock_path_that_is_not_a_plain_file_is_refused_in_one_line"],
+    },
+    {
+        "name": "backup-db-sh-ignores-an-unknown-argument",
+        "promise": "backup_db.sh --dry-run (any unknown argument) does nothing, never a real backup and retention",
+        "edits": [("module_utils/forge/cli.py", "    unknown = [arg for arg in argv[1:] if arg not in known]",
+                   "    unknown = []")],
+        "tests": ["tests/test_backup_script.py::test_an_unknown_argument_is_refused_with_usage_and_nothing_is_done",
+                  "tests/test_backup_script.py::test_offsite_copy_refuses_an_unknown_argument_before_it_copies_anything"],
+    },
 ]

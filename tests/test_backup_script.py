@@ -19,6 +19,7 @@ import pytest
 from forge import opensslenc
 
 from helpers import (
+    REPO,
     SentryStub,
     StalledDump,
     TableLock,
@@ -757,3 +758,79 @@ def test_a_server_that_dies_with_the_dump_is_one_error_line_not_a_failed_cancel(
         _assert_failed_cleanly(result, backup_dir, r"pg_dump failed \(exit 1\): .*server closed", keep=keep)
     finally:
         server.destroy()
+
+
+@pytest.mark.parametrize("argv", [["--dry-run"], ["--check"], ["now"], ["--help-me"]])
+def test_an_unknown_argument_is_refused_with_usage_and_nothing_is_done(pg, sample_db, backup_dir, argv):
+    """`backup_db.sh --dry-run` once ran a real backup and retention: a backup past RETENTION_DAYS
+    must still be there, and no new one written."""
+    os.makedirs(backup_dir, mode=0o700, exist_ok=True)
+    old = os.path.join(backup_dir, f"{sample_db}_20200101_000000.sql.gz")
+    with gzip.open(old, "wb") as handle:
+        handle.write(b"-- an old backup\n")
+    os.chmod(old, 0o600)
+    os.utime(old, (1577836800, 1577836800))
+    before = directory_contents(backup_dir)
+    result = run_backup_script(pg, sample_db, backup_dir, args=argv)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout == ""
+    assert result.stderr.startswith("usage: backup_db.sh [--help]")
+    last = result.stderr.rstrip().splitlines()[-1]
+    assert last == f"backup_db.sh: error: unknown argument {argv[0]!r}; nothing was done"
+    assert directory_contents(backup_dir) == before
+
+
+@pytest.mark.parametrize("script", ["backup_db.sh", "offsite_copy.sh", "restore_db.sh"])
+def test_every_scripts_help_exits_0_with_its_usage_and_needs_no_settings(script, tmp_path):
+    env = {"PATH": os.environ["PATH"], "BACKUP_CONFIG": "", "BACKUP_DIR": str(tmp_path / "absent")}
+    result = subprocess.run([os.path.join(REPO, "scripts", script), "--help"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: ") and result.stderr == ""
+    assert not os.path.exists(tmp_path / "absent")
+
+
+def test_offsite_copy_refuses_an_unknown_argument_before_it_copies_anything(tmp_path):
+    target = tmp_path / "usb"
+    target.mkdir()
+    env = {"PATH": os.environ["PATH"], "BACKUP_CONFIG": "", "BACKUP_DIR": str(tmp_path), "OFFSITE_TARGET": str(target)}
+    result = subprocess.run([os.path.join(REPO, "scripts", "offsite_copy.sh"), "--chek"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("usage: offsite_copy.sh [--check] [--help]")
+    assert os.listdir(target) == []
+
+
+def test_the_sweep_of_stale_partials_never_touches_another_databases_running_backup(pg, sample_db, backup_dir):
+    """A backup of `acc` once deleted the half-written file of a running `acc_src` backup: the sweep
+    matched by name prefix. Only this database's own leftovers (its stem, then a timestamp) go."""
+    os.makedirs(backup_dir, mode=0o700, exist_ok=True)
+    others = [f".{sample_db}_src_20261207_120000.sql.gz.partial-4242",
+              f".{sample_db}_2_20261207_120000.sql.gz.manifest.json.x1.tmp"]
+    own = f".{sample_db}_20261207_120000.sql.gz.partial-4242"
+    for name in [*others, own]:
+        with open(os.path.join(backup_dir, name), "wb") as handle:
+            handle.write(b"half written")
+    result = run_backup_script(pg, sample_db, backup_dir)
+    assert result.returncode == 0, result.stderr
+    assert sorted(name for name in os.listdir(backup_dir) if name.startswith(".") and ".lock" not in name) == \
+        sorted(others)
+
+
+@pytest.mark.parametrize("planted", ["link", "fifo", "directory"])
+def test_a_lock_path_that_is_not_a_plain_file_is_refused_in_one_line(pg, sample_db, backup_dir, tmp_path, planted):
+    """A link planted at the lock path gave a traceback; a FIFO or a directory there is no lock either."""
+    os.makedirs(backup_dir, mode=0o700, exist_ok=True)
+    lock = os.path.join(backup_dir, f".{sample_db}.lock")
+    victim = tmp_path / "victim"
+    victim.write_text("root's file\n")
+    {"link": lambda: os.symlink(victim, lock), "fifo": lambda: os.mkfifo(lock, 0o600),
+     "directory": lambda: os.mkdir(lock, 0o700)}[planted]()
+    result = run_backup_script(pg, sample_db, backup_dir, timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    expected = rf"ERROR: the lock {re.escape(lock)} is (a link|not a plain file); nothing was done"
+    assert re.fullmatch(expected, line), line
+    assert victim.read_text() == "root's file\n"
+    assert backups_in(backup_dir) == []

@@ -407,7 +407,9 @@ def open_backup(path, policy):
 def is_partial_name(name, stem):
     """Temporary files of an unfinished run: ``.<stem>_<ts>.<ext>.partial-<pid>`` and
     the atomic-write temporaries of manifests and checksums."""
-    if not name.startswith("." + stem + "_"):
+    # The stem, then this run's timestamp: `.acc_src_<ts>...` is another database's running backup,
+    # never a leftover of `acc`.
+    if not re.match(re.escape("." + stem + "_") + r"\d{8}_\d{6}\.", name):
         return False
     return ".partial-" in name or name.endswith(".tmp")
 

@@ -242,6 +242,31 @@ Settings come from the environment and from BACKUP_CONFIG (default
 Exit status: 0 done, 1 failed (nothing deleted), 75 another backup holds the lock."""
 
 
+OFFSITE_HELP = """usage: offsite_copy.sh [--check] [--help]
+
+Copy the verified, encrypted backups of POSTGRES_DB in BACKUP_DIR to OFFSITE_TARGET (the NAS,
+user@nas:/path, or a mounted USB path) and verify each copy there; --check says what it would copy.
+Settings come from the environment and BACKUP_CONFIG, like backup_db.sh; see docs/offsite.md.
+Exit status: 0 done, 1 failed."""
+
+# The arguments each script takes; anything else is refused before a setting is read.
+ARGUMENTS = {"backup": ("backup_db.sh", BACKUP_HELP, ()), "offsite": ("offsite_copy.sh", OFFSITE_HELP, ("--check",))}
+
+
+def refuse_unknown_arguments(argv):
+    """Help (exit 0) or usage and one line (exit 2) for backup and offsite, or None to go on:
+    `backup_db.sh --dry-run` must never run a real backup and retention."""
+    script, text, known = ARGUMENTS[argv[0]]
+    if any(arg in ("-h", "--help") for arg in argv[1:]):
+        print(text)
+        return 0
+    unknown = [arg for arg in argv[1:] if arg not in known]
+    if unknown:
+        print(f"{text}\n{script}: error: unknown argument {unknown[0]!r}; nothing was done", file=sys.stderr)
+        return 2
+    return None
+
+
 def _quiet_on_closed_stdout():
     """`backup_db.sh | head` closes stdout early: a complete backup must still
     exit 0, so further output goes nowhere instead of raising BrokenPipeError."""
@@ -499,9 +524,10 @@ def main(argv=None):
     if not argv or argv[0] not in COMMANDS:
         print(USAGE, file=sys.stderr)
         return 2
-    if argv[0] == "backup" and any(arg in ("-h", "--help") for arg in argv[1:]):
-        print(BACKUP_HELP)
-        return 0
+    if argv[0] in ARGUMENTS:
+        refused = refuse_unknown_arguments(argv)
+        if refused is not None:
+            return refused
     signal.signal(signal.SIGTERM, _terminate)
     try:
         config = load_config(os.environ)

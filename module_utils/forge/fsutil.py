@@ -152,7 +152,7 @@ class DirectoryLock:
         import fcntl
         import time
 
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, PRIVATE_FILE_MODE)
+        fd = _open_lock_file(self.path)
         deadline = time.monotonic() + max(0, self.wait_seconds)
         said = False
         while True:
@@ -181,6 +181,25 @@ class DirectoryLock:
             os.close(self._fd)
             self._fd = None
         return False
+
+
+def _open_lock_file(path):
+    """The lock file, opened without following a link and refused unless it is a plain file: a
+    link, FIFO or directory someone planted there is no lock, and is never written through."""
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, PRIVATE_FILE_MODE)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ForgeError(f"the lock {path} is a link; nothing was done") from None
+        if exc.errno in (errno.EISDIR, errno.ENXIO):
+            raise ForgeError(f"the lock {path} is not a plain file; nothing was done") from None
+        raise ForgeError(f"cannot open the lock {path}: {exc.strerror}; nothing was done") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ForgeError(f"the lock {path} is not a plain file; nothing was done")
+    return fd
 
 
 def _read_holder(fd):
