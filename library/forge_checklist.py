@@ -195,6 +195,10 @@ options:
     description: Root's own textfile directory of the DR drill's metrics (item 4's evidence, where it ran).
     type: path
     default: /var/lib/infer-forge-metrics/dr-drill
+  pitr_textfile_dir:
+    description: Barman's own textfile directory on the Barman host (item 12's status, drill and off-site metrics).
+    type: path
+    default: /var/lib/infer-forge-metrics/pitr
   dr_drill_max_age_days:
     description: How old the last passed DR drill may be before item 4 WARNs (where a DR drill ran).
     type: float
@@ -293,6 +297,7 @@ OPTION_TYPES = dict(
     logrotate_files="list", timeout="float", pitr_server="str", pitr_report_dir="path",
     pitr_base_backup_max_age_days="float", pitr_drill_max_age_days="float", pitr_offsite_max_age_hours="float",
     pitr_offsite_check_max_age_days="float", dr_drill_report_dir="path", dr_drill_textfile_dir="path",
+    pitr_textfile_dir="path",
     dr_drill_max_age_days="float",
 )
 

@@ -444,7 +444,7 @@ def write_pitr_records(directory, streaming=1, base_backup_age=3600.0, drill_age
 
 
 def pitr_check(directory):
-    return check(12, clock=lambda: NOW, textfile_dir=str(directory), pitr_report_dir=str(directory))
+    return check(12, clock=lambda: NOW, pitr_textfile_dir=str(directory), pitr_report_dir=str(directory))
 
 
 def test_item_12_passes_on_streaming_a_recent_base_backup_and_a_recent_passed_drill(tmp_path):

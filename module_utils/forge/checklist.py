@@ -76,6 +76,8 @@ DEFAULTS = {
     # Item 4's evidence also names the DR drill where it ran on this host.
     "dr_drill_report_dir": "/var/lib/infer-forge/dr-drill",
     "dr_drill_textfile_dir": "/var/lib/infer-forge-metrics/dr-drill",
+    # Item 12 reads barman's own textfile directory on the Barman host.
+    "pitr_textfile_dir": "/var/lib/infer-forge-metrics/pitr",
     "dr_drill_max_age_days": 35,
     "prometheus_url": "http://localhost:9090",
     "health_job": "infer-forge-health",
@@ -393,8 +395,8 @@ class Checklist:
         """Read from the pitr role's own records: `forge pitr metrics` and the PITR drill."""
         server = self.s["pitr_server"]
         now = self.clock()
-        prom = os.path.join(self.s["textfile_dir"], f"infer_forge_pitr_{server}.prom")
-        drill_prom = os.path.join(self.s["textfile_dir"], f"infer_forge_pitr_drill_{server}.prom")
+        prom = os.path.join(self.s["pitr_textfile_dir"], f"infer_forge_pitr_{server}.prom")
+        drill_prom = os.path.join(self.s["pitr_textfile_dir"], f"infer_forge_pitr_drill_{server}.prom")
         if not os.path.exists(prom):
             return FAIL, [f"no PITR status at {prom} (forge pitr metrics has not run)"]
         status, evidence = PASS, []
@@ -446,7 +448,7 @@ class Checklist:
 
     def _pitr_offsite(self, server, now):
         """The restic copy of the PITR data: recent, and its repository checked (read back)."""
-        copy_prom = os.path.join(self.s["textfile_dir"], copy_metrics_filename(server))
+        copy_prom = os.path.join(self.s["pitr_textfile_dir"], copy_metrics_filename(server))
         if not os.path.exists(copy_prom):
             return WARN, [f"{server}: the PITR data is not copied off site (pitr_offsite_enabled); only the "
                           "logical dumps leave the host"]
@@ -454,7 +456,7 @@ class Checklist:
         status, evidence = PASS, []
         for what, prom, prefix, limit, unit in (
                 ("copy", copy_prom, COPY_PREFIX, self.s["pitr_offsite_max_age_hours"] * 3600, "h"),
-                ("check", os.path.join(self.s["textfile_dir"], check_metrics_filename(server)), CHECK_PREFIX,
+                ("check", os.path.join(self.s["pitr_textfile_dir"], check_metrics_filename(server)), CHECK_PREFIX,
                  self.s["pitr_offsite_check_max_age_days"] * 86400, "days")):
             last = state.get(f"last_{what}") if isinstance(state.get(f"last_{what}"), dict) else {}
             success = metrics.read_sample(prom, prefix + "last_success_timestamp_seconds")
