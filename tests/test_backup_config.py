@@ -9,7 +9,7 @@ import gzip
 import os
 import subprocess
 
-from helpers import BACKUP_SCRIPT, backups_in, manifest_of, run_backup_script, signing_passphrase_file
+from helpers import BACKUP_SCRIPT, REPO, backups_in, manifest_of, run_backup_script, signing_passphrase_file
 from servers import table_counts
 
 
@@ -95,3 +95,34 @@ def test_a_dump_command_that_carries_pg_dump_options_backs_up_with_them(pg, samp
     with gzip.open(path, "rt") as handle:
         sql = handle.read()
     assert "CREATE TABLE public.customers" in sql and "CREATE TABLE public.orders" not in sql
+
+
+def test_the_roles_config_files_and_cron_entries_are_named_by_the_engines_file_stem(tmp_path):
+    """The role once named config files and cron entries by the sanitised name alone, so `we"ird db`
+    and `we_ird_db` shared one config file and one database was never backed up. The role's
+    naming task, run as written, must give each database the engine's own stem."""
+    import json
+    import sys
+
+    import yaml
+
+    from forge.catalog import file_stem
+
+    with open(os.path.join(REPO, "roles", "backup", "tasks", "main.yml"), encoding="utf-8") as handle:
+        tasks = yaml.safe_load(handle)
+    [naming] = [task for task in tasks if task["name"] == "Name each database's files as the engine does"]
+    names = ["infer_forge", 'we"ird db', "we_ird_db", "we ird db", "sklad.2026-x", "účetnictví"]
+    out = tmp_path / "stems.json"
+    playbook = tmp_path / "stems.yml"
+    playbook.write_text(json.dumps([{"hosts": "all", "gather_facts": False, "vars": {"backup_databases": names},
+                                     "tasks": [naming, {"name": "Write the stems", "ansible.builtin.copy": {
+                                         "content": "{{ backup_file_stems | to_json }}", "dest": str(out),
+                                         "mode": "0600"}}]}]))
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    done = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", "localhost,",
+                           "-c", "local", "-e", f"ansible_python_interpreter={sys.executable}", str(playbook)],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stdout + done.stderr
+    stems = json.loads(out.read_text())
+    assert stems == {name: file_stem(name) for name in names}
+    assert len(set(stems.values())) == len(names)

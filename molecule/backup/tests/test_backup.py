@@ -12,7 +12,7 @@ TEXTFILE = "/var/lib/infer-forge-metrics/backup/infer_forge_backup_infer_forge.p
 
 def cron_command(host):
     lines = [line for line in host.file(CRON_FILE).content_string.splitlines()
-             if line and not line.startswith("#") and "backup_db.sh" in line]
+             if line and not line.startswith("#") and "backup-infer_forge.env" in line and "backup_db.sh" in line]
     assert len(lines) == 1, lines
     fields = lines[0].split(None, 6)
     assert fields[:5] == ["0", "2", "*", "*", "*"], "daily at 02:00, as in the runbook"
@@ -119,7 +119,8 @@ def test_the_drills_scratch_database_is_gone(host):
 
 
 def test_cron_also_schedules_a_weekly_drill(host):
-    lines = [line for line in host.file(CRON_FILE).content_string.splitlines() if "restore_db.sh drill" in line]
+    lines = [line for line in host.file(CRON_FILE).content_string.splitlines()
+             if "restore_db.sh drill" in line and "backup-infer_forge.env" in line]
     assert len(lines) == 1
     assert lines[0].split()[:6] == ["30", "4", "*", "*", "0", "infer"]
 
@@ -140,7 +141,10 @@ def test_compose_sidecar_runs_the_same_backup_from_its_own_cron(host):
     assert "cron" in [line.strip() for line in backup["entrypoint"][-1].splitlines()]
     cron = host.file("/etc/infer-forge/sidecar/cron")
     assert cron.user == "root" and cron.mode == 0o644
-    [entry] = [line for line in cron.content_string.splitlines() if "backup_db.sh" in line]
+    entries = [line for line in cron.content_string.splitlines() if "backup_db.sh" in line]
+    # One line per database, each with its own config (the two similar names included).
+    assert len(entries) == 3 and len({line.split("BACKUP_CONFIG=")[1].split()[0] for line in entries}) == 3
+    [entry] = [line for line in entries if "backup-infer_forge.env " in line]
     assert entry.split()[:6] == ["0", "2", "*", "*", "*", "infer"]
     assert "BACKUP_CONFIG=/etc/infer-forge/backup-infer_forge.env /opt/infer-forge/scripts/backup_db.sh" in entry
     config = host.file("/etc/infer-forge/sidecar/backup-infer_forge.env")
@@ -151,3 +155,37 @@ def test_compose_sidecar_runs_the_same_backup_from_its_own_cron(host):
     assert settings["BACKUP_DIR"] == "/backups" and settings["RETENTION_DAYS"] == "30"
     assert settings["BACKUP_PASSPHRASE_FILE"] == "/run/secrets/backup_passphrase"
     assert "BACKUP_DUMP_COMMAND" not in settings and "OFFSITE_TARGET" not in settings
+
+
+SIMILAR = {'we"ird db': 3, "we_ird_db": 5}
+
+
+def test_two_names_that_sanitise_alike_get_two_configs_two_schedules_two_backups_and_pass_item_3(host):
+    """`we"ird db` sanitises to `we_ird_db`, another database's own name: once they shared a config
+    file, so one was never backed up, and checklist item 3 failed for the one needing a hash."""
+    import hashlib
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared"))
+    from controller import ansible
+
+    stems = {'we"ird db': "we_ird_db-" + hashlib.sha256(b'we"ird db').hexdigest()[:8], "we_ird_db": "we_ird_db"}
+    cron = host.file(CRON_FILE).content_string
+    for name, stem in stems.items():
+        config = host.file(f"/etc/infer-forge/backup-{stem}.env").content_string
+        assert f"POSTGRES_DB={name}\n" in config
+        [entry] = [line for line in cron.splitlines() if f"backup-{stem}.env " in line and "backup_db.sh" in line]
+        command = entry.split(None, 6)[6]
+        ran = host.run("su -s /bin/sh infer -c %s", command)
+        assert ran.rc == 0, ran.stderr
+        newest = host.check_output(f"ls -1t /backups/{stem}_*.sql.gz.enc | head -1")
+        manifest = json.loads(host.file(newest + ".manifest.json").content_string)
+        assert manifest["database"] == name
+        assert manifest["snapshot_row_counts"] == {"public.orders": SIMILAR[name]}
+    run = ansible("backup-db", "--become", "-m", "forge_checklist", "-a",
+                  json.dumps({"item": 3, "databases": list(stems), "environment": "lab"}), "-o", timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    result = json.loads(run.stdout.split("=>", 1)[1])
+    assert result["status"] == "PASS", result["evidence"]
+    assert [line.split(":")[0] for line in result["evidence"]] == list(stems)
