@@ -548,4 +548,32 @@ MUTANTS = [
         "tests": ["tests/test_backup_script.py::test_an_unknown_argument_is_refused_with_usage_and_nothing_is_done",
                   "tests/test_backup_script.py::test_offsite_copy_refuses_an_unknown_argument_before_it_copies_anything"],
     },
+    {
+        "name": "a-bug-in-a-backup-leaves-no-failure-metric",
+        "promise": "any unexpected exception in a backup writes last_run_success 0 and is one line, never a traceback",
+        "edits": [(BACKUP, "        except Exception as exc:  # noqa: BLE001 - a bug is recorded like any failure, in one line",
+                   "        except ZeroDivisionError as exc:")],
+        "tests": ["tests/test_backup_script.py::test_an_exception_nobody_raised_on_purpose_is_recorded_as_a_failure"],
+    },
+    {
+        "name": "a-full-log-disk-stops-the-backup",
+        "promise": "cron's log on a full file system never stops a backup",
+        "edits": [("module_utils/forge/cli.py", "            return self._stream.write(text)\n        except OSError:",
+                   "            return self._stream.write(text)\n        except BrokenPipeError:")],
+        "tests": ["tests/test_backup_script.py::test_a_full_log_disk_never_stops_a_backup_and_it_is_recorded"],
+    },
+    {
+        "name": "a-backup-runs-out-of-locks-late",
+        "promise": "more tables than the lock table holds is refused before the dump, naming the setting to raise",
+        "edits": [(BACKUP, "            self._check_lock_headroom(cursor, len(tables))\n", "")],
+        "tests": ["tests/test_lock_headroom.py::test_more_tables_than_the_lock_table_holds_is_refused_before_the_dump"],
+    },
+    {
+        "name": "postgresqls-hint-is-dropped",
+        "promise": "PostgreSQL's HINT (the setting to change) reaches the one-line message",
+        "edits": [(BACKUP, "            if hint:\n                self.error +=", "            if False:\n                self.error +="),
+                  (BACKUP, "    if hints and last:\n", "    if False:\n")],
+        "tests": ["tests/test_lock_headroom.py::"
+                  "test_postgresqls_hint_reaches_the_message_when_the_lock_table_runs_out_anyway"],
+    },
 ]

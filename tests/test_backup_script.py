@@ -19,6 +19,7 @@ import pytest
 from forge import opensslenc
 
 from helpers import (
+    BACKUP_SCRIPT,
     REPO,
     SentryStub,
     StalledDump,
@@ -33,6 +34,7 @@ from helpers import (
     process_named,
     psql_pipe,
     run_backup_script,
+    signing_passphrase_file,
     take_backup,
     wait_until,
 )
@@ -834,3 +836,61 @@ def test_a_lock_path_that_is_not_a_plain_file_is_refused_in_one_line(pg, sample_
     assert re.fullmatch(expected, line), line
     assert victim.read_text() == "root's file\n"
     assert backups_in(backup_dir) == []
+
+
+def _metric(path, name):
+    for line in open(path, encoding="utf-8").read().splitlines():
+        if line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def _on_a_full_log_disk(pg, database, backup_dir, tmp_path, extra=None):
+    """The backup as cron runs it with its log on a full /var/log: both streams into /dev/full."""
+    metrics = tmp_path / "metrics"
+    metrics.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "POSTGRES_", "BACKUP_"))}
+    env.update(pg.app_env(database), BACKUP_DIR=backup_dir, BACKUP_CONFIG="", RETENTION_DAYS="30",
+               BACKUP_TEXTFILE_DIR=str(metrics), BACKUP_PASSPHRASE_FILE=signing_passphrase_file(), BACKUP_ENCRYPT="0")
+    env.update(extra or {})
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([BACKUP_SCRIPT], env=env, stdout=full, stderr=full, timeout=300, check=False)
+    return result.returncode, str(metrics / f"infer_forge_backup_{database}.prom")
+
+
+def test_a_full_log_disk_never_stops_a_backup_and_it_is_recorded(pg, sample_db, backup_dir, tmp_path):
+    """With cron's log on a full file system every backup once aborted with a traceback before it
+    started, and no failure metric was written. The backup goes on; its metrics say how it went."""
+    returncode, prom = _on_a_full_log_disk(pg, sample_db, backup_dir, tmp_path)
+    assert returncode == 0
+    assert len(backups_in(backup_dir, "*.sql.gz")) == 1
+    assert _metric(prom, "infer_forge_backup_last_run_success") == 1
+
+
+def test_a_failed_backup_on_a_full_log_disk_still_writes_its_failure_metric(pg, sample_db, backup_dir, tmp_path):
+    returncode, prom = _on_a_full_log_disk(pg, sample_db, backup_dir, tmp_path, {"POSTGRES_PASSWORD": "wrong"})
+    assert returncode == 1
+    assert backups_in(backup_dir, "*.sql.gz") == []
+    assert _metric(prom, "infer_forge_backup_last_run_success") == 0
+
+
+def test_an_exception_nobody_raised_on_purpose_is_recorded_as_a_failure(pg, sample_db, backup_dir, tmp_path):
+    """A bug (here a stand-in: PgSettings.connect raising a plain RuntimeError, which no real part
+    can be made to do on cue) must still write last_run_success 0 and give one line, no traceback."""
+    from forge.backup import BackupOptions, BackupRunner
+    from forge.errors import ForgeError
+    from forge.pgconn import PgSettings
+
+    class Broken(PgSettings):
+        def connect(self, *args, **kwargs):
+            raise RuntimeError("a bug\nwith a second line")
+
+    settings = Broken(host=pg.host, port=pg.port, user=pg.app_user, password=pg.app_password, database=sample_db)
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    runner = BackupRunner(BackupOptions(backup_dir=backup_dir, textfile_dir=str(metrics),
+                                        passphrase_file=signing_passphrase_file(), encrypt=False), settings)
+    with pytest.raises(ForgeError) as raised:
+        runner.run()
+    assert raised.value.message == f"backup of {sample_db} stopped: RuntimeError: a bug"
+    assert _metric(str(metrics / f"infer_forge_backup_{sample_db}.prom"), "infer_forge_backup_last_run_success") == 0

@@ -21,7 +21,7 @@ import threading
 import time
 
 from . import catalog, compress, metrics, opensslenc, sentry, signing
-from .errors import ForgeError, hide_values
+from .errors import ForgeError, database_error, hide_values, unexpected
 from .fsutil import (
     PRIVATE_FILE_MODE,
     DirectoryLock,
@@ -160,6 +160,13 @@ class BackupRunner:
         except ForgeError as exc:
             self._after_failure(exc, started)
             raise
+        except KeyboardInterrupt:
+            self._after_failure(ForgeError(f"backup of {self.settings.database} interrupted"), started)
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug is recorded like any failure, in one line
+            error = ForgeError(f"backup of {self.settings.database} stopped: {unexpected(exc)}")
+            self._after_failure(error, started)
+            raise error from None
 
     # -- steps ------------------------------------------------------------
     def _plan(self, result, started):
@@ -206,6 +213,23 @@ class BackupRunner:
                 "(backup_compose_sidecar)")
         return client_major
 
+    def _check_lock_headroom(self, cursor, tables):
+        """pg_dump locks every table it dumps and holds the locks to the end (the row count here
+        takes its own in the same snapshot); the server's lock table holds max_locks_per_transaction
+        x (max_connections + max_prepared_transactions). Past that a dump fails late, or only on
+        some nights, with "out of shared memory": refuse now, naming the setting to raise."""
+        cursor.execute("SELECT current_setting('max_locks_per_transaction')::int, "
+                       "current_setting('max_connections')::int, current_setting('max_prepared_transactions')::int")
+        per_transaction, connections, prepared = cursor.fetchone()
+        capacity = per_transaction * (connections + prepared)
+        if tables > capacity:
+            needed = -(-2 * tables // (connections + prepared))
+            raise ForgeError(
+                f"{self.settings.database} has {tables} tables and pg_dump locks every one, more than the server's "
+                f"lock table holds (max_locks_per_transaction {per_transaction} x (max_connections {connections} + "
+                f"max_prepared_transactions {prepared}) = {capacity}); raise max_locks_per_transaction to at least "
+                f"{needed} and restart PostgreSQL; nothing was written")
+
     def _check_space(self, backups, db_size):
         if not self.options.space_check:
             return
@@ -243,6 +267,7 @@ class BackupRunner:
             existing = self._scan()
             self._check_space(existing, db_size)
             tables = user_tables(cursor)
+            self._check_lock_headroom(cursor, len(tables))
 
             when = datetime.datetime.fromtimestamp(self.clock())
             name = self._final_name(when)
@@ -258,13 +283,16 @@ class BackupRunner:
             counter.start()
             try:
                 stream = self._dump(snapshot, partial_path, passphrase)
+            except ForgeError:
+                # A count that failed first (out of locks, say) ended the exporting transaction,
+                # and pg_dump then only says it "could not import the requested snapshot".
+                counter.join(timeout=0.5)
+                if not counter.is_alive() and counter.error is not None:
+                    raise ForgeError(f"counting rows in the dump snapshot failed: {counter.error}") from None
+                _cancel_quietly(snapshot_conn)
+                raise
             except BaseException:
-                # A count may be waiting on a lock; the dump failed, so stop it. A server that
-                # died refuses the cancel's connection too: the dump's error is the one to report.
-                try:
-                    snapshot_conn.cancel()
-                except psycopg.Error:
-                    pass
+                _cancel_quietly(snapshot_conn)
                 raise
             finally:
                 counter.join()
@@ -479,6 +507,17 @@ class BackupRunner:
             [(METRIC_PREFIX + name, kind, text, labels, value) for name, kind, text, value in samples])
 
 
+def _cancel_quietly(conn):
+    """Stop a count that may be waiting on a lock: the dump failed. A server that died refuses
+    the cancel's connection too; the dump's error is the one to report."""
+    import psycopg
+
+    try:
+        conn.cancel()
+    except psycopg.Error:
+        pass
+
+
 class _RowCounter(threading.Thread):
     """Counts rows in the exporting transaction while pg_dump runs: same snapshot, no extra wall time."""
 
@@ -493,7 +532,11 @@ class _RowCounter(threading.Thread):
         try:
             self.counts = count_rows(self.cursor, self.tables)
         except Exception as exc:  # noqa: BLE001 - reported by the caller as one line
-            self.error = " ".join(str(exc).split())
+            # PostgreSQL's first line with its values hidden, and its hint: what to change, never a row.
+            self.error = database_error(exc) or type(exc).__name__
+            hint = getattr(getattr(exc, "diag", None), "message_hint", None)
+            if hint:
+                self.error += f" (HINT: {hide_values(hint)})"
 
 
 _QUOTING_LINES = ("pg_dump: detail:", "pg_dump: hint:", "detail:", "hint:", "context:", "line ")
@@ -503,6 +546,10 @@ def _check_dump_exit(returncode, stderr_lines, dump_format, head, tail):
     # DETAIL, HINT and CONTEXT lines can quote row values: they never reach a message, nor a quoted value.
     said = [line for line in stderr_lines if not line.lower().startswith(_QUOTING_LINES)]
     last = hide_values(said[-1]) if said else ""
+    # PostgreSQL's hints name what to change ("increase max_locks_per_transaction"), not rows.
+    hints = [line.split(":", 1)[1].strip() for line in stderr_lines if line.lower().startswith("hint:")]
+    if hints and last:
+        last += f" (HINT: {hide_values(hints[-1])})"
     if returncode < 0:
         raise ForgeError(f"pg_dump was killed by signal {-returncode}" + (f": {last}" if last else ""))
     if returncode != 0:

@@ -267,23 +267,43 @@ def refuse_unknown_arguments(argv):
     return None
 
 
-def _quiet_on_closed_stdout():
-    """`backup_db.sh | head` closes stdout early: a complete backup must still
-    exit 0, so further output goes nowhere instead of raising BrokenPipeError."""
-    try:
-        sys.stdout.flush()
-    except BrokenPipeError:
-        pass
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
+class OutputThatNeverStopsARun:
+    """stdout or stderr of a run: `backup_db.sh | head` closes it early, and cron's log on a full
+    /var/log fails every write (ENOSPC). Neither may stop a backup or turn it into a traceback:
+    after the first failed write the stream goes to /dev/null and the run goes on; its metrics
+    and Sentry say how it went."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except OSError:
+            self._to_devnull()
+            return len(text)
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except OSError:
+            self._to_devnull()
+
+    def _to_devnull(self):
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+            self._stream.flush()  # what was buffered goes nowhere now
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 def log_line(line):
-    try:
-        print(line, flush=True)
-    except BrokenPipeError:
-        _quiet_on_closed_stdout()
+    print(line, flush=True)
 
 
 def pitr_options_from_config(config):
@@ -491,7 +511,15 @@ def nas_newest_command(argv):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = OutputThatNeverStopsARun(sys.stdout), OutputThatNeverStopsARun(sys.stderr)
+    try:
+        return _main(sys.argv[1:] if argv is None else argv)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _main(argv):
     if argv and argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
