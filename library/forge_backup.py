@@ -120,6 +120,12 @@ options:
     description: Seconds to wait for another backup of the same database to finish; V(0) fails at once.
     type: int
     default: 0
+  stall_timeout:
+    description:
+      - Seconds without progress from C(pg_dump) or the compressor before the run is stopped, in one line
+        naming what stalled. A wait for a table lock ends at half of it, naming the table and who holds it.
+    type: int
+    default: 300
   textfile_dir:
     description: node_exporter textfile-collector directory for C(infer_forge_backup_*) metrics.
     type: path
@@ -278,6 +284,7 @@ ARGUMENT_SPEC = dict(
     dump_command=dict(type="list", elements="str", default=["pg_dump"]),
     dump_options=dict(type="list", elements="str", default=["--no-owner", "--no-privileges"]),
     lock_wait=dict(type="int", default=0),
+    stall_timeout=dict(type="int", default=300),
     textfile_dir=dict(type="path"),
     sentry_dsn=dict(type="str", no_log=True),
     environment=dict(type="str"),
@@ -311,7 +318,8 @@ class BackupModule:
                 jobs=p["jobs"], gzip_tool=p["gzip_tool"], passphrase_file=p["passphrase_file"],
                 passphrase=p["passphrase"],
                 encrypt=p["encrypt"], dump_command=p["dump_command"], dump_options=p["dump_options"],
-                lock_wait=p["lock_wait"], textfile_dir=p["textfile_dir"], sentry_dsn=p["sentry_dsn"],
+                lock_wait=p["lock_wait"], stall_timeout=p["stall_timeout"], textfile_dir=p["textfile_dir"],
+                sentry_dsn=p["sentry_dsn"],
                 environment=p["environment"], space_check=p["space_check"], kdf_iterations=p["kdf_iter"])
             settings = PgSettings(host=p["login_host"], port=p["port"], user=p["login_user"],
                                   password=p["login_password"], database=p["database"])

@@ -15,6 +15,8 @@ import datetime
 import hashlib
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import threading
@@ -58,7 +60,8 @@ class BackupOptions:
                  keep_monthly=0, dump_format="plain", compression="gzip", compression_level=None, jobs=None,
                  passphrase_file=None, encrypt=None, dump_command=None, dump_options=None, lock_wait=0,
                  textfile_dir=None, sentry_dsn=None, environment=None, space_check=True,
-                 space_margin_bytes=16 << 20, kdf_iterations=None, passphrase=None, gzip_tool="auto"):
+                 space_margin_bytes=16 << 20, kdf_iterations=None, passphrase=None, gzip_tool="auto",
+                 stall_timeout=300):
         self.backup_dir = backup_dir
         self.retention_days = retention_days
         self.min_keep = min_keep
@@ -77,6 +80,9 @@ class BackupOptions:
         self.dump_command = list(dump_command or ["pg_dump"])
         self.dump_options = list(["--no-owner", "--no-privileges"] if dump_options is None else dump_options)
         self.lock_wait = lock_wait
+        # No progress from pg_dump or the compressor for this long stops the run; a wait for a
+        # table lock (pg_dump's and the row count's) ends at half of it, naming who holds it.
+        self.stall_timeout = stall_timeout
         self.textfile_dir = textfile_dir
         self.sentry_dsn = sentry_dsn
         self.environment = environment
@@ -87,9 +93,10 @@ class BackupOptions:
         self.validate()
 
     def validate(self):
-        for name in ("retention_days", "min_keep", "keep_daily", "keep_weekly", "keep_monthly", "lock_wait"):
+        for name in ("retention_days", "min_keep", "keep_daily", "keep_weekly", "keep_monthly", "lock_wait",
+                     "stall_timeout"):
             value = getattr(self, name)
-            least = 1 if name == "retention_days" else 0
+            least = {"retention_days": 1, "stall_timeout": 2}.get(name, 0)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ForgeError(f"{name} must be a whole number >= {least}, got {value!r}")
         if self.dump_format not in FORMATS:
@@ -213,6 +220,28 @@ class BackupRunner:
                 "(backup_compose_sidecar)")
         return client_major
 
+    def _counter_failure(self, counter):
+        if counter.waited_for is not None:
+            schema, name = counter.waited_for
+            return ForgeError(self._lock_wait_message("the row count", f"{schema}.{name}", (schema, name)))
+        return ForgeError(f"counting rows in the dump snapshot failed: {counter.error}")
+
+    def _lock_wait_seconds(self):
+        return max(1, self.options.stall_timeout // 2)
+
+    def _raise_if_dump_waited_for_a_lock(self, returncode, stderr_lines):
+        """pg_dump's --lock-wait-timeout ended its wait: name the table (from its own LOCK TABLE
+        statement) and the sessions that hold a lock in its way."""
+        if returncode == 0 or not any("canceling statement due to statement timeout" in line for line in stderr_lines):
+            return
+        table = next((match.group(1) for match in map(_LOCK_STATEMENT.search, stderr_lines) if match), None)
+        if table is not None:
+            raise ForgeError(self._lock_wait_message("pg_dump", table))
+
+    def _lock_wait_message(self, who, table, schema_and_name=None):
+        return (f"{who} waited {self._lock_wait_seconds()} s for a lock on {table}, held by "
+                f"{lock_holders(self.settings, table, schema_and_name)}; nothing was kept")
+
     def _check_lock_headroom(self, cursor, tables):
         """pg_dump locks every table it dumps and holds the locks to the end (the row count here
         takes its own in the same snapshot); the server's lock table holds max_locks_per_transaction
@@ -279,6 +308,8 @@ class BackupRunner:
             partial_path = os.path.join(options.backup_dir, f".{name}.partial-{os.getpid()}")
             self.log(f"Starting backup: {final_path}")
 
+            # The count waits for a table lock no longer than pg_dump does.
+            cursor.execute("SELECT set_config('lock_timeout', %s, true)", (f"{self._lock_wait_seconds()}s",))
             counter = _RowCounter(cursor, tables)
             counter.start()
             try:
@@ -288,7 +319,7 @@ class BackupRunner:
                 # and pg_dump then only says it "could not import the requested snapshot".
                 counter.join(timeout=0.5)
                 if not counter.is_alive() and counter.error is not None:
-                    raise ForgeError(f"counting rows in the dump snapshot failed: {counter.error}") from None
+                    raise self._counter_failure(counter) from None
                 _cancel_quietly(snapshot_conn)
                 raise
             except BaseException:
@@ -297,7 +328,7 @@ class BackupRunner:
             finally:
                 counter.join()
             if counter.error is not None:
-                raise ForgeError(f"counting rows in the dump snapshot failed: {counter.error}")
+                raise self._counter_failure(counter)
             snapshot_conn.rollback()
         except BaseException:
             _unlink_quietly(locals().get("partial_path"))
@@ -356,7 +387,8 @@ class BackupRunner:
         options = self.options
         fmt = ["--format=plain"] if options.dump_format == "plain" else [
             "--format=custom", f"--compress={6 if options.compression_level is None else options.compression_level}"]
-        command = options.dump_command + fmt + options.dump_options + [f"--snapshot={snapshot}"]
+        command = options.dump_command + fmt + options.dump_options + [
+            f"--lock-wait-timeout={self._lock_wait_seconds()}s", f"--snapshot={snapshot}"]
         docker = runs_in_container(options.dump_command)
         compressor = compress.make_compressor(options.effective_compression, options.compression_level, options.jobs,
                                               options.gzip_tool)
@@ -375,9 +407,11 @@ class BackupRunner:
             fd = os.open(partial_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PRIVATE_FILE_MODE)
             out = os.fdopen(fd, "wb", buffering=0)
             try:
+                # A session of its own: a stall stops the dump command and everything it started
+                # (a wrapper's pg_dump), or a child still holding the pipe would keep it open.
                 proc = subprocess.Popen(with_container_env(command), stdin=subprocess.DEVNULL,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                                        pass_fds=passed_fds(passfile))
+                                        pass_fds=passed_fds(passfile), start_new_session=True)
             except FileNotFoundError:
                 out.close()
                 compressor.abort()
@@ -397,10 +431,13 @@ class BackupRunner:
                 out.write(data)
                 size += len(data)
 
+            watch = _StallWatch(options.stall_timeout, lambda what: _stop_stalled(what, proc, compressor))
+            watch.start()
             try:
                 while True:
                     # What the pipe holds, not a full chunk: waiting to fill one would idle
                     # the compressor while pg_dump writes.
+                    watch.waiting_on("pg_dump")
                     chunk = proc.stdout.read1(compress.CHUNK_SIZE)
                     if not chunk:
                         break
@@ -408,11 +445,16 @@ class BackupRunner:
                         head += chunk[:16]
                     # Only the last bytes: joining the whole chunk would copy every byte of the dump again.
                     tail = (tail + chunk[-256:])[-256:]
+                    watch.waiting_on(compressor.tool)
                     emit(compressor.feed(chunk))
                 proc.wait()
                 stderr_reader.join()
+                watch.raise_if_stalled()
+                self._raise_if_dump_waited_for_a_lock(proc.returncode, stderr_lines)
                 _check_dump_exit(proc.returncode, stderr_lines, options.dump_format, head, tail)
+                watch.waiting_on(compressor.tool)
                 emit(compressor.finish())
+                watch.end()
                 if encryptor is not None:
                     last = encryptor.finalize()
                     digest.update(last)
@@ -420,12 +462,16 @@ class BackupRunner:
                     size += len(last)
                 os.fsync(out.fileno())
             except OSError as exc:
+                watch.end()
                 _stop(proc)
                 compressor.abort()
+                watch.raise_if_stalled()
                 raise explain_os_error(exc, "writing", partial_path) from None
             except BaseException:
+                watch.end()
                 _stop(proc)
                 compressor.abort()
+                watch.raise_if_stalled()
                 raise
             finally:
                 out.close()
@@ -507,6 +553,80 @@ class BackupRunner:
             [(METRIC_PREFIX + name, kind, text, labels, value) for name, kind, text, value in samples])
 
 
+_LOCK_STATEMENT = re.compile(r"Query was: LOCK TABLE (.+) IN ACCESS SHARE MODE")
+
+
+def lock_holders(settings, table, schema_and_name=None):
+    """Who holds a lock on ``table`` that a reader waits behind, as "pid N (user U, mode)";
+    "another session" when the server will not say."""
+    import psycopg
+
+    name_sql = "format('%%I.%%I', %s::text, %s::text)" if schema_and_name else "%s"
+    query = (f"SELECT l.pid, coalesce(a.usename, '?'), l.mode FROM pg_locks l "  # noqa: S608 - fixed text
+             f"LEFT JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'relation' AND l.granted "
+             f"AND l.mode = 'AccessExclusiveLock' AND l.relation = to_regclass({name_sql}) ORDER BY l.pid")
+    try:
+        with settings.connect() as conn:
+            rows = conn.execute(query, tuple(schema_and_name) if schema_and_name else (table,)).fetchall()
+    except psycopg.Error:
+        rows = []
+    return ", ".join(f"pid {pid} (user {user}, {mode})" for pid, user, mode in rows) or "another session"
+
+
+class _StallWatch(threading.Thread):
+    """Stops the process a run waits on when it has made no progress for ``seconds``: a stopped
+    pg_dump or compressor, a hung container. The run then ends in one line naming it."""
+
+    def __init__(self, seconds, stop):
+        super().__init__(name="stall-watch", daemon=True)
+        self.seconds = seconds
+        self.stop = stop
+        self.stalled = None
+        self._waiting = ("pg_dump", time.monotonic())
+        self._ended = threading.Event()
+
+    def waiting_on(self, what):
+        self._waiting = (what, time.monotonic())
+
+    def run(self):
+        while not self._ended.wait(min(1.0, self.seconds / 4)):
+            what, since = self._waiting
+            if time.monotonic() - since >= self.seconds:
+                self.stalled = what
+                self.stop(what)
+                return
+
+    def end(self):
+        self._ended.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join()
+
+    def raise_if_stalled(self):
+        if self.stalled is not None:
+            raise ForgeError(f"{self.stalled} made no progress for {self.seconds:g} s and was stopped "
+                             "(BACKUP_STALL_TIMEOUT); nothing was kept")
+
+
+def _stop_stalled(what, proc, compressor):
+    """pg_dump: its whole session, politely first (sudo passes SIGTERM on to root's wrapper, which
+    cannot be killed from here), then for good; the compressor: its own process."""
+    if what != "pg_dump":
+        kill = getattr(compressor, "kill", None)
+        if kill is not None:
+            kill()
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        try:
+            proc.wait(timeout=5)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def _cancel_quietly(conn):
     """Stop a count that may be waiting on a lock: the dump failed. A server that died refuses
     the cancel's connection too; the dump's error is the one to report."""
@@ -527,10 +647,17 @@ class _RowCounter(threading.Thread):
         self.tables = tables
         self.counts = {}
         self.error = None
+        # (schema, table) whose lock the count gave up waiting for.
+        self.waited_for = None
 
     def run(self):
+        import psycopg
+
         try:
-            self.counts = count_rows(self.cursor, self.tables)
+            count_rows(self.cursor, self.tables, into=self.counts)
+        except psycopg.errors.LockNotAvailable:
+            self.waited_for = next(table for table in self.tables if f"{table[0]}.{table[1]}" not in self.counts)
+            self.error = "lock timeout"
         except Exception as exc:  # noqa: BLE001 - reported by the caller as one line
             # PostgreSQL's first line with its values hidden, and its hint: what to change, never a row.
             self.error = database_error(exc) or type(exc).__name__
@@ -569,8 +696,12 @@ def _drain(stream, lines):
 
 
 def _stop(proc):
+    """The dump command and what it started: it runs in a session of its own."""
     if proc.poll() is None:
-        proc.kill()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            proc.kill()
         proc.wait()
 
 

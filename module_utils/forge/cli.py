@@ -78,6 +78,7 @@ def backup_from_config(config):
         encrypt=_encrypt(config, passphrase_file),
         dump_command=dump_command,
         lock_wait=backup["lock_wait"],
+        stall_timeout=backup["stall_timeout"],
         textfile_dir=store["textfile_dir"],
         sentry_dsn=store["sentry_dsn"],
         environment=store["environment"],

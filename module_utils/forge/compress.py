@@ -174,6 +174,11 @@ class IsalGzip:
         text = self._proc.stderr.read().decode("utf-8", "replace").strip()
         return text.splitlines()[-1] if text else "no error output"
 
+    def kill(self):
+        """From the stall watch's thread: a stopped igzip is ended, and the write to it fails."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+
     def abort(self):
         if self._proc.poll() is None:
             self._proc.kill()

@@ -259,11 +259,12 @@ def user_tables(cursor):
     return [(row[0], row[1]) for row in cursor.fetchall()]
 
 
-def count_rows(cursor, tables):
-    """Exact row counts, keyed ``schema.table``, in the cursor's snapshot."""
+def count_rows(cursor, tables, into=None):
+    """Exact row counts, keyed ``schema.table``, in the cursor's snapshot; ``into`` is filled as
+    they come, so a count that fails leaves the ones before it."""
     from psycopg import sql
 
-    counts = {}
+    counts = {} if into is None else into
     for schema, table in tables:
         cursor.execute(sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table)))
         counts[f"{schema}.{table}"] = cursor.fetchone()[0]
