@@ -60,6 +60,13 @@ options:
         listed (also in check mode) and ended just before the swap. On any failure the target is untouched.
     type: bool
     default: false
+  allow_unverified:
+    description:
+      - For O(mode=restore), restore a named file without a signed manifest (made by the runbook's own
+        commands, say) as V(UNVERIFIED). Without it such a file is refused before any database is touched,
+        so an ok restore always means a proven backup.
+    type: bool
+    default: false
   keep_previous:
     description:
       - With O(force=true), keep the replaced database as C(<target>_before_restore_<YYYYMMDD_HHMMSS>) (returned
@@ -288,6 +295,7 @@ ARGUMENT_SPEC = dict(
     pg_restore_command=dict(type="list", elements="str", default=["pg_restore"]),
     keep=dict(type="bool", default=False),
     keep_previous=dict(type="bool", default=True),
+    allow_unverified=dict(type="bool", default=False),
     require_encryption=dict(type="bool"),
     kdf_iter=dict(type="int", default=10000),
     sql_checks=dict(type="list", elements="dict", default=[]),
@@ -322,6 +330,7 @@ class RestoreModule:
                                      jobs=p["jobs"], force=p["force"], create=p["create"], owner=p["owner"],
                                      keep_previous=p["keep_previous"], require_encryption=p["require_encryption"],
                                      kdf_iterations=p["kdf_iter"], psql_command=p["psql_command"],
+                                     allow_unverified=p["allow_unverified"] or p["mode"] != "restore",
                                      pg_restore_command=p["pg_restore_command"])
             drill = None
             if p["mode"] == "drill":

@@ -576,4 +576,34 @@ MUTANTS = [
         "tests": ["tests/test_lock_headroom.py::"
                   "test_postgresqls_hint_reaches_the_message_when_the_lock_table_runs_out_anyway"],
     },
+    {
+        "name": "a-stalled-dump-hangs-the-run",
+        "promise": "a pg_dump that gives no output for BACKUP_STALL_TIMEOUT is stopped and named in one line",
+        "edits": [(BACKUP, "            watch.start()\n", "")],
+        "tests": ["tests/test_stalls.py::test_a_dump_that_gives_no_output_is_stopped_and_named_in_one_line"],
+    },
+    {
+        "name": "a-stopped-compressor-is-left-running",
+        "promise": "a compressor that stops is ended and named, never waited on for ever",
+        "edits": [(COMPRESS, "    def kill(self):\n        \"\"\"From the stall watch's thread: a stopped igzip is ended, and the "
+                   "write to it fails.\"\"\"\n        if self._proc.poll() is None:\n            self._proc.kill()",
+                   "    def kill(self):\n        \"\"\"From the stall watch's thread: a stopped igzip is ended, and the "
+                   "write to it fails.\"\"\"\n        if self._proc.poll() is None:\n            pass")],
+        "tests": ["tests/test_stalls.py::test_a_compressor_that_stops_is_stopped_and_named_in_one_line"],
+    },
+    {
+        "name": "a-lock-wait-does-not-say-who-holds-the-lock",
+        "promise": "a backup that gave up waiting for a table lock names the table and the session holding it",
+        "edits": [(BACKUP, "    return \", \".join(f\"pid {pid} (user {user}, {mode})\" for pid, user, mode in rows) or "
+                   "\"another session\"", "    return \"another session\"")],
+        "tests": ["tests/test_stalls.py::"
+                  "test_a_table_lock_held_by_another_session_ends_the_wait_naming_table_and_session"],
+    },
+    {
+        "name": "forge-restore-reports-ok-for-an-unverified-restore",
+        "promise": "forge_restore restores a file nothing proves only when asked; otherwise the target is untouched",
+        "edits": [(RESTORE, "        if report.get(\"verdict\") == UNVERIFIED and not self.options.allow_unverified:",
+                   "        if False:")],
+        "tests": ["tests/test_restore.py::test_an_unverified_restore_is_refused_unless_asked_and_touches_nothing"],
+    },
 ]

@@ -68,7 +68,7 @@ def test_runbook_made_files_restore_and_say_which_checks_were_skipped(pg, sample
     for path in (plain, encrypted):
         result = run_module("forge_restore", restore_args(
             pg, backup_dir, mode="restore", backup_file=path, target_database="runbook_target", force=True,
-            keep_previous=False, passphrase_file=passphrase_file))
+            keep_previous=False, passphrase_file=passphrase_file, allow_unverified=True))
         assert result.get("failed") is not True, result.get("msg")
         assert table_counts(pg, "runbook_target") == table_counts(pg, sample_db)
         assert result["verdict"] == "UNVERIFIED"
@@ -223,7 +223,8 @@ def test_flipped_byte_in_a_runbook_file_is_caught_while_streaming(pg, sample_db,
     path = os.path.join(backup_dir, f"{sample_db}_20260207_143215.sql.gz")
     runbook_backup(pg, sample_db, path)
     flip_byte(path, mask=0xFF)
-    result = _restore(run_module, pg, backup_dir, mode="restore", backup_file=path, target_database="t_flip")
+    result = _restore(run_module, pg, backup_dir, mode="restore", backup_file=path, target_database="t_flip",
+                      allow_unverified=True)
     assert result["failed"] is True
     assert "gzip data is corrupt" in result["msg"] or "restore stopped" in result["msg"]
     assert not pg.database_exists("t_flip")
@@ -242,6 +243,7 @@ def test_wrong_passphrase_on_a_runbook_file(pg, sample_db, backup_dir, passphras
     path = os.path.join(backup_dir, f"{sample_db}_20260207_143215.sql.gz.enc")
     runbook_backup(pg, sample_db, path, passphrase_file)
     result = _restore(run_module, pg, backup_dir, mode="restore", backup_file=path, target_database="t_wrongpw",
+                      allow_unverified=True,
                       passphrase="not it")
     assert result["failed"] is True
     assert result["msg"] == f"{os.path.basename(path)}: wrong passphrase: the decrypted start is not gzip data; " \
@@ -313,7 +315,8 @@ def test_a_sql_error_in_the_dump_stops_the_restore_and_names_the_statement(pg, s
     with open(path, "wb") as handle:
         handle.write(gzip.compress(sql.encode()))
     pg.create_database("t_sqlerr")
-    result = _restore(run_module, pg, backup_dir, mode="restore", backup_file=path, target_database="t_sqlerr")
+    result = _restore(run_module, pg, backup_dir, mode="restore", backup_file=path, target_database="t_sqlerr",
+                      allow_unverified=True)
     assert result["failed"] is True
     assert 'psql:<stdin>:3: ERROR: relation "missing_table" does not exist' in result["msg"]
     assert "LINE 1: INSERT INTO missing_table VALUES ... (rest hidden)" in result["msg"]
@@ -414,3 +417,23 @@ def test_drill_of_a_database_whose_name_has_quotes_spaces_and_equals(pg, backup_
         assert not pg.database_exists(result["scratch_database"])
     finally:
         pg.drop_database(name)
+
+
+def test_an_unverified_restore_is_refused_unless_asked_and_touches_nothing(pg, sample_db, backup_dir, passphrase_file,
+                                                                        run_module):
+    """forge_restore once reported a plain "ok" for a file nothing proved: an ok restore must mean
+    a proven backup. Without allow_unverified a manifest-less file is refused, the target as it was."""
+    os.makedirs(backup_dir, mode=0o700)
+    plain = os.path.join(backup_dir, f"{sample_db}_20260207_143215.sql.gz")
+    runbook_backup(pg, sample_db, plain)
+    pg.create_database("kept_target")
+    pg.execute("CREATE TABLE keep_me (id int); INSERT INTO keep_me VALUES (1), (2)", database="kept_target")
+    result = run_module("forge_restore", restore_args(
+        pg, backup_dir, mode="restore", backup_file=plain, target_database="kept_target", force=True,
+        passphrase_file=passphrase_file))
+    assert result.get("failed") is True and result.get("changed") is not True
+    assert result["msg"] == (f"{os.path.basename(plain)} has no signed manifest that proves what it holds, so its "
+                             "restore would be UNVERIFIED; set allow_unverified to restore it anyway; kept_target "
+                             "was not touched")
+    assert table_counts(pg, "kept_target") == {"public.keep_me": 2}
+    pg.drop_database("kept_target")

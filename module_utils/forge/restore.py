@@ -342,7 +342,7 @@ class RestoreOptions:
     def __init__(self, backup_dir="/backups", passphrase_file=None, jobs=None, force=False, create=True,
                  owner=None, session_settings=None, psql_command=None, pg_restore_command=None, verify=True,
                  comment=None, keep_previous=True, require_encryption=None, check_counts=True,
-                 kdf_iterations=None, passphrase=None):
+                 kdf_iterations=None, passphrase=None, allow_unverified=True):
         self.backup_dir = backup_dir
         self.passphrase_file = passphrase_file
         # The passphrase itself, instead of its file (a module's vault value); it wins over the file.
@@ -363,6 +363,9 @@ class RestoreOptions:
                                    else bool(require_encryption))
         # Compare the restored copy's row counts with the manifest before it goes live.
         self.check_counts = check_counts
+        # A named file without a signed manifest restores as UNVERIFIED (the CLI's exit 3); the
+        # module refuses it unless asked, so a playbook's "ok" always means a proven backup.
+        self.allow_unverified = allow_unverified
         # PBKDF2 iterations for an encrypted file whose manifest does not record them (BACKUP_KDF_ITER).
         self.kdf_iterations = opensslenc.kdf_iterations(kdf_iterations)
         if jobs is not None and (not isinstance(jobs, int) or jobs < 1):
@@ -434,6 +437,9 @@ class Restorer:
                                  kdf_iterations=self.options.kdf_iterations)
         else:
             report = VerifyReport(verdict=UNVERIFIED)
+        if report.get("verdict") == UNVERIFIED and not self.options.allow_unverified:
+            raise ForgeError(f"{backup.name} has no signed manifest that proves what it holds, so its restore would be "
+                             f"UNVERIFIED; set allow_unverified to restore it anyway; {target} was not touched")
         passphrase = self.passphrase(backup)
         report["target"] = target
         try:
