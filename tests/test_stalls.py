@@ -33,7 +33,7 @@ def test_a_dump_that_gives_no_output_is_stopped_and_named_in_one_line(pg, sample
     try:
         result = run_backup_script(pg, sample_db, backup_dir, {
             "BACKUP_DUMP_COMMAND": dump.command, "BACKUP_STALL_TIMEOUT": str(STALL),
-            "BACKUP_TEXTFILE_DIR": str(tmp_path)}, timeout=120)
+            "BACKUP_TEXTFILE_DIR": str(tmp_path)}, timeout=45)
     finally:
         dump.release(timeout=2)  # the stopped dump's reader is gone with it
     took = time.monotonic() - started
@@ -64,7 +64,7 @@ def test_a_compressor_that_stops_is_stopped_and_named_in_one_line(pg, thirty_meg
         igzip = process_named("igzip", proc.pid, argument="-c")
         os.kill(igzip, signal.SIGSTOP)
         dump.release()
-        stdout, stderr = proc.communicate(timeout=120)
+        stdout, stderr = proc.communicate(timeout=45)
     finally:
         dump.release(timeout=2)
         if proc.poll() is None:
@@ -83,7 +83,7 @@ def test_a_table_lock_held_by_another_session_ends_the_wait_naming_table_and_ses
     holder = lock.conn.info.backend_pid
     try:
         result = run_backup_script(pg, sample_db, backup_dir, {
-            "BACKUP_STALL_TIMEOUT": str(STALL), "BACKUP_TEXTFILE_DIR": str(tmp_path)}, timeout=120)
+            "BACKUP_STALL_TIMEOUT": str(STALL), "BACKUP_TEXTFILE_DIR": str(tmp_path)}, timeout=45)
     finally:
         lock.release()
     assert result.returncode == 1, result.stdout + result.stderr
