@@ -606,4 +606,11 @@ MUTANTS = [
                    "        if False:")],
         "tests": ["tests/test_restore.py::test_an_unverified_restore_is_refused_unless_asked_and_touches_nothing"],
     },
+    {
+        "name": "a-big-schemas-manifest-is-refused-by-our-own-verify",
+        "promise": "a backup that reports success is one our own verify and drill accept, whatever the schema",
+        "edits": [(CATALOG, "MAX_MANIFEST_BYTES = 64 << 20\n", "MAX_MANIFEST_BYTES = 1 << 20\n")],
+        "tests": ["tests/test_big_schemas.py::"
+                  "test_a_backup_whose_manifest_is_past_a_mebibyte_verifies_and_drills_exactly"],
+    },
 ]

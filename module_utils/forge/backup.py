@@ -364,8 +364,14 @@ class BackupRunner:
         else:
             self.log("WARNING: manifest not signed (no BACKUP_PASSPHRASE_FILE): restore and drill take this "
                      "backup only when it is named, as UNVERIFIED")
+        text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+        size = len(text.encode("utf-8"))
+        if size > catalog.MAX_MANIFEST_BYTES:
+            _unlink_quietly(partial_path)
+            raise ForgeError(f"the manifest of {len(counter.counts)} tables would be {size} bytes, more than "
+                             f"verify, restore and drill accept ({catalog.MAX_MANIFEST_BYTES}); nothing was kept")
         try:
-            write_atomic(final_path + catalog.MANIFEST_SUFFIX, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+            write_atomic(final_path + catalog.MANIFEST_SUFFIX, text)
             write_atomic(final_path + catalog.CHECKSUM_SUFFIX, f"{stream['sha256']}  {name}\n")
             os.rename(partial_path, final_path)
             fsync_dir(options.backup_dir)
