@@ -31,7 +31,7 @@ def many_tables():
             conn.execute(f"""DO $$ BEGIN FOR i IN {first}..{first + 999} LOOP
                 EXECUTE format('CREATE TABLE %I (id int)', '{LONG}' || i);
                 END LOOP; END $$""")
-        conn.execute(f"INSERT INTO {LONG}0 VALUES (1), (2), (3)")
+        conn.execute(f"INSERT INTO {LONG}0 VALUES (1), (2), (3)")  # noqa: S608 - a fixed name
     yield server
     server.destroy()
 
