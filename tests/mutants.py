@@ -528,8 +528,8 @@ MUTANTS = [
     {
         "name": "the-partial-sweep-matches-by-name-prefix",
         "promise": "a backup removes only its own database's leftovers, never another database's running backup",
-        "edits": [(CATALOG, 'if not re.match(re.escape("." + stem + "_") + r"\\d{8}_\\d{6}\\.", name):',
-                   'if not name.startswith("." + stem + "_"):')],
+        "edits": [(CATALOG, '    return backup is not None and backup.group("stem") == stem\n',
+                   '    return name.startswith("." + stem + "_") and (".partial-" in name or name.endswith(".tmp"))\n')],
         "tests": ["tests/test_backup_script.py::"
                   "test_the_sweep_of_stale_partials_never_touches_another_databases_running_backup"],
     },

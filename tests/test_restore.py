@@ -433,7 +433,7 @@ def test_an_unverified_restore_is_refused_unless_asked_and_touches_nothing(pg, s
         passphrase_file=passphrase_file))
     assert result.get("failed") is True and result.get("changed") is not True
     assert result["msg"] == (f"{os.path.basename(plain)} has no signed manifest that proves what it holds, so its "
-                             "restore would be UNVERIFIED; set allow_unverified to restore it anyway; kept_target "
-                             "was not touched")
+                             "restore would be UNVERIFIED; set allow_unverified (playbooks: "
+                             "backup_restore_allow_unverified) to restore it anyway; kept_target was not touched")
     assert table_counts(pg, "kept_target") == {"public.keep_me": 2}
     pg.drop_database("kept_target")

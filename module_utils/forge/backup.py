@@ -239,7 +239,8 @@ class BackupRunner:
             raise ForgeError(self._lock_wait_message("pg_dump", table))
 
     def _lock_wait_message(self, who, table, schema_and_name=None):
-        return (f"{who} waited {self._lock_wait_seconds()} s for a lock on {table}, held by "
+        waited = self._lock_wait_seconds() if who == "pg_dump" else self.options.stall_timeout
+        return (f"{who} waited {waited} s for a lock on {table}, held by "
                 f"{lock_holders(self.settings, table, schema_and_name)}; nothing was kept")
 
     def _check_lock_headroom(self, cursor, tables):
@@ -308,8 +309,9 @@ class BackupRunner:
             partial_path = os.path.join(options.backup_dir, f".{name}.partial-{os.getpid()}")
             self.log(f"Starting backup: {final_path}")
 
-            # The count waits for a table lock no longer than pg_dump does.
-            cursor.execute("SELECT set_config('lock_timeout', %s, true)", (f"{self._lock_wait_seconds()}s",))
+            # pg_dump gives up a held lock first (at half the stall timeout) and names it; the count
+            # waits the whole stall timeout, so DDL queued behind pg_dump's locks is waited out.
+            cursor.execute("SELECT set_config('lock_timeout', %s, true)", (f"{self.options.stall_timeout}s",))
             counter = _RowCounter(cursor, tables)
             counter.start()
             try:
@@ -451,14 +453,14 @@ class BackupRunner:
                         head += chunk[:16]
                     # Only the last bytes: joining the whole chunk would copy every byte of the dump again.
                     tail = (tail + chunk[-256:])[-256:]
-                    watch.waiting_on(compressor.tool)
+                    watch.waiting_on(compressor.tool if hasattr(compressor, "kill") else None)
                     emit(compressor.feed(chunk))
                 proc.wait()
                 stderr_reader.join()
                 watch.raise_if_stalled()
                 self._raise_if_dump_waited_for_a_lock(proc.returncode, stderr_lines)
                 _check_dump_exit(proc.returncode, stderr_lines, options.dump_format, head, tail)
-                watch.waiting_on(compressor.tool)
+                watch.waiting_on(compressor.tool if hasattr(compressor, "kill") else None)
                 emit(compressor.finish())
                 watch.end()
                 if encryptor is not None:
@@ -517,8 +519,8 @@ class BackupRunner:
     def _after_failure(self, exc, started):
         try:
             self._write_metrics(success=False, result=None, started=started)
-        except (ForgeError, OSError) as metrics_exc:
-            exc.details["metrics_error"] = str(metrics_exc)
+        except Exception as metrics_exc:  # noqa: BLE001 - the run's own error is the one to report
+            exc.details["metrics_error"] = unexpected(metrics_exc)
         if exc.details.get("locked"):
             return
         report = sentry.report_failure(
@@ -570,11 +572,12 @@ def lock_holders(settings, table, schema_and_name=None):
     name_sql = "format('%%I.%%I', %s::text, %s::text)" if schema_and_name else "%s"
     query = (f"SELECT l.pid, coalesce(a.usename, '?'), l.mode FROM pg_locks l "  # noqa: S608 - fixed text
              f"LEFT JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'relation' AND l.granted "
-             f"AND l.mode = 'AccessExclusiveLock' AND l.relation = to_regclass({name_sql}) ORDER BY l.pid")
+             f"AND l.mode = 'AccessExclusiveLock' AND l.relation = to_regclass({name_sql}) "
+             f"AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) ORDER BY l.pid")
     try:
         with settings.connect() as conn:
             rows = conn.execute(query, tuple(schema_and_name) if schema_and_name else (table,)).fetchall()
-    except psycopg.Error:
+    except (ForgeError, psycopg.Error):  # no connection to spare, say: the wait is still the news
         rows = []
     return ", ".join(f"pid {pid} (user {user}, {mode})" for pid, user, mode in rows) or "another session"
 
@@ -592,12 +595,14 @@ class _StallWatch(threading.Thread):
         self._ended = threading.Event()
 
     def waiting_on(self, what):
+        """``what`` the run now waits on; None for a stage nothing can stop (an in-process
+        compressor, the write to disk), which is never called stalled."""
         self._waiting = (what, time.monotonic())
 
     def run(self):
         while not self._ended.wait(min(1.0, self.seconds / 4)):
             what, since = self._waiting
-            if time.monotonic() - since >= self.seconds:
+            if what is not None and time.monotonic() - since >= self.seconds:
                 self.stalled = what
                 self.stop(what)
                 return

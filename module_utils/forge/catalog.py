@@ -408,13 +408,19 @@ def open_backup(path, policy):
 
 
 def is_partial_name(name, stem):
-    """Temporary files of an unfinished run: ``.<stem>_<ts>.<ext>.partial-<pid>`` and
-    the atomic-write temporaries of manifests and checksums."""
-    # The stem, then this run's timestamp: `.acc_src_<ts>...` is another database's running backup,
-    # never a leftover of `acc`.
-    if not re.match(re.escape("." + stem + "_") + r"\d{8}_\d{6}\.", name):
-        return False
-    return ".partial-" in name or name.endswith(".tmp")
+    """Temporary files of an unfinished run of the database whose stem is ``stem``:
+    ``.<stem>_<ts>.<ext>.partial-<pid>`` and the atomic-write temporaries of its manifest and
+    checksum. The whole name is matched, stem included: `.acc_src_<ts>...` is another database's
+    running backup, never a leftover of `acc`."""
+    match = _PARTIAL_NAME.fullmatch(name)
+    backup = _NAME_RE.match(match.group("backup")) if match else None
+    return backup is not None and backup.group("stem") == stem
+
+
+# A run's own temporaries: `.<backup name>.partial-<pid>` and write_atomic's
+# `.<backup name>[.manifest.json|.sha256].<random>.tmp`; nothing else.
+_PARTIAL_NAME = re.compile(r"\.(?P<backup>.+_\d{8}_\d{6}(?:\.sql\.gz|\.sql\.zst|\.dump)(?:\.enc)?)"
+                           r"(?:\.partial-\d+|(?:\.manifest\.json|\.sha256)?\.[^.]+\.tmp)")
 
 
 class RetentionPlan:

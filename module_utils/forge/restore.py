@@ -439,7 +439,8 @@ class Restorer:
             report = VerifyReport(verdict=UNVERIFIED)
         if report.get("verdict") == UNVERIFIED and not self.options.allow_unverified:
             raise ForgeError(f"{backup.name} has no signed manifest that proves what it holds, so its restore would be "
-                             f"UNVERIFIED; set allow_unverified to restore it anyway; {target} was not touched")
+                             "UNVERIFIED; set allow_unverified (playbooks: backup_restore_allow_unverified) to restore "
+                             f"it anyway; {target} was not touched")
         passphrase = self.passphrase(backup)
         report["target"] = target
         try:
