@@ -454,15 +454,18 @@ class BackupRunner:
                     # Only the last bytes: joining the whole chunk would copy every byte of the dump again.
                     tail = (tail + chunk[-256:])[-256:]
                     watch.waiting_on(compressor.tool if hasattr(compressor, "kill") else None)
-                    emit(compressor.feed(chunk))
+                    compressed = compressor.feed(chunk)
+                    watch.waiting_on(None)  # the write to disk: slow is not stalled, and nothing to stop
+                    emit(compressed)
                 proc.wait()
                 stderr_reader.join()
                 watch.raise_if_stalled()
                 self._raise_if_dump_waited_for_a_lock(proc.returncode, stderr_lines)
                 _check_dump_exit(proc.returncode, stderr_lines, options.dump_format, head, tail)
                 watch.waiting_on(compressor.tool if hasattr(compressor, "kill") else None)
-                emit(compressor.finish())
+                compressed = compressor.finish()
                 watch.end()
+                emit(compressed)
                 if encryptor is not None:
                     last = encryptor.finalize()
                     digest.update(last)
