@@ -85,6 +85,22 @@ def run_backup_script(pg, database, backup_dir, extra=None, user=None, timeout=3
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def partials_in(directory):
+    """The half-written files of running or killed backups in ``directory`` (none when it is not there)."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(name for name in os.listdir(directory) if ".partial-" in name)
+
+
+def textfile_value(path, name):
+    """The value of metric ``name`` (with labels) in a node_exporter textfile, or None."""
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+    return None
+
+
 def backups_in(directory, pattern="*"):
     return sorted(p for p in glob.glob(os.path.join(directory, pattern))
                   if not p.endswith((".manifest.json", ".sha256", ".prom")))

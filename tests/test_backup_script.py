@@ -30,12 +30,14 @@ from helpers import (
     directory_contents,
     manifest_of,
     open_files,
+    partials_in,
     process_facts,
     process_named,
     psql_pipe,
     run_backup_script,
     signing_passphrase_file,
     take_backup,
+    textfile_value,
     wait_until,
 )
 from servers import PostgresServer, load_sample_data, table_counts
@@ -531,10 +533,6 @@ def test_client_older_than_server_is_refused(pg, sample_db, backup_dir, tmp_path
 
 # -- lock, partials, secrets, metrics, Sentry ---------------------------------------------------------
 
-def _partials(backup_dir):
-    return sorted(name for name in os.listdir(backup_dir) if ".partial-" in name)
-
-
 def _stop(procs, dumps):
     """Clean-up of a test that failed half way: no run or stalled dump outlives it."""
     for proc in procs:
@@ -552,7 +550,7 @@ def test_a_second_backup_of_the_same_database_fails_in_one_line_and_the_first_co
     try:
         dump.wait_until_stalled(first)
         during = directory_contents(backup_dir)
-        [partial] = _partials(backup_dir)
+        [partial] = partials_in(backup_dir)
         assert partial.endswith(f".partial-{first.pid}")
         second = run_backup_script(pg, sample_db, backup_dir)
         assert second.returncode == 75, second.stderr
@@ -568,7 +566,7 @@ def test_a_second_backup_of_the_same_database_fails_in_one_line_and_the_first_co
     assert first.returncode == 0, stderr
     [made] = backups_in(backup_dir)
     assert manifest_of(made)["rows"] == sum(table_counts(pg, sample_db).values())
-    assert _partials(backup_dir) == []
+    assert partials_in(backup_dir) == []
 
 
 def test_with_lock_wait_a_second_backup_starts_its_dump_only_after_the_first_is_complete(
@@ -579,7 +577,7 @@ def test_with_lock_wait_a_second_backup_starts_its_dump_only_after_the_first_is_
     second = None
     try:
         first_dump.wait_until_stalled(first)
-        [first_partial] = _partials(backup_dir)
+        [first_partial] = partials_in(backup_dir)
         second = run_backup_script(pg, sample_db, backup_dir, {"BACKUP_DUMP_COMMAND": second_dump.command,
                                                                "BACKUP_LOCK_WAIT": "120"}, wait=False)
 
@@ -591,7 +589,7 @@ def test_with_lock_wait_a_second_backup_starts_its_dump_only_after_the_first_is_
         wait_until(waiting_or_dumping, "the second run to reach the lock")
         assert second.poll() is None, second.communicate()
         assert not second_dump.stalled(), "the second backup began dumping while the first one was dumping"
-        assert _partials(backup_dir) == [first_partial]
+        assert partials_in(backup_dir) == [first_partial]
 
         first_dump.release()
         first_out, first_err = first.communicate(timeout=120)
@@ -601,7 +599,7 @@ def test_with_lock_wait_a_second_backup_starts_its_dump_only_after_the_first_is_
 
         second_dump.wait_until_stalled(second)
         # The second run dumps now, and only now: the first's backup was complete before it began.
-        [second_partial] = _partials(backup_dir)
+        [second_partial] = partials_in(backup_dir)
         assert second_partial.endswith(f".partial-{second.pid}")
         assert {name: data for name, data in directory_contents(backup_dir).items() if name != second_partial} \
             == first_files
@@ -620,7 +618,7 @@ def test_with_lock_wait_a_second_backup_starts_its_dump_only_after_the_first_is_
     final = directory_contents(backup_dir)
     assert {name: final[name] for name in first_files} == first_files
     assert manifest_of(newer)["rows"] == manifest_of(older)["rows"] == sum(table_counts(pg, sample_db).values())
-    assert _partials(backup_dir) == []
+    assert partials_in(backup_dir) == []
 
 
 def test_stale_partial_files_from_a_crashed_run_are_removed(pg, sample_db, backup_dir):
@@ -838,13 +836,6 @@ def test_a_lock_path_that_is_not_a_plain_file_is_refused_in_one_line(pg, sample_
     assert backups_in(backup_dir) == []
 
 
-def _metric(path, name):
-    for line in open(path, encoding="utf-8").read().splitlines():
-        if line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    return None
-
-
 def _on_a_full_log_disk(pg, database, backup_dir, tmp_path, extra=None):
     """The backup as cron runs it with its log on a full /var/log: both streams into /dev/full."""
     metrics = tmp_path / "metrics"
@@ -864,14 +855,14 @@ def test_a_full_log_disk_never_stops_a_backup_and_it_is_recorded(pg, sample_db, 
     returncode, prom = _on_a_full_log_disk(pg, sample_db, backup_dir, tmp_path)
     assert returncode == 0
     assert len(backups_in(backup_dir, "*.sql.gz")) == 1
-    assert _metric(prom, "infer_forge_backup_last_run_success") == 1
+    assert textfile_value(prom, "infer_forge_backup_last_run_success") == 1
 
 
 def test_a_failed_backup_on_a_full_log_disk_still_writes_its_failure_metric(pg, sample_db, backup_dir, tmp_path):
     returncode, prom = _on_a_full_log_disk(pg, sample_db, backup_dir, tmp_path, {"POSTGRES_PASSWORD": "wrong"})
     assert returncode == 1
     assert backups_in(backup_dir, "*.sql.gz") == []
-    assert _metric(prom, "infer_forge_backup_last_run_success") == 0
+    assert textfile_value(prom, "infer_forge_backup_last_run_success") == 0
 
 
 def test_an_exception_nobody_raised_on_purpose_is_recorded_as_a_failure(pg, sample_db, backup_dir, tmp_path):
@@ -893,4 +884,5 @@ def test_an_exception_nobody_raised_on_purpose_is_recorded_as_a_failure(pg, samp
     with pytest.raises(ForgeError) as raised:
         runner.run()
     assert raised.value.message == f"backup of {sample_db} stopped: RuntimeError: a bug"
-    assert _metric(str(metrics / f"infer_forge_backup_{sample_db}.prom"), "infer_forge_backup_last_run_success") == 0
+    prom = str(metrics / f"infer_forge_backup_{sample_db}.prom")
+    assert textfile_value(prom, "infer_forge_backup_last_run_success") == 0

@@ -11,20 +11,22 @@ import time
 
 import pytest
 
-from helpers import StalledDump, TableLock, backups_in, process_named, run_backup_script
+from helpers import (
+    StalledDump,
+    TableLock,
+    backups_in,
+    partials_in,
+    process_named,
+    run_backup_script,
+    textfile_value,
+)
 
 STALL = 4
 
 
-def _metric(directory, database):
-    path = os.path.join(directory, f"infer_forge_backup_{database}.prom")
-    with open(path, encoding="utf-8") as handle:
-        line = next(line for line in handle if line.startswith("infer_forge_backup_last_run_success{"))
-    return float(line.rsplit(" ", 1)[1])
-
-
-def _partials(backup_dir):
-    return [name for name in os.listdir(backup_dir) if ".partial-" in name] if os.path.isdir(backup_dir) else []
+def _last_run_success(directory, database):
+    return textfile_value(os.path.join(directory, f"infer_forge_backup_{database}.prom"),
+                          "infer_forge_backup_last_run_success")
 
 
 def test_a_dump_that_gives_no_output_is_stopped_and_named_in_one_line(pg, sample_db, backup_dir, tmp_path):
@@ -41,8 +43,8 @@ def test_a_dump_that_gives_no_output_is_stopped_and_named_in_one_line(pg, sample
     assert result.stderr.strip() == (f"ERROR: pg_dump made no progress for {STALL} s and was stopped "
                                      "(BACKUP_STALL_TIMEOUT); nothing was kept")
     assert took < STALL + 30
-    assert backups_in(backup_dir) == [] and _partials(backup_dir) == []
-    assert _metric(str(tmp_path), sample_db) == 0
+    assert backups_in(backup_dir) == [] and partials_in(backup_dir) == []
+    assert _last_run_success(str(tmp_path), sample_db) == 0
 
 
 @pytest.fixture
@@ -73,8 +75,8 @@ def test_a_compressor_that_stops_is_stopped_and_named_in_one_line(pg, thirty_meg
     assert proc.returncode == 1, stdout + stderr
     assert stderr.strip() == (f"ERROR: igzip made no progress for {STALL} s and was stopped "
                               "(BACKUP_STALL_TIMEOUT); nothing was kept")
-    assert backups_in(backup_dir) == [] and _partials(backup_dir) == []
-    assert _metric(str(tmp_path), thirty_megabytes) == 0
+    assert backups_in(backup_dir) == [] and partials_in(backup_dir) == []
+    assert _last_run_success(str(tmp_path), thirty_megabytes) == 0
 
 
 def test_a_table_lock_held_by_another_session_ends_the_wait_naming_table_and_session(pg, sample_db, backup_dir,
@@ -90,5 +92,5 @@ def test_a_table_lock_held_by_another_session_ends_the_wait_naming_table_and_ses
     [line] = result.stderr.strip().splitlines()
     assert re.fullmatch(rf"ERROR: (pg_dump|the row count) waited {STALL // 2} s for a lock on public\.orders, held by "
                         rf"pid {holder} \(user postgres, AccessExclusiveLock\); nothing was kept", line), line
-    assert backups_in(backup_dir) == [] and _partials(backup_dir) == []
-    assert _metric(str(tmp_path), sample_db) == 0
+    assert backups_in(backup_dir) == [] and partials_in(backup_dir) == []
+    assert _last_run_success(str(tmp_path), sample_db) == 0

@@ -440,6 +440,8 @@ class BackupRunner:
                 size += len(data)
 
             watch = _StallWatch(options.stall_timeout, lambda what: _stop_stalled(what, proc, compressor))
+            # Only a compressor of its own process can be stopped, so only that one is watched.
+            stoppable_compressor = compressor.tool if hasattr(compressor, "kill") else None
             watch.start()
             try:
                 while True:
@@ -453,7 +455,7 @@ class BackupRunner:
                         head += chunk[:16]
                     # Only the last bytes: joining the whole chunk would copy every byte of the dump again.
                     tail = (tail + chunk[-256:])[-256:]
-                    watch.waiting_on(compressor.tool if hasattr(compressor, "kill") else None)
+                    watch.waiting_on(stoppable_compressor)
                     compressed = compressor.feed(chunk)
                     watch.waiting_on(None)  # the write to disk: slow is not stalled, and nothing to stop
                     emit(compressed)
@@ -462,7 +464,7 @@ class BackupRunner:
                 watch.raise_if_stalled()
                 self._raise_if_dump_waited_for_a_lock(proc.returncode, stderr_lines)
                 _check_dump_exit(proc.returncode, stderr_lines, options.dump_format, head, tail)
-                watch.waiting_on(compressor.tool if hasattr(compressor, "kill") else None)
+                watch.waiting_on(stoppable_compressor)
                 compressed = compressor.finish()
                 watch.end()
                 emit(compressed)
