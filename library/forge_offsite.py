@@ -186,6 +186,8 @@ ARGUMENT_SPEC = dict(
     fail_on_error=dict(type="bool", default=True),
     passphrase_file=dict(type="path", no_log=False),
     passphrase=dict(type="str", no_log=True),
+    retired_passphrases_file=dict(type="path", no_log=False),
+    retired_passphrases=dict(type="list", elements="str", no_log=True, default=[]),
 )
 
 
@@ -198,7 +200,8 @@ def copy_offsite(module):
             ssh_identity=p["ssh_identity"], known_hosts=p["known_hosts"], require_mount=p["require_mount"],
             skip_unencrypted=p["skip_unencrypted"], textfile_dir=p["textfile_dir"], state_dir=p["report_dir"],
             sentry_dsn=p["sentry_dsn"], environment=p["environment"], passphrase_file=p["passphrase_file"],
-            passphrase=p["passphrase"])
+            passphrase=p["passphrase"], retired_passphrases_file=p["retired_passphrases_file"],
+            retired_passphrases=p["retired_passphrases"])
     except ForgeError as exc:
         return dict(failed=True, msg=exc.message)
     return OffsiteCopy(options).run(check_mode=module.check_mode)

@@ -302,6 +302,8 @@ ARGUMENT_SPEC = dict(
     amcheck=dict(type="bool", default=False),
     passphrase_file=dict(type="path", no_log=False),
     passphrase=dict(type="str", no_log=True),
+    retired_passphrases_file=dict(type="path", no_log=False),
+    retired_passphrases=dict(type="list", elements="str", no_log=True, default=[]),
     login_host=dict(type="str", default="localhost"),
     port=dict(type="int", default=5432),
     login_user=dict(type="str"),
@@ -326,7 +328,8 @@ class RestoreModule:
             settings = PgSettings(host=p["login_host"], port=p["port"], user=p["login_user"],
                                   password=p["login_password"], database=p["database"])
             options = RestoreOptions(backup_dir=p["backup_dir"], passphrase_file=p["passphrase_file"],
-                                     passphrase=p["passphrase"],
+                                     passphrase=p["passphrase"], retired_passphrases=p["retired_passphrases"],
+                                     retired_passphrases_file=p["retired_passphrases_file"],
                                      jobs=p["jobs"], force=p["force"], create=p["create"], owner=p["owner"],
                                      keep_previous=p["keep_previous"], require_encryption=p["require_encryption"],
                                      kdf_iterations=p["kdf_iter"], psql_command=p["psql_command"],

@@ -19,6 +19,7 @@ PITR = "module_utils/forge/pitr.py"
 PITR_SERVE = "module_utils/forge/pitr_serve.py"
 DBCLIENT = "module_utils/forge/dbclient.py"
 SETTINGS = "module_utils/forge/settings.py"
+OFFSITE = "module_utils/forge/offsite.py"
 
 MUTANTS = [
     {
@@ -612,5 +613,51 @@ MUTANTS = [
         "edits": [(CATALOG, "MAX_MANIFEST_BYTES = 64 << 20\n", "MAX_MANIFEST_BYTES = 1 << 20\n")],
         "tests": ["tests/test_big_schemas.py::"
                   "test_a_backup_whose_manifest_is_past_a_mebibyte_verifies_and_drills_exactly"],
+    },
+    {
+        "name": "a-retired-key-id-is-taken-as-its-signature",
+        "promise": "a retired key proves only the manifests it signed, not every manifest that names its key id",
+        "edits": [(CATALOG, "                outcome = signing.check(raw, retired[0])\n",
+                   "                outcome = signing.SIGNATURE_OK\n")],
+        "tests": ["tests/test_key_rotation.py::test_a_manifest_that_names_a_retired_key_but_was_changed_is_refused"],
+    },
+    {
+        "name": "an-old-key-backup-is-decrypted-with-the-new-key",
+        "promise": "after a rotation, a backup under the retired key restores and drills PASS",
+        "edits": [(RESTORE, "            return backup.key_passphrase  # a retired key proved its manifest: that key made the "
+                   "file\n", "            pass\n")],
+        "tests": ["tests/test_key_rotation.py::"
+                  "test_an_old_key_backup_drills_pass_after_the_rotation_with_the_old_key_retired[restore_db.sh]"],
+    },
+    {
+        "name": "retention-ignores-the-retired-keys",
+        "promise": "old-key backups leave by retention once a retired key proves them",
+        "edits": [(BACKUP, "        return catalog.TrustPolicy(self.passphrase, require_encryption=self.options.encrypt, "
+                   "now=self.clock(),\n                                   retired=self.retired)",
+                   "        return catalog.TrustPolicy(self.passphrase, require_encryption=self.options.encrypt, "
+                   "now=self.clock())")],
+        "tests": ["tests/test_key_rotation.py::"
+                  "test_retention_removes_old_key_backups_it_can_prove_and_counts_them_until_then"],
+    },
+    {
+        "name": "old-key-backups-stay-home",
+        "promise": "after a rotation, backups under the retired key keep going off site",
+        "edits": [(OFFSITE, "        policy = TrustPolicy(passphrase, now=self.clock(), retired=retired)",
+                   "        policy = TrustPolicy(passphrase, now=self.clock())")],
+        "tests": ["tests/test_key_rotation.py::test_old_key_backups_go_off_site_with_the_new_ones"],
+    },
+    {
+        "name": "a-backup-nobody-can-prove-is-kept-in-silence",
+        "promise": "a backup no configured key proves is never deleted, and each run says so",
+        "edits": [(BACKUP, "            if backup.unknown_key_id:\n", "            if False:\n")],
+        "tests": ["tests/test_key_rotation.py::test_a_backup_no_configured_key_proves_is_kept_and_said_so"],
+    },
+    {
+        "name": "a-readable-retired-keyring-is-used",
+        "promise": "the retired passphrases are read only from a file its owner alone can read",
+        "edits": [(SIGNING, "        if info.st_mode & 0o077:\n            raise ForgeError(f\"{what} has mode",
+                   "        if False:\n            raise ForgeError(f\"{what} has mode")],
+        "tests": ["tests/test_key_rotation.py::"
+                  "test_a_retired_keyring_that_is_not_private_is_refused_in_one_line[group-readable]"],
     },
 ]

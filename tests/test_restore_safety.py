@@ -866,7 +866,8 @@ def test_a_wrong_passphrase_is_named_with_both_key_ids(pg, live, backup_dir, tmp
     theirs = manifest_of(path)["signature"]["key_id"]
     ours = hmac.new(key, b"infer-forge key id", hashlib.sha256).hexdigest()[:16]
     assert backup.problem == (f"wrong passphrase: the manifest was signed with key {theirs}, this passphrase is "
-                              f"key {ours}")
+                              f"key {ours} (after a key rotation, put the old passphrase in "
+                              "BACKUP_RETIRED_PASSPHRASES_FILE)")
 
 
 def _as_version_1(path, passphrase=PASSPHRASE, **changes):

@@ -61,7 +61,7 @@ class BackupOptions:
                  passphrase_file=None, encrypt=None, dump_command=None, dump_options=None, lock_wait=0,
                  textfile_dir=None, sentry_dsn=None, environment=None, space_check=True,
                  space_margin_bytes=16 << 20, kdf_iterations=None, passphrase=None, gzip_tool="auto",
-                 stall_timeout=300):
+                 stall_timeout=300, retired_passphrases_file=None, retired_passphrases=()):
         self.backup_dir = backup_dir
         self.retention_days = retention_days
         self.min_keep = min_keep
@@ -76,6 +76,10 @@ class BackupOptions:
         self.passphrase_file = passphrase_file
         # The passphrase itself, instead of its file (a module's vault value); it wins over the file.
         self.passphrase = passphrase
+        # Key rotation: earlier passphrases. They prove the backups they made, so retention, the
+        # space estimate and the metrics treat those like any proven backup; they never sign.
+        self.retired_passphrases_file = retired_passphrases_file
+        self.retired_passphrases = list(retired_passphrases or ())
         self.encrypt = bool(passphrase_file or passphrase) if encrypt is None else bool(encrypt)
         self.dump_command = list(dump_command or ["pg_dump"])
         self.dump_options = list(["--no-owner", "--no-privileges"] if dump_options is None else dump_options)
@@ -130,12 +134,14 @@ class BackupRunner:
         self.stem = catalog.file_stem(settings.database or "")
         self.hostname = socket.gethostname()
         self.passphrase = None
+        self.retired = ()
         if not settings.database:
             raise ForgeError("no database given (POSTGRES_DB)")
 
     def _policy(self):
         """The trust rule for this run's reads of the directory (retention, space estimate, metrics)."""
-        return catalog.TrustPolicy(self.passphrase, require_encryption=self.options.encrypt, now=self.clock())
+        return catalog.TrustPolicy(self.passphrase, require_encryption=self.options.encrypt, now=self.clock(),
+                                   retired=self.retired)
 
     def _scan(self):
         return catalog.scan(self.options.backup_dir, self.settings.database, self._policy())
@@ -148,6 +154,8 @@ class BackupRunner:
             # The passphrase encrypts (when encryption is on) and signs the manifest.
             self.passphrase = signing.load_passphrase(self.options.passphrase, self.options.passphrase_file)
             signing.require_strength(self.passphrase)
+            self.retired = signing.load_keyring(self.options.retired_passphrases,
+                                                self.options.retired_passphrases_file)
             note = None if check_mode else ensure_private_dir(self.options.backup_dir)
             if check_mode and not os.path.isdir(self.options.backup_dir):
                 ensure_private_dir(self.options.backup_dir, create=False)
@@ -514,6 +522,11 @@ class BackupRunner:
             self.log(f"Removed: {backup.name}")
         # What is left is what was scanned minus what was removed; no second read of every manifest.
         remaining = [backup for backup in backups if backup not in plan.remove]
+        for backup in remaining:
+            if backup.unknown_key_id:
+                # Never deleted (nothing proves what it is), so it would stay for ever unseen.
+                self.log(f"Kept, no configured key proves it: {backup.name} (signed with key {backup.unknown_key_id}; "
+                         f"add its passphrase to {signing.RETIRED_ENV} to restore it and let retention remove it)")
         self.log("Done. Remaining backups:")
         for backup in remaining:
             self.log(f"  {backup.name} ({human_size(backup.size)})")
@@ -539,9 +552,11 @@ class BackupRunner:
             return
         now = self.clock()
         labels = {"database": self.settings.database}
-        good = []
+        good, unproven = [], []
         if os.path.isdir(self.options.backup_dir) and not os.path.islink(self.options.backup_dir):
-            good = [b for b in self._scan() if b.good]
+            scanned = self._scan()
+            good = [b for b in scanned if b.good]
+            unproven = [b for b in scanned if b.unknown_key_id]
         managed = [b for b in good if b.manifest is not None]
         last = managed[0] if managed else None
         previous = managed[1] if len(managed) > 1 else None
@@ -550,6 +565,10 @@ class BackupRunner:
             ("last_run_success", "gauge", "1 if the last backup run succeeded, else 0.", 1 if success else 0),
             ("last_run_duration_seconds", "gauge", "Wall time of the last backup run.", round(now - started, 3)),
             ("retained_backups", "gauge", "Good backups kept in the backup directory.", len(good)),
+            ("retired_key_backups", "gauge", "Good backups whose manifest a retired key signed (key rotation).",
+             sum(1 for b in good if b.retired_key_id)),
+            ("unproven_backups", "gauge", "Backups signed with a key no configured passphrase has: never deleted, "
+             "not restorable until their passphrase is retired here.", len(unproven)),
         ]
         if last is not None:
             samples.append(("last_success_timestamp_seconds", "gauge", "When the newest good backup finished.",

@@ -82,11 +82,14 @@ class TrustPolicy:
     being checked, and nothing is ever deleted or restored on that basis.
     """
 
-    def __init__(self, passphrase=None, require_encryption=False, now=None, check_signatures=True):
+    def __init__(self, passphrase=None, require_encryption=False, now=None, check_signatures=True, retired=()):
         self.passphrase = passphrase
         self.require_encryption = require_encryption
         self.now = now
         self.check_signatures = check_signatures
+        # Key rotation: passphrases of earlier keys. They prove and decrypt the backups they
+        # signed (so those restore, leave by retention and go off site); nothing new uses them.
+        self.retired = tuple(p for p in retired if p and p != passphrase)
 
     @classmethod
     def unchecked(cls):
@@ -95,6 +98,21 @@ class TrustPolicy:
     @property
     def key(self):
         return signing.signing_key(self.passphrase) if self.passphrase else None
+
+    def retired_key(self, key_id):
+        """(key, passphrase) of the retired key with this id, or None."""
+        for passphrase in self.retired:
+            key = signing.signing_key(passphrase)
+            if signing.key_id(key) == key_id:
+                return key, passphrase
+        return None
+
+    def like(self, **changes):
+        """This policy with some rules changed (a file named by hand is judged on its own)."""
+        values = dict(passphrase=self.passphrase, require_encryption=self.require_encryption, now=self.now,
+                      check_signatures=self.check_signatures, retired=self.retired)
+        values.update(changes)
+        return TrustPolicy(**values)
 
     def current_time(self):
         return time.time() if self.now is None else self.now
@@ -130,6 +148,11 @@ class BackupFile:
         self.raw_manifest = None
         self.problem = None
         self.content_verified = False
+        # Set when a retired key proved the manifest: its passphrase decrypts the file.
+        self.retired_key_id = None
+        self.key_passphrase = None
+        # Set when the manifest is signed with a key no configured passphrase has.
+        self.unknown_key_id = None
         self._evaluate()
 
     @property
@@ -227,11 +250,20 @@ class BackupFile:
             self.signature_unchecked = True
             return "manifest signature not checked: no passphrase given"
         outcome = signing.check(raw, policy.key)
+        if outcome == signing.SIGNATURE_WRONG_KEY:
+            retired = policy.retired_key(raw["signature"]["key_id"])
+            if retired is not None:
+                outcome = signing.check(raw, retired[0])
+                if outcome == signing.SIGNATURE_OK:
+                    self.retired_key_id, self.key_passphrase = raw["signature"]["key_id"], retired[1]
         if outcome == signing.SIGNATURE_MISSING:
             return "manifest is not signed; it cannot be trusted (a signature removed is a manifest changed)"
         if outcome == signing.SIGNATURE_WRONG_KEY:
+            self.unknown_key_id = raw["signature"]["key_id"]
             return (f"wrong passphrase: the manifest was signed with key {raw['signature']['key_id']}, "
-                    f"this passphrase is key {signing.key_id(policy.key)}")
+                    f"this passphrase is key {signing.key_id(policy.key)}"
+                    + (", and no retired passphrase has that key" if policy.retired else
+                       f" (after a key rotation, put the old passphrase in {signing.RETIRED_ENV})"))
         if outcome == signing.SIGNATURE_MISMATCH:
             return "manifest was changed after the backup: its signature does not match"
         return None

@@ -26,9 +26,11 @@ from .fsutil import read_json_object, read_small_file
 from .pitr_offsite import CHECK_PREFIX, COPY_PREFIX, check_metrics_filename, copy_metrics_filename, state_path
 from .sentry import Dsn
 from .settings import read_env_file
-from .signing import read_passphrase
+from .signing import read_keyring, read_passphrase
 
 PASS, FAIL, WARN = "PASS", "FAIL", "WARN"
+# Beside backup.pass in the backup role's config directory (backup_retired_passphrases_file).
+RETIRED_KEYRING_NAME = "backup-retired.pass"
 
 # (Czech label as in the runbook, English label) and which inventory group's
 # hosts own the item. What fixes an item is the deployment's business: the
@@ -281,9 +283,15 @@ class Checklist:
         readable here) a signed-looking manifest counts, but the item is at most a WARN."""
         path = os.path.join(self.s["config_dir"], "backup.pass")
         try:
-            return TrustPolicy(read_passphrase(path)), None
+            passphrase = read_passphrase(path)
         except ForgeError as exc:
             return TrustPolicy.unchecked(), f"manifest signatures not checked: {exc.message}"
+        retired = os.path.join(self.s["config_dir"], RETIRED_KEYRING_NAME)
+        try:
+            ring = read_keyring(retired) if os.path.lexists(retired) else []
+        except ForgeError as exc:
+            return TrustPolicy(passphrase), f"backups under a retired key not proven: {exc.message}"
+        return TrustPolicy(passphrase, retired=ring), None
 
     def item_3(self):
         evidence, status = [], PASS
@@ -296,7 +304,12 @@ class Checklist:
                 evidence.append(f"{database}: no cron entry in {self.s['cron_file']} and no sidecar "
                                 f"{self.s['compose_file']}")
                 continue
-            good = [b for b in scan(self.s["backup_dir"], database, policy) if b.good]
+            scanned = scan(self.s["backup_dir"], database, policy)
+            good = [b for b in scanned if b.good]
+            rotation = _key_rotation_evidence(database, scanned)
+            if rotation:
+                evidence.extend(rotation)
+                status = WARN if status == PASS else status
             if not good:
                 status = FAIL
                 evidence.append(f"{database}: scheduled ({how}) but no good backup in {self.s['backup_dir']}")
@@ -634,6 +647,25 @@ class Checklist:
 
 # A webhook or SMTP URL in the config is a secret: amtool quotes it when it cannot parse it.
 _URL = re.compile(r"""(?:parse |\b[a-z][a-z0-9+.-]*://)[^\s,]*""", re.IGNORECASE)
+
+
+def _key_rotation_evidence(database, backups):
+    """Lines naming the backups a key rotation left behind: those a retired key proves (they
+    restore, and leave by retention) and those no configured key proves (kept for ever)."""
+    lines = []
+    retired = [b for b in backups if b.good and b.retired_key_id]
+    if retired:
+        keys = ", ".join(sorted({b.retired_key_id for b in retired}))
+        many = len(retired) > 1
+        lines.append(f"{database}: {len(retired)} backup{'s' if many else ''} under a retired key ({keys}): "
+                     f"{', '.join(b.name for b in retired)}; {'they restore' if many else 'it restores'} with the "
+                     f"retired passphrase and {'leave' if many else 'leaves'} by retention")
+    unproven = [b for b in backups if b.unknown_key_id]
+    if unproven:
+        lines.append(f"{database}: {len(unproven)} backup{'s' if len(unproven) > 1 else ''} no configured key proves, "
+                     f"kept until its passphrase is in {RETIRED_KEYRING_NAME}: "
+                     + ", ".join(f"{b.name} (key {b.unknown_key_id})" for b in unproven))
+    return lines
 
 
 def _amtool_reason(stdout):

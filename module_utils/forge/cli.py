@@ -75,6 +75,7 @@ def backup_from_config(config):
         jobs=backup["jobs"],
         gzip_tool=backup["gzip_tool"],
         passphrase_file=passphrase_file,
+        retired_passphrases_file=store["retired_passphrases_file"],
         encrypt=_encrypt(config, passphrase_file),
         dump_command=dump_command,
         lock_wait=backup["lock_wait"],
@@ -162,6 +163,7 @@ def restore_command(args, config):
     store = declarations.from_config(declarations.STORE, config)
     passphrase_file = store["passphrase_file"]
     options = RestoreOptions(backup_dir=store["backup_dir"], passphrase_file=passphrase_file,
+                             retired_passphrases_file=store["retired_passphrases_file"],
                              jobs=getattr(parsed, "jobs", None), force=getattr(parsed, "force", False),
                              keep_previous=not getattr(parsed, "drop_previous", False),
                              require_encryption=_encrypt(config, passphrase_file),
@@ -192,7 +194,8 @@ def offsite_from_config(config):
     from .offsite import OffsiteCopy, OffsiteOptions
 
     store = declarations.from_config(declarations.STORE, config, [
-        "backup_dir", "textfile_dir", "report_dir", "sentry_dsn", "environment", "passphrase_file"])
+        "backup_dir", "textfile_dir", "report_dir", "sentry_dsn", "environment", "passphrase_file",
+        "retired_passphrases_file"])
     offsite = declarations.from_config(declarations.OFFSITE, config)
     options = OffsiteOptions(
         backup_dir=store["backup_dir"],
@@ -210,6 +213,7 @@ def offsite_from_config(config):
         sentry_dsn=store["sentry_dsn"],
         environment=store["environment"],
         passphrase_file=store["passphrase_file"],
+        retired_passphrases_file=store["retired_passphrases_file"],
     )
     return OffsiteCopy(options, log=log_line)
 

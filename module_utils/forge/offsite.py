@@ -32,7 +32,7 @@ from .fsutil import ensure_private_dir, fsync_dir, read_json_object, write_atomi
 from .pgconn import tool_env
 from .records import OFFSITE_METRIC_PREFIX as METRIC_PREFIX
 from .records import offsite_metrics_filename, offsite_state_path
-from .signing import load_passphrase
+from .signing import load_keyring, load_passphrase
 
 OPENSSL_MAGIC = b"Salted__"
 CHUNK = 1024 * 1024
@@ -60,7 +60,7 @@ class OffsiteOptions:
     def __init__(self, backup_dir, target, database, retention_days=90, min_keep=7, ssh_port=22,
                  ssh_identity=None, known_hosts=None, ssh_timeout=20, require_mount=True,
                  skip_unencrypted=False, textfile_dir=None, state_dir=None, sentry_dsn=None, environment=None,
-                 passphrase_file=None, passphrase=None):
+                 passphrase_file=None, passphrase=None, retired_passphrases_file=None, retired_passphrases=()):
         if not target:
             raise ForgeError("no off-site target: set OFFSITE_TARGET (user@nas:/path or a mounted USB path)")
         if not database:
@@ -85,6 +85,9 @@ class OffsiteOptions:
         self.passphrase_file = passphrase_file
         # The passphrase itself, instead of its file (a module's vault value); it wins over the file.
         self.passphrase = passphrase
+        # Key rotation: backups a retired key proves go off site like the new ones.
+        self.retired_passphrases_file = retired_passphrases_file
+        self.retired_passphrases = list(retired_passphrases or ())
 
 
 def open_target(options):
@@ -297,7 +300,8 @@ class OffsiteCopy:
         if passphrase is None:
             raise ForgeError("off-site copies need the backup passphrase (BACKUP_PASSPHRASE_FILE) to check that "
                              "each manifest is signed before it is copied")
-        policy = TrustPolicy(passphrase, now=self.clock())
+        retired = load_keyring(self.options.retired_passphrases, self.options.retired_passphrases_file)
+        policy = TrustPolicy(passphrase, now=self.clock(), retired=retired)
         local = [b for b in scan(self.options.backup_dir, self.options.database, policy) if b.good]
         # The window the target keeps: younger than its retention, or among the min_keep newest.
         wanted = [b for i, b in enumerate(local) if i < self.options.min_keep or b.timestamp >= cutoff]

@@ -54,7 +54,7 @@ def select_backup(backup_dir, database=None, path=None, policy=None):
             raise ForgeError(f"backup file {path} does not exist")
         # A file the operator names is judged on its own: the policy's rules for
         # automatic choice (encryption required, not in the future) do not apply.
-        by_name = catalog.TrustPolicy(policy.passphrase, now=float("inf"), check_signatures=policy.check_signatures)
+        by_name = policy.like(require_encryption=False, now=float("inf"))
         backup = catalog.open_backup(real_path, by_name)
         if backup is None:
             raise ForgeError(f"{os.path.basename(path)} is not a backup we can restore "
@@ -342,11 +342,15 @@ class RestoreOptions:
     def __init__(self, backup_dir="/backups", passphrase_file=None, jobs=None, force=False, create=True,
                  owner=None, session_settings=None, psql_command=None, pg_restore_command=None, verify=True,
                  comment=None, keep_previous=True, require_encryption=None, check_counts=True,
-                 kdf_iterations=None, passphrase=None, allow_unverified=True):
+                 kdf_iterations=None, passphrase=None, allow_unverified=True, retired_passphrases_file=None,
+                 retired_passphrases=()):
         self.backup_dir = backup_dir
         self.passphrase_file = passphrase_file
         # The passphrase itself, instead of its file (a module's vault value); it wins over the file.
         self.passphrase = passphrase
+        # Key rotation: earlier passphrases, which read (prove and decrypt) the backups they made.
+        self.retired_passphrases_file = retired_passphrases_file
+        self.retired_passphrases = list(retired_passphrases or ())
         self.jobs = jobs
         self.force = force
         self.create = create
@@ -395,6 +399,7 @@ class Restorer:
         self.settings = settings
         self.log = log or (lambda line: None)
         self._passphrase = None
+        self._retired = None
 
     @property
     def jobs(self):
@@ -406,8 +411,15 @@ class Restorer:
             self._passphrase = signing.load_passphrase(self.options.passphrase, self.options.passphrase_file)
         return self._passphrase
 
+    def retired_passphrases(self):
+        if self._retired is None:
+            self._retired = signing.load_keyring(self.options.retired_passphrases,
+                                                 self.options.retired_passphrases_file)
+        return self._retired
+
     def policy(self):
-        return catalog.TrustPolicy(self.configured_passphrase(), require_encryption=self.options.require_encryption)
+        return catalog.TrustPolicy(self.configured_passphrase(), require_encryption=self.options.require_encryption,
+                                   retired=self.retired_passphrases())
 
     def select(self, database=None, path=None):
         return select_backup(self.options.backup_dir, database, path, self.policy())
@@ -417,6 +429,8 @@ class Restorer:
             return None
         if getattr(backup, "legacy_passphrase", None):
             return backup.legacy_passphrase
+        if getattr(backup, "key_passphrase", None):
+            return backup.key_passphrase  # a retired key proved its manifest: that key made the file
         if not (self.options.passphrase_file or self.options.passphrase):
             raise ForgeError(f"{backup.name} is encrypted; a passphrase file is needed to restore it")
         return self.configured_passphrase()

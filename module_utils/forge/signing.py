@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import json
 import os
+import stat
 
 from .errors import ForgeError
 
@@ -77,6 +78,52 @@ def load_passphrase(value=None, path=None):
     if value:
         return passphrase_bytes(value)
     return read_passphrase(path) if path else None
+
+
+RETIRED_ENV = "BACKUP_RETIRED_PASSPHRASES_FILE"
+
+
+def read_keyring(path):
+    """The retired passphrases in ``path``: one per line, each read as openssl reads a
+    passphrase file's first line (a NUL ends it, a ``\\r`` is part of it); blank lines are
+    skipped; a file that does not exist retires nothing. They only ever read (decrypt and prove
+    old backups), never write. The file holds keys to every old backup, so it must be a regular
+    file its owner alone can read, reached without a link."""
+    what = f"retired passphrases file {path}"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        # Nothing retired (a host the backup role has not deployed since rotation came). Not silent
+        # where it matters: a backup no key proves is named in the log, a metric and the checklist.
+        return []
+    except OSError as exc:
+        raise ForgeError(f"{what} cannot be opened without following a link ({exc.strerror}); "
+                         "nothing was read") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ForgeError(f"{what} is not a regular file; nothing was read")
+        if info.st_mode & 0o077:
+            raise ForgeError(f"{what} has mode {info.st_mode & 0o777:04o}; it must be readable by its owner only "
+                             f"(chmod 600 {path}); nothing was read")
+        os.set_blocking(handle.fileno(), True)
+        data = handle.read(1 << 20)
+    passphrases = []
+    for line in data.split(b"\n"):
+        passphrase = line[:OPENSSL_PASS_MAX].split(b"\0", 1)[0]
+        if passphrase and passphrase not in passphrases:
+            passphrases.append(passphrase)
+    return passphrases
+
+
+def load_keyring(values=None, path=None):
+    """Retired passphrases as bytes: ``values`` (Ansible Vault values, in memory only) and
+    those in the file at ``path``; an empty list when neither is configured."""
+    ring = [passphrase_bytes(value) for value in values or () if value]
+    for passphrase in read_keyring(path) if path else ():
+        if passphrase not in ring:
+            ring.append(passphrase)
+    return ring
 
 
 def passphrase_bytes(value):

@@ -47,4 +47,17 @@ options:
       - The backup passphrase itself, for example from Ansible Vault, instead of O(passphrase_file).
       - It stays in the module's memory and wins over O(passphrase_file); no file is written for it.
     type: str
+  retired_passphrases_file:
+    description:
+      - Key rotation. File of retired passphrases, one per line, mode 0600, never a link
+        (C(BACKUP_RETIRED_PASSPHRASES_FILE)).
+      - A retired passphrase proves and decrypts the backups it made, so they restore, drill, leave by retention and
+        go off site like new ones; it never signs or encrypts a new backup.
+    type: path
+  retired_passphrases:
+    description:
+      - Retired passphrases themselves, for example from Ansible Vault, beside O(retired_passphrases_file).
+    type: list
+    elements: str
+    default: []
 """
