@@ -446,7 +446,8 @@ def render(role, template, **values):
     env = jinja2.Environment(  # noqa: S701 - YAML, not HTML: Ansible does not escape either
         loader=jinja2.FileSystemLoader(os.path.join(REPO, "roles", role, "templates")),
         undefined=jinja2.StrictUndefined, trim_blocks=True, keep_trailing_newline=True)
-    env.filters.update(to_json=json.dumps, comment=lambda text: f"# {text}")
+    env.filters.update(to_json=json.dumps, comment=lambda text: f"# {text}",
+                       ternary=lambda value, yes, no: yes if value else no)
     return env.get_template(template).render(context)
 
 

@@ -207,3 +207,25 @@ def test_a_command_never_stops_on_a_setting_it_does_not_use():
     offsite = cli.offsite_from_config({"OFFSITE_TARGET": "/mnt/usb/x", "POSTGRES_DB": "db",
                                        "BACKUP_KDF_ITER": "many"})
     assert offsite.options.backup_dir == declarations.STORE["backup_dir"].default
+
+
+def _backup_config_settings():
+    return [pytest.param(setting, id=setting.env) for table in (declarations.CONNECTION, declarations.STORE,
+                                                                 declarations.BACKUP)
+            for setting in table.values() if setting.env and setting.role_var]
+
+
+@pytest.mark.parametrize("setting", _backup_config_settings())
+def test_a_role_variable_of_an_on_host_setting_reaches_the_hosts_config_file(setting):
+    """A variable the role declares but never writes into backup-<db>.env would set the
+    playbooks' runs and leave cron's at the engine's default (the way BACKUP_STALL_TIMEOUT was)."""
+    from helpers import render
+
+    value = {"int": 4242, "bool": True, "path": "/srv/forge-drift-check", "str": "forge-drift-check"}[setting.kind]
+    if setting.choices:
+        value = setting.choices[-1]
+    values = {"backup_compose_sidecar": False, setting.role_var: value}
+    text = render("backup", "backup.env.j2", item="infer_forge", sidecar=False, **values)
+    expected = {True: "1"}.get(value, str(value))
+    assert f"{setting.env}={expected}" in text.splitlines(), (
+        f"roles/backup/templates/backup.env.j2 does not write {setting.env} from {setting.role_var}")

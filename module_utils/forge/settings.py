@@ -188,7 +188,8 @@ BACKUP = _table(
     Setting("lock_wait", "int", 0, "Seconds to wait for another backup of the database to finish.",
             env="BACKUP_LOCK_WAIT"),
     Setting("stall_timeout", "int", 300, "Seconds without progress from pg_dump or the compressor before the run "
-            "is stopped; a wait for a table lock ends at half of it.", env="BACKUP_STALL_TIMEOUT"),
+            "is stopped; a wait for a table lock ends at half of it.", env="BACKUP_STALL_TIMEOUT",
+            role_var="backup_stall_timeout"),
     Setting("space_check", "bool", True, "Refuse to start when the disk cannot hold another backup.",
             env="BACKUP_SPACE_CHECK"),
 )
