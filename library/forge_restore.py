@@ -127,6 +127,14 @@ options:
     description: For O(mode=drill), check every B-tree index with C(amcheck) (needs a superuser login).
     type: bool
     default: false
+  stall_timeout:
+    description:
+      - Seconds C(psql) or C(pg_restore) may take no input while none of its sessions works on the server, or one
+        of its sessions may wait for a lock, before the restore is stopped and the failure names it
+        (C(BACKUP_STALL_TIMEOUT)).
+      - A long step the server works on, such as an index build, is progress.
+    type: int
+    default: 300
   passphrase_file:
     description:
       - File whose first line is the backup passphrase (read as C(openssl enc -pass file:) reads it). It decrypts
@@ -300,6 +308,7 @@ ARGUMENT_SPEC = dict(
     kdf_iter=dict(type="int", default=10000),
     sql_checks=dict(type="list", elements="dict", default=[]),
     amcheck=dict(type="bool", default=False),
+    stall_timeout=dict(type="int", default=300),
     passphrase_file=dict(type="path", no_log=False),
     passphrase=dict(type="str", no_log=True),
     retired_passphrases_file=dict(type="path", no_log=False),
@@ -330,6 +339,7 @@ class RestoreModule:
             options = RestoreOptions(backup_dir=p["backup_dir"], passphrase_file=p["passphrase_file"],
                                      passphrase=p["passphrase"], retired_passphrases=p["retired_passphrases"],
                                      retired_passphrases_file=p["retired_passphrases_file"],
+                                     stall_timeout=p["stall_timeout"],
                                      jobs=p["jobs"], force=p["force"], create=p["create"], owner=p["owner"],
                                      keep_previous=p["keep_previous"], require_encryption=p["require_encryption"],
                                      kdf_iterations=p["kdf_iter"], psql_command=p["psql_command"],

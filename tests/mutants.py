@@ -660,4 +660,35 @@ MUTANTS = [
         "tests": ["tests/test_key_rotation.py::"
                   "test_a_retired_keyring_that_is_not_private_is_refused_in_one_line[group-readable]"],
     },
+    {
+        "name": "a-stalled-psql-hangs-the-restore",
+        "promise": "a psql that takes no input and does nothing on the server is stopped and named in one line",
+        "edits": [(RESTORE, "            watch = self._watch(tool, proc.kill)\n            watch.start()\n",
+                   "            watch = self._watch(tool, proc.kill)\n")],
+        "tests": ["tests/test_restore_stalls.py::"
+                  "test_a_client_that_stops_ends_the_drill_in_one_line_and_leaves_no_scratch_database[psql-plain]"],
+    },
+    {
+        "name": "a-stalled-pg-restore-hangs-the-drill",
+        "promise": "a pg_restore --jobs that stops is stopped and named in one line",
+        "edits": [(RESTORE, "                watch = self._watch(\"pg_restore\", proc.kill)\n                watch.start()\n",
+                   "                watch = self._watch(\"pg_restore\", proc.kill)\n")],
+        "tests": ["tests/test_restore_stalls.py::"
+                  "test_a_client_that_stops_ends_the_drill_in_one_line_and_leaves_no_scratch_database"
+                  "[pg_restore-custom]"],
+    },
+    {
+        "name": "a-restores-lock-wait-is-unbounded",
+        "promise": "a restore that waits for a lock for BACKUP_STALL_TIMEOUT ends, naming who holds it",
+        "edits": [(RESTORE, "                lock_since = (lock_since or now) if holders else None\n",
+                   "                lock_since = None\n")],
+        "tests": ["tests/test_restore_stalls.py::test_a_lock_held_by_another_session_ends_the_restore_naming_the_session"],
+    },
+    {
+        "name": "an-index-build-is-taken-for-a-stall",
+        "promise": "a long step the server works on during a restore is progress, never stopped",
+        "edits": [(RESTORE, "                if any(state == \"active\" and wait not in (\"Lock\", \"Client\")",
+                   "                if False and any(state == \"active\" and wait not in (\"Lock\", \"Client\")")],
+        "tests": ["tests/test_restore_stalls.py::test_a_long_step_the_server_is_working_on_is_progress_not_a_stall"],
+    },
 ]

@@ -167,7 +167,10 @@ def restore_command(args, config):
                              jobs=getattr(parsed, "jobs", None), force=getattr(parsed, "force", False),
                              keep_previous=not getattr(parsed, "drop_previous", False),
                              require_encryption=_encrypt(config, passphrase_file),
-                             kdf_iterations=store["kdf_iter"], **_restore_clients(config))
+                             kdf_iterations=store["kdf_iter"],
+                             stall_timeout=declarations.from_config(declarations.RESTORE, config,
+                                                                    ["stall_timeout"])["stall_timeout"],
+                             **_restore_clients(config))
     drill = None
     if parsed.action == "drill":
         drill = DrillOptions(

@@ -343,7 +343,7 @@ class RestoreOptions:
                  owner=None, session_settings=None, psql_command=None, pg_restore_command=None, verify=True,
                  comment=None, keep_previous=True, require_encryption=None, check_counts=True,
                  kdf_iterations=None, passphrase=None, allow_unverified=True, retired_passphrases_file=None,
-                 retired_passphrases=()):
+                 retired_passphrases=(), stall_timeout=300):
         self.backup_dir = backup_dir
         self.passphrase_file = passphrase_file
         # The passphrase itself, instead of its file (a module's vault value); it wins over the file.
@@ -374,6 +374,11 @@ class RestoreOptions:
         self.kdf_iterations = opensslenc.kdf_iterations(kdf_iterations)
         if jobs is not None and (not isinstance(jobs, int) or jobs < 1):
             raise ForgeError(f"jobs must be a whole number >= 1, got {jobs!r}")
+        # psql or pg_restore taking no input and none of its sessions working on the server for this
+        # long (or one waiting this long for a lock) is stopped, and the restore ends naming it.
+        if isinstance(stall_timeout, bool) or not isinstance(stall_timeout, int) or stall_timeout < 2:
+            raise ForgeError(f"stall_timeout must be a whole number >= 2, got {stall_timeout!r}")
+        self.stall_timeout = stall_timeout
 
 
 IN_PROGRESS_COMMENT = "infer-forge restore in progress into "
@@ -700,7 +705,16 @@ class Restorer:
             env["PGPASSWORD"] = self.settings.password
         if self.options.session_settings:
             env["PGOPTIONS"] = " ".join(f"-c {key}={value}" for key, value in self.options.session_settings.items())
+        # The client's sessions carry a name of this restore alone: the stall watch finds them by it.
+        env["PGAPPNAME"] = self._client_name
         return env
+
+    @property
+    def _client_name(self):
+        return f"infer-forge-restore-{os.getpid()}-{id(self) % 100000}"
+
+    def _watch(self, tool, stop):
+        return _ClientWatch(self.settings, self._client_name, tool, self.options.stall_timeout, stop)
 
     def _pg_restore_file(self, backup, target, report):
         """pg_restore --jobs needs a seekable file: it reads, through our open descriptor, the private
@@ -715,10 +729,19 @@ class Restorer:
                 "--no-owner", "--no-privileges", "--exit-on-error", f"--jobs={self.jobs}",
                 f"--dbname={dbname_conninfo(target)}", f"/dev/fd/{fd}"]
             with PassFile(self.settings.password) as passfile:
-                proc = subprocess.run(command, env=self._env(target, passfile), capture_output=True, text=True,
-                                      check=False, pass_fds=(fd, *passed_fds(passfile)))
+                proc = subprocess.Popen(command, env=self._env(target, passfile), stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE, text=True, pass_fds=(fd, *passed_fds(passfile)))
+                watch = self._watch("pg_restore", proc.kill)
+                watch.start()
+                watch.waiting()
+                try:
+                    _, stderr = proc.communicate()
+                finally:
+                    watch.end()
+        if watch.stalled:
+            raise ForgeError(f"restore stopped: {watch.stalled}")
         if proc.returncode != 0:
-            raise ForgeError(f"pg_restore failed: {_first_error(proc.stderr)}")
+            raise ForgeError(f"pg_restore failed: {_first_error(stderr)}")
 
     def _stream(self, backup, target, passphrase, report):
         if backup.dump_format == "plain":
@@ -743,27 +766,136 @@ class Restorer:
                 text = "".join(errors)
                 return _first_error(_restricted_error(text) if restrict else text) or default
 
+            tool = "psql" if backup.dump_format == "plain" else "pg_restore"
+            watch = self._watch(tool, proc.kill)
+            watch.start()
             try:
-                for data in chunks:
-                    proc.stdin.write(data)
-            except BrokenPipeError:
+                try:
+                    chunks = iter(chunks)
+                    while True:
+                        watch.busy()  # reading, decrypting, decompressing: ours, not the client's time
+                        data = next(chunks, None)
+                        if data is None:
+                            break
+                        watch.waiting()
+                        proc.stdin.write(data)
+                except BrokenPipeError:
+                    proc.wait()
+                    reader.join()
+                    if watch.stalled:
+                        raise ForgeError(f"restore stopped: {watch.stalled}") from None
+                    raise _stopped(backup, psql_error("the client exited early")) from None
+                except BaseException:
+                    # Kill before closing stdin: psql must not commit a damaged stream.
+                    proc.kill()
+                    proc.wait()
+                    reader.join()
+                    raise
+                watch.waiting()
+                try:
+                    proc.stdin.close()
+                except BrokenPipeError:
+                    pass
                 proc.wait()
                 reader.join()
-                raise _stopped(backup, psql_error("the client exited early")) from None
-            except BaseException:
-                # Kill before closing stdin: psql must not commit a damaged stream.
-                proc.kill()
-                proc.wait()
-                reader.join()
-                raise
-            try:
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass
-            proc.wait()
-            reader.join()
+            finally:
+                watch.end()
+        if watch.stalled:
+            raise ForgeError(f"restore stopped: {watch.stalled}")
         if proc.returncode != 0:
             raise _stopped(backup, psql_error(f"exit {proc.returncode}"))
+
+
+# The sessions of one restore's client, and for each that waits for a lock, who holds it.
+_CLIENT_SESSIONS = """
+    SELECT a.pid, a.state, a.wait_event_type,
+           (SELECT string_agg(format('pid %%s (user %%s)', b.pid, coalesce(b.usename, '?')), ', ' ORDER BY b.pid)
+              FROM pg_stat_activity b WHERE b.pid = ANY (pg_blocking_pids(a.pid)))
+      FROM pg_stat_activity a WHERE a.application_name = %s
+"""
+
+
+class _ClientWatch(threading.Thread):
+    """Stops a restore's client (psql, pg_restore) once nothing has moved for ``seconds``: the
+    client took no input and none of its sessions worked on the server, or one of its sessions
+    waited that long for a lock. A long step the server works on (an index build) is progress;
+    time the engine spends reading the backup (``busy``) is never counted against the client.
+    The client is killed and its sessions terminated, so its transaction rolls back."""
+
+    def __init__(self, settings, client_name, tool, seconds, stop):
+        super().__init__(name="restore-stall-watch", daemon=True)
+        self.settings = settings
+        self.client_name = client_name
+        self.tool = tool
+        self.seconds = seconds
+        self.stop = stop
+        self.stalled = None
+        self._ours = False
+        self._moved_at = time.monotonic()
+        self._ended = threading.Event()
+
+    def busy(self):
+        self._ours = True
+
+    def waiting(self):
+        self._moved_at = time.monotonic()
+        self._ours = False
+
+    def end(self):
+        self._ended.set()
+        if self.is_alive():
+            self.join(timeout=10)
+
+    def run(self):
+        interval = max(0.2, min(2.0, self.seconds / 8))
+        conn, lock_since = None, None
+        try:
+            while not self._ended.wait(interval):
+                now = time.monotonic()
+                try:
+                    conn = conn or self.settings.connect(application_name="infer-forge-restore-watch")
+                    sessions = conn.execute(_CLIENT_SESSIONS, (self.client_name,)).fetchall()
+                except Exception:  # noqa: BLE001 - no view of the server now: the input alone decides
+                    conn, sessions = _closed(conn), []
+                if any(state == "active" and wait not in ("Lock", "Client") for _, state, wait, _ in sessions):
+                    self._moved_at = now
+                holders = [held for _, _, wait, held in sessions if wait == "Lock"]
+                lock_since = (lock_since or now) if holders else None
+                if holders:
+                    self._moved_at = now  # a lock wait is bounded by its own rule, and names the holder
+                if lock_since is not None and now - lock_since >= self.seconds:
+                    self.stalled = (f"it waited {self.seconds} s for a lock held by "
+                                    f"{holders[0] or 'another session'} (BACKUP_STALL_TIMEOUT)")
+                elif not self._ours and now - self._moved_at >= self.seconds:
+                    self.stalled = f"{self.tool} made no progress for {self.seconds} s and was stopped " \
+                                   "(BACKUP_STALL_TIMEOUT)"
+                if self.stalled:
+                    self.stop()
+                    _terminate(conn, self.client_name)
+                    return
+        finally:
+            _closed(conn)
+
+
+def _terminate(conn, client_name):
+    """End the stalled client's sessions on the server (a client stopped in a container keeps its
+    connection after its `docker exec` is killed): their transactions roll back."""
+    if conn is None:
+        return
+    try:
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                     (client_name,))
+    except Exception:  # noqa: BLE001, S110 - the side database is dropped WITH (FORCE) after this anyway
+        pass
+
+
+def _closed(conn):
+    if conn is not None:
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001, S110 - closing a broken connection
+            pass
+    return None
 
 
 def _stopped(backup, client_error):

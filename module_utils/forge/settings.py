@@ -199,6 +199,9 @@ RESTORE = _table(
             role_var="backup_restore_force"),
     Setting("keep_previous", "bool", True, "Keep a replaced database as <target>_before_restore_<time>."),
     Setting("create", "bool", True, "Create the target when it does not exist."),
+    Setting("stall_timeout", "int", 300, "Seconds psql or pg_restore may take no input while none of its sessions "
+            "works on the server (or one waits for a lock) before the restore is stopped and named.",
+            env="BACKUP_STALL_TIMEOUT", role_var="backup_stall_timeout"),
 )
 
 DRILL = _table(
