@@ -10,6 +10,7 @@ Timings on a shared machine are noisy; only the ratios within one run matter.
     BENCH_ONLY=pitr make bench      # only Barman's base backup and PITR recovery vs the runbook's,
                                     # paired in the Debian 13 container (PostgreSQL 17)
     BENCH_RUNS=3 BENCH_ONLY=pitr make bench   # three containers; the verdict is on the median
+    BENCH_ONLY=scale make bench     # cost as the work grows: 1,000 to 100,000 tables, 100 databases
 """
 
 import json
@@ -34,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dataset import DOCUMENTS_ROWS_SQL, DOCUMENTS_TABLE_SQL  # noqa: E402
 
 HOST_PYTHON = "/usr/bin/python3"
-PASSPHRASE = "bench passphrase"
+PASSPHRASE = "bench passphrase, twenty characters or more"
 CPUS = compress.default_workers()
 # The targets (issue 16): (what, numerator, denominator, at most). Paired in one run.
 TARGETS = (
@@ -351,6 +352,11 @@ def print_targets(runs, small):
 
 
 def main():
+    if os.environ.get("BENCH_ONLY") == "scale":
+        # Cost as the work grows: 1,000 to 100,000 tables, and 100 small databases (scale_bench.py).
+        import scale_bench
+
+        return scale_bench.main()
     scale = int(os.environ.get("BENCH_SCALE", "50"))
     rows = int(os.environ.get("BENCH_ROWS", "2000000"))
     small_scale, small_rows = max(1, scale // 10), max(1000, rows // 10)
