@@ -691,4 +691,20 @@ MUTANTS = [
                    "                if False and any(state == \"active\" and wait not in (\"Lock\", \"Client\")")],
         "tests": ["tests/test_restore_stalls.py::test_a_long_step_the_server_is_working_on_is_progress_not_a_stall"],
     },
+    {
+        "name": "a-files-sql-runs-as-the-login-outside-the-wrapper",
+        "promise": "with RESTORE_OWNER set, a dump's SQL runs with the owner's rights, never the superuser login's",
+        "edits": [(RESTORE, "        if self.options.owner and not runs_through_wrapper(command):\n",
+                   "        if False:\n")],
+        "tests": ["tests/test_restore_roles.py::test_a_program_in_a_file_never_runs_when_an_owner_is_set",
+                  "tests/test_restore_roles.py::test_a_file_cannot_drop_another_database_when_an_owner_is_set"],
+    },
+    {
+        "name": "a-superuser-login-restores-a-file-nothing-proves",
+        "promise": "a file nothing proves never runs as a superuser",
+        "edits": [(RESTORE, "                if report.get(\"verdict\") == UNVERIFIED:\n"
+                   "                    self._refuse_unverified_as_superuser(control, backup, target)\n", "")],
+        "tests": ["tests/test_restore_roles.py::"
+                  "test_without_an_owner_a_superuser_login_never_restores_a_file_nothing_proves"],
+    },
 ]

@@ -215,6 +215,11 @@ def _through_wrapper(command):
     return any(os.path.basename(word) == DB_CLIENT_WRAPPER for word in command[:4])
 
 
+def runs_through_wrapper(command):
+    """True for root's wrapper (forge.dbclient), which chooses the role itself."""
+    return bool(command) and _through_wrapper(command)
+
+
 def with_container_env(command):
     """For `docker exec`, forward the libpq variables by name (values stay in the environment).
 

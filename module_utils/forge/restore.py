@@ -28,6 +28,7 @@ from .pgconn import (
     count_rows_in_parallel,
     passed_fds,
     runs_in_container,
+    runs_through_wrapper,
     with_container_env,
 )
 
@@ -464,6 +465,8 @@ class Restorer:
         report["target"] = target
         try:
             with self.settings.connect(database=_maintenance_db(target)) as control:
+                if report.get("verdict") == UNVERIFIED:
+                    self._refuse_unverified_as_superuser(control, backup, target)
                 if not check_mode:
                     self._lock(control, target)
                 plan, objects = self._plan(control, target)
@@ -513,6 +516,20 @@ class Restorer:
         return report
 
     # -- steps ------------------------------------------------------------------
+    def _refuse_unverified_as_superuser(self, control, backup, target):
+        """A file nothing proves may hold any SQL (COPY ... FROM PROGRAM, DROP DATABASE of another
+        database): it never runs as a superuser. Root's wrapper chooses a role that is none; otherwise
+        the clients take RESTORE_OWNER's role, which must not be one either."""
+        client = self.options.psql_command if backup.dump_format == "plain" else self.options.pg_restore_command
+        if runs_through_wrapper(client):
+            return
+        row = control.execute("SELECT r.rolname, r.rolsuper FROM pg_roles r WHERE r.rolname = "
+                              "coalesce(%s, current_user)", (self.options.owner,)).fetchone()
+        if row is not None and row[1]:  # an owner that does not exist fails the client's login, in one line
+            raise ForgeError(f"{backup.name} has no signed manifest, and its SQL would run as the superuser {row[0]}: "
+                             "set RESTORE_OWNER (role: backup_restore_owner) to a role that is not a superuser; "
+                             f"{target} was not touched")
+
     def _check_client(self, backup):
         """A pg_restore older than the pg_dump that wrote a custom-format file cannot read its
         header; say what to do before any database is touched, not pg_restore's own words after."""
@@ -703,8 +720,13 @@ class Restorer:
             # the in-memory password file is on this host, out of the container's reach.
             env.pop("PGPASSFILE", None)
             env["PGPASSWORD"] = self.settings.password
-        if self.options.session_settings:
-            env["PGOPTIONS"] = " ".join(f"-c {key}={value}" for key, value in self.options.session_settings.items())
+        settings = dict(self.options.session_settings or {})
+        if self.options.owner and not runs_through_wrapper(command):
+            # The dump's SQL runs with the owner's rights, not the login's (often the superuser):
+            # the session takes the role as it starts, before the first statement of the file.
+            settings["role"] = self.options.owner.replace("\\", "\\\\").replace(" ", "\\ ")
+        if settings:
+            env["PGOPTIONS"] = " ".join(f"-c {key}={value}" for key, value in settings.items())
         # The client's sessions carry a name of this restore alone: the stall watch finds them by it.
         env["PGAPPNAME"] = self._client_name
         return env
