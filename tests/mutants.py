@@ -687,8 +687,8 @@ MUTANTS = [
     {
         "name": "an-index-build-is-taken-for-a-stall",
         "promise": "a long step the server works on during a restore is progress, never stopped",
-        "edits": [(RESTORE, "                if any(state == \"active\" and wait not in (\"Lock\", \"Client\")",
-                   "                if False and any(state == \"active\" and wait not in (\"Lock\", \"Client\")")],
+        "edits": [(RESTORE, "                if any(session[1] == \"active\" and session[2] not in (\"Lock\", \"Client\")",
+                   "                if False and any(session[1] == \"active\" and session[2] not in (\"Lock\", \"Client\")")],
         "tests": ["tests/test_restore_stalls.py::test_a_long_step_the_server_is_working_on_is_progress_not_a_stall"],
     },
     {

@@ -757,7 +757,7 @@ class Restorer:
                 watch.start()
                 watch.waiting()
                 try:
-                    _, stderr = proc.communicate()
+                    stderr = proc.communicate()[1]
                 finally:
                     watch.end()
         if watch.stalled:
@@ -879,9 +879,9 @@ class _ClientWatch(threading.Thread):
                     sessions = conn.execute(_CLIENT_SESSIONS, (self.client_name,)).fetchall()
                 except Exception:  # noqa: BLE001 - no view of the server now: the input alone decides
                     conn, sessions = _closed(conn), []
-                if any(state == "active" and wait not in ("Lock", "Client") for _, state, wait, _ in sessions):
+                if any(session[1] == "active" and session[2] not in ("Lock", "Client") for session in sessions):
                     self._moved_at = now
-                holders = [held for _, _, wait, held in sessions if wait == "Lock"]
+                holders = [session[3] for session in sessions if session[2] == "Lock"]
                 lock_since = (lock_since or now) if holders else None
                 if holders:
                     self._moved_at = now  # a lock wait is bounded by its own rule, and names the holder
