@@ -246,7 +246,8 @@ def test_the_database_host_is_gone_and_the_put_back_fills_its_new_empty_volume(h
 
 def test_the_database_host_is_gone_step_3_deploys_pitr_again_and_the_checklist_passes_item_12(host):
     """Step 3 of "The database host is gone", both commands as written (the lab's inventory, no
-    vault): the PITR deploy runs clean on the put-back database, and the checklist's item 12
+    vault): the PITR deploy runs clean on the put-back database (and replaces, never follows, a
+    link planted at barman's .pgpass), and the checklist's item 12
     (point-in-time recovery) PASSes on the Barman host. The scenario deploys no backup, app or
     monitoring host, so only item 12 has evidence here."""
     assert pytest_state.get("host_gone_put_back"), "step 2 did not run"
@@ -257,6 +258,10 @@ def test_the_database_host_is_gone_step_3_deploys_pitr_again_and_the_checklist_p
     block = step.split("```bash\n", 1)[1].split("```", 1)[0]
     commands = [shlex.split(line.strip()) for line in block.splitlines() if line.strip()]
     assert [words[3] for words in commands] == ["playbooks/deploy.yml", "playbooks/checklist.yml"], commands
+    # A link barman planted where root once wrote barman's .pgpass (a truncated root-only file was
+    # the reproduction): the deploy writes it as barman, so the link is replaced, never followed.
+    host.check_output("install -m 0600 /dev/null /root/forge-canary && echo 'root only' > /root/forge-canary")
+    host.check_output("runuser -u barman -- ln -sfn /root/forge-canary /var/lib/barman/.pgpass")
     runs, started = [], time.time()
     for words in commands:
         assert words[:3] == ["ansible-playbook", "-i", "inventories/production"] and "--ask-vault-pass" in words
@@ -267,6 +272,9 @@ def test_the_database_host_is_gone_step_3_deploys_pitr_again_and_the_checklist_p
     deployed, checked = runs
     assert deployed.returncode == 0, deployed.stdout[-4000:]
     assert not failure_messages(deployed)
+    assert host.file("/root/forge-canary").content_string == "root only\n"
+    pgpass = host.file("/var/lib/barman/.pgpass")
+    assert not pgpass.is_symlink and (pgpass.user, pgpass.mode) == ("barman", 0o600)
     with open(checklist_report_written_since(started)) as handle:
         rows = json.load(handle)["rows"]
     [item_12] = [row for row in rows if row["item"] == 12 and row["host"] == "pitr-barman"]
