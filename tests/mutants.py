@@ -663,16 +663,16 @@ MUTANTS = [
     {
         "name": "a-stalled-psql-hangs-the-restore",
         "promise": "a psql that takes no input and does nothing on the server is stopped and named in one line",
-        "edits": [(RESTORE, "            watch = self._watch(tool, proc.kill)\n            watch.start()\n",
-                   "            watch = self._watch(tool, proc.kill)\n")],
+        "edits": [(RESTORE, "            watch = self._watch(tool, target, proc.kill)\n            watch.start()\n",
+                   "            watch = self._watch(tool, target, proc.kill)\n")],
         "tests": ["tests/test_restore_stalls.py::"
                   "test_a_client_that_stops_ends_the_drill_in_one_line_and_leaves_no_scratch_database[psql-plain]"],
     },
     {
         "name": "a-stalled-pg-restore-hangs-the-drill",
         "promise": "a pg_restore --jobs that stops is stopped and named in one line",
-        "edits": [(RESTORE, "                watch = self._watch(\"pg_restore\", proc.kill)\n                watch.start()\n",
-                   "                watch = self._watch(\"pg_restore\", proc.kill)\n")],
+        "edits": [(RESTORE, "                watch = self._watch(\"pg_restore\", target, proc.kill)\n                watch.start()\n",
+                   "                watch = self._watch(\"pg_restore\", target, proc.kill)\n")],
         "tests": ["tests/test_restore_stalls.py::"
                   "test_a_client_that_stops_ends_the_drill_in_one_line_and_leaves_no_scratch_database"
                   "[pg_restore-custom]"],
@@ -687,17 +687,17 @@ MUTANTS = [
     {
         "name": "an-index-build-is-taken-for-a-stall",
         "promise": "a long step the server works on during a restore is progress, never stopped",
-        "edits": [(RESTORE, "                if any(session[1] == \"active\" and session[2] not in (\"Lock\", \"Client\")",
-                   "                if False and any(session[1] == \"active\" and session[2] not in (\"Lock\", \"Client\")")],
+        "edits": [(RESTORE, "                    self._moved_at = now  # working, or waiting on another session of this restore\n",
+                   "                    pass\n")],
         "tests": ["tests/test_restore_stalls.py::test_a_long_step_the_server_is_working_on_is_progress_not_a_stall"],
     },
     {
-        "name": "a-files-sql-runs-as-the-login-outside-the-wrapper",
-        "promise": "with RESTORE_OWNER set, a dump's SQL runs with the owner's rights, never the superuser login's",
+        "name": "a-proven-restore-is-owned-by-the-login-outside-the-wrapper",
+        "promise": "with RESTORE_OWNER set, what a restore makes belongs to the owner, not the superuser login",
         "edits": [(RESTORE, "        if self.options.owner and not runs_through_wrapper(command):\n",
                    "        if False:\n")],
-        "tests": ["tests/test_restore_roles.py::test_a_program_in_a_file_never_runs_when_an_owner_is_set",
-                  "tests/test_restore_roles.py::test_a_file_cannot_drop_another_database_when_an_owner_is_set"],
+        "tests": ["tests/test_restore_roles.py::"
+                  "test_a_proven_backup_restores_as_the_owner_and_the_owner_owns_what_it_made[plain]"],
     },
     {
         "name": "a-superuser-login-restores-a-file-nothing-proves",
@@ -705,6 +705,14 @@ MUTANTS = [
         "edits": [(RESTORE, "                if report.get(\"verdict\") == UNVERIFIED:\n"
                    "                    self._refuse_unverified_as_superuser(control, backup, target)\n", "")],
         "tests": ["tests/test_restore_roles.py::"
-                  "test_without_an_owner_a_superuser_login_never_restores_a_file_nothing_proves"],
+                  "test_a_superuser_login_never_runs_a_file_nothing_proves[set-role-none-owner]"],
+    },
+    {
+        "name": "a-retired-key-backup-is-chosen-as-latest",
+        "promise": "after a rotation, latest is the newest backup under the current key, never one a retired key signed",
+        "edits": [(RESTORE, "    chosen = max(current or good, key=lambda b: (b.finished_at, b.name))\n",
+                   "    chosen = max(good, key=lambda b: (b.finished_at, b.name))\n")],
+        "tests": ["tests/test_key_rotation.py::"
+                  "test_a_backup_under_a_retired_key_is_never_chosen_over_one_under_the_current_key"],
     },
 ]

@@ -12,7 +12,9 @@ import datetime
 import json
 import os
 import re
+import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -221,3 +223,27 @@ def test_a_manifest_that_names_a_retired_key_but_was_changed_is_refused(pg, rota
     assert result.returncode != 0
     assert "manifest was changed after the backup: its signature does not match" in result.stdout + result.stderr
     assert "PASS" not in [line.split(":", 1)[0] for line in result.stdout.splitlines()]
+
+
+def test_a_backup_under_a_retired_key_is_never_chosen_over_one_under_the_current_key(
+        pg, rotated, backup_dir, keys, tmp_path):
+    """Whoever still holds a retired key can sign a file dated after the rotation: latest is
+    always the newest backup under the current key."""
+    database, old = rotated
+    backup(pg, database, backup_dir, keys["new"], tmp_path)
+    [current] = [path for path in backups_in(backup_dir) if path != old]
+    # The old file under a name one second after the current backup's, its manifest saying it
+    # ended when the current one did, signed with the retired key.
+    stamp = re.search(r"_(\d{8}_\d{6})\.", os.path.basename(current)).group(1)
+    later = (datetime.datetime.strptime(stamp, "%Y%m%d_%H%M%S") + datetime.timedelta(seconds=1))
+    forged = os.path.join(backup_dir, os.path.basename(current).replace(stamp, later.strftime("%Y%m%d_%H%M%S")))
+    manifest = manifest_of(old)
+    manifest.update(file=os.path.basename(forged), ended_at=manifest_of(current)["ended_at"])
+    shutil.copy(old, forged)
+    resign_manifest(forged, manifest, passphrase=OLD)
+    time.sleep(2)  # the forged name is not in the future any more
+    assert catalog.open_backup(forged, catalog.TrustPolicy(NEW.encode(), retired=[OLD.encode()])).good
+    result = restore_db_sh(pg, database, backup_dir, keys, "drill")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"PASS: {current}: 3 tables" in result.stdout, result.stdout
+    assert forged not in result.stdout

@@ -1,12 +1,13 @@
-"""Outside the Compose wrapper too, a dump's SQL never runs as a superuser (issue 32, item 3).
+"""Outside the Compose wrapper too, a file nothing proves never runs as a superuser (issue 32,
+item 3).
 
 A host whose own psql or pg_restore restores over TCP logs in as the configured login, often the
-database superuser. With RESTORE_OWNER set, the clients' sessions take that role at connection
-(`-c role=...`), so what a file holds runs with the owner's rights: `COPY ... FROM PROGRAM` and
-`DROP DATABASE` of another database fail in one line and nothing else changes. Without an owner,
-a superuser login restores only what its own key proves: a file nothing proves is refused before
-any database is touched. Real PostgreSQL and the real restore_db.sh, logged in as the superuser.
-"""
+database superuser. A file without a signed manifest may hold any SQL, and a role set for the
+session is no guard (the file's `SET ROLE NONE` returns to the login), so a superuser login
+refuses such a file before any database is touched, with or without RESTORE_OWNER; a login that
+is no superuser restores it as UNVERIFIED and its program is refused by the server. With
+RESTORE_OWNER the clients' sessions take that role as they start, so the owner owns what a
+proven restore makes. Real PostgreSQL and the real restore_db.sh."""
 
 import gzip
 import os
@@ -51,44 +52,51 @@ def databases_like(pg, prefix):
                                          params=(prefix + "%",))]
 
 
-def test_a_program_in_a_file_never_runs_when_an_owner_is_set(pg, fresh_db, backup_dir, tmp_path, owner_role):
+def refusal(pg, name, target):
+    return (f"ERROR: {name} has no signed manifest, and its SQL would run where the superuser {pg.superuser} is "
+            "logged in: restore it with a login that is no superuser (POSTGRES_USER), or through the Compose "
+            f"wrapper; {target} was not touched")
+
+
+@pytest.mark.parametrize("owner", [None, OWNER], ids=["no-owner", "owner"])
+@pytest.mark.parametrize("sql", [
+    "CREATE TABLE x (line text);\nCOPY x FROM PROGRAM 'touch {canary}';\n",
+    "CREATE TABLE x (id int);\nCOMMIT;\nDROP DATABASE t_victim_of_a_file;\nBEGIN;\n",
+    # RESTORE_OWNER alone is no guard: the file takes the session back to the superuser login.
+    "SET ROLE NONE;\nCREATE TABLE x (line text);\nCOPY x FROM PROGRAM 'touch {canary}';\n",
+], ids=["program", "drop-another-database", "set-role-none"])
+def test_a_superuser_login_never_runs_a_file_nothing_proves(pg, fresh_db, backup_dir, tmp_path, owner_role, owner,
+                                                             sql):
     canary = tmp_path / "program-ran"
-    name = planted(backup_dir, "runs_a_program.sql.gz",
-                   f"CREATE TABLE x (line text);\nCOPY x FROM PROGRAM 'touch {canary}';\n")
-    result = as_superuser(pg, fresh_db, backup_dir, "restore", name, "t_program_target", RESTORE_OWNER=owner_role)
-    assert result.returncode == 1, result.stdout + result.stderr
-    [line] = result.stderr.strip().splitlines()
-    assert line.startswith("ERROR: restore stopped: psql:<stdin>:2: ERROR: must be superuser or have privileges "
-                           "of the pg_execute_server_program role to COPY to or from an external program"), line
-    assert line.endswith("; t_program_target was not created"), line
-    assert not canary.exists()
-    assert databases_like(pg, "t_program_target") == []
-
-
-def test_a_file_cannot_drop_another_database_when_an_owner_is_set(pg, fresh_db, backup_dir, owner_role):
     pg.create_database("t_victim_of_a_file")
-    name = planted(backup_dir, "drops_another.sql.gz",
-                   "CREATE TABLE x (id int);\nCOMMIT;\nDROP DATABASE t_victim_of_a_file;\nBEGIN;\n")
+    name = planted(backup_dir, "unproven.sql.gz", sql.format(canary=canary))
+    extra = {"RESTORE_OWNER": owner} if owner else {}
     try:
-        result = as_superuser(pg, fresh_db, backup_dir, "restore", name, "t_drop_target", RESTORE_OWNER=owner_role)
+        result = as_superuser(pg, fresh_db, backup_dir, "restore", name, "t_unproven_target", **extra)
         assert result.returncode == 1, result.stdout + result.stderr
-        [line] = result.stderr.strip().splitlines()
-        assert "must be owner of database t_victim_of_a_file" in line, line
+        assert result.stderr.strip() == refusal(pg, name, "t_unproven_target")
+        assert not canary.exists()
         assert databases_like(pg, "t_victim_of_a_file") == ["t_victim_of_a_file"]
+        assert databases_like(pg, "t_unproven_target") == []
     finally:
         pg.drop_database("t_victim_of_a_file")
-        pg.drop_database("t_drop_target")
 
 
-def test_without_an_owner_a_superuser_login_never_restores_a_file_nothing_proves(pg, fresh_db, backup_dir):
-    name = planted(backup_dir, "unproven.sql.gz", "CREATE TABLE x (id int);\n")
-    result = as_superuser(pg, fresh_db, backup_dir, "restore", name, "t_unproven_target")
+def test_a_login_that_is_no_superuser_restores_a_file_nothing_proves_and_it_runs_no_program(
+        pg, fresh_db, backup_dir, tmp_path):
+    """The app role (no superuser): the file is restored as UNVERIFIED, and its program refused."""
+    canary = tmp_path / "program-ran"
+    name = planted(backup_dir, "unproven.sql.gz", f"SET ROLE NONE;\nCREATE TABLE x (line text);\n"
+                                                   f"COPY x FROM PROGRAM 'touch {canary}';\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "POSTGRES_", "BACKUP_", "RESTORE_"))}
+    env.update(pg.app_env(fresh_db), BACKUP_DIR=backup_dir, BACKUP_CONFIG="",
+               BACKUP_PASSPHRASE_FILE=signing_passphrase_file(), BACKUP_ENCRYPT="0")
+    result = subprocess.run([RESTORE_SCRIPT, "restore", name, "t_app_target"], env=env, capture_output=True,
+                            text=True, timeout=120)
     assert result.returncode == 1, result.stdout + result.stderr
-    assert result.stderr.strip() == (
-        f"ERROR: {name} has no signed manifest, and its SQL would run as the superuser {pg.superuser}: set "
-        "RESTORE_OWNER (role: backup_restore_owner) to a role that is not a superuser; t_unproven_target was "
-        "not touched")
-    assert databases_like(pg, "t_unproven_target") == []
+    assert "to COPY to or from an external program" in result.stderr
+    assert result.stderr.strip().endswith("; t_app_target was not created")
+    assert not canary.exists() and databases_like(pg, "t_app_target") == []
 
 
 @pytest.mark.parametrize("backup_format", ["plain", "custom"])

@@ -72,7 +72,10 @@ def select_backup(backup_dir, database=None, path=None, policy=None):
         detail = f"; newest {backups[0].name}: {backups[0].problem}" if backups else ""
         hint = " (name a file to restore it as UNVERIFIED)" if backups and backups[0].may_restore_unverified else ""
         raise ForgeError(f"no good backup of {database!r} in {backup_dir}{detail}{hint}")
-    chosen = max(good, key=lambda b: (b.finished_at, b.name))
+    # A retired key only reads: whoever still holds it could sign a file dated tonight, so a backup
+    # under the current key is always chosen over one under a retired key, whatever their dates.
+    current = [b for b in good if not b.retired_key_id]
+    chosen = max(current or good, key=lambda b: (b.finished_at, b.name))
     # Newer files that are not good are reported: a drill that silently tested
     # an older backup would hide that last night's one is broken.
     chosen.skipped_newer = [f"{b.name}: {b.problem}" for b in backups
@@ -518,17 +521,18 @@ class Restorer:
     # -- steps ------------------------------------------------------------------
     def _refuse_unverified_as_superuser(self, control, backup, target):
         """A file nothing proves may hold any SQL (COPY ... FROM PROGRAM, DROP DATABASE of another
-        database): it never runs as a superuser. Root's wrapper chooses a role that is none; otherwise
-        the clients take RESTORE_OWNER's role, which must not be one either."""
+        database): it never runs where a superuser logged in. Root's wrapper logs in as a role that
+        is none. RESTORE_OWNER does not make a superuser login safe: the file's own `SET ROLE NONE`
+        takes the session back to the login."""
         client = self.options.psql_command if backup.dump_format == "plain" else self.options.pg_restore_command
         if runs_through_wrapper(client):
             return
-        row = control.execute("SELECT r.rolname, r.rolsuper FROM pg_roles r WHERE r.rolname = "
-                              "coalesce(%s, current_user)", (self.options.owner,)).fetchone()
-        if row is not None and row[1]:  # an owner that does not exist fails the client's login, in one line
-            raise ForgeError(f"{backup.name} has no signed manifest, and its SQL would run as the superuser {row[0]}: "
-                             "set RESTORE_OWNER (role: backup_restore_owner) to a role that is not a superuser; "
-                             f"{target} was not touched")
+        row = control.execute("SELECT rolname FROM pg_roles WHERE rolname IN (current_user, %s) AND rolsuper "
+                              "ORDER BY rolname = current_user DESC", (self.options.owner,)).fetchone()
+        if row is not None:
+            raise ForgeError(f"{backup.name} has no signed manifest, and its SQL would run where the superuser "
+                             f"{row[0]} is logged in: restore it with a login that is no superuser (POSTGRES_USER), "
+                             f"or through the Compose wrapper; {target} was not touched")
 
     def _check_client(self, backup):
         """A pg_restore older than the pg_dump that wrote a custom-format file cannot read its
@@ -733,10 +737,12 @@ class Restorer:
 
     @property
     def _client_name(self):
-        return f"infer-forge-restore-{os.getpid()}-{id(self) % 100000}"
+        if getattr(self, "_name", None) is None:
+            self._name = f"infer-forge-restore-{os.urandom(6).hex()}"
+        return self._name
 
-    def _watch(self, tool, stop):
-        return _ClientWatch(self.settings, self._client_name, tool, self.options.stall_timeout, stop)
+    def _watch(self, tool, database, stop):
+        return _ClientWatch(self.settings, self._client_name, database, tool, self.options.stall_timeout, stop)
 
     def _pg_restore_file(self, backup, target, report):
         """pg_restore --jobs needs a seekable file: it reads, through our open descriptor, the private
@@ -753,7 +759,7 @@ class Restorer:
             with PassFile(self.settings.password) as passfile:
                 proc = subprocess.Popen(command, env=self._env(target, passfile), stdout=subprocess.DEVNULL,
                                         stderr=subprocess.PIPE, text=True, pass_fds=(fd, *passed_fds(passfile)))
-                watch = self._watch("pg_restore", proc.kill)
+                watch = self._watch("pg_restore", target, proc.kill)
                 watch.start()
                 watch.waiting()
                 try:
@@ -789,7 +795,7 @@ class Restorer:
                 return _first_error(_restricted_error(text) if restrict else text) or default
 
             tool = "psql" if backup.dump_format == "plain" else "pg_restore"
-            watch = self._watch(tool, proc.kill)
+            watch = self._watch(tool, target, proc.kill)
             watch.start()
             try:
                 try:
@@ -828,12 +834,14 @@ class Restorer:
             raise _stopped(backup, psql_error(f"exit {proc.returncode}"))
 
 
-# The sessions of one restore's client, and for each that waits for a lock, who holds it.
+# The sessions of one restore's client (its name, in its side database), and for each that waits
+# for a lock held outside the restore, who holds it: pg_restore --jobs workers wait on each other.
 _CLIENT_SESSIONS = """
     SELECT a.pid, a.state, a.wait_event_type,
            (SELECT string_agg(format('pid %%s (user %%s)', b.pid, coalesce(b.usename, '?')), ', ' ORDER BY b.pid)
-              FROM pg_stat_activity b WHERE b.pid = ANY (pg_blocking_pids(a.pid)))
-      FROM pg_stat_activity a WHERE a.application_name = %s
+              FROM pg_stat_activity b WHERE b.pid = ANY (pg_blocking_pids(a.pid))
+               AND b.application_name IS DISTINCT FROM %s)
+      FROM pg_stat_activity a WHERE a.application_name = %s AND a.datname = %s
 """
 
 
@@ -844,10 +852,11 @@ class _ClientWatch(threading.Thread):
     time the engine spends reading the backup (``busy``) is never counted against the client.
     The client is killed and its sessions terminated, so its transaction rolls back."""
 
-    def __init__(self, settings, client_name, tool, seconds, stop):
+    def __init__(self, settings, client_name, database, tool, seconds, stop):
         super().__init__(name="restore-stall-watch", daemon=True)
         self.settings = settings
         self.client_name = client_name
+        self.database = database
         self.tool = tool
         self.seconds = seconds
         self.stop = stop
@@ -875,13 +884,18 @@ class _ClientWatch(threading.Thread):
             while not self._ended.wait(interval):
                 now = time.monotonic()
                 try:
-                    conn = conn or self.settings.connect(application_name="infer-forge-restore-watch")
-                    sessions = conn.execute(_CLIENT_SESSIONS, (self.client_name,)).fetchall()
-                except Exception:  # noqa: BLE001 - no view of the server now: the input alone decides
+                    conn = conn or self.settings.connect(database=_maintenance_db(self.database),
+                                                         application_name="infer-forge-restore-watch")
+                    sessions = conn.execute(_CLIENT_SESSIONS, (self.client_name, self.client_name,
+                                                               self.database)).fetchall()
+                except Exception:  # noqa: BLE001 - no view of the server now: no judgment either
                     conn, sessions = _closed(conn), []
-                if any(session[1] == "active" and session[2] not in ("Lock", "Client") for session in sessions):
                     self._moved_at = now
-                holders = [session[3] for session in sessions if session[2] == "Lock"]
+                if any(session[1] == "active" and (session[2] not in ("Lock", "Client")
+                                                   or session[2] == "Lock" and not session[3])
+                       for session in sessions):
+                    self._moved_at = now  # working, or waiting on another session of this restore
+                holders = [session[3] for session in sessions if session[2] == "Lock" and session[3]]
                 lock_since = (lock_since or now) if holders else None
                 if holders:
                     self._moved_at = now  # a lock wait is bounded by its own rule, and names the holder
@@ -905,8 +919,8 @@ def _terminate(conn, client_name):
     if conn is None:
         return
     try:
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
-                     (client_name,))
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s "
+                     "AND usename = current_user", (client_name,))
     except Exception:  # noqa: BLE001, S110 - the side database is dropped WITH (FORCE) after this anyway
         pass
 
