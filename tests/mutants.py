@@ -715,4 +715,12 @@ MUTANTS = [
         "tests": ["tests/test_key_rotation.py::"
                   "test_a_backup_under_a_retired_key_is_never_chosen_over_one_under_the_current_key"],
     },
+    {
+        "name": "a-runbook-file-under-the-old-key-is-tried-with-the-new-one-only",
+        "promise": "after a rotation, a file no manifest names the key of opens with the retired passphrase that fits",
+        "edits": [(RESTORE, "        if backup.manifest is None and not backup.legacy and self.retired_passphrases():\n",
+                   "        if False:\n")],
+        "tests": ["tests/test_key_rotation.py::"
+                  "test_a_file_without_a_manifest_made_under_the_old_key_restores_with_the_retired_passphrase"],
+    },
 ]

@@ -21,7 +21,7 @@ import pytest
 from forge import catalog, signing
 from forge.checklist import Checklist
 
-from helpers import REPO, backups_in, manifest_of, resign_manifest, run_backup_script, textfile_value
+from helpers import REPO, backups_in, manifest_of, resign_manifest, run_backup_script, runbook_backup, textfile_value
 from servers import load_sample_data
 
 RESTORE_SCRIPT = os.path.join(REPO, "scripts", "restore_db.sh")
@@ -247,3 +247,22 @@ def test_a_backup_under_a_retired_key_is_never_chosen_over_one_under_the_current
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"PASS: {current}: 3 tables" in result.stdout, result.stdout
     assert forged not in result.stdout
+
+
+def test_a_file_without_a_manifest_made_under_the_old_key_restores_with_the_retired_passphrase(
+        pg, sample_db, backup_dir, keys):
+    """The runbook's own `pg_dump | gzip | openssl enc` under last year's passphrase: no manifest
+    names its key, so the retired passphrase that opens it is the one used (as UNVERIFIED)."""
+    os.makedirs(backup_dir, mode=0o700)
+    name = "backup_encrypted.sql.gz.enc"
+    runbook_backup(pg, sample_db, os.path.join(backup_dir, name), passphrase_file=keys["old"])
+    target = "t_key_rotation_from_runbook"
+    refused = restore_db_sh(pg, sample_db, backup_dir, keys, "restore", name, target, retired=False)
+    assert refused.returncode == 1 and "wrong passphrase" in refused.stderr, refused.stdout + refused.stderr
+    restored = restore_db_sh(pg, sample_db, backup_dir, keys, "restore", name, target)
+    try:
+        assert restored.returncode == 3, restored.stdout + restored.stderr  # UNVERIFIED: nothing proves it
+        assert pg.execute("SELECT count(*) FROM orders", database=target) == \
+            pg.execute("SELECT count(*) FROM orders", database=sample_db)
+    finally:
+        pg.drop_database(target)

@@ -250,6 +250,22 @@ def kdf_iterations_of(backup, configured=None):
     return recorded
 
 
+def _opening_passphrase(backup, candidates, kdf_iterations=None):
+    """The first of ``candidates`` under which the file decrypts to its format's magic number;
+    the first candidate when none does (its restore then fails with "wrong passphrase")."""
+    magic = _MAGIC[backup.compression]
+    with open_backup_file(backup) as handle:
+        head = handle.read(64)
+    for passphrase in candidates:
+        try:
+            decryptor = opensslenc.Decryptor(passphrase, kdf_iterations_of(backup, kdf_iterations))
+            if decryptor.update(head).startswith(magic):
+                return passphrase
+        except ForgeError:
+            continue
+    return candidates[0]
+
+
 def plaintext_chunks(backup, passphrase, read_size=None, report=None, kdf_iterations=None):
     """The file's dump bytes, decrypted and decompressed, checked on the way: a wrong
     passphrase, damage and truncation each raise a one-line ForgeError. For a file with
@@ -442,6 +458,11 @@ class Restorer:
             return backup.key_passphrase  # a retired key proved its manifest: that key made the file
         if not (self.options.passphrase_file or self.options.passphrase):
             raise ForgeError(f"{backup.name} is encrypted; a passphrase file is needed to restore it")
+        if backup.manifest is None and not backup.legacy and self.retired_passphrases():
+            # No manifest names the key (a file the runbook's commands made, or a copy brought back
+            # without its manifest): the passphrase whose decryption starts like the file's format.
+            return _opening_passphrase(backup, [self.configured_passphrase(), *self.retired_passphrases()],
+                                       self.options.kdf_iterations)
         return self.configured_passphrase()
 
     # -- the restore ----------------------------------------------------------
