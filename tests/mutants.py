@@ -723,4 +723,11 @@ MUTANTS = [
         "tests": ["tests/test_key_rotation.py::"
                   "test_a_file_without_a_manifest_made_under_the_old_key_restores_with_the_retired_passphrase"],
     },
+    {
+        "name": "a-write-the-watch-cannot-free-holds-the-restore",
+        "promise": "a client killed at the deadline whose child still holds the pipe never holds the restore",
+        "edits": [(RESTORE, "                while feeder.is_alive() and not (watch.stalled and feeder.wait_seconds() > 2):\n",
+                   "                while feeder.is_alive():\n")],
+        "tests": ["tests/test_restore_stalls.py::test_a_client_whose_child_keeps_the_pipe_open_still_ends_the_restore"],
+    },
 ]

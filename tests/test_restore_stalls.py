@@ -84,6 +84,36 @@ def test_a_client_that_stops_ends_the_drill_in_one_line_and_leaves_no_scratch_da
     assert databases_like(pg, sample_db[:40]) == [sample_db]
 
 
+def test_a_client_whose_child_keeps_the_pipe_open_still_ends_the_restore(pg, sample_db, backup_dir, tmp_path):
+    """The client is killed at the deadline but a child of it keeps its stdin and stderr open
+    without reading (root's wrapper under sudo: killing sudo does not reach it): the restore still
+    ends in one line, and the side database is dropped."""
+    take_backup(pg, sample_db, backup_dir)
+    pidfile = tmp_path / "orphan.pid"
+    client = tmp_path / "client_with_a_child"
+    client.write_text("#!/bin/bash\n"
+                      '[ "${1:-}" = --version ] && exec psql --version\n'
+                      f"setsid sleep 600 & echo $! > {pidfile}\n"
+                      "exec sleep 600\n")
+    client.chmod(0o755)
+    # More than a pipe holds, so the engine's write blocks once nobody reads.
+    pg.execute("CREATE TABLE bulk AS SELECT g AS id, md5(g::text) AS text FROM generate_series(1, 20000) AS g",
+               database=sample_db)
+    pg.execute(f"ALTER TABLE bulk OWNER TO {pg.app_user}", database=sample_db)
+    take_backup(pg, sample_db, backup_dir)
+    started = time.monotonic()
+    try:
+        result = restore_db_sh(pg, sample_db, backup_dir, "drill", RESTORE_PSQL_COMMAND=str(client))
+    finally:
+        if pidfile.exists():
+            subprocess.run(["kill", "-9", pidfile.read_text().strip()], check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    [line] = [line for line in result.stdout.splitlines() if line.startswith(("PASS", "FAIL"))]
+    assert f"restore stopped: psql made no progress for {STALL} s and was stopped (BACKUP_STALL_TIMEOUT)" in line
+    assert time.monotonic() - started < STALL + 20
+    assert databases_like(pg, sample_db[:40]) == [sample_db]
+
+
 def test_a_lock_held_by_another_session_ends_the_restore_naming_the_session(pg, fresh_db, backup_dir):
     """A file (named, no manifest: restored as UNVERIFIED) whose SQL waits for an advisory lock that
     another session took in the side database as soon as it appeared: the wait is bounded like any

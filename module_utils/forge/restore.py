@@ -818,41 +818,91 @@ class Restorer:
             tool = "psql" if backup.dump_format == "plain" else "pg_restore"
             watch = self._watch(tool, target, proc.kill)
             watch.start()
+            # The stream is fed from a thread of its own, so that a write the watch cannot free (a
+            # client whose process was killed while a child of it still holds the pipe, as root's
+            # wrapper does under sudo) never holds the restore: this thread stops waiting instead.
+            feeder = _Feeder(chunks, proc, watch)
             try:
-                try:
-                    chunks = iter(chunks)
-                    while True:
-                        watch.busy()  # reading, decrypting, decompressing: ours, not the client's time
-                        data = next(chunks, None)
-                        if data is None:
-                            break
-                        watch.waiting()
-                        proc.stdin.write(data)
-                except BrokenPipeError:
-                    proc.wait()
-                    reader.join()
-                    if watch.stalled:
-                        raise ForgeError(f"restore stopped: {watch.stalled}") from None
-                    raise _stopped(backup, psql_error("the client exited early")) from None
-                except BaseException:
-                    # Kill before closing stdin: psql must not commit a damaged stream.
-                    proc.kill()
-                    proc.wait()
-                    reader.join()
-                    raise
-                watch.waiting()
-                try:
-                    proc.stdin.close()
-                except BrokenPipeError:
-                    pass
-                proc.wait()
-                reader.join()
+                feeder.start()
+                while feeder.is_alive() and not (watch.stalled and feeder.wait_seconds() > 2):
+                    feeder.join(timeout=0.5)
+                if not feeder.is_alive() and feeder.error is None:
+                    watch.waiting()
+                    try:
+                        proc.stdin.close()
+                    except BrokenPipeError:
+                        pass
+                _wait_for(proc, watch)
+                reader.join(timeout=2 if watch.stalled else None)
+            except BaseException:
+                # Kill before closing stdin: psql must not commit a damaged stream.
+                proc.kill()
+                raise
             finally:
                 watch.end()
         if watch.stalled:
             raise ForgeError(f"restore stopped: {watch.stalled}")
+        if isinstance(feeder.error, BrokenPipeError):
+            raise _stopped(backup, psql_error("the client exited early"))
+        if feeder.error is not None:
+            raise feeder.error
         if proc.returncode != 0:
             raise _stopped(backup, psql_error(f"exit {proc.returncode}"))
+
+
+class _Feeder(threading.Thread):
+    """Writes the restore stream into the client's stdin. A failure to produce the stream (a
+    checksum that does not match, a wrong passphrase) kills the client before anything closes its
+    stdin, so psql never commits a damaged stream; the error is kept for the restore to raise."""
+
+    def __init__(self, chunks, proc, watch):
+        super().__init__(name="restore-feeder", daemon=True)
+        self.chunks = chunks
+        self.proc = proc
+        self.watch = watch
+        self.error = None
+        self._writing_since = None
+
+    def wait_seconds(self):
+        """How long the current write has been blocked (0 when none is)."""
+        since = self._writing_since
+        return 0 if since is None else time.monotonic() - since
+
+    def run(self):
+        try:
+            for data in _timed(self.chunks, self.watch):
+                self._writing_since = time.monotonic()
+                self.proc.stdin.write(data)
+                self._writing_since = None
+        except BaseException as exc:  # noqa: BLE001 - handed to the restoring thread, which raises it
+            if not isinstance(exc, BrokenPipeError):
+                self.proc.kill()
+            self.error = exc
+
+
+def _timed(chunks, watch):
+    """The stream's chunks; the time spent making each (reading, decrypting, decompressing) is the
+    engine's own and never counted against the client."""
+    chunks = iter(chunks)
+    while True:
+        watch.busy()
+        data = next(chunks, None)
+        if data is None:
+            return
+        watch.waiting()
+        yield data
+
+
+def _wait_for(proc, watch):
+    """Wait for the client to exit; once the watch has stopped it, a few seconds at most (a child
+    it left behind may hold its pipes, but never the restore)."""
+    while True:
+        try:
+            proc.wait(timeout=0.5)
+            return
+        except subprocess.TimeoutExpired:
+            if watch.stalled and watch.stopped_for() > 5:
+                return
 
 
 # The sessions of one restore's client (its name, in its side database), and for each that waits
@@ -882,12 +932,16 @@ class _ClientWatch(threading.Thread):
         self.seconds = seconds
         self.stop = stop
         self.stalled = None
+        self._stopped_at = None
         self._ours = False
         self._moved_at = time.monotonic()
         self._ended = threading.Event()
 
     def busy(self):
         self._ours = True
+
+    def stopped_for(self):
+        return 0 if self._stopped_at is None else time.monotonic() - self._stopped_at
 
     def waiting(self):
         self._moved_at = time.monotonic()
@@ -927,6 +981,7 @@ class _ClientWatch(threading.Thread):
                     self.stalled = f"{self.tool} made no progress for {self.seconds} s and was stopped " \
                                    "(BACKUP_STALL_TIMEOUT)"
                 if self.stalled:
+                    self._stopped_at = time.monotonic()
                     self.stop()
                     _terminate(conn, self.client_name)
                     return
