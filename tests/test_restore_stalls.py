@@ -93,7 +93,8 @@ def test_a_client_whose_child_keeps_the_pipe_open_still_ends_the_restore(pg, sam
     client = tmp_path / "client_with_a_child"
     client.write_text("#!/bin/bash\n"
                       '[ "${1:-}" = --version ] && exec psql --version\n'
-                      f"setsid sleep 600 & echo $! > {pidfile}\n"
+                      # <&0: a background job's stdin would otherwise be /dev/null.
+                      f"setsid sleep 600 <&0 & echo $! > {pidfile}\n"
                       "exec sleep 600\n")
     client.chmod(0o755)
     # More than a pipe holds, so the engine's write blocks once nobody reads.
