@@ -147,7 +147,8 @@ STORE = _table(
     Setting("retired_passphrases_file", "path", None, "File of retired passphrases, one per line (key rotation): "
             "they prove and decrypt the backups they made, never sign or encrypt a new one.",
             env="BACKUP_RETIRED_PASSPHRASES_FILE", role_var="backup_retired_passphrases_file",
-            role_default="/etc/infer-forge/backup-retired.pass"),
+            # Beside the passphrase file, wherever a host keeps it (the checklist reads both there).
+            role_default="{{ backup_passphrase_file | dirname }}/backup-retired.pass"),
     Setting("kdf_iter", "int", 10000, "PBKDF2 iterations of the encryption key (openssl's default).",
             env="BACKUP_KDF_ITER", role_var="backup_kdf_iter", reader=_kdf_iterations),
     Setting("textfile_dir", "path", None, "node_exporter textfile directory for metrics; unset for none.",
