@@ -240,6 +240,27 @@ class SentryStub:
         self.server.server_close()
 
 
+# How pg_dump ends a plain dump; a restore refuses a stream without it as truncated.
+PLAIN_DUMP_END = "\n--\n-- PostgreSQL database dump complete\n--\n\n"
+
+
+def write_gzip(backup_dir, name, sql):
+    """A gzip file of ``sql`` in ``backup_dir`` (made 0700 when missing); returns its path."""
+    import gzip
+
+    os.makedirs(backup_dir, mode=0o700, exist_ok=True)
+    path = os.path.join(backup_dir, name)
+    with open(path, "wb") as handle:
+        handle.write(gzip.compress(sql.encode()))
+    return path
+
+
+def databases_like(server, prefix):
+    """The names of the databases that start with ``prefix`` (literally: no LIKE wildcards), sorted."""
+    rows = server.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)", params=(prefix,))
+    return sorted(row[0] for row in rows)
+
+
 def runbook_backup(pg, database, path, passphrase_file=None):
     """A backup made by the runbook's own commands: no manifest."""
     env = dict(os.environ, PGPASSWORD=pg.app_password)

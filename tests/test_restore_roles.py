@@ -9,17 +9,15 @@ is no superuser restores it as UNVERIFIED and its program is refused by the serv
 RESTORE_OWNER the clients' sessions take that role as they start, so the owner owns what a
 proven restore makes. Real PostgreSQL and the real restore_db.sh."""
 
-import gzip
 import os
 import subprocess
 
 import pytest
 
-from helpers import REPO, signing_passphrase_file, take_backup
+from helpers import PLAIN_DUMP_END, REPO, databases_like, signing_passphrase_file, take_backup, write_gzip
 
 RESTORE_SCRIPT = os.path.join(REPO, "scripts", "restore_db.sh")
 OWNER = "forge_restore_owner"
-COMPLETE = "\n--\n-- PostgreSQL database dump complete\n--\n\n"
 
 
 @pytest.fixture(scope="module")
@@ -40,16 +38,7 @@ def as_superuser(pg, database, backup_dir, *args, **extra):
 
 
 def planted(backup_dir, name, sql):
-    os.makedirs(backup_dir, mode=0o700, exist_ok=True)
-    path = os.path.join(backup_dir, name)
-    with gzip.open(path, "wb") as handle:
-        handle.write((sql + COMPLETE).encode())
-    return os.path.basename(path)
-
-
-def databases_like(pg, prefix):
-    return [row[0] for row in pg.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
-                                         params=(prefix + "%",))]
+    return os.path.basename(write_gzip(backup_dir, name, sql + PLAIN_DUMP_END))
 
 
 def refusal(pg, name, target):

@@ -26,6 +26,7 @@ from helpers import (
     PASSPHRASE,
     REPO,
     backups_in,
+    databases_like,
     drop_order_rows,
     flip_byte,
     manifest_of,
@@ -35,6 +36,7 @@ from helpers import (
     signing_passphrase_file,
     stop_server_once_a_database_appears,
     take_backup,
+    write_gzip,
 )
 from servers import PostgresServer, load_sample_data, table_counts
 
@@ -66,22 +68,9 @@ def failed_restore(server, backup_dir, target, path=None, database=None, **optio
     return caught.value.message
 
 
-def databases_like(server, prefix):
-    rows = server.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)", params=(prefix,))
-    return sorted(row[0] for row in rows)
-
-
 def assert_untouched(server, database, before):
     assert table_counts(server, database) == before
     assert databases_like(server, database) == [database], "a side or renamed database was left behind"
-
-
-def write_gzip(backup_dir, name, sql):
-    os.makedirs(backup_dir, mode=0o700, exist_ok=True)
-    path = os.path.join(backup_dir, name)
-    with open(path, "wb") as handle:
-        handle.write(gzip.compress(sql.encode()))
-    return path
 
 
 def unchanged(target):

@@ -4,7 +4,6 @@ line naming what stalled, the side database gone, the target as it was; a long s
 is working on (an index build) is progress and never stopped. Real psql, pg_restore and
 PostgreSQL; the stalled client is a real process held on a FIFO, the lock a real advisory lock."""
 
-import gzip
 import os
 import subprocess
 import threading
@@ -12,12 +11,10 @@ import time
 
 import pytest
 
-from helpers import REPO, signing_passphrase_file, take_backup
+from helpers import PLAIN_DUMP_END, REPO, databases_like, signing_passphrase_file, take_backup, write_gzip
 
 RESTORE_SCRIPT = os.path.join(REPO, "scripts", "restore_db.sh")
 STALL = 4
-# How pg_dump ends a plain dump; a restore refuses a stream without it as truncated.
-COMPLETE = b"\n--\n-- PostgreSQL database dump complete\n--\n\n"
 
 
 class StalledClient:
@@ -56,9 +53,6 @@ def restore_db_sh(pg, database, backup_dir, *args, timeout=STALL + 30, **extra):
     return subprocess.run([RESTORE_SCRIPT, *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def databases_like(pg, prefix):
-    return [row[0] for row in pg.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
-                                         params=(prefix + "%",))]
 
 
 @pytest.mark.parametrize("tool,backup_format", [("psql", "plain"), ("pg_restore", "custom")])
@@ -119,11 +113,9 @@ def test_a_lock_held_by_another_session_ends_the_restore_naming_the_session(pg, 
     """A file (named, no manifest: restored as UNVERIFIED) whose SQL waits for an advisory lock that
     another session took in the side database as soon as it appeared: the wait is bounded like any
     stall and names who holds the lock."""
-    os.makedirs(backup_dir, mode=0o700)
-    path = os.path.join(backup_dir, "waits_on_a_lock.sql.gz")
-    with gzip.open(path, "wb") as handle:
-        handle.write(b"CREATE TABLE before_the_lock (id int);\nSELECT pg_sleep(2);\n"
-                     b"SELECT pg_advisory_lock(424242);\nINSERT INTO before_the_lock VALUES (1);\n" + COMPLETE)
+    path = write_gzip(backup_dir, "waits_on_a_lock.sql.gz",
+                      "CREATE TABLE before_the_lock (id int);\nSELECT pg_sleep(2);\n"
+                      "SELECT pg_advisory_lock(424242);\nINSERT INTO before_the_lock VALUES (1);\n" + PLAIN_DUMP_END)
     target = f"{fresh_db}_new"
     holder = LockInTheSideDatabase(pg, target[:20])
     holder.start()
@@ -174,11 +166,8 @@ def test_a_long_step_the_server_is_working_on_is_progress_not_a_stall(pg, fresh_
     """Nothing reaches psql for longer than the stall timeout while the server works (an index
     build, here a sleep): the restore completes. Also when the configured database (POSTGRES_DB) is
     the one that was lost: the watch looks from the maintenance database."""
-    os.makedirs(backup_dir, mode=0o700)
-    path = os.path.join(backup_dir, "a_slow_step.sql.gz")
-    with gzip.open(path, "wb") as handle:
-        handle.write(f"CREATE TABLE slow (id int);\nSELECT pg_sleep({STALL + 3});\n"
-                     "INSERT INTO slow VALUES (1);\n".encode() + COMPLETE)
+    sql = f"CREATE TABLE slow (id int);\nSELECT pg_sleep({STALL + 3});\nINSERT INTO slow VALUES (1);\n"  # noqa: S608
+    path = write_gzip(backup_dir, "a_slow_step.sql.gz", sql + PLAIN_DUMP_END)
     target = f"{fresh_db}_slow"
     configured_database = fresh_db if configured == "existing" else f"{fresh_db}_lost"
     result = restore_db_sh(pg, configured_database, backup_dir, "restore", os.path.basename(path), target)

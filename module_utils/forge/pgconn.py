@@ -208,16 +208,12 @@ DB_CLIENT_WRAPPER = "infer-forge-db-client"
 def runs_in_container(command):
     """True for ``docker exec ... pg_dump``-style commands and root's wrapper of them: the client
     runs in the database's container, so it cannot read a file of this host."""
-    return bool(command) and (os.path.basename(command[0]) in CONTAINER_CLIENTS or _through_wrapper(command))
-
-
-def _through_wrapper(command):
-    return any(os.path.basename(word) == DB_CLIENT_WRAPPER for word in command[:4])
+    return bool(command) and (os.path.basename(command[0]) in CONTAINER_CLIENTS or runs_through_wrapper(command))
 
 
 def runs_through_wrapper(command):
     """True for root's wrapper (forge.dbclient), which chooses the role itself."""
-    return bool(command) and _through_wrapper(command)
+    return bool(command) and any(os.path.basename(word) == DB_CLIENT_WRAPPER for word in command[:4])
 
 
 def with_container_env(command):
@@ -226,7 +222,7 @@ def with_container_env(command):
     PGHOST and PGPORT stay behind: they say where this host reaches the server (a published
     port, a Compose network name), while a client inside the database container reaches it
     through the container's own socket. PGPASSFILE stays behind too: the file is on this host."""
-    if not runs_in_container(command) or _through_wrapper(command):
+    if not runs_in_container(command) or runs_through_wrapper(command):
         return list(command)  # the wrapper hands the container the libpq variables itself
     names = ["PGUSER", "PGDATABASE", "PGPASSWORD", "PGCONNECT_TIMEOUT", "PGAPPNAME", "PGOPTIONS"]
     exec_at = command.index("exec") + 1 if "exec" in command else 1

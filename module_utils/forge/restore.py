@@ -254,12 +254,12 @@ def _opening_passphrase(backup, candidates, kdf_iterations=None):
     """The first of ``candidates`` under which the file decrypts to its format's magic number;
     the first candidate when none does (its restore then fails with "wrong passphrase")."""
     magic = _MAGIC[backup.compression]
+    iterations = kdf_iterations_of(backup, kdf_iterations)
     with open_backup_file(backup) as handle:
         head = handle.read(64)
     for passphrase in candidates:
         try:
-            decryptor = opensslenc.Decryptor(passphrase, kdf_iterations_of(backup, kdf_iterations))
-            if decryptor.update(head).startswith(magic):
+            if opensslenc.Decryptor(passphrase, iterations).update(head).startswith(magic):
                 return passphrase
         except ForgeError:
             continue
@@ -425,6 +425,8 @@ class Restorer:
         self.log = log or (lambda line: None)
         self._passphrase = None
         self._retired = None
+        # The client's sessions carry a name of this restore alone: the stall watch finds them by it.
+        self._client_name = f"infer-forge-restore-{os.urandom(6).hex()}"
 
     @property
     def jobs(self):
@@ -752,15 +754,8 @@ class Restorer:
             settings["role"] = self.options.owner.replace("\\", "\\\\").replace(" ", "\\ ")
         if settings:
             env["PGOPTIONS"] = " ".join(f"-c {key}={value}" for key, value in settings.items())
-        # The client's sessions carry a name of this restore alone: the stall watch finds them by it.
         env["PGAPPNAME"] = self._client_name
         return env
-
-    @property
-    def _client_name(self):
-        if getattr(self, "_name", None) is None:
-            self._name = f"infer-forge-restore-{os.urandom(6).hex()}"
-        return self._name
 
     def _watch(self, tool, database, stop):
         return _ClientWatch(self.settings, self._client_name, database, tool, self.options.stall_timeout, stop)
@@ -975,8 +970,7 @@ class _ClientWatch(threading.Thread):
                 if holders:
                     self._moved_at = now  # a lock wait is bounded by its own rule, and names the holder
                 if lock_since is not None and now - lock_since >= self.seconds:
-                    self.stalled = (f"it waited {self.seconds} s for a lock held by "
-                                    f"{holders[0] or 'another session'} (BACKUP_STALL_TIMEOUT)")
+                    self.stalled = f"it waited {self.seconds} s for a lock held by {holders[0]} (BACKUP_STALL_TIMEOUT)"
                 elif not self._ours and now - self._moved_at >= self.seconds:
                     self.stalled = f"{self.tool} made no progress for {self.seconds} s and was stopped " \
                                    "(BACKUP_STALL_TIMEOUT)"
