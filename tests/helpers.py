@@ -467,8 +467,16 @@ def render(role, template, **values):
     env = jinja2.Environment(  # noqa: S701 - YAML, not HTML: Ansible does not escape either
         loader=jinja2.FileSystemLoader(os.path.join(REPO, "roles", role, "templates")),
         undefined=jinja2.StrictUndefined, trim_blocks=True, keep_trailing_newline=True)
-    env.filters.update(to_json=json.dumps, comment=lambda text: f"# {text}",
-                       ternary=lambda value, yes, no: yes if value else no)
+    env.filters.update(to_json=json.dumps, comment=lambda text: f"# {text}", dirname=os.path.dirname,
+                       basename=os.path.basename, ternary=lambda value, yes, no: yes if value else no)
+    # Ansible templates a variable's value when it is used, so a default may name another variable
+    # (backup_retired_passphrases_file does): resolve those the same way, a few levels deep.
+    for _depth in range(5):
+        templated = {name: value for name, value in context.items() if isinstance(value, str) and "{{" in value}
+        if not templated:
+            break
+        for name, value in templated.items():
+            context[name] = env.from_string(value).render(context)
     return env.get_template(template).render(context)
 
 

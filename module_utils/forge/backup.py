@@ -324,11 +324,13 @@ class BackupRunner:
             counter.start()
             try:
                 stream = self._dump(snapshot, partial_path, passphrase)
-            except ForgeError:
+            except ForgeError as dump_error:
                 # A count that failed first (out of locks, say) ended the exporting transaction,
-                # and pg_dump then only says it "could not import the requested snapshot".
+                # and pg_dump then only says it "could not import the requested snapshot": the
+                # count's error is the cause. Any other dump error (the server died under both)
+                # is pg_dump's own, and its line is the one to read.
                 counter.join(timeout=0.5)
-                if not counter.is_alive() and counter.error is not None:
+                if not counter.is_alive() and counter.error is not None and "snapshot" in str(dump_error):
                     raise self._counter_failure(counter) from None
                 _cancel_quietly(snapshot_conn)
                 raise
