@@ -8,7 +8,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: forge_nas_newest
-short_description: Find the newest verified off-site copy of a database on the NAS, read again in full
+short_description: Find the newest signed off-site copy of a database on the NAS, read again in full
 description:
   - The way back from the NAS alone (C(playbooks/offsite_restore.yml)), when the backup host lost its backups.
     Of the copies of O(database) that the NAS's last verification (C(forge nas-gate ... verify)) accepted, the
@@ -33,6 +33,13 @@ options:
     description: The NAS's state directory, where the verification's receipt is (C(offsite_target_state_dir)).
     type: path
     default: /srv/infer-forge-offsite/state
+  check_keys_file:
+    description:
+      - The keys this NAS checks copies' off-site signatures with (C(offsite_target_check_keys_file)). A copy
+        whose manifest carries no signature under one of them (anyone with the upload key could have sent it)
+        is passed over and named.
+    type: path
+    default: /etc/infer-forge/nas-check.keys
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -92,6 +99,7 @@ from ansible.module_utils.basic import AnsibleModule
 try:
     from ansible.module_utils.forge.errors import ForgeError, unexpected
     from ansible.module_utils.forge.farside import newest_copy
+    from ansible.module_utils.forge.signing import read_check_keys
     ENGINE_IMPORT_ERROR = None
 except ImportError as exc:  # pragma: no cover - reported to the user below
     ENGINE_IMPORT_ERROR = exc
@@ -101,6 +109,7 @@ ARGUMENT_SPEC = dict(
     database=dict(type="str", required=True),
     directory=dict(type="path", default="/srv/infer-forge-offsite/backups"),
     state_dir=dict(type="path", default="/srv/infer-forge-offsite/state"),
+    check_keys_file=dict(type="path", default="/etc/infer-forge/nas-check.keys"),
 )
 
 
@@ -110,7 +119,8 @@ def main():
         module.fail_json(msg=f"forge engine not importable: {ENGINE_IMPORT_ERROR}")
     p = module.params
     try:
-        result = newest_copy(p["directory"], p["state_dir"], p["database"])
+        result = newest_copy(p["directory"], p["state_dir"], p["database"],
+                             check_keys=read_check_keys(p["check_keys_file"]))
     except ForgeError as exc:
         module.fail_json(msg=exc.message)
     except Exception as exc:  # noqa: BLE001 - one line for the operator, never a traceback

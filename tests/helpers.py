@@ -65,6 +65,38 @@ def resign_manifest(path, manifest, passphrase=PASSPHRASE):
         json.dump(body, handle)
 
 
+@functools.lru_cache
+def nas_check_key(passphrase=PASSPHRASE):
+    """The NAS's check key of ``passphrase``, in hex, from signing.py's docstring (not its code)."""
+    import hashlib
+
+    return hashlib.pbkdf2_hmac("sha256", passphrase.encode(), b"infer-forge off-site check key v1", 100000,
+                               32).hex()
+
+
+def sign_for_nas(manifest, passphrase=PASSPHRASE):
+    """``manifest`` with the off-site signature a backup host adds to the copy it sends the NAS
+    (signing.py's docstring): an upload of someone who holds the passphrase."""
+    import hashlib
+    import hmac
+
+    key = bytes.fromhex(nas_check_key(passphrase))
+    body = {name: value for name, value in manifest.items() if name not in ("signature", "offsite_signature")}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    return dict(manifest, offsite_signature={
+        "scheme": "hmac-sha256",
+        "key_id": hmac.new(key, b"infer-forge key id", hashlib.sha256).hexdigest()[:16],
+        "value": hmac.new(key, b"infer-forge off-site check v1\n" + canonical, hashlib.sha256).hexdigest()})
+
+
+def write_nas_check_keys(path, passphrases=(PASSPHRASE,)):
+    """The NAS's check keys file for ``passphrases``, as the offsite_target role writes it (0640)."""
+    with open(path, "w") as handle:
+        handle.writelines(f"{nas_check_key(p)}  # a test key\n" for p in passphrases)
+    os.chmod(path, 0o640)
+    return str(path)
+
+
 def run_backup_script(pg, database, backup_dir, extra=None, user=None, timeout=300, wait=True, sign=True,
                       prefix=None, args=()):
     """Run scripts/backup_db.sh with the runbook's variables; ``prefix`` is a command put in

@@ -444,7 +444,8 @@ MUTANTS = [
         "name": "the-nas-hands-back-a-copy-damaged-since-its-verification",
         "promise": "the way back from the NAS takes only a copy read again now against its manifest",
         "edits": [(FARSIDE, "        entry = far._check(name, path, info, None)",
-                   "        entry = {\"sha256\": copies[name].get(\"sha256\"), \"size\": info.st_size}")],
+                   "        entry = {\"sha256\": copies[name].get(\"sha256\"), \"size\": info.st_size, "
+                   "\"verified\": True}")],
         "tests": ["tests/test_offsite_gate.py::"
                   "test_the_way_back_takes_the_newest_verified_copy_and_passes_over_one_damaged_since"],
     },
@@ -729,5 +730,32 @@ MUTANTS = [
         "edits": [(RESTORE, "                while feeder.is_alive() and not (watch.stalled and feeder.wait_seconds() > 2):\n",
                    "                while feeder.is_alive():\n")],
         "tests": ["tests/test_restore_stalls.py::test_a_client_whose_child_keeps_the_pipe_open_still_ends_the_restore"],
+    },
+    {
+        "name": "the-nas-counts-a-copy-it-cannot-check",
+        "promise": "the NAS counts only copies whose off-site signature it can check; others are unverified",
+        "edits": [(FARSIDE, "        if verdict != SIGNATURE_OK:\n            return False, NO_SIGNATURE\n",
+                   "        if verdict != SIGNATURE_OK:\n            return True, NO_SIGNATURE\n")],
+        "tests": ["tests/test_offsite_gate.py::"
+                  "test_a_made_up_upload_under_a_new_name_is_kept_but_never_counted_as_verified"],
+    },
+    {
+        "name": "a-real-copy-replayed-under-a-newer-name-becomes-the-newest",
+        "promise": "the off-site signature binds a copy to its file name: a replay under another name is quarantined",
+        "edits": [(FARSIDE, "        if manifest.get(\"file\") != name:\n", "        if False:\n")],
+        "tests": ["tests/test_offsite_gate.py::test_a_real_copy_sent_again_under_a_newer_name_is_quarantined"],
+    },
+    {
+        "name": "an-unverified-copy-keeps-a-day-for-min-keep",
+        "promise": "NAS retention's min_keep counts only verified copies: made-up uploads never keep a day",
+        "edits": [(FARSIDE, "for n in names if copies[n].get(\"verified\")}", "for n in names}")],
+        "tests": ["tests/test_offsite_gate.py::test_unverified_uploads_never_keep_a_day_that_retention_would_end"],
+    },
+    {
+        "name": "the-host-counts-the-nas-unverified-copies",
+        "promise": "the host counts only the copies the NAS verified and names the others",
+        "edits": [(OFFSITE, "        ours = [n for n in ours if n not in unverified]\n", "")],
+        "tests": ["tests/test_offsite_gate.py::"
+                  "test_a_made_up_upload_under_a_new_name_is_kept_but_never_counted_as_verified"],
     },
 ]

@@ -258,12 +258,16 @@ class SshServer:
         wait_for_port(self.host, self.port, "sshd")
         return self
 
-    def gate(self, directory, state_dir, retention_days=90, min_keep=7):
+    def gate(self, directory, state_dir, retention_days=90, min_keep=7, check_keys=None):
         """Bind the client key to the NAS gate for ``directory`` (sshd reads authorized_keys
-        at every login), as the offsite_target role writes it on a real NAS."""
+        at every login), as the offsite_target role writes it on a real NAS. The NAS checks
+        copies with the key of the tests' passphrase, or the keys file ``check_keys``."""
+        from helpers import write_nas_check_keys
+
         forge = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "forge")
+        check_keys = check_keys or write_nas_check_keys(os.path.join(self.base_dir, "nas-check.keys"))
         command = (f"{forge} nas-gate --dir {directory} --state {state_dir} --retention-days {retention_days} "
-                   f"--min-keep {min_keep}")
+                   f"--min-keep {min_keep} --check-keys {check_keys}")
         with open(self.client_key + ".pub") as handle:
             key = " ".join(handle.read().split()[:2])
         with open(self.authorized_keys, "w") as handle:

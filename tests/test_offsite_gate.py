@@ -19,7 +19,7 @@ import time
 import pytest
 from test_offsite import encrypted_backups, metric, offsite, ssh_extra  # noqa: F401 - fixtures reused
 
-from helpers import REPO
+from helpers import REPO, sign_for_nas, write_nas_check_keys
 
 FORGE = os.path.join(REPO, "scripts", "forge")
 
@@ -170,23 +170,30 @@ def test_the_gate_refuses_a_state_directory_inside_the_upload_directory(tmp_path
 
 # -- what an attacker with the key can leave in incoming (written there directly, as rrsync would)
 
+def check_keys(nas):
+    """The NAS's check keys file (the key of the tests' passphrase), beside its state directory."""
+    path = nas["state"].parent / "nas-check.keys"
+    return str(path) if path.exists() else write_nas_check_keys(path)
+
+
 def run_gate(nas, *args, now=None):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SSH_")}
     if now is not None:
         env["FORGE_NAS_GATE_NOW"] = str(now)
     gate = [FORGE, "nas-gate", "--dir", str(nas["dir"]), "--state", str(nas["state"]), "--retention-days", "30",
-            "--min-keep", "2", *args]
+            "--min-keep", "2", "--check-keys", check_keys(nas), *args]
     result = subprocess.run(gate, capture_output=True, text=True, env=env, timeout=60)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
 
-def plant(directory, name, data=None):
-    """A self-consistent upload: the file and a manifest with its real sha256."""
+def plant(directory, name, data=None, signed=True):
+    """An upload: the file and a manifest with its real sha256, signed for the NAS as a backup
+    host signs it (``signed``: by someone who holds the passphrase) or not (anyone with the key)."""
     data = b"Salted__" + os.urandom(256) if data is None else data
     (directory / name).write_bytes(data)
-    (directory / (name + ".manifest.json")).write_text(json.dumps(
-        {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}))
+    manifest = {"file": name, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    (directory / (name + ".manifest.json")).write_text(json.dumps(sign_for_nas(manifest) if signed else manifest))
 
 
 def test_odd_entries_in_incoming_are_quarantined_and_never_stop_the_verification(nas, copied):
@@ -252,7 +259,8 @@ def test_a_forgery_sent_ahead_under_a_backups_name_fails_the_run_instead_of_hidi
 
 def nas_newest(nas, database):
     return subprocess.run([FORGE, "nas-newest", "--dir", str(nas["dir"]), "--state", str(nas["state"]),
-                           "--database", database], capture_output=True, text=True, timeout=60)
+                           "--check-keys", check_keys(nas), "--database", database],
+                          capture_output=True, text=True, timeout=60)
 
 
 def test_the_way_back_takes_the_newest_verified_copy_and_passes_over_one_damaged_since(tmp_path):
@@ -289,3 +297,104 @@ def test_the_way_back_takes_the_newest_verified_copy_and_passes_over_one_damaged
     [line] = refused.stderr.splitlines()
     assert line.startswith(f"ERROR: no verified copy of infer_forge on this NAS in {nas['dir']} (passed over: ")
     assert line.endswith("; nothing was read")
+
+
+# -- what the NAS counts: only copies whose manifest it can check (the off-site signature)
+
+def test_a_made_up_upload_under_a_new_name_is_kept_but_never_counted_as_verified(sshd, nas, copied, backup_dir,
+                                                                                   tmp_path):
+    """Anyone with the upload key can send a file and a manifest with its sha256. Without the
+    off-site signature the NAS keeps it (evidence) but says "unverified", never counts it, and
+    the way back passes it over."""
+    database, names, before = copied
+    forged = f"{database}_20991231_020000.sql.gz.enc"
+    plant(nas["state"] / "incoming", forged, signed=False)
+    receipt = run_gate(nas, "verify")
+    assert receipt["copies"][forged]["verified"] is False
+    assert receipt["copies"][forged]["unverified"] == "no off-site signature: not sent by a host that holds the key"
+    assert receipt["unverified"] == [forged]
+    assert all(receipt["copies"][n]["verified"] for n in names)
+    found = nas_newest(nas, database)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.splitlines()[0].startswith(f"NEWEST: {names[0]} (")
+    assert found.stdout.splitlines()[0].endswith(f"passed over: {forged}: unverified (no off-site signature: "
+                                                 "not sent by a host that holds the key)")
+    # The host counts only what the NAS verified, and names the rest.
+    result = offsite(database, backup_dir, nas["target"], tmp_path, **ssh_extra(sshd))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{len(names)} verified backup(s) there; 1 there unverified ({forged})" in result.stdout, result.stdout
+    assert metric(tmp_path, database, "far_unverified") == 1
+    assert metric(tmp_path, database, "remote_backups") == len(names)
+
+
+def test_a_real_copy_sent_again_under_a_newer_name_is_quarantined(nas, copied):
+    """A replay: last month's backup and its signed manifest under tomorrow's name would be
+    'the newest' on the way back. The signature covers the file name, so the NAS refuses it."""
+    database, names, before = copied
+    incoming = nas["state"] / "incoming"
+    replay = f"{database}_20991231_020000.sql.gz.enc"
+    (incoming / replay).write_bytes((nas["dir"] / names[-1]).read_bytes())
+    (incoming / (replay + ".manifest.json")).write_bytes((nas["dir"] / (names[-1] + ".manifest.json")).read_bytes())
+    receipt = run_gate(nas, "verify")
+    assert {q["name"]: q["reason"] for q in receipt["quarantined"]} == {
+        replay: f"its manifest was signed for {names[-1]}, not for this name"}
+    assert replay not in receipt["copies"]
+    assert digests(nas["dir"]) == before
+
+
+def test_a_manifest_changed_after_signing_is_quarantined(nas, copied):
+    database, names, before = copied
+    incoming = nas["state"] / "incoming"
+    plant(incoming, f"{database}_20991231_020000.sql.gz.enc")
+    path = incoming / f"{database}_20991231_020000.sql.gz.enc.manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["database"] = "someone_else"
+    path.write_text(json.dumps(manifest))
+    receipt = run_gate(nas, "verify")
+    assert {q["name"]: q["reason"] for q in receipt["quarantined"]} == {
+        f"{database}_20991231_020000.sql.gz.enc": "its off-site signature does not match its manifest"}
+
+
+def test_unverified_uploads_never_keep_a_day_that_retention_would_end(nas, copied):
+    """min_keep counts the days of verified copies first: a flood of made-up uploads, on
+    later days, does not make the NAS keep them instead of (or beside) the last real ones."""
+    database, names, _ = copied
+    incoming = nas["state"] / "incoming"
+    day = 86400
+    start = time.time()
+    for offset in (10, 20):
+        plant(incoming, f"{database}_2099010{offset // 10}_020000.sql.gz.enc", signed=False)
+        run_gate(nas, "verify", now=start + offset * day)
+    receipt = run_gate(nas, "verify", now=start + 31 * day)
+    # The real copies' day is the only verified one: kept past the retention. The made-up ones
+    # are younger than it.
+    assert receipt["expired"] == []
+    receipt = run_gate(nas, "verify", now=start + 41 * day)
+    assert receipt["expired"] == [f"{database}_20990101_020000.sql.gz.enc"]  # 31 days after it arrived
+    assert set(names) <= set(receipt["copies"])
+
+
+def test_a_nas_without_check_keys_verifies_nothing_and_the_host_says_so(
+        sshd, tmp_path, encrypted_backups, backup_dir):  # noqa: F811 - the fixture imported above
+    database, names = encrypted_backups
+    directory = tmp_path / "bare" / "backups"
+    directory.mkdir(parents=True, mode=0o700)
+    sshd.gate(directory, tmp_path / "bare" / "state", check_keys=str(tmp_path / "bare" / "no-such.keys"))
+    result = offsite(database, backup_dir, f"root@127.0.0.1:{directory}", tmp_path, **ssh_extra(sshd))
+    assert result.returncode == 1
+    assert (f"the NAS took {names[0]} but cannot check its signature (this NAS holds no check key: "
+            "--check-keys") in result.stdout, result.stdout
+    assert metric(tmp_path, database, "last_run_success") == 0
+
+
+def test_a_key_file_others_may_write_is_refused_in_one_line(nas, tmp_path):
+    path = tmp_path / "loose.keys"
+    write_nas_check_keys(path)
+    path.chmod(0o666)
+    result = subprocess.run([FORGE, "nas-gate", "--dir", str(nas["dir"]), "--state", str(nas["state"]),
+                             "--check-keys", str(path), "verify"], capture_output=True, text=True, timeout=60,
+                            env={k: v for k, v in os.environ.items() if not k.startswith("SSH_")})
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"ERROR: check keys file {path} has mode 0666; only its owner may write it (chmod 640 {path}); "
+        "nothing was verified"]

@@ -502,19 +502,48 @@ def nas_newest_command(argv):
     verification accepted, read again now; one line, the files after it."""
     import argparse
 
-    from .farside import newest_copy
+    from .farside import DEFAULT_CHECK_KEYS, newest_copy
+    from .signing import read_check_keys
 
     parser = argparse.ArgumentParser(prog="forge nas-newest",
                                      description="the newest copy of a database the NAS verified, read again now")
     parser.add_argument("--dir", required=True, help="the NAS's directory of copies")
     parser.add_argument("--state", required=True, help="the NAS's state directory (the receipt)")
     parser.add_argument("--database", required=True)
+    parser.add_argument("--check-keys", default=DEFAULT_CHECK_KEYS,
+                        help="the keys copies are checked with (an unsigned copy is passed over)")
     args = parser.parse_args(argv)
-    found = newest_copy(args.dir, args.state, args.database)
+    found = newest_copy(args.dir, args.state, args.database, check_keys=read_check_keys(args.check_keys))
     skipped = f"; passed over: {'; '.join(found['passed_over'])}" if found["passed_over"] else ""
     print(f"NEWEST: {found['backup']} ({found['size']} bytes, sha256 {found['sha256']}) read again now{skipped}")
     for path in found["files"]:
         print(path)
+    return 0
+
+
+def nas_check_keys_command(argv):
+    """forge nas-check-keys: on a backup host, the keys its NAS checks copies with (one line
+    each, the current passphrase's first, then each retired one's), for the NAS's check keys
+    file. They prove who sent a copy and nothing else: no restore trusts a manifest by them."""
+    import argparse
+
+    from .signing import key_id, load_keyring, load_passphrase, offsite_check_key
+
+    parser = argparse.ArgumentParser(prog="forge nas-check-keys",
+                                     description="print the keys the NAS checks this host's copies with")
+    parser.add_argument("--passphrase-file", help="default: BACKUP_PASSPHRASE_FILE (environment or BACKUP_CONFIG)")
+    parser.add_argument("--retired-passphrases-file", help="default: BACKUP_RETIRED_PASSPHRASES_FILE")
+    args = parser.parse_args(argv)
+    store = declarations.from_config(declarations.STORE, load_config(os.environ),
+                                     ["passphrase_file", "retired_passphrases_file"])
+    passphrase_file = args.passphrase_file or store["passphrase_file"]
+    if not passphrase_file:
+        raise ForgeError("no passphrase file: give --passphrase-file or set BACKUP_PASSPHRASE_FILE")
+    current = load_passphrase(None, passphrase_file)
+    retired = load_keyring(None, args.retired_passphrases_file or store["retired_passphrases_file"])
+    for passphrase, which in [(current, "current")] + [(p, "retired") for p in retired if p != current]:
+        key = offsite_check_key(passphrase)
+        print(f"{key.hex()}  # check key {key_id(key)} ({which} passphrase)")
     return 0
 
 
@@ -531,13 +560,14 @@ def _main(argv):
     if argv and argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
-    if argv and argv[0] in ("nas-gate", "nas-newest"):
-        # The NAS side of off-site copies: the forced command of the backup hosts' key, and
-        # the operator's way back (never reachable through that key).
+    if argv and argv[0] in ("nas-gate", "nas-newest", "nas-check-keys"):
+        # The NAS side of off-site copies: the forced command of the backup hosts' key, the
+        # operator's way back (never reachable through that key), and the keys it checks with.
         from .farside import gate_main
 
+        commands = {"nas-gate": gate_main, "nas-newest": nas_newest_command, "nas-check-keys": nas_check_keys_command}
         try:
-            return gate_main(argv[1:]) if argv[0] == "nas-gate" else nas_newest_command(argv[1:])
+            return commands[argv[0]](argv[1:])
         except ForgeError as exc:
             print(f"ERROR: {exc.message}", file=sys.stderr, flush=True)
             return EXIT_FAILURE

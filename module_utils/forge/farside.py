@@ -22,6 +22,15 @@ mtime, both of which the uploader chooses; and the newest ``min_keep`` arrival
 *days* are always kept, so a flood of uploads cannot push good copies out.
 A copy that does not match its manifest is moved to the quarantine beside the
 state (never deleted), so the host can send it again.
+
+Anyone with the upload key can send a file with a manifest that matches it, so a
+matching checksum says nothing about who made the copy. A copy counts as verified
+only when its manifest carries the off-site signature of a key in this NAS's check
+keys file (signing.py: derived from the backup passphrase, proving nothing to a
+restore); one without it is kept, marked "unverified", never counted by retention's
+min_keep and never taken by the way back. The signature covers the file name, so a
+real copy sent again under a newer name is quarantined, as is a manifest changed
+after it was signed.
 The same command runs from this NAS's cron with ``--full`` to re-read every copy.
 """
 
@@ -38,6 +47,7 @@ import time
 from .catalog import CHECKSUM_SUFFIX, MANIFEST_SUFFIX, _load_manifest, file_stem, parse_name
 from .errors import ForgeError
 from .fsutil import fsync_dir, read_json_object, write_atomic
+from .signing import SIGNATURE_MISMATCH, SIGNATURE_OK, SIGNATURE_WRONG_KEY, check_offsite, read_check_keys
 
 RECEIPT_NAME = "receipt.json"
 QUARANTINE_NAME = "quarantine"
@@ -49,10 +59,13 @@ PENDING_GRACE_SECONDS = 6 * 3600
 CHUNK = 1024 * 1024
 OPENSSL_MAGIC = b"Salted__"
 SIDE_SUFFIXES = (CHECKSUM_SUFFIX, MANIFEST_SUFFIX)
+# Where the offsite_target role writes the keys this NAS checks copies with (root's, the account reads it).
+DEFAULT_CHECK_KEYS = "/etc/infer-forge/nas-check.keys"
+NO_SIGNATURE = "no off-site signature: not sent by a host that holds the key"
 
 
 class FarSide:
-    def __init__(self, directory, state_dir, retention_days, min_keep, clock=time.time):
+    def __init__(self, directory, state_dir, retention_days, min_keep, clock=time.time, check_keys=()):
         if retention_days < 1 or min_keep < 1:
             raise ForgeError("off-site retention must keep at least one day and one copy")
         directory, state_dir = os.path.abspath(directory), os.path.abspath(state_dir)
@@ -63,6 +76,7 @@ class FarSide:
         self.retention_days = retention_days
         self.min_keep = min_keep
         self.clock = clock
+        self.check_keys = list(check_keys)
 
     @property
     def incoming(self):
@@ -120,6 +134,7 @@ class FarSide:
             "retention_days": self.retention_days, "min_keep": self.min_keep,
             "copies": copies, "accepted": accepted, "pending": pending, "quarantined": quarantined,
             "expired": expired, "ok": not quarantined,
+            "unverified": sorted(name for name, entry in copies.items() if not entry.get("verified")),
         }
         write_atomic(self.receipt_path, json.dumps(receipt, indent=2, sort_keys=True) + "\n", mode=0o600)
         return receipt
@@ -188,6 +203,10 @@ class FarSide:
             if os.path.lexists(target):
                 kept = _load_manifest(target + MANIFEST_SUFFIX)
                 if isinstance(kept, dict) and kept.get("sha256") == entry["sha256"]:
+                    if entry.get("verified") and self._verdict(name, kept)[0] is not True:
+                        # The same bytes, now with a signature this NAS checks (a copy sent before
+                        # it had its keys): only the manifest changes, and only to a checked one.
+                        os.replace(path + MANIFEST_SUFFIX, target + MANIFEST_SUFFIX)
                     for suffix in ("",) + SIDE_SUFFIXES:
                         _remove_quietly(path + suffix)  # the same copy again
                     return None
@@ -227,7 +246,9 @@ class FarSide:
             return {"problem": f"size {info.st_size} bytes, the manifest says {size}"}
         identity = [info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
         if known and known.get("identity") == identity and known.get("sha256") == expected:
-            return known  # the same inode, unchanged since it was last read in full
+            # The same inode, unchanged since it was last read in full; the signature is checked
+            # again (cheap), since the keys or the manifest may have changed.
+            return self._signed(name, manifest, dict(known))
         own = fd is None
         if own:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -250,9 +271,34 @@ class FarSide:
             return {"problem": "sha256 does not match its manifest"}
         if head != OPENSSL_MAGIC:
             return {"problem": "not an encrypted backup (only encrypted backups go off-site)"}
-        return {"sha256": expected, "size": info.st_size, "arrived": info.st_ctime, "identity": identity,
-                "database": manifest.get("database") if isinstance(manifest.get("database"), str) else None,
-                "verified": True}
+        return self._signed(name, manifest, {
+            "sha256": expected, "size": info.st_size, "arrived": info.st_ctime, "identity": identity,
+            "database": manifest.get("database") if isinstance(manifest.get("database"), str) else None})
+
+    def _verdict(self, name, manifest):
+        """(True, key id), (False, why it is unverified) or (None, why it is quarantined)."""
+        if not self.check_keys:
+            return False, "this NAS holds no check key: --check-keys"
+        verdict, their_key = check_offsite(manifest, self.check_keys)
+        if verdict == SIGNATURE_MISMATCH:
+            return None, "its off-site signature does not match its manifest"
+        if verdict == SIGNATURE_WRONG_KEY:
+            return False, f"signed with key {their_key}, which this NAS does not hold"
+        if verdict != SIGNATURE_OK:
+            return False, NO_SIGNATURE
+        if manifest.get("file") != name:
+            return None, f"its manifest was signed for {str(manifest.get('file'))[:120]}, not for this name"
+        return True, their_key
+
+    def _signed(self, name, manifest, entry):
+        entry.pop("unverified", None)
+        entry.pop("key_id", None)
+        verified, detail = self._verdict(name, manifest)
+        if verified is None:
+            return {"problem": detail}
+        entry["verified"] = verified
+        entry["key_id" if verified else "unverified"] = detail
+        return entry
 
     def _expire(self, copies, groups, now):
         """Copies older than the retention go, except those of the newest ``min_keep``
@@ -261,10 +307,13 @@ class FarSide:
         cutoff = now - self.retention_days * 86400
         expired = []
         for names in groups.values():
-            days = sorted({_day(copies[n]["arrived"]) for n in names}, reverse=True)
+            # Only verified copies count: an unverified one (anyone with the upload key could have
+            # sent it) goes at its age, and never keeps a day for itself or for another.
+            days = sorted({_day(copies[n]["arrived"]) for n in names if copies[n].get("verified")}, reverse=True)
             kept_days = set(days[:self.min_keep])
             for name in names:
-                if copies[name]["arrived"] < cutoff and _day(copies[name]["arrived"]) not in kept_days:
+                kept = copies[name].get("verified") and _day(copies[name]["arrived"]) in kept_days
+                if copies[name]["arrived"] < cutoff and not kept:
                     for suffix in ("",) + SIDE_SUFFIXES:
                         _remove_quietly(os.path.join(self.directory, name + suffix))
                     del copies[name]
@@ -291,13 +340,13 @@ class FarSide:
         return {"name": name, "reason": reason, "at": now}
 
 
-def newest_copy(directory, state_dir, database):
+def newest_copy(directory, state_dir, database, check_keys=()):
     """The way back from the NAS alone: the newest copy of ``database`` that this NAS's last
     verification accepted, read in full again now against its manifest (a copy that no longer
     matches is passed over and named). Run by root or the NAS's own user, never through the
     gate: the backup hosts' key cannot read anything back. Returns {"backup", "files" (the
     copy, then its manifest and checksum), "sha256", "size", "arrived", "passed_over"}."""
-    far = FarSide(directory, state_dir, 1, 1)
+    far = FarSide(directory, state_dir, 1, 1, check_keys=check_keys)
     receipt = far.last_receipt()
     copies = receipt.get("copies") if isinstance(receipt, dict) else None
     if not isinstance(copies, dict):
@@ -307,7 +356,7 @@ def newest_copy(directory, state_dir, database):
     candidates = []
     for name, entry in copies.items():
         parsed = parse_name(name)
-        if parsed and parsed[0] == stem and isinstance(entry, dict) and entry.get("verified"):
+        if parsed and parsed[0] == stem and isinstance(entry, dict):
             candidates.append((parsed[1], name))
     candidates.sort()
     passed_over = []
@@ -324,6 +373,9 @@ def newest_copy(directory, state_dir, database):
         entry = far._check(name, path, info, None)  # pylint: disable=protected-access
         if entry.get("problem"):
             passed_over.append(f"{name}: {entry['problem']}")
+            continue
+        if not entry["verified"]:
+            passed_over.append(f"{name}: unverified ({entry['unverified']})")
             continue
         files = [path] + [path + suffix for suffix in (MANIFEST_SUFFIX, CHECKSUM_SUFFIX)
                           if os.path.isfile(path + suffix) and not os.path.islink(path + suffix)]
@@ -347,6 +399,8 @@ def gate_main(argv, environ=None, out=None):
     parser.add_argument("--state", required=True, help="receipt and quarantine (outside --dir)")
     parser.add_argument("--retention-days", type=int, default=90)
     parser.add_argument("--min-keep", type=int, default=7)
+    parser.add_argument("--check-keys", default=DEFAULT_CHECK_KEYS,
+                        help="the keys copies are checked with (only signed copies count as verified)")
     parser.add_argument("action", nargs="?", choices=("verify", "receipt"), default=None)
     parser.add_argument("--full", action="store_true", help="re-read every copy, not only new ones")
     args = parser.parse_args(argv)
@@ -361,7 +415,8 @@ def gate_main(argv, environ=None, out=None):
         # Tests of retention move the clock; never under sshd, where a client might set it.
         def clock():
             return float(environ["FORGE_NAS_GATE_NOW"])
-    far = FarSide(args.dir, args.state, args.retention_days, args.min_keep, clock=clock)
+    far = FarSide(args.dir, args.state, args.retention_days, args.min_keep, clock=clock,
+                  check_keys=read_check_keys(args.check_keys))
     if requested is None:
         action, full = args.action or "verify", args.full
     else:

@@ -32,7 +32,7 @@ from .fsutil import ensure_private_dir, fsync_dir, read_json_object, write_atomi
 from .pgconn import tool_env
 from .records import OFFSITE_METRIC_PREFIX as METRIC_PREFIX
 from .records import offsite_metrics_filename, offsite_state_path
-from .signing import load_keyring, load_passphrase
+from .signing import load_keyring, load_passphrase, offsite_check_key, sign_for_offsite
 
 OPENSSL_MAGIC = b"Salted__"
 CHUNK = 1024 * 1024
@@ -241,8 +241,10 @@ class SshTarget:
         pending one (file without manifest yet) gets its manifest sent again."""
         copies = self.receipt.get("copies") if isinstance(self.receipt.get("copies"), dict) else {}
         pending = self.receipt.get("pending") if isinstance(self.receipt.get("pending"), list) else []
-        return ({str(n) for n in copies} | {str(n) + MANIFEST_SUFFIX for n in copies}
-                | {str(n) for n in pending})
+        # An unverified copy of ours (sent before the NAS had its check key) gets its signed
+        # manifest sent again, which the NAS then takes.
+        verified = {str(n) for n, entry in copies.items() if isinstance(entry, dict) and entry.get("verified")}
+        return {str(n) for n in copies} | {n + MANIFEST_SUFFIX for n in verified} | {str(n) for n in pending}
 
     def remote_sha256(self, name):
         entry = (self.receipt.get("copies") or {}).get(name) if isinstance(self.receipt.get("copies"), dict) else None
@@ -259,14 +261,21 @@ class SshTarget:
         if proc.returncode != 0:
             raise ForgeError(f"rsync to {self.describe()} failed (exit {proc.returncode}): {last_line(proc.stderr)}")
 
-    def copy_verified(self, backup, digest):
-        """Send the file, its checksum and its manifest; the NAS verifies and says so."""
+    def copy_verified(self, backup, digest, check_key=None):
+        """Send the file, its checksum and its manifest signed for the NAS with ``check_key``
+        (the copy of the manifest only: the one here stays as the backup wrote it); the NAS
+        verifies and says so."""
         paths = [backup.path] + ([backup.checksum_path] if os.path.exists(backup.checksum_path) else [])
-        self.put(paths + [backup.manifest_path])
+        with _ManifestForTheNas(backup, check_key) as manifest_path:
+            self.put(paths + [manifest_path])
         receipt = self._gate("verify", "verifying the copy")
         entry = (receipt.get("copies") or {}).get(backup.name)
         if isinstance(entry, dict) and entry.get("verified") and entry.get("sha256") == digest:
             return
+        if isinstance(entry, dict) and entry.get("sha256") == digest:
+            raise ForgeError(f"the NAS took {backup.name} but cannot check its signature ({entry.get('unverified')}); "
+                             "it keeps the copy as unverified: give the NAS this host's check key (offsite_target "
+                             "role, or docs/offsite.md, \"The NAS gate\")")
         moved = [q for q in receipt.get("quarantined") or [] if isinstance(q, dict) and q.get("name") == backup.name]
         if moved:
             raise ForgeError(f"the NAS refused the copy of {backup.name} ({moved[0].get('reason')}) and moved it to "
@@ -283,6 +292,32 @@ class SshTarget:
         receipt says what it expired (``names``, the host's estimate, is for check mode)."""
         receipt = self._gate("verify", "asking it to verify its copies and apply its retention")
         return sorted(str(n) for n in receipt.get("expired") or [])
+
+
+class _ManifestForTheNas:
+    """The backup's manifest with its off-site signature, under its own name in a private
+    directory of its own (rsync sends it under that name), removed afterwards."""
+
+    def __init__(self, backup, check_key):
+        self.backup = backup
+        self.check_key = check_key
+        self.directory = None
+
+    def __enter__(self):
+        import tempfile
+
+        if self.check_key is None:
+            return self.backup.manifest_path
+        self.directory = tempfile.mkdtemp(prefix="infer-forge-nas.")
+        path = os.path.join(self.directory, os.path.basename(self.backup.manifest_path))
+        write_atomic(path, json.dumps(sign_for_offsite(self.backup.manifest, self.check_key), indent=2,
+                                      sort_keys=True) + "\n", mode=0o600)
+        return path
+
+    def __exit__(self, *exc):
+        if self.directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
+        return False
 
 
 class OffsiteCopy:
@@ -353,6 +388,9 @@ class OffsiteCopy:
             result["passed"] = True
             result["reason"] = (f"{len(plan['copy'])} copied and verified, {len(result['expired'])} expired, "
                                 f"{kept} verified backup(s) there")
+            unverified = (result.get("receipt") or {}).get("unverified") or []
+            if unverified:
+                result["reason"] += f"; {len(unverified)} there unverified ({', '.join(unverified)})"
         except ForgeError as exc:
             result["passed"] = False
             result["reason"] = exc.message
@@ -367,10 +405,14 @@ class OffsiteCopy:
         return result
 
     def _copy(self, target, backups):
+        check_key = offsite_check_key(load_passphrase(self.options.passphrase, self.options.passphrase_file))
         for backup in backups:
             digest = backup.manifest["sha256"]
             self.log(f"Copying {backup.name} ({backup.size} bytes) to {target.describe()}")
-            target.copy_verified(backup, digest)
+            if target.kind == "ssh":
+                target.copy_verified(backup, digest, check_key)
+            else:
+                target.copy_verified(backup, digest)
             self.log(f"Verified {backup.name} on {target.describe()} (sha256 {digest[:16]}...)")
 
     def _read_receipt(self, target, result):
@@ -385,12 +427,15 @@ class OffsiteCopy:
     def _summarize_receipt(self, target, result):
         receipt = getattr(target, "receipt", None) or {}
         stem = file_stem(self.options.database)
-        ours = sorted(n for n in (receipt.get("copies") or {}) if (parse_name(str(n)) or ("",))[0] == stem)
+        copies = receipt.get("copies") if isinstance(receipt.get("copies"), dict) else {}
+        ours = sorted(n for n in copies if (parse_name(str(n)) or ("",))[0] == stem)
+        unverified = [n for n in ours if not (isinstance(copies[n], dict) and copies[n].get("verified"))]
+        ours = [n for n in ours if n not in unverified]
         quarantined = [q for q in receipt.get("quarantined") or []
                        if isinstance(q, dict) and (parse_name(str(q.get("name"))) or ("",))[0] == stem]
         result["receipt"] = {
             "verified_at": receipt.get("verified_at"), "verified_at_epoch": receipt.get("verified_at_epoch"),
-            "copies": len(ours), "newest": ours[-1] if ours else None,
+            "copies": len(ours), "newest": ours[-1] if ours else None, "unverified": unverified,
             "quarantined": [f"{q.get('name')}: {q.get('reason')}" for q in quarantined], "ok": not quarantined}
         return result["receipt"]
 
@@ -428,6 +473,8 @@ class OffsiteCopy:
                                 "database intact (its receipt), else 0.", 1 if receipt["ok"] else 0))
                 samples.append(("far_quarantined", "Copies the NAS's last verification moved to its quarantine.",
                                 len(receipt["quarantined"])))
+                samples.append(("far_unverified", "Copies of this database on the NAS without an off-site signature "
+                                "it can check (not counted).", len(receipt.get("unverified") or [])))
                 if isinstance(receipt.get("verified_at_epoch"), (int, float)):
                     samples.append(("far_verified_timestamp_seconds", "When the NAS last verified its copies "
                                     "(its receipt).", receipt["verified_at_epoch"]))

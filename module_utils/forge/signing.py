@@ -16,6 +16,16 @@ Signature format (manifest_version 2)::
 
 ``key_id`` lets a wrong passphrase be told apart from a manifest that was
 changed: the same passphrase always gives the same key id.
+
+The NAS cannot hold the signing key (whoever holds it could sign a backup every
+host would trust), yet it must tell a copy a backup host sent from one that
+anyone with the upload key made up. So the copy of a manifest that goes off-site
+carries a second MAC, ``offsite_signature``, under a key of its own that the NAS
+holds (the *check key*); it covers every field but the two signatures, the file
+name among them. Neither key can be computed from the other::
+
+    check key = PBKDF2-HMAC-SHA256(passphrase, "infer-forge off-site check key v1", 100000, 32 bytes)
+    value     = HMAC-SHA256(check key, "infer-forge off-site check v1\n" + canonical)
 """
 
 import hashlib
@@ -34,6 +44,10 @@ SIGNING_KDF_ITERATIONS = 100000
 SIGNATURE_SCHEME = "hmac-sha256"
 _KEY_ID_LABEL = b"infer-forge key id"
 _SIGNED_PREFIX = b"infer-forge manifest v2\n"
+OFFSITE_KDF_SALT = b"infer-forge off-site check key v1"
+OFFSITE_SIGNATURE_FIELD = "offsite_signature"
+_OFFSITE_SIGNED_PREFIX = b"infer-forge off-site check v1\n"
+_UNSIGNED_FIELDS = ("signature", OFFSITE_SIGNATURE_FIELD)
 
 SIGNATURE_OK = "ok"
 SIGNATURE_MISSING = "missing"
@@ -153,11 +167,21 @@ def require_strength(passphrase):
 _KEYS = {}
 
 
+def _derived(passphrase, salt):
+    if (passphrase, salt) not in _KEYS:
+        _KEYS[passphrase, salt] = hashlib.pbkdf2_hmac("sha256", passphrase, salt, SIGNING_KDF_ITERATIONS, 32)
+    return _KEYS[passphrase, salt]
+
+
 def signing_key(passphrase):
     """The manifest signing key of a passphrase (derived once per process)."""
-    if passphrase not in _KEYS:
-        _KEYS[passphrase] = hashlib.pbkdf2_hmac("sha256", passphrase, SIGNING_KDF_SALT, SIGNING_KDF_ITERATIONS, 32)
-    return _KEYS[passphrase]
+    return _derived(passphrase, SIGNING_KDF_SALT)
+
+
+def offsite_check_key(passphrase):
+    """The key a NAS checks off-site copies with: it proves who sent a copy, and proves
+    nothing to a restore (derived once per process)."""
+    return _derived(passphrase, OFFSITE_KDF_SALT)
 
 
 def key_id(key):
@@ -165,12 +189,12 @@ def key_id(key):
 
 
 def canonical(manifest):
-    body = {name: value for name, value in manifest.items() if name != "signature"}
+    body = {name: value for name, value in manifest.items() if name not in _UNSIGNED_FIELDS}
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
-def _mac(key, manifest):
-    return hmac.new(key, _SIGNED_PREFIX + canonical(manifest), hashlib.sha256).hexdigest()
+def _mac(key, manifest, prefix=_SIGNED_PREFIX):
+    return hmac.new(key, prefix + canonical(manifest), hashlib.sha256).hexdigest()
 
 
 def sign(manifest, key):
@@ -183,23 +207,73 @@ def sign(manifest, key):
 
 def check(manifest, key):
     """One of SIGNATURE_OK, SIGNATURE_MISSING, SIGNATURE_WRONG_KEY, SIGNATURE_MISMATCH."""
-    signature = manifest.get("signature")
+    return _verdict(manifest, manifest.get("signature"), [key], _SIGNED_PREFIX)[0]
+
+
+def sign_for_offsite(manifest, check_key):
+    """Return ``manifest`` with its off-site signature (the signing one is left as it is)."""
+    signed = dict(manifest)
+    signed[OFFSITE_SIGNATURE_FIELD] = {"scheme": SIGNATURE_SCHEME, "key_id": key_id(check_key),
+                                       "value": _mac(check_key, signed, _OFFSITE_SIGNED_PREFIX)}
+    return signed
+
+
+def check_offsite(manifest, check_keys):
+    """(verdict, key id) of a copy's off-site signature under any of ``check_keys``."""
+    return _verdict(manifest, manifest.get(OFFSITE_SIGNATURE_FIELD), check_keys, _OFFSITE_SIGNED_PREFIX)
+
+
+def _verdict(manifest, signature, keys, prefix):
     if not isinstance(signature, dict) or signature.get("scheme") != SIGNATURE_SCHEME:
-        return SIGNATURE_MISSING
+        return SIGNATURE_MISSING, None
     value, their_key = signature.get("value"), signature.get("key_id")
     # Compared as ASCII bytes: compare_digest refuses non-ASCII str, and a planted
     # manifest must never turn into an exception.
     if not (is_hex(value, 64) and is_hex(their_key, 16)):
-        return SIGNATURE_MISMATCH
-    if not hmac.compare_digest(their_key.encode(), key_id(key).encode()):
-        return SIGNATURE_WRONG_KEY
+        return SIGNATURE_MISMATCH, None
+    key = next((k for k in keys if hmac.compare_digest(their_key.encode(), key_id(k).encode())), None)
+    if key is None:
+        return SIGNATURE_WRONG_KEY, their_key
     try:
-        expected = _mac(key, manifest)
+        expected = _mac(key, manifest, prefix)
     except (TypeError, ValueError, RecursionError):
-        return SIGNATURE_MISMATCH
+        return SIGNATURE_MISMATCH, their_key
     if not hmac.compare_digest(value.encode(), expected.encode()):
-        return SIGNATURE_MISMATCH
-    return SIGNATURE_OK
+        return SIGNATURE_MISMATCH, their_key
+    return SIGNATURE_OK, their_key
+
+
+def read_check_keys(path):
+    """The NAS's check keys in ``path``: one 64-hex-digit key per line, ``#`` starts a
+    comment. A file that does not exist holds none (every copy is then unverified). Root
+    writes it and the NAS account reads it, so it must not be writable by anyone else."""
+    what = f"check keys file {path}"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise ForgeError(f"{what} cannot be opened without following a link ({exc.strerror}); nothing was "
+                         "verified") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ForgeError(f"{what} is not a regular file; nothing was verified")
+        if info.st_mode & 0o022:
+            raise ForgeError(f"{what} has mode {info.st_mode & 0o777:04o}; only its owner may write it "
+                             f"(chmod 640 {path}); nothing was verified")
+        os.set_blocking(handle.fileno(), True)
+        data = handle.read(1 << 16)
+    keys = []
+    for number, line in enumerate(data.decode("ascii", "replace").splitlines(), 1):
+        word = line.split("#", 1)[0].strip()
+        if not word:
+            continue
+        if not is_hex(word, 64):
+            raise ForgeError(f"line {number} of {what} is not a key of 64 lower-case hex digits; nothing was verified")
+        if bytes.fromhex(word) not in keys:
+            keys.append(bytes.fromhex(word))
+    return keys
 
 
 def is_hex(value, length):

@@ -153,6 +153,27 @@ def test_the_backup_hosts_key_cannot_delete_or_overwrite_a_copy_on_the_nas():
     # The NAS's receipt says every copy there is verified, and the host keeps it as evidence.
     receipt = json.loads(nas.file("/srv/infer-forge-offsite/state/receipt.json").content_string)
     assert receipt["ok"] is True and receipt["copies"][name]["verified"] is True
+    # Verified means signed under the check key the backup host derives from its passphrase,
+    # which the deploy put on the NAS (root's file, the account reads it).
+    keys = nas.file("/etc/infer-forge/nas-check.keys")
+    assert keys.user == "root" and keys.group == "infer-offsite" and keys.mode == 0o640
+    derived = db.check_output("/opt/infer-forge/scripts/forge nas-check-keys --passphrase-file "
+                              "/etc/infer-forge/backup.pass")
+    key, _hash, _check, _key, key_id = derived.splitlines()[0].split()[:5]
+    assert nas.check_output("cat /etc/infer-forge/nas-check.keys").split() == [key]
+    assert receipt["copies"][name]["key_id"] == key_id
+    # A copy made up by whoever holds only the upload key is kept but never counted.
+    forged = "infer_forge_20991231_020000.sql.gz.enc"
+    db.run(f"{{ printf Salted__; head -c 4096 /dev/urandom; }} > /tmp/{forged}"
+           f" && printf '{{\"file\": \"{forged}\", \"sha256\": \"%s\"}}' $(sha256sum /tmp/{forged} | cut -c1-64)"
+           f" > /tmp/{forged}.manifest.json")
+    db.run(as_backup_user + f"rsync -e {shlex.quote(ssh)} /tmp/{forged} /tmp/{forged}.manifest.json "
+           f"infer-offsite@{NAS}:")
+    verify = db.run(as_backup_user + f"{ssh} infer-offsite@{NAS} 'infer-forge verify'")
+    assert verify.rc == 0, verify.stderr
+    after = json.loads(verify.stdout)
+    assert after["copies"][forged]["verified"] is False and after["unverified"] == [forged]
+    assert after["copies"][name]["verified"] is True
     metrics = db.file("/var/lib/infer-forge-metrics/backup/infer_forge_offsite_infer_forge.prom").content_string
     assert re.search(r'infer_forge_offsite_far_verify_success\{[^}]+\} 1', metrics), metrics
 
