@@ -6,9 +6,12 @@ directory, apply the mutant's edits there (never here), run the tests named for
 it, and expect at least one of them to fail. A mutant that survives means a
 README or docs/ promise has no test that can fail; the stage fails and names it.
 
-Usage: scripts/mutation_check.py [--jobs N] [--baseline] [--list] [NAME ...]
-  --baseline  first run every named test on the unmutated copy (make test's
-              pytest stage already did that; use it when running this alone)
+Usage: scripts/mutation_check.py [--jobs N] [--baseline | --passed-in JUNIT] [--list] [NAME ...]
+  --baseline   first run every named test on the unmutated copy (use it when
+               running this alone)
+  --passed-in  take the pytest stage's JUnit report as the baseline instead
+               (make test): a mutant whose tests did not all pass there, or
+               are not there at all, is an ERROR, never a kill
 """
 
 import argparse
@@ -115,6 +118,30 @@ def check(mutant, files, baseline):
         shutil.rmtree(root, ignore_errors=True)
 
 
+def passed_tests(junit_path):
+    """Node ids (tests/test_x.py::test_y[param]) of the tests that passed in a pytest JUnit report."""
+    import xml.etree.ElementTree as ElementTree  # noqa: S405 - our own pytest's report
+
+    passed = set()
+    for case in ElementTree.parse(junit_path).getroot().iter("testcase"):  # noqa: S314 - our own report
+        if any(child.tag in ("failure", "error", "skipped") for child in case):
+            continue
+        module = case.get("classname", "").replace(".", "/")
+        passed.add(f"{module}.py::{case.get('name')}")
+    return passed
+
+
+def guard_tests_not_passed(mutant, passed):
+    """The mutant's tests that did not pass on the real code (a name without parameters stands
+    for each of its parametrized cases, and needs at least one)."""
+    missing = []
+    for test in mutant["tests"]:
+        cases = [node for node in passed if node == test or node.startswith(test + "[")]
+        if not cases:
+            missing.append(test)
+    return missing
+
+
 def _tail(text, lines=15):
     return "\n".join("    " + line for line in text.strip().splitlines()[-lines:])
 
@@ -124,6 +151,7 @@ def main():
     parser.add_argument("names", nargs="*", help="mutants to run (default: all)")
     parser.add_argument("--jobs", "-j", type=int, default=2)
     parser.add_argument("--baseline", action="store_true")
+    parser.add_argument("--passed-in", metavar="JUNIT", help="the pytest stage's JUnit report, as the baseline")
     parser.add_argument("--list", action="store_true")
     args = parser.parse_args()
 
@@ -140,6 +168,15 @@ def main():
     files = tracked_files()
     started = time.monotonic()
     results = {}
+    if args.passed_in:
+        passed = passed_tests(args.passed_in)
+        for mutant in list(chosen):
+            missing = guard_tests_not_passed(mutant, passed)
+            if missing:
+                results[mutant["name"]] = "ERROR"
+                print(f"{'ERROR':9} {mutant['name']:48}     -  its test(s) did not pass in the pytest stage: "
+                      f"{', '.join(missing)}", flush=True)
+                chosen.remove(mutant)
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         futures = {pool.submit(check, mutant, files, args.baseline): mutant["name"] for mutant in chosen}
         for future in concurrent.futures.as_completed(futures):

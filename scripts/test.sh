@@ -81,11 +81,22 @@ print(get_venv_packages(types.SimpleNamespace(version="3.11"))["pip"])') || retu
 }
 
 # FORGE_TESTS_MAY_SKIP is for a few tests by hand; make test never lets a test skip.
-stage_pytest() { env -u FORGE_TESTS_MAY_SKIP python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile tests; }
+stage_pytest() {
+    env -u FORGE_TESTS_MAY_SKIP python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile \
+        --junitxml="$repo/.cache/test-logs/pytest.xml" tests
+}
 
 # Breaks each core promise in a scratch copy (tests/mutants.py) and fails when
-# the tests named for it still pass. Runs after pytest, which proved them green.
-stage_mutation() { python scripts/mutation_check.py --jobs 2; }
+# the tests named for it still pass. Runs after pytest, whose report must show each
+# mutant's tests green on the real code (or the mutant is an ERROR, not a kill).
+stage_mutation() {
+    local report="$repo/.cache/test-logs/pytest.xml"
+    if [ -f "$report" ]; then  # this run's pytest stage wrote it (each run removes an older one)
+        python scripts/mutation_check.py --jobs 2 --passed-in "$report"
+    else
+        python scripts/mutation_check.py --jobs 2 --baseline
+    fi
+}
 
 # A scenario whose platforms name their `image` runs once (e2e and compose: Debian 13);
 # every other one runs on Debian 12 and on Debian 13 (name@12, name@13; MOLECULE_DEBIAN).
@@ -156,6 +167,7 @@ stages=("$@")
 [ ${#stages[@]} -gt 0 ] || stages=(bootstrap lint syntax docs sanity pytest mutation molecule)
 logs="$repo/.cache/test-logs"
 mkdir -p "$logs"
+rm -f "$logs/pytest.xml"  # the mutation stage takes it as its baseline only from this run
 summary=()
 status=0
 failed_log=
