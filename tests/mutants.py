@@ -20,6 +20,7 @@ PITR_SERVE = "module_utils/forge/pitr_serve.py"
 DBCLIENT = "module_utils/forge/dbclient.py"
 SETTINGS = "module_utils/forge/settings.py"
 OFFSITE = "module_utils/forge/offsite.py"
+BOUNDARIES = "tests/test_boundaries.py::"
 
 MUTANTS = [
     {
@@ -757,5 +758,29 @@ MUTANTS = [
         "edits": [(OFFSITE, "        ours = [n for n in ours if n not in unverified]\n", "")],
         "tests": ["tests/test_offsite_gate.py::"
                   "test_a_made_up_upload_under_a_new_name_is_kept_but_never_counted_as_verified"],
+    },
+    {
+        "name": "a-count-one-row-off-passes",
+        "promise": "restored counts equal the snapshot's exactly: one row more or fewer fails, on every format",
+        "edits": [(RESTORE, "if expected[t] != actual[t]]", "if abs(expected[t] - actual[t]) > 1]")],
+        "tests": [BOUNDARIES + "test_a_manifest_one_row_off_fails_the_drill_naming_the_table[plain-zstd-one-row-more]",
+                  BOUNDARIES + "test_a_forced_restore_one_row_off_leaves_the_target_as_it_was[custom-one-row-fewer]"],
+    },
+    {
+        "name": "only-plain-gzip-is-proven-before-it-streams",
+        "promise": "an unencrypted backup of any format is proven in full before a byte reaches the database",
+        "edits": [(RESTORE, "        return backup.manifest is not None and not backup.encrypted\n",
+                   "        return (backup.manifest is not None and not backup.encrypted and backup.dump_format == "
+                   "\"plain\"\n                and backup.compression == \"gzip\")\n")],
+        "tests": [BOUNDARIES + "test_an_unencrypted_file_cut_short_once_proven_still_restores_what_was_proven[plain-zstd]",
+                  BOUNDARIES + "test_an_unencrypted_file_cut_short_once_proven_still_restores_what_was_proven[custom]"],
+    },
+    {
+        "name": "a-custom-restore-skips-the-counts",
+        "promise": "a restore compares counts with the manifest before the swap, custom format included",
+        "edits": [(RESTORE, "        if not self.options.check_counts or expected is None:\n",
+                   "        if not self.options.check_counts or expected is None or backup.dump_format == \"custom\":\n")],
+        "tests": [BOUNDARIES + "test_a_forced_restore_one_row_off_leaves_the_target_as_it_was[custom-one-row-more]",
+                  BOUNDARIES + "test_a_forced_restore_one_row_off_leaves_the_target_as_it_was[custom-encrypted-one-row-fewer]"],
     },
 ]
