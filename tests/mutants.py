@@ -783,4 +783,21 @@ MUTANTS = [
         "tests": [BOUNDARIES + "test_a_forced_restore_one_row_off_leaves_the_target_as_it_was[custom-one-row-more]",
                   BOUNDARIES + "test_a_forced_restore_one_row_off_leaves_the_target_as_it_was[custom-encrypted-one-row-fewer]"],
     },
+    {
+        "name": "checklist-item-4-takes-a-finished-drill-for-a-passed-one",
+        "promise": "checklist item 4 passes only on a drill that passed, never on one that merely finished",
+        "edits": [("module_utils/forge/checklist.py", '            if report.get("passed") and report.get("finished_at"):\n',
+                   '            if report.get("finished_at"):\n')],
+        "tests": ["tests/test_checklist.py::"
+                  "test_item_4_fails_on_a_failed_drill_even_with_a_finish_time_and_an_earlier_pass"],
+    },
+    {
+        "name": "checklist-item-12-skips-the-off-site-check-that-never-ran",
+        "promise": "checklist item 12 fails when the off-site PITR copy ran but its restic check never did",
+        "edits": [("module_utils/forge/checklist.py", "            if success is None:\n                status = FAIL\n"
+                   "                evidence.append(f\"{server}: no successful off-site PITR {what} on record\"",
+                   "            if success is None:\n                continue\n"
+                   "                evidence.append(f\"{server}: no successful off-site PITR {what} on record\"")],
+        "tests": ["tests/test_checklist.py::test_item_12_fails_on_what_point_in_time_recovery_lacks"],
+    },
 ]

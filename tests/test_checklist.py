@@ -140,6 +140,27 @@ def test_item_4_without_any_passed_drill_says_why_the_last_one_failed(tmp_path):
     assert result["evidence"] == ["shop: no passed restore drill on record; last drill failed: row counts differ"]
 
 
+def test_item_4_fails_on_a_failed_drill_even_with_a_finish_time_and_an_earlier_pass(tmp_path):
+    """A drill that ended (finished_at) but failed is no pass; and when the latest drill failed, an
+    earlier pass within the week does not make the item PASS: the newest backup does not restore."""
+    from forge import metrics
+
+    now = datetime.datetime.now().timestamp()
+    finished = datetime.datetime.fromtimestamp(now - 60, datetime.UTC).isoformat()
+    (tmp_path / "restore_drill_shop.json").write_text(json.dumps(
+        {"passed": False, "finished_at": finished, "reason": "public.orders: 4999 rows restored, 5000 in the snapshot"}))
+    alone = check(4, databases=["shop"], report_dir=str(tmp_path), textfile_dir=str(tmp_path))
+    assert alone["status"] == "FAIL"
+    assert alone["evidence"] == ["shop: no passed restore drill on record; last drill failed: public.orders: 4999 "
+                                 "rows restored, 5000 in the snapshot"]
+    metrics.write_run(str(tmp_path), "infer_forge_restore_drill_shop.prom", "infer_forge_restore_drill_",
+                      {"database": "shop"}, [], True, now - 86400, "h")
+    after_a_pass = check(4, databases=["shop"], report_dir=str(tmp_path), textfile_dir=str(tmp_path))
+    assert after_a_pass["status"] == "FAIL"
+    assert after_a_pass["evidence"][0].endswith("24.0 h ago; the latest drill FAILED: public.orders: 4999 rows "
+                                                "restored, 5000 in the snapshot")
+
+
 def test_item_5_permissions(backup, backup_dir):
     _, path = backup
     assert check(5, backup_dir=backup_dir, backup_user="root")["status"] == "PASS"
@@ -409,7 +430,8 @@ NOW = 1_800_000_000.0
 
 
 def write_pitr_records(directory, streaming=1, base_backup_age=3600.0, drill_age=86400.0, drill_passed=True,
-                       status_age=60.0, offsite_age=1800.0, offsite_passed=True, check_age=86400.0, check_passed=True):
+                       status_age=60.0, offsite_age=1800.0, offsite_passed=True, check_age=86400.0, check_passed=True,
+                       check_ran=True, drill_passed_before=False):
     from forge import metrics
     from forge.pitr_offsite import state_path
 
@@ -422,6 +444,9 @@ def write_pitr_records(directory, streaming=1, base_backup_age=3600.0, drill_age
                         NOW - base_backup_age))
     metrics.write_textfile(str(directory), "infer_forge_pitr_infer-forge.prom", samples)
     if drill_age is not None:
+        if drill_passed_before:
+            metrics.write_run(str(directory), "infer_forge_pitr_drill_infer-forge.prom", "infer_forge_pitr_drill_",
+                              labels, [], True, NOW - drill_age - 86400, "h")
         metrics.write_run(str(directory), "infer_forge_pitr_drill_infer-forge.prom", "infer_forge_pitr_drill_",
                           labels, [], drill_passed, NOW - drill_age, "h")
     (directory / "pitr_drill_infer-forge.json").write_text(json.dumps(
@@ -430,7 +455,8 @@ def write_pitr_records(directory, streaming=1, base_backup_age=3600.0, drill_age
     if offsite_age is None:
         return
     # As forge pitr offsite and offsite-check leave them: metrics, and the record with the reasons.
-    for what, passed, age in (("", offsite_passed, offsite_age), ("check_", check_passed, check_age)):
+    for what, passed, age in (("", offsite_passed, offsite_age), ("check_", check_passed, check_age))[
+            :2 if check_ran else 1]:
         # A passed run an hour before the latest, so a failed latest run keeps its last success.
         for ran, outcome in ((NOW - age - 3600, True), (NOW - age, passed)):
             metrics.write_run(str(directory), f"infer_forge_pitr_offsite_{what}infer-forge.prom",
@@ -478,6 +504,9 @@ def test_item_12_warns_while_the_pitr_data_is_not_copied_off_site(tmp_path):
     ({"offsite_passed": False}, "the latest copy FAILED: the NAS refused the REST login 'pitr' (401)"),
     ({"check_passed": False}, "the latest check FAILED: restic check found the repository damaged: pack 5e1f"),
     ({"check_age": 9 * 86400}, "older than 8 days"),
+    ({"check_ran": False}, "infer-forge: no successful off-site PITR check on record"),
+    ({"drill_passed": False, "drill_passed_before": True},
+     "; the latest PITR drill FAILED: public.orders: 4999 rows recovered, 5000 at the restore point"),
 ])
 def test_item_12_fails_on_what_point_in_time_recovery_lacks(tmp_path, records, evidence):
     write_pitr_records(tmp_path, **records)

@@ -367,6 +367,8 @@ class Checklist:
                 line += f" ({report.get('tables_checked', 0)} tables, {report.get('rows_checked', 0)} rows " \
                         f"matched {os.path.basename(report.get('backup', '?'))})"
             elif report:
+                # An earlier pass does not vouch for a backup the latest drill could not restore.
+                status = FAIL
                 line += f"; the latest drill FAILED: {report.get('reason', '?')}"
             if age > limit:
                 status = FAIL
@@ -450,6 +452,7 @@ class Checklist:
             if report.get("passed"):
                 line += f" ({report.get('reason', '')})"
             elif report:
+                status = FAIL
                 line += f"; the latest PITR drill FAILED: {report.get('reason', '?')}"
             if now - drilled > self.s["pitr_drill_max_age_days"] * 86400:
                 status = FAIL
