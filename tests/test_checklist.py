@@ -147,8 +147,9 @@ def test_item_4_fails_on_a_failed_drill_even_with_a_finish_time_and_an_earlier_p
 
     now = datetime.datetime.now().timestamp()
     finished = datetime.datetime.fromtimestamp(now - 60, datetime.UTC).isoformat()
+    reason = "public.orders: 4999 rows restored, 5000 in the snapshot"
     (tmp_path / "restore_drill_shop.json").write_text(json.dumps(
-        {"passed": False, "finished_at": finished, "reason": "public.orders: 4999 rows restored, 5000 in the snapshot"}))
+        {"passed": False, "finished_at": finished, "reason": reason}))
     alone = check(4, databases=["shop"], report_dir=str(tmp_path), textfile_dir=str(tmp_path))
     assert alone["status"] == "FAIL"
     assert alone["evidence"] == ["shop: no passed restore drill on record; last drill failed: public.orders: 4999 "
