@@ -800,4 +800,11 @@ MUTANTS = [
                    "                evidence.append(f\"{server}: no successful off-site PITR {what} on record\"")],
         "tests": ["tests/test_checklist.py::test_item_12_fails_on_what_point_in_time_recovery_lacks"],
     },
+    {
+        "name": "health-waits-for-a-check-past-the-deadline",
+        "promise": "a health run ends at its timeout even when no read of a trickling app ever times out",
+        "edits": [("module_utils/forge/health.py", "        thread.join(max(0.0, deadline - time.perf_counter()))\n",
+                   "        thread.join()\n")],
+        "tests": ["tests/test_health.py::test_an_app_that_trickles_its_answer_times_out_within_the_bound"],
+    },
 ]

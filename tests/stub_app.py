@@ -30,7 +30,7 @@ UNHEALTHY = {
 
 class StubApp:
     """Paths: /health (healthy), /unhealthy (503), /broken (500 text), /invalid (200, not JSON),
-    /slow (answers after 10 s), /liar (200 but status unhealthy), /private (healthy for the
+    /slow (answers after 10 s), /trickle (a byte every 0.2 s), /liar (200 but status unhealthy), /private (healthy for the
     Basic credentials ``PRIVATE_CREDENTIALS``, else 401). Every Authorization header is kept."""
 
     PRIVATE_CREDENTIALS = "ops:s3cret@!"
@@ -57,6 +57,21 @@ class StubApp:
                 if self.path == "/slow":
                     time.sleep(10)
                     code, body = 200, json.dumps(HEALTHY)
+                elif self.path == "/trickle":
+                    # A byte every 0.2 s for 8 s: no single read waits long enough for a socket timeout.
+                    body = json.dumps(HEALTHY) + " " * 40
+                    try:
+                        self.send_response(200)
+                        self.send_header("Content-Type", "application/json")
+                        self.send_header("Content-Length", str(len(body)))
+                        self.end_headers()
+                        for char in body:
+                            self.wfile.write(char.encode())
+                            self.wfile.flush()
+                            time.sleep(0.2)
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
+                    return
                 else:
                     code, body = routes.get(self.path, (404, "not found"))
                 payload = body.encode()

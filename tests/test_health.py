@@ -112,6 +112,18 @@ def test_a_slow_app_times_out_within_the_bound(pg, redis_server, app, run_module
     assert entry["latency_ms"] < 1100
 
 
+def test_an_app_that_trickles_its_answer_times_out_within_the_bound(pg, redis_server, app, run_module):
+    """Each read gets a byte in time, so no socket timeout ever fires: the run's own deadline
+    must end the check, at the timeout, not when the app finishes its answer seconds later."""
+    result = run_module("forge_health", health_args(pg, redis_server, app, checks=["app", "database"],
+                                                    app_url=app.url("/trickle"), timeout=1.0,
+                                                    fail_on_unhealthy=False))
+    services = by_service(result)
+    assert services["app"]["error"] == f"app: timeout after 1.0 s waiting for {app.url('/trickle')}"
+    assert services["app"]["latency_ms"] < 1100
+    assert services["database"]["healthy"] is True
+
+
 def test_every_bad_input_is_a_clear_message_as_data(pg, redis_server, app, run_module, black_hole):
     closed = free_port()
     result = run_module("forge_health", {
