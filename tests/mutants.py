@@ -807,4 +807,12 @@ MUTANTS = [
                    "        thread.join()\n")],
         "tests": ["tests/test_health.py::test_an_app_that_trickles_its_answer_times_out_within_the_bound"],
     },
+    {
+        "name": "a-failed-move-of-a-staged-segment-says-restored",
+        "promise": "restore_command never reports a WAL segment restored when moving the staged copy failed",
+        "edits": [(PITR, 'if [ -f "{stage}/$f" ] && mv -f "{stage}/$f" "%p"; then exit 0; fi; \'',
+                   'if [ -f "{stage}/$f" ]; then mv -f "{stage}/$f" "%p"; exit 0; fi; \'')],
+        "tests": ["tests/test_pitr_engine.py::"
+                  "test_a_staged_segment_that_cannot_be_moved_into_place_is_never_reported_as_restored"],
+    },
 ]

@@ -247,6 +247,25 @@ def test_a_segment_the_archive_holds_but_cannot_be_copied_stops_the_recovery_ins
         assert ran.returncode > 125, (stage, ran.returncode, ran.stderr)
 
 
+def test_a_staged_segment_that_cannot_be_moved_into_place_is_never_reported_as_restored(tmp_path):
+    """The staged copy is there, but the move into pg_wal fails (here: no such directory). The
+    command must not say 0, or PostgreSQL would replay a file that is not there; it tries the
+    archive, and when that copy fails too it stops the recovery."""
+    archive = _archive(tmp_path, ["000000010000000000000003"])
+    scratch = ScratchCluster(PitrOptions("infer-forge", scratch_root=str(tmp_path / "scratch")), "recover-test")
+    os.makedirs(scratch.data)
+    os.makedirs(scratch.wal_stage)
+    staged = os.path.join(scratch.wal_stage, "000000010000000000000003")
+    with open(staged, "w") as handle:
+        handle.write("staged 3")
+    scratch._read_wal_from(str(archive), scratch.wal_stage)
+    ran = _run_restore_command(_restore_command(scratch), "000000010000000000000003",
+                               tmp_path / "no-such-directory" / "RECOVERYXLOG")
+    assert ran.returncode > 125, (ran.returncode, ran.stderr)
+    with open(staged) as handle:
+        assert handle.read() == "staged 3"  # still staged for the next try
+
+
 def test_the_stager_copies_the_base_backups_segments_on_its_timeline_in_order_and_stays_a_bounded_way_ahead(tmp_path):
     names = [f"0000000100000000000000{n:02X}" for n in range(3, 10)] + ["000000010000000100000000",
                                                                        "000000020000000000000009"]
