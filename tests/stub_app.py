@@ -30,8 +30,9 @@ UNHEALTHY = {
 
 class StubApp:
     """Paths: /health (healthy), /unhealthy (503), /broken (500 text), /invalid (200, not JSON),
-    /slow (answers after 10 s), /trickle (a byte every 0.2 s), /liar (200 but status unhealthy), /private (healthy for the
-    Basic credentials ``PRIVATE_CREDENTIALS``, else 401). Every Authorization header is kept."""
+    /slow (answers after 10 s), /trickle (a byte every 0.2 s), /liar (200 but status unhealthy),
+    /private (healthy for the Basic credentials ``PRIVATE_CREDENTIALS``, else 401). Every
+    Authorization header is kept."""
 
     PRIVATE_CREDENTIALS = "ops:s3cret@!"
 
