@@ -815,4 +815,21 @@ MUTANTS = [
         "tests": ["tests/test_pitr_engine.py::"
                   "test_a_staged_segment_that_cannot_be_moved_into_place_is_never_reported_as_restored"],
     },
+    {
+        "name": "every-restore-client-gets-the-password-in-its-environment",
+        "promise": "psql and pg_restore get the password as an in-memory file, never PGPASSWORD (docker exec aside)",
+        "edits": [(RESTORE, "        if command is not None and runs_in_container(command) and self.settings.password:\n",
+                   "        if self.settings.password:\n")],
+        "tests": ["tests/test_child_secrets.py::test_a_restore_hands_its_clients_no_secret_on_their_command_line_or_"
+                  "in_their_environment[plain-zstd-encrypted]"],
+    },
+    {
+        "name": "pg-restore-reading-the-file-gets-the-password-in-its-environment",
+        "promise": "pg_restore --jobs, which reads the proven file itself, gets no password in its environment",
+        "edits": [(RESTORE, "proc = subprocess.Popen(command, env=self._env(target, passfile), stdout=subprocess.DEVNULL,",
+                   "proc = subprocess.Popen(command, env=dict(self._env(target, passfile), "
+                   "PGPASSWORD=self.settings.password), stdout=subprocess.DEVNULL,")],
+        "tests": ["tests/test_child_secrets.py::test_a_restore_hands_its_clients_no_secret_on_their_command_line_or_"
+                  "in_their_environment[custom-jobs-2-reads-the-file]"],
+    },
 ]
