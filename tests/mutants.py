@@ -832,4 +832,28 @@ MUTANTS = [
         "tests": ["tests/test_child_secrets.py::test_a_restore_hands_its_clients_no_secret_on_their_command_line_or_"
                   "in_their_environment[custom-jobs-2-reads-the-file]"],
     },
+    {
+        "name": "the-swap-renames-in-two-transactions",
+        "promise": "a swap renames the target away and the copy in as one transaction: never a missing target",
+        "edits": [(RESTORE, "            try:\n                with control.transaction():\n"
+                            "                    control.execute(sql.SQL(\"ALTER DATABASE {} RENAME TO {}\").format(\n"
+                            "                        sql.Identifier(target), sql.Identifier(previous)))\n",
+                   "            try:\n                if True:\n"
+                   "                    control.execute(sql.SQL(\"ALTER DATABASE {} RENAME TO {}\").format(\n"
+                   "                        sql.Identifier(target), sql.Identifier(previous)))\n")],
+        "tests": ["tests/test_restore_safety.py::"
+                  "test_a_swap_that_cannot_finish_leaves_the_target_under_its_name_with_its_data"],
+    },
+    {
+        "name": "the-backup-gets-its-name-before-its-manifest",
+        "promise": "a backup is never visible under its name before its manifest and checksum are",
+        "edits": [("module_utils/forge/backup.py",
+                   "            write_atomic(final_path + catalog.MANIFEST_SUFFIX, text)\n"
+                   "            write_atomic(final_path + catalog.CHECKSUM_SUFFIX, f\"{stream['sha256']}  {name}\\n\")\n"
+                   "            os.rename(partial_path, final_path)\n",
+                   "            os.rename(partial_path, final_path)\n"
+                   "            write_atomic(final_path + catalog.MANIFEST_SUFFIX, text)\n"
+                   "            write_atomic(final_path + catalog.CHECKSUM_SUFFIX, f\"{stream['sha256']}  {name}\\n\")\n")],
+        "tests": ["tests/test_backup_atomicity.py::test_the_data_is_fsynced_before_its_rename_and_the_directory_after_it"],
+    },
 ]

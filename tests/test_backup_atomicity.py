@@ -109,6 +109,12 @@ def test_the_data_is_fsynced_before_its_rename_and_the_directory_after_it(pg, sa
         return [number for number, name, args in events
                 if name in ("fsync", "fdatasync") and (m := _FD_PATH_RE.match(args)) and m.group("path") == path]
 
+    # The manifest and the checksum get their names first: a backup is never visible under its
+    # name without the manifest that proves it (a crash in between leaves only a hidden partial).
+    for suffix in (".manifest.json", ".sha256"):
+        [side_renamed_at] = [number for number, paths in renames if len(paths) == 2 and paths[1] == final + suffix]
+        assert side_renamed_at < renamed_at, f"{suffix} got its name after the backup did"
+
     data_syncs = synced(partial)
     assert data_syncs and min(data_syncs) < renamed_at, "the data file was not fsynced before its rename"
     assert any(number > renamed_at for number in synced(directory)), \

@@ -20,7 +20,7 @@ import pytest
 from forge import catalog
 from forge.errors import ForgeError
 from forge.pgconn import PgSettings
-from forge.restore import RestoreOptions, Restorer
+from forge.restore import RestoreOptions, Restorer, derived_name
 
 from helpers import (
     PASSPHRASE,
@@ -267,6 +267,34 @@ def test_server_stopped_mid_restore_leaves_the_target_and_the_next_run_clears_th
         assert databases_like(server, "shop") == ["shop"]
     finally:
         server.destroy()
+
+
+def test_a_swap_that_cannot_finish_leaves_the_target_under_its_name_with_its_data(pg, live, backup_dir):
+    """The two renames of a swap are one transaction. Here the second cannot happen: as the swap
+    ends the target's sessions, another session opens the restored copy and holds it. The target
+    must never be left renamed away, and the run says so in one line."""
+    take_backup(pg, live, backup_dir)
+    keeper = pg.connect(live, superuser=False)
+    keeper.execute("INSERT INTO orders (customer_id, amount) VALUES (1, 1)")  # and stays connected
+    before = table_counts(pg, live)
+    holders = []
+
+    def hold_the_copy_as_the_swap_begins(line):
+        if line.startswith(f"Ending session on {live}: ") and not holders:
+            [side] = databases_like(pg, derived_name(live, "_restoring_00000000")[:-len("00000000")])
+            holders.append(pg.connect(side))
+
+    try:
+        message = failed_restore(pg, backup_dir, live, database=live, force=True,
+                                 log=hold_the_copy_as_the_swap_begins)
+    finally:
+        for connection in holders + [keeper]:
+            connection.close()
+    assert holders, "the swap never began"
+    assert message.startswith("cannot swap the restored copy in after 5 attempts: database "), message
+    assert message.endswith(unchanged(live)), message
+    assert table_counts(pg, live) == before
+    assert databases_like(pg, live) == [live], "a side or renamed database was left behind"
 
 
 def test_connected_sessions_are_named_in_check_mode_and_before_they_are_ended(pg, live, backup_dir):
@@ -1080,7 +1108,6 @@ def test_a_side_database_left_between_create_and_comment_is_cleared_by_the_next_
     and a database that only looks alike is left alone."""
     take_backup(pg, live, backup_dir)
     before = table_counts(pg, live)
-    from forge.restore import derived_name
 
     orphan = derived_name(live, "_restoring_0badc0de")
     # Not ours: not a side's name, or another target's side (which the SQL pattern alone would take).

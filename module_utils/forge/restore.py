@@ -671,6 +671,7 @@ class Restorer:
         when = time.strftime("%Y%m%d_%H%M%S")
         previous = _previous_name(target, when)
         ended = []
+        in_use = None
         for _attempt in range(SWAP_ATTEMPTS):
             sessions = _sessions(control, target)
             for session in sessions:
@@ -694,12 +695,15 @@ class Restorer:
                         sql.Identifier(previous), sql.Literal(PREVIOUS_COMMENT.format(
                             target=target, file=backup.name, when=when))))
                 break
-            except psycopg.errors.ObjectInUse:
-                continue  # a client reconnected between the terminate and the rename
+            except psycopg.errors.ObjectInUse as exc:
+                # A client reconnected between the terminate and the rename, or holds the copy open;
+                # both renames rolled back together.
+                in_use = " ".join(str(exc).split())
+                continue
             except psycopg.Error as exc:
                 raise ForgeError(f"cannot swap the restored copy in: {' '.join(str(exc).split())}") from None
         else:
-            raise ForgeError(f"clients kept reconnecting to {target!r}; gave up after {SWAP_ATTEMPTS} attempts")
+            raise ForgeError(f"cannot swap the restored copy in after {SWAP_ATTEMPTS} attempts: {in_use}")
         result = {"target_state": "replaced", "sessions_ended": ended}
         if keep:
             self.log(f"Restored {backup.name} into {target}; the previous database is kept as {previous}")
