@@ -856,4 +856,19 @@ MUTANTS = [
                    "            write_atomic(final_path + catalog.CHECKSUM_SUFFIX, f\"{stream['sha256']}  {name}\\n\")\n")],
         "tests": ["tests/test_backup_atomicity.py::test_the_data_is_fsynced_before_its_rename_and_the_directory_after_it"],
     },
+    {
+        "name": "skip-unencrypted-copies-them-anyway",
+        "promise": "with OFFSITE_SKIP_UNENCRYPTED=1 only backups encrypted by their bytes leave the host",
+        "edits": [(OFFSITE, "        wanted = [b for b in wanted if b.name not in unencrypted]\n", "")],
+        "tests": ["tests/test_offsite.py::"
+                  "test_with_skip_unencrypted_only_the_encrypted_backups_leave_and_the_others_are_named"],
+    },
+    {
+        "name": "drop-previous-is-ignored-by-the-script",
+        "promise": "restore_db.sh restore --force --drop-previous drops the replaced database; without it, keeps it",
+        "edits": [("module_utils/forge/cli.py", 'keep_previous=not getattr(parsed, "drop_previous", False)',
+                   "keep_previous=True")],
+        "tests": ["tests/test_restore_safety.py::"
+                  "test_a_forced_restore_by_the_script_keeps_or_drops_the_previous_database_as_asked[drop-previous]"],
+    },
 ]

@@ -169,6 +169,26 @@ def test_unencrypted_backups_never_leave_the_host(pg, fresh_db, backup_dir, tmp_
     assert not any(usb.iterdir())
 
 
+def test_with_skip_unencrypted_only_the_encrypted_backups_leave_and_the_others_are_named(
+        pg, encrypted_backups, backup_dir, tmp_path):
+    """OFFSITE_SKIP_UNENCRYPTED=1 (the option's other value): the run passes, copies only what is
+    encrypted by its bytes, and names what stayed. The plan is the same for the NAS and USB."""
+    database, names = encrypted_backups
+    assert run_backup_script(pg, database, backup_dir, {"BACKUP_ENCRYPT": "0"}).returncode == 0
+    [plain] = [p for p in backups_in(backup_dir) if p.endswith(".sql.gz")]
+    disguised = clone_backup(plain, f"{database}_20200101_000000.sql.gz.enc")
+    usb = tmp_path / "usb"
+    result = offsite(database, backup_dir, str(usb), tmp_path, OFFSITE_SKIP_UNENCRYPTED=1)
+    assert result.returncode == 0, result.stdout + result.stderr
+    copied = sorted(p.name for p in usb.iterdir())
+    assert copied == sorted(n + s for n in names for s in ("", ".manifest.json", ".sha256"))
+    for name in names:
+        assert (usb / name).read_bytes()[:8] == b"Salted__"
+    assert os.path.basename(plain) not in copied and disguised not in copied
+    skipped = sorted([os.path.basename(plain), disguised], reverse=True)  # newest first, as the plan lists them
+    assert f"; 2 unencrypted kept on this host ({', '.join(skipped)})" in result.stdout, result.stdout
+
+
 @pytest.fixture
 def not_a_mount():
     """A directory of its own on the root file system, where an unplugged disk's mount point would be."""

@@ -1068,6 +1068,30 @@ def forge(*args, pg, database, backup_dir, passphrase_file=None, extra=None):
                           timeout=300)
 
 
+@pytest.mark.parametrize("drop", [False, True], ids=["keeps-the-previous", "drop-previous"])
+def test_a_forced_restore_by_the_script_keeps_or_drops_the_previous_database_as_asked(pg, live, backup_dir, drop):
+    """restore_db.sh restore --force keeps the replaced database by name; --drop-previous (the
+    option's other value) drops it, and only once the restored copy has its name."""
+    path = take_backup(pg, live, backup_dir)
+    backup_counts = table_counts(pg, live)
+    with pg.connect(live, superuser=False) as conn:
+        conn.execute("INSERT INTO orders (customer_id, amount) VALUES (1, 1)")
+    result = forge("restore", os.path.basename(path), live, "--force", *(["--drop-previous"] if drop else []),
+                   pg=pg, database=live, backup_dir=backup_dir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert table_counts(pg, live) == backup_counts
+    previous = databases_like(pg, derived_name(live, "_before_restore_20000101_000000")[:-len("20000101_000000")])
+    try:
+        if drop:
+            assert previous == []
+        else:
+            [kept] = previous
+            assert table_counts(pg, kept)["public.orders"] == backup_counts["public.orders"] + 1
+    finally:
+        for name in previous:
+            pg.drop_database(name)
+
+
 def test_backup_help_prints_help():
     result = subprocess.run([os.path.join(SCRIPTS, "backup_db.sh"), "--help"], capture_output=True, text=True)
     assert result.returncode == 0

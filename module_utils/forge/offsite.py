@@ -391,6 +391,9 @@ class OffsiteCopy:
             unverified = (result.get("receipt") or {}).get("unverified") or []
             if unverified:
                 result["reason"] += f"; {len(unverified)} there unverified ({', '.join(unverified)})"
+            if plan["skipped_unencrypted"]:
+                result["reason"] += (f"; {len(plan['skipped_unencrypted'])} unencrypted kept on this host "
+                                     f"({', '.join(plan['skipped_unencrypted'])})")
         except ForgeError as exc:
             result["passed"] = False
             result["reason"] = exc.message
