@@ -4,8 +4,11 @@ Each mutant breaks one guarantee README.md or docs/ make, the way a careless cha
 would. ``edits`` are (file, text, replacement); each text must appear exactly
 once in its file, so a mutant goes stale loudly when the code moves. ``tests``
 are the pytest node ids that must fail against the mutant: the promise's
-guards. The stage fails when any mutant survives its tests.
+guards. The stage fails when any mutant survives its tests. The guarantee matrix
+(tests/guarantees.py) adds one generated mutant per format cell of its promises.
 """
+
+from guarantees import generated_mutants
 
 BACKUP = "module_utils/forge/backup.py"
 RESTORE = "module_utils/forge/restore.py"
@@ -871,4 +874,15 @@ MUTANTS = [
         "tests": ["tests/test_restore_safety.py::"
                   "test_a_forced_restore_by_the_script_keeps_or_drops_the_previous_database_as_asked[drop-previous]"],
     },
+    {
+        "name": "pg-restore-jobs-reads-the-file-not-the-proven-copy",
+        "promise": "pg_restore --jobs reads the copy that was proven, never the file as it is now",
+        "edits": [(RESTORE, "        with open_backup_file(backup) as handle:\n            if backup.manifest and getattr(",
+                   "        with open(backup.path, \"rb\") as handle:\n            if backup.manifest and getattr(")],
+        "tests": [BOUNDARIES + "test_an_unencrypted_file_cut_short_once_proven_still_restores_what_was_proven"
+                  "[custom-jobs-2]"],
+    },
 ]
+
+# One mutant per format cell of the guarantee matrix (tests/guarantees.py).
+MUTANTS += generated_mutants()
