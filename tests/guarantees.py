@@ -146,6 +146,14 @@ MATRIX = {
                                                      "test_item_12_fails_on_what_point_in_time_recovery_lacks",
         },
     },
+    "freshness limits: a second past a limit fails, a second inside it passes": {
+        "cells": {
+            "item 3, the newest backup at 26 h": "tests/test_checklist.py::"
+                                                 "test_item_3_scheduled_and_fresh_passes_then_fails_when_stale",
+            "item 4, the last passed drill at 7 days": "tests/test_checklist.py::test_item_4_holds_a_passed_drill_"
+                                                       "exactly_seven_days[a-second-past-the-week]",
+        },
+    },
     "PITR: a replay never takes a WAL segment that is not there": {
         "cells": {
             "a staged segment that cannot be moved": "tests/test_pitr_engine.py::"

@@ -882,6 +882,19 @@ MUTANTS = [
         "tests": [BOUNDARIES + "test_an_unencrypted_file_cut_short_once_proven_still_restores_what_was_proven"
                   "[custom-jobs-2]"],
     },
+    {
+        "name": "checklist-item-3-gives-a-minute-past-26-hours",
+        "promise": "checklist item 3 fails a second after the newest backup turned 26 hours old",
+        "edits": [("module_utils/forge/checklist.py", '            if age > self.s["backup_max_age_hours"] * 3600:\n',
+                   '            if age > self.s["backup_max_age_hours"] * 3600 + 60:\n')],
+        "tests": ["tests/test_checklist.py::test_item_3_scheduled_and_fresh_passes_then_fails_when_stale"],
+    },
+    {
+        "name": "checklist-item-4-gives-a-minute-past-the-week",
+        "promise": "checklist item 4 fails a second after the last passed drill turned 7 days old",
+        "edits": [("module_utils/forge/checklist.py", "            if age > limit:\n", "            if age > limit + 60:\n")],
+        "tests": ["tests/test_checklist.py::test_item_4_holds_a_passed_drill_exactly_seven_days[a-second-past-the-week]"],
+    },
 ]
 
 # One mutant per format cell of the guarantee matrix (tests/guarantees.py).

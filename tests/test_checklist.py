@@ -98,6 +98,10 @@ def test_item_3_scheduled_and_fresh_passes_then_fails_when_stale(backup, backup_
     later = datetime.datetime.now().timestamp() + 27 * 3600
     stale = check(3, clock=lambda: later, **settings)
     assert stale["status"] == "FAIL" and stale["evidence"][0].endswith("old (older than 26 h)")
+    # The boundary, to the second, from the backup's own end time.
+    ended = datetime.datetime.fromisoformat(manifest_of(path)["ended_at"]).timestamp()
+    assert check(3, clock=lambda: ended + 26 * 3600 - 1, **settings)["status"] == "PASS"
+    assert check(3, clock=lambda: ended + 26 * 3600 + 1, **settings)["status"] == "FAIL"
 
 
 def test_item_3_fails_without_a_schedule(backup, backup_dir, tmp_path):
@@ -160,6 +164,21 @@ def test_item_4_fails_on_a_failed_drill_even_with_a_finish_time_and_an_earlier_p
     assert after_a_pass["status"] == "FAIL"
     assert after_a_pass["evidence"][0].endswith("24.0 h ago; the latest drill FAILED: public.orders: 4999 rows "
                                                 "restored, 5000 in the snapshot")
+
+
+@pytest.mark.parametrize("past", [-1, 1], ids=["a-second-inside-the-week", "a-second-past-the-week"])
+def test_item_4_holds_a_passed_drill_exactly_seven_days(tmp_path, past):
+    """The boundary, to the second: a drill that passed 7 days less a second ago passes the item,
+    7 days and a second ago fails it."""
+    from forge import metrics
+
+    passed_at = 1_800_000_000.0
+    metrics.write_run(str(tmp_path), "infer_forge_restore_drill_shop.prom", "infer_forge_restore_drill_",
+                      {"database": "shop"}, [], True, passed_at, "h")
+    result = check(4, clock=lambda: passed_at + 7 * 86400 + past, databases=["shop"], report_dir=str(tmp_path),
+                   textfile_dir=str(tmp_path))
+    assert result["status"] == ("FAIL" if past > 0 else "PASS"), result
+    assert result["evidence"][0].endswith(" - older than 7 days") == (past > 0), result["evidence"]
 
 
 def test_item_5_permissions(backup, backup_dir):
