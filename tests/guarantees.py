@@ -127,6 +127,8 @@ MATRIX = {
             "unsigned upload": GATE + "test_a_made_up_upload_under_a_new_name_is_kept_but_never_counted_as_verified",
             "replay under a newer name": GATE + "test_a_real_copy_sent_again_under_a_newer_name_is_quarantined",
             "retention's min_keep": GATE + "test_unverified_uploads_never_keep_a_day_that_retention_would_end",
+            "no check key installed": GATE + "test_a_nas_without_its_check_keys_expires_nothing_it_cannot_check",
+            "a name sent ahead": GATE + "test_a_signed_copy_takes_its_name_back_from_a_made_up_upload_sent_ahead",
         },
     },
     "health deadlines: a run ends at its timeout whatever a service does": {

@@ -895,6 +895,19 @@ MUTANTS = [
         "edits": [("module_utils/forge/checklist.py", "            if age > limit:\n", "            if age > limit + 60:\n")],
         "tests": ["tests/test_checklist.py::test_item_4_holds_a_passed_drill_exactly_seven_days[a-second-past-the-week]"],
     },
+    {
+        "name": "a-nas-without-keys-expires-what-it-cannot-check",
+        "promise": "the NAS expires nothing of a database none of whose copies it can check",
+        "edits": [(FARSIDE, "            if not any(copies[n].get(\"verified\") for n in names):\n", "            if False:\n")],
+        "tests": ["tests/test_offsite_gate.py::test_a_nas_without_its_check_keys_expires_nothing_it_cannot_check"],
+    },
+    {
+        "name": "a-made-up-upload-keeps-a-backups-name",
+        "promise": "a signed copy takes its name back from a file the NAS cannot check",
+        "edits": [(FARSIDE, "                if not entry.get(\"verified\") or kept_verified:\n", "                if True:\n")],
+        "tests": ["tests/test_offsite_gate.py::"
+                  "test_a_signed_copy_takes_its_name_back_from_a_made_up_upload_sent_ahead"],
+    },
 ]
 
 # One mutant per format cell of the guarantee matrix (tests/guarantees.py).

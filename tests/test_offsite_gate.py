@@ -398,3 +398,35 @@ def test_a_key_file_others_may_write_is_refused_in_one_line(nas, tmp_path):
     assert result.stderr.splitlines() == [
         f"ERROR: check keys file {path} has mode 0666; only its owner may write it (chmod 640 {path}); "
         "nothing was verified"]
+
+
+def test_a_nas_without_its_check_keys_expires_nothing_it_cannot_check(nas, copied):
+    """Keys not (yet) installed: every copy is unverified, and retention must not take that for
+    'nothing worth keeping'. A database without one verified copy keeps all of its copies."""
+    database, names, before = copied
+    (nas["state"].parent / "nas-check.keys").write_text("")  # an empty keys file: no key at all
+    receipt = run_gate(nas, "verify", now=time.time() + 100 * 86400)
+    assert receipt["expired"] == []
+    assert receipt["retention_held"] == [database]
+    assert digests(nas["dir"]) == before
+
+
+def test_a_signed_copy_takes_its_name_back_from_a_made_up_upload_sent_ahead(
+        sshd, nas, encrypted_backups, backup_dir, tmp_path):  # noqa: F811 - the fixture imported above
+    """Cron names are predictable: whoever has only the upload key sends tomorrow's name first.
+    The NAS cannot check that file, so the host's signed copy takes the name and the made-up
+    one moves to the quarantine (kept, never deleted); the run passes."""
+    database, names = encrypted_backups
+    (nas["state"] / "incoming").mkdir(parents=True)
+    plant(nas["state"] / "incoming", names[0], signed=False)
+    run_gate(nas, "verify")
+    result = offsite(database, backup_dir, nas["target"], tmp_path, **ssh_extra(sshd))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (f"Verified {names[0]} on {nas['target']} (sha256 ") in result.stdout
+    assert ("; it took its name from a file there the NAS could not check (moved to its quarantine)"
+            in result.stdout), result.stdout
+    receipt = run_gate(nas, "receipt")
+    assert receipt["copies"][names[0]]["verified"] is True and receipt["ok"] is True
+    assert (nas["dir"] / names[0]).read_bytes() == open(os.path.join(backup_dir, names[0]), "rb").read()
+    moved = sorted(os.listdir(nas["state"] / "quarantine"))
+    assert len(moved) == 2 and moved[0].startswith(names[0] + ".2") and moved[1].startswith(names[0] + ".manifest")

@@ -77,6 +77,7 @@ class FarSide:
         self.min_keep = min_keep
         self.clock = clock
         self.check_keys = list(check_keys)
+        self._displaced = []
 
     @property
     def incoming(self):
@@ -94,6 +95,7 @@ class FarSide:
         now = self.clock()
         os.makedirs(self.incoming, mode=0o700, exist_ok=True)
         quarantined = []
+        self._displaced = []
         with _IncomingLock(self.incoming):
             accepted, pending = self._accept_incoming(now, quarantined)
         known = self.last_receipt().get("copies", {})
@@ -126,7 +128,7 @@ class FarSide:
                 entry["arrived"] = earlier["arrived"]
             copies[name] = entry
             groups.setdefault(parsed[0], []).append(name)
-        expired = self._expire(copies, groups, now)
+        expired, held = self._expire(copies, groups, now)
         receipt = {
             "version": RECEIPT_VERSION, "host": socket.gethostname(), "directory": self.directory,
             "verified_at": datetime.datetime.fromtimestamp(now, datetime.UTC).isoformat(),
@@ -135,6 +137,7 @@ class FarSide:
             "copies": copies, "accepted": accepted, "pending": pending, "quarantined": quarantined,
             "expired": expired, "ok": not quarantined,
             "unverified": sorted(name for name, entry in copies.items() if not entry.get("verified")),
+            "displaced": self._displaced, "retention_held": held,
         }
         write_atomic(self.receipt_path, json.dumps(receipt, indent=2, sort_keys=True) + "\n", mode=0o600)
         return receipt
@@ -202,15 +205,21 @@ class FarSide:
             target = os.path.join(self.directory, name)
             if os.path.lexists(target):
                 kept = _load_manifest(target + MANIFEST_SUFFIX)
+                kept_verified = isinstance(kept, dict) and self._verdict(name, kept)[0] is True
                 if isinstance(kept, dict) and kept.get("sha256") == entry["sha256"]:
-                    if entry.get("verified") and self._verdict(name, kept)[0] is not True:
+                    if entry.get("verified") and not kept_verified:
                         # The same bytes, now with a signature this NAS checks (a copy sent before
                         # it had its keys): only the manifest changes, and only to a checked one.
                         os.replace(path + MANIFEST_SUFFIX, target + MANIFEST_SUFFIX)
                     for suffix in ("",) + SIDE_SUFFIXES:
                         _remove_quietly(path + suffix)  # the same copy again
                     return None
-                return "a different file under the name of a copy already here; that copy was kept"
+                if not entry.get("verified") or kept_verified:
+                    return "a different file under the name of a copy already here; that copy was kept"
+                # A copy nobody can vouch for (a name sent ahead by whoever holds only an upload key)
+                # gives way to one signed for its name: moved to the quarantine, never deleted.
+                self._displaced.append(self._quarantine(
+                    self.directory, name, "unverified, and a copy signed for its name came", now))
             # Link the name (a link cannot replace), check that it is the very inode that was hashed
             # (the lock keeps uploads out meanwhile), then the side files; any failure takes back
             # what this step linked.
@@ -287,7 +296,8 @@ class FarSide:
         if verdict != SIGNATURE_OK:
             return False, NO_SIGNATURE
         if manifest.get("file") != name:
-            return None, f"its manifest was signed for {str(manifest.get('file'))[:120]}, not for this name"
+            shown = "".join(c if c.isprintable() else "?" for c in str(manifest.get("file"))[:120])
+            return None, f"its manifest was signed for {shown}, not for this name"
         return True, their_key
 
     def _signed(self, name, manifest, entry):
@@ -305,8 +315,13 @@ class FarSide:
         arrival *days* of each database: a flood of uploads in one day, whoever sends it,
         counts as one day and cannot push the last good copies out."""
         cutoff = now - self.retention_days * 86400
-        expired = []
-        for names in groups.values():
+        expired, held = [], []
+        for stem, names in sorted(groups.items()):
+            if not any(copies[n].get("verified") for n in names):
+                # Nothing here can be checked (the keys not installed yet, or none of ours): age
+                # alone must not empty the NAS of a database, so its retention waits.
+                held.append(stem)
+                continue
             # Only verified copies count: an unverified one (anyone with the upload key could have
             # sent it) goes at its age, and never keeps a day for itself or for another.
             days = sorted({_day(copies[n]["arrived"]) for n in names if copies[n].get("verified")}, reverse=True)
@@ -320,7 +335,7 @@ class FarSide:
                     expired.append(name)
         if expired:
             fsync_dir(self.directory)
-        return sorted(expired)
+        return sorted(expired), held
 
     def _quarantine(self, directory, name, reason, now):
         """Move a copy aside (never delete it): the host may send it again under its name."""

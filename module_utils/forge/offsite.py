@@ -247,8 +247,10 @@ class SshTarget:
         return {str(n) for n in copies} | {n + MANIFEST_SUFFIX for n in verified} | {str(n) for n in pending}
 
     def remote_sha256(self, name):
+        """The sha256 of the NAS's copy under ``name`` when the NAS verified it; a copy it cannot
+        check is no copy of ours (a signed one sent now takes its name there)."""
         entry = (self.receipt.get("copies") or {}).get(name) if isinstance(self.receipt.get("copies"), dict) else None
-        return entry.get("sha256") if isinstance(entry, dict) else None
+        return entry.get("sha256") if isinstance(entry, dict) and entry.get("verified") else None
 
     def put(self, paths):
         # rsync writes to a temporary name and renames, so a cut connection leaves no half file
@@ -271,7 +273,10 @@ class SshTarget:
         receipt = self._gate("verify", "verifying the copy")
         entry = (receipt.get("copies") or {}).get(backup.name)
         if isinstance(entry, dict) and entry.get("verified") and entry.get("sha256") == digest:
-            return
+            displaced = any(isinstance(d, dict) and d.get("name") == backup.name
+                            for d in receipt.get("displaced") or [])
+            return "; it took its name from a file there the NAS could not check (moved to its quarantine)" \
+                if displaced else ""
         if isinstance(entry, dict) and entry.get("sha256") == digest:
             raise ForgeError(f"the NAS took {backup.name} but cannot check its signature ({entry.get('unverified')}); "
                              "it keeps the copy as unverified: give the NAS this host's check key (offsite_target "
@@ -413,10 +418,10 @@ class OffsiteCopy:
             digest = backup.manifest["sha256"]
             self.log(f"Copying {backup.name} ({backup.size} bytes) to {target.describe()}")
             if target.kind == "ssh":
-                target.copy_verified(backup, digest, check_key)
+                note = target.copy_verified(backup, digest, check_key)
             else:
-                target.copy_verified(backup, digest)
-            self.log(f"Verified {backup.name} on {target.describe()} (sha256 {digest[:16]}...)")
+                note = target.copy_verified(backup, digest)
+            self.log(f"Verified {backup.name} on {target.describe()} (sha256 {digest[:16]}...){note or ''}")
 
     def _read_receipt(self, target, result):
         """This database's part of the NAS's receipt, in the result (and so in the state
