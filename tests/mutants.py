@@ -908,6 +908,21 @@ MUTANTS = [
         "tests": ["tests/test_offsite_gate.py::"
                   "test_a_signed_copy_takes_its_name_back_from_a_made_up_upload_sent_ahead"],
     },
+    {
+        "name": "the-drill-playbook-passes-a-failed-drill",
+        "promise": "playbooks/restore_drill.yml fails when a drill fails (the playbook door of exact counts)",
+        "edits": [("roles/backup_operations/tasks/drill.yml",
+                   "      and backup_operations_drill_results.results | rejectattr('passed') | list | length == 0\n", "")],
+        "tests": ["tests/test_playbooks_check_mode.py::test_the_drill_playbook_fails_when_the_drill_finds_one_row_off"],
+    },
+    {
+        "name": "the-drill-module-reports-ok-on-a-failed-drill",
+        "promise": "forge_restore fails its task when a drill fails (the module door of exact counts)",
+        "edits": [("library/forge_restore.py",
+                   '        if p["mode"] == "drill" and result["passed"] is False and p["fail_on_error"]:\n',
+                   "        if False:\n")],
+        "tests": ["tests/test_restore.py::test_drill_fails_when_a_backup_restores_but_rows_are_missing"],
+    },
 ]
 
 # One mutant per format cell of the guarantee matrix (tests/guarantees.py).

@@ -11,7 +11,15 @@ import sys
 import pytest
 from conftest import HOST_PYTHON
 
-from helpers import PASSPHRASE, REPO, backups_in, manifest_of, run_backup_script, signing_passphrase_file
+from helpers import (
+    PASSPHRASE,
+    REPO,
+    backups_in,
+    manifest_of,
+    resign_manifest,
+    run_backup_script,
+    signing_passphrase_file,
+)
 from servers import load_sample_data, table_counts
 
 
@@ -150,3 +158,17 @@ def test_pitr_yml_on_an_inventory_without_a_barman_host_leaves_the_nas_alone(tmp
                             env=env, cwd=REPO, timeout=300, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stdout[-3000:]
     assert "rest-server needs a login" not in result.stdout
+
+
+def test_the_drill_playbook_fails_when_the_drill_finds_one_row_off(pg, live, backup_dir, tmp_path):
+    """The playbook door of the exact-count promise: the drill's FAIL line, and a failed play."""
+    assert run_backup_script(pg, live, backup_dir).returncode == 0
+    [path] = backups_in(backup_dir)
+    manifest = manifest_of(path)
+    manifest["snapshot_row_counts"]["public.orders"] += 1
+    resign_manifest(path, manifest)
+    result = playbook("restore_drill.yml", pg, live, tmp_path, backup_dir, check=False)
+    assert result.returncode != 0, result.said
+    assert re.search(rf"(^|\s)FAIL {live}: {re.escape(os.path.basename(path))}, age [0-9.]+ h, 3 tables, \d+ rows, "
+                     rf"[0-9.]+ s - public.orders: 100 rows restored, 101 in the snapshot", result.said), result.said
+    assert "restore drill failed: public.orders: 100 rows restored, 101 in the snapshot" in result.said
