@@ -53,7 +53,11 @@ MATRIX = {
                    '    expected = None if ({pred}) else (backup.manifest or {{}}).get("sha256")\n'),
     },
     "signature: a passphrase one character off proves nothing": {
-        "cells": per_format(BOUNDARIES + "test_a_passphrase_one_character_off_proves_nothing[{fmt}]"),
+        "cells": dict(
+            per_format(BOUNDARIES + "test_a_passphrase_one_character_off_proves_nothing[{fmt}]"),
+            **{"door=module (a file nothing proves)": "tests/test_restore.py::"
+                                                      "test_an_unverified_restore_is_refused_unless_asked_and_"
+                                                      "touches_nothing"}),
         "bypass": ("module_utils/forge/catalog.py", "self", "        problem = self._signature_problem(raw, policy)\n",
                    "        problem = None if ({pred}) else self._signature_problem(raw, policy)\n"),
     },
@@ -102,6 +106,8 @@ MATRIX = {
             "format=custom": SECRETS + "[custom-streamed]",
             "format=custom-encrypted": SECRETS + "[custom-encrypted]",
             "option=--jobs 2 (pg_restore reads the file)": SECRETS + "[custom-jobs-2-reads-the-file]",
+            "door=module (its own output)": "tests/test_forge_backup_module.py::"
+                                            "test_secrets_never_appear_in_module_output",
         },
         "bypass": (RESTORE, "backup", "            env = self._env(target, passfile, command)\n",
                    "            env = dict(self._env(target, passfile, command), "

@@ -923,6 +923,20 @@ MUTANTS = [
                    "        if False:\n")],
         "tests": ["tests/test_restore.py::test_drill_fails_when_a_backup_restores_but_rows_are_missing"],
     },
+    {
+        "name": "forge-backup-echoes-its-passphrase",
+        "promise": "forge_backup never shows the passphrase or the password in its output (the module door of secrets)",
+        "edits": [("library/forge_backup.py", '    passphrase=dict(type="str", no_log=True),\n',
+                   '    passphrase=dict(type="str", no_log=False),\n')],
+        "tests": ["tests/test_forge_backup_module.py::test_secrets_never_appear_in_module_output"],
+    },
+    {
+        "name": "forge-restore-restores-what-nothing-proves",
+        "promise": "forge_restore refuses a file no signed manifest proves unless allow_unverified (module door)",
+        "edits": [("library/forge_restore.py", 'allow_unverified=p["allow_unverified"] or p["mode"] != "restore",',
+                   "allow_unverified=True,")],
+        "tests": ["tests/test_restore.py::test_an_unverified_restore_is_refused_unless_asked_and_touches_nothing"],
+    },
 ]
 
 # One mutant per format cell of the guarantee matrix (tests/guarantees.py).
