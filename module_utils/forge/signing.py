@@ -97,31 +97,38 @@ def load_passphrase(value=None, path=None):
 RETIRED_ENV = "BACKUP_RETIRED_PASSPHRASES_FILE"
 
 
+def _read_guarded(path, what, forbidden_mode, fix, nothing, limit):
+    """The bytes of the small file at ``path``, opened without following a link and refused
+    unless it is a regular file with none of ``forbidden_mode``'s bits (``fix`` says what to do); None
+    when it does not exist. Every refusal is one line ending in ``nothing``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ForgeError(f"{what} cannot be opened without following a link ({exc.strerror}); {nothing}") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ForgeError(f"{what} is not a regular file; {nothing}")
+        if info.st_mode & forbidden_mode:
+            raise ForgeError(f"{what} has mode {info.st_mode & 0o777:04o}; {fix}; {nothing}")
+        os.set_blocking(handle.fileno(), True)
+        return handle.read(limit)
+
+
 def read_keyring(path):
     """The retired passphrases in ``path``: one per line, each read as openssl reads a
     passphrase file's first line (a NUL ends it, a ``\\r`` is part of it); blank lines are
     skipped; a file that does not exist retires nothing. They only ever read (decrypt and prove
     old backups), never write. The file holds keys to every old backup, so it must be a regular
     file its owner alone can read, reached without a link."""
-    what = f"retired passphrases file {path}"
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
+    data = _read_guarded(path, f"retired passphrases file {path}", 0o077,
+                         f"it must be readable by its owner only (chmod 600 {path})", "nothing was read", 1 << 20)
+    if data is None:
         # Nothing retired (a host the backup role has not deployed since rotation came). Not silent
         # where it matters: a backup no key proves is named in the log, a metric and the checklist.
         return []
-    except OSError as exc:
-        raise ForgeError(f"{what} cannot be opened without following a link ({exc.strerror}); "
-                         "nothing was read") from None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise ForgeError(f"{what} is not a regular file; nothing was read")
-        if info.st_mode & 0o077:
-            raise ForgeError(f"{what} has mode {info.st_mode & 0o777:04o}; it must be readable by its owner only "
-                             f"(chmod 600 {path}); nothing was read")
-        os.set_blocking(handle.fileno(), True)
-        data = handle.read(1 << 20)
     passphrases = []
     for line in data.split(b"\n"):
         passphrase = line[:OPENSSL_PASS_MAX].split(b"\0", 1)[0]
@@ -248,22 +255,10 @@ def read_check_keys(path):
     comment. A file that does not exist holds none (every copy is then unverified). Root
     writes it and the NAS account reads it, so it must not be writable by anyone else."""
     what = f"check keys file {path}"
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
+    data = _read_guarded(path, what, 0o022, f"only its owner may write it (chmod 640 {path})", "nothing was verified",
+                         1 << 16)
+    if data is None:
         return []
-    except OSError as exc:
-        raise ForgeError(f"{what} cannot be opened without following a link ({exc.strerror}); nothing was "
-                         "verified") from None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise ForgeError(f"{what} is not a regular file; nothing was verified")
-        if info.st_mode & 0o022:
-            raise ForgeError(f"{what} has mode {info.st_mode & 0o777:04o}; only its owner may write it "
-                             f"(chmod 640 {path}); nothing was verified")
-        os.set_blocking(handle.fileno(), True)
-        data = handle.read(1 << 16)
     keys = []
     for number, line in enumerate(data.decode("ascii", "replace").splitlines(), 1):
         word = line.split("#", 1)[0].strip()
