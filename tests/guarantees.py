@@ -170,6 +170,73 @@ MATRIX = {
                                                        "exactly_seven_days[a-second-past-the-week]",
         },
     },
+    "retention and min_keep: only what a key proves is counted or deleted": {
+        "cells": {
+            "a file without a valid manifest": "tests/test_retention.py::"
+                                               "test_files_without_a_valid_manifest_are_never_deleted",
+            "min_keep of proven backups": "tests/test_retention.py::test_min_keep_counts_only_backups_proven_good",
+            "option=a retired key": "tests/test_key_rotation.py::"
+                                    "test_retention_removes_old_key_backups_it_can_prove_and_counts_them_until_then",
+            "no key proves it": "tests/test_key_rotation.py::"
+                                "test_a_backup_no_configured_key_proves_is_kept_and_said_so",
+        },
+    },
+    "lock and name isolation: one database's run never touches another's": {
+        "cells": {
+            "the same database twice": "tests/test_backup_script.py::"
+                                       "test_a_second_backup_of_the_same_database_fails_in_one_line_and_the_first_"
+                                       "completes",
+            "similar names (acc, acc_src)": "tests/test_backup_script.py::"
+                                            "test_the_sweep_of_stale_partials_never_touches_another_databases_running_"
+                                            "backup",
+            "a planted lock path": "tests/test_backup_script.py::"
+                                   "test_a_lock_path_that_is_not_a_plain_file_is_refused_in_one_line",
+        },
+    },
+    "stalls: every stage has a deadline and names what stalled": {
+        "cells": {
+            "backup: pg_dump": "tests/test_stalls.py::"
+                               "test_a_dump_that_gives_no_output_is_stopped_and_named_in_one_line",
+            "backup: the compressor": "tests/test_stalls.py::"
+                                      "test_a_compressor_that_stops_is_stopped_and_named_in_one_line",
+            "backup: a table lock": "tests/test_stalls.py::"
+                                    "test_a_table_lock_held_by_another_session_ends_the_wait_naming_table_and_session",
+            "format=plain (psql)": "tests/test_restore_stalls.py::test_a_client_that_stops_ends_the_drill_in_one_line_"
+                                   "and_leaves_no_scratch_database[psql-plain]",
+            "format=custom (pg_restore)": "tests/test_restore_stalls.py::test_a_client_that_stops_ends_the_drill_in_"
+                                          "one_line_and_leaves_no_scratch_database[pg_restore-custom]",
+            "restore: a lock held outside": "tests/test_restore_stalls.py::"
+                                            "test_a_lock_held_by_another_session_ends_the_restore_naming_the_session",
+        },
+    },
+    "encrypted-only off-site: nothing unencrypted leaves, and a copy counts only verified": {
+        "cells": {
+            "option=OFFSITE_SKIP_UNENCRYPTED=1": "tests/test_offsite.py::"
+                                                "test_with_skip_unencrypted_only_the_encrypted_backups_leave_and_the_"
+                                                "others_are_named",
+            "target=USB, a copy that does not match": "tests/test_offsite_usb.py::"
+                                                      "test_a_copy_that_does_not_match_its_manifest_never_stays_on_the_"
+                                                      "usb_disk",
+            "target=USB, unplugged": "tests/test_offsite_usb.py::test_an_unplugged_usb_disk_is_refused_in_one_line_and_"
+                                     "nothing_lands_on_the_root_file_system",
+            "option=a retired key": "tests/test_key_rotation.py::test_old_key_backups_go_off_site_with_the_new_ones",
+        },
+    },
+    "PITR recovery: every target up to the last byte received, and nothing the source configured runs": {
+        "cells": {
+            "target=a time inside the segment still received": "tests/test_pitr_recovery.py::test_a_time_two_seconds_"
+                                                               "before_a_delete_is_recovered_from_the_segment_still_"
+                                                               "being_received",
+            "target=any, a segment received but not filed": "tests/test_pitr_recovery.py::test_a_segment_received_"
+                                                            "whole_but_not_filed_yet_is_replayed_for_every_target",
+            "target=a time past the last commit": "tests/test_pitr_recovery.py::test_a_time_at_or_after_the_last_"
+                                                  "commit_received_is_refused_in_one_line_before_anything_is_copied",
+            "a replay that fails": "tests/test_pitr_recovery.py::test_a_replay_that_ends_in_a_fatal_is_one_line_"
+                                   "quoting_it_and_keeps_the_directory_and_its_log",
+            "the source's configuration": "tests/test_pitr_recovery.py::test_a_scratch_cluster_runs_nothing_the_source_"
+                                          "configured_and_still_recovers",
+        },
+    },
     "PITR: a replay never takes a WAL segment that is not there": {
         "cells": {
             "a staged segment that cannot be moved": "tests/test_pitr_engine.py::"
