@@ -13,7 +13,7 @@ from helpers import REPO
 
 # Collections used by tools rather than by our YAML: Molecule's docker driver.
 USED_BY_TOOLS = {"community.docker"}
-FQCN = re.compile(r"\b([a-z_]+\.[a-z_]+)\.[a-z_]+\b")
+FQCN = re.compile(r"\b([a-z_]+\.[a-z_]+)\.[a-z0-9_]+\b")
 BUILTIN = {"ansible.builtin"}
 
 
@@ -23,7 +23,7 @@ def collections_used():
              for path in glob.glob(os.path.join(REPO, pattern), recursive=True)]
     for path in files:
         with open(path, encoding="utf-8") as handle:
-            for task_key in re.findall(r"^\s*-?\s*([a-z_]+\.[a-z_]+\.[a-z_]+):", handle.read(), re.MULTILINE):
+            for task_key in re.findall(r"^\s*-?\s*([a-z_]+\.[a-z_]+\.[a-z0-9_]+):", handle.read(), re.MULTILINE):
                 collection = FQCN.match(task_key).group(1)
                 if collection not in BUILTIN:
                     used.add(collection)
@@ -54,3 +54,28 @@ def test_every_role_asks_for_the_same_ansible():
         with open(path, encoding="utf-8") as handle:
             wanted.add(str(yaml.safe_load(handle)["galaxy_info"]["min_ansible_version"]))
     assert wanted == {"2.19"}
+
+
+def roles_collections_used():
+    """The collections the roles' own tasks call (what the built collection ships and needs)."""
+    used = set()
+    for path in glob.glob(os.path.join(REPO, "roles", "**", "*.yml"), recursive=True):
+        with open(path, encoding="utf-8") as handle:
+            for task_key in re.findall(r"^\s*-?\s*([a-z_]+\.[a-z_]+\.[a-z0-9_]+):", handle.read(), re.MULTILINE):
+                collection = FQCN.match(task_key).group(1)
+                if collection not in BUILTIN | {"infer.forge"}:
+                    used.add(collection)
+    return used
+
+
+def test_the_collection_declares_each_collection_its_roles_use_from_the_pinned_version_on():
+    """galaxy.yml's dependencies: without them, a clean controller that installs infer.forge gets
+    roles that fail on their first community.* task. Each from the version requirements.yml pins
+    (the tests run it) up to the next major."""
+    with open(os.path.join(REPO, "galaxy.yml"), encoding="utf-8") as handle:
+        dependencies = yaml.safe_load(handle)["dependencies"]
+    pinned = listed()
+    assert set(dependencies) == roles_collections_used()
+    for name, wanted in dependencies.items():
+        major = int(pinned[name].split(".")[0])
+        assert wanted == f">={pinned[name]},<{major + 1}.0.0", name
