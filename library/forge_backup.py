@@ -247,7 +247,7 @@ encrypted:
 
 import os
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 try:
     from ansible.module_utils.forge import catalog
@@ -255,6 +255,7 @@ try:
     from ansible.module_utils.forge.errors import ForgeError
     from ansible.module_utils.forge.pgconn import PgSettings
     from ansible.module_utils.forge.privileges import call_as_directory_owner
+    from ansible.module_utils.forge.requirements import POSTGRES, first_missing
     ENGINE_IMPORT_ERROR = None
 except ImportError as exc:  # pragma: no cover - reported to the user below
     ENGINE_IMPORT_ERROR = exc
@@ -349,6 +350,8 @@ def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     if ENGINE_IMPORT_ERROR is not None:
         module.fail_json(msg=f"forge engine not importable: {ENGINE_IMPORT_ERROR}")
+    if first_missing(POSTGRES):
+        module.fail_json(msg=missing_required_lib(POSTGRES))
     try:
         # Root never works in the backup user's directory: the engine runs as its owner.
         result = call_as_directory_owner(module.params["backup_dir"], BackupModule(module).run)

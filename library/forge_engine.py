@@ -131,6 +131,7 @@ def _packed():  # pragma: no cover - never called
         privileges,
         putback,
         records,
+        requirements,
         restore,
         sentry,
         settings,
@@ -142,8 +143,8 @@ ENGINE_MODULES = ("__init__", "backup", "catalog", "checklist", "cli", "compose"
                   "drill",
                   "errors",
                   "farside", "fsutil", "health", "metrics", "offsite", "onhost", "opensslenc", "pgconn",
-                  "pitr", "pitr_offsite", "pitr_serve", "privileges", "putback", "records", "restore", "sentry",
-                  "settings", "signing")
+                  "pitr", "pitr_offsite", "pitr_serve", "privileges", "putback", "records", "requirements",
+                  "restore", "sentry", "settings", "signing")
 
 ARGUMENT_SPEC = dict(
     dest=dict(type="path", required=True),

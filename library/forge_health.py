@@ -193,12 +193,13 @@ version:
   sample: {"app": "INFER FORGE", "version": "0.1.0"}
 """
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 try:
     from ansible.module_utils.forge import health
     from ansible.module_utils.forge.errors import ForgeError
     from ansible.module_utils.forge.pgconn import PgSettings
+    from ansible.module_utils.forge.requirements import POSTGRES, REDIS, first_missing
     ENGINE_IMPORT_ERROR = None
 except ImportError as exc:  # pragma: no cover - reported to the user below
     ENGINE_IMPORT_ERROR = exc
@@ -283,6 +284,11 @@ def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     if ENGINE_IMPORT_ERROR is not None:
         module.fail_json(msg=f"forge engine not importable: {ENGINE_IMPORT_ERROR}")
+    # Only what the chosen checks use: an app-only check runs on a host with neither library.
+    needed = [name for check, name in (("database", POSTGRES), ("redis", REDIS)) if check in module.params["checks"]]
+    missing = first_missing(*needed)
+    if missing:
+        module.fail_json(msg=missing_required_lib(missing))
     app_password = health.url_password(module.params["app_url"])
     if app_password:
         module.no_log_values.add(app_password)

@@ -312,7 +312,7 @@ expired:
 
 import os
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 try:
     from ansible.module_utils.forge.errors import ForgeError, unexpected
@@ -320,6 +320,7 @@ try:
     from ansible.module_utils.forge.pitr import DEFAULT_REPORT_DIR, Barman, PitrOptions, PitrRecovery
     from ansible.module_utils.forge.pitr_offsite import OffsiteOptions, PitrOffsite, PruneOptions, prune_repository
     from ansible.module_utils.forge.pitr_serve import Rejoin, ScratchServer
+    from ansible.module_utils.forge.requirements import POSTGRES, first_missing
     ENGINE_IMPORT_ERROR = None
 except ImportError as exc:  # pragma: no cover - reported to the user below
     ENGINE_IMPORT_ERROR = exc
@@ -474,6 +475,8 @@ def main():
         # scratch PostgreSQL would start from root's session with a configuration from the source.
         module.fail_json(msg="forge_pitr runs as the Barman user (become: true, become_user: barman), never as root; "
                              "nothing was changed")
+    if first_missing(POSTGRES):
+        module.fail_json(msg=missing_required_lib(POSTGRES))
     try:
         result = PitrModule(module).run()
     except ForgeError as exc:

@@ -275,13 +275,14 @@ sessions:
 
 import time
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 try:
     from ansible.module_utils.forge.drill import DrillOptions, run_action
     from ansible.module_utils.forge.errors import ForgeError
     from ansible.module_utils.forge.pgconn import PgSettings
     from ansible.module_utils.forge.privileges import call_as_directory_owner
+    from ansible.module_utils.forge.requirements import POSTGRES, first_missing
     from ansible.module_utils.forge.restore import RestoreOptions
     ENGINE_IMPORT_ERROR = None
 except ImportError as exc:  # pragma: no cover - reported to the user below
@@ -375,6 +376,8 @@ def main():
     )
     if ENGINE_IMPORT_ERROR is not None:
         module.fail_json(msg=f"forge engine not importable: {ENGINE_IMPORT_ERROR}")
+    if first_missing(POSTGRES):
+        module.fail_json(msg=missing_required_lib(POSTGRES))
     try:
         # Root never works in the backup user's directory: the engine runs as its owner.
         result = call_as_directory_owner(module.params["backup_dir"], RestoreModule(module).run)

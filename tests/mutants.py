@@ -937,6 +937,19 @@ MUTANTS = [
                    "allow_unverified=True,")],
         "tests": ["tests/test_restore.py::test_an_unverified_restore_is_refused_unless_asked_and_touches_nothing"],
     },
+    {
+        "name": "forge-health-asks-for-libraries-its-checks-do-not-use",
+        "promise": "forge_health asks only for the libraries its chosen checks use (an app check needs neither)",
+        "edits": [("library/forge_health.py", 'if check in module.params["checks"]]', "]")],
+        "tests": ["tests/test_required_libraries.py::test_a_health_check_that_needs_neither_library_runs_without_them"],
+    },
+    {
+        "name": "a-missing-psycopg-is-found-halfway",
+        "promise": "a host without psycopg is told so by missing_required_lib before a backup starts",
+        "edits": [("library/forge_backup.py", "    if first_missing(POSTGRES):\n", "    if False:\n")],
+        "tests": ["tests/test_required_libraries.py::"
+                  "test_a_host_without_the_library_is_told_which_one_before_anything_runs[forge_backup]"],
+    },
 ]
 
 # One mutant per format cell of the guarantee matrix (tests/guarantees.py).
