@@ -950,6 +950,14 @@ MUTANTS = [
         "tests": ["tests/test_required_libraries.py::"
                   "test_a_host_without_the_library_is_told_which_one_before_anything_runs[forge_backup]"],
     },
+    {
+        "name": "check-mode-starts-barmans-receiver",
+        "promise": "--check runs only commands that read: never barman cron, which starts the receiver and the slot",
+        "edits": [("roles/pitr/tasks/streaming.yml",
+                   "  ansible.builtin.command: barman -q cron\n  changed_when: false\n  when: not ansible_check_mode\n",
+                   "  ansible.builtin.command: barman -q cron\n  changed_when: false\n  check_mode: false\n")],
+        "tests": ["tests/test_check_mode_commands.py::test_every_command_that_runs_in_check_mode_only_reads"],
+    },
 ]
 
 # One mutant per format cell of the guarantee matrix (tests/guarantees.py).
