@@ -8,8 +8,9 @@ ansible-test expect:
   library/*.py               -> plugins/modules/
   plugins/doc_fragments/     -> plugins/doc_fragments/
   module_utils/forge/        -> plugins/module_utils/forge/
-  roles/                     -> roles/
-  galaxy.yml, README.md      -> the collection's root
+  roles/                     -> roles/ (not the lab's lab_services)
+  galaxy.yml                 -> the collection's root
+  docs/collection-README.md  -> README.md, the collection's own
   tests/sanity/ignore-*.txt  -> tests/sanity/ (the documented sanity ignores)
   meta/runtime.yml           -> written here
 
@@ -43,6 +44,7 @@ LEGACY_IMPORT = re.compile(r"\bansible\.module_utils\.forge\b")
 # A doc fragment named in a module's extends_documentation_fragment list.
 LOCAL_FRAGMENT = re.compile(r"^(  - )(forge\.[a-z_]+)$", re.MULTILINE)
 SKIPPED = shutil.ignore_patterns("__pycache__", "*.pyc", "molecule", ".pytest_cache")
+LAB_ONLY_ROLES = ("lab_services",)
 
 
 def rewrite_imports(text):
@@ -80,9 +82,11 @@ def build_layout(dest):
                     ignore=SKIPPED)
     shutil.copytree(os.path.join(REPO, "module_utils", "forge"),
                     os.path.join(dest, "plugins", "module_utils", "forge"), ignore=SKIPPED)
-    shutil.copytree(os.path.join(REPO, "roles"), os.path.join(dest, "roles"), ignore=SKIPPED)
-    for name in ("galaxy.yml", "README.md"):
-        shutil.copy2(os.path.join(REPO, name), os.path.join(dest, name))
+    # lab_services runs the lab's stand-ins from this checkout's scripts/: not for a collection.
+    shutil.copytree(os.path.join(REPO, "roles"), os.path.join(dest, "roles"),
+                    ignore=shutil.ignore_patterns(*LAB_ONLY_ROLES, "__pycache__", "*.pyc", "molecule", ".pytest_cache"))
+    shutil.copy2(os.path.join(REPO, "galaxy.yml"), os.path.join(dest, "galaxy.yml"))
+    shutil.copy2(os.path.join(REPO, "docs", "collection-README.md"), os.path.join(dest, "README.md"))
     os.makedirs(os.path.join(dest, "meta"))
     with open(os.path.join(dest, "meta", "runtime.yml"), "w", encoding="utf-8") as handle:
         handle.write(f'---\nrequires_ansible: "{REQUIRES_ANSIBLE}"\n')

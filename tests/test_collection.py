@@ -94,3 +94,21 @@ def test_a_role_of_the_collection_installs_the_engine_from_the_collection_alone(
     helped = subprocess.run([str(dest / "scripts" / "forge"), "--help"], capture_output=True, text=True, check=False)
     assert helped.returncode == 0
     assert helped.stdout.startswith("usage: forge {backup|verify|restore|drill|offsite|pitr|dr}")
+
+
+def test_the_collection_ships_no_lab_content_and_a_readme_of_its_own(installed):
+    """lab_services runs the lab's stand-ins from this checkout's scripts/ (a path the installed
+    collection has not got); the collection's README describes the collection, naming every
+    module and role it ships, not this repository's make targets."""
+    work, _env = installed
+    root = work / "collections" / "ansible_collections" / "infer" / "forge"
+    roles = sorted(os.listdir(root / "roles"))
+    assert "lab_services" not in roles and "backup" in roles
+    readme = (root / "README.md").read_text()
+    assert readme.startswith("# infer.forge")
+    assert "make test" not in readme and "make demo" not in readme
+    modules = sorted(name[:-3] for name in os.listdir(root / "plugins" / "modules") if name.endswith(".py"))
+    for name in modules:
+        assert f"`infer.forge.{name}`" in readme, name
+    for name in roles:
+        assert f"`infer.forge.{name}`" in readme, name
