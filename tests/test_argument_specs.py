@@ -205,3 +205,21 @@ def test_an_operating_entry_point_checks_only_what_its_tasks_use(role, entry_poi
                     and not any(name in line and used in line for used in declared if used in tasks
                                 for line in defaults.splitlines() if line.startswith(used + ":")))
     assert unused == []
+
+
+@pytest.mark.parametrize("role", sorted(os.listdir(os.path.join(REPO, "roles"))))
+def test_every_role_default_is_declared_in_an_argument_spec_with_the_same_default(role):
+    """A default no entry point declares is a setting no play checks; one declared with another
+    default says two things. (The specs' headers promise exactly this check.)"""
+    with open(os.path.join(REPO, "roles", role, "defaults", "main.yml")) as handle:
+        defaults = yaml.safe_load(handle) or {}
+    with open(os.path.join(REPO, "roles", role, "meta", "argument_specs.yml")) as handle:
+        specs = yaml.safe_load(handle)["argument_specs"]
+    declared = {}
+    for entry_point in specs.values():
+        for name, option in (entry_point.get("options") or {}).items():
+            declared.setdefault(name, []).append(option)
+    assert sorted(set(defaults) - set(declared)) == []
+    differ = sorted(name for name, options in declared.items() if name in defaults
+                    for option in options if "default" in option and option["default"] != defaults[name])
+    assert differ == []
