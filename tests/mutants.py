@@ -88,7 +88,7 @@ MUTANTS = [
         "name": "skip-the-manifest-authentication",
         "promise": "a manifest counts only when the passphrase's key signed it",
         "edits": [(SIGNING, "    if not hmac.compare_digest(value.encode(), expected.encode()):\n"
-                            "        return SIGNATURE_MISMATCH\n", "")],
+                            "        return SIGNATURE_MISMATCH, their_key\n", "")],
         "tests": ["tests/test_signing.py::test_a_manifest_signed_from_the_documentation_is_accepted_and_any_change_is_refused", "tests/test_restore_safety.py::test_every_manifest_field_is_covered_by_the_signature", "tests/test_restore_safety.py::test_swapped_data_with_a_recomputed_checksum_is_a_changed_manifest_not_a_wrong_passphrase"],
     },
     {
@@ -660,8 +660,8 @@ MUTANTS = [
     {
         "name": "a-readable-retired-keyring-is-used",
         "promise": "the retired passphrases are read only from a file its owner alone can read",
-        "edits": [(SIGNING, "        if info.st_mode & 0o077:\n            raise ForgeError(f\"{what} has mode",
-                   "        if False:\n            raise ForgeError(f\"{what} has mode")],
+        "edits": [(SIGNING, 'data = _read_guarded(path, f"retired passphrases file {path}", 0o077,',
+                   'data = _read_guarded(path, f"retired passphrases file {path}", 0o002,')],
         "tests": ["tests/test_key_rotation.py::"
                   "test_a_retired_keyring_that_is_not_private_is_refused_in_one_line[group-readable]"],
     },
@@ -957,6 +957,12 @@ MUTANTS = [
                    "  ansible.builtin.command: barman -q cron\n  changed_when: false\n  when: not ansible_check_mode\n",
                    "  ansible.builtin.command: barman -q cron\n  changed_when: false\n  check_mode: false\n")],
         "tests": ["tests/test_check_mode_commands.py::test_every_command_that_runs_in_check_mode_only_reads"],
+    },
+    {
+        "name": "a-nas-check-keys-file-others-may-write-is-used",
+        "promise": "the NAS reads its check keys only from a file no one but its owner may write",
+        "edits": [(SIGNING, 'data = _read_guarded(path, what, 0o022, ', 'data = _read_guarded(path, what, 0, ')],
+        "tests": ["tests/test_offsite_gate.py::test_a_key_file_others_may_write_is_refused_in_one_line"],
     },
 ]
 
