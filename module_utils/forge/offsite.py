@@ -172,7 +172,9 @@ class PathTarget:
     def remote_sha256(self, name):
         return None  # a disk this host verifies itself, copy by copy
 
-    def copy_verified(self, backup, digest):
+    def copy_verified(self, backup, digest, check_key=None):
+        """Copy, verify here, then the manifest (``check_key`` is the NAS's alone: a disk this host
+        verifies itself needs no off-site signature)."""
         self.put([backup.path, backup.checksum_path] if os.path.exists(backup.checksum_path) else [backup.path])
         if self.verify({backup.name: digest}):
             self.remove([backup.name, backup.name + CHECKSUM_SUFFIX])
@@ -365,7 +367,8 @@ class OffsiteCopy:
         remote = _remote_backups(remote_names, file_stem(self.options.database))
         keep = {name for name, _stamp in remote[:self.options.min_keep]} | {b.name for b in wanted}
         expired = [name for name, ts in remote if name not in keep and ts < cutoff]
-        return {"copy": to_copy, "expire": expired, "skipped_unencrypted": unencrypted, "remote": remote}
+        return {"copy": to_copy, "expire": expired, "skipped_unencrypted": unencrypted, "remote": remote,
+                "passphrase": passphrase}
 
     def run(self, check_mode=False):
         started = self.clock()
@@ -383,7 +386,7 @@ class OffsiteCopy:
             result["skipped_unencrypted"] = plan["skipped_unencrypted"]
             result["bytes_copied"] = sum(b.size for b in plan["copy"])
             if not check_mode:
-                self._copy(target, plan["copy"])
+                self._copy(target, plan["copy"], plan["passphrase"])
                 result["expired"] = target.expire(plan["expire"])
                 result["verified"] = True
             kept = len(plan["remote"]) - len(plan["expire"]) + len(plan["copy"])
@@ -412,15 +415,13 @@ class OffsiteCopy:
             self._record(result)
         return result
 
-    def _copy(self, target, backups):
-        check_key = offsite_check_key(load_passphrase(self.options.passphrase, self.options.passphrase_file))
+    def _copy(self, target, backups, passphrase):
+        # The passphrase plan() read; its check key only for the NAS, which checks copies with it.
+        check_key = offsite_check_key(passphrase) if backups and target.kind == "ssh" else None
         for backup in backups:
             digest = backup.manifest["sha256"]
             self.log(f"Copying {backup.name} ({backup.size} bytes) to {target.describe()}")
-            if target.kind == "ssh":
-                note = target.copy_verified(backup, digest, check_key)
-            else:
-                note = target.copy_verified(backup, digest)
+            note = target.copy_verified(backup, digest, check_key)
             self.log(f"Verified {backup.name} on {target.describe()} (sha256 {digest[:16]}...){note or ''}")
 
     def _read_receipt(self, target, result):
