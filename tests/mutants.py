@@ -4,8 +4,9 @@ Each mutant breaks one guarantee README.md or docs/ make, the way a careless cha
 would. ``edits`` are (file, text, replacement); each text must appear exactly
 once in its file, so a mutant goes stale loudly when the code moves. ``tests``
 are the pytest node ids that must fail against the mutant: the promise's
-guards. The stage fails when any mutant survives its tests. The guarantee matrix
-(tests/guarantees.py) adds one generated mutant per format cell of its promises.
+guards. The stage fails when any mutant survives its tests. ``waits`` marks a mutant
+whose test sleeps out a deadline, run beside the others. The guarantee matrix
+(tests/guarantees.py) adds one generated mutant per format and door cell of its promises.
 """
 
 from guarantees import generated_mutants
@@ -516,6 +517,7 @@ MUTANTS = [
     },
     {
         "name": "checklist-item-12-opens-a-planted-fifo",
+        "waits": True,  # its test waits out a deadline: scheduled beside the others
         "promise": "the checklist, as root, never hangs on or follows what barman planted for its PITR status",
         "edits": [("module_utils/forge/checklist.py", "    for line in (read_small_file(path) or \"\").splitlines():\n"
                    "        if line.startswith(name + \"{\"):\n            match = re.search(label",
@@ -584,12 +586,14 @@ MUTANTS = [
     },
     {
         "name": "a-stalled-dump-hangs-the-run",
+        "waits": True,  # its test waits out a deadline: scheduled beside the others
         "promise": "a pg_dump that gives no output for BACKUP_STALL_TIMEOUT is stopped and named in one line",
         "edits": [(BACKUP, "            watch.start()\n", "")],
         "tests": ["tests/test_stalls.py::test_a_dump_that_gives_no_output_is_stopped_and_named_in_one_line"],
     },
     {
         "name": "a-stopped-compressor-is-left-running",
+        "waits": True,  # its test waits out a deadline: scheduled beside the others
         "promise": "a compressor that stops is ended and named, never waited on for ever",
         "edits": [(COMPRESS, "    def kill(self):\n        \"\"\"From the stall watch's thread: a stopped igzip is ended, and the "
                    "write to it fails.\"\"\"\n        if self._proc.poll() is None:\n            self._proc.kill()",
@@ -667,6 +671,7 @@ MUTANTS = [
     },
     {
         "name": "a-stalled-psql-hangs-the-restore",
+        "waits": True,  # its test waits out a deadline: scheduled beside the others
         "promise": "a psql that takes no input and does nothing on the server is stopped and named in one line",
         "edits": [(RESTORE, "            watch = self._watch(tool, target, proc.kill)\n            watch.start()\n",
                    "            watch = self._watch(tool, target, proc.kill)\n")],
@@ -675,6 +680,7 @@ MUTANTS = [
     },
     {
         "name": "a-stalled-pg-restore-hangs-the-drill",
+        "waits": True,  # its test waits out a deadline: scheduled beside the others
         "promise": "a pg_restore --jobs that stops is stopped and named in one line",
         "edits": [(RESTORE, "                watch = self._watch(\"pg_restore\", target, proc.kill)\n                watch.start()\n",
                    "                watch = self._watch(\"pg_restore\", target, proc.kill)\n")],
@@ -684,6 +690,7 @@ MUTANTS = [
     },
     {
         "name": "a-restores-lock-wait-is-unbounded",
+        "waits": True,  # its test waits out a deadline: scheduled beside the others
         "promise": "a restore that waits for a lock for BACKUP_STALL_TIMEOUT ends, naming who holds it",
         "edits": [(RESTORE, "                lock_since = (lock_since or now) if holders else None\n",
                    "                lock_since = None\n")],
@@ -730,6 +737,7 @@ MUTANTS = [
     },
     {
         "name": "a-write-the-watch-cannot-free-holds-the-restore",
+        "waits": True,  # its test waits out a deadline: scheduled beside the others
         "promise": "a client killed at the deadline whose child still holds the pipe never holds the restore",
         "edits": [(RESTORE, "                while feeder.is_alive() and not (watch.stalled and feeder.wait_seconds() > 2):\n",
                    "                while feeder.is_alive():\n")],
@@ -805,6 +813,7 @@ MUTANTS = [
     },
     {
         "name": "health-waits-for-a-check-past-the-deadline",
+        "waits": True,  # its test waits out a deadline: scheduled beside the others
         "promise": "a health run ends at its timeout even when no read of a trickling app ever times out",
         "edits": [("module_utils/forge/health.py", "        thread.join(max(0.0, deadline - time.perf_counter()))\n",
                    "        thread.join()\n")],
@@ -963,6 +972,71 @@ MUTANTS = [
         "promise": "the NAS reads its check keys only from a file no one but its owner may write",
         "edits": [(SIGNING, 'data = _read_guarded(path, what, 0o022, ', 'data = _read_guarded(path, what, 0, ')],
         "tests": ["tests/test_offsite_gate.py::test_a_key_file_others_may_write_is_refused_in_one_line"],
+    },
+    {
+        "name": "the-script-says-an-unverified-restore-went-well",
+        "promise": "restore_db.sh restore exits 3 (UNVERIFIED), not 0, when no signed manifest proves the file",
+        "edits": [("module_utils/forge/cli.py", "    return 0 if report.verified else EXIT_UNVERIFIED\n",
+                   "    return 0\n")],
+        "tests": ["tests/test_key_rotation.py::test_a_file_without_a_manifest_made_under_the_old_key_restores_with_the_"
+                  "retired_passphrase"],
+    },
+    {
+        "name": "the-script-says-a-failed-drill-went-well",
+        "promise": "restore_db.sh drill exits 1 on FAIL: cron's mail and the log see it",
+        "edits": [("module_utils/forge/cli.py", '.get(report["verdict"], EXIT_FAILURE)', '.get(report["verdict"], 0)')],
+        "tests": [BOUNDARIES + "test_a_manifest_one_row_off_fails_the_drill_naming_the_table[custom-one-row-more]"],
+    },
+    {
+        "name": "the-script-forgets-that-encryption-is-required",
+        "promise": "with BACKUP_ENCRYPT=1 restore_db.sh never picks an unencrypted backup (script door)",
+        "edits": [("module_utils/forge/cli.py", "require_encryption=_encrypt(config, passphrase_file),",
+                   "require_encryption=False,")],
+        "tests": ["tests/test_doors.py::test_the_script_with_encryption_required_never_picks_an_unencrypted_backup"],
+    },
+    {
+        "name": "the-module-forgets-that-encryption-is-required",
+        "promise": "forge_restore with require_encryption never picks an unencrypted backup (module door)",
+        "edits": [("library/forge_restore.py", 'require_encryption=p["require_encryption"],',
+                   "require_encryption=False,")],
+        "tests": ["tests/test_doors.py::test_the_module_with_encryption_required_never_picks_an_unencrypted_backup"],
+    },
+    {
+        "name": "the-module-always-keeps-the-previous-database",
+        "promise": "forge_restore with keep_previous=false drops the replaced database (module door)",
+        "edits": [("library/forge_restore.py", 'keep_previous=p["keep_previous"],', "keep_previous=True,")],
+        "tests": ["tests/test_doors.py::test_the_module_drops_the_previous_database_only_when_keep_previous_is_false"],
+    },
+    {
+        "name": "the-restore-playbook-allows-unverified-restores-by-default",
+        "promise": "restore.yml refuses a file no signed manifest proves unless backup_restore_allow_unverified",
+        "edits": [("roles/backup_operations/defaults/main.yml", "backup_restore_allow_unverified: false",
+                   "backup_restore_allow_unverified: true")],
+        "tests": ["tests/test_doors.py::test_the_restore_playbook_refuses_a_file_nothing_proves_unless_asked"],
+    },
+    {
+        "name": "forge-pitr-module-crashes-with-a-traceback",
+        "promise": "forge_pitr reports an unexpected failure in one line, never a traceback (module door)",
+        "edits": [("library/forge_pitr.py",
+                   "    except Exception as exc:  # noqa: BLE001 - one line for the operator, never a traceback\n",
+                   "    except ZeroDivisionError as exc:  # noqa: BLE001\n")],
+        "tests": ["tests/test_pitr_recovery.py::test_the_module_reports_an_unexpected_failure_in_one_line_without_a_"
+                  "traceback"],
+    },
+    {
+        "name": "forge-pitr-cli-crashes-with-a-traceback",
+        "promise": "forge pitr reports an unexpected failure in one line, never a traceback (CLI door)",
+        "edits": [("module_utils/forge/cli.py",
+                   "        except Exception as exc:  # noqa: BLE001 - an operator gets one line, never a traceback\n",
+                   "        except ZeroDivisionError as exc:  # noqa: BLE001\n")],
+        "tests": ["tests/test_pitr_recovery.py::test_the_cli_reports_an_unexpected_failure_in_one_line_without_a_"
+                  "traceback"],
+    },
+    {
+        "name": "forge-pitr-module-runs-as-root",
+        "promise": "forge_pitr never runs as root: it refuses in one line before anything changes",
+        "edits": [("library/forge_pitr.py", "    if os.geteuid() == 0:\n", "    if os.geteuid() == -1:\n")],
+        "tests": ["tests/test_pitr_recovery.py::test_the_module_refuses_to_run_as_root_in_one_line"],
     },
 ]
 
