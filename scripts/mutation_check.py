@@ -177,8 +177,12 @@ def main():
                 print(f"{'ERROR':9} {mutant['name']:48}     -  its test(s) did not pass in the pytest stage: "
                       f"{', '.join(missing)}", flush=True)
                 chosen.remove(mutant)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = {pool.submit(check, mutant, files, args.baseline): mutant["name"] for mutant in chosen}
+    # A mutant that makes its test wait out a deadline (a stall, a hung read) spends most of its time
+    # asleep: those run in a pool of their own beside the CPU-bound ones instead of holding a job slot.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool, \
+            concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as waiting:
+        futures = {(waiting if mutant.get("waits") else pool).submit(check, mutant, files, args.baseline):
+                   mutant["name"] for mutant in chosen}
         for future in concurrent.futures.as_completed(futures):
             name = futures[future]
             verdict, detail, elapsed = future.result()
