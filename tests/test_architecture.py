@@ -1,0 +1,113 @@
+"""The import rules docs/architecture.md states, enforced on the code.
+
+The engine's layers are read from the page's table, so the page and the code cannot drift:
+every engine module is on one layer, imports only its own layer or lower ones, and nothing in
+the engine imports Ansible. The doors stay thin: a module imports the engine and Ansible's
+basic module utilities, never another module; scripts/forge imports only the command line.
+"""
+
+import ast
+import os
+import re
+
+from helpers import REPO
+
+ENGINE = os.path.join(REPO, "module_utils", "forge")
+PAGE = os.path.join(REPO, "docs", "architecture.md")
+
+
+def layers():
+    """{engine module: layer number} from the page's table of layers."""
+    with open(PAGE, encoding="utf-8") as handle:
+        text = handle.read().split("## The engine's layers", 1)[1].split("\n## ", 1)[0]
+    found = {}
+    for number, modules in re.findall(r"^\| (\d)\. [^|]+\| ([^|]+) \|", text, re.M):
+        for name in re.findall(r"`(\w+)\.py`", modules):
+            assert name not in found, f"{name} is on two layers of docs/architecture.md"
+            found[name] = int(number)
+    return found
+
+
+def engine_modules():
+    return sorted(name[:-3] for name in os.listdir(ENGINE) if name.endswith(".py") and name != "__init__.py")
+
+
+def imports_of(path):
+    """(absolute imports, engine modules imported relatively) of one Python file, wherever they sit
+    (a function's local import counts as much as one at the top)."""
+    with open(path, encoding="utf-8") as handle:
+        tree = ast.parse(handle.read(), path)
+    absolute, engine = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            absolute.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                names = [node.module] if node.module else [alias.name for alias in node.names]
+                engine.update(name.split(".")[0] for name in names)
+            else:
+                absolute.add(node.module)
+    return absolute, engine
+
+
+def test_every_engine_module_is_on_exactly_one_layer_of_the_page():
+    placed = layers()
+    assert sorted(placed) == engine_modules(), (
+        f"docs/architecture.md's layers name {sorted(set(placed) - set(engine_modules()))} that do not exist and "
+        f"miss {sorted(set(engine_modules()) - set(placed))}")
+
+
+def test_the_engine_imports_only_its_own_layer_or_lower_ones_and_never_ansible():
+    placed = layers()
+    upward, ansible = [], []
+    for name in engine_modules():
+        absolute, engine = imports_of(os.path.join(ENGINE, name + ".py"))
+        ansible += [f"{name} imports {module}" for module in absolute if module.split(".")[0] == "ansible"]
+        upward += [f"{name} (layer {placed[name]}) imports {other} (layer {placed[other]})"
+                   for other in sorted(engine) if other in placed and placed[other] > placed[name]]
+    assert ansible == [], "the engine runs without Ansible on the hosts: " + "; ".join(ansible)
+    assert upward == [], "an import goes up a layer: " + "; ".join(upward)
+
+
+def test_the_engine_has_no_import_cycle():
+    graph = {name: imports_of(os.path.join(ENGINE, name + ".py"))[1] & set(engine_modules()) for name in
+             engine_modules()}
+    done, path = set(), []
+
+    def visit(name):
+        if name in path:
+            raise AssertionError("import cycle: " + " -> ".join(path[path.index(name):] + [name]))
+        if name in done:
+            return
+        path.append(name)
+        for other in sorted(graph[name]):
+            visit(other)
+        path.pop()
+        done.add(name)
+
+    for name in graph:
+        visit(name)
+
+
+def test_modules_import_the_engine_and_ansibles_basics_never_another_module():
+    library = os.path.join(REPO, "library")
+    modules = {name[:-3] for name in os.listdir(library) if name.endswith(".py")}
+    wrong = []
+    for name in sorted(modules):
+        absolute, _ = imports_of(os.path.join(library, name + ".py"))
+        for module in sorted(absolute):
+            if module.split(".")[0] in modules:
+                wrong.append(f"{name} imports the module {module}")
+            elif module.startswith("ansible.") and not (module == "ansible.module_utils.forge" or module.startswith((
+                    "ansible.module_utils.basic", "ansible.module_utils.forge.", "ansible.module_utils.common."))):
+                wrong.append(f"{name} imports {module}")
+    assert wrong == [], "; ".join(wrong)
+
+
+def test_the_on_host_command_imports_only_the_command_line():
+    with open(os.path.join(REPO, "scripts", "forge"), encoding="utf-8") as handle:
+        source = handle.read()
+    # It is a shell script that runs one engine module with python -m.
+    engine = set(re.findall(r"-m forge\.(\w+)", source)) | set(re.findall(r"\bimport forge\.(\w+)", source))
+    assert engine <= {"cli"}, f"scripts/forge imports {sorted(engine - {'cli'})} beside the command line"
+    assert "cli" in engine, "scripts/forge no longer runs forge.cli: update docs/architecture.md"
