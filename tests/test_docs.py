@@ -262,3 +262,33 @@ def test_the_checkers_fail_on_a_made_up_page(tmp_path):
     problems = role_table_problems("backup", str(page), table)
     assert len(problems) == 2, problems
     assert "says `30`" in problems[0] and "backup_made_up" in problems[1]
+
+
+def test_readme_names_every_module_and_every_molecule_scenario():
+    text = read(README)
+    modules = sorted(name[:-3] for name in os.listdir(os.path.join(REPO, "library")) if name.endswith(".py"))
+    scenarios = sorted(name for name in os.listdir(os.path.join(REPO, "molecule"))
+                       if os.path.exists(os.path.join(REPO, "molecule", name, "molecule.yml")))
+    assert [name for name in modules + scenarios if f"`{name}`" not in text] == []
+
+
+def test_the_testing_page_describes_every_molecule_scenario():
+    text = read(os.path.join(REPO, "docs", "testing.md"))
+    described = set(re.findall(r"^\| `(\w+)` \|", text.split("## Molecule scenarios", 1)[1], re.M))
+    scenarios = {name for name in os.listdir(os.path.join(REPO, "molecule"))
+                 if os.path.exists(os.path.join(REPO, "molecule", name, "molecule.yml"))}
+    assert sorted(scenarios - described) == [] and sorted(described - scenarios) == []
+
+
+def test_the_demo_transcript_shows_the_steps_the_demo_takes():
+    """The transcript in docs/testing.md is pasted from a real run; its step lines must still be the
+    ones scripts/demo.sh prints: the same number of steps, in the same order, the same titles."""
+    with open(os.path.join(REPO, "scripts", "demo.sh"), encoding="utf-8") as handle:
+        script = handle.read()
+    [total] = set(re.findall(r"'\\n== %d/(\d+) %s\\n'", script))
+    titles = [title.split(":", 1)[0] for title in re.findall(r'^step "([^"]+)"', script, re.M)]
+    assert len(titles) == int(total), f"scripts/demo.sh prints /{total} but has {len(titles)} steps"
+    shown = re.findall(r"^== (\d+)/(\d+) ([^:\n]+)", read(os.path.join(REPO, "docs", "testing.md")), re.M)
+    assert [(int(number), int(of), title) for number, of, title in shown] == [
+        (number, len(titles), title) for number, title in enumerate(titles, 1)], \
+        "paste a fresh `make demo` transcript into docs/testing.md"
