@@ -109,6 +109,7 @@ def _packed():  # pragma: no cover - never called
     engine's dependencies (the NAS has no psycopg) can still receive the engine."""
     from ansible.module_utils.forge import (  # noqa: F401
         backup,
+        barman,
         catalog,
         checklist,
         cli,
@@ -133,18 +134,21 @@ def _packed():  # pragma: no cover - never called
         records,
         requirements,
         restore,
+        scratch,
         sentry,
         settings,
         signing,
+        walstage,
     )
 
 
-ENGINE_MODULES = ("__init__", "backup", "catalog", "checklist", "cli", "compose", "compress", "dbclient", "drdrill",
-                  "drill",
+ENGINE_MODULES = ("__init__", "backup", "barman", "catalog", "checklist", "cli", "compose", "compress", "dbclient",
+                  "drdrill", "drill",
                   "errors",
                   "farside", "fsutil", "health", "metrics", "offsite", "onhost", "opensslenc", "pgconn",
                   "pitr", "pitr_offsite", "pitr_serve", "privileges", "putback", "records", "requirements",
-                  "restore", "sentry", "settings", "signing")
+                  "restore", "scratch", "sentry", "settings", "signing",
+                  "walstage")
 
 ARGUMENT_SPEC = dict(
     dest=dict(type="path", required=True),

@@ -315,11 +315,13 @@ import os
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 try:
+    from ansible.module_utils.forge.barman import Barman
     from ansible.module_utils.forge.errors import ForgeError, unexpected
     from ansible.module_utils.forge.pgconn import PgSettings
-    from ansible.module_utils.forge.pitr import DEFAULT_REPORT_DIR, Barman, PitrOptions, PitrRecovery
+    from ansible.module_utils.forge.pitr import PitrOptions, PitrRecovery
     from ansible.module_utils.forge.pitr_offsite import OffsiteOptions, PitrOffsite, PruneOptions, prune_repository
     from ansible.module_utils.forge.pitr_serve import Rejoin, ScratchServer
+    from ansible.module_utils.forge.records import PITR_REPORT_DIR
     from ansible.module_utils.forge.requirements import POSTGRES, first_missing
     ENGINE_IMPORT_ERROR = None
 except ImportError as exc:  # pragma: no cover - reported to the user below
@@ -384,7 +386,7 @@ class PitrModule:
         options = OffsiteOptions(p["server"], p["offsite_repository"] or "", p["offsite_password"] or "",
                                  rest_user=p["offsite_rest_user"], rest_password=p["offsite_rest_password"],
                                  cacert=p["offsite_cacert"], check_subset=p["offsite_check_subset"],
-                                 state_dir=p["report_dir"] or DEFAULT_REPORT_DIR,
+                                 state_dir=p["report_dir"] or PITR_REPORT_DIR,
                                  textfile_dir=p["textfile_dir"], sentry_dsn=p["sentry_dsn"],
                                  environment=p["environment"])
         offsite = PitrOffsite(options, Barman(self.options()))

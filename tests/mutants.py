@@ -20,6 +20,9 @@ FSUTIL = "module_utils/forge/fsutil.py"
 PITR_OFFSITE = "module_utils/forge/pitr_offsite.py"
 FARSIDE = "module_utils/forge/farside.py"
 PITR = "module_utils/forge/pitr.py"
+BARMAN = "module_utils/forge/barman.py"
+SCRATCH = "module_utils/forge/scratch.py"
+WALSTAGE = "module_utils/forge/walstage.py"
 PITR_SERVE = "module_utils/forge/pitr_serve.py"
 DBCLIENT = "module_utils/forge/dbclient.py"
 SETTINGS = "module_utils/forge/settings.py"
@@ -364,42 +367,42 @@ MUTANTS = [
     {
         "name": "a-staged-wal-segment-shows-under-its-name-while-it-is-written",
         "promise": "a PITR recovery replays whole WAL segments only: a staged one appears under its name when complete",
-        "edits": [(PITR, 'partial = os.path.join(self.directory, f".{name}.partial")',
+        "edits": [(WALSTAGE, 'partial = os.path.join(self.directory, f".{name}.partial")',
                    "partial = os.path.join(self.directory, name)")],
         "tests": ["tests/test_pitr_engine.py::test_a_staged_name_only_ever_holds_a_whole_segment"],
     },
     {
         "name": "a-time-before-the-newest-base-backup-is-out-of-reach",
         "promise": "a recovery to any time in the window, also before the newest base backup",
-        "edits": [(PITR, 'backup = "auto" if target == "time" else "latest"', 'backup = "latest"')],
+        "edits": [(SCRATCH, 'backup = "auto" if target == "time" else "latest"', 'backup = "latest"')],
         "tests": ["tests/test_pitr_engine.py::"
                   "test_a_time_recovery_lets_barman_choose_the_backup_and_the_others_start_from_the_newest"],
     },
     {
         "name": "a-wal-segment-that-fails-to-copy-ends-the-recovery-early",
         "promise": "a recovery to latest replays all of Barman's archive or stops in one line, never ends short",
-        "edits": [(PITR, 'cp "$s" "%p" || exit 128', 'cp "$s" "%p"')],
+        "edits": [(SCRATCH, 'cp "$s" "%p" || exit 128', 'cp "$s" "%p"')],
         "tests": ["tests/test_pitr_engine.py::"
                   "test_a_segment_the_archive_holds_but_cannot_be_copied_stops_the_recovery_instead_of_ending_it"],
     },
     {
         "name": "a-removed-scratch-cluster-leaves-its-stager-running",
         "promise": "a recovery that fails or is removed leaves nothing running and nothing behind",
-        "edits": [(PITR, "        self.stop_staging()  # after the server", "        pass  # after the server")],
+        "edits": [(SCRATCH, "        self.stop_staging()  # after the server", "        pass  # after the server")],
         "tests": ["tests/test_pitr_engine.py::"
                   "test_a_failed_barman_restore_stops_the_stager_and_leaves_nothing_behind"],
     },
     {
         "name": "only-a-recovery-to-latest-gets-the-wal-still-being-received",
         "promise": "every PITR target reaches the last byte Barman received, with no WAL switch",
-        "edits": [(PITR, "        self._add_received_wal(barman)\n",
+        "edits": [(SCRATCH, "        self._add_received_wal(barman)\n",
                    "        if target == \"latest\":\n            self._add_received_wal(barman)\n")],
         "tests": ["tests/test_pitr_recovery.py::test_a_time_two_seconds_before_a_delete_is_recovered_from_the_segment_still_being_received"],
     },
     {
         "name": "a-segment-received-whole-but-not-filed-is-left-out",
         "promise": "a recovery replays the segments barman cron has not filed yet, not only the .partial",
-        "edits": [(PITR, 'RECEIVED_WAL_RE = re.compile(r"^([0-9A-F]{24})(\\.partial)?\\Z")',
+        "edits": [(BARMAN, 'RECEIVED_WAL_RE = re.compile(r"^([0-9A-F]{24})(\\.partial)?\\Z")',
                    'RECEIVED_WAL_RE = re.compile(r"^([0-9A-F]{24})(\\.partial)\\Z")')],
         "tests": ["tests/test_pitr_recovery.py::test_a_segment_received_whole_but_not_filed_yet_is_replayed_for_every_target"],
     },
@@ -457,14 +460,14 @@ MUTANTS = [
     {
         "name": "a-history-file-is-taken-for-a-segment-directory",
         "promise": "a time recovery works after a put-back filed a timeline history beside the segment directories",
-        "edits": [(PITR, "if WAL_BUCKET_RE.match(b)\n                              and os.path.isdir(os.path.join(archive, b))",
+        "edits": [(BARMAN, "if WAL_BUCKET_RE.match(b)\n                              and os.path.isdir(os.path.join(archive, b))",
                    "if len(b) == 16")],
         "tests": ["tests/test_pitr_recovery.py::test_a_history_file_in_the_archive_does_not_stop_a_time_recovery"],
     },
     {
         "name": "a-scratch-cluster-runs-what-the-source-configured",
         "promise": "a scratch cluster never runs a command, library or file write the source's ALTER SYSTEM planted",
-        "edits": [(PITR, "        chosen = dict(neutralised_settings(self.data), ", "        chosen = dict(")],
+        "edits": [(SCRATCH, "        chosen = dict(neutralised_settings(self.data), ", "        chosen = dict(")],
         "tests": ["tests/test_pitr_recovery.py::test_a_scratch_cluster_runs_nothing_the_source_configured_and_still_recovers"],
     },
     {
@@ -822,7 +825,7 @@ MUTANTS = [
     {
         "name": "a-failed-move-of-a-staged-segment-says-restored",
         "promise": "restore_command never reports a WAL segment restored when moving the staged copy failed",
-        "edits": [(PITR, 'if [ -f "{stage}/$f" ] && mv -f "{stage}/$f" "%p"; then exit 0; fi; \'',
+        "edits": [(SCRATCH, 'if [ -f "{stage}/$f" ] && mv -f "{stage}/$f" "%p"; then exit 0; fi; \'',
                    'if [ -f "{stage}/$f" ]; then mv -f "{stage}/$f" "%p"; exit 0; fi; \'')],
         "tests": ["tests/test_pitr_engine.py::"
                   "test_a_staged_segment_that_cannot_be_moved_into_place_is_never_reported_as_restored"],

@@ -111,3 +111,20 @@ def test_the_on_host_command_imports_only_the_command_line():
     engine = set(re.findall(r"-m forge\.(\w+)", source)) | set(re.findall(r"\bimport forge\.(\w+)", source))
     assert engine <= {"cli"}, f"scripts/forge imports {sorted(engine - {'cli'})} beside the command line"
     assert "cli" in engine, "scripts/forge no longer runs forge.cli: update docs/architecture.md"
+
+
+def test_the_name_of_every_record_a_job_leaves_is_built_in_records_only():
+    """A report, a metrics file or a state file named in two places drifts apart (the checklist
+    once read a name the job no longer wrote): records.py names each, and every writer and reader
+    asks it. Here no other engine module spells a metrics prefix or builds a record's file name."""
+    spelled = re.compile(r"""["']infer_forge_\w*_["']|f["']infer_forge_\w*\{|f["'](?:pitr_drill|pitr_offsite|dr_drill|"""
+                         r"""restore_drill|offsite)_\{[^}]*\}\.json""")
+    found = []
+    for name in engine_modules():
+        if name == "records":
+            continue
+        with open(os.path.join(ENGINE, name + ".py"), encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if spelled.search(line):
+                    found.append(f"{name}.py:{number}: {line.strip()}")
+    assert found == [], "name these in records.py:\n" + "\n".join(found)

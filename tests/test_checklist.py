@@ -453,7 +453,7 @@ def write_pitr_records(directory, streaming=1, base_backup_age=3600.0, drill_age
                        status_age=60.0, offsite_age=1800.0, offsite_passed=True, check_age=86400.0, check_passed=True,
                        check_ran=True, drill_passed_before=False):
     from forge import metrics
-    from forge.pitr_offsite import state_path
+    from forge.records import pitr_offsite_state_path as state_path
 
     labels = {"server": "infer-forge"}
     samples = [("infer_forge_pitr_streaming_up", "gauge", "h", labels, streaming),

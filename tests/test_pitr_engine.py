@@ -12,9 +12,12 @@ import time
 
 import pytest
 
+from forge.barman import plain_wal_archive
 from forge.errors import ForgeError
 from forge.pgconn import PgSettings
-from forge.pitr import SCRATCH_MARKER, PitrOptions, PitrRecovery, ScratchCluster, WalStager, create_restore_point
+from forge.pitr import PitrOptions, PitrRecovery, create_restore_point
+from forge.scratch import SCRATCH_MARKER, ScratchCluster
+from forge.walstage import WalStager
 
 
 def superuser(pg, database):
@@ -155,7 +158,7 @@ class BarmanSettings:
 
 
 def test_a_recovery_reads_the_wal_straight_from_an_uncompressed_archive_and_leaves_any_other_to_barman():
-    plain = ScratchCluster._plain_wal_archive
+    plain = plain_wal_archive
     assert plain(BarmanSettings(wals_directory="/var/lib/barman/infer-forge/wals", compression="None")) == \
         "/var/lib/barman/infer-forge/wals"
     assert plain(BarmanSettings(wals_directory="/var/lib/barman/infer-forge/wals", compression="gzip")) is None
@@ -312,7 +315,7 @@ def test_a_stager_that_cannot_read_the_archive_stops_and_leaves_the_replay_to_th
 
 
 def test_the_stager_starts_a_time_recovery_at_the_backup_barman_chooses_for_that_time():
-    from forge.pitr import Barman
+    from forge.barman import Barman
 
     class Catalog(Barman):
         def backups(self):
@@ -335,7 +338,7 @@ def test_the_stager_starts_a_time_recovery_at_the_backup_barman_chooses_for_that
 def test_a_staged_name_only_ever_holds_a_whole_segment(tmp_path):
     """restore_command takes whatever stands under a segment's name: a segment half written
     there would be replayed as the end of the WAL, and the recovery would stop short."""
-    from forge.pitr import SEGMENT_NAME_RE
+    from forge.barman import SEGMENT_NAME_RE
 
     size = 16 << 20
     bucket = tmp_path / "wals" / "0000000100000000"
@@ -377,7 +380,7 @@ def test_a_time_recovery_lets_barman_choose_the_backup_and_the_others_start_from
                     'restore) for last; do :; done; mkdir -p "$last";; esac\n')
     fake.chmod(0o755)
     options = PitrOptions("infer-forge", scratch_root=str(tmp_path / "scratch"), barman_command=[str(fake)])
-    from forge.pitr import Barman
+    from forge.barman import Barman
 
     for label, target, value in (("recover-time", "time", "2026-12-03 14:05:00+01"),
                                  ("recover-name", "name", "before_upgrade")):
@@ -433,7 +436,7 @@ def _stand_in_barman(tmp_path, archive, show_backup="", restore="sleep 1"):
 
 
 def test_a_scratch_cluster_stages_from_a_plain_archive_while_barman_copies(tmp_path):
-    from forge.pitr import Barman
+    from forge.barman import Barman
 
     names = [f"0000000100000000000000{n:02X}" for n in range(3, 8)]
     options = _stand_in_barman(tmp_path, _archive(tmp_path, names))
@@ -451,7 +454,7 @@ def test_a_scratch_cluster_stages_from_a_plain_archive_while_barman_copies(tmp_p
 
 
 def test_a_failed_barman_restore_stops_the_stager_and_leaves_nothing_behind(tmp_path):
-    from forge.pitr import Barman
+    from forge.barman import Barman
 
     names = [f"0000000100000000000000{n:02X}" for n in range(3, 8)]
     options = _stand_in_barman(tmp_path, _archive(tmp_path, names), show_backup="sleep 2",
@@ -469,7 +472,7 @@ def test_a_failed_barman_restore_stops_the_stager_and_leaves_nothing_behind(tmp_
 def test_the_slot_says_how_much_wal_it_may_still_hold_and_when_it_lost_some(pg):
     """Barman's slot on a real server: unlimited, then capped by max_slot_wal_keep_size, then
     past the cap after a checkpoint (the WAL the receiver never got is gone: 'lost')."""
-    from forge.pitr import slot_health
+    from forge.barman import slot_health
 
     conninfo = (f"host={pg.host} port={pg.port} user={pg.superuser} password={pg.superuser_password} "
                 "dbname=postgres")

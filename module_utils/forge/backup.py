@@ -22,7 +22,7 @@ import subprocess
 import threading
 import time
 
-from . import catalog, compress, metrics, opensslenc, sentry, signing
+from . import catalog, compress, metrics, opensslenc, records, sentry, signing
 from .errors import ForgeError, database_error, hide_values, unexpected
 from .fsutil import (
     PRIVATE_FILE_MODE,
@@ -50,7 +50,6 @@ CUSTOM_DUMP_MAGIC = b"PGDMP"
 FORMATS = ("plain", "custom")
 COMPRESSIONS = ("gzip", "zstd")
 GZIP_TOOLS = ("auto", "igzip", "zlib")
-METRIC_PREFIX = "infer_forge_backup_"
 
 
 class BackupOptions:
@@ -583,8 +582,8 @@ class BackupRunner:
             samples.append(("previous_size_bytes", "gauge", "Size of the good backup before the newest.",
                             previous.size))
         metrics.write_textfile(
-            self.options.textfile_dir, f"infer_forge_backup_{self.stem}.prom",
-            [(METRIC_PREFIX + name, kind, text, labels, value) for name, kind, text, value in samples])
+            self.options.textfile_dir, records.backup_metrics_filename(self.settings.database or ""),
+            [(records.BACKUP_METRIC_PREFIX + name, kind, text, labels, value) for name, kind, text, value in samples])
 
 
 _LOCK_STATEMENT = re.compile(r"Query was: LOCK TABLE (.+) IN ACCESS SHARE MODE")

@@ -23,7 +23,6 @@ from . import compose, metrics, records
 from .catalog import TrustPolicy, file_stem, scan
 from .errors import ForgeError, last_line
 from .fsutil import read_json_object, read_small_file
-from .pitr_offsite import CHECK_PREFIX, COPY_PREFIX, check_metrics_filename, copy_metrics_filename, state_path
 from .sentry import Dsn
 from .settings import read_env_file
 from .signing import read_keyring, read_passphrase
@@ -384,11 +383,12 @@ class Checklist:
         status, evidence = PASS, []
         limit = self.s["dr_drill_max_age_days"] * 86400
         now = self.clock()
-        for path in sorted(glob.glob(os.path.join(glob.escape(self.s["dr_drill_report_dir"]), "dr_drill_*.json"))):
-            project = os.path.basename(path)[len("dr_drill_"):-len(".json")]
+        reports = os.path.join(glob.escape(self.s["dr_drill_report_dir"]), records.DR_DRILL_REPORT_GLOB)
+        for path in sorted(glob.glob(reports)):
+            project = records.dr_drill_project_of(path)
             report = read_json_object(path)
-            prom = os.path.join(self.s["dr_drill_textfile_dir"], f"infer_forge_dr_drill_{project}.prom")
-            passed_at = metrics.read_sample(prom, "infer_forge_dr_drill_last_success_timestamp_seconds")
+            prom = os.path.join(self.s["dr_drill_textfile_dir"], records.dr_drill_metrics_filename(project))
+            passed_at = metrics.read_sample(prom, records.DR_DRILL_METRIC_PREFIX + "last_success_timestamp_seconds")
             if passed_at is None:
                 status = WARN
                 evidence.append(f"DR drill {project}: none passed; the latest: {report.get('reason', '?')}")
@@ -410,21 +410,21 @@ class Checklist:
         """Read from the pitr role's own records: `forge pitr metrics` and the PITR drill."""
         server = self.s["pitr_server"]
         now = self.clock()
-        prom = os.path.join(self.s["pitr_textfile_dir"], f"infer_forge_pitr_{server}.prom")
-        drill_prom = os.path.join(self.s["pitr_textfile_dir"], f"infer_forge_pitr_drill_{server}.prom")
+        prom = os.path.join(self.s["pitr_textfile_dir"], records.pitr_status_metrics_filename(server))
+        drill_prom = os.path.join(self.s["pitr_textfile_dir"], records.pitr_drill_metrics_filename(server))
         if not os.path.exists(prom):
             return FAIL, [f"no PITR status at {prom} (forge pitr metrics has not run)"]
         status, evidence = PASS, []
 
         def sample(name):
-            return metrics.read_sample(prom, "infer_forge_pitr_" + name)
+            return metrics.read_sample(prom, records.PITR_STATUS_PREFIX + name)
 
         read_at = sample("status_timestamp_seconds")
         if read_at is None or now - read_at > 900:
             status = FAIL
             evidence.append(f"{server}: the PITR status is {_age(now - (read_at or 0))} old (forge pitr metrics "
                             "runs every 2 minutes)")
-        failed = _labelled(prom, "infer_forge_pitr_check_failed", "check")
+        failed = _labelled(prom, records.PITR_STATUS_PREFIX + "check_failed", "check")
         if sample("streaming_up") != 1:
             status = FAIL
             evidence.append(f"{server}: WAL streaming is down ({sample('checks_failed') or 0:g} barman checks failed"
@@ -441,8 +441,8 @@ class Checklist:
                 status = FAIL
                 line += f" - older than {self.s['pitr_base_backup_max_age_days']:g} days"
             evidence.append(line)
-        drilled = metrics.read_sample(drill_prom, "infer_forge_pitr_drill_last_success_timestamp_seconds")
-        report = read_json_object(os.path.join(self.s["pitr_report_dir"], f"pitr_drill_{server}.json"))
+        drilled = metrics.read_sample(drill_prom, records.PITR_DRILL_METRIC_PREFIX + "last_success_timestamp_seconds")
+        report = read_json_object(records.pitr_drill_report_path(self.s["pitr_report_dir"], server))
         if drilled is None:
             status = FAIL
             detail = f"; last drill failed: {report['reason']}" if report.get("reason") else ""
@@ -464,16 +464,17 @@ class Checklist:
 
     def _pitr_offsite(self, server, now):
         """The restic copy of the PITR data: recent, and its repository checked (read back)."""
-        copy_prom = os.path.join(self.s["pitr_textfile_dir"], copy_metrics_filename(server))
+        copy_prom = os.path.join(self.s["pitr_textfile_dir"], records.pitr_offsite_copy_metrics_filename(server))
         if not os.path.exists(copy_prom):
             return WARN, [f"{server}: the PITR data is not copied off site (pitr_offsite_enabled); only the "
                           "logical dumps leave the host"]
-        state = read_json_object(state_path(self.s["pitr_report_dir"], server))
+        state = read_json_object(records.pitr_offsite_state_path(self.s["pitr_report_dir"], server))
         status, evidence = PASS, []
         for what, prom, prefix, limit, unit in (
-                ("copy", copy_prom, COPY_PREFIX, self.s["pitr_offsite_max_age_hours"] * 3600, "h"),
-                ("check", os.path.join(self.s["pitr_textfile_dir"], check_metrics_filename(server)), CHECK_PREFIX,
-                 self.s["pitr_offsite_check_max_age_days"] * 86400, "days")):
+                ("copy", copy_prom, records.PITR_OFFSITE_COPY_PREFIX, self.s["pitr_offsite_max_age_hours"] * 3600, "h"),
+                ("check", os.path.join(self.s["pitr_textfile_dir"],
+                                       records.pitr_offsite_check_metrics_filename(server)),
+                 records.PITR_OFFSITE_CHECK_PREFIX, self.s["pitr_offsite_check_max_age_days"] * 86400, "days")):
             last = state.get(f"last_{what}") if isinstance(state.get(f"last_{what}"), dict) else {}
             success = metrics.read_sample(prom, prefix + "last_success_timestamp_seconds")
             if success is None:

@@ -339,8 +339,8 @@ def pitr_options_from_config(config):
 
 
 def pitr_offsite_options_from_config(config, options):
-    from .pitr import DEFAULT_REPORT_DIR
     from .pitr_offsite import OffsiteOptions
+    from .records import PITR_REPORT_DIR
 
     return OffsiteOptions(
         server=options.server,
@@ -350,7 +350,7 @@ def pitr_offsite_options_from_config(config, options):
         rest_password=config.get("PITR_OFFSITE_REST_PASSWORD") or None,
         cacert=config.get("PITR_OFFSITE_CACERT") or None,
         check_subset=config.get("PITR_OFFSITE_CHECK_SUBSET") or "5%",
-        state_dir=options.report_dir or DEFAULT_REPORT_DIR,
+        state_dir=options.report_dir or PITR_REPORT_DIR,
         textfile_dir=options.textfile_dir,
         sentry_dsn=options.sentry_dsn,
         environment=options.environment)
@@ -433,7 +433,7 @@ def pitr_command(args, environ):
         raise ForgeError("forge pitr runs as the barman user: sudo -u barman env PITR_CONFIG=... forge pitr "
                          f"{parsed.action}; nothing was changed")
     if parsed.action == "check-config":
-        from .pitr import check_server_config
+        from .barman import check_server_config
 
         for line in check_server_config(parsed.file):
             log_line(line)
@@ -446,7 +446,7 @@ def pitr_command(args, environ):
     settings = pg_settings_from_config(config)
     engine = PitrRecovery(options, settings, log=log_line)
     if parsed.action == "metrics":
-        from .pitr import status_metrics
+        from .barman import status_metrics
 
         if not options.textfile_dir:
             raise ForgeError("PITR_TEXTFILE_DIR is not set; nowhere to write the metrics")

@@ -19,12 +19,11 @@ import subprocess
 import threading
 import time
 
-from . import metrics, sentry
+from . import metrics, records, sentry
 from .errors import ForgeError
 from .fsutil import read_small_file, write_atomic
 from .putback import ComposeService, Docker
 
-METRIC_PREFIX = "infer_forge_dr_drill_"
 TABLE = "infer_forge_dr_drill"
 INSERT = f"INSERT INTO {TABLE} DEFAULT VALUES RETURNING id;\n"  # noqa: S608 - a constant name
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
@@ -154,7 +153,7 @@ class DrDrill:
         now = self.clock()
         if report_dir:
             os.makedirs(report_dir, mode=0o750, exist_ok=True)
-            path = os.path.join(report_dir, f"dr_drill_{self.project}.json")
+            path = records.dr_drill_report_path(report_dir, self.project)
             write_atomic(path, json.dumps(result, indent=2, sort_keys=True) + "\n", mode=0o640)
             result["report"] = path
         if textfile_dir:
@@ -167,9 +166,9 @@ class DrDrill:
                              result["rto_seconds"]),
                             ("rpo_rows_lost", "Acknowledged rows the put-back database does not hold.",
                              result["rpo_rows_lost"])]
-            error = metrics.write_run(textfile_dir, f"infer_forge_dr_drill_{self.project}.prom", METRIC_PREFIX,
-                                      {"project": self.project}, samples, result["passed"], now,
-                                      "When a DR drill last passed.")
+            error = metrics.write_run(textfile_dir, records.dr_drill_metrics_filename(self.project),
+                                      records.DR_DRILL_METRIC_PREFIX, {"project": self.project}, samples,
+                                      result["passed"], now, "When a DR drill last passed.")
             if error:
                 result["metrics_error"] = error
         if not result["passed"]:

@@ -26,34 +26,20 @@ import subprocess
 import time
 import urllib.parse
 
-from . import metrics, sentry
+from . import metrics, records, sentry
+from .barman import check_server_name
 from .errors import ForgeError
 from .fsutil import DirectoryLock, human_size, read_small_file, trusted_program, write_atomic
-from .pitr import DEFAULT_REPORT_DIR, check_server_name
 
 # Only root's own restic: the engine runs as barman, and a directory barman can write to
 # must not choose the program that is handed the repository password.
 RESTIC_PATHS = ("/usr/bin/restic",)
-COPY_PREFIX = "infer_forge_pitr_offsite_"
-CHECK_PREFIX = "infer_forge_pitr_offsite_check_"
 SNAPSHOT_TAG = "infer-forge-pitr"
 # restic's exit codes (0.17 and later).
 EXIT_NO_REPOSITORY = 10
 EXIT_LOCKED = 11
 EXIT_WRONG_PASSWORD = 12
 SUBSET_RE = re.compile(r"^(?:(?:100|[1-9]?[0-9])(?:\.[0-9]+)?%|[1-9][0-9]*/[1-9][0-9]*|[1-9][0-9]*[KMGT]?)\Z")
-
-
-def copy_metrics_filename(server):
-    return f"infer_forge_pitr_offsite_{server}.prom"
-
-
-def check_metrics_filename(server):
-    return f"infer_forge_pitr_offsite_check_{server}.prom"
-
-
-def state_path(state_dir, server):
-    return os.path.join(state_dir, f"pitr_offsite_{server}.json")
 
 
 def _is_loopback(host):
@@ -113,7 +99,7 @@ def probe_tls(host, port, cacert=None, timeout=15):
 
 class OffsiteOptions:
     def __init__(self, server, repository, password, rest_user=None, rest_password=None, cacert=None,
-                 check_subset="5%", state_dir=DEFAULT_REPORT_DIR, textfile_dir=None, sentry_dsn=None,
+                 check_subset="5%", state_dir=records.PITR_REPORT_DIR, textfile_dir=None, sentry_dsn=None,
                  environment=None, cache_dir=None, timeout=6 * 3600, restic=None, lock_wait=600):
         check_server_name(server)
         if not repository:
@@ -238,7 +224,7 @@ class PitrOffsite:
     def _state(self):
         """This host's record of its repository: {} before the first one; a record that is
         there but damaged stops every run, since it is what tells a lost repository apart."""
-        path = state_path(self.options.state_dir, self.options.server)
+        path = records.pitr_offsite_state_path(self.options.state_dir, self.options.server)
         if not os.path.lexists(path):
             return {}
         text = read_small_file(path)
@@ -255,7 +241,7 @@ class PitrOffsite:
     def _record(self, **fields):
         os.makedirs(self.options.state_dir, mode=0o750, exist_ok=True)
         state = dict(self._state(), **fields)
-        write_atomic(state_path(self.options.state_dir, self.options.server),
+        write_atomic(records.pitr_offsite_state_path(self.options.state_dir, self.options.server),
                      json.dumps(state, indent=2, sort_keys=True) + "\n", mode=0o640)
 
     def _reach(self):
@@ -269,7 +255,8 @@ class PitrOffsite:
         if found is None and recorded:
             raise ForgeError(f"the off-site repository {recorded[:10]} that this host made is gone from "
                              f"{self.options.repository}; a new one is not made over a lost history (remove "
-                             f"{state_path(self.options.state_dir, self.options.server)} to start afresh)")
+                             f"{records.pitr_offsite_state_path(self.options.state_dir, self.options.server)} "
+                             "to start afresh)")
         if found is None:
             raise ForgeError(f"no restic repository at {self.options.repository}; "
                              "forge pitr offsite --init (the pitr role does it at deploy) makes it")
@@ -333,8 +320,9 @@ class PitrOffsite:
             except ForgeError as exc:
                 result["reason"] = exc.message
             result["duration"] = round(time.monotonic() - started, 3)
-            filename, prefix = ((copy_metrics_filename, COPY_PREFIX) if what == "copy" else
-                                (check_metrics_filename, CHECK_PREFIX))
+            filename, prefix = ((records.pitr_offsite_copy_metrics_filename, records.PITR_OFFSITE_COPY_PREFIX)
+                                if what == "copy" else
+                                (records.pitr_offsite_check_metrics_filename, records.PITR_OFFSITE_CHECK_PREFIX))
             self._finish(result, what, filename, prefix, [(n, h, result.get(key, 0)) for n, h, key in samples],
                          success_help)
         return result

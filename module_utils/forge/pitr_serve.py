@@ -23,9 +23,10 @@ import socket
 import subprocess
 import time
 
+from .barman import RECEIVED_WAL_RE
 from .errors import ForgeError, unexpected
 from .fsutil import write_atomic
-from .pitr import RECEIVED_WAL_RE, SCRATCH_MARKER, ScratchCluster
+from .scratch import SCRATCH_MARKER, ScratchCluster
 
 # Settings a recovery writes into postgresql.auto.conf: none of them belongs to production.
 RECOVERY_SETTINGS = ("restore_command", "recovery_end_command", "archive_cleanup_command", "recovery_target",
