@@ -117,8 +117,8 @@ def test_the_name_of_every_record_a_job_leaves_is_built_in_records_only():
     """A report, a metrics file or a state file named in two places drifts apart (the checklist
     once read a name the job no longer wrote): records.py names each, and every writer and reader
     asks it. Here no other engine module spells a metrics prefix or builds a record's file name."""
-    spelled = re.compile(r"""["']infer_forge_\w*_["']|f["']infer_forge_\w*\{|f["'](?:pitr_drill|pitr_offsite|dr_drill|"""
-                         r"""restore_drill|offsite)_\{[^}]*\}\.json""")
+    spelled = re.compile(r"""["']infer_forge_\w*_["']|f["']infer_forge_\w*\{|"""
+                         r"""f["'](?:pitr_drill|pitr_offsite|dr_drill|restore_drill|offsite)_\{[^}]*\}\.json""")
     found = []
     for name in engine_modules():
         if name == "records":
@@ -128,3 +128,38 @@ def test_the_name_of_every_record_a_job_leaves_is_built_in_records_only():
                 if spelled.search(line):
                     found.append(f"{name}.py:{number}: {line.strip()}")
     assert found == [], "name these in records.py:\n" + "\n".join(found)
+
+
+# Values the registry (settings.py) or records.py declares, which the rest of the engine must
+# take from there rather than spell again.
+DECLARED_LITERALS = ("/backups", "infer-forge", "/var/lib/infer-forge/reports", "/usr/lib/postgresql/17/bin",
+                     "/var/lib/infer-forge-metrics/backup", "/var/lib/infer-forge-metrics/pitr",
+                     "/var/lib/barman/infer-forge-reports", "/var/lib/barman/infer-forge-scratch")
+# Where one may stand anyway, and why.
+SPELLED_ON_PURPOSE = {
+    ("farside.py", "infer-forge"): "the NAS gate's command word (`infer-forge verify`), not the Barman server name",
+}
+
+
+def test_a_declared_value_is_spelled_only_in_the_registry_or_an_options_signature_it_is_tested_against():
+    """The engine's option classes repeat their defaults in their signatures, and
+    tests/test_settings.py holds each to the declaration; anywhere else a declared value must be
+    derived (the checklist spelled /backups, infer-forge and three directories of its own)."""
+    found = []
+    for name in engine_modules():
+        if name in ("settings", "records"):
+            continue
+        path = os.path.join(ENGINE, name + ".py")
+        with open(path, encoding="utf-8") as handle:
+            tree = ast.parse(handle.read(), path)
+        allowed = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and node.name.endswith("Options"):
+                for item in node.body:
+                    if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+                        allowed |= {id(default) for default in item.args.defaults + item.args.kw_defaults if default}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Constant) and node.value in DECLARED_LITERALS and id(node) not in allowed
+                    and (f"{name}.py", node.value) not in SPELLED_ON_PURPOSE):
+                found.append(f"{name}.py:{node.lineno}: {node.value!r}")
+    assert found == [], "derive these from settings.py or records.py:\n" + "\n".join(found)

@@ -15,13 +15,15 @@ from forge import cli, opensslenc
 from forge import settings as declarations
 from forge.backup import BackupOptions
 from forge.offsite import OffsiteOptions
+from forge.pitr import PitrOptions
+from forge.pitr_offsite import OffsiteOptions as PitrOffsiteOptions
 from forge.restore import RestoreOptions
 
 from helpers import REPO
 
 # The backup_ variables configure two roles: backup installs, backup_operations operates.
 ROLE_PREFIXES = {"offsite_target_": ("offsite_target",), "backup_": ("backup", "backup_operations"),
-                 "health_": ("health",)}
+                 "health_": ("health",), "pitr_": ("pitr",)}
 PATH_TYPES = {"path": ("path", "str"), "str": ("str",), "int": ("int",), "bool": ("bool",), "float": ("float",)}
 
 
@@ -71,7 +73,8 @@ def read_yaml(*parts):
 
 def declared_role_variables():
     tables = [declarations.CONNECTION, declarations.STORE, declarations.BACKUP, declarations.RESTORE,
-              declarations.DRILL, declarations.OFFSITE, declarations.NAS, declarations.HEALTH]
+              declarations.DRILL, declarations.OFFSITE, declarations.NAS, declarations.HEALTH, declarations.PITR,
+              declarations.PITR_OFFSITE]
     return [pytest.param(setting, id=setting.role_var) for table in tables for setting in table.values()
             if setting.role_var]
 
@@ -163,6 +166,12 @@ def test_the_engine_options_default_to_the_declarations():
     for name in ("force", "keep_previous", "create"):
         assert getattr(restore, name) == declarations.RESTORE[name].default, name
     assert restore.backup_dir == declarations.STORE["backup_dir"].default
+    pitr = inspect.signature(PitrOptions).parameters
+    for name in ("postgres_bin", "scratch_root", "scratch_port", "login_user", "jobs", "textfile_dir", "report_dir",
+                 "sentry_dsn", "environment"):
+        assert pitr[name].default == declarations.PITR[name].default, name
+    assert inspect.signature(PitrOffsiteOptions).parameters["check_subset"].default == \
+        declarations.PITR_OFFSITE["offsite_check_subset"].default
 
 
 def test_the_on_host_commands_read_the_declared_variables_and_defaults():
@@ -229,3 +238,73 @@ def test_a_role_variable_of_an_on_host_setting_reaches_the_hosts_config_file(set
     expected = {True: "1"}.get(value, str(value))
     assert f"{setting.env}={expected}" in text.splitlines(), (
         f"roles/backup/templates/backup.env.j2 does not write {setting.env} from {setting.role_var}")
+
+
+def test_forge_pitr_reads_the_declared_variables_and_defaults():
+    options = cli.pitr_options_from_config({})
+    for name in ("server", "postgres_bin", "scratch_root", "scratch_port", "login_user"):
+        assert getattr(options, name) == declarations.PITR[name].default, name
+    options = cli.pitr_options_from_config({"PITR_SERVER": "pg-main", "PITR_SCRATCH_PORT": "6000",
+                                            "POSTGRES_USER": "drill", "PITR_POSTGRES_BIN": ""})
+    assert (options.server, options.scratch_port, options.login_user, options.postgres_bin) == (
+        "pg-main", 6000, "drill", declarations.PITR["postgres_bin"].default)
+    offsite = cli.pitr_offsite_options_from_config({"PITR_OFFSITE_CHECK_SUBSET": "",
+                                                    "PITR_OFFSITE_REPOSITORY": "rest:https://nas:8000/db/",
+                                                    "PITR_OFFSITE_PASSWORD": "a-repository-password"}, options)
+    assert offsite.check_subset == declarations.PITR_OFFSITE["offsite_check_subset"].default
+    with pytest.raises(Exception) as caught:
+        cli.pitr_options_from_config({"PITR_SCRATCH_PORT": "many"})
+    assert caught.value.message == "PITR_SCRATCH_PORT must be a whole number, got 'many'"
+
+
+def _pitr_config_settings():
+    return [pytest.param(setting, id=setting.env) for table in (declarations.PITR, declarations.PITR_OFFSITE)
+            for setting in table.values() if setting.env and setting.role_var]
+
+
+@pytest.mark.parametrize("setting", _pitr_config_settings())
+def test_a_pitr_role_variable_reaches_the_barman_hosts_config_file(setting):
+    from helpers import render
+
+    value = {"int": 4242, "path": "/srv/forge-drift-check", "str": "forge-drift-check"}[setting.kind]
+    text = render("pitr", "pitr.env.j2", **{"pitr_offsite_enabled": True, "inventory_hostname": "db1", "groups": {},
+                                            setting.role_var: value})
+    assert f"{setting.env}={value}" in text.splitlines(), (
+        f"roles/pitr/templates/pitr.env.j2 does not write {setting.env} from {setting.role_var}")
+
+
+def _fallback(value):
+    """What a checklist default falls back to: the ``default(...)`` of a role's variable, or itself."""
+    import ast
+    import re
+
+    if isinstance(value, str) and "{{" in value:
+        found = re.fullmatch(r"\{\{ \w+ \| default\((.+?)\) \}\}(.*)", value)
+        if not found:
+            return None  # an expression, not one role's variable
+        fallback = ast.literal_eval(found.group(1))
+        return fallback + found.group(2) if found.group(2) else fallback
+    return value
+
+
+def test_the_checklist_looks_where_the_roles_put_things():
+    """The checklist role falls back to each role's default when that role is not on the host,
+    and the engine's DEFAULTS say the same; the module's documentation repeats them (sanity
+    checks that). One value each, and where it is declared, the declaration's."""
+    from forge.checklist import DEFAULTS
+
+    role = read_yaml("roles", "checklist", "defaults", "main.yml")
+    renamed = {"checklist_backup_report_dir": "report_dir"}
+    compared = []
+    for variable, value in role.items():
+        key = renamed.get(variable, variable[len("checklist_"):])
+        fallback = _fallback(value)
+        if key in DEFAULTS and fallback is not None:
+            compared.append(key)
+            assert fallback == DEFAULTS[key], f"roles/checklist {variable}: {fallback!r}; checklist.DEFAULTS {key}: " \
+                                              f"{DEFAULTS[key]!r}"
+    assert len(compared) >= 20, compared
+    assert DEFAULTS["backup_dir"] == declarations.STORE["backup_dir"].default
+    assert DEFAULTS["pitr_server"] == declarations.PITR["server"].default
+    assert (DEFAULTS["report_dir"], DEFAULTS["textfile_dir"]) == (declarations.STORE["report_dir"].role_default,
+                                                                  declarations.STORE["textfile_dir"].role_default)

@@ -223,8 +223,6 @@ def check_server_config(path, barman_home="/var/lib/barman", barman_command=None
     return said
 
 
-
-
 def status_metrics(options, barman=None, now=None):
     """What `barman check`, `list-backups` and the WAL archive say, as node_exporter
     textfile metrics (``forge pitr metrics``, every few minutes from cron)."""

@@ -20,6 +20,7 @@ import urllib.parse
 import urllib.request
 
 from . import compose, metrics, records
+from . import settings as declarations
 from .catalog import TrustPolicy, file_stem, scan
 from .errors import ForgeError, last_line
 from .fsutil import read_json_object, read_small_file
@@ -64,13 +65,13 @@ DEFAULTS = {
     "app_compose_project": "",
     "app_compose_service": "app",
     "databases": ["infer_forge"],
-    "backup_dir": "/backups",
+    "backup_dir": declarations.STORE["backup_dir"].default,
     "backup_user": "infer",
     "config_dir": "/etc/infer-forge",
     "cron_file": "/etc/cron.d/infer-forge-backup",
     "compose_file": "/opt/infer-forge/docker-compose.backup.yml",
-    "report_dir": "/var/lib/infer-forge/reports",
-    "textfile_dir": "/var/lib/infer-forge-metrics/backup",
+    "report_dir": declarations.STORE["report_dir"].role_default,
+    "textfile_dir": declarations.STORE["textfile_dir"].role_default,
     "backup_max_age_hours": 26,
     "drill_max_age_days": 7,
     "offsite_max_age_hours": 26,
@@ -78,7 +79,7 @@ DEFAULTS = {
     "dr_drill_report_dir": "/var/lib/infer-forge/dr-drill",
     "dr_drill_textfile_dir": "/var/lib/infer-forge-metrics/dr-drill",
     # Item 12 reads barman's own textfile directory on the Barman host.
-    "pitr_textfile_dir": "/var/lib/infer-forge-metrics/pitr",
+    "pitr_textfile_dir": declarations.PITR["textfile_dir"].role_default,
     "dr_drill_max_age_days": 35,
     "prometheus_url": "http://localhost:9090",
     "health_job": "infer-forge-health",
@@ -90,8 +91,8 @@ DEFAULTS = {
     "sentry_max_age_days": 30,
     "logrotate_files": ["/etc/logrotate.d/infer-forge-app"],
     # Item 12 (pitr hosts): the pitr role's metrics and drill report.
-    "pitr_server": "infer-forge",
-    "pitr_report_dir": "/var/lib/barman/infer-forge-reports",
+    "pitr_server": declarations.PITR["server"].default,
+    "pitr_report_dir": records.PITR_REPORT_DIR,
     "pitr_base_backup_max_age_days": 8,
     "pitr_drill_max_age_days": 8,
     "pitr_offsite_max_age_hours": 6,

@@ -317,23 +317,18 @@ def log_line(line):
 def pitr_options_from_config(config):
     from .pitr import PitrOptions
 
-    def number(name, default):
-        try:
-            return int(config.get(name) or default)
-        except ValueError:
-            raise ForgeError(f"{name} must be a whole number, got {config[name]!r}") from None
+    pitr = declarations.from_config(declarations.PITR, config, [
+        "server", "postgres_bin", "scratch_root", "scratch_port", "login_user", "textfile_dir", "report_dir",
+        "sentry_dsn", "environment", "jobs"])
+
+    def given(name):  # a setting left empty in pitr.env takes the declared default
+        return pitr[name] or declarations.PITR[name].default
 
     return PitrOptions(
-        server=config.get("PITR_SERVER", "infer-forge"),
-        postgres_bin=config.get("PITR_POSTGRES_BIN") or "/usr/lib/postgresql/17/bin",
-        scratch_root=config.get("PITR_SCRATCH_ROOT") or "/var/lib/barman/infer-forge-scratch",
-        scratch_port=number("PITR_SCRATCH_PORT", 55432),
-        login_user=config.get("POSTGRES_USER") or "infer",
-        textfile_dir=config.get("PITR_TEXTFILE_DIR") or None,
-        report_dir=config.get("PITR_REPORT_DIR") or None,
-        sentry_dsn=config.get("SENTRY_DSN") or None,
-        environment=config.get("ENVIRONMENT") or None,
-        jobs=number("PITR_JOBS", 0) or None,
+        server=pitr["server"], postgres_bin=given("postgres_bin"), scratch_root=given("scratch_root"),
+        scratch_port=pitr["scratch_port"], login_user=given("login_user"),
+        textfile_dir=given("textfile_dir"), report_dir=given("report_dir"), sentry_dsn=given("sentry_dsn"),
+        environment=given("environment"), jobs=pitr["jobs"] or None,
         # Another Barman configuration (a Barman home brought back from the off-site copy, say).
         barman_command=["barman", "-c", config["PITR_BARMAN_CONFIG"]] if config.get("PITR_BARMAN_CONFIG") else None)
 
@@ -342,14 +337,15 @@ def pitr_offsite_options_from_config(config, options):
     from .pitr_offsite import OffsiteOptions
     from .records import PITR_REPORT_DIR
 
+    offsite = declarations.from_config(declarations.PITR_OFFSITE, config)
     return OffsiteOptions(
         server=options.server,
-        repository=config.get("PITR_OFFSITE_REPOSITORY", ""),
-        password=config.get("PITR_OFFSITE_PASSWORD", ""),
-        rest_user=config.get("PITR_OFFSITE_REST_USER") or None,
-        rest_password=config.get("PITR_OFFSITE_REST_PASSWORD") or None,
-        cacert=config.get("PITR_OFFSITE_CACERT") or None,
-        check_subset=config.get("PITR_OFFSITE_CHECK_SUBSET") or "5%",
+        repository=offsite["offsite_repository"] or "",
+        password=offsite["offsite_password"] or "",
+        rest_user=offsite["offsite_rest_user"] or None,
+        rest_password=offsite["offsite_rest_password"] or None,
+        cacert=offsite["offsite_cacert"] or None,
+        check_subset=offsite["offsite_check_subset"] or declarations.PITR_OFFSITE["offsite_check_subset"].default,
         state_dir=options.report_dir or PITR_REPORT_DIR,
         textfile_dir=options.textfile_dir,
         sentry_dsn=options.sentry_dsn,

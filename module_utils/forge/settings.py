@@ -242,12 +242,66 @@ HEALTH = _table(
     Setting("app_url", "str", "http://localhost:8000/health", "The app's /health URL.", role_var="health_app_url"),
 )
 
+# Point-in-time recovery on the Barman host (roles/pitr, forge_pitr, forge pitr with PITR_CONFIG).
+# The drill's own login reaches the live server under the runbook's POSTGRES_* names.
+PITR = _table(
+    Setting("server", "str", "infer-forge", "Barman's name for the database server: its configuration section, "
+            "and the name in every PITR record and metric.", env="PITR_SERVER", role_var="pitr_server_name"),
+    Setting("postgres_bin", "path", "/usr/lib/postgresql/17/bin", "The PostgreSQL binaries a scratch cluster "
+            "starts with (the live server's major).", env="PITR_POSTGRES_BIN", role_var="pitr_postgres_bin",
+            role_default="/usr/lib/postgresql/{{ pitr_postgres_major }}/bin"),
+    Setting("scratch_root", "path", "/var/lib/barman/infer-forge-scratch", "Where each recovery gets a new "
+            "directory of its own.", env="PITR_SCRATCH_ROOT", role_var="pitr_scratch_root",
+            role_default="{{ pitr_barman_home }}/infer-forge-scratch"),
+    Setting("scratch_port", "int", 55432, "Port of a scratch cluster's socket (it has no TCP listener).",
+            env="PITR_SCRATCH_PORT", role_var="pitr_scratch_port"),
+    Setting("jobs", "int", None, "rsync processes barman restore copies the base backup with; one per core when "
+            "unset.", env="PITR_JOBS"),
+    Setting("textfile_dir", "path", None, "node_exporter textfile directory for the PITR metrics; unset for none.",
+            env="PITR_TEXTFILE_DIR", role_var="pitr_textfile_dir", role_default="/var/lib/infer-forge-metrics/pitr"),
+    Setting("report_dir", "path", None, "Where the PITR drill's report and the off-site copy's state are kept "
+            "(barman's own /var/lib/barman/infer-forge-reports when unset).", env="PITR_REPORT_DIR",
+            role_var="pitr_report_dir", role_default="{{ pitr_barman_home }}/infer-forge-reports"),
+    Setting("login_host", "str", "db", "The live server, as the Barman host reaches it.", env="POSTGRES_HOST",
+            role_var="pitr_postgres_host"),
+    Setting("port", "int", 5432, "The live server's port.", env="POSTGRES_PORT", role_var="pitr_postgres_port"),
+    Setting("login_user", "str", "infer", "The drill's login on the live server: it locks, counts and creates a "
+            "restore point, and is no superuser.", env="POSTGRES_USER", role_var="pitr_drill_login_user",
+            role_default="infer_forge_pitr_drill"),
+    Setting("login_password", "str", None, "Its password.", env="POSTGRES_PASSWORD",
+            role_var="pitr_drill_login_password", role_default="", secret=True),
+    Setting("database", "str", "infer_forge", "The database the drill counts.", env="POSTGRES_DB",
+            role_var="pitr_drill_database"),
+    Setting("sentry_dsn", "str", None, "Sentry DSN failures are reported to.", env="SENTRY_DSN",
+            role_var="pitr_sentry_dsn", role_default="", secret=True),
+    Setting("environment", "str", None, "Sentry environment.", env="ENVIRONMENT", role_var="pitr_environment",
+            role_default="production"),
+)
+
+# The encrypted restic copy of Barman's data on the NAS (forge pitr offsite, offsite-check).
+PITR_OFFSITE = _table(
+    Setting("offsite_repository", "str", None, "The restic repository: rest:https://<nas>:<port>/<login>/.",
+            env="PITR_OFFSITE_REPOSITORY", role_var="pitr_offsite_repository",
+            role_default="rest:https://{{ pitr_offsite_host }}:{{ pitr_offsite_port }}/{{ pitr_offsite_rest_user }}/"),
+    Setting("offsite_password", "str", None, "The repository's encryption password.", env="PITR_OFFSITE_PASSWORD",
+            role_var="pitr_offsite_password", role_default="", secret=True),
+    Setting("offsite_rest_user", "str", None, "This host's login on the NAS's rest-server.",
+            env="PITR_OFFSITE_REST_USER", role_var="pitr_offsite_rest_user", role_default="{{ inventory_hostname }}"),
+    Setting("offsite_rest_password", "str", None, "Its password.", env="PITR_OFFSITE_REST_PASSWORD",
+            role_var="pitr_offsite_rest_password", role_default="", secret=True),
+    Setting("offsite_cacert", "path", None, "The NAS's pinned certificate.", env="PITR_OFFSITE_CACERT",
+            role_var="pitr_offsite_cacert_file", role_default="/etc/infer-forge/pitr-offsite-ca.pem"),
+    Setting("offsite_check_subset", "str", "5%", "How much of the data the off-site check reads back.",
+            env="PITR_OFFSITE_CHECK_SUBSET", role_var="pitr_offsite_check_subset", role_default="10%"),
+)
+
 # Which declarations each module's options follow.
 MODULES = {
     "forge_backup": (CONNECTION, STORE, BACKUP),
     "forge_restore": (CONNECTION, STORE, RESTORE, DRILL),
     "forge_offsite": (STORE, OFFSITE),
     "forge_health": (HEALTH,),
+    "forge_pitr": (PITR, PITR_OFFSITE),
 }
 
 
