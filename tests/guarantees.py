@@ -157,6 +157,9 @@ MATRIX = {
                                     "test_the_data_is_fsynced_before_its_rename_and_the_directory_after_it",
             "format=*": NA("one code path finishes every format (backup.py, after the stream): the order is the "
                            "same bytes of code whatever the format"),
+            "door=module (forge_backup)": NA("forge_backup runs BackupRunner.run, the function the order test runs; "
+                                             "the module only maps its options, none of which touches the renames"),
+            "door=cron": NA("the cron entry runs backup_db.sh, the script door, with the host's config"),
         },
     },
     "atomic swap: the target is never missing, the two renames are one transaction": {
@@ -197,6 +200,8 @@ MATRIX = {
                                        "test_an_app_that_trickles_its_answer_times_out_within_the_bound",
             "every service down at once": "tests/test_health.py::"
                                           "test_everything_down_is_checked_at_once_each_within_its_timeout",
+            "door=CLI, door=cron": NA("health has no on-host command and no cron entry: forge_health (the cells "
+                                      "above) and Prometheus's probes are its only doors"),
         },
     },
     "checklist evidence: an item never passes when its evidence says the opposite": {
@@ -237,6 +242,8 @@ MATRIX = {
                                             "backup",
             "a planted lock path": "tests/test_backup_script.py::"
                                    "test_a_lock_path_that_is_not_a_plain_file_is_refused_in_one_line",
+            "door=module (forge_backup)": NA("the lock is taken inside BackupRunner.run, below every door; the "
+                                             "module passes lock_wait, which the script door's test varies"),
         },
     },
     "stalls: every stage has a deadline and names what stalled": {
