@@ -125,6 +125,7 @@ def _packed():  # pragma: no cover - never called
         metrics,
         offsite,
         opensslenc,
+        outcome,
         pgconn,
         pitr,
         pitr_offsite,
@@ -145,7 +146,7 @@ def _packed():  # pragma: no cover - never called
 ENGINE_MODULES = ("__init__", "backup", "barman", "catalog", "checklist", "cli", "compose", "compress", "dbclient",
                   "drdrill", "drill",
                   "errors",
-                  "farside", "fsutil", "health", "metrics", "offsite", "onhost", "opensslenc", "pgconn",
+                  "farside", "fsutil", "health", "metrics", "offsite", "onhost", "opensslenc", "outcome", "pgconn",
                   "pitr", "pitr_offsite", "pitr_serve", "privileges", "putback", "records", "requirements",
                   "restore", "scratch", "sentry", "settings", "signing",
                   "walstage")

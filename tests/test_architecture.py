@@ -163,3 +163,18 @@ def test_a_declared_value_is_spelled_only_in_the_registry_or_an_options_signatur
                     and (f"{name}.py", node.value) not in SPELLED_ON_PURPOSE):
                 found.append(f"{name}.py:{node.lineno}: {node.value!r}")
     assert found == [], "derive these from settings.py or records.py:\n" + "\n".join(found)
+
+
+def test_every_job_records_its_outcome_through_one_helper():
+    """A job's report, run metrics and Sentry event go through outcome.py, so each job records
+    the same way (a failed step noted in the result, never hiding the verdict): no other engine
+    module calls Sentry's failure report or writes run metrics itself."""
+    direct = []
+    for name in engine_modules():
+        if name in ("outcome", "sentry", "metrics"):
+            continue
+        with open(os.path.join(ENGINE, name + ".py"), encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if re.search(r"\bsentry\.report_failure\(|\bmetrics\.write_run\(", line):
+                    direct.append(f"{name}.py:{number}: {line.strip()}")
+    assert direct == [], "record it with outcome.record_outcome (or its parts):\n" + "\n".join(direct)

@@ -22,7 +22,7 @@ import subprocess
 import threading
 import time
 
-from . import catalog, compress, metrics, opensslenc, records, sentry, signing
+from . import catalog, compress, metrics, opensslenc, records, signing
 from .errors import ForgeError, database_error, hide_values, unexpected
 from .fsutil import (
     PRIVATE_FILE_MODE,
@@ -35,6 +35,7 @@ from .fsutil import (
     pin_malloc_mmap_threshold,
     write_atomic,
 )
+from .outcome import report_failure
 from .pgconn import (
     PassFile,
     client_major_version,
@@ -542,11 +543,9 @@ class BackupRunner:
             exc.details["metrics_error"] = unexpected(metrics_exc)
         if exc.details.get("locked"):
             return
-        report = sentry.report_failure(
-            self.options.sentry_dsn, f"backup of {self.settings.database} failed: {exc.message}", "backup",
-            self.settings.database, self.hostname, self.options.environment)
-        if report:
-            exc.details["sentry"] = report
+        report_failure(exc.details, self.options.sentry_dsn,
+                       f"backup of {self.settings.database} failed: {exc.message}", "backup", self.settings.database,
+                       self.hostname, self.options.environment)
 
     def _write_metrics(self, success, result, started):
         if not self.options.textfile_dir:

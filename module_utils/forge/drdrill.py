@@ -19,9 +19,10 @@ import subprocess
 import threading
 import time
 
-from . import metrics, records, sentry
+from . import records
 from .errors import ForgeError
 from .fsutil import read_small_file, write_atomic
+from .outcome import report_failure, write_metrics
 from .putback import ComposeService, Docker
 
 TABLE = "infer_forge_dr_drill"
@@ -166,13 +167,9 @@ class DrDrill:
                              result["rto_seconds"]),
                             ("rpo_rows_lost", "Acknowledged rows the put-back database does not hold.",
                              result["rpo_rows_lost"])]
-            error = metrics.write_run(textfile_dir, records.dr_drill_metrics_filename(self.project),
-                                      records.DR_DRILL_METRIC_PREFIX, {"project": self.project}, samples,
-                                      result["passed"], now, "When a DR drill last passed.")
-            if error:
-                result["metrics_error"] = error
+            write_metrics(result, textfile_dir, records.dr_drill_metrics_filename(self.project),
+                          records.DR_DRILL_METRIC_PREFIX, {"project": self.project}, samples, now,
+                          "When a DR drill last passed.")
         if not result["passed"]:
-            report = sentry.report_failure(sentry_dsn, f"DR drill of {self.project} failed: {result['reason']}",
-                                           "dr-drill", self.database, result.get("host"), environment)
-            if report:
-                result["sentry"] = report
+            report_failure(result, sentry_dsn, f"DR drill of {self.project} failed: {result['reason']}", "dr-drill",
+                           self.database, result.get("host"), environment)

@@ -9,15 +9,12 @@
 """
 
 import datetime
-import json
-import os
 import socket
 import time
 
-from . import metrics, sentry
 from .compress import default_workers
 from .errors import ForgeError, database_error
-from .fsutil import write_atomic
+from .outcome import record_outcome
 from .pgconn import check_btree_indexes, count_rows_in_parallel
 from .records import DRILL_METRIC_PREFIX as METRIC_PREFIX
 from .records import drill_metrics_filename, drill_report_path
@@ -203,24 +200,16 @@ class Drill:
     def _record(self, result):
         # The report is written by default, beside the backups when no report directory is set.
         report_dir = self.options.report_dir or self.restore_options.backup_dir
-        if report_dir:
-            try:
-                os.makedirs(report_dir, mode=0o750, exist_ok=True)
-                path = drill_report_path(report_dir, self.options.database)
-                write_atomic(path, json.dumps(result, indent=2, sort_keys=True, default=str) + "\n", mode=0o640)
-                result["report"] = path
-            except OSError as exc:
-                result["report_error"] = str(exc)
-        if self.options.textfile_dir:
-            self._write_metrics(result)
-        if not result["passed"]:
-            report = sentry.report_failure(
-                self.options.sentry_dsn, f"restore drill of {self.options.database} failed: {result['reason']}",
-                "restore-drill", self.options.database, result["host"], self.options.environment)
-            if report:
-                result["sentry"] = report
+        record_outcome(
+            result,
+            report=dict(path=drill_report_path(report_dir, self.options.database)) if report_dir else None,
+            metrics_run=self._metrics_run(result) if self.options.textfile_dir else None,
+            failure=dict(dsn=self.options.sentry_dsn,
+                         message=f"restore drill of {self.options.database} failed: {result['reason']}",
+                         component="restore-drill", database=self.options.database, host=result["host"],
+                         environment=self.options.environment))
 
-    def _write_metrics(self, result):
+    def _metrics_run(self, result):
         now = self.clock()
         samples = [
             ("last_run_timestamp_seconds", "When the last restore drill ended.", now),
@@ -231,12 +220,9 @@ class Drill:
         ]
         if "backup_age_seconds" in result:
             samples.append(("backup_age_seconds", "Age of the backup at the last drill.", result["backup_age_seconds"]))
-        labels = {"database": self.options.database}
-        filename = drill_metrics_filename(self.options.database)
-        error = metrics.write_run(self.options.textfile_dir, filename, METRIC_PREFIX, labels, samples, result["passed"],
-                                  now, "When a restore drill last passed.")
-        if error:
-            result["metrics_error"] = error
+        return dict(textfile_dir=self.options.textfile_dir, filename=drill_metrics_filename(self.options.database),
+                    prefix=METRIC_PREFIX, labels={"database": self.options.database}, samples=samples, now=now,
+                    success_help="When a restore drill last passed.")
 
 
 ACTIONS = ("verify", "restore", "drill")

@@ -25,10 +25,10 @@ import socket
 import subprocess
 import time
 
-from . import metrics, sentry
 from .catalog import CHECKSUM_SUFFIX, MANIFEST_SUFFIX, TrustPolicy, file_stem, parse_name, scan
 from .errors import ForgeError, last_line
 from .fsutil import ensure_private_dir, fsync_dir, read_json_object, write_atomic
+from .outcome import report_failure, write_metrics, write_report
 from .pgconn import tool_env
 from .records import OFFSITE_METRIC_PREFIX as METRIC_PREFIX
 from .records import offsite_metrics_filename, offsite_state_path
@@ -460,11 +460,10 @@ class OffsiteCopy:
                     state = dict(result, last_success=now)
                 else:
                     state = dict(result, last_success=previous.get("last_success"))
-                os.makedirs(self.options.state_dir, mode=0o750, exist_ok=True)
-                write_atomic(path, json.dumps(state, indent=2, sort_keys=True) + "\n", mode=0o640)
-                result["state_file"] = path
             except OSError as exc:
                 result["state_error"] = str(exc)
+            else:
+                write_report(result, path, state, key="state_file", error_key="state_error")
         if self.options.textfile_dir:
             passed = result["passed"]
             samples = [
@@ -489,16 +488,12 @@ class OffsiteCopy:
                                     "(its receipt).", receipt["verified_at_epoch"]))
             labels = {"database": self.options.database, "target": result["target"] or self.options.target}
             filename = offsite_metrics_filename(self.options.database)
-            error = metrics.write_run(self.options.textfile_dir, filename, METRIC_PREFIX, labels, samples, passed, now,
-                                      "When an off-site copy last succeeded and verified.")
-            if error:
-                result["metrics_error"] = error
+            write_metrics(result, self.options.textfile_dir, filename, METRIC_PREFIX, labels, samples, now,
+                          "When an off-site copy last succeeded and verified.")
         if not result["passed"]:
-            report = sentry.report_failure(
-                self.options.sentry_dsn, f"off-site copy of {self.options.database} failed: {result['reason']}",
-                "offsite-copy", self.options.database, result["host"], self.options.environment)
-            if report:
-                result["sentry"] = report
+            report_failure(result, self.options.sentry_dsn,
+                           f"off-site copy of {self.options.database} failed: {result['reason']}", "offsite-copy",
+                           self.options.database, result["host"], self.options.environment)
 
 
 def _remote_backups(names, stem):

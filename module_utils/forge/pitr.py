@@ -9,16 +9,15 @@ its replay walstage.py; the records a drill leaves are named in records.py.
 """
 
 import datetime
-import json
 import os
 import re
 import socket
 import time
 
-from . import metrics, records, sentry
+from . import records
 from .barman import Barman, check_server_name
 from .errors import ForgeError, database_error, unexpected
-from .fsutil import write_atomic
+from .outcome import record_outcome
 from .pgconn import check_btree_indexes, count_rows, user_tables
 from .scratch import SCRATCH_MARKER, ScratchCluster
 
@@ -266,14 +265,7 @@ class PitrRecovery:
         return result
 
     def _record(self, result):
-        if self.options.report_dir:
-            try:
-                os.makedirs(self.options.report_dir, mode=0o750, exist_ok=True)
-                path = records.pitr_drill_report_path(self.options.report_dir, self.options.server)
-                write_atomic(path, json.dumps(result, indent=2, sort_keys=True, default=str) + "\n", mode=0o640)
-                result["report"] = path
-            except OSError as exc:
-                result["report_error"] = str(exc)
+        metrics_run = None
         if self.options.textfile_dir:
             now = self.clock()
             samples = [
@@ -286,15 +278,16 @@ class PitrRecovery:
                  result.get("tables_checked", 0)),
                 ("rows_checked", "Rows the last PITR drill counted.", result.get("rows_checked", 0)),
             ]
-            error = metrics.write_run(self.options.textfile_dir,
-                                      records.pitr_drill_metrics_filename(self.options.server),
-                                      records.PITR_DRILL_METRIC_PREFIX, {"server": self.options.server}, samples,
-                                      result["passed"], now, "When a PITR drill last passed.")
-            if error:
-                result["metrics_error"] = error
-        if not result["passed"]:
-            report = sentry.report_failure(
-                self.options.sentry_dsn, f"PITR drill of {self.options.server} failed: {result['reason']}",
-                "pitr-drill", result["database"], result["host"], self.options.environment)
-            if report:
-                result["sentry"] = report
+            metrics_run = dict(textfile_dir=self.options.textfile_dir,
+                               filename=records.pitr_drill_metrics_filename(self.options.server),
+                               prefix=records.PITR_DRILL_METRIC_PREFIX, labels={"server": self.options.server},
+                               samples=samples, now=now, success_help="When a PITR drill last passed.")
+        record_outcome(
+            result,
+            report=dict(path=records.pitr_drill_report_path(self.options.report_dir, self.options.server))
+            if self.options.report_dir else None,
+            metrics_run=metrics_run,
+            failure=dict(dsn=self.options.sentry_dsn,
+                         message=f"PITR drill of {self.options.server} failed: {result['reason']}",
+                         component="pitr-drill", database=result["database"], host=result["host"],
+                         environment=self.options.environment))

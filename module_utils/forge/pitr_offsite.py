@@ -26,10 +26,11 @@ import subprocess
 import time
 import urllib.parse
 
-from . import metrics, records, sentry
+from . import records
 from .barman import check_server_name
 from .errors import ForgeError
 from .fsutil import DirectoryLock, human_size, read_small_file, trusted_program, write_atomic
+from .outcome import report_failure, write_metrics
 
 # Only root's own restic: the engine runs as barman, and a directory barman can write to
 # must not choose the program that is handed the repository password.
@@ -476,16 +477,12 @@ class PitrOffsite:
                         1 if result["passed"] else 0),
                        ("duration_seconds", f"Wall time of the last off-site PITR {what}.", result["duration"]),
                        *samples]
-            error = metrics.write_run(self.options.textfile_dir, filename(self.options.server), prefix,
-                                      {"server": self.options.server}, samples, result["passed"], now, success_help)
-            if error:
-                result["metrics_error"] = error
+            write_metrics(result, self.options.textfile_dir, filename(self.options.server), prefix,
+                          {"server": self.options.server}, samples, now, success_help)
         if not result["passed"]:
-            report = sentry.report_failure(
-                self.options.sentry_dsn, f"Off-site PITR {what} of {self.options.server} failed: {result['reason']}",
-                f"pitr-offsite-{what}", self.options.server, socket.gethostname(), self.options.environment)
-            if report:
-                result["sentry"] = report
+            report_failure(result, self.options.sentry_dsn,
+                           f"Off-site PITR {what} of {self.options.server} failed: {result['reason']}",
+                           f"pitr-offsite-{what}", self.options.server, socket.gethostname(), self.options.environment)
 
 
 def _same_system(restored, live):
