@@ -113,6 +113,7 @@ def _packed():  # pragma: no cover - never called
         catalog,
         checklist,
         cli,
+        clientwatch,
         compose,
         compress,
         dbclient,
@@ -139,17 +140,16 @@ def _packed():  # pragma: no cover - never called
         sentry,
         settings,
         signing,
+        verify,
         walstage,
     )
 
 
-ENGINE_MODULES = ("__init__", "backup", "barman", "catalog", "checklist", "cli", "compose", "compress", "dbclient",
-                  "drdrill", "drill",
-                  "errors",
-                  "farside", "fsutil", "health", "metrics", "offsite", "onhost", "opensslenc", "outcome", "pgconn",
-                  "pitr", "pitr_offsite", "pitr_serve", "privileges", "putback", "records", "requirements",
-                  "restore", "scratch", "sentry", "settings", "signing",
-                  "walstage")
+ENGINE_MODULES = ("__init__", "backup", "barman", "catalog", "checklist", "cli", "clientwatch", "compose",
+                  "compress", "dbclient", "drdrill", "drill", "errors", "farside", "fsutil", "health", "metrics",
+                  "offsite", "onhost", "opensslenc", "outcome", "pgconn", "pitr", "pitr_offsite", "pitr_serve",
+                  "privileges", "putback", "records", "requirements", "restore", "scratch", "sentry", "settings",
+                  "signing", "verify", "walstage")
 
 ARGUMENT_SPEC = dict(
     dest=dict(type="path", required=True),

@@ -13,6 +13,8 @@ from guarantees import generated_mutants
 
 BACKUP = "module_utils/forge/backup.py"
 RESTORE = "module_utils/forge/restore.py"
+VERIFY = "module_utils/forge/verify.py"
+CLIENTWATCH = "module_utils/forge/clientwatch.py"
 CATALOG = "module_utils/forge/catalog.py"
 SIGNING = "module_utils/forge/signing.py"
 COMPRESS = "module_utils/forge/compress.py"
@@ -115,7 +117,7 @@ MUTANTS = [
     {
         "name": "skip-the-sha256-check",
         "promise": "a changed byte anywhere in a backup is refused",
-        "edits": [(RESTORE, "    if expected and not hmac.compare_digest(digest.hexdigest(), expected):",
+        "edits": [(VERIFY, "    if expected and not hmac.compare_digest(digest.hexdigest(), expected):",
                    "    if False:")],
         "tests": ["tests/test_restore_safety.py::test_a_byte_changed_late_where_only_the_checksum_can_see_it_is_refused", "tests/test_restore_safety.py::test_a_flipped_byte_with_the_manifest_intact_is_damage"],
     },
@@ -224,7 +226,7 @@ MUTANTS = [
     {
         "name": "restore-reads-the-whole-file-at-once",
         "promise": "a restore's memory does not grow with the dump",
-        "edits": [(RESTORE, "handle.read(read_size or STREAM_READ_SIZE)", "handle.read()")],
+        "edits": [(VERIFY, "handle.read(read_size or STREAM_READ_SIZE)", "handle.read()")],
         "tests": ["tests/test_restore_memory.py::test_an_encrypted_restore_spills_no_plaintext_and_its_memory_does_not_grow_with_the_dump"],
     },
     {
@@ -252,7 +254,7 @@ MUTANTS = [
     {
         "name": "the-stream-reads-the-file-not-the-proven-copy",
         "promise": "what is restored is the copy whose checksum was proven, whatever happens to the file since",
-        "edits": [(RESTORE, 'copy = getattr(backup, "private_copy", None)\n    if copy is not None:\n        return',
+        "edits": [(VERIFY, 'copy = getattr(backup, "private_copy", None)\n    if copy is not None:\n        return',
                    'copy = None\n    if copy is not None:\n        return')],
         "tests": ["tests/test_restore_safety.py::"
                   "test_a_file_renamed_over_the_proven_one_before_the_stream_changes_nothing",
@@ -695,14 +697,14 @@ MUTANTS = [
         "name": "a-restores-lock-wait-is-unbounded",
         "waits": True,  # its test waits out a deadline: scheduled beside the others
         "promise": "a restore that waits for a lock for BACKUP_STALL_TIMEOUT ends, naming who holds it",
-        "edits": [(RESTORE, "                lock_since = (lock_since or now) if holders else None\n",
+        "edits": [(CLIENTWATCH, "                lock_since = (lock_since or now) if holders else None\n",
                    "                lock_since = None\n")],
         "tests": ["tests/test_restore_stalls.py::test_a_lock_held_by_another_session_ends_the_restore_naming_the_session"],
     },
     {
         "name": "an-index-build-is-taken-for-a-stall",
         "promise": "a long step the server works on during a restore is progress, never stopped",
-        "edits": [(RESTORE, "                    self._moved_at = now  # working, or waiting on another session of this restore\n",
+        "edits": [(CLIENTWATCH, "                    self._moved_at = now  # working, or waiting on another session of this restore\n",
                    "                    pass\n")],
         "tests": ["tests/test_restore_stalls.py::test_a_long_step_the_server_is_working_on_is_progress_not_a_stall"],
     },
@@ -725,7 +727,7 @@ MUTANTS = [
     {
         "name": "a-retired-key-backup-is-chosen-as-latest",
         "promise": "after a rotation, latest is the newest backup under the current key, never one a retired key signed",
-        "edits": [(RESTORE, "    chosen = max(current or good, key=lambda b: (b.finished_at, b.name))\n",
+        "edits": [(VERIFY, "    chosen = max(current or good, key=lambda b: (b.finished_at, b.name))\n",
                    "    chosen = max(good, key=lambda b: (b.finished_at, b.name))\n")],
         "tests": ["tests/test_key_rotation.py::"
                   "test_a_backup_under_a_retired_key_is_never_chosen_over_one_under_the_current_key"],

@@ -155,7 +155,7 @@ def docker_command(container, exec_user, client, args, passed):
 
 def _pump_restricted(command, env, stdin):
     """psql with its input in restricted mode (restore.restricted): SQL only, never a backslash command."""
-    from .restore import restricted
+    from .verify import restricted
 
     def chunks():
         while True:

@@ -18,7 +18,8 @@ from .outcome import record_outcome
 from .pgconn import check_btree_indexes, count_rows_in_parallel
 from .records import DRILL_METRIC_PREFIX as METRIC_PREFIX
 from .records import drill_metrics_filename, drill_report_path
-from .restore import Restorer, derived_name, describe_count_mismatches, verify_file
+from .restore import Restorer, derived_name, describe_count_mismatches
+from .verify import verify_file
 
 DRILL_COMMENT = "infer-forge restore drill scratch database"
 

@@ -1,25 +1,22 @@
-"""The restore engine: pick a backup, verify it, stream it into a database.
+"""The restore engine: restore a proven backup into a database, or not at all.
 
-Before any database is touched the manifest's signature is checked (see
-catalog.py). The file is then opened once and streamed: bytes -> SHA-256 ->
-decrypt -> decompress -> psql/pg_restore, with bounded memory and no plaintext
-on disk. The SHA-256 of exactly the bytes that were streamed is compared with
-the manifest at the end, so a file swapped or changed after the check is
-caught. Everything lands in a side database that takes the target's name only
-when complete and checked; a failure at any point leaves the target as it was.
+verify.py proves the file first (the manifest's signature, its checksum, the passphrase that
+opens it) and streams it: bytes -> SHA-256 -> decrypt -> decompress, with bounded memory and no
+plaintext on disk, the SHA-256 of exactly the bytes streamed compared with the manifest at the
+end, so a file swapped or changed after the check is caught. Here that stream goes into psql or
+pg_restore (fed and watched by clientwatch.py), into a side database that takes the target's name
+only when complete and its row counts match; a failure at any point leaves the target as it was.
 """
 
-import hashlib
-import hmac
 import json
 import os
 import re
 import subprocess
-import tempfile
 import threading
 import time
 
 from . import catalog, compress, opensslenc, signing
+from .clientwatch import ClientWatch, Feeder, maintenance_db, wait_for
 from .errors import ForgeError, database_error, hide_values, statement_line
 from .fsutil import pin_malloc_mmap_threshold
 from .pgconn import (
@@ -31,331 +28,21 @@ from .pgconn import (
     runs_through_wrapper,
     with_container_env,
 )
+from .verify import (
+    UNVERIFIED,
+    VerifyReport,
+    check_digest,
+    open_backup_file,
+    opening_passphrase,
+    plaintext_chunks,
+    prove_checksum,
+    release_private_copy,
+    restricted,
+    select_backup,
+    verify_file,
+)
 
-READ_SIZE = 1 << 20
-# Compressed input per step while streaming: pg_dump output compresses about
-# 9:1, so this keeps each decompressed step near 600 KiB.
-STREAM_READ_SIZE = 1 << 16
-PLAIN_DUMP_MARKER = b"-- PostgreSQL database dump complete"
 DEFAULT_SESSION_SETTINGS = {"maintenance_work_mem": "256MB", "synchronous_commit": "off"}
-
-
-def select_backup(backup_dir, database=None, path=None, policy=None):
-    """The backup to restore: ``path`` (which must lie inside ``backup_dir``), or
-    the newest good backup of ``database`` (see catalog's trust rule)."""
-    policy = policy or catalog.TrustPolicy()
-    if path:
-        if not os.path.isabs(path):
-            path = os.path.join(backup_dir, path)
-        real_dir = os.path.realpath(backup_dir)
-        real_path = os.path.realpath(path)
-        if os.path.commonpath([real_dir, real_path]) != real_dir:
-            raise ForgeError(f"{path} is outside the backup directory {backup_dir}; refusing to restore it")
-        if not os.path.isfile(real_path):
-            raise ForgeError(f"backup file {path} does not exist")
-        # A file the operator names is judged on its own: the policy's rules for
-        # automatic choice (encryption required, not in the future) do not apply.
-        by_name = policy.like(require_encryption=False, now=float("inf"))
-        backup = catalog.open_backup(real_path, by_name)
-        if backup is None:
-            raise ForgeError(f"{os.path.basename(path)} is not a backup we can restore "
-                             "(expected .sql.gz, .sql.zst or .dump, optionally .enc)")
-        backup.skipped_newer = []
-        return backup
-    if not database:
-        raise ForgeError("give either a backup file or a database whose newest backup to restore")
-    if not os.path.isdir(backup_dir):
-        raise ForgeError(f"backup directory {backup_dir} does not exist")
-    backups = catalog.scan(backup_dir, database, policy)
-    good = [b for b in backups if b.good]
-    if not good:
-        detail = f"; newest {backups[0].name}: {backups[0].problem}" if backups else ""
-        hint = " (name a file to restore it as UNVERIFIED)" if backups and backups[0].may_restore_unverified else ""
-        raise ForgeError(f"no good backup of {database!r} in {backup_dir}{detail}{hint}")
-    # A retired key only reads: whoever still holds it could sign a file dated tonight, so a backup
-    # under the current key is always chosen over one under a retired key, whatever their dates.
-    current = [b for b in good if not b.retired_key_id]
-    chosen = max(current or good, key=lambda b: (b.finished_at, b.name))
-    # Newer files that are not good are reported: a drill that silently tested
-    # an older backup would hide that last night's one is broken.
-    chosen.skipped_newer = [f"{b.name}: {b.problem}" for b in backups
-                            if not b.good and b.timestamp > chosen.timestamp]
-    return chosen
-
-
-VERIFIED = "VERIFIED"
-UNVERIFIED = "UNVERIFIED"
-
-
-class VerifyReport(dict):
-    def passed(self, name):
-        self.setdefault("checks", {})[name] = "passed"
-
-    def skipped(self, name, why):
-        self.setdefault("checks", {})[name] = "skipped"
-        self.setdefault("skipped_checks", []).append(f"{name}: {why}")
-
-    @property
-    def verified(self):
-        return self.get("verdict") == VERIFIED
-
-
-def verify_file(backup, passphrase=None, database=None, read=True, kdf_iterations=None):
-    """Check a backup without touching any database. Raises ForgeError on the first problem.
-
-    A backup with an authenticated manifest: its SHA-256 is compared (every byte
-    read) when ``read``, verdict VERIFIED. A file without one, named by the
-    operator: read through (decrypt, decompress, completion marker) when
-    ``read``, verdict UNVERIFIED, since it is intact but nothing proves what it
-    should hold. A version 1 manifest's HMAC is always checked (one full read).
-    With ``read`` off, the restore's stream makes the same checks. ``kdf_iterations`` decrypts
-    a file whose manifest does not record its count (see kdf_iterations_of).
-    """
-    report = VerifyReport(file=backup.path, format=backup.dump_format, compression=backup.compression,
-                          encrypted=backup.encrypted, has_manifest=backup.raw_manifest is not None)
-    if backup.encrypted and not passphrase:
-        raise ForgeError(f"{backup.name} is encrypted; a passphrase file is needed to restore it")
-    if not backup.good and not backup.may_restore_unverified:
-        raise ForgeError(f"{backup.name}: {backup.problem}")
-    if database:
-        recorded = (backup.manifest or backup.raw_manifest or {}).get("database")
-        if recorded is not None and recorded != database:
-            raise ForgeError(f"{backup.name} is a backup of database {recorded!r}, not {database!r}")
-        if recorded is None and backup.stem is not None and backup.stem != catalog.file_stem(database):
-            raise ForgeError(f"{backup.name} is named for database {backup.stem!r}, not {database!r}")
-    if not backup.good:
-        report["verdict"] = UNVERIFIED
-        report.skipped("signature", backup.problem)
-        if backup.legacy_hmac:
-            # The passphrase that proved it decrypts it (see check_legacy_hmac).
-            backup.legacy_passphrase = passphrase = backup.check_legacy_hmac(passphrase)
-            report.passed("hmac")
-            report.passed("sha256")
-        if read:
-            read_through(backup, passphrase, kdf_iterations)
-            report.passed("decrypt" if backup.encrypted else "readable")
-            report.passed("decompress")
-            if backup.dump_format == "plain":
-                report.passed("completion_marker")
-        else:
-            report.skipped("content", "checked while streaming into the database")
-        return report
-    report["verdict"] = VERIFIED
-    report.passed("signature")
-    if read:
-        prove_checksum(backup, report)
-    return report
-
-
-def prove_checksum(backup, report, keep_copy=False):
-    """Read the whole file and compare its SHA-256 with the manifest's. With ``keep_copy`` the bytes
-    are copied, as they are hashed, into an unnamed file of our own beside it: every later read
-    (open_backup_file) reads that copy, so nothing done to the file once it was read, renamed over,
-    rewritten in place or appended to, can reach the database."""
-    with open_backup_file(backup) as handle:
-        if not keep_copy:
-            check_digest(backup, handle)
-        else:
-            try:
-                copy = tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(backup.path)))
-                try:
-                    check_digest(backup, handle, sink=copy)
-                    copy.flush()
-                except BaseException:
-                    copy.close()
-                    raise
-            except OSError as exc:
-                raise ForgeError(f"{backup.name}: cannot make a private copy to restore from: "
-                                 f"{exc.strerror}") from None
-            release_private_copy(backup)
-            backup.private_copy = copy
-    report.passed("sha256")
-
-
-def release_private_copy(backup):
-    copy = getattr(backup, "private_copy", None)
-    if copy is not None:
-        copy.close()
-        backup.private_copy = None
-
-
-def open_backup_file(backup):
-    """The backup file, opened (never through a symlink) for everything that reads it; once its
-    checksum was proven with a private copy, that copy, read from its start."""
-    copy = getattr(backup, "private_copy", None)
-    if copy is not None:
-        return os.fdopen(os.open(f"/proc/self/fd/{copy.fileno()}", os.O_RDONLY), "rb")
-    try:
-        return os.fdopen(os.open(backup.path, os.O_RDONLY | os.O_NOFOLLOW), "rb")
-    except OSError as exc:
-        raise ForgeError(f"{backup.name}: cannot open it: {exc.strerror}") from None
-
-
-def check_digest(backup, handle, digest=None, sink=None):
-    """Read the rest of ``handle`` into ``digest`` (a new SHA-256 by default), and into ``sink``
-    when given, and compare it with the manifest's; a mismatch is the one message for a damaged
-    or changed file."""
-    digest = digest or hashlib.sha256()
-    for chunk in iter(lambda: handle.read(READ_SIZE), b""):
-        digest.update(chunk)
-        if sink is not None:
-            sink.write(chunk)
-    expected = (backup.manifest or {}).get("sha256")
-    if expected and not hmac.compare_digest(digest.hexdigest(), expected):
-        raise ForgeError(f"{backup.name}: checksum mismatch; the file is damaged or was changed after the backup")
-
-
-_MAGIC = {"gzip": b"\x1f\x8b", "zstd": b"\x28\xb5\x2f\xfd", "none": b"PGDMP"}
-
-
-class _StartCheck:
-    """Looks at the first plaintext bytes: after decryption with a wrong
-    passphrase they are noise, not the compressor's magic number."""
-
-    def __init__(self, backup):
-        self.backup = backup
-        self.head = b""
-        self.done = False
-
-    def feed(self, data):
-        if self.done:
-            return
-        self.head += data[:8]
-        magic = _MAGIC[self.backup.compression]
-        if len(self.head) < len(magic):
-            return
-        self.done = True
-        if not self.head.startswith(magic):
-            kind = {"none": "a custom-format dump"}.get(self.backup.compression, f"{self.backup.compression} data")
-            if self.backup.encrypted:
-                raise ForgeError(f"{self.backup.name}: wrong passphrase: the decrypted start is not {kind}")
-            raise ForgeError(f"{self.backup.name}: not {kind}; the file is damaged or is not a backup")
-
-    def finish(self):
-        if not self.done:
-            raise ForgeError(f"{self.backup.name}: the file is too short to be a backup")
-
-
-def kdf_iterations_of(backup, configured=None):
-    """The PBKDF2 iterations that decrypt ``backup``: the count its manifest records (signed, or
-    for version 1 proven by the HMAC), else the configured one (BACKUP_KDF_ITER), else openssl's."""
-    manifest = backup.manifest or (backup.raw_manifest if backup.legacy else None) or {}
-    encryption = manifest.get("encryption")
-    recorded = encryption.get("kdf_iterations") if isinstance(encryption, dict) else None
-    if recorded is None:
-        return configured or opensslenc.PBKDF2_ITERATIONS
-    if isinstance(recorded, bool) or not isinstance(recorded, int) \
-            or not 1 <= recorded <= opensslenc.MAX_KDF_ITERATIONS:
-        raise ForgeError(f"{backup.name}: manifest has an impossible kdf_iterations {recorded!r}")
-    return recorded
-
-
-def _opening_passphrase(backup, candidates, kdf_iterations=None):
-    """The first of ``candidates`` under which the file decrypts to its format's magic number;
-    the first candidate when none does (its restore then fails with "wrong passphrase")."""
-    magic = _MAGIC[backup.compression]
-    iterations = kdf_iterations_of(backup, kdf_iterations)
-    with open_backup_file(backup) as handle:
-        head = handle.read(64)
-    for passphrase in candidates:
-        try:
-            if opensslenc.Decryptor(passphrase, iterations).update(head).startswith(magic):
-                return passphrase
-        except ForgeError:
-            continue
-    return candidates[0]
-
-
-def plaintext_chunks(backup, passphrase, read_size=None, report=None, kdf_iterations=None):
-    """The file's dump bytes, decrypted and decompressed, checked on the way: a wrong
-    passphrase, damage and truncation each raise a one-line ForgeError. For a file with
-    an authenticated manifest the SHA-256 of exactly these bytes is compared at the end
-    (and, when decoding failed half way, over the whole file: a changed file is named as
-    such rather than as a decoding error)."""
-    decryptor = (opensslenc.Decryptor(passphrase, kdf_iterations_of(backup, kdf_iterations))
-                 if backup.encrypted else None)
-    decompressor = compress.decompressor_for(backup.compression)
-    start = _StartCheck(backup)
-    digest = hashlib.sha256() if backup.manifest else None
-    tail = b""
-    with open_backup_file(backup) as handle:
-        try:
-            for chunk in iter(lambda: handle.read(read_size or STREAM_READ_SIZE), b""):
-                if digest is not None:
-                    digest.update(chunk)
-                if decryptor is not None:
-                    chunk = decryptor.update(chunk)
-                start.feed(chunk)
-                for data in decompressor.pieces(chunk):
-                    tail = (tail + data[-256:])[-256:]
-                    yield data
-            if decryptor is not None:
-                try:
-                    last = decryptor.finalize()
-                except ForgeError:
-                    raise ForgeError(f"{backup.name}: damaged file: decryption failed at its end (truncated or "
-                                     "changed)") from None
-                start.feed(last)
-                for data in decompressor.pieces(last):
-                    tail = (tail + data[-256:])[-256:]
-                    yield data
-            start.finish()
-        except Exception as exc:
-            if digest is not None:
-                check_digest(backup, handle, digest)
-            if isinstance(exc, ForgeError):
-                raise
-            raise ForgeError(_describe_stream_error(backup, exc)) from None
-        if digest is not None:
-            check_digest(backup, handle, digest)  # the handle is at its end: this only compares
-            if report is not None:
-                report.passed("sha256")
-    _check_stream_end(backup, decompressor, tail)
-
-
-def restricted(chunks):
-    """A plain dump may run SQL, never psql commands such as ``\\!``.
-
-    The stream is put in psql's restricted mode (``\\restrict``, psql 15.14 and later) with a key
-    the file cannot know, so any backslash command in it fails the restore. pg_dump's own
-    ``\\restrict KEY``/``\\unrestrict KEY`` lines (whole lines only) become empty lines: psql
-    does not nest them, and an empty line keeps psql's line numbers (see _restricted_error).
-    """
-    # Our line ends with the newline the buffer starts with, so every pg_dump line,
-    # the first included, is found as "\n" + line.
-    yield b"\\restrict " + os.urandom(16).hex().encode()
-    chunks = iter(chunks)
-    buffer = b"\n"
-    for data in chunks:
-        buffer += data
-        if len(buffer) >= 65536:
-            break
-    own = re.search(rb"\n\\restrict ([A-Za-z0-9]+)(\r?\n)", buffer)
-    lines = []
-    if own:
-        key, end = own.group(1), own.group(2)
-        lines = [b"\n\\restrict " + key + end, b"\n\\unrestrict " + key + end]
-    hold = max((len(line) for line in lines), default=1)
-
-    def clean(data):
-        for line in lines:
-            data = data.replace(line, b"\n\n")
-        return data
-
-    buffer = clean(buffer)
-    for data in chunks:
-        buffer = clean(buffer + data)
-        # Keep the last bytes back: one of the lines may continue in the next chunk.
-        if len(buffer) > hold:
-            yield buffer[:len(buffer) - hold]
-            buffer = buffer[len(buffer) - hold:]
-    yield buffer
-
-
-def read_through(backup, passphrase, kdf_iterations=None):
-    """Read every byte of a file without a manifest: decrypt, decompress, completion marker."""
-    for _chunk in plaintext_chunks(backup, passphrase, READ_SIZE, kdf_iterations=kdf_iterations):
-        pass
 
 
 class RestoreOptions:
@@ -463,7 +150,7 @@ class Restorer:
         if backup.manifest is None and not backup.legacy and self.retired_passphrases():
             # No manifest names the key (a file the runbook's commands made, or a copy brought back
             # without its manifest): the passphrase whose decryption starts like the file's format.
-            return _opening_passphrase(backup, [self.configured_passphrase(), *self.retired_passphrases()],
+            return opening_passphrase(backup, [self.configured_passphrase(), *self.retired_passphrases()],
                                        self.options.kdf_iterations)
         return self.configured_passphrase()
 
@@ -490,7 +177,7 @@ class Restorer:
         passphrase = self.passphrase(backup)
         report["target"] = target
         try:
-            with self.settings.connect(database=_maintenance_db(target)) as control:
+            with self.settings.connect(database=maintenance_db(target)) as control:
                 if report.get("verdict") == UNVERIFIED:
                     self._refuse_unverified_as_superuser(control, backup, target)
                 if not check_mode:
@@ -762,7 +449,7 @@ class Restorer:
         return env
 
     def _watch(self, tool, database, stop):
-        return _ClientWatch(self.settings, self._client_name, database, tool, self.options.stall_timeout, stop)
+        return ClientWatch(self.settings, self._client_name, database, tool, self.options.stall_timeout, stop)
 
     def _pg_restore_file(self, backup, target, report):
         """pg_restore --jobs needs a seekable file: it reads, through our open descriptor, the private
@@ -820,7 +507,7 @@ class Restorer:
             # The stream is fed from a thread of its own, so that a write the watch cannot free (a
             # client whose process was killed while a child of it still holds the pipe, as root's
             # wrapper does under sudo) never holds the restore: this thread stops waiting instead.
-            feeder = _Feeder(chunks, proc, watch)
+            feeder = Feeder(chunks, proc, watch)
             try:
                 feeder.start()
                 while feeder.is_alive() and not (watch.stalled and feeder.wait_seconds() > 2):
@@ -831,7 +518,7 @@ class Restorer:
                         proc.stdin.close()
                     except BrokenPipeError:
                         pass
-                _wait_for(proc, watch)
+                wait_for(proc, watch)
                 reader.join(timeout=2 if watch.stalled else None)
             except BaseException:
                 # Kill before closing stdin: psql must not commit a damaged stream.
@@ -847,165 +534,6 @@ class Restorer:
             raise feeder.error
         if proc.returncode != 0:
             raise _stopped(backup, psql_error(f"exit {proc.returncode}"))
-
-
-class _Feeder(threading.Thread):
-    """Writes the restore stream into the client's stdin. A failure to produce the stream (a
-    checksum that does not match, a wrong passphrase) kills the client before anything closes its
-    stdin, so psql never commits a damaged stream; the error is kept for the restore to raise."""
-
-    def __init__(self, chunks, proc, watch):
-        super().__init__(name="restore-feeder", daemon=True)
-        self.chunks = chunks
-        self.proc = proc
-        self.watch = watch
-        self.error = None
-        self._writing_since = None
-
-    def wait_seconds(self):
-        """How long the current write has been blocked (0 when none is)."""
-        since = self._writing_since
-        return 0 if since is None else time.monotonic() - since
-
-    def run(self):
-        try:
-            for data in _timed(self.chunks, self.watch):
-                self._writing_since = time.monotonic()
-                self.proc.stdin.write(data)
-                self._writing_since = None
-        except BaseException as exc:  # noqa: BLE001 - handed to the restoring thread, which raises it
-            if not isinstance(exc, BrokenPipeError):
-                self.proc.kill()
-            self.error = exc
-
-
-def _timed(chunks, watch):
-    """The stream's chunks; the time spent making each (reading, decrypting, decompressing) is the
-    engine's own and never counted against the client."""
-    chunks = iter(chunks)
-    while True:
-        watch.busy()
-        data = next(chunks, None)
-        if data is None:
-            return
-        watch.waiting()
-        yield data
-
-
-def _wait_for(proc, watch):
-    """Wait for the client to exit; once the watch has stopped it, a few seconds at most (a child
-    it left behind may hold its pipes, but never the restore)."""
-    while True:
-        try:
-            proc.wait(timeout=0.5)
-            return
-        except subprocess.TimeoutExpired:
-            if watch.stalled and watch.stopped_for() > 5:
-                return
-
-
-# The sessions of one restore's client (its name, in its side database), and for each that waits
-# for a lock held outside the restore, who holds it: pg_restore --jobs workers wait on each other.
-_CLIENT_SESSIONS = """
-    SELECT a.pid, a.state, a.wait_event_type,
-           (SELECT string_agg(format('pid %%s (user %%s)', b.pid, coalesce(b.usename, '?')), ', ' ORDER BY b.pid)
-              FROM pg_stat_activity b WHERE b.pid = ANY (pg_blocking_pids(a.pid))
-               AND b.application_name IS DISTINCT FROM %s)
-      FROM pg_stat_activity a WHERE a.application_name = %s AND a.datname = %s
-"""
-
-
-class _ClientWatch(threading.Thread):
-    """Stops a restore's client (psql, pg_restore) once nothing has moved for ``seconds``: the
-    client took no input and none of its sessions worked on the server, or one of its sessions
-    waited that long for a lock. A long step the server works on (an index build) is progress;
-    time the engine spends reading the backup (``busy``) is never counted against the client.
-    The client is killed and its sessions terminated, so its transaction rolls back."""
-
-    def __init__(self, settings, client_name, database, tool, seconds, stop):
-        super().__init__(name="restore-stall-watch", daemon=True)
-        self.settings = settings
-        self.client_name = client_name
-        self.database = database
-        self.tool = tool
-        self.seconds = seconds
-        self.stop = stop
-        self.stalled = None
-        self._stopped_at = None
-        self._ours = False
-        self._moved_at = time.monotonic()
-        self._ended = threading.Event()
-
-    def busy(self):
-        self._ours = True
-
-    def stopped_for(self):
-        return 0 if self._stopped_at is None else time.monotonic() - self._stopped_at
-
-    def waiting(self):
-        self._moved_at = time.monotonic()
-        self._ours = False
-
-    def end(self):
-        self._ended.set()
-        if self.is_alive():
-            self.join(timeout=10)
-
-    def run(self):
-        interval = max(0.2, min(2.0, self.seconds / 8))
-        conn, lock_since = None, None
-        try:
-            while not self._ended.wait(interval):
-                now = time.monotonic()
-                try:
-                    conn = conn or self.settings.connect(database=_maintenance_db(self.database),
-                                                         application_name="infer-forge-restore-watch")
-                    sessions = conn.execute(_CLIENT_SESSIONS, (self.client_name, self.client_name,
-                                                               self.database)).fetchall()
-                except Exception:  # noqa: BLE001 - no view of the server now: no judgment either
-                    conn, sessions = _closed(conn), []
-                    self._moved_at = now
-                if any(session[1] == "active" and (session[2] not in ("Lock", "Client")
-                                                   or session[2] == "Lock" and not session[3])
-                       for session in sessions):
-                    self._moved_at = now  # working, or waiting on another session of this restore
-                holders = [session[3] for session in sessions if session[2] == "Lock" and session[3]]
-                lock_since = (lock_since or now) if holders else None
-                if holders:
-                    self._moved_at = now  # a lock wait is bounded by its own rule, and names the holder
-                if lock_since is not None and now - lock_since >= self.seconds:
-                    self.stalled = f"it waited {self.seconds} s for a lock held by {holders[0]} (BACKUP_STALL_TIMEOUT)"
-                elif not self._ours and now - self._moved_at >= self.seconds:
-                    self.stalled = f"{self.tool} made no progress for {self.seconds} s and was stopped " \
-                                   "(BACKUP_STALL_TIMEOUT)"
-                if self.stalled:
-                    self._stopped_at = time.monotonic()
-                    self.stop()
-                    _terminate(conn, self.client_name)
-                    return
-        finally:
-            _closed(conn)
-
-
-def _terminate(conn, client_name):
-    """End the stalled client's sessions on the server (a client stopped in a container keeps its
-    connection after its `docker exec` is killed): their transactions roll back."""
-    if conn is None:
-        return
-    try:
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s "
-                     "AND usename = current_user", (client_name,))
-    except Exception:  # noqa: BLE001, S110 - the side database is dropped WITH (FORCE) after this anyway
-        pass
-
-
-def _closed(conn):
-    if conn is not None:
-        try:
-            conn.close()
-        except Exception:  # noqa: BLE001, S110 - closing a broken connection
-            pass
-    return None
 
 
 def _stopped(backup, client_error):
@@ -1069,11 +597,6 @@ def describe_count_mismatches(expected, actual):
             + [f"{t}: {actual[t]} rows restored, {expected[t]} in the snapshot" for t in wrong])
 
 
-def _maintenance_db(target):
-    # A database cannot be renamed from a session connected to it.
-    return "template1" if target == "postgres" else "postgres"
-
-
 def _sessions(control, target):
     """The target's sessions: every backend a role runs there, not autovacuum, which has no role,
     which only a superuser may signal, and which PostgreSQL ends itself when the database is
@@ -1124,26 +647,6 @@ def dbname_conninfo(name):
     """pg_restore takes --dbname as a connection string when it contains '=';
     quoting it as one always keeps any database name literal."""
     return "dbname='" + name.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def _check_stream_end(backup, decompressor, tail):
-    if getattr(decompressor, "truncated", False):
-        raise ForgeError(f"{backup.name}: gzip data is truncated; the file is incomplete")
-    if backup.compression == "zstd" and not getattr(decompressor, "eof", True):
-        raise ForgeError(f"{backup.name}: zstd data is truncated; the file is incomplete")
-    if backup.dump_format == "plain" and PLAIN_DUMP_MARKER not in tail:
-        raise ForgeError(f"{backup.name}: the dump has no 'dump complete' marker; it is truncated")
-
-
-def _describe_stream_error(backup, exc):
-    text = " ".join(str(exc).split())
-    if backup.encrypted and isinstance(exc, ValueError):
-        return f"{backup.name}: damaged file: decryption failed"
-    if "zlib" in type(exc).__module__ or "zstd" in type(exc).__module__ or "Error -3" in text \
-            or "invalid" in text.lower():
-        # The passphrase was already proven by the plaintext's start (see _StartCheck).
-        return f"{backup.name}: damaged file: {backup.compression} data is corrupt ({text})"
-    return f"{backup.name}: {text}"
 
 
 def _collect(stream, sink):
