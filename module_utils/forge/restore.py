@@ -151,7 +151,7 @@ class Restorer:
             # No manifest names the key (a file the runbook's commands made, or a copy brought back
             # without its manifest): the passphrase whose decryption starts like the file's format.
             return opening_passphrase(backup, [self.configured_passphrase(), *self.retired_passphrases()],
-                                       self.options.kdf_iterations)
+                                      self.options.kdf_iterations)
         return self.configured_passphrase()
 
     # -- the restore ----------------------------------------------------------
