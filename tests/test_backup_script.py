@@ -231,6 +231,23 @@ def test_other_formats_round_trip(pg, sample_db, backup_dir, fmt, compression, s
     pg.drop_database(target)
 
 
+def test_a_custom_dump_of_an_older_pg_dump_is_zlib_at_its_fastest_level_and_says_so(pg, sample_db, backup_dir):
+    """Before pg_dump 16 the archive can only be zlib inside: at level 1, not pg_dump's default 6,
+    which ran in pg_dump's one thread at a third of the dump's speed; the manifest names it, and
+    pg_restore of that major reads it (the round trip above)."""
+    result = run_backup_script(pg, sample_db, backup_dir, {"BACKUP_FORMAT": "custom"})
+    assert result.returncode == 0, result.stderr
+    [path] = backups_in(backup_dir)
+    manifest = manifest_of(path)
+    assert manifest["pg_dump_major_version"] < 16, "this host's pg_dump is Debian 12's 15"
+    assert manifest["archive_compression"] == "gzip:1"
+    listed = subprocess.run(["pg_restore", "--list", path], capture_output=True, text=True, check=True)
+    assert re.search(r"^;\s+Compression: 1$", listed.stdout, re.M), listed.stdout[:800]
+    plain = run_backup_script(pg, sample_db, backup_dir, {"BACKUP_FORMAT": "plain"})
+    assert plain.returncode == 0, plain.stderr
+    assert "archive_compression" not in manifest_of(max(backups_in(backup_dir), key=os.path.getmtime))
+
+
 @pytest.fixture
 def digests_db(pg, fresh_db):
     """About 7 MB of md5 text (compresses about 2:1): a plain dump of several 1 MiB gzip members."""

@@ -323,7 +323,7 @@ class BackupRunner:
             counter = _RowCounter(cursor, tables)
             counter.start()
             try:
-                stream = self._dump(snapshot, partial_path, passphrase)
+                stream = self._dump(snapshot, partial_path, passphrase, client_major)
             except ForgeError as dump_error:
                 # A count that failed first (out of locks, say) ended the exporting transaction,
                 # and pg_dump then only says it "could not import the requested snapshot": the
@@ -365,6 +365,7 @@ class BackupRunner:
             "compression": {"algorithm": options.effective_compression, "level": stream["compression_level"],
                             "tool": stream["compression_tool"]},
             "encryption": stream["encryption"],
+            **({"archive_compression": stream["archive_compression"]} if stream["archive_compression"] else {}),
             "snapshot_row_counts": counter.counts,
             "tables": len(counter.counts),
             "rows": sum(counter.counts.values()),
@@ -399,12 +400,13 @@ class BackupRunner:
             tables=len(counter.counts), rows=manifest["rows"], server_version=server_version,
         )
 
-    def _dump(self, snapshot, partial_path, passphrase):
+    def _dump(self, snapshot, partial_path, passphrase, client_major):
         """Run pg_dump and stream its output into ``partial_path``; return what was written."""
         pin_malloc_mmap_threshold()
         options = self.options
+        compress_option, inside = archive_compression(client_major, options.compression_level)
         fmt = ["--format=plain"] if options.dump_format == "plain" else [
-            "--format=custom", f"--compress={6 if options.compression_level is None else options.compression_level}"]
+            "--format=custom", f"--compress={compress_option}"]
         command = options.dump_command + fmt + options.dump_options + [
             f"--lock-wait-timeout={self._lock_wait_seconds()}s", f"--snapshot={snapshot}"]
         docker = runs_in_container(options.dump_command)
@@ -501,6 +503,7 @@ class BackupRunner:
         return {
             "size": size,
             "sha256": digest.hexdigest(),
+            "archive_compression": inside if options.dump_format == "custom" else None,
             "compression_level": getattr(compressor, "level", None),
             "compression_tool": compressor.tool,
             "encryption": encryptor.parameters() if encryptor else None,
@@ -640,6 +643,18 @@ class _StallWatch(threading.Thread):
         if self.stalled is not None:
             raise ForgeError(f"{self.stalled} made no progress for {self.seconds:g} s and was stopped "
                              "(BACKUP_STALL_TIMEOUT); nothing was kept")
+
+
+def archive_compression(client_major, level=None):
+    """(pg_dump's --compress, how the manifest names it) for a custom-format archive: lz4 from pg_dump 16
+    on, which a pg_restore of that major reads and which keeps up with the dump; zlib at its
+    fastest level before 16. zlib at pg_dump's default level 6 runs in pg_dump's one thread and
+    made a custom-format backup take 2.9 times as long as the dump itself."""
+    if client_major >= 16:
+        method = "lz4" if level is None else f"lz4:{level}"
+        return method, method
+    level = 1 if level is None else level
+    return str(level), f"gzip:{level}"  # before 16, --compress takes a zlib level alone
 
 
 def _stop_stalled(what, proc, compressor):
