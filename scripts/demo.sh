@@ -41,7 +41,17 @@ fi
 
 mkdir -p "$logs"
 step_number=0
-step() { step_number=$((step_number + 1)); printf '\n== %d/9 %s\n' "$step_number" "$*"; }
+step_times=()
+# Each step's wall time, printed at the end: where the demo's minutes go.
+finish_step() {
+    [ "$step_number" -gt 0 ] && step_times+=("$(printf '%5d s  %d %s' $((SECONDS - step_started)) "$step_number" "$step_title")")
+    return 0
+}
+step() {
+    finish_step
+    step_number=$((step_number + 1)); step_title=${*%%:*}; step_started=$SECONDS
+    printf '\n== %d/9 %s\n' "$step_number" "$*"
+}
 
 # Run a playbook with the json callback; the full output stays in .cache/lab/<name>.json.
 play() {
@@ -116,6 +126,11 @@ play pitr_offsite playbooks/pitr_offsite.yml "Show the off-site copy"
 
 step "Checklist: ansible-playbook playbooks/checklist.yml (the runbook's 11 items, and 12: point-in-time recovery)"
 play checklist playbooks/checklist.yml "Show the checklist" "Fail when an item failed in production"
+
+finish_step
+echo
+echo "Step times (wall, $SECONDS s in all):"
+printf '   %s\n' "${step_times[@]}"
 
 monitoring_ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' lab-monitoring)
 cat <<EOT
