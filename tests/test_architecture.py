@@ -175,6 +175,7 @@ def test_every_job_records_its_outcome_through_one_helper():
             continue
         with open(os.path.join(ENGINE, name + ".py"), encoding="utf-8") as handle:
             for number, line in enumerate(handle, 1):
-                if re.search(r"\bsentry\.report_failure\(|\bmetrics\.write_run\(", line):
+                if re.search(r"\bsentry\.report_failure\b|\bmetrics\.write_run\b|"
+                             r"from \.(sentry|metrics) import .*\b(report_failure|write_run)\b", line):
                     direct.append(f"{name}.py:{number}: {line.strip()}")
     assert direct == [], "record it with outcome.record_outcome (or its parts):\n" + "\n".join(direct)

@@ -231,21 +231,35 @@ def test_other_formats_round_trip(pg, sample_db, backup_dir, fmt, compression, s
     pg.drop_database(target)
 
 
-def test_a_custom_dump_of_an_older_pg_dump_is_zlib_at_its_fastest_level_and_says_so(pg, sample_db, backup_dir):
+@pytest.mark.parametrize("level, named, header", [(None, "gzip:1", "1"), ("0", "none", "0"), ("4", "gzip:4", "4")])
+def test_a_custom_dump_of_an_older_pg_dump_is_zlib_at_the_level_asked_or_its_fastest_and_says_so(
+        pg, sample_db, backup_dir, level, named, header):
     """Before pg_dump 16 the archive can only be zlib inside: at level 1, not pg_dump's default 6,
     which ran in pg_dump's one thread at a third of the dump's speed; the manifest names it, and
     pg_restore of that major reads it (the round trip above)."""
-    result = run_backup_script(pg, sample_db, backup_dir, {"BACKUP_FORMAT": "custom"})
+    settings = {"BACKUP_FORMAT": "custom", **({"BACKUP_COMPRESSION_LEVEL": level} if level else {})}
+    result = run_backup_script(pg, sample_db, backup_dir, settings)
     assert result.returncode == 0, result.stderr
     [path] = backups_in(backup_dir)
     manifest = manifest_of(path)
     assert manifest["pg_dump_major_version"] < 16, "this host's pg_dump is Debian 12's 15"
-    assert manifest["archive_compression"] == "gzip:1"
+    assert manifest["archive_compression"] == named
     listed = subprocess.run(["pg_restore", "--list", path], capture_output=True, text=True, check=True)
-    assert re.search(r"^;\s+Compression: 1$", listed.stdout, re.M), listed.stdout[:800]
+    assert re.search(rf"^;\s+Compression: {header}$", listed.stdout, re.M), listed.stdout[:800]
     plain = run_backup_script(pg, sample_db, backup_dir, {"BACKUP_FORMAT": "plain"})
     assert plain.returncode == 0, plain.stderr
     assert "archive_compression" not in manifest_of(max(backups_in(backup_dir), key=os.path.getmtime))
+
+
+def test_a_compression_the_dump_options_set_is_the_one_the_manifest_names():
+    """pg_dump takes the last --compress on its command line, and forge_backup's dump_options come
+    after ours: the manifest names theirs, never one the archive was not written with."""
+    from forge.backup import archive_compression
+
+    assert archive_compression(17) == ("lz4", "lz4")
+    assert archive_compression(17, 9) == ("9", "gzip:9")  # an explicit level keeps its zlib meaning
+    assert archive_compression(17, None, ["--no-owner", "-Z", "5"])[1] == "as the dump options set it: -Z 5"
+    assert archive_compression(15, None, ["--compress=0"])[1] == "as the dump options set it: --compress=0"
 
 
 @pytest.fixture

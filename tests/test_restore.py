@@ -216,6 +216,7 @@ def test_one_flipped_byte_in_the_middle(pg, sample_db, backup_dir, passphrase_fi
     result = _restore(run_module, pg, backup_dir, mode="drill", database=sample_db, passphrase_file=passphrase_file)
     assert result["failed"] is True
     assert "checksum mismatch; the file is damaged or was changed after the backup" in result["msg"]
+    assert not pg.database_exists(f"{sample_db}_restore_drill")  # refused before any database was made
 
 
 def test_flipped_byte_in_a_runbook_file_is_caught_while_streaming(pg, sample_db, backup_dir, run_module):

@@ -404,7 +404,7 @@ class BackupRunner:
         """Run pg_dump and stream its output into ``partial_path``; return what was written."""
         pin_malloc_mmap_threshold()
         options = self.options
-        compress_option, inside = archive_compression(client_major, options.compression_level)
+        compress_option, inside = archive_compression(client_major, options.compression_level, options.dump_options)
         fmt = ["--format=plain"] if options.dump_format == "plain" else [
             "--format=custom", f"--compress={compress_option}"]
         command = options.dump_command + fmt + options.dump_options + [
@@ -645,16 +645,25 @@ class _StallWatch(threading.Thread):
                              "(BACKUP_STALL_TIMEOUT); nothing was kept")
 
 
-def archive_compression(client_major, level=None):
-    """(pg_dump's --compress, how the manifest names it) for a custom-format archive: lz4 from pg_dump 16
-    on, which a pg_restore of that major reads and which keeps up with the dump; zlib at its
-    fastest level before 16. zlib at pg_dump's default level 6 runs in pg_dump's one thread and
-    made a custom-format backup take 2.9 times as long as the dump itself."""
-    if client_major >= 16:
-        method = "lz4" if level is None else f"lz4:{level}"
-        return method, method
-    level = 1 if level is None else level
-    return str(level), f"gzip:{level}"  # before 16, --compress takes a zlib level alone
+def archive_compression(client_major, level=None, dump_options=()):
+    """(pg_dump's --compress, how the manifest names it) for a custom-format archive.
+
+    Unset, lz4 from pg_dump 16 on (a pg_restore of that major reads it, and it keeps up with the
+    dump) and zlib at level 1 before; zlib at pg_dump's default level 6 runs in pg_dump's one
+    thread and made a custom-format backup take 2.9 times as long as the dump itself. A level
+    set by BACKUP_COMPRESSION_LEVEL keeps its meaning on every major: zlib at that level, 0 for
+    none. A --compress among the dump options (forge_backup's dump_options) comes later on
+    pg_dump's command line and wins: the manifest then names that one."""
+    words = list(dump_options)
+    given = [" ".join(words[at:at + (2 if word in ("-Z", "--compress") else 1)])
+             for at, word in enumerate(words) if word.startswith(("-Z", "--compress"))]
+    if level is not None:
+        option, named = str(level), ("none" if level == 0 else f"gzip:{level}")
+    elif client_major >= 16:
+        option, named = "lz4", "lz4"
+    else:
+        option, named = "1", "gzip:1"  # before 16, --compress takes a zlib level alone
+    return option, (f"as the dump options set it: {given[-1]}" if given else named)
 
 
 def _stop_stalled(what, proc, compressor):

@@ -1,10 +1,12 @@
 """How every job ends: its outcome recorded where the checklist, the alerts and the on-call
 engineer look, the same way for each.
 
-A job (a restore drill, an off-site copy, the PITR drill and its off-site copy, the DR drill)
-writes its JSON report or state atomically (0640 in a 0750 directory), its node_exporter
-metrics, and on failure one Sentry event. A step that cannot be done is noted in the result
-(``report_error``, ``metrics_error``) and never hides the job's own verdict.
+A job (a restore drill, an off-site copy, the PITR drill and its off-site copy) writes its JSON
+report or state atomically (0640 in a 0750 directory), its node_exporter metrics, and on failure
+one Sentry event. A step that cannot be done is noted in the result (``report_error``,
+``metrics_error``) and never hides the job's own verdict. The DR drill and the backup take the
+metrics and Sentry parts; the DR drill's report is its evidence for the checklist, so one that
+cannot be written stops it, and the backup's metrics describe the directory, not a run.
 """
 
 import json

@@ -177,7 +177,8 @@ BACKUP = _table(
             env="BACKUP_FORMAT", role_var="backup_format", choices=("plain", "custom")),
     Setting("compression", "str", "gzip", "gzip or zstd.", env="BACKUP_COMPRESSION",
             role_var="backup_compression", choices=("gzip", "zstd")),
-    Setting("compression_level", "int", None, "Compression level; the compressor's default when unset.",
+    Setting("compression_level", "int", None, "Compression level; the compressor's default when unset (a custom "
+            "archive: zlib at this level, 0 for none; unset, lz4 from pg_dump 16 and zlib 1 before).",
             env="BACKUP_COMPRESSION_LEVEL"),
     Setting("jobs", "int", None, "Parallel compression threads; one per core when unset.", env="BACKUP_JOBS"),
     Setting("gzip_tool", "str", "auto", "What writes gzip: igzip (ISA-L, several times faster) or zlib; auto "
