@@ -5,7 +5,8 @@ Runs after test_e2e.py (file order), when the hosts hold backups, a drill report
 copies and a checklist: each playbook then has real work it would do. Before and after the
 check runs, each host's state is fingerprinted: every file (path, size, mode, owner, mtime)
 where our roles and jobs write (backups, config, cron, reports, metrics, the NAS's copies),
-and the databases of the Compose server. The two must be equal.
+the databases of the Compose server, and a digest of every row of the app's tables. The two
+must be equal.
 """
 
 import os
@@ -59,6 +60,11 @@ def fingerprint():
     container = db.check_output("docker compose -p forge-e2e-db ps -q db")
     listing = "psql -U infer -d postgres -Atc 'SELECT datname FROM pg_database ORDER BY 1'"
     state["databases"] = db.check_output(f"docker exec {container} {listing}").splitlines()
+    # And what the app's database holds, row by row (the stand-in app only reads it).
+    contents = ("psql -U infer -d infer_forge -Atc \"SELECT (SELECT md5(string_agg(c::text, ',' ORDER BY c.id)) "
+                "FROM customers c), (SELECT md5(string_agg(o::text, ',' ORDER BY o.id)) FROM orders o)\"")
+    state["contents"] = db.check_output(f"docker exec {container} {contents}").splitlines()
+    assert len(state["contents"]) == 1 and state["contents"][0].count("|") == 1, state["contents"]
     return state
 
 
