@@ -178,4 +178,4 @@ def test_every_job_records_its_outcome_through_one_helper():
                 if re.search(r"\bsentry\.report_failure\b|\bmetrics\.write_run\b|"
                              r"from \.(sentry|metrics) import .*\b(report_failure|write_run)\b", line):
                     direct.append(f"{name}.py:{number}: {line.strip()}")
-    assert direct == [], "record it with outcome.record_outcome (or its parts):\n" + "\n".join(direct)
+    assert direct == [], "record it with outcome.write_report, write_metrics and report_failure:\n" + "\n".join(direct)

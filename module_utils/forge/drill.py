@@ -14,7 +14,7 @@ import time
 
 from .compress import default_workers
 from .errors import ForgeError, database_error
-from .outcome import record_outcome
+from .outcome import report_failure, write_metrics, write_report
 from .pgconn import check_btree_indexes, count_rows_in_parallel
 from .records import DRILL_METRIC_PREFIX as METRIC_PREFIX
 from .records import drill_metrics_filename, drill_report_path
@@ -201,16 +201,16 @@ class Drill:
     def _record(self, result):
         # The report is written by default, beside the backups when no report directory is set.
         report_dir = self.options.report_dir or self.restore_options.backup_dir
-        record_outcome(
-            result,
-            report=dict(path=drill_report_path(report_dir, self.options.database)) if report_dir else None,
-            metrics_run=self._metrics_run(result) if self.options.textfile_dir else None,
-            failure=dict(dsn=self.options.sentry_dsn,
-                         message=f"restore drill of {self.options.database} failed: {result['reason']}",
-                         component="restore-drill", database=self.options.database, host=result["host"],
-                         environment=self.options.environment))
+        if report_dir:
+            write_report(result, drill_report_path(report_dir, self.options.database))
+        if self.options.textfile_dir:
+            self._write_metrics(result)
+        if not result["passed"]:
+            report_failure(result, self.options.sentry_dsn,
+                           f"restore drill of {self.options.database} failed: {result['reason']}", "restore-drill",
+                           self.options.database, result["host"], self.options.environment)
 
-    def _metrics_run(self, result):
+    def _write_metrics(self, result):
         now = self.clock()
         samples = [
             ("last_run_timestamp_seconds", "When the last restore drill ended.", now),
@@ -221,9 +221,8 @@ class Drill:
         ]
         if "backup_age_seconds" in result:
             samples.append(("backup_age_seconds", "Age of the backup at the last drill.", result["backup_age_seconds"]))
-        return dict(textfile_dir=self.options.textfile_dir, filename=drill_metrics_filename(self.options.database),
-                    prefix=METRIC_PREFIX, labels={"database": self.options.database}, samples=samples, now=now,
-                    success_help="When a restore drill last passed.")
+        write_metrics(result, self.options.textfile_dir, drill_metrics_filename(self.options.database), METRIC_PREFIX,
+                      {"database": self.options.database}, samples, now, "When a restore drill last passed.")
 
 
 ACTIONS = ("verify", "restore", "drill")

@@ -40,14 +40,3 @@ def report_failure(result, dsn, message, component, database, host, environment)
     report = sentry.report_failure(dsn, message, component, database, host, environment)
     if report:
         result["sentry"] = report
-
-
-def record_outcome(result, report=None, metrics_run=None, failure=None):
-    """Report, then metrics, then (when the job failed) Sentry: each a dict of the keyword
-    arguments of the function above, or None when the job has none configured."""
-    if report:
-        write_report(result, **report)
-    if metrics_run:
-        write_metrics(result, **metrics_run)
-    if failure and not result["passed"]:
-        report_failure(result, **failure)

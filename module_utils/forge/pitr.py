@@ -17,7 +17,7 @@ import time
 from . import records
 from .barman import Barman, check_server_name
 from .errors import ForgeError, database_error, unexpected
-from .outcome import record_outcome
+from .outcome import report_failure, write_metrics, write_report
 from .pgconn import check_btree_indexes, count_rows, user_tables
 from .scratch import SCRATCH_MARKER, ScratchCluster
 
@@ -265,7 +265,8 @@ class PitrRecovery:
         return result
 
     def _record(self, result):
-        metrics_run = None
+        if self.options.report_dir:
+            write_report(result, records.pitr_drill_report_path(self.options.report_dir, self.options.server))
         if self.options.textfile_dir:
             now = self.clock()
             samples = [
@@ -278,16 +279,10 @@ class PitrRecovery:
                  result.get("tables_checked", 0)),
                 ("rows_checked", "Rows the last PITR drill counted.", result.get("rows_checked", 0)),
             ]
-            metrics_run = dict(textfile_dir=self.options.textfile_dir,
-                               filename=records.pitr_drill_metrics_filename(self.options.server),
-                               prefix=records.PITR_DRILL_METRIC_PREFIX, labels={"server": self.options.server},
-                               samples=samples, now=now, success_help="When a PITR drill last passed.")
-        record_outcome(
-            result,
-            report=dict(path=records.pitr_drill_report_path(self.options.report_dir, self.options.server))
-            if self.options.report_dir else None,
-            metrics_run=metrics_run,
-            failure=dict(dsn=self.options.sentry_dsn,
-                         message=f"PITR drill of {self.options.server} failed: {result['reason']}",
-                         component="pitr-drill", database=result["database"], host=result["host"],
-                         environment=self.options.environment))
+            write_metrics(result, self.options.textfile_dir, records.pitr_drill_metrics_filename(self.options.server),
+                          records.PITR_DRILL_METRIC_PREFIX, {"server": self.options.server}, samples, now,
+                          "When a PITR drill last passed.")
+        if not result["passed"]:
+            report_failure(result, self.options.sentry_dsn, f"PITR drill of {self.options.server} failed: "
+                           f"{result['reason']}", "pitr-drill", result["database"], result["host"],
+                           self.options.environment)
