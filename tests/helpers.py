@@ -488,13 +488,40 @@ class StalledDump:
             return True
 
 
+def role_dependencies(role):
+    """The roles ``role``'s meta/main.yml depends on, by name."""
+    import yaml
+
+    with open(os.path.join(REPO, "roles", role, "meta", "main.yml")) as handle:
+        meta = yaml.safe_load(handle) or {}
+    return [entry["role"] if isinstance(entry, dict) else entry for entry in meta.get("dependencies") or []]
+
+
+def own_role_defaults(role):
+    """What ``role``'s own defaults/main.yml sets (nothing when it has none)."""
+    import yaml
+
+    path = os.path.join(REPO, "roles", role, "defaults", "main.yml")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as handle:
+        return yaml.safe_load(handle) or {}
+
+
+def role_defaults(role):
+    """The defaults a role's tasks see, as Ansible merges them: its dependencies' first, its own on top."""
+    merged = {}
+    for dependency in role_dependencies(role):
+        merged.update(role_defaults(dependency))
+    merged.update(own_role_defaults(role))
+    return merged
+
+
 def render(role, template, **values):
     """The role's template with its defaults and ``values``, as Ansible's template module renders it."""
     import jinja2
-    import yaml
 
-    with open(os.path.join(REPO, "roles", role, "defaults", "main.yml")) as handle:
-        context = yaml.safe_load(handle)
+    context = role_defaults(role)
     context.update(values, ansible_managed="Ansible managed")
     env = jinja2.Environment(  # noqa: S701 - YAML, not HTML: Ansible does not escape either
         loader=jinja2.FileSystemLoader(os.path.join(REPO, "roles", role, "templates")),

@@ -179,3 +179,46 @@ def test_every_job_records_its_outcome_through_one_helper():
                              r"from \.(sentry|metrics) import .*\b(report_failure|write_run)\b", line):
                     direct.append(f"{name}.py:{number}: {line.strip()}")
     assert direct == [], "record it with outcome.write_report, write_metrics and report_failure:\n" + "\n".join(direct)
+
+
+# What an installing role may run of the modules that operate: the Barman host's off-site
+# repository made at deploy, and on a rebuilt Barman host its history taken back before
+# streaming starts (Barman deletes the WAL older than its first base backup, and with it what
+# the slot kept since the old host's last byte, so this cannot wait for an operator's
+# playbook); on the NAS, the prune of the PITR repositories, the NAS's own retention.
+INSTALL_MAY_RUN = {("pitr", "forge_pitr", "offsite_init"), ("pitr", "forge_pitr", "offsite_restore"),
+                   ("offsite_target", "forge_pitr", "offsite_prune")}
+OPERATING_MODULES = {"forge_backup", "forge_restore", "forge_offsite", "forge_nas_newest", "forge_pitr",
+                     "forge_putback", "forge_dr_drill"}
+
+
+def module_calls(role):
+    """(task file, module, mode) of every engine module a role's tasks call."""
+    import yaml
+
+    calls = []
+    tasks_dir = os.path.join(REPO, "roles", role, "tasks")
+    for name in sorted(os.listdir(tasks_dir)) if os.path.isdir(tasks_dir) else []:
+        with open(os.path.join(tasks_dir, name), encoding="utf-8") as handle:
+            pending = list(yaml.safe_load(handle) or [])
+        while pending:
+            task = pending.pop()
+            for key in ("block", "rescue", "always"):
+                pending.extend(task.get(key) or [])
+            for key, arguments in task.items():
+                module = key.rsplit(".", 1)[-1]
+                if module.startswith("forge_"):
+                    calls.append((name, module, (arguments or {}).get("mode", "")))
+    return calls
+
+
+def test_roles_install_and_playbooks_operate():
+    """No installing role runs a backup, a drill, a recovery, a put-back or a copy: those are the
+    operating roles' entry points, which playbooks call. (roles/pitr ran the drill, recoveries, the
+    put-back and the off-site copy until both had roles of their own.)"""
+    roles = [role for role in sorted(os.listdir(os.path.join(REPO, "roles"))) if not role.endswith("_operations")]
+    operating = [f"roles/{role}/tasks/{name}: {module} {mode}".rstrip() for role in roles
+                 for name, module, mode in module_calls(role)
+                 if module in OPERATING_MODULES and (role, module, mode) not in INSTALL_MAY_RUN]
+    assert operating == []
+    assert module_calls("pitr_operations") and module_calls("backup_operations")

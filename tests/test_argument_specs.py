@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import HOST_PYTHON
 
-from helpers import REPO
+from helpers import REPO, own_role_defaults, role_defaults, role_dependencies
 
 # (case id, role, entry point, variable, value, how the validation's complaint starts; None: it passes)
 CASES = [
@@ -202,27 +202,53 @@ def test_an_operating_entry_point_checks_only_what_its_tasks_use(role, entry_poi
         declared = set(yaml.safe_load(handle)["argument_specs"][entry_point]["options"])
     with open(os.path.join(REPO, "roles", role, "tasks", f"{entry_point}.yml")) as handle:
         tasks = handle.read()
-    with open(os.path.join(REPO, "roles", role, "defaults", "main.yml")) as handle:
-        defaults = handle.read()  # a default built from another variable uses that one too
+    defaults = "\n".join(f"{name}: {value}" for name, value in  # a default built from another variable uses it too
+                         role_defaults(role).items())
     unused = sorted(name for name in declared if name not in tasks
                     and not any(name in line and used in line for used in declared if used in tasks
                                 for line in defaults.splitlines() if line.startswith(used + ":")))
     assert unused == []
 
 
+def settings_roles():
+    """Roles of defaults alone (no tasks): the roles that depend on them declare their variables."""
+    return sorted(role for role in os.listdir(os.path.join(REPO, "roles"))
+                  if not os.path.isdir(os.path.join(REPO, "roles", role, "tasks")))
+
+
 @pytest.mark.parametrize("role", sorted(os.listdir(os.path.join(REPO, "roles"))))
 def test_every_role_default_is_declared_in_an_argument_spec_with_the_same_default(role):
     """A default no entry point declares is a setting no play checks; one declared with another
-    default says two things. (The specs' headers promise exactly this check.)"""
-    with open(os.path.join(REPO, "roles", role, "defaults", "main.yml")) as handle:
-        defaults = yaml.safe_load(handle) or {}
-    with open(os.path.join(REPO, "roles", role, "meta", "argument_specs.yml")) as handle:
-        specs = yaml.safe_load(handle)["argument_specs"]
+    default says two things. (The specs' headers promise exactly this check.) A settings role's
+    defaults are declared by the roles that depend on it."""
+    defaults = own_role_defaults(role)
+    declaring = [role] if role not in settings_roles() else [
+        other for other in sorted(os.listdir(os.path.join(REPO, "roles"))) if role in role_dependencies(other)]
+    assert declaring, f"no role depends on the settings role {role}"
     declared = {}
-    for entry_point in specs.values():
-        for name, option in (entry_point.get("options") or {}).items():
-            declared.setdefault(name, []).append(option)
+    for other in declaring:
+        with open(os.path.join(REPO, "roles", other, "meta", "argument_specs.yml")) as handle:
+            specs = yaml.safe_load(handle)["argument_specs"]
+        for entry_point in specs.values():
+            for name, option in (entry_point.get("options") or {}).items():
+                declared.setdefault(name, []).append(option)
     assert sorted(set(defaults) - set(declared)) == []
     differ = sorted(name for name, options in declared.items() if name in defaults
                     for option in options if "default" in option and option["default"] != defaults[name])
     assert differ == []
+
+
+def test_no_two_roles_set_a_default_for_the_same_variable():
+    """A default written twice drifts: the installing and the operating role of a capability read
+    theirs from one settings role they both depend on."""
+    setters = {}
+    for role in sorted(os.listdir(os.path.join(REPO, "roles"))):
+        for name in own_role_defaults(role):
+            setters.setdefault(name, []).append(role)
+    assert {name: roles for name, roles in setters.items() if len(roles) > 1} == {}
+
+
+@pytest.mark.parametrize("role", settings_roles())
+def test_a_settings_role_holds_defaults_and_nothing_that_runs(role):
+    assert sorted(os.listdir(os.path.join(REPO, "roles", role))) == ["README.md", "defaults", "meta"]
+    assert role_dependencies(role) == []

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from helpers import REPO
+from helpers import REPO, role_defaults
 
 BIN = os.path.dirname(sys.executable)
 FALSE = (False, "false", "False", "no", "0", 0)
@@ -108,11 +108,9 @@ def test_a_host_in_both_backup_and_pitr_keeps_each_roles_report_directory_apart(
     """The lab's db host is in both groups. The pitr role made the backup role's report
     directory barman's (0750), so the backup user could no longer write its off-site record,
     and `make demo`'s checklist failed item 6 right after a verified copy."""
-    import yaml
 
     def default(role, name):
-        with open(os.path.join(REPO, "roles", role, "defaults", "main.yml")) as handle:
-            return yaml.safe_load(handle)[name]
+        return role_defaults(role)[name]
 
     backup_dir = default("backup", "backup_report_dir")
     pitr_dir = default("pitr", "pitr_report_dir")

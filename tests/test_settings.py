@@ -19,11 +19,11 @@ from forge.pitr import PitrOptions
 from forge.pitr_offsite import OffsiteOptions as PitrOffsiteOptions
 from forge.restore import RestoreOptions
 
-from helpers import REPO
+from helpers import REPO, own_role_defaults, role_defaults, role_dependencies
 
-# The backup_ variables configure two roles: backup installs, backup_operations operates.
+# The backup_ and pitr_ variables configure two roles each: one installs, the other operates.
 ROLE_PREFIXES = {"offsite_target_": ("offsite_target",), "backup_": ("backup", "backup_operations"),
-                 "health_": ("health",), "pitr_": ("pitr",)}
+                 "health_": ("health",), "pitr_": ("pitr", "pitr_operations")}
 PATH_TYPES = {"path": ("path", "str"), "str": ("str",), "int": ("int",), "bool": ("bool",), "float": ("float",)}
 
 
@@ -62,7 +62,7 @@ def documented_options(module):
 def roles_of(variable):
     """The roles whose defaults set ``variable`` (at least its prefix's first role)."""
     roles = next(roles for prefix, roles in ROLE_PREFIXES.items() if variable.startswith(prefix))
-    holding = [role for role in roles if variable in read_yaml("roles", role, "defaults", "main.yml")]
+    holding = [role for role in roles if variable in role_defaults(role)]
     return holding or roles[:1]
 
 
@@ -88,7 +88,7 @@ def module_options():
 @pytest.mark.parametrize("setting", declared_role_variables())
 def test_a_role_default_is_the_declared_one(setting):
     for role in roles_of(setting.role_var):
-        defaults = read_yaml("roles", role, "defaults", "main.yml")
+        defaults = role_defaults(role)
         assert setting.role_var in defaults, f"{setting.role_var} is declared but roles/{role} has no default for it"
         assert defaults[setting.role_var] == setting.role_default, (
             f"roles/{role}/defaults/main.yml sets {setting.role_var}: {defaults[setting.role_var]!r}; "
@@ -110,14 +110,14 @@ def test_a_role_argument_spec_agrees_with_the_declaration(setting):
             assert tuple(option.get("choices", ())) == setting.choices, setting.role_var
 
 
-def test_the_backup_and_operations_roles_agree_on_every_variable_they_share():
-    """One inventory configures both roles under the same names; a default edited in one
-    alone would make a playbook's backup differ from the cron entry's."""
-    installing = read_yaml("roles", "backup", "defaults", "main.yml")
-    operating = read_yaml("roles", "backup_operations", "defaults", "main.yml")
-    drift = [f"{name}: backup {installing[name]!r}, backup_operations {operating[name]!r}"
-             for name in sorted(set(installing) & set(operating)) if installing[name] != operating[name]]
-    assert drift == []
+def test_the_backup_and_operations_roles_read_one_set_of_defaults():
+    """One inventory configures both roles under the same names; a default written in each would
+    drift and make a playbook's backup differ from the cron entry's. Both take theirs from
+    backup_settings, and their argument specs agree on every variable they share."""
+    assert role_dependencies("backup") == role_dependencies("backup_operations") == ["backup_settings"]
+    shared = own_role_defaults("backup_settings")
+    assert not set(shared) & set(own_role_defaults("backup")) and not set(shared) & set(own_role_defaults(
+        "backup_operations"))
     options = {}
     for role in ("backup", "backup_operations"):
         for entry in read_yaml("roles", role, "meta", "argument_specs.yml")["argument_specs"].values():
@@ -125,7 +125,7 @@ def test_the_backup_and_operations_roles_agree_on_every_variable_they_share():
                 options.setdefault(name, set()).add((option.get("type", "str"), repr(option.get("default"))))
     assert {name: seen for name, seen in options.items() if len(seen) > 1} == {}
     # The operations' own variables live there alone.
-    assert not {"backup_restore_target", "backup_drill_file", "backup_operate_as_backup_user"} & set(installing)
+    assert not {"backup_restore_target", "backup_drill_file", "backup_operate_as_backup_user"} & set(shared)
 
 
 @pytest.mark.parametrize(("module", "setting"), module_options())
