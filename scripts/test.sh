@@ -74,10 +74,31 @@ print(get_venv_packages(types.SimpleNamespace(version="3.11"))["pip"])') || retu
     scratch=$(mktemp -d)
     python scripts/build_collection.py "$scratch/ansible_collections/infer/forge" >/dev/null &&
         (cd "$scratch/ansible_collections/infer/forge" &&
-            env -u ANSIBLE_CONFIG HOME="$home" ansible-test sanity --python 3.11 --color no)
+            env -u ANSIBLE_CONFIG HOME="$home" ansible-test sanity --python 3.11 --color no) &&
+        sanity_on_debian13 "$scratch" "$cache" "$pip_version"
     rc=$?
     rm -rf "$scratch"
     return $rc
+}
+
+# The Barman host runs Debian 13's Python 3.13, where forge_pitr and the engine run: the same
+# sanity tests (compile, import, pylint, validate-modules, ...) again under 3.13, in the local
+# Debian 13 image, with the same ansible-core from PyPI. The image has no ensurepip, so pip comes
+# from the wheel ansible-test's cache holds; PyPI is reached with the host's CA bundle.
+sanity_on_debian13() {
+    local scratch=$1 cache=$2 pip_version=$3 version
+    version=$(python -c 'import ansible; print(ansible.__version__)') || return 1
+    mkdir -p "$scratch/home/.ansible/test" && cp -r "$cache" "$scratch/home/.ansible/test/" || return 1
+    echo "--- ansible-test sanity --python 3.13 (in infer-forge-debian13:latest)"
+    docker run --rm --network bridge -v "$scratch:/sanity" \
+        -v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro \
+        -e PIP_CERT=/etc/ssl/certs/ca-certificates.crt -e PIP_DISABLE_PIP_VERSION_CHECK=1 \
+        infer-forge-debian13:latest sh -ec "
+            python3 -m venv --without-pip /tmp/venv
+            /tmp/venv/bin/python /sanity/home/.ansible/test/cache/pip-$pip_version-py3-none-any.whl/pip install -q \
+                ansible-core==$version
+            cd /sanity/ansible_collections/infer/forge
+            HOME=/sanity/home /tmp/venv/bin/ansible-test sanity --python 3.13 --venv --color no"
 }
 
 # FORGE_TESTS_MAY_SKIP is for a few tests by hand; make test never lets a test skip.

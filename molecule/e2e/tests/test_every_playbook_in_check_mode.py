@@ -26,9 +26,8 @@ HOSTS = ("e2e-db", "e2e-app", "e2e-monitoring", "e2e-nas")
 WATCHED = ("/backups", "/etc/infer-forge", "/etc/cron.d", "/etc/logrotate.d", "/etc/prometheus", "/etc/grafana",
            "/etc/filebeat", "/opt/infer-forge", "/var/lib/infer-forge", "/var/lib/infer-forge-metrics",
            "/var/lib/grafana/dashboards", "/srv/infer-forge-offsite", "/var/log/infer-backup.log")
-# Not here: pitr*.yml and dr_*.yml need a Barman host (the pitr scenario's); lab_services.yml is the
-# lab's own stand-ins; offsite_restore.yml is the way back from the NAS, which test_the_way_back_from_
-# the_nas.py runs for real (its check mode is not proven here yet).
+# Not here: pitr*.yml and dr_*.yml need a Barman host (molecule/pitr/tests/test_pitr_check_mode.py
+# runs them in --check); lab_services.yml is the lab's own stand-ins.
 CHECK_RUNS = [
     ("deploy.yml", ["--diff"]),
     ("health.yml", []),
@@ -37,6 +36,8 @@ CHECK_RUNS = [
     ("restore.yml", ["-e", "backup_restore_target=infer_forge_from_check",
                      "-e", "backup_restore_confirm=infer_forge_from_check"]),
     ("offsite.yml", []),
+    ("offsite_restore.yml", ["-e", "backup_restore_target=infer_forge_from_check",
+                             "-e", "backup_restore_confirm=infer_forge_from_check"]),
     ("checklist.yml", []),
 ]
 # What each run, had it only said what it would do, must never print: the real run's result line.
@@ -45,6 +46,7 @@ CLAIMS = {
     "restore_drill.yml": re.compile(r"\bPASS \S+: \S+\.sql"),
     "restore.yml": re.compile(r"\brestored \S+ into\b"),
     "offsite.yml": re.compile(r"\b\d+ copied and verified\b"),
+    "offsite_restore.yml": re.compile(r"\brestored \S+ into\b"),
 }
 
 
@@ -84,5 +86,5 @@ def test_every_playbook_in_check_mode_changes_nothing_on_any_host_and_claims_not
     claims = [f"{name}: {line.strip()}" for name, claim in CLAIMS.items() for line in said[name].splitlines()
               if claim.search(line)]
     assert claims == [], "check mode printed results it never computed:\n" + "\n".join(claims)
-    for name in ("backup.yml", "restore_drill.yml", "restore.yml", "offsite.yml"):
+    for name in ("backup.yml", "restore_drill.yml", "restore.yml", "offsite.yml", "offsite_restore.yml"):
         assert "would" in said[name], f"{name} --check does not say what it would do:\n{said[name][-2000:]}"
