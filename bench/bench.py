@@ -11,6 +11,8 @@ Timings on a shared machine are noisy; only the ratios within one run matter.
                                     # paired in the Debian 13 container (PostgreSQL 17)
     BENCH_RUNS=3 BENCH_ONLY=pitr make bench   # three containers; the verdict is on the median
     BENCH_ONLY=scale make bench     # cost as the work grows: 1,000 to 100,000 tables, 100 databases
+    BENCH_ONLY=restore make bench   # the restore pairs alone (runbook, best hand pipe, our drill with
+                                    # igzip and with zlib reading), BENCH_RUNS rounds (default 5)
 """
 
 import json
@@ -43,7 +45,10 @@ TARGETS = (
     ("encrypted gzip backup vs pg_dump | igzip -2 | openssl enc", "engine_gzip_encrypted", "igzip_pipeline", 1.10),
     ("zstd backup vs pg_dump > /dev/null", "engine_zstd", "pg_dump_devnull", 1.05),
     ("plain drill (verify, restore, exact counts, drop) vs runbook gunzip | psql", "drill_plain_encrypted",
-     "runbook_restore", 0.95),
+     "runbook_restore", 0.90),
+    # Issue 36: and against the best restore pipe a shell can make of the tools at hand.
+    ("plain drill vs openssl enc -d | igzip -d | psql (our encrypted file)", "drill_plain_encrypted",
+     "hand_restore_igzip", 1.05),
     ("custom-format drill with --jobs vs runbook gunzip | psql", "drill_custom_parallel", "runbook_restore", 0.70),
     # Issue 18, in the Debian 13 container (PostgreSQL 17, Barman), both sides on the same data there.
     ("PITR recovery to latest (barman restore, replay, promoted) vs runbook gunzip | psql", "pitr_recovery",
@@ -169,6 +174,14 @@ def measure(server, database, workdir, label):
         f"set -o pipefail; gunzip < {workdir}/runbook.sql.gz | psql -q {conn} -d {target} > /dev/null",
         env=env, shell=True)
     server.drop_database(target)
+    igzip = compress.find_igzip()
+    if igzip:
+        server.create_database(target)
+        encrypted_file = newest_backup(dirs["engine_gzip_encrypted"])
+        results["hand_restore_igzip"], _ = run(
+            f"set -o pipefail; openssl enc -d -aes-256-cbc -pbkdf2 -pass file:{passfile} -in {encrypted_file} | "
+            f"{igzip} -d -c | psql -q {conn} -d {target} > /dev/null", env=env, shell=True)
+        server.drop_database(target)
     server.create_database(target)
     results["pg_restore_j2"], _ = run(
         f"pg_restore {conn} -d {target} --no-owner --no-privileges --jobs=2 {newest_backup(dirs['engine_custom'])}",
@@ -216,6 +229,47 @@ def measure(server, database, workdir, label):
     for key, value in results.items():
         print(f"  {key:38s} {value:>14.2f}" if isinstance(value, float) else f"  {key:38s} {value:>14}")
     return results
+
+
+def measure_restores(server, database, workdir, rounds):
+    """The restore targets alone, paired in each of ``rounds`` rounds on one backup of each kind:
+    the runbook's gunzip | psql, the best pipe of the tools at hand, and our plain drill reading
+    its gzip with root's igzip and, for reference, with zlib in the engine."""
+    env = dict(os.environ, PGPASSWORD=server.app_password)
+    conn = f"-h {server.host} -p {server.port} -U {server.app_user}"
+    passfile = os.path.join(workdir, "pass")
+    with open(os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
+        handle.write(PASSPHRASE + "\n")
+    backups = os.path.join(workdir, "restore-bench")
+    encrypted = {"BACKUP_PASSPHRASE_FILE": passfile}
+    engine(server, database, backups, ["backup"], encrypted)
+    encrypted_file = newest_backup(backups)
+    runbook = os.path.join(workdir, "runbook.sql.gz")
+    run(f"set -o pipefail; pg_dump {conn} -d {database} | gzip > {runbook}", env=env, shell=True)
+    target = f"{database}_restore_bench"
+    igzip = compress.find_igzip()
+    pipes = {
+        "runbook_restore": f"gunzip < {runbook} | psql -q {conn} -d {target} > /dev/null",
+        "hand_restore_igzip": f"openssl enc -d -aes-256-cbc -pbkdf2 -pass file:{passfile} -in {encrypted_file} | "
+                              f"{igzip} -d -c | psql -q {conn} -d {target} > /dev/null",
+    }
+    runs = []
+    for number in range(rounds):
+        results = {}
+        for name, pipe in pipes.items():
+            server.execute("CHECKPOINT")
+            server.create_database(target)
+            results[name], _ = run("set -o pipefail; " + pipe, env=env, shell=True)
+            server.drop_database(target)
+        for name, tool in (("drill_plain_encrypted", "auto"), ("drill_plain_encrypted_zlib", "zlib")):
+            server.execute("CHECKPOINT")
+            results[name], peak = engine(server, database, backups, ["drill"], {**encrypted, "BACKUP_GZIP_TOOL": tool})
+            results[name + "_peak_rss_mb"] = round(peak / 1024, 1)
+        print(f"  round {number + 1}: " + ", ".join(f"{key} {value:.2f}" for key, value in results.items()))
+        runs.append(results)
+    shutil.rmtree(backups)
+    os.unlink(runbook)
+    return runs
 
 
 def measure_pitr_runs(scale, rows, workdir):
@@ -383,6 +437,32 @@ def main():
     server = PostgresServer(base_dir=os.path.join(workdir, "pg"))
     os.makedirs(server.base_dir)
     report = {"machine": {"cpus": os.cpu_count()}, "sizes": {}}
+    if os.environ.get("BENCH_ONLY") == "restore":
+        try:
+            server.init()
+            with open(os.path.join(server.data_dir, "postgresql.conf"), "a") as conf:
+                conf.write("shared_buffers = 512MB\nmaintenance_work_mem = 512MB\nmax_wal_size = 4GB\n")
+            server.start().setup_app()
+            size, gen_time = generate(server, "bench_full", scale, rows)
+            print(f"generated bench_full: {size / 2**30:.2f} GiB in {gen_time:.0f} s (scale {scale}, {rows} rows)")
+            runs = measure_restores(server, "bench_full", workdir, int(os.environ.get("BENCH_RUNS", "5")))
+        finally:
+            server.destroy()
+            shutil.rmtree(workdir, ignore_errors=True)
+        print(f"\n=== restore targets (paired in each of {len(runs)} round(s); the verdict is on the median)")
+        pairs = [(name, numerator, denominator, limit) for name, numerator, denominator, limit in TARGETS
+                 if numerator == "drill_plain_encrypted"]
+        pairs.append(("plain drill reading with zlib (reference) vs runbook gunzip | psql",
+                      "drill_plain_encrypted_zlib", "runbook_restore", None))
+        pairs.append(("best hand pipe vs runbook gunzip | psql (reference)", "hand_restore_igzip",
+                      "runbook_restore", None))
+        for name, numerator, denominator, limit in pairs:
+            values = sorted(ratio(results, numerator, denominator) for results in runs)
+            median = values[len(values) // 2]
+            verdict = ("PASS" if median <= limit else "MISS") if limit else "    "
+            print(f"  {verdict}  median {median:5.2f}  ({', '.join(f'{v:.2f}' for v in values)})"
+                  + (f"  <= {limit:.2f}" if limit else "") + f"  {name}")
+        return
     try:
         server.init()
         with open(os.path.join(server.data_dir, "postgresql.conf"), "a") as conf:

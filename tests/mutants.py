@@ -227,14 +227,14 @@ MUTANTS = [
         "name": "restore-reads-the-whole-file-at-once",
         "promise": "a restore's memory does not grow with the dump",
         "edits": [(VERIFY, "handle.read(read_size or STREAM_READ_SIZE)", "handle.read()")],
-        "tests": ["tests/test_restore_memory.py::test_an_encrypted_restore_spills_no_plaintext_and_its_memory_does_not_grow_with_the_dump"],
+        "tests": ["tests/test_restore_memory.py::test_an_encrypted_restore_spills_no_plaintext_and_its_memory_does_not_grow_with_the_dump[zlib]"],
     },
     {
         "name": "gunzip-hands-on-whatever-a-read-expands-to",
         "promise": "a restore's memory does not grow with how far the dump compresses",
         "edits": [(COMPRESS, "self._inner.decompress(data, CHUNK_SIZE)", "self._inner.decompress(data)")],
         "tests": ["tests/test_restore_memory.py::"
-                  "test_a_dump_that_expands_a_thousandfold_restores_in_the_memory_of_a_small_one"],
+                  "test_a_dump_that_expands_a_thousandfold_restores_in_the_memory_of_a_small_one[gzip-zlib]"],
     },
     {
         "name": "zstd-fed-a-whole-read-at-once",
@@ -1042,6 +1042,29 @@ MUTANTS = [
         "promise": "forge_pitr never runs as root: it refuses in one line before anything changes",
         "edits": [("library/forge_pitr.py", "    if os.geteuid() == 0:\n", "    if os.geteuid() == -1:\n")],
         "tests": ["tests/test_pitr_recovery.py::test_the_module_refuses_to_run_as_root_in_one_line"],
+    },
+    {
+        "name": "igzip-read-reads-the-whole-file-at-once",
+        "promise": "a restore's memory does not grow with the dump",
+        "edits": [(VERIFY, "for chunk in iter(lambda: handle.read(read_size or READ_SIZE), b\"\"):\n"
+                           "                        if digest is not None:",
+                   "for chunk in iter(lambda: handle.read(), b\"\"):\n"
+                   "                        if digest is not None:")],
+        "tests": ["tests/test_restore_memory.py::test_an_encrypted_restore_spills_no_plaintext_and_its_memory_does_not_grow_with_the_dump[igzip]"],
+    },
+    {
+        "name": "igzip-read-ignores-what-the-file-reader-found",
+        "promise": "a changed file is refused as changed, whatever reads its gzip",
+        "edits": [(VERIFY, "    if failures:\n        exc = failures[0]", "    if False:\n        exc = failures[0]")],
+        "tests": ["tests/test_igzip_restore.py::"
+                  "test_both_refuse_a_changed_signed_encrypted_backup_naming_the_same_cause"],
+    },
+    {
+        "name": "igzip-exit-status-ignored",
+        "promise": "a truncated or corrupt gzip file is refused in one line, whatever reads it",
+        "edits": [(VERIFY, "    if code != 0:\n        if \"complete gzip\" in said:",
+                   "    if False:\n        if \"complete gzip\" in said:")],
+        "tests": ["tests/test_igzip_restore.py::test_both_refuse_a_damaged_runbook_file_in_the_same_line"],
     },
 ]
 

@@ -251,7 +251,8 @@ def run_action(action, options, settings, database=None, backup_file=None, targe
     if action == "restore":
         report = restorer.restore(backup, target, database=database, check_mode=check_mode)
     else:
-        report = verify_file(backup, restorer.passphrase(backup), database, kdf_iterations=options.kdf_iterations)
+        report = verify_file(backup, restorer.passphrase(backup), database, kdf_iterations=options.kdf_iterations,
+                             gzip_tool=options.gzip_tool)
     report["backup"] = backup.path
     if action == "drill":
         report.update(passed=None, reason=f"check mode: would drill {backup.name} "

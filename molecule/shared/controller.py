@@ -85,6 +85,16 @@ def collection_playbook(work, env, plays, timeout=900):
                           env=dict(env, ANSIBLE_STDOUT_CALLBACK="json", ANSIBLE_LOAD_CALLBACK_PLUGINS="1"))
 
 
+def failed_tasks(run):
+    """'task: msg' of every failed task in a JSON-callback run (or the run's last output)."""
+    try:
+        plays = json.loads(run.stdout)["plays"]
+    except (ValueError, KeyError):
+        return [run.stdout[-3000:] + run.stderr[-2000:]]
+    return [f"{task['task']['name']}: {result.get('msg', '')}"[:1500] for play in plays for task in play["tasks"]
+            for result in task["hosts"].values() if result.get("failed")] or [run.stderr[-2000:]]
+
+
 def task_name(task):
     """A task's name in a JSON-callback run, without the "<role> : " a role's task carries."""
     return task["task"]["name"].rpartition(" : ")[2]

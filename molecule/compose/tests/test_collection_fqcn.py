@@ -12,7 +12,7 @@ import re
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared"))
-from controller import collection_playbook, installed_collection, results_of, task_name  # noqa: E402
+from controller import collection_playbook, failed_tasks, installed_collection, results_of, task_name  # noqa: E402
 
 testinfra_hosts = ["docker://compose-db"]
 
@@ -37,7 +37,7 @@ def test_the_installed_collection_backs_up_and_checks_health_by_fqcn(host, tmp_p
                  "database_password": "{{ health_database_password }}",
                  "database_name": "infer_forge", "timeout": 10.0}},
         ]}])
-    assert run.returncode == 0, (run.stdout[-4000:], run.stderr[-2000:])
+    assert run.returncode == 0, failed_tasks(run)
     stats = json.loads(run.stdout)["stats"]["compose-db"]
     # The role's tasks from the collection change nothing on a host the checkout's role deployed;
     # the backup now is the run's only change.

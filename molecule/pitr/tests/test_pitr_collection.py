@@ -11,7 +11,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared"))
-from controller import collection_playbook, installed_collection, results_of, task_name  # noqa: E402
+from controller import collection_playbook, failed_tasks, installed_collection, results_of, task_name  # noqa: E402
 
 testinfra_hosts = ["docker://pitr-barman"]
 
@@ -35,7 +35,7 @@ def test_the_installed_collection_runs_the_pitr_role_the_drill_and_a_health_chec
                  "database_password": "{{ pitr_test_postgres_password }}", "database_name": "infer_forge",
                  "timeout": 10.0}},
         ]}])
-    assert run.returncode == 0, (run.stdout[-4000:], run.stderr[-2000:])
+    assert run.returncode == 0, failed_tasks(run)
     outcome = json.loads(run.stdout)
     assert outcome["stats"]["pitr-barman"]["failures"] == 0
     # The role from the collection changes nothing on the host the checkout's role deployed
