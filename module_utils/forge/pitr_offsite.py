@@ -601,7 +601,8 @@ def prune_repository(options, check_mode=False, clock=None):
     if not os.path.isfile(os.path.join(path, "config")):
         raise ForgeError(f"no restic repository at {path}; nothing was pruned")
     restic = Restic(options)
-    listed = restic.run("snapshots", "--json", "--no-cache", timeout=600)
+    # In check mode the listing takes no lock either: a lock is a file written into the repository.
+    listed = restic.run("snapshots", "--json", "--no-cache", *(["--no-lock"] if check_mode else []), timeout=600)
     if listed.returncode != 0:
         raise ForgeError(f"cannot list the snapshots of {path}: {restic.explain(listed, 'listing')}; nothing was "
                          "pruned")

@@ -22,9 +22,14 @@ DRILL = "Recover a fresh restore point into a scratch cluster and compare the co
 def test_the_installed_collection_runs_the_pitr_role_the_drill_and_a_health_check_by_fqcn(host, tmp_path):
     env, collection = installed_collection(str(tmp_path))
     assert os.path.isdir(os.path.join(collection, "roles", "pitr_operations"))
+    # As production does: the NAS's certificate given (read on the NAS, compared out of band), not
+    # the lab's pin of what the NAS play published in the same run (this playbook has no NAS play).
+    pinned = host.file("/etc/infer-forge/pitr-offsite-ca.pem").content_string
+    assert pinned.startswith("-----BEGIN CERTIFICATE-----")
     run = collection_playbook(str(tmp_path), env, [{
         "name": "Point-in-time recovery from the installed collection",
         "hosts": "pitr", "become": True, "gather_facts": False,
+        "vars": {"pitr_offsite_cacert_from_nas": False, "pitr_offsite_cacert": pinned},
         "roles": [{"role": "infer.forge.pitr"}],
         "tasks": [
             {"name": "Run the PITR drill",
