@@ -11,8 +11,8 @@ Timings on a shared machine are noisy; only the ratios within one run matter.
                                     # paired in the Debian 13 container (PostgreSQL 17)
     BENCH_RUNS=3 BENCH_ONLY=pitr make bench   # three containers; the verdict is on the median
     BENCH_ONLY=scale make bench     # cost as the work grows: 1,000 to 100,000 tables, 100 databases
-    BENCH_ONLY=restore make bench   # the restore pairs alone (runbook, best hand pipe, our drill with
-                                    # igzip and with zlib reading), BENCH_RUNS rounds (default 5)
+    BENCH_ONLY=restore make bench   # the restore pairs alone (runbook, best hand pipe, our plain drill),
+                                    # BENCH_RUNS rounds (default 5)
 """
 
 import json
@@ -233,8 +233,7 @@ def measure(server, database, workdir, label):
 
 def measure_restores(server, database, workdir, rounds):
     """The restore targets alone, paired in each of ``rounds`` rounds on one backup of each kind:
-    the runbook's gunzip | psql, the best pipe of the tools at hand, and our plain drill reading
-    its gzip with root's igzip and, for reference, with zlib in the engine."""
+    the runbook's gunzip | psql, the best pipe of the tools at hand, and our plain drill."""
     env = dict(os.environ, PGPASSWORD=server.app_password)
     conn = f"-h {server.host} -p {server.port} -U {server.app_user}"
     passfile = os.path.join(workdir, "pass")
@@ -261,10 +260,9 @@ def measure_restores(server, database, workdir, rounds):
             server.create_database(target)
             results[name], _ = run("set -o pipefail; " + pipe, env=env, shell=True)
             server.drop_database(target)
-        for name, tool in (("drill_plain_encrypted", "auto"), ("drill_plain_encrypted_zlib", "zlib")):
-            server.execute("CHECKPOINT")
-            results[name], peak = engine(server, database, backups, ["drill"], {**encrypted, "BACKUP_GZIP_TOOL": tool})
-            results[name + "_peak_rss_mb"] = round(peak / 1024, 1)
+        server.execute("CHECKPOINT")
+        results["drill_plain_encrypted"], peak = engine(server, database, backups, ["drill"], encrypted)
+        results["drill_plain_encrypted_peak_rss_mb"] = round(peak / 1024, 1)
         print(f"  round {number + 1}: " + ", ".join(f"{key} {value:.2f}" for key, value in results.items()))
         runs.append(results)
     shutil.rmtree(backups)
@@ -452,8 +450,6 @@ def main():
         print(f"\n=== restore targets (paired in each of {len(runs)} round(s); the verdict is on the median)")
         pairs = [(name, numerator, denominator, limit) for name, numerator, denominator, limit in TARGETS
                  if numerator == "drill_plain_encrypted"]
-        pairs.append(("plain drill reading with zlib (reference) vs runbook gunzip | psql",
-                      "drill_plain_encrypted_zlib", "runbook_restore", None))
         pairs.append(("best hand pipe vs runbook gunzip | psql (reference)", "hand_restore_igzip",
                       "runbook_restore", None))
         for name, numerator, denominator, limit in pairs:

@@ -85,15 +85,6 @@ options:
       - Our backups record the count in their signed manifest, which always wins.
     type: int
     default: 10000
-  gzip_tool:
-    description:
-      - What reads a gzip backup. V(igzip) is ISA-L (Debian's C(isal) package), several times faster than zlib,
-        in a process of its own, so the restore's client and server keep the CPU; V(auto) takes it when a
-        root-owned C(/usr/bin/igzip) is installed, else V(zlib) in the module. The checks are the same either way.
-      - C(BACKUP_GZIP_TOOL) on the host.
-    type: str
-    choices: [auto, igzip, zlib]
-    default: auto
   create:
     description: For O(mode=restore), create the target when it does not exist (template0, UTF8).
     type: bool
@@ -316,7 +307,6 @@ ARGUMENT_SPEC = dict(
     allow_unverified=dict(type="bool", default=False),
     require_encryption=dict(type="bool"),
     kdf_iter=dict(type="int", default=10000),
-    gzip_tool=dict(type="str", choices=["auto", "igzip", "zlib"], default="auto"),
     sql_checks=dict(type="list", elements="dict", default=[]),
     amcheck=dict(type="bool", default=False),
     stall_timeout=dict(type="int", default=300),
@@ -353,8 +343,7 @@ class RestoreModule:
                                      stall_timeout=p["stall_timeout"],
                                      jobs=p["jobs"], force=p["force"], create=p["create"], owner=p["owner"],
                                      keep_previous=p["keep_previous"], require_encryption=p["require_encryption"],
-                                     kdf_iterations=p["kdf_iter"], gzip_tool=p["gzip_tool"],
-                                     psql_command=p["psql_command"],
+                                     kdf_iterations=p["kdf_iter"], psql_command=p["psql_command"],
                                      allow_unverified=p["allow_unverified"] or p["mode"] != "restore",
                                      pg_restore_command=p["pg_restore_command"])
             drill = None

@@ -227,14 +227,14 @@ MUTANTS = [
         "name": "restore-reads-the-whole-file-at-once",
         "promise": "a restore's memory does not grow with the dump",
         "edits": [(VERIFY, "handle.read(read_size or STREAM_READ_SIZE)", "handle.read()")],
-        "tests": ["tests/test_restore_memory.py::test_an_encrypted_restore_spills_no_plaintext_and_its_memory_does_not_grow_with_the_dump[zlib]"],
+        "tests": ["tests/test_restore_memory.py::test_an_encrypted_restore_spills_no_plaintext_and_its_memory_does_not_grow_with_the_dump"],
     },
     {
         "name": "gunzip-hands-on-whatever-a-read-expands-to",
         "promise": "a restore's memory does not grow with how far the dump compresses",
         "edits": [(COMPRESS, "self._inner.decompress(data, CHUNK_SIZE)", "self._inner.decompress(data)")],
         "tests": ["tests/test_restore_memory.py::"
-                  "test_a_dump_that_expands_a_thousandfold_restores_in_the_memory_of_a_small_one[gzip-zlib]"],
+                  "test_a_dump_that_expands_a_thousandfold_restores_in_the_memory_of_a_small_one"],
     },
     {
         "name": "zstd-fed-a-whole-read-at-once",
@@ -1044,27 +1044,13 @@ MUTANTS = [
         "tests": ["tests/test_pitr_recovery.py::test_the_module_refuses_to_run_as_root_in_one_line"],
     },
     {
-        "name": "igzip-read-reads-the-whole-file-at-once",
-        "promise": "a restore's memory does not grow with the dump",
-        "edits": [(VERIFY, "for chunk in iter(lambda: handle.read(read_size or READ_SIZE), b\"\"):\n"
-                           "                        if digest is not None:",
-                   "for chunk in iter(lambda: handle.read(), b\"\"):\n"
-                   "                        if digest is not None:")],
-        "tests": ["tests/test_restore_memory.py::test_an_encrypted_restore_spills_no_plaintext_and_its_memory_does_not_grow_with_the_dump[igzip]"],
-    },
-    {
-        "name": "igzip-read-ignores-what-the-file-reader-found",
-        "promise": "a changed file is refused as changed, whatever reads its gzip",
-        "edits": [(VERIFY, "    if failures:\n        exc = failures[0]", "    if False:\n        exc = failures[0]")],
-        "tests": ["tests/test_igzip_restore.py::"
-                  "test_both_refuse_a_changed_signed_encrypted_backup_naming_the_same_cause"],
-    },
-    {
-        "name": "igzip-exit-status-ignored",
-        "promise": "a truncated or corrupt gzip file is refused in one line, whatever reads it",
-        "edits": [(VERIFY, "    if code != 0:\n        if \"complete gzip\" in said:",
-                   "    if False:\n        if \"complete gzip\" in said:")],
-        "tests": ["tests/test_igzip_restore.py::test_both_refuse_a_damaged_runbook_file_in_the_same_line"],
+        "name": "scratch-drop-gives-up-on-a-session-it-may-not-end",
+        "promise": "a drill never leaves its scratch database behind because autovacuum was at work in it",
+        "edits": [("module_utils/forge/pgconn.py",
+                   "    except psycopg.errors.InsufficientPrivilege:\n        conn.execute(statement)\n",
+                   "    except psycopg.errors.InsufficientPrivilege:\n        raise\n")],
+        "tests": ["tests/test_drill.py::"
+                  "test_a_scratch_session_the_login_may_not_end_never_leaves_the_scratch_database_behind_unsaid"],
     },
 ]
 

@@ -50,7 +50,7 @@ PLAIN_DUMP_MARKER = b"-- PostgreSQL database dump complete"
 CUSTOM_DUMP_MAGIC = b"PGDMP"
 FORMATS = ("plain", "custom")
 COMPRESSIONS = ("gzip", "zstd")
-GZIP_TOOLS = compress.GZIP_TOOLS
+GZIP_TOOLS = ("auto", "igzip", "zlib")
 
 
 class BackupOptions:

@@ -73,7 +73,7 @@ def backup_from_config(config):
         compression=backup["compression"],
         compression_level=backup["compression_level"],
         jobs=backup["jobs"],
-        gzip_tool=store["gzip_tool"],
+        gzip_tool=backup["gzip_tool"],
         passphrase_file=passphrase_file,
         retired_passphrases_file=store["retired_passphrases_file"],
         encrypt=_encrypt(config, passphrase_file),
@@ -167,7 +167,7 @@ def restore_command(args, config):
                              jobs=getattr(parsed, "jobs", None), force=getattr(parsed, "force", False),
                              keep_previous=not getattr(parsed, "drop_previous", False),
                              require_encryption=_encrypt(config, passphrase_file),
-                             kdf_iterations=store["kdf_iter"], gzip_tool=store["gzip_tool"],
+                             kdf_iterations=store["kdf_iter"],
                              stall_timeout=declarations.from_config(declarations.RESTORE, config,
                                                                     ["stall_timeout"])["stall_timeout"],
                              **_restore_clients(config))

@@ -108,24 +108,9 @@ IGZIP_PATHS = ("/usr/bin/igzip", "/bin/igzip")
 ISAL_LEVELS = {1: 1, 2: 1, 3: 2, 4: 2, 5: 2, 6: 3, 7: 3, 8: 3, 9: 3}
 
 
-GZIP_TOOLS = ("auto", "igzip", "zlib")
-
-
 def find_igzip(paths=None):
     """The path of a root-owned igzip nobody else can write to, or None."""
     return trusted_program(paths or IGZIP_PATHS)
-
-
-def gzip_program(gzip_tool="auto"):
-    """What reads or writes gzip for ``gzip_tool``: root's igzip (its path), or None for zlib in
-    this process. auto takes igzip when it is installed; igzip without one is an error."""
-    if gzip_tool not in GZIP_TOOLS:
-        raise ForgeError(f"gzip_tool must be one of {', '.join(GZIP_TOOLS)}, got {gzip_tool!r}")
-    program = None if gzip_tool == "zlib" else find_igzip()
-    if program is None and gzip_tool == "igzip":
-        raise ForgeError(f"gzip_tool is igzip, but no root-owned igzip is in {' or '.join(IGZIP_PATHS)}; "
-                         "install Debian's isal package")
-    return program
 
 
 class IsalGzip:
@@ -207,62 +192,6 @@ class IsalGzip:
         self._out.clear()
 
 
-class IsalGunzip:
-    """gunzip by an ``igzip -d`` process, for reading a backup: ISA-L decompresses several times
-    faster than zlib, and in a process of its own, so the restore's client and server keep the
-    CPU that zlib in this process took (a restore on two cores is short of CPU on every side).
-
-    The compressed bytes go in through ``write`` from a thread of the caller's, and the plaintext
-    comes out of ``chunks()`` as fast as the reader takes it: nothing is held but two pipes.
-    Every member of a multi-member file is read, as gunzip(1) does."""
-
-    tool = "igzip"
-
-    def __init__(self, program):
-        self._proc = subprocess.Popen([program, "-d", "-c"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, env=tool_env())
-        enlarge_pipe(self._proc.stdin.fileno())
-        enlarge_pipe(self._proc.stdout.fileno())
-
-    def write(self, data):
-        """Raises BrokenPipeError once igzip has stopped (damaged data): ``finish`` says why."""
-        self._proc.stdin.write(data)
-
-    def close_input(self):
-        try:
-            self._proc.stdin.close()
-        except BrokenPipeError:
-            pass
-
-    def chunks(self):
-        read = self._proc.stdout.read1
-        while True:
-            data = read(CHUNK_SIZE)
-            if not data:
-                return
-            yield data
-
-    def finish(self):
-        """(exit status, igzip's last line of error output)."""
-        code = self._proc.wait()
-        text = self._proc.stderr.read().decode("utf-8", "replace").strip()
-        self._close()
-        return code, text.splitlines()[-1] if text else ""
-
-    def abort(self):
-        if self._proc.poll() is None:
-            self._proc.kill()
-        self._proc.wait()
-        self._close()
-
-    def _close(self):
-        for stream in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
-            try:
-                stream.close()
-            except BrokenPipeError:
-                pass
-
-
 class Zstd:
     suffix = ".zst"
     name = "zstd"
@@ -323,7 +252,10 @@ def make_compressor(name, level=None, workers=None, gzip_tool="auto"):
     """``gzip_tool``: igzip, zlib, or auto (igzip when root's own is installed, else zlib)."""
     if name == "gzip":
         level = DEFAULT_LEVELS["gzip"] if level is None else level
-        program = gzip_program(gzip_tool)
+        program = None if gzip_tool == "zlib" else find_igzip()
+        if program is None and gzip_tool == "igzip":
+            raise ForgeError(f"gzip_tool is igzip, but no root-owned igzip is in {' or '.join(IGZIP_PATHS)}; "
+                             "install Debian's isal package")
         return IsalGzip(program, level, workers) if program else ParallelGzip(level, workers)
     if name == "zstd":
         return Zstd(DEFAULT_LEVELS["zstd"] if level is None else level, workers)

@@ -15,7 +15,7 @@ import time
 from .compress import default_workers
 from .errors import ForgeError, database_error
 from .outcome import report_failure, write_metrics, write_report
-from .pgconn import check_btree_indexes, count_rows_in_parallel
+from .pgconn import check_btree_indexes, count_rows_in_parallel, drop_database
 from .records import DRILL_METRIC_PREFIX as METRIC_PREFIX
 from .records import drill_metrics_filename, drill_report_path
 from .restore import Restorer, derived_name, describe_count_mismatches
@@ -125,14 +125,12 @@ class Drill:
     def _drop_scratch(self):
         """Drop the scratch database if it is the drill's; True when none is left afterwards."""
         import psycopg
-        from psycopg import sql
 
         self._drop_error = None
         try:
             with self.settings.connect(database="postgres") as conn:
                 if self._scratch_comment(conn) == DRILL_COMMENT:
-                    conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(
-                        sql.Identifier(self.options.scratch_database)))
+                    drop_database(conn, self.options.scratch_database)
                 return self._scratch_comment(conn) is None
         except (ForgeError, psycopg.Error) as exc:
             self._drop_error = " ".join(str(exc).split())
@@ -251,8 +249,7 @@ def run_action(action, options, settings, database=None, backup_file=None, targe
     if action == "restore":
         report = restorer.restore(backup, target, database=database, check_mode=check_mode)
     else:
-        report = verify_file(backup, restorer.passphrase(backup), database, kdf_iterations=options.kdf_iterations,
-                             gzip_tool=options.gzip_tool)
+        report = verify_file(backup, restorer.passphrase(backup), database, kdf_iterations=options.kdf_iterations)
     report["backup"] = backup.path
     if action == "drill":
         report.update(passed=None, reason=f"check mode: would drill {backup.name} "

@@ -230,6 +230,23 @@ def with_container_env(command):
     return list(command[:exec_at]) + forwarded + list(command[exec_at:])
 
 
+def drop_database(conn, name, if_exists=False):
+    """DROP DATABASE ... WITH (FORCE), which ends the sessions in it. Where one of them is a session
+    the login may not end (autovacuum's worker on tables a restore just loaded runs as no role the
+    login is a member of, and FORCE then refuses), a plain DROP DATABASE: it ends autovacuum's
+    workers itself and waits a few seconds for any other session to leave. psycopg's error when
+    one stays. ``conn`` is in autocommit mode."""
+    import psycopg
+    from psycopg import sql
+
+    statement = sql.SQL("DROP DATABASE {}{}").format(sql.SQL("IF EXISTS ") if if_exists else sql.SQL(""),
+                                                    sql.Identifier(name))
+    try:
+        conn.execute(statement + sql.SQL(" WITH (FORCE)"))
+    except psycopg.errors.InsufficientPrivilege:
+        conn.execute(statement)
+
+
 def check_btree_indexes(conn):
     """amcheck's bt_index_check (with heapallindexed) on every user B-tree index; returns how many.
     Raises the first index's error."""

@@ -23,6 +23,7 @@ from .pgconn import (
     PassFile,
     client_major_version,
     count_rows_in_parallel,
+    drop_database,
     passed_fds,
     runs_in_container,
     runs_through_wrapper,
@@ -50,7 +51,7 @@ class RestoreOptions:
                  owner=None, session_settings=None, psql_command=None, pg_restore_command=None, verify=True,
                  comment=None, keep_previous=True, require_encryption=None, check_counts=True,
                  kdf_iterations=None, passphrase=None, allow_unverified=True, retired_passphrases_file=None,
-                 retired_passphrases=(), stall_timeout=300, gzip_tool="auto"):
+                 retired_passphrases=(), stall_timeout=300):
         self.backup_dir = backup_dir
         self.passphrase_file = passphrase_file
         # The passphrase itself, instead of its file (a module's vault value); it wins over the file.
@@ -79,10 +80,6 @@ class RestoreOptions:
         self.allow_unverified = allow_unverified
         # PBKDF2 iterations for an encrypted file whose manifest does not record them (BACKUP_KDF_ITER).
         self.kdf_iterations = opensslenc.kdf_iterations(kdf_iterations)
-        # What reads gzip: root's igzip in a process of its own, or zlib here (compress.gzip_program).
-        if gzip_tool not in compress.GZIP_TOOLS:
-            raise ForgeError(f"gzip_tool must be one of {', '.join(compress.GZIP_TOOLS)}, got {gzip_tool!r}")
-        self.gzip_tool = gzip_tool
         if jobs is not None and (not isinstance(jobs, int) or jobs < 1):
             raise ForgeError(f"jobs must be a whole number >= 1, got {jobs!r}")
         # psql or pg_restore taking no input and none of its sessions working on the server for this
@@ -171,7 +168,7 @@ class Restorer:
             # The file's SHA-256 (or a file without a manifest) is proven while it streams; check
             # mode streams nothing, so it reads the file here.
             report = verify_file(backup, self.passphrase(backup), database, read=check_mode,
-                                 kdf_iterations=self.options.kdf_iterations, gzip_tool=self.options.gzip_tool)
+                                 kdf_iterations=self.options.kdf_iterations)
         else:
             report = VerifyReport(verdict=UNVERIFIED)
         if report.get("verdict") == UNVERIFIED and not self.options.allow_unverified:
@@ -406,10 +403,8 @@ class Restorer:
         return result
 
     def _drop(self, control, name):
-        from psycopg import sql
-
         try:
-            control.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            drop_database(control, name, if_exists=True)
         except Exception as exc:  # noqa: BLE001 - the caller's error is the one to report
             self.log(f"could not drop {name}: {' '.join(str(exc).split())}")
 
@@ -496,8 +491,7 @@ class Restorer:
             errors = []
             reader = threading.Thread(target=_collect, args=(proc.stderr, errors), daemon=True)
             reader.start()
-            chunks = plaintext_chunks(backup, passphrase, report=report, kdf_iterations=self.options.kdf_iterations,
-                                      gzip_tool=self.options.gzip_tool)
+            chunks = plaintext_chunks(backup, passphrase, report=report, kdf_iterations=self.options.kdf_iterations)
             restrict = backup.dump_format == "plain"
             if restrict:
                 chunks = restricted(chunks)

@@ -160,9 +160,6 @@ STORE = _table(
             role_var="backup_sentry_dsn", role_default="", secret=True),
     Setting("environment", "str", None, "Sentry environment.", env="ENVIRONMENT", role_var="backup_environment",
             role_default="production"),
-    Setting("gzip_tool", "str", "auto", "What writes and reads gzip: igzip (ISA-L, several times faster, in a "
-            "process of its own) or zlib; auto takes igzip when Debian's isal package is installed.",
-            env="BACKUP_GZIP_TOOL", choices=("auto", "igzip", "zlib")),
 )
 
 BACKUP = _table(
@@ -184,6 +181,9 @@ BACKUP = _table(
             "archive: zlib at this level, 0 for none; unset, lz4 from pg_dump 16 and zlib 1 before).",
             env="BACKUP_COMPRESSION_LEVEL"),
     Setting("jobs", "int", None, "Parallel compression threads; one per core when unset.", env="BACKUP_JOBS"),
+    Setting("gzip_tool", "str", "auto", "What writes gzip: igzip (ISA-L, several times faster) or zlib; auto "
+            "takes igzip when Debian's isal package is installed.", env="BACKUP_GZIP_TOOL",
+            choices=("auto", "igzip", "zlib")),
     # The on-host commands turn encryption on by themselves when a passphrase file is set (cli._encrypt).
     Setting("encrypt", "bool", False, "Encrypt with AES-256 (openssl enc format).", env="BACKUP_ENCRYPT",
             role_var="backup_encrypt"),

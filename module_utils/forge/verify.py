@@ -7,7 +7,6 @@ import hmac
 import os
 import re
 import tempfile
-import threading
 
 from . import catalog, compress, opensslenc
 from .errors import ForgeError
@@ -79,7 +78,7 @@ class VerifyReport(dict):
         return self.get("verdict") == VERIFIED
 
 
-def verify_file(backup, passphrase=None, database=None, read=True, kdf_iterations=None, gzip_tool="auto"):
+def verify_file(backup, passphrase=None, database=None, read=True, kdf_iterations=None):
     """Check a backup without touching any database. Raises ForgeError on the first problem.
 
     A backup with an authenticated manifest: its SHA-256 is compared (every byte
@@ -88,8 +87,7 @@ def verify_file(backup, passphrase=None, database=None, read=True, kdf_iteration
     ``read``, verdict UNVERIFIED, since it is intact but nothing proves what it
     should hold. A version 1 manifest's HMAC is always checked (one full read).
     With ``read`` off, the restore's stream makes the same checks. ``kdf_iterations`` decrypts
-    a file whose manifest does not record its count (see kdf_iterations_of); ``gzip_tool`` says what
-    reads gzip (see compress.gzip_program).
+    a file whose manifest does not record its count (see kdf_iterations_of).
     """
     report = VerifyReport(file=backup.path, format=backup.dump_format, compression=backup.compression,
                           encrypted=backup.encrypted, has_manifest=backup.raw_manifest is not None)
@@ -112,7 +110,7 @@ def verify_file(backup, passphrase=None, database=None, read=True, kdf_iteration
             report.passed("hmac")
             report.passed("sha256")
         if read:
-            read_through(backup, passphrase, kdf_iterations, gzip_tool)
+            read_through(backup, passphrase, kdf_iterations)
             report.passed("decrypt" if backup.encrypted else "readable")
             report.passed("decompress")
             if backup.dump_format == "plain":
@@ -246,7 +244,7 @@ def opening_passphrase(backup, candidates, kdf_iterations=None):
     return candidates[0]
 
 
-def plaintext_chunks(backup, passphrase, read_size=None, report=None, kdf_iterations=None, gzip_tool="auto"):
+def plaintext_chunks(backup, passphrase, read_size=None, report=None, kdf_iterations=None):
     """The file's dump bytes, decrypted and decompressed, checked on the way: a wrong
     passphrase, damage and truncation each raise a one-line ForgeError. For a file with
     an authenticated manifest the SHA-256 of exactly these bytes is compared at the end
@@ -254,10 +252,6 @@ def plaintext_chunks(backup, passphrase, read_size=None, report=None, kdf_iterat
     such rather than as a decoding error)."""
     decryptor = (opensslenc.Decryptor(passphrase, kdf_iterations_of(backup, kdf_iterations))
                  if backup.encrypted else None)
-    igzip = compress.gzip_program(gzip_tool) if backup.compression == "gzip" else None
-    if igzip is not None:
-        yield from _plaintext_through_igzip(backup, decryptor, compress.IsalGunzip(igzip), read_size, report)
-        return
     decompressor = compress.decompressor_for(backup.compression)
     start = _StartCheck(backup)
     digest = hashlib.sha256() if backup.manifest else None
@@ -295,85 +289,6 @@ def plaintext_chunks(backup, passphrase, read_size=None, report=None, kdf_iterat
             if report is not None:
                 report.passed("sha256")
     _check_stream_end(backup, decompressor, tail)
-
-
-def _plaintext_through_igzip(backup, decryptor, gunzip, read_size, report):
-    """plaintext_chunks with igzip decompressing: a thread reads the file, hashes, decrypts and
-    feeds igzip; this generator hands on what igzip writes. Every check is the same, in the same
-    order: the start (passphrase), the file's SHA-256 before the last chunk is handed on, the
-    end of the gzip data and the dump's completion marker."""
-    start = _StartCheck(backup)
-    digest = hashlib.sha256() if backup.manifest else None
-    failures = []
-    stopping = threading.Event()  # the reader went away: nothing to prove any more
-
-    def pump():
-        try:
-            with open_backup_file(backup) as handle:
-                try:
-                    for chunk in iter(lambda: handle.read(read_size or READ_SIZE), b""):
-                        if digest is not None:
-                            digest.update(chunk)
-                        if decryptor is not None:
-                            chunk = decryptor.update(chunk)
-                        start.feed(chunk)
-                        gunzip.write(chunk)
-                    if decryptor is not None:
-                        try:
-                            last = decryptor.finalize()
-                        except ForgeError:
-                            raise ForgeError(f"{backup.name}: damaged file: decryption failed at its end (truncated "
-                                             "or changed)") from None
-                        start.feed(last)
-                        gunzip.write(last)
-                    start.finish()
-                except BaseException as exc:
-                    if stopping.is_set():
-                        return
-                    # A changed file is named as such rather than by what it broke on the way.
-                    if digest is not None:
-                        check_digest(backup, handle, digest)
-                    if isinstance(exc, BrokenPipeError):
-                        return  # igzip stopped on the data: its own words say why
-                    raise
-                if digest is not None:
-                    check_digest(backup, handle, digest)  # the handle is at its end: this only compares
-        except BaseException as exc:  # noqa: BLE001 - raised by the generator, in the restore's thread
-            failures.append(exc)
-        finally:
-            gunzip.close_input()
-
-    feeder = threading.Thread(target=pump, name="backup-reader", daemon=True)
-    tail = b""
-    finished = False
-    try:
-        feeder.start()
-        for data in gunzip.chunks():
-            tail = (tail + data[-256:])[-256:]
-            if failures:
-                break
-            yield data
-        feeder.join()
-        code, said = gunzip.finish()
-        finished = True
-    finally:
-        if not finished:
-            stopping.set()
-            gunzip.abort()
-            feeder.join()
-    if failures:
-        exc = failures[0]
-        if isinstance(exc, ForgeError):
-            raise exc
-        raise ForgeError(_describe_stream_error(backup, exc)) from None
-    if code != 0:
-        if "complete gzip" in said:
-            raise ForgeError(f"{backup.name}: gzip data is truncated; the file is incomplete")
-        raise ForgeError(f"{backup.name}: damaged file: gzip data is corrupt ({said or f'igzip exit {code}'})")
-    if digest is not None and report is not None:
-        report.passed("sha256")
-    if backup.dump_format == "plain" and PLAIN_DUMP_MARKER not in tail:
-        raise ForgeError(f"{backup.name}: the dump has no 'dump complete' marker; it is truncated")
 
 
 def restricted(chunks):
@@ -415,9 +330,9 @@ def restricted(chunks):
     yield buffer
 
 
-def read_through(backup, passphrase, kdf_iterations=None, gzip_tool="auto"):
+def read_through(backup, passphrase, kdf_iterations=None):
     """Read every byte of a file without a manifest: decrypt, decompress, completion marker."""
-    for _chunk in plaintext_chunks(backup, passphrase, READ_SIZE, kdf_iterations=kdf_iterations, gzip_tool=gzip_tool):
+    for _chunk in plaintext_chunks(backup, passphrase, READ_SIZE, kdf_iterations=kdf_iterations):
         pass
 
 
