@@ -222,3 +222,62 @@ def test_roles_install_and_playbooks_operate():
                  if module in OPERATING_MODULES and (role, module, mode) not in INSTALL_MAY_RUN]
     assert operating == []
     assert module_calls("pitr_operations") and module_calls("backup_operations")
+
+
+# A number is spelled everywhere; a retention is one where it is named as one.
+RETENTION_NAMES = re.compile(r"retention|keep_days|keep_last|min_keep|window_days|recovery_window")
+
+
+def numbers_named_as_retentions(tree):
+    """(node, name, number) of every int given to a name that says retention: a keyword argument,
+    an assignment, a dict key or a function parameter's default."""
+    found = []
+    for node in ast.walk(tree):
+        pairs = []
+        if isinstance(node, ast.keyword) and node.arg:
+            pairs.append((node.arg, node.value))
+        elif isinstance(node, ast.Assign):
+            pairs += [(target.id, node.value) for target in node.targets if isinstance(target, ast.Name)]
+        elif isinstance(node, ast.Dict):
+            pairs += [(key.value, value) for key, value in zip(node.keys, node.values, strict=True)
+                      if isinstance(key, ast.Constant) and isinstance(key.value, str)]
+        elif isinstance(node, ast.FunctionDef):
+            args = node.args.args[len(node.args.args) - len(node.args.defaults):]
+            pairs += list(zip((arg.arg for arg in args), node.args.defaults, strict=True))
+            pairs += [(arg.arg, default) for arg, default in zip(node.args.kwonlyargs, node.args.kw_defaults,
+                                                                  strict=True) if default is not None]
+        for name, value in pairs:
+            if (RETENTION_NAMES.search(name.lower()) and isinstance(value, ast.Constant)
+                    and isinstance(value.value, int) and not isinstance(value.value, bool)):
+                found.append((value, name, value.value))
+    return found
+
+
+RETENTION_NUMBERS_ON_PURPOSE = {
+    ("module_utils/forge/backup.py", "retention_days", 1): "the least value validation accepts, not a retention",
+}
+
+
+def test_a_retention_is_never_a_bare_number_outside_the_registry():
+    """Four retentions (backup 30 days, off-site 90, the NAS 90, Barman's window 7) are declared
+    in settings.py; a `retention_days=30` written anywhere else in the engine, the modules or the
+    on-host command would be a fifth that drifts. An option class's signature may repeat its
+    declaration (tests/test_settings.py holds it)."""
+    found = []
+    paths = [os.path.join(ENGINE, name + ".py") for name in engine_modules() if name != "settings"]
+    paths += [os.path.join(REPO, "library", name) for name in os.listdir(os.path.join(REPO, "library"))
+              if name.endswith(".py")]
+    for path in paths:
+        with open(path, encoding="utf-8") as handle:
+            tree = ast.parse(handle.read(), path)
+        allowed = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and node.name.endswith("Options"):
+                for item in node.body:
+                    if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+                        allowed |= {id(default) for default in item.args.defaults + item.args.kw_defaults if default}
+        where = os.path.relpath(path, REPO)
+        for value, name, number in numbers_named_as_retentions(tree):
+            if id(value) not in allowed and (where, name, number) not in RETENTION_NUMBERS_ON_PURPOSE:
+                found.append(f"{where}:{value.lineno}: {name}={number}")
+    assert found == [], "derive these from settings.py:\n" + "\n".join(found)

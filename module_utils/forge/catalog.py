@@ -467,7 +467,7 @@ class RetentionPlan:
         }
 
 
-def plan_retention(backups, now, retention_days, min_keep=7, keep_daily=0, keep_weekly=0, keep_monthly=0):
+def plan_retention(backups, now, retention_days, min_keep, keep_daily=0, keep_weekly=0, keep_monthly=0):
     """Decide which good backups to delete.
 
     A backup is deleted only when it is older than ``retention_days`` (the
