@@ -1047,8 +1047,8 @@ MUTANTS = [
         "name": "scratch-drop-gives-up-on-a-session-it-may-not-end",
         "promise": "a drill never leaves its scratch database behind because autovacuum was at work in it",
         "edits": [("module_utils/forge/pgconn.py",
-                   "    except psycopg.errors.InsufficientPrivilege:\n        conn.execute(statement)\n",
-                   "    except psycopg.errors.InsufficientPrivilege:\n        raise\n")],
+                   "    except psycopg.errors.InsufficientPrivilege as refused:\n        try:\n",
+                   "    except psycopg.errors.InsufficientPrivilege as refused:\n        raise\n        try:\n")],
         "tests": ["tests/test_drill.py::"
                   "test_a_scratch_session_the_login_may_not_end_never_leaves_the_scratch_database_behind_unsaid"],
     },

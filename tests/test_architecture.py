@@ -222,6 +222,23 @@ def test_roles_install_and_playbooks_operate():
                  if module in OPERATING_MODULES and (role, module, mode) not in INSTALL_MAY_RUN]
     assert operating == []
     assert module_calls("pitr_operations") and module_calls("backup_operations")
+    # Nor through an operating role: included, imported, or a dependency.
+    import yaml
+
+    reaching = []
+    for role in roles:
+        meta = os.path.join(REPO, "roles", role, "meta", "main.yml")
+        with open(meta, encoding="utf-8") as handle:
+            for entry in (yaml.safe_load(handle) or {}).get("dependencies") or []:
+                name = entry["role"] if isinstance(entry, dict) else entry
+                if name.rsplit(".", 1)[-1].endswith("_operations"):
+                    reaching.append(f"roles/{role}/meta/main.yml: depends on {name}")
+        tasks_dir = os.path.join(REPO, "roles", role, "tasks")
+        for name in sorted(os.listdir(tasks_dir)) if os.path.isdir(tasks_dir) else []:
+            with open(os.path.join(tasks_dir, name), encoding="utf-8") as handle:
+                for included in re.findall(r"^\s+name: ([\w.]+_operations)\s*$", handle.read(), re.M):
+                    reaching.append(f"roles/{role}/tasks/{name}: includes {included}")
+    assert reaching == []
 
 
 # A number is spelled everywhere; a retention is one where it is named as one.

@@ -234,17 +234,20 @@ def drop_database(conn, name, if_exists=False):
     """DROP DATABASE ... WITH (FORCE), which ends the sessions in it. Where one of them is a session
     the login may not end (autovacuum's worker on tables a restore just loaded runs as no role the
     login is a member of, and FORCE then refuses), a plain DROP DATABASE: it ends autovacuum's
-    workers itself and waits a few seconds for any other session to leave. psycopg's error when
-    one stays. ``conn`` is in autocommit mode."""
+    workers itself and waits a few seconds for any other session to leave. When one stays, FORCE's
+    error, which says whose session it is. ``conn`` is in autocommit mode."""
     import psycopg
     from psycopg import sql
 
-    statement = sql.SQL("DROP DATABASE {}{}").format(sql.SQL("IF EXISTS ") if if_exists else sql.SQL(""),
-                                                    sql.Identifier(name))
+    if_exists_sql = sql.SQL("IF EXISTS ") if if_exists else sql.SQL("")
+    statement = sql.SQL("DROP DATABASE {}{}").format(if_exists_sql, sql.Identifier(name))
     try:
         conn.execute(statement + sql.SQL(" WITH (FORCE)"))
-    except psycopg.errors.InsufficientPrivilege:
-        conn.execute(statement)
+    except psycopg.errors.InsufficientPrivilege as refused:
+        try:
+            conn.execute(statement)
+        except psycopg.Error:
+            raise refused from None  # whose session it is says more than "being accessed by other users"
 
 
 def check_btree_indexes(conn):

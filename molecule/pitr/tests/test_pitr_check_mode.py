@@ -4,9 +4,10 @@ run prints a result it only would have had.
 
 Before and after the check runs, the hosts are fingerprinted: every file of ours (path, size,
 mode, owner, mtime) on the Barman host and the NAS, Barman's catalog of base backups, the scratch
-clusters, the Docker volumes and containers on the machine (a put-back moves a volume aside; the
-DR drill kills the database), and on the database its roles, replication slots, databases,
-settings made with ALTER SYSTEM, pg_hba.conf and a digest of the table the tests write. The two
+clusters, the scenario's Docker volumes and containers (a put-back moves a volume aside; the DR
+drill kills the database), and on the database its roles, replication slots, databases,
+postgresql.auto.conf (what ALTER SYSTEM writes), pg_hba.conf and a digest of the table the tests
+write. The two
 must be equal. Cron is stopped on both hosts meanwhile, so that nothing but the check runs could
 change a file; Barman's own WAL streaming goes on and is not watched.
 """
@@ -37,8 +38,8 @@ DATABASE_STATE = {
              "FROM pg_roles",
     "slots": "SELECT coalesce(string_agg(slot_name, ',' ORDER BY slot_name), '') FROM pg_replication_slots",
     "databases": "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database",
-    "settings": "SELECT coalesce(string_agg(name || '=' || setting, ',' ORDER BY name), '') FROM pg_settings "
-                "WHERE source = 'configuration file' AND sourcefile LIKE '%auto.conf'",
+    # The file ALTER SYSTEM writes, not what the server has loaded (a change needs no reload to be one).
+    "settings": "SELECT md5(pg_read_file('postgresql.auto.conf'))",
     "hba": "SELECT md5(string_agg(type || database::text || user_name::text || coalesce(address, '') || "
            "auth_method, ',' ORDER BY line_number)) FROM pg_hba_file_rules",
     "ticks": "SELECT count(*) || ':' || coalesce(md5(string_agg(t::text, ',' ORDER BY t.id)), '') FROM pitr_ticks t",
@@ -85,8 +86,11 @@ def fingerprint(barman):
         state[name] = listing.stdout.splitlines()
         assert state[name], f"nothing of ours found on {name}: {listing.stderr}"
     state["catalog"] = barman.check_output("runuser -u barman -- barman -f json list-backups infer-forge")
-    state["volumes"] = sorted(docker("volume", "ls", "-q"))
-    state["containers"] = sorted(docker("ps", "-a", "--format", "{{.Names}} {{.State}} {{.Image}}"))
+    # This scenario's alone: the other lane's scenarios make and remove theirs meanwhile.
+    state["volumes"] = sorted(name for name in docker("volume", "ls", "-q") if "pitr" in name)
+    state["containers"] = sorted(line for line in docker("ps", "-a", "--format", "{{.Names}} {{.State}} {{.Image}}")
+                                 if "pitr" in line.split(" ", 1)[0])
+    assert state["volumes"] and len(state["containers"]) >= 4, (state["volumes"], state["containers"])
     container = compose_container(barman, PROJECT, "db")
     for key, query in DATABASE_STATE.items():
         state[key] = barman.check_output(f"docker exec {container} {PSQL} \"{query}\"")
