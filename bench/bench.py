@@ -361,6 +361,28 @@ def measure_health(server, rounds=20):
     return result
 
 
+def start_server(server):
+    """The bench's throwaway server, tuned as the issues measured it, with the app's role."""
+    server.init()
+    with open(os.path.join(server.data_dir, "postgresql.conf"), "a") as conf:
+        conf.write("shared_buffers = 512MB\nmaintenance_work_mem = 512MB\nmax_wal_size = 4GB\n")
+    server.start().setup_app()
+
+
+def print_verdicts(rows, runs):
+    """One line per (name, numerator, denominator, at most or None) measured in ``runs``: the
+    ratios in run order, their median and, for a target, PASS or MISS on the median."""
+    for name, numerator, denominator, limit in rows:
+        values = [value for value in (ratio(results, numerator, denominator) for results in runs)
+                  if value is not None]
+        if not values:
+            continue
+        median = sorted(values)[len(values) // 2]
+        verdict = ("PASS" if median <= limit else "MISS") if limit else "    "
+        print(f"  {verdict}  " + "  ".join(f"{value:5.2f}" for value in values) + f"  median {median:5.2f}"
+              + (f"  <= {limit:.2f}" if limit else "") + f"  {name}")
+
+
 def ratio(results, numerator, denominator):
     if numerator in results and denominator in results:
         return results[numerator] / results[denominator]
@@ -424,24 +446,16 @@ def main():
             shutil.rmtree(workdir, ignore_errors=True)
         print(f"\n=== PITR targets and references (paired in each of {len(runs)} container run(s); "
               "the verdict is on the median)")
-        for name, numerator, denominator, *limit in TARGETS + REFERENCES:
-            values = [ratio(figures, numerator, denominator) for figures in runs]
-            measured = sorted(value for value in values if value is not None)
-            if numerator.startswith("pitr_") and measured:
-                median = measured[len(measured) // 2]
-                verdict = ("PASS" if median <= limit[0] else "MISS") if limit else "    "
-                print(f"  {verdict}  " + "  ".join(f"{value:5.2f}" for value in values if value is not None)
-                      + (f"  <= {limit[0]:.2f}" if limit else "") + f"  {name}")
+        print_verdicts([(name, numerator, denominator, limit[0] if limit else None)
+                        for name, numerator, denominator, *limit in TARGETS + REFERENCES
+                        if numerator.startswith("pitr_")], runs)
         return
     server = PostgresServer(base_dir=os.path.join(workdir, "pg"))
     os.makedirs(server.base_dir)
     report = {"machine": {"cpus": os.cpu_count()}, "sizes": {}}
     if os.environ.get("BENCH_ONLY") == "restore":
         try:
-            server.init()
-            with open(os.path.join(server.data_dir, "postgresql.conf"), "a") as conf:
-                conf.write("shared_buffers = 512MB\nmaintenance_work_mem = 512MB\nmax_wal_size = 4GB\n")
-            server.start().setup_app()
+            start_server(server)
             size, gen_time = generate(server, "bench_full", scale, rows)
             print(f"generated bench_full: {size / 2**30:.2f} GiB in {gen_time:.0f} s (scale {scale}, {rows} rows)")
             runs = measure_restores(server, "bench_full", workdir, int(os.environ.get("BENCH_RUNS", "5")))
@@ -449,25 +463,12 @@ def main():
             server.destroy()
             shutil.rmtree(workdir, ignore_errors=True)
         print(f"\n=== restore targets (paired in each of {len(runs)} round(s); the verdict is on the median)")
-        pairs = [(name, numerator, denominator, limit) for name, numerator, denominator, limit in TARGETS
-                 if numerator == "drill_plain_encrypted"]
-        pairs.append(("best hand pipe vs runbook gunzip | psql (reference)", "hand_restore_igzip",
-                      "runbook_restore", None))
-        for name, numerator, denominator, limit in pairs:
-            values = sorted(value for value in (ratio(results, numerator, denominator) for results in runs)
-                            if value is not None)
-            if not values:
-                continue
-            median = values[len(values) // 2]
-            verdict = ("PASS" if median <= limit else "MISS") if limit else "    "
-            print(f"  {verdict}  median {median:5.2f}  ({', '.join(f'{v:.2f}' for v in values)})"
-                  + (f"  <= {limit:.2f}" if limit else "") + f"  {name}")
+        print_verdicts([row for row in TARGETS if row[1] == "drill_plain_encrypted"]
+                       + [("best hand pipe vs runbook gunzip | psql (reference)", "hand_restore_igzip",
+                           "runbook_restore", None)], runs)
         return
     try:
-        server.init()
-        with open(os.path.join(server.data_dir, "postgresql.conf"), "a") as conf:
-            conf.write("shared_buffers = 512MB\nmaintenance_work_mem = 512MB\nmax_wal_size = 4GB\n")
-        server.start().setup_app()
+        start_server(server)
         report["health"] = measure_health(server)
         for label, (s, r) in (("small", (small_scale, small_rows)), ("full", (scale, rows))):
             database = f"bench_{label}"

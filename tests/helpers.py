@@ -508,6 +508,16 @@ def own_role_defaults(role):
         return yaml.safe_load(handle) or {}
 
 
+def is_settings_role(role):
+    """A role of defaults alone: it has no tasks, the roles that depend on it declare its variables."""
+    return not os.path.isdir(os.path.join(REPO, "roles", role, "tasks"))
+
+
+def dependents_of(role):
+    """The roles whose meta/main.yml depends on ``role``."""
+    return [other for other in sorted(os.listdir(os.path.join(REPO, "roles"))) if role in role_dependencies(other)]
+
+
 def role_defaults(role):
     """The defaults a role's tasks see, as Ansible merges them: its dependencies' first, its own on top."""
     merged = {}

@@ -10,6 +10,8 @@ import ast
 import os
 import re
 
+import yaml
+
 from helpers import REPO
 
 ENGINE = os.path.join(REPO, "module_utils", "forge")
@@ -141,6 +143,18 @@ SPELLED_ON_PURPOSE = {
 }
 
 
+def options_signature_defaults(tree):
+    """The ids of the default values in the signatures of a file's option classes' __init__, which
+    tests/test_settings.py holds to their declarations."""
+    allowed = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.name.endswith("Options"):
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+                    allowed |= {id(default) for default in item.args.defaults + item.args.kw_defaults if default}
+    return allowed
+
+
 def test_a_declared_value_is_spelled_only_in_the_registry_or_an_options_signature_it_is_tested_against():
     """The engine's option classes repeat their defaults in their signatures, and
     tests/test_settings.py holds each to the declaration; anywhere else a declared value must be
@@ -152,12 +166,7 @@ def test_a_declared_value_is_spelled_only_in_the_registry_or_an_options_signatur
         path = os.path.join(ENGINE, name + ".py")
         with open(path, encoding="utf-8") as handle:
             tree = ast.parse(handle.read(), path)
-        allowed = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ClassDef) and node.name.endswith("Options"):
-                for item in node.body:
-                    if isinstance(item, ast.FunctionDef) and item.name == "__init__":
-                        allowed |= {id(default) for default in item.args.defaults + item.args.kw_defaults if default}
+        allowed = options_signature_defaults(tree)
         for node in ast.walk(tree):
             if (isinstance(node, ast.Constant) and node.value in DECLARED_LITERALS and id(node) not in allowed
                     and (f"{name}.py", node.value) not in SPELLED_ON_PURPOSE):
@@ -194,8 +203,6 @@ OPERATING_MODULES = {"forge_backup", "forge_restore", "forge_offsite", "forge_na
 
 def module_calls(role):
     """(task file, module, mode) of every engine module a role's tasks call."""
-    import yaml
-
     calls = []
     tasks_dir = os.path.join(REPO, "roles", role, "tasks")
     for name in sorted(os.listdir(tasks_dir)) if os.path.isdir(tasks_dir) else []:
@@ -223,8 +230,6 @@ def test_roles_install_and_playbooks_operate():
     assert operating == []
     assert module_calls("pitr_operations") and module_calls("backup_operations")
     # Nor through an operating role: included, imported, or a dependency.
-    import yaml
-
     reaching = []
     for role in roles:
         meta = os.path.join(REPO, "roles", role, "meta", "main.yml")
@@ -287,12 +292,7 @@ def test_a_retention_is_never_a_bare_number_outside_the_registry():
     for path in paths:
         with open(path, encoding="utf-8") as handle:
             tree = ast.parse(handle.read(), path)
-        allowed = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ClassDef) and node.name.endswith("Options"):
-                for item in node.body:
-                    if isinstance(item, ast.FunctionDef) and item.name == "__init__":
-                        allowed |= {id(default) for default in item.args.defaults + item.args.kw_defaults if default}
+        allowed = options_signature_defaults(tree)
         where = os.path.relpath(path, REPO)
         for value, name, number in numbers_named_as_retentions(tree):
             if id(value) not in allowed and (where, name, number) not in RETENTION_NUMBERS_ON_PURPOSE:

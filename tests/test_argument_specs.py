@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import HOST_PYTHON
 
-from helpers import REPO, own_role_defaults, role_defaults, role_dependencies
+from helpers import REPO, dependents_of, is_settings_role, own_role_defaults, role_defaults, role_dependencies
 
 # (case id, role, entry point, variable, value, how the validation's complaint starts; None: it passes)
 CASES = [
@@ -211,9 +211,7 @@ def test_an_operating_entry_point_checks_only_what_its_tasks_use(role, entry_poi
 
 
 def settings_roles():
-    """Roles of defaults alone (no tasks): the roles that depend on them declare their variables."""
-    return sorted(role for role in os.listdir(os.path.join(REPO, "roles"))
-                  if not os.path.isdir(os.path.join(REPO, "roles", role, "tasks")))
+    return sorted(role for role in os.listdir(os.path.join(REPO, "roles")) if is_settings_role(role))
 
 
 @pytest.mark.parametrize("role", sorted(os.listdir(os.path.join(REPO, "roles"))))
@@ -222,8 +220,7 @@ def test_every_role_default_is_declared_in_an_argument_spec_with_the_same_defaul
     default says two things. (The specs' headers promise exactly this check.) A settings role's
     defaults are declared by the roles that depend on it."""
     defaults = own_role_defaults(role)
-    declaring = [role] if role not in settings_roles() else [
-        other for other in sorted(os.listdir(os.path.join(REPO, "roles"))) if role in role_dependencies(other)]
+    declaring = dependents_of(role) if is_settings_role(role) else [role]
     assert declaring, f"no role depends on the settings role {role}"
     declared = {}
     for other in declaring:

@@ -14,8 +14,7 @@ import re
 import pytest
 import yaml
 
-import helpers
-from helpers import REPO
+from helpers import REPO, dependents_of, is_settings_role, role_defaults
 
 README = os.path.join(REPO, "README.md")
 README_MAX_BYTES = 12 * 1024
@@ -101,11 +100,6 @@ def load_yaml(path):
         return {}
     with open(path, encoding="utf-8") as handle:
         return yaml.safe_load(handle) or {}
-
-
-def role_defaults(role):
-    """The defaults a role's tasks see: those of the settings role it depends on, and its own."""
-    return helpers.role_defaults(role)
 
 
 def role_spec_options(role):
@@ -244,8 +238,8 @@ def test_every_role_variable_named_exists(path):
 def test_role_readme_tables_follow_argument_specs_and_defaults(path):
     role = os.path.basename(os.path.dirname(path))
     text = read(path)
-    dependents = [other for other in ROLES if role in helpers.role_dependencies(other)]
-    if not os.path.isdir(os.path.join(REPO, "roles", role, "tasks")):  # a settings role: its dependents document it
+    if is_settings_role(role):  # its dependents document it
+        dependents = dependents_of(role)
         assert dependents and all(f"(../{other}/README.md" in text for other in dependents), rel(path)
         return
     assert list(variable_table_rows(text)), f"{rel(path)} has no variables table"

@@ -108,12 +108,8 @@ def test_a_host_in_both_backup_and_pitr_keeps_each_roles_report_directory_apart(
     """The lab's db host is in both groups. The pitr role made the backup role's report
     directory barman's (0750), so the backup user could no longer write its off-site record,
     and `make demo`'s checklist failed item 6 right after a verified copy."""
-
-    def default(role, name):
-        return role_defaults(role)[name]
-
-    backup_dir = default("backup", "backup_report_dir")
-    pitr_dir = default("pitr", "pitr_report_dir")
+    backup_dir = role_defaults("backup")["backup_report_dir"]
+    pitr_dir = role_defaults("pitr")["pitr_report_dir"]
     assert not (pitr_dir + "/").startswith(backup_dir + "/") and not (backup_dir + "/").startswith(pitr_dir + "/")
     # barman must reach its own directory without being in the backup user's group.
     assert not (pitr_dir + "/").startswith(os.path.dirname(backup_dir) + "/")
